@@ -1,0 +1,12 @@
+//! Types shared by the XDP program and the controller.
+//!
+//! Every map key and value is `#[repr(C)]`, `Copy`, with explicit padding and no enums, bools or
+//! `Option`s, so any bit pattern the other side writes is valid. Sizes are pinned by compile-time
+//! asserts so the kernel and userspace layouts cannot drift apart.
+#![no_std]
+
+pub mod maps;
+pub mod stats;
+
+pub use maps::*;
+pub use stats::*;

@@ -1,0 +1,215 @@
+//! Map names, key and value layouts.
+
+/// Map names: userspace opens maps by these, never by a spelled-out string.
+pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_BACKEND_SETS: &str = "BACKEND_SETS";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+
+/// Name of the XDP program in the object file.
+pub const PROG_NAME: &str = "foobar_lb";
+
+/// Services (VIP, port, protocol) the data plane knows; ids index the per-service arrays.
+pub const MAX_SERVICES: u32 = 256;
+/// Backend ids index [`MAP_BACKENDS`]; id 0 is reserved so an unset slot never forwards.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Round-robin slots per service. Weighted backends take several slots.
+pub const MAX_SLOTS: usize = 256;
+/// Flow table capacity (LRU: the least recently used flows are evicted first).
+pub const MAX_FLOWS: u32 = 1 << 20;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// An IPv4 or IPv6 address as four 32-bit words in network byte order, exactly as they appear
+/// in the packet. IPv4 uses word 0 and leaves words 1..3 zero.
+pub type Addr = [u32; 4];
+
+/// Key of [`MAP_SERVICES`]: a virtual service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub vip: Addr,
+    /// Destination port, network byte order.
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    /// Index into the per-service maps; `< MAX_SERVICES`.
+    pub id: u32,
+    /// Reserved for per-service flags (forwarding mode, ...); zero today.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 8);
+
+/// Key of [`MAP_VIPS`]: a VIP address, used to tell "malformed packet for us" from "not ours".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// Value of [`MAP_BACKEND_SETS`], keyed by service id: the round-robin slots of one service.
+///
+/// The whole set is one map value in a hash map allocated without preallocation, so an update
+/// swaps the element under RCU: a packet sees the old set or the new one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSet {
+    /// Number of valid entries in `slots`; 0 means no backend can take new flows.
+    pub len: u32,
+    pub _pad: u32,
+    /// Backend ids; a weight-w backend occupies w slots, interleaved by userspace.
+    pub slots: [u32; MAX_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<BackendSet>() == 8 + 4 * MAX_SLOTS);
+
+impl BackendSet {
+    pub const EMPTY: BackendSet = BackendSet {
+        len: 0,
+        _pad: 0,
+        slots: [0; MAX_SLOTS],
+    };
+}
+
+/// Backend states in [`Backend::state`].
+pub const BACKEND_UNUSED: u32 = 0;
+/// Takes new flows (when in its service's set) and keeps existing ones.
+pub const BACKEND_ACTIVE: u32 = 1;
+/// Keeps existing flows, takes no new ones (operator drain).
+pub const BACKEND_DRAINING: u32 = 2;
+/// Gone: existing flows are moved to another backend on their next packet.
+pub const BACKEND_DOWN: u32 = 3;
+
+/// Value of [`MAP_BACKENDS`], indexed by backend id.
+///
+/// Userspace never rewrites the forwarding fields of an id that is in use: a changed backend
+/// gets a new id. Only `state`, one aligned word, changes in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: Addr,
+    /// MAC address of the backend on the load balancer's segment.
+    pub mac: [u8; 6],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: u8,
+    /// Service this backend belongs to (ids are per service).
+    pub service_id: u32,
+    /// One of the `BACKEND_*` states.
+    pub state: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+
+/// Key of [`MAP_FLOWS`]: the 5-tuple as seen on the wire, including the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Ports in network byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of [`MAP_FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding; any bit pattern is valid.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::BackendSet {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::super::stats::Counters {}
+}
+
+/// Encodes an IP address as the data plane stores it: (words in network byte order, family).
+pub fn encode_addr(ip: core::net::IpAddr) -> (Addr, u8) {
+    match ip {
+        core::net::IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        core::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+        }
+    }
+}
+
+impl ServiceKey {
+    pub fn new(vip: core::net::IpAddr, port: u16, proto: u8) -> ServiceKey {
+        let (vip, family) = encode_addr(vip);
+        ServiceKey {
+            vip,
+            port: port.to_be(),
+            proto,
+            family,
+        }
+    }
+
+    /// The VIP address part of this key.
+    pub fn vip_key(&self) -> VipKey {
+        VipKey {
+            addr: self.vip,
+            family: self.family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_stored_as_wire_bytes() {
+        let (a, f) = encode_addr("10.0.0.1".parse().unwrap());
+        assert_eq!(f, FAMILY_V4);
+        // In memory the word holds the bytes in packet order.
+        assert_eq!(a[0].to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!(&a[1..], &[0, 0, 0]);
+        let (a, f) = encode_addr("fd00::1:2".parse().unwrap());
+        assert_eq!(f, FAMILY_V6);
+        assert_eq!(a[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+        assert_eq!(a[3].to_ne_bytes(), [0, 1, 0, 2]);
+    }
+
+    #[test]
+    fn service_key_port_is_network_order() {
+        let k = ServiceKey::new("10.0.0.1".parse().unwrap(), 80, PROTO_TCP);
+        assert_eq!(k.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(k.vip_key().addr, k.vip);
+    }
+}

@@ -1,0 +1,53 @@
+//! Counter layouts: per verdict, per service, per backend. All per-CPU; userspace sums them.
+
+/// Index into [`crate::MAP_VERDICT_STATS`]: why the program returned what it returned.
+/// Plain constants (not an enum) so the map index is the documented number.
+pub mod verdict {
+    /// Not for a service: handed to the kernel stack untouched.
+    pub const PASS: u32 = 0;
+    /// Forwarded to a backend (XDP_TX).
+    pub const TX: u32 = 1;
+    /// For a VIP but malformed or truncated.
+    pub const DROP_MALFORMED: u32 = 2;
+    /// For a VIP but fragmented (no L4 header to balance on).
+    pub const DROP_FRAGMENT: u32 = 3;
+    /// The service has no backend that can take a new flow.
+    pub const DROP_NO_BACKEND: u32 = 4;
+    /// A slot named a backend id that is unset or belongs to another service.
+    pub const DROP_BAD_SLOT: u32 = 5;
+    /// An internal error (map lookup that cannot fail did): XDP_ABORTED.
+    pub const ABORTED: u32 = 6;
+    /// Number of verdict counters.
+    pub const COUNT: u32 = 7;
+
+    /// Names in index order, for stats output and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "tx",
+        "drop_malformed",
+        "drop_fragment",
+        "drop_no_backend",
+        "drop_bad_slot",
+        "aborted",
+    ];
+}
+
+/// Packet counters of one service or one backend (per CPU in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows this service/backend was chosen for by the scheduler.
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+
+impl Counters {
+    /// Adds another CPU's counters (userspace sums per-CPU values).
+    pub fn add(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+    }
+}

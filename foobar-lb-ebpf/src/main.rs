@@ -1,0 +1,98 @@
+//! foobar-lb data plane: one XDP program that balances packets for virtual services.
+//!
+//! The entry point only sequences the stages: parse -> service lookup -> backend selection
+//! (flow table, then round-robin) -> rewrite -> XDP_TX. Every return path counts its verdict.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// Inline asm for the atomic fetch-add (see select.rs); the build allows it via RUSTC_BOOTSTRAP.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod rewrite;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod stats;
+
+#[cfg(target_arch = "bpf")]
+mod prog {
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use foobar_lb_common::{verdict, ServiceKey, VipKey};
+
+    use crate::{
+        maps::{SERVICES, VIPS},
+        parse::{parse, Parsed},
+        rewrite, select, stats,
+    };
+
+    #[xdp]
+    pub fn foobar_lb(ctx: XdpContext) -> u32 {
+        let (action, reason) = match try_lb(&ctx) {
+            Ok(v) => v,
+            Err(reason) => (xdp_action::XDP_DROP, reason),
+        };
+        let action = if reason == verdict::ABORTED {
+            xdp_action::XDP_ABORTED
+        } else {
+            action
+        };
+        stats::count_verdict(reason);
+        action
+    }
+
+    /// Returns (XDP action, verdict counter index); `Err` carries a drop reason.
+    #[inline(always)]
+    fn try_lb(ctx: &XdpContext) -> Result<(u32, u32), u32> {
+        let pass = Ok((xdp_action::XDP_PASS, verdict::PASS));
+        let pkt = match parse(ctx) {
+            Parsed::NotOurs => return pass,
+            // Unusable for balancing: drop it only if it was meant for one of our VIPs.
+            Parsed::Suspect {
+                family,
+                dst,
+                reason,
+            } => {
+                let vip = VipKey {
+                    addr: dst,
+                    family,
+                    _pad: [0; 3],
+                };
+                return if unsafe { VIPS.get(&vip) }.is_some() {
+                    Err(reason)
+                } else {
+                    pass
+                };
+            }
+            Parsed::Flow(pkt) => pkt,
+        };
+        let service = ServiceKey {
+            vip: pkt.key.dst,
+            port: pkt.key.dport,
+            proto: pkt.key.proto,
+            family: pkt.key.family,
+        };
+        let Some(svc) = (unsafe { SERVICES.get(&service) }).copied() else {
+            return pass;
+        };
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        let (backend_id, backend) = select::backend(svc.id, &pkt.key)?;
+        stats::count_forward(svc.id, backend_id, len);
+        rewrite::direct_server_return(ctx, &backend.mac)?;
+        Ok((xdp_action::XDP_TX, verdict::TX))
+    }
+
+    #[cfg(not(test))]
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("foobar-lb-xdp is an eBPF program: build it with `cargo xtask build-ebpf`.");
+}

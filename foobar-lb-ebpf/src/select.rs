@@ -1,0 +1,80 @@
+//! Backend selection: the flow table first, then the service's round-robin cursor.
+
+use foobar_lb_common::{
+    verdict, Backend, FlowKey, FlowValue, BACKEND_ACTIVE, BACKEND_DRAINING, MAX_SLOTS,
+};
+
+use crate::{
+    maps::{BACKENDS, BACKEND_SETS, FLOWS, RR_CURSORS},
+    stats,
+};
+
+/// Picks the backend for this packet's flow: the one it already has if that backend still
+/// serves (active or draining), otherwise the next one in round-robin order, remembered in the
+/// flow table.
+#[inline(always)]
+pub fn backend(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
+    if let Some(flow) = unsafe { FLOWS.get(key) } {
+        let id = flow.backend_id;
+        if let Some(b) = BACKENDS.get(id) {
+            if b.service_id == service_id
+                && (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING)
+            {
+                return Ok((id, *b));
+            }
+        }
+        // The backend is gone or down: fall through and move the flow.
+    }
+    schedule(service_id, key)
+}
+
+#[inline(always)]
+fn schedule(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
+    let set = unsafe { BACKEND_SETS.get(service_id) }.ok_or(verdict::DROP_NO_BACKEND)?;
+    let len = set.len as u64;
+    if len == 0 || len > MAX_SLOTS as u64 {
+        return Err(verdict::DROP_NO_BACKEND);
+    }
+    let cursor = RR_CURSORS.get_ptr_mut(service_id).ok_or(verdict::ABORTED)?;
+    // One atomic fetch-add shared by all CPUs: M new flows over N slots give each M/N +/- 1.
+    let n = unsafe { fetch_add(cursor, 1) };
+    // `len <= MAX_SLOTS` (a power of two), so the mask only proves the bound to the verifier.
+    let slot = ((n % len) as usize) & (MAX_SLOTS - 1);
+    let id = set.slots[slot];
+    let backend = match BACKENDS.get(id) {
+        Some(b) if id != 0 && b.service_id == service_id && b.state == BACKEND_ACTIVE => *b,
+        _ => return Err(verdict::DROP_BAD_SLOT),
+    };
+    // BPF_ANY: a concurrent insert of the same flow on another CPU is harmless.
+    let _ = FLOWS.insert(
+        key,
+        FlowValue {
+            backend_id: id,
+            _pad: 0,
+        },
+        0,
+    );
+    stats::count_new_flow(service_id, id);
+    Ok((id, backend))
+}
+
+/// Atomic fetch-and-add on a map value shared by all CPUs.
+///
+/// The BPF target has no compare-and-swap, so `core::sync::atomic` offers no `fetch_add`; the
+/// instruction itself (BPF_ATOMIC | BPF_FETCH, cpu v3) is exact and lock-free, so emit it.
+///
+/// # Safety
+/// `ptr` must point into a map value, 8-byte aligned.
+#[inline(always)]
+unsafe fn fetch_add(ptr: *mut u64, val: u64) -> u64 {
+    let mut v = val;
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) ptr,
+            v = inout(reg) v,
+            options(nostack),
+        );
+    }
+    v
+}

@@ -1,0 +1,10 @@
+//! foobar-lb controller library: configuration, the data plane (XDP program and maps),
+//! reconciliation of desired state into map writes, and the control API.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod neighbor;
+pub mod netdev;
+pub mod reconcile;

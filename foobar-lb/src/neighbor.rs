@@ -1,0 +1,139 @@
+//! Backend MAC addresses from the kernel's neighbour table (ARP / NDP).
+//!
+//! Users configure backend IPs only. To learn a MAC we make the kernel resolve it (one empty UDP
+//! datagram to the discard port, which also refreshes a stale entry) and read the neighbour table
+//! with iproute2's JSON output.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+pub type Mac = [u8; 6];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NeighborError {
+    #[error(
+        "no ARP/NDP answer from {addr} within {waited:?}: is the backend up and on the same L2 \
+         segment as {interfaces:?}?"
+    )]
+    Unresolved {
+        addr: IpAddr,
+        waited: Duration,
+        interfaces: Vec<String>,
+    },
+    #[error("cannot run `ip neigh` (is iproute2 installed?): {0}")]
+    Ip(#[source] std::io::Error),
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    dev: String,
+    lladdr: Option<String>,
+}
+
+/// Resolves every address it can on `interfaces` within `timeout` (all in parallel); the ones
+/// missing from the result are logged with what to check.
+pub fn resolve_all(
+    addrs: &[IpAddr],
+    interfaces: &[String],
+    timeout: Duration,
+) -> Result<HashMap<IpAddr, Mac>, NeighborError> {
+    let start = Instant::now();
+    let mut found = HashMap::new();
+    let mut poked = false;
+    loop {
+        for &addr in addrs {
+            if !found.contains_key(&addr) {
+                if let Some(mac) = lookup(addr, interfaces)? {
+                    found.insert(addr, mac);
+                }
+            }
+        }
+        if found.len() == addrs.len() {
+            return Ok(found);
+        }
+        if !poked {
+            addrs
+                .iter()
+                .filter(|a| !found.contains_key(a))
+                .for_each(|&a| poke(a));
+            poked = true;
+        }
+        if start.elapsed() >= timeout {
+            for &addr in addrs.iter().filter(|a| !found.contains_key(a)) {
+                log::warn!(
+                    "{}",
+                    NeighborError::Unresolved {
+                        addr,
+                        waited: timeout,
+                        interfaces: interfaces.to_vec(),
+                    }
+                );
+            }
+            return Ok(found);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes the kernel start neighbour resolution for `addr`. Errors are irrelevant: the lookup
+/// that follows tells whether it worked.
+fn poke(addr: IpAddr) {
+    let bind: SocketAddr = match addr {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+        IpAddr::V6(_) => "[::]:0".parse().unwrap(),
+    };
+    if let Ok(sock) = UdpSocket::bind(bind) {
+        let _ = sock.send_to(&[], SocketAddr::new(addr, 9));
+    }
+}
+
+/// The MAC of `addr` in the neighbour table, if a usable entry exists on one of `interfaces`.
+pub fn lookup(addr: IpAddr, interfaces: &[String]) -> Result<Option<Mac>, NeighborError> {
+    let out = Command::new("ip")
+        .args(["-j", "neigh", "show", "to", &addr.to_string()])
+        .output()
+        .map_err(NeighborError::Ip)?;
+    let entries: Vec<Entry> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    Ok(entries
+        .iter()
+        .filter(|e| interfaces.iter().any(|i| *i == e.dev))
+        .find_map(|e| e.lladdr.as_deref().and_then(parse_mac)))
+}
+
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    (parts.next().is_none() && mac != [0; 6]).then_some(mac)
+}
+
+pub fn format_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip_and_rejects() {
+        let mac = parse_mac("02:00:0a:00:00:0b").unwrap();
+        assert_eq!(mac, [2, 0, 10, 0, 0, 11]);
+        assert_eq!(format_mac(&mac), "02:00:0a:00:00:0b");
+        assert_eq!(parse_mac("02:00:0a:00:00"), None);
+        assert_eq!(parse_mac("02:00:0a:00:00:0b:0c"), None);
+        assert_eq!(parse_mac("zz:00:0a:00:00:0b"), None);
+        assert_eq!(parse_mac("00:00:00:00:00:00"), None);
+    }
+}

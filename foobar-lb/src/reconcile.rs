@@ -1,0 +1,506 @@
+//! Desired state -> map operations.
+//!
+//! The reconciler remembers what it wrote (ids per service and backend) and, for a new desired
+//! state, plans the writes in an order that keeps every intermediate state valid for a packet:
+//! backends before the sets naming them, sets before the services using them, removals in the
+//! reverse order. A set itself is replaced by one map update (see `BackendSet`).
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use foobar_lb_common::{
+    encode_addr, Backend, BackendSet, ServiceInfo, ServiceKey, VipKey, BACKEND_ACTIVE,
+    BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
+};
+
+use crate::neighbor::Mac;
+
+/// What the operator and the health checks want for one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new flows.
+    Active,
+    /// Keeps its flows, takes no new ones.
+    Draining,
+    /// Unreachable: its flows move elsewhere.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    /// `None` while the MAC is unknown: such a backend cannot be sent anything.
+    pub mac: Option<Mac>,
+    pub state: BackendState,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub key: ServiceKey,
+    pub backends: Vec<BackendSpec>,
+}
+
+/// One map write. The data plane executes them in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapOp {
+    SetBackend {
+        id: u32,
+        backend: Backend,
+    },
+    ResetBackendStats {
+        id: u32,
+    },
+    SetBackendSet {
+        service_id: u32,
+        set: Box<BackendSet>,
+    },
+    SetService {
+        key: ServiceKey,
+        info: ServiceInfo,
+    },
+    ResetServiceStats {
+        id: u32,
+    },
+    SetVip {
+        key: VipKey,
+    },
+    RemoveService {
+        key: ServiceKey,
+    },
+    RemoveVip {
+        key: VipKey,
+    },
+    RemoveBackendSet {
+        service_id: u32,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("out of service ids (at most {MAX_SERVICES} services)")]
+    NoServiceId,
+    #[error("out of backend ids (at most {} backends)", MAX_BACKENDS - 1)]
+    NoBackendId,
+}
+
+/// A backend as last written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub id: u32,
+    pub mac: Mac,
+    pub state: BackendState,
+}
+
+#[derive(Debug, Clone)]
+pub struct WrittenService {
+    pub id: u32,
+    pub key: ServiceKey,
+    pub backends: BTreeMap<IpAddr, Written>,
+}
+
+/// Id allocator handing out the id freed longest ago, so a recycled backend id is not reused
+/// while packets may still hold its old entry.
+#[derive(Debug)]
+struct Ids {
+    free: VecDeque<u32>,
+}
+
+impl Ids {
+    fn new(first: u32, end: u32) -> Ids {
+        Ids {
+            free: (first..end).collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Reconciler {
+    services: BTreeMap<String, WrittenService>,
+    service_ids: Ids,
+    backend_ids: Ids,
+}
+
+impl Default for Reconciler {
+    fn default() -> Self {
+        Reconciler {
+            services: BTreeMap::new(),
+            service_ids: Ids::new(0, MAX_SERVICES),
+            // Backend id 0 is reserved: an unset slot names it and is dropped.
+            backend_ids: Ids::new(1, MAX_BACKENDS),
+        }
+    }
+}
+
+impl Reconciler {
+    /// What was last written, by service name.
+    pub fn services(&self) -> &BTreeMap<String, WrittenService> {
+        &self.services
+    }
+
+    /// Plans the writes that turn the current state into `desired`. On error nothing is
+    /// planned and the reconciler's view is unchanged.
+    pub fn plan(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
+        let mut next = Reconciler {
+            services: self.services.clone(),
+            service_ids: Ids {
+                free: self.service_ids.free.clone(),
+            },
+            backend_ids: Ids {
+                free: self.backend_ids.free.clone(),
+            },
+        };
+        let ops = next.plan_in_place(desired)?;
+        *self = next;
+        Ok(ops)
+    }
+
+    fn plan_in_place(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
+        let mut ops = Vec::new();
+        let mut retired = Vec::new();
+        let wanted: HashMap<&str, &ServiceSpec> =
+            desired.iter().map(|s| (s.name.as_str(), s)).collect();
+
+        // Services that went away (or changed key): unpublish first, then free what they used.
+        let gone: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(name, w)| wanted.get(name.as_str()).is_none_or(|s| s.key != w.key))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let w = self.services.remove(&name).expect("listed above");
+            ops.push(MapOp::RemoveService { key: w.key });
+            let vip = w.key.vip_key();
+            let vip_still_used = self.services.values().any(|o| o.key.vip_key() == vip)
+                || desired.iter().any(|s| s.key.vip_key() == vip);
+            if !vip_still_used {
+                ops.push(MapOp::RemoveVip { key: vip });
+            }
+            ops.push(MapOp::RemoveBackendSet { service_id: w.id });
+            for (addr, b) in &w.backends {
+                retire(&mut ops, *addr, b, w.id, &mut retired);
+            }
+            self.service_ids.free.push_back(w.id);
+        }
+
+        for spec in desired {
+            let new = !self.services.contains_key(&spec.name);
+            if new {
+                let id = self
+                    .service_ids
+                    .free
+                    .pop_front()
+                    .ok_or(ReconcileError::NoServiceId)?;
+                self.services.insert(
+                    spec.name.clone(),
+                    WrittenService {
+                        id,
+                        key: spec.key,
+                        backends: BTreeMap::new(),
+                    },
+                );
+                ops.push(MapOp::ResetServiceStats { id });
+            }
+            let w = self.services.get_mut(&spec.name).expect("inserted above");
+            let mut set_changed = new;
+            let mut stale: Vec<(IpAddr, Written)> = Vec::new();
+
+            // 1. Backend entries, before any set names them.
+            let mut slots_from: Vec<(u32, u32)> = Vec::new();
+            for b in &spec.backends {
+                let Some(mac) = b.mac else { continue };
+                let old = w.backends.get(&b.addr).cloned();
+                let id = match &old {
+                    Some(o) if o.mac == mac => {
+                        if o.state != b.state {
+                            ops.push(MapOp::SetBackend {
+                                id: o.id,
+                                backend: entry(b.addr, mac, w.id, b.state),
+                            });
+                            set_changed = true;
+                        }
+                        o.id
+                    }
+                    _ => {
+                        let id = self
+                            .backend_ids
+                            .free
+                            .pop_front()
+                            .ok_or(ReconcileError::NoBackendId)?;
+                        ops.push(MapOp::ResetBackendStats { id });
+                        ops.push(MapOp::SetBackend {
+                            id,
+                            backend: entry(b.addr, mac, w.id, b.state),
+                        });
+                        if let Some(o) = old {
+                            // Same address, new MAC: the old entry is written down after the
+                            // set no longer names it.
+                            stale.push((b.addr, o));
+                        }
+                        set_changed = true;
+                        id
+                    }
+                };
+                w.backends.insert(
+                    b.addr,
+                    Written {
+                        id,
+                        mac,
+                        state: b.state,
+                    },
+                );
+                if b.state == BackendState::Active {
+                    slots_from.push((id, b.weight.max(1)));
+                }
+            }
+            // Backends no longer wanted (or whose MAC became unknown).
+            let keep: Vec<IpAddr> = spec
+                .backends
+                .iter()
+                .filter(|b| b.mac.is_some())
+                .map(|b| b.addr)
+                .collect();
+            let dropped: Vec<(IpAddr, Written)> = w
+                .backends
+                .iter()
+                .filter(|(a, _)| !keep.contains(a))
+                .map(|(a, b)| (*a, b.clone()))
+                .collect();
+            let dropped_any = !dropped.is_empty();
+            let dropped: Vec<(IpAddr, Written)> = dropped.into_iter().chain(stale).collect();
+            w.backends.retain(|a, _| keep.contains(a));
+
+            // 2. The set, in one update.
+            if set_changed || dropped_any {
+                ops.push(MapOp::SetBackendSet {
+                    service_id: w.id,
+                    set: Box::new(backend_set(&slots_from)),
+                });
+            }
+            // 3. Publish the service.
+            if new {
+                ops.push(MapOp::SetVip {
+                    key: spec.key.vip_key(),
+                });
+                ops.push(MapOp::SetService {
+                    key: spec.key,
+                    info: ServiceInfo { id: w.id, flags: 0 },
+                });
+            }
+            // 4. Only now mark the dropped backends down so their flows move.
+            for (addr, b) in &dropped {
+                retire(&mut ops, *addr, b, w.id, &mut retired);
+            }
+        }
+        self.backend_ids.free.extend(retired);
+        Ok(ops)
+    }
+}
+
+/// Marks a backend down (its flows move on their next packet) and frees its id. Only the state
+/// word differs from what is in the map, so a concurrent reader never sees a torn entry.
+fn retire(
+    ops: &mut Vec<MapOp>,
+    addr: IpAddr,
+    b: &Written,
+    service_id: u32,
+    retired: &mut Vec<u32>,
+) {
+    ops.push(MapOp::SetBackend {
+        id: b.id,
+        backend: entry(addr, b.mac, service_id, BackendState::Down),
+    });
+    retired.push(b.id);
+}
+
+fn entry(addr: IpAddr, mac: Mac, service_id: u32, state: BackendState) -> Backend {
+    let (addr, family) = encode_addr(addr);
+    Backend {
+        addr,
+        mac,
+        family,
+        _pad: 0,
+        service_id,
+        state: match state {
+            BackendState::Active => BACKEND_ACTIVE,
+            BackendState::Draining => BACKEND_DRAINING,
+            BackendState::Down => BACKEND_DOWN,
+        },
+    }
+}
+
+/// Builds the round-robin slots: weight w gives w slots, spread out by smooth weighted
+/// round-robin (as nginx does) so a heavy backend does not take its turns in a burst.
+pub fn backend_set(backends: &[(u32, u32)]) -> BackendSet {
+    let mut set = BackendSet::EMPTY;
+    let total: u64 = backends.iter().map(|&(_, w)| w as u64).sum();
+    // Scale weights down if they do not fit; every backend keeps at least one slot.
+    let scale = |w: u32| -> i64 {
+        if total as usize <= MAX_SLOTS {
+            w as i64
+        } else {
+            ((w as u64 * MAX_SLOTS as u64 / total).max(1)) as i64
+        }
+    };
+    let weights: Vec<i64> = backends.iter().map(|&(_, w)| scale(w)).collect();
+    let n: i64 = weights.iter().sum::<i64>().min(MAX_SLOTS as i64);
+    let sum: i64 = weights.iter().sum();
+    let mut current = vec![0i64; backends.len()];
+    for slot in 0..n as usize {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let best = (0..backends.len())
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+            .expect("n > 0 implies a backend");
+        current[best] -= sum;
+        set.slots[slot] = backends[best].0;
+    }
+    set.len = n as u32;
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foobar_lb_common::PROTO_TCP;
+
+    fn spec(name: &str, backends: &[(&str, u8, BackendState)]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            key: ServiceKey::new("10.0.0.100".parse().unwrap(), 80, PROTO_TCP),
+            backends: backends
+                .iter()
+                .map(|&(a, m, state)| BackendSpec {
+                    addr: a.parse().unwrap(),
+                    mac: (m != 0).then_some([2, 0, 0, 0, 0, m]),
+                    state,
+                    weight: 1,
+                })
+                .collect(),
+        }
+    }
+
+    use BackendState::*;
+
+    #[test]
+    fn first_plan_writes_backends_then_set_then_service() {
+        let mut r = Reconciler::default();
+        let ops = r
+            .plan(&[spec(
+                "www",
+                &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Active)],
+            )])
+            .unwrap();
+        let pos = |f: &dyn Fn(&MapOp) -> bool| ops.iter().position(f).unwrap();
+        let last_backend = ops
+            .iter()
+            .rposition(|o| matches!(o, MapOp::SetBackend { .. }))
+            .unwrap();
+        let set = pos(&|o| matches!(o, MapOp::SetBackendSet { .. }));
+        let svc = pos(&|o| matches!(o, MapOp::SetService { .. }));
+        assert!(last_backend < set && set < svc, "{ops:#?}");
+        let MapOp::SetBackendSet { set, .. } = &ops[set] else {
+            unreachable!()
+        };
+        assert_eq!(set.len, 2);
+        assert_eq!(&set.slots[..2], &[1, 2], "ids start at 1: 0 is reserved");
+    }
+
+    #[test]
+    fn unchanged_state_plans_nothing() {
+        let mut r = Reconciler::default();
+        let s = [spec("www", &[("10.0.0.11", 11, Active)])];
+        r.plan(&s).unwrap();
+        assert_eq!(r.plan(&s).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn removed_backend_leaves_set_before_it_goes_down() {
+        let mut r = Reconciler::default();
+        r.plan(&[spec(
+            "www",
+            &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Active)],
+        )])
+        .unwrap();
+        let ops = r
+            .plan(&[spec("www", &[("10.0.0.11", 11, Active)])])
+            .unwrap();
+        assert_eq!(ops.len(), 2, "{ops:#?}");
+        let MapOp::SetBackendSet { set, .. } = &ops[0] else {
+            panic!("{ops:#?}")
+        };
+        assert_eq!(&set.slots[..set.len as usize], &[1]);
+        assert!(
+            matches!(&ops[1], MapOp::SetBackend { id: 2, backend } if backend.state == BACKEND_DOWN)
+        );
+    }
+
+    #[test]
+    fn draining_backend_keeps_entry_but_leaves_set() {
+        let mut r = Reconciler::default();
+        r.plan(&[spec(
+            "www",
+            &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Active)],
+        )])
+        .unwrap();
+        let ops = r
+            .plan(&[spec(
+                "www",
+                &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Draining)],
+            )])
+            .unwrap();
+        assert!(
+            matches!(&ops[0], MapOp::SetBackend { id: 2, backend } if backend.state == BACKEND_DRAINING)
+        );
+        let MapOp::SetBackendSet { set, .. } = &ops[1] else {
+            panic!("{ops:#?}")
+        };
+        assert_eq!(&set.slots[..set.len as usize], &[1]);
+    }
+
+    #[test]
+    fn unresolved_mac_is_not_in_set_and_new_mac_gets_new_id() {
+        let mut r = Reconciler::default();
+        let ops = r.plan(&[spec("www", &[("10.0.0.11", 0, Active)])]).unwrap();
+        let MapOp::SetBackendSet { set, .. } = &ops[1] else {
+            panic!("{ops:#?}")
+        };
+        assert_eq!(set.len, 0);
+        r.plan(&[spec("www", &[("10.0.0.11", 11, Active)])])
+            .unwrap();
+        let ops = r
+            .plan(&[spec("www", &[("10.0.0.11", 99, Active)])])
+            .unwrap();
+        let new_id = r.services()["www"].backends.values().next().unwrap().id;
+        assert_ne!(new_id, 1);
+        assert!(ops.iter().any(|o| matches!(o, MapOp::SetBackend { id, backend } if *id == new_id && backend.mac[5] == 99)));
+    }
+
+    #[test]
+    fn removed_service_is_unpublished_first() {
+        let mut r = Reconciler::default();
+        r.plan(&[spec("www", &[("10.0.0.11", 11, Active)])])
+            .unwrap();
+        let ops = r.plan(&[]).unwrap();
+        assert!(matches!(ops[0], MapOp::RemoveService { .. }), "{ops:#?}");
+        assert!(matches!(ops[1], MapOp::RemoveVip { .. }));
+        assert!(r.services().is_empty());
+    }
+
+    #[test]
+    fn weighted_slots_are_proportional_and_interleaved() {
+        let set = backend_set(&[(1, 3), (2, 1)]);
+        assert_eq!(&set.slots[..set.len as usize], &[1, 1, 2, 1]);
+        let set = backend_set(&[(1, 1000), (2, 1000)]);
+        assert_eq!(set.len as usize, MAX_SLOTS);
+        let ones = set.slots.iter().filter(|&&s| s == 1).count();
+        assert_eq!(ones, MAX_SLOTS / 2);
+        assert_eq!(backend_set(&[]).len, 0);
+    }
+}
