@@ -13,6 +13,8 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 
 /// Name of the XDP program in the object file.
 pub const PROG_NAME: &str = "foobar_lb";
+/// An XDP_PASS program in the same object, for veth peers in test topologies.
+pub const PASS_PROG_NAME: &str = "foobar_lb_pass";
 
 /// Services (VIP, port, protocol) the data plane knows; ids index the per-service arrays.
 pub const MAX_SERVICES: u32 = 256;
@@ -20,8 +22,11 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Round-robin slots per service. Weighted backends take several slots.
 pub const MAX_SLOTS: usize = 256;
-/// Flow table capacity (LRU: the least recently used flows are evicted first).
-pub const MAX_FLOWS: u32 = 1 << 20;
+/// Flow table capacity compiled into the object; the controller sets the real size at load time
+/// (`flow_table_size` in the config).
+pub const MAX_FLOWS: u32 = 1 << 18;
+/// Default flow table capacity (about 25 MiB of kernel memory).
+pub const DEFAULT_FLOWS: u32 = 1 << 18;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;

@@ -85,6 +85,13 @@ mod prog {
         Ok((xdp_action::XDP_TX, verdict::TX))
     }
 
+    /// Passes everything. Test topologies attach it to veth peers: in native mode a veth only
+    /// delivers frames sent by XDP_TX when its peer has an XDP program (TESTING-NETNS.md).
+    #[xdp]
+    pub fn foobar_lb_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
     #[cfg(not(test))]
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {

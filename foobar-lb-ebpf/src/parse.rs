@@ -171,31 +171,29 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
 
 /// Source and destination ports (network byte order) of a TCP or UDP header at `offset`, if the
 /// whole fixed header is present both in the frame and within the IP payload (`l4_len`).
+///
+/// The frame bounds check comes first on purpose: done after the `l4_len` check, LLVM proves it
+/// redundant from the earlier IP length checks and drops it, and the verifier rejects the read.
 #[inline(always)]
 fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u16, u16)> {
-    let min = if proto == PROTO_TCP { 20 } else { 8 };
-    if l4_len < min {
-        return None;
-    }
-    if proto == PROTO_TCP {
-        let tcp = ptr_at::<[u8; 20]>(ctx, offset)?;
-        let tcp = unsafe { &*tcp };
+    let (hdr, min) = if proto == PROTO_TCP {
+        let tcp = unsafe { &*ptr_at::<[u8; 20]>(ctx, offset)? };
         // Data offset below 5 words is not a TCP header.
         if tcp[12] >> 4 < 5 {
             return None;
         }
-        Some((
-            u16::from_ne_bytes([tcp[0], tcp[1]]),
-            u16::from_ne_bytes([tcp[2], tcp[3]]),
-        ))
+        ([tcp[0], tcp[1], tcp[2], tcp[3]], 20)
     } else {
-        let udp = ptr_at::<[u8; 8]>(ctx, offset)?;
-        let udp = unsafe { &*udp };
-        Some((
-            u16::from_ne_bytes([udp[0], udp[1]]),
-            u16::from_ne_bytes([udp[2], udp[3]]),
-        ))
+        let udp = unsafe { &*ptr_at::<[u8; 8]>(ctx, offset)? };
+        ([udp[0], udp[1], udp[2], udp[3]], 8)
+    };
+    if l4_len < min {
+        return None;
     }
+    Some((
+        u16::from_ne_bytes([hdr[0], hdr[1]]),
+        u16::from_ne_bytes([hdr[2], hdr[3]]),
+    ))
 }
 
 #[inline(always)]

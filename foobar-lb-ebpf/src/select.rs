@@ -38,8 +38,9 @@ fn schedule(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
     let cursor = RR_CURSORS.get_ptr_mut(service_id).ok_or(verdict::ABORTED)?;
     // One atomic fetch-add shared by all CPUs: M new flows over N slots give each M/N +/- 1.
     let n = unsafe { fetch_add(cursor, 1) };
-    // `len <= MAX_SLOTS` (a power of two), so the mask only proves the bound to the verifier.
-    let slot = ((n % len) as usize) & (MAX_SLOTS - 1);
+    // `len <= MAX_SLOTS` (a power of two), so the mask changes nothing but proves the bound to
+    // the verifier; black_box keeps LLVM from deleting it as redundant.
+    let slot = (core::hint::black_box(n % len) as usize) & (MAX_SLOTS - 1);
     let id = set.slots[slot];
     let backend = match BACKENDS.get(id) {
         Some(b) if id != 0 && b.service_id == service_id && b.state == BACKEND_ACTIVE => *b,

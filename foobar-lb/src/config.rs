@@ -81,8 +81,15 @@ pub struct Config {
     /// Unix socket of the control API.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// Flow table capacity; the least recently used flows are evicted beyond it.
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+fn default_flow_table_size() -> u32 {
+    foobar_lb_common::DEFAULT_FLOWS
 }
 
 pub fn default_control_socket() -> PathBuf {
@@ -143,6 +150,12 @@ impl Config {
             return Err(invalid(
                 "`interfaces` is empty: name at least one interface",
             ));
+        }
+        if !(1024..=1 << 26).contains(&self.flow_table_size) {
+            return Err(invalid(format!(
+                "flow_table_size {} is out of range 1024..=67108864",
+                self.flow_table_size
+            )));
         }
         let mut names = HashSet::new();
         let mut keys = HashSet::new();

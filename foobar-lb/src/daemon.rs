@@ -17,7 +17,7 @@ use tokio::{net::UnixListener, signal::unix::SignalKind};
 use crate::{
     api::{self, BackendStats, Request, Response, ServiceStats, StatsSnapshot},
     config::{Config, XdpMode},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, LoadOptions},
     neighbor::{self, Mac},
     reconcile::{BackendSpec, BackendState, Reconciler, ServiceSpec},
 };
@@ -152,9 +152,12 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             .await??
     };
 
+    let dataplane = Dataplane::load(&LoadOptions {
+        flow_table_size: config.flow_table_size,
+    })?;
     let mut state = State {
         config,
-        dataplane: Dataplane::load(None)?,
+        dataplane,
         reconciler: Reconciler::default(),
         macs,
     };

@@ -1,8 +1,6 @@
 //! The only module that touches aya: loads the XDP object, attaches it, executes map operations
 //! planned by [`crate::reconcile`] and reads the counters.
 
-use std::path::Path;
-
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode},
@@ -11,7 +9,7 @@ use aya::{
 use foobar_lb_common::{
     verdict, Backend, BackendSet, Counters, ServiceInfo, ServiceKey, VipKey, MAP_BACKENDS,
     MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_RR_CURSORS, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, PROG_NAME,
+    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, PASS_PROG_NAME, PROG_NAME,
 };
 
 use crate::{config::XdpMode, reconcile::MapOp};
@@ -71,21 +69,23 @@ impl std::fmt::Display for Attached {
     }
 }
 
+pub struct LoadOptions {
+    /// Capacity of the flow table (LRU: the least recently used flows are evicted when full).
+    pub flow_table_size: u32,
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
 }
 
 impl Dataplane {
-    /// Loads the object and the program (not attached). With `pin_dir`, maps are pinned there by
-    /// name and reused if already pinned.
-    pub fn load(pin_dir: Option<&Path>) -> Result<Dataplane, DataplaneError> {
+    /// Loads the object and the program (not attached).
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
         let mut loader = EbpfLoader::new();
-        if let Some(dir) = pin_dir {
-            loader.default_map_pin_directory(dir);
-        }
+        loader.map_max_entries(MAP_FLOWS, opts.flow_table_size);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
@@ -271,6 +271,47 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing(MAP_RR_CURSORS))?;
         let arr: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(MAP_RR_CURSORS))?;
         arr.get(&service_id, 0).map_err(map_err(MAP_RR_CURSORS))
+    }
+}
+
+/// The object's XDP_PASS program attached to an interface of the current network namespace,
+/// for as long as this value lives (veth peers in test and demo topologies need one in native
+/// mode).
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(iface: &str) -> Result<PassProgram, DataplaneError> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_FLOWS, 1024)
+            .load(OBJECT)
+            .map_err(DataplaneError::Load)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PASS_PROG_NAME)
+            .ok_or(DataplaneError::Missing("XDP pass program"))?
+            .try_into()
+            .map_err(DataplaneError::Program)?;
+        prog.load().map_err(DataplaneError::Program)?;
+        prog.attach(iface, AyaXdpMode::Driver)
+            .map_err(|source| DataplaneError::Attach {
+                iface: iface.to_owned(),
+                mode: "native",
+                source,
+            })?;
+        Ok(PassProgram { _ebpf: ebpf })
+    }
+}
+
+/// Whether this binary carries its XDP program, and if not why.
+pub fn object_status() -> Result<&'static str, &'static str> {
+    if OBJECT.is_empty() {
+        Err(MISSING)
+    } else {
+        Ok(env!("FOOBAR_LB_EBPF_ROUTE"))
     }
 }
 

@@ -21,6 +21,8 @@ enum Command {
     Run(run::Args),
     /// Print per-service, per-backend and per-verdict counters of a running daemon.
     Stats(stats::Args),
+    /// Show how this binary was built; fails if it lacks its XDP program.
+    Info,
     /// Validate a configuration file without touching the kernel.
     CheckConfig {
         /// The TOML configuration file.
@@ -33,5 +35,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Stats(args) => stats::run(args).await,
         Command::CheckConfig { config } => check::run(&config),
+        Command::Info => match foobar_lb::dataplane::object_status() {
+            Ok(route) => {
+                println!("foobar-lb {}: XDP program built ({route})", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+            Err(why) => anyhow::bail!(
+                "this binary has no XDP program ({why}): run `cargo xtask setup`, then rebuild"
+            ),
+        },
     }
 }

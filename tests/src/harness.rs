@@ -1,0 +1,183 @@
+//! BPF_PROG_TEST_RUN harness: loads the real program (unattached), provisions it through the
+//! controller's reconciler and map writer, runs fixtures and reads counters.
+
+use std::collections::HashMap;
+
+use aya::programs::{TestRun, TestRunOptions};
+use foobar_lb::{
+    config::Config,
+    daemon::desired_state,
+    dataplane::{Dataplane, LoadOptions},
+    neighbor::Mac,
+    reconcile::{BackendState, Reconciler, ServiceSpec},
+};
+use foobar_lb_common::{verdict, Counters};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub fn action_name(a: u32) -> &'static str {
+    ["aborted", "drop", "pass", "tx", "redirect"]
+        .get(a as usize)
+        .copied()
+        .unwrap_or("?")
+}
+
+pub struct Harness {
+    pub dp: Dataplane,
+    pub reconciler: Reconciler,
+    pub config: Config,
+    pub macs: HashMap<std::net::IpAddr, Mac>,
+}
+
+/// What a fixture expects.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// XDP_PASS with the frame unchanged.
+    Pass,
+    /// XDP_TX to this MAC, the source MAC set to the LB's, the rest unchanged.
+    Tx(Mac),
+    /// XDP_DROP counted under this verdict index.
+    Drop(u32),
+}
+
+pub struct Outcome {
+    pub action: u32,
+    pub out: Vec<u8>,
+}
+
+impl Harness {
+    /// Loads the program and provisions `config`, with `macs` as the resolved backend MACs.
+    pub fn new(config_toml: &str, macs: &[(&str, Mac)]) -> Harness {
+        crate::require_root();
+        let config = Config::parse(config_toml).expect("test config is valid");
+        let dp = Dataplane::load(&LoadOptions {
+            flow_table_size: 65536,
+        })
+        .expect("load the XDP program");
+        let mut h = Harness {
+            dp,
+            reconciler: Reconciler::default(),
+            config,
+            macs: macs
+                .iter()
+                .map(|(a, m)| (a.parse().unwrap(), *m))
+                .collect(),
+        };
+        h.apply(&h.desired());
+        h
+    }
+
+    pub fn desired(&self) -> Vec<ServiceSpec> {
+        desired_state(&self.config, &self.macs)
+    }
+
+    /// Applies a desired state through the reconciler, as the daemon does.
+    pub fn apply(&mut self, desired: &[ServiceSpec]) {
+        let ops = self.reconciler.plan(desired).expect("plan");
+        self.dp.execute(&ops).expect("execute");
+    }
+
+    /// Sets one backend's state and applies.
+    pub fn set_state(&mut self, service: &str, backend: &str, state: BackendState) {
+        let mut d = self.desired();
+        for s in d.iter_mut().filter(|s| s.name == service) {
+            for b in s.backends.iter_mut().filter(|b| b.addr.to_string() == backend) {
+                b.state = state;
+            }
+        }
+        self.apply(&d);
+    }
+
+    pub fn run(&self, frame: &[u8]) -> Outcome {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = self.dp.program().test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        Outcome {
+            action: r.return_value,
+            out,
+        }
+    }
+
+    pub fn verdicts(&self) -> Vec<u64> {
+        self.dp.verdicts().unwrap()
+    }
+
+    pub fn service_id(&self, name: &str) -> u32 {
+        self.reconciler.services()[name].id
+    }
+
+    pub fn backend_id(&self, service: &str, addr: &str) -> u32 {
+        self.reconciler.services()[service].backends[&addr.parse().unwrap()].id
+    }
+
+    pub fn backend_counters(&self, service: &str, addr: &str) -> Counters {
+        self.dp
+            .backend_counters(self.backend_id(service, addr))
+            .unwrap()
+    }
+
+    pub fn service_counters(&self, service: &str) -> Counters {
+        self.dp.service_counters(self.service_id(service)).unwrap()
+    }
+
+    /// Runs one fixture and checks verdict, output frame and the verdict counter.
+    pub fn check(&self, name: &str, frame: &[u8], expect: &Expect) -> Outcome {
+        let before = self.verdicts();
+        let o = self.run(frame);
+        let after = self.verdicts();
+        let (want_action, want_counter) = match expect {
+            Expect::Pass => (XDP_PASS, verdict::PASS),
+            Expect::Tx(_) => (XDP_TX, verdict::TX),
+            Expect::Drop(reason) => (XDP_DROP, *reason),
+        };
+        let input = crate::packet::decode(frame);
+        let output = if o.out.len() >= 14 {
+            Some(crate::packet::decode(&o.out))
+        } else {
+            None
+        };
+        let ctx = || format!("fixture {name:?}\n  input:  {input:?}\n  output: {output:?}");
+        assert_eq!(
+            action_name(o.action),
+            action_name(want_action),
+            "wrong verdict; {}",
+            ctx()
+        );
+        let counted: Vec<(usize, u64)> = after
+            .iter()
+            .zip(&before)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| (i, a - b))
+            .collect();
+        assert_eq!(
+            counted,
+            vec![(want_counter as usize, 1)],
+            "expected exactly one {} count; {}",
+            verdict::NAMES[want_counter as usize],
+            ctx()
+        );
+        match expect {
+            Expect::Pass => assert_eq!(o.out, frame, "passed frame was modified; {}", ctx()),
+            Expect::Drop(_) => {}
+            Expect::Tx(mac) => {
+                let mut want = frame.to_vec();
+                want[0..6].copy_from_slice(mac);
+                want[6..12].copy_from_slice(&frame[0..6]);
+                assert_eq!(o.out, want, "wrong rewrite; {}", ctx());
+                assert!(output.as_ref().is_some_and(|d| d.checksums_ok), "bad checksum; {}", ctx());
+            }
+        }
+        o
+    }
+}
+
+pub fn backend_mac_of(frame: &[u8]) -> Mac {
+    frame[0..6].try_into().unwrap()
+}

@@ -1,0 +1,271 @@
+//! Network namespaces for end-to-end tests and the demo: unique names, everything removed when
+//! the guard drops (on success, failure and panic alike).
+//!
+//! Topology (shared/TESTING-NETNS.md): one Linux bridge in its own namespace; the client, the
+//! load balancer and each web server have one veth into it. Backends hold the VIP on `lo` with
+//! `arp_ignore=1`/`arp_announce=2` (direct server return); the load balancer holds it on its
+//! interface so it answers ARP/ND for it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub const VIP4: &str = "10.111.0.100";
+pub const VIP6: &str = "fd00:f00b::100";
+pub const CLIENT4: &str = "10.111.0.1";
+pub const LB4: &str = "10.111.0.2";
+pub const LB6: &str = "fd00:f00b::2";
+
+/// Address of web server `i` (1-based).
+pub fn web4(i: usize) -> String {
+    format!("10.111.0.{}", 10 + i)
+}
+
+pub fn web6(i: usize) -> String {
+    format!("fd00:f00b::{}", 10 + i)
+}
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+/// One network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Netns> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut v = vec!["-n", &self.name];
+        v.extend_from_slice(args);
+        ip(&v)
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        run(self.cmd("sysctl").args(["-q", "-w", &format!("{key}={value}")])).map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Killing what still runs inside first lets the namespace go at once.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A unique prefix for this process' namespaces (kept short: interface names are 15 bytes).
+pub fn unique_prefix(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("fl{tag}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The www.foobar.com topology: a client, a load balancer and `webs` nginx web servers on one
+/// L2 segment. Drop removes everything.
+pub struct Topology {
+    pub prefix: String,
+    /// Temporary files (nginx configs, logs, pages, daemon config); removed on drop.
+    pub dir: PathBuf,
+    // Field order is drop order: hosts before the bridge that links them.
+    pub client: Netns,
+    pub lb: Netns,
+    pub webs: Vec<Netns>,
+    pub bridge: Netns,
+}
+
+impl Topology {
+    pub fn new(tag: &str, webs: usize) -> Result<Topology> {
+        let prefix = unique_prefix(tag);
+        let dir = std::env::temp_dir().join(format!("{prefix}-files"));
+        fs::create_dir_all(&dir)?;
+        let bridge = Netns::new(&format!("{prefix}br"))?;
+        // Partial construction is cleaned up by the guards created so far.
+        bridge.ip(&[
+            "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
+            "mcast_snooping", "0",
+        ])?;
+        bridge.ip(&["link", "set", "br0", "up"])?;
+        // br_netfilter is built in: bridged frames must not go through conntrack.
+        for fam in ["iptables", "ip6tables", "arptables"] {
+            let _ = bridge.sysctl(&format!("net.bridge.bridge-nf-call-{fam}"), "0");
+        }
+        let host = |role: &str| -> Result<Netns> {
+            let ns = Netns::new(&format!("{prefix}{role}"))?;
+            bridge.ip(&["link", "add", role, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
+            bridge.ip(&["link", "set", role, "master", "br0", "up"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            for key in ["all", "default", "eth0"] {
+                ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+            }
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            Ok(ns)
+        };
+        let client = host("c")?;
+        let lb = host("lb")?;
+        let mut web_ns = Vec::new();
+        for i in 1..=webs {
+            web_ns.push(host(&format!("w{i}"))?);
+        }
+        let topo = Topology {
+            prefix,
+            dir,
+            client,
+            lb,
+            webs: web_ns,
+            bridge,
+        };
+        topo.configure()?;
+        Ok(topo)
+    }
+
+    fn configure(&self) -> Result<()> {
+        let addr = |ns: &Netns, a: &str, dev: &str| ns.ip(&["addr", "add", a, "dev", dev, "nodad"]);
+        addr(&self.client, &format!("{CLIENT4}/24"), "eth0")?;
+        addr(&self.client, "fd00:f00b::1/64", "eth0")?;
+        addr(&self.lb, &format!("{LB4}/24"), "eth0")?;
+        addr(&self.lb, &format!("{LB6}/64"), "eth0")?;
+        // The load balancer owns the VIPs on its interface: it answers ARP/ND for them.
+        addr(&self.lb, &format!("{VIP4}/32"), "eth0")?;
+        addr(&self.lb, &format!("{VIP6}/128"), "eth0")?;
+        for (i, web) in self.webs.iter().enumerate() {
+            addr(web, &format!("{}/24", web4(i + 1)), "eth0")?;
+            addr(web, &format!("{}/64", web6(i + 1)), "eth0")?;
+            // Direct server return: the VIP on lo, never announced or answered for.
+            addr(web, &format!("{VIP4}/32"), "lo")?;
+            addr(web, &format!("{VIP6}/128"), "lo")?;
+            web.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+            web.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        }
+        // Frames XDP sends on must carry full checksums (TESTING-NETNS.md).
+        for ns in std::iter::once(&self.client).chain(&self.webs) {
+            run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+        }
+        // Many short connections from one client: reuse TIME_WAIT ports.
+        self.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        Ok(())
+    }
+
+    pub fn web(&self, i: usize) -> &Netns {
+        &self.webs[i - 1]
+    }
+
+    /// Starts nginx in web server `i`: `/` answers `web<i>`, `/big` is 1 MiB.
+    pub fn start_web(&self, i: usize) -> Result<()> {
+        let name = format!("web{i}");
+        let root = self.dir.join(&name);
+        fs::create_dir_all(&root)?;
+        fs::write(root.join("index.html"), format!("{name}\n"))?;
+        fs::write(root.join("big"), vec![b'x'; 1 << 20])?;
+        let conf = self.dir.join(format!("{name}.conf"));
+        fs::write(
+            &conf,
+            format!(
+                "user root;\nworker_processes 1;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.err;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; keepalive_requests 10000;\n  server {{ listen 80; listen [::]:80;\n    root {root};\n    location = / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+                dir = self.dir.display(),
+                root = root.display(),
+            ),
+        )?;
+        run(self.web(i).cmd("nginx").args(["-c"]).arg(&conf))?;
+        Ok(())
+    }
+
+    /// Stops nginx in web server `i` (for failover tests).
+    pub fn stop_web(&self, i: usize) -> Result<()> {
+        let pid = fs::read_to_string(self.dir.join(format!("web{i}.pid")))?;
+        run(Command::new("kill").arg(pid.trim())).map(|_| ())
+    }
+
+    /// Writes a daemon config for the VIPs with every web server as a backend.
+    pub fn write_config(&self, xdp_mode: &str, socket: &Path) -> Result<PathBuf> {
+        let mut c = format!(
+            "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n",
+            socket.display()
+        );
+        for (name, vip, addr) in [("www", VIP4, web4 as fn(usize) -> String), ("www6", VIP6, web6)] {
+            c += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n");
+            for i in 1..=self.webs.len() {
+                c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", addr(i));
+            }
+        }
+        let path = self.dir.join("foobar-lb.toml");
+        fs::write(&path, c)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Topology {
+    /// Attaches the XDP_PASS program to the load balancer's bridge port, so frames the load
+    /// balancer sends with XDP_TX in native mode are delivered. Keep the value alive.
+    pub fn attach_lb_peer_pass(&self) -> Result<foobar_lb::dataplane::PassProgram> {
+        in_netns(&self.bridge.name, || {
+            foobar_lb::dataplane::PassProgram::attach("lb").map_err(anyhow::Error::from)
+        })
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `name`.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+            // SAFETY: a valid namespace fd; affects only this thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}

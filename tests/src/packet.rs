@@ -1,0 +1,289 @@
+//! Packets built field by field, with valid checksums, and a decoder for readable diffs.
+
+use std::net::IpAddr;
+
+pub type Mac = [u8; 6];
+
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+pub const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0xaa];
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp { sport: u16, dport: u16, flags: u8 },
+    Udp { sport: u16, dport: u16 },
+    /// Any other protocol number with a raw payload.
+    Other { proto: u8 },
+}
+
+/// A frame description. Defaults: client -> LB MACs, IPv4 TTL 64, no VLAN, no options.
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub eth_dst: Mac,
+    pub eth_src: Mac,
+    pub vlan: Option<u16>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4 options (padded to 4 bytes by the caller).
+    pub ip_options: Vec<u8>,
+    /// IPv4 flags + fragment offset field.
+    pub frag: u16,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+}
+
+impl Pkt {
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Pkt {
+        Pkt::new(src, dst, L4::Tcp { sport, dport, flags })
+    }
+
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+        Pkt::new(src, dst, L4::Udp { sport, dport })
+    }
+
+    pub fn new(src: &str, dst: &str, l4: L4) -> Pkt {
+        Pkt {
+            eth_dst: LB_MAC,
+            eth_src: CLIENT_MAC,
+            vlan: None,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            ip_options: Vec::new(),
+            frag: 0,
+            l4,
+            payload: b"hello foobar".to_vec(),
+        }
+    }
+
+    pub fn vlan(mut self, id: u16) -> Pkt {
+        self.vlan = Some(id);
+        self
+    }
+
+    pub fn options(mut self, opts: &[u8]) -> Pkt {
+        assert_eq!(opts.len() % 4, 0);
+        self.ip_options = opts.to_vec();
+        self
+    }
+
+    pub fn frag(mut self, field: u16) -> Pkt {
+        self.frag = field;
+        self
+    }
+
+    fn l4_bytes(&self) -> (u8, Vec<u8>) {
+        let mut b = Vec::new();
+        let proto = match self.l4 {
+            L4::Tcp { sport, dport, flags } => {
+                b.extend(sport.to_be_bytes());
+                b.extend(dport.to_be_bytes());
+                b.extend(1000u32.to_be_bytes()); // seq
+                b.extend(0u32.to_be_bytes()); // ack
+                b.push(5 << 4); // data offset
+                b.push(flags);
+                b.extend(64240u16.to_be_bytes()); // window
+                b.extend([0, 0, 0, 0]); // checksum, urgent
+                6
+            }
+            L4::Udp { sport, dport } => {
+                b.extend(sport.to_be_bytes());
+                b.extend(dport.to_be_bytes());
+                b.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                b.extend([0, 0]);
+                17
+            }
+            L4::Other { proto } => proto,
+        };
+        b.extend(&self.payload);
+        if proto == 6 || proto == 17 {
+            let sum = l4_checksum(self.src, self.dst, proto, &b);
+            let at = if proto == 6 { 16 } else { 6 };
+            b[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        (proto, b)
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend(self.eth_dst);
+        f.extend(self.eth_src);
+        if let Some(id) = self.vlan {
+            f.extend(0x8100u16.to_be_bytes());
+            f.extend(id.to_be_bytes());
+        }
+        let (proto, l4) = self.l4_bytes();
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend(0x0800u16.to_be_bytes());
+                let ihl = 5 + self.ip_options.len() / 4;
+                let mut h = vec![(4 << 4) | ihl as u8, 0];
+                h.extend(((ihl * 4 + l4.len()) as u16).to_be_bytes());
+                h.extend(0x1234u16.to_be_bytes());
+                h.extend(self.frag.to_be_bytes());
+                h.extend([64, proto, 0, 0]);
+                h.extend(s.octets());
+                h.extend(d.octets());
+                h.extend(&self.ip_options);
+                let sum = checksum(&h, 0);
+                h[10..12].copy_from_slice(&sum.to_be_bytes());
+                f.extend(h);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend(0x86ddu16.to_be_bytes());
+                f.extend([0x60, 0, 0, 0]);
+                f.extend((l4.len() as u16).to_be_bytes());
+                f.extend([proto, 64]);
+                f.extend(s.octets());
+                f.extend(d.octets());
+            }
+            _ => panic!("mixed address families"),
+        }
+        f.extend(l4);
+        f
+    }
+}
+
+/// Internet checksum of `data`, starting from a partial sum.
+pub fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend(s.octets());
+            p.extend(d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend(s.octets());
+            p.extend(d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    p.extend([0, proto]);
+    p.extend((len as u32).to_be_bytes());
+    p.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum()
+}
+
+fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> u16 {
+    checksum(seg, pseudo_sum(src, dst, proto, seg.len()))
+}
+
+/// A frame taken apart, for assertions and readable failure output.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub eth_dst: String,
+    pub eth_src: String,
+    pub vlan: Option<u16>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub ports: Option<(u16, u16)>,
+    /// IPv4 header checksum and TCP/UDP checksum both verify.
+    pub checksums_ok: bool,
+    pub len: usize,
+}
+
+pub fn mac_str(m: &[u8]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Decodes a frame built by [`Pkt::build`] (or rewritten from one).
+pub fn decode(f: &[u8]) -> Decoded {
+    let mut d = Decoded {
+        eth_dst: mac_str(&f[0..6]),
+        eth_src: mac_str(&f[6..12]),
+        vlan: None,
+        src: None,
+        dst: None,
+        ports: None,
+        checksums_ok: false,
+        len: f.len(),
+    };
+    // Truncated frames decode as far as they go.
+    if f.len() < 14 {
+        return d;
+    }
+    let mut off = 12;
+    let mut et = u16::from_be_bytes([f[off], f[off + 1]]);
+    if et == 0x8100 {
+        if f.len() < off + 6 {
+            return d;
+        }
+        d.vlan = Some(u16::from_be_bytes([f[off + 2], f[off + 3]]));
+        off += 4;
+        et = u16::from_be_bytes([f[off], f[off + 1]]);
+    }
+    off += 2;
+    let (src, dst, proto, l4) = match et {
+        0x0800 if f.len() >= off + 20 && f.len() >= off + (f[off] & 0xf) as usize * 4 => {
+            let ihl = (f[off] & 0xf) as usize * 4;
+            let ip_ok = checksum(&f[off..off + ihl], 0) == 0;
+            let s: [u8; 4] = f[off + 12..off + 16].try_into().unwrap();
+            let t: [u8; 4] = f[off + 16..off + 20].try_into().unwrap();
+            d.checksums_ok = ip_ok;
+            (IpAddr::from(s), IpAddr::from(t), f[off + 9], &f[off + ihl..])
+        }
+        0x86dd if f.len() >= off + 40 => {
+            let s: [u8; 16] = f[off + 8..off + 24].try_into().unwrap();
+            let t: [u8; 16] = f[off + 24..off + 40].try_into().unwrap();
+            d.checksums_ok = true;
+            (IpAddr::from(s), IpAddr::from(t), f[off + 6], &f[off + 40..])
+        }
+        _ => return d,
+    };
+    d.src = Some(src);
+    d.dst = Some(dst);
+    if (proto == 6 || proto == 17) && l4.len() >= 8 {
+        d.ports = Some((
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ));
+        d.checksums_ok &= checksum(l4, pseudo_sum(src, dst, proto, l4.len())) == 0;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_packets_verify() {
+        for p in [
+            Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN),
+            Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).vlan(7),
+            Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK),
+            Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN).options(&[1, 1, 1, 0]),
+        ] {
+            let d = decode(&p.build());
+            assert!(d.checksums_ok, "{d:?}");
+            assert_eq!(d.src, Some(p.src));
+            assert_eq!(d.vlan, p.vlan);
+        }
+        // A flipped bit is caught.
+        let mut f = Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).build();
+        let last = f.len() - 1;
+        f[last] ^= 1;
+        assert!(!decode(&f).checksums_ok);
+    }
+}

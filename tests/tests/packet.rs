@@ -1,0 +1,275 @@
+//! Packet tests through BPF_PROG_TEST_RUN: the real XDP program, provisioned by the controller's
+//! own reconciler and map writer. Katran-style fixtures: input built field by field, expected
+//! verdict, expected output frame, expected counters.
+
+use foobar_lb::reconcile::BackendState;
+use foobar_lb_common::verdict;
+use foobar_lb_tests::{
+    harness::{backend_mac_of, Expect, Harness},
+    packet::{Pkt, L4, TCP_ACK, TCP_SYN},
+};
+
+const CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "www"
+vip = "10.0.0.100"
+port = 80
+
+[[service.backend]]
+address = "10.0.0.11"
+
+[[service.backend]]
+address = "10.0.0.12"
+
+[[service]]
+name = "dns"
+vip = "10.0.0.100"
+port = 53
+protocol = "udp"
+
+[[service.backend]]
+address = "10.0.0.11"
+
+[[service.backend]]
+address = "10.0.0.12"
+
+[[service]]
+name = "www6"
+vip = "fd00::100"
+port = 80
+
+[[service.backend]]
+address = "fd00::11"
+
+[[service.backend]]
+address = "fd00::12"
+
+[[service]]
+name = "empty"
+vip = "10.0.0.101"
+port = 80
+"#;
+
+const B1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const B2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+
+fn harness() -> Harness {
+    Harness::new(
+        CONFIG,
+        &[
+            ("10.0.0.11", B1),
+            ("10.0.0.12", B2),
+            ("fd00::11", B1),
+            ("fd00::12", B2),
+        ],
+    )
+}
+
+const CLIENT: &str = "10.0.0.1";
+const VIP: &str = "10.0.0.100";
+
+#[test]
+fn new_flows_go_round_robin_and_later_packets_stick() {
+    let h = harness();
+    let syn1 = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).build();
+    let syn2 = Pkt::tcp(CLIENT, 40001, VIP, 80, TCP_SYN).build();
+    h.check("first SYN -> first backend", &syn1, &Expect::Tx(B1));
+    h.check("second SYN -> second backend", &syn2, &Expect::Tx(B2));
+    for _ in 0..3 {
+        let ack1 = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).build();
+        h.check("flow 1 stays on B1", &ack1, &Expect::Tx(B1));
+        let ack2 = Pkt::tcp(CLIENT, 40001, VIP, 80, TCP_ACK).build();
+        h.check("flow 2 stays on B2", &ack2, &Expect::Tx(B2));
+    }
+    let svc = h.service_counters("www");
+    assert_eq!((svc.packets, svc.new_flows), (8, 2));
+    assert_eq!(svc.bytes, 8 * syn1.len() as u64);
+    let b1 = h.backend_counters("www", "10.0.0.11");
+    assert_eq!((b1.packets, b1.new_flows), (4, 1));
+    assert_eq!(h.dp.flow_count().unwrap(), 2);
+}
+
+#[test]
+fn m_new_flows_split_evenly_over_n_backends() {
+    let h = harness();
+    let m = 1001;
+    for port in 0..m {
+        let f = Pkt::tcp(CLIENT, 10000 + port, VIP, 80, TCP_SYN).build();
+        let o = h.run(&f);
+        assert_eq!(o.action, foobar_lb_tests::harness::XDP_TX);
+    }
+    let a = h.backend_counters("www", "10.0.0.11").new_flows;
+    let b = h.backend_counters("www", "10.0.0.12").new_flows;
+    assert_eq!(a + b, m as u64);
+    assert!(a.abs_diff(m as u64 / 2) <= 1 && b.abs_diff(m as u64 / 2) <= 1, "{a} / {b}");
+}
+
+#[test]
+fn udp_is_balanced_per_flow_not_per_packet() {
+    let h = harness();
+    let first = h.check("udp flow A", &Pkt::udp(CLIENT, 5000, VIP, 53).build(), &Expect::Tx(B1));
+    let mac_a = backend_mac_of(&first.out);
+    for _ in 0..3 {
+        h.check("udp flow A again", &Pkt::udp(CLIENT, 5000, VIP, 53).build(), &Expect::Tx(mac_a));
+    }
+    h.check("udp flow B", &Pkt::udp(CLIENT, 5001, VIP, 53).build(), &Expect::Tx(B2));
+    assert_eq!(h.service_counters("dns").new_flows, 2);
+    // Services are independent: TCP www has its own cursor.
+    h.check("tcp www first flow", &Pkt::tcp(CLIENT, 5000, VIP, 80, TCP_SYN).build(), &Expect::Tx(B1));
+}
+
+#[test]
+fn ipv6_is_balanced() {
+    let h = harness();
+    let c = "fd00::1";
+    h.check("v6 SYN 1", &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_SYN).build(), &Expect::Tx(B1));
+    h.check("v6 SYN 2", &Pkt::tcp(c, 1001, "fd00::100", 80, TCP_SYN).build(), &Expect::Tx(B2));
+    h.check("v6 ACK 1", &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_ACK).build(), &Expect::Tx(B1));
+    // IPv6 with a destination-options extension header before TCP.
+    let mut f = Pkt::tcp(c, 1000, "fd00::100", 80, TCP_ACK).build();
+    let ext = [6u8, 0, 1, 4, 0, 0, 0, 0]; // next=TCP, len 8 bytes, PadN
+    f[14 + 6] = 60;
+    let plen = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    f.splice(54..54, ext);
+    let o = h.run(&f);
+    assert_eq!(o.action, foobar_lb_tests::harness::XDP_TX);
+    assert_eq!(backend_mac_of(&o.out), B1, "extension header skipped, same flow");
+    h.check("v6 to an unknown port passes", &Pkt::tcp(c, 1000, "fd00::100", 22, TCP_SYN).build(), &Expect::Pass);
+}
+
+#[test]
+fn vlan_tagged_frames_keep_their_tag() {
+    let h = harness();
+    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).vlan(42).build();
+    let o = h.check("VLAN 42 SYN", &f, &Expect::Tx(B1));
+    assert_eq!(foobar_lb_tests::packet::decode(&o.out).vlan, Some(42));
+    h.check("VLAN non-VIP", &Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).vlan(42).build(), &Expect::Pass);
+}
+
+#[test]
+fn ipv4_options_are_skipped_by_ihl() {
+    let h = harness();
+    // Two NOPs + EOL padding, then a 4-byte record-route-ish filler: IHL 7.
+    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN)
+        .options(&[1, 1, 1, 1, 1, 1, 1, 0])
+        .build();
+    h.check("IPv4 with options", &f, &Expect::Tx(B1));
+    let same = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_ACK).build();
+    h.check("same flow without options", &same, &Expect::Tx(B1));
+}
+
+#[test]
+fn traffic_not_for_a_service_passes_untouched() {
+    let h = harness();
+    for (name, f) in [
+        ("other host", Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).build()),
+        ("VIP wrong port", Pkt::tcp(CLIENT, 1000, VIP, 8080, TCP_SYN).build()),
+        ("VIP wrong protocol", Pkt::udp(CLIENT, 1000, VIP, 80).build()),
+        ("ICMP to VIP", Pkt::new(CLIENT, VIP, L4::Other { proto: 1 }).build()),
+        ("ARP", {
+            let mut f = vec![0xff; 6];
+            f.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+            f.extend([0u8; 28]);
+            f
+        }),
+    ] {
+        h.check(name, &f, &Expect::Pass);
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+}
+
+#[test]
+fn truncated_headers_at_every_layer() {
+    let h = harness();
+    let v4 = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
+    let v4_other = Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).build();
+    let udp = Pkt::udp(CLIENT, 1000, VIP, 53).build();
+    let v6 = Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN).build();
+    let vlan = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).vlan(5).build();
+    // Truncate to `len` and fix nothing: the IP length fields now lie.
+    let cut = |f: &[u8], len: usize| f[..len].to_vec();
+    // Fix the IPv4 total length to match a frame cut inside the L4 header.
+    let cut_consistent_v4 = |f: &[u8], len: usize| {
+        let mut g = f[..len].to_vec();
+        g[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        g[24..26].copy_from_slice(&[0, 0]);
+        let sum = foobar_lb_tests::packet::checksum(&g[14..34], 0);
+        g[24..26].copy_from_slice(&sum.to_be_bytes());
+        g
+    };
+    let malformed = Expect::Drop(verdict::DROP_MALFORMED);
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, so the shortest
+        // frame testable is a bare Ethernet header that announces IPv4.
+        ("ethernet header only", cut(&v4, 14), Expect::Pass),
+        ("VLAN tag cut", cut(&vlan, 16), Expect::Pass),
+        ("IPv4 header cut before dst", cut(&v4, 14 + 12), Expect::Pass),
+        ("IPv4 tot_len beyond frame", cut(&v4, 14 + 20 + 20), malformed.clone()),
+        ("TCP header cut, lengths consistent", cut_consistent_v4(&v4, 14 + 20 + 10), malformed.clone()),
+        ("TCP cut, not a VIP", cut_consistent_v4(&v4_other, 14 + 20 + 10), Expect::Pass),
+        ("UDP header cut", cut_consistent_v4(&udp, 14 + 20 + 4), malformed.clone()),
+        ("IPv6 header cut", cut(&v6, 14 + 30), Expect::Pass),
+        ("IPv6 payload shorter than payload_len", cut(&v6, 14 + 40 + 10), malformed.clone()),
+        ("VLAN + TCP cut", cut(&vlan, 18 + 20 + 10), malformed),
+    ];
+    for (name, f, e) in cases {
+        h.check(name, &f, &e);
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+}
+
+#[test]
+fn malformed_and_fragmented_packets_to_a_vip_are_dropped() {
+    let h = harness();
+    let mut bad_ihl = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
+    bad_ihl[14] = 0x44; // IHL 4 < 5
+    h.check("IHL below 5", &bad_ihl, &Expect::Drop(verdict::DROP_MALFORMED));
+    let mut bad_doff = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
+    bad_doff[14 + 20 + 12] = 0x40; // TCP data offset 4
+    h.check("TCP doff below 5", &bad_doff, &Expect::Drop(verdict::DROP_MALFORMED));
+    let more_frags = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).frag(0x2000).build();
+    h.check("first fragment", &more_frags, &Expect::Drop(verdict::DROP_FRAGMENT));
+    let later = Pkt::udp(CLIENT, 1000, VIP, 53).frag(0x0010).build();
+    h.check("later fragment", &later, &Expect::Drop(verdict::DROP_FRAGMENT));
+    let df = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).frag(0x4000).build();
+    h.check("don't-fragment bit alone is fine", &df, &Expect::Tx(B1));
+    let other = Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).frag(0x2000).build();
+    h.check("fragment for another host", &other, &Expect::Pass);
+}
+
+#[test]
+fn empty_backend_set_drops_and_counts() {
+    let h = harness();
+    let f = Pkt::tcp(CLIENT, 1000, "10.0.0.101", 80, TCP_SYN).build();
+    h.check("no backends", &f, &Expect::Drop(verdict::DROP_NO_BACKEND));
+    h.check("still none", &f, &Expect::Drop(verdict::DROP_NO_BACKEND));
+}
+
+#[test]
+fn removed_backend_moves_its_flows_drained_backend_keeps_them() {
+    let mut h = harness();
+    let flow = |port| Pkt::tcp(CLIENT, port, VIP, 80, TCP_ACK).build();
+    h.check("flow 1", &flow(1), &Expect::Tx(B1));
+    h.check("flow 2", &flow(2), &Expect::Tx(B2));
+
+    // Drain B2: its flow continues, new flows avoid it.
+    h.set_state("www", "10.0.0.12", BackendState::Draining);
+    h.check("drained flow continues", &flow(2), &Expect::Tx(B2));
+    for port in 3..7 {
+        h.check("new flow avoids drained", &flow(port), &Expect::Tx(B1));
+    }
+
+    // Mark B2 down: its flow moves on its next packet.
+    h.set_state("www", "10.0.0.12", BackendState::Down);
+    h.check("flow of a down backend moves", &flow(2), &Expect::Tx(B1));
+    h.check("and stays moved", &flow(2), &Expect::Tx(B1));
+
+    // Remove B1 from the config: everything lands on nothing -> counted drop.
+    let mut d = h.desired();
+    d[0].backends.clear();
+    h.apply(&d);
+    h.check("all gone", &flow(1), &Expect::Drop(verdict::DROP_NO_BACKEND));
+}

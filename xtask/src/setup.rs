@@ -1,0 +1,126 @@
+//! Installs the toolchain and tools, skipping what is already there. See shared/TOOLCHAIN.md:
+//! Debian's rustc-web ships a prebuilt `core` for BPF, and bpf-linker is built against the same
+//! LLVM major version.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages: BPF toolchain, then what the demo and the tests run.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "iproute2",
+    "ethtool",
+    "nginx",
+    "curl",
+    "iputils-ping",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    if !is_root() {
+        bail!("setup installs packages and the tests create network namespaces: run as root");
+    }
+    let mut wanted: Vec<String> = PACKAGES.iter().map(|s| s.to_string()).collect();
+    let llvm = if Path::new("/usr/bin/rustc").exists() {
+        Some(rustc_llvm_major()?)
+    } else {
+        None
+    };
+    // rustc-web's LLVM decides the llvm-N-dev that bpf-linker links against; when rustc-web is
+    // not installed yet, install it first to learn it.
+    let missing: Vec<&String> = wanted.iter().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() {
+        apt_install(&missing.iter().map(|s| s.as_str()).collect::<Vec<_>>())?;
+    }
+    let llvm = match llvm {
+        Some(v) => v,
+        None => rustc_llvm_major()?,
+    };
+    wanted.push(format!("llvm-{llvm}-dev"));
+    let llvm_dev = format!("llvm-{llvm}-dev");
+    if !installed(&llvm_dev) {
+        apt_install(&[&llvm_dev])?;
+    }
+    ensure_bpf_linker(llvm)?;
+    println!("setup: toolchain ready (Debian rustc-web, LLVM {llvm}, bpf-linker {BPF_LINKER_VERSION})");
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    println!("setup: installing {} (apt-get)...", pkgs.join(" "));
+    let status = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("cannot run apt-get: this setup needs Debian/Ubuntu")?;
+    if !status.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("apt-get install {} failed", pkgs.join(" "));
+    }
+    Ok(())
+}
+
+/// LLVM major version of Debian's rustc (`LLVM version: 22.1.8` -> 22).
+fn rustc_llvm_major() -> Result<u32> {
+    let out = Command::new("/usr/bin/rustc")
+        .arg("-vV")
+        .output()
+        .context("cannot run /usr/bin/rustc")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no LLVM version in `/usr/bin/rustc -vV`:\n{text}"))
+}
+
+fn ensure_bpf_linker(llvm: u32) -> Result<()> {
+    let ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Ok(());
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about a minute)..."
+    );
+    let status = Command::new("cargo")
+        .args(["install", "--locked"])
+        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{llvm}"))
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"))
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() {
+        bail!(
+            "cargo install bpf-linker failed: check that bpf-linker {BPF_LINKER_VERSION} has an \
+             `llvm-{llvm}` feature (Debian's rustc moved to LLVM {llvm}); a newer bpf-linker may \
+             be needed"
+        );
+    }
+    Ok(())
+}
