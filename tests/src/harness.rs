@@ -61,10 +61,7 @@ impl Harness {
             dp,
             reconciler: Reconciler::default(),
             config,
-            macs: macs
-                .iter()
-                .map(|(a, m)| (a.parse().unwrap(), *m))
-                .collect(),
+            macs: macs.iter().map(|(a, m)| (a.parse().unwrap(), *m)).collect(),
         };
         h.apply(&h.desired());
         h
@@ -84,7 +81,11 @@ impl Harness {
     pub fn set_state(&mut self, service: &str, backend: &str, state: BackendState) {
         let mut d = self.desired();
         for s in d.iter_mut().filter(|s| s.name == service) {
-            for b in s.backends.iter_mut().filter(|b| b.addr.to_string() == backend) {
+            for b in s
+                .backends
+                .iter_mut()
+                .filter(|b| b.addr.to_string() == backend)
+            {
                 b.state = state;
             }
         }
@@ -171,7 +172,11 @@ impl Harness {
                 want[0..6].copy_from_slice(mac);
                 want[6..12].copy_from_slice(&frame[0..6]);
                 assert_eq!(o.out, want, "wrong rewrite; {}", ctx());
-                assert!(output.as_ref().is_some_and(|d| d.checksums_ok), "bad checksum; {}", ctx());
+                assert!(
+                    output.as_ref().is_some_and(|d| d.checksums_ok),
+                    "bad checksum; {}",
+                    ctx()
+                );
             }
         }
         o

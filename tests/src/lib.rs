@@ -1,6 +1,7 @@
 //! Test support for foobar-lb: a packet builder with checksums, a BPF_PROG_TEST_RUN harness
 //! provisioned through the controller's own map-writing code, and network-namespace guards.
 
+pub mod daemon;
 pub mod harness;
 pub mod netns;
 pub mod packet;

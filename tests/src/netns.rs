@@ -79,26 +79,38 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        run(self.cmd("sysctl").args(["-q", "-w", &format!("{key}={value}")])).map(|_| ())
+        run(self
+            .cmd("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")]))
+        .map(|_| ())
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Killing what still runs inside first lets the namespace go at once.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// A unique prefix for this process' namespaces (kept short: interface names are 15 bytes).
 pub fn unique_prefix(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("fl{tag}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "fl{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The www.foobar.com topology: a client, a load balancer and `webs` nginx web servers on one
@@ -122,8 +134,17 @@ impl Topology {
         let bridge = Netns::new(&format!("{prefix}br"))?;
         // Partial construction is cleaned up by the guards created so far.
         bridge.ip(&[
-            "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
-            "mcast_snooping", "0",
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
         ])?;
         bridge.ip(&["link", "set", "br0", "up"])?;
         // br_netfilter is built in: bridged frames must not go through conntrack.
@@ -132,7 +153,9 @@ impl Topology {
         }
         let host = |role: &str| -> Result<Netns> {
             let ns = Netns::new(&format!("{prefix}{role}"))?;
-            bridge.ip(&["link", "add", role, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
+            bridge.ip(&[
+                "link", "add", role, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ])?;
             bridge.ip(&["link", "set", role, "master", "br0", "up"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             for key in ["all", "default", "eth0"] {
@@ -192,10 +215,13 @@ impl Topology {
 
     /// Starts nginx in web server `i`: `/` answers `web<i>`, `/big` is 1 MiB.
     pub fn start_web(&self, i: usize) -> Result<()> {
-        let name = format!("web{i}");
-        let root = self.dir.join(&name);
+        self.start_nginx(&self.webs[i - 1], &format!("web{i}"), 80)
+    }
+
+    /// Starts nginx in `ns` on `port` (IPv4 and IPv6): `/` answers `name`, `/big` is 1 MiB.
+    pub fn start_nginx(&self, ns: &Netns, name: &str, port: u16) -> Result<()> {
+        let root = self.dir.join(name);
         fs::create_dir_all(&root)?;
-        fs::write(root.join("index.html"), format!("{name}\n"))?;
         fs::write(root.join("big"), vec![b'x'; 1 << 20])?;
         let conf = self.dir.join(format!("{name}.conf"));
         fs::write(
@@ -203,12 +229,12 @@ impl Topology {
             format!(
                 "user root;\nworker_processes 1;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.err;\n\
                  events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; keepalive_requests 10000;\n  server {{ listen 80; listen [::]:80;\n    root {root};\n    location = / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+                 http {{ access_log off; keepalive_requests 10000;\n  server {{ listen {port}; listen [::]:{port};\n    root {root};\n    location = / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
                 dir = self.dir.display(),
                 root = root.display(),
             ),
         )?;
-        run(self.web(i).cmd("nginx").args(["-c"]).arg(&conf))?;
+        run(ns.cmd("nginx").args(["-c"]).arg(&conf))?;
         Ok(())
     }
 
@@ -224,7 +250,10 @@ impl Topology {
             "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n",
             socket.display()
         );
-        for (name, vip, addr) in [("www", VIP4, web4 as fn(usize) -> String), ("www6", VIP6, web6)] {
+        for (name, vip, addr) in [
+            ("www", VIP4, web4 as fn(usize) -> String),
+            ("www6", VIP6, web6),
+        ] {
             c += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n");
             for i in 1..=self.webs.len() {
                 c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", addr(i));

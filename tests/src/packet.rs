@@ -12,10 +12,19 @@ pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// Any other protocol number with a raw payload.
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
 }
 
 /// A frame description. Defaults: client -> LB MACs, IPv4 TTL 64, no VLAN, no options.
@@ -36,7 +45,15 @@ pub struct Pkt {
 
 impl Pkt {
     pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Pkt {
-        Pkt::new(src, dst, L4::Tcp { sport, dport, flags })
+        Pkt::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
     }
 
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
@@ -76,7 +93,11 @@ impl Pkt {
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
         let mut b = Vec::new();
         let proto = match self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 b.extend(sport.to_be_bytes());
                 b.extend(dport.to_be_bytes());
                 b.extend(1000u32.to_be_bytes()); // seq
@@ -241,7 +262,12 @@ pub fn decode(f: &[u8]) -> Decoded {
             let s: [u8; 4] = f[off + 12..off + 16].try_into().unwrap();
             let t: [u8; 4] = f[off + 16..off + 20].try_into().unwrap();
             d.checksums_ok = ip_ok;
-            (IpAddr::from(s), IpAddr::from(t), f[off + 9], &f[off + ihl..])
+            (
+                IpAddr::from(s),
+                IpAddr::from(t),
+                f[off + 9],
+                &f[off + ihl..],
+            )
         }
         0x86dd if f.len() >= off + 40 => {
             let s: [u8; 16] = f[off + 8..off + 24].try_into().unwrap();

@@ -103,30 +103,61 @@ fn m_new_flows_split_evenly_over_n_backends() {
     let a = h.backend_counters("www", "10.0.0.11").new_flows;
     let b = h.backend_counters("www", "10.0.0.12").new_flows;
     assert_eq!(a + b, m as u64);
-    assert!(a.abs_diff(m as u64 / 2) <= 1 && b.abs_diff(m as u64 / 2) <= 1, "{a} / {b}");
+    assert!(
+        a.abs_diff(m as u64 / 2) <= 1 && b.abs_diff(m as u64 / 2) <= 1,
+        "{a} / {b}"
+    );
 }
 
 #[test]
 fn udp_is_balanced_per_flow_not_per_packet() {
     let h = harness();
-    let first = h.check("udp flow A", &Pkt::udp(CLIENT, 5000, VIP, 53).build(), &Expect::Tx(B1));
+    let first = h.check(
+        "udp flow A",
+        &Pkt::udp(CLIENT, 5000, VIP, 53).build(),
+        &Expect::Tx(B1),
+    );
     let mac_a = backend_mac_of(&first.out);
     for _ in 0..3 {
-        h.check("udp flow A again", &Pkt::udp(CLIENT, 5000, VIP, 53).build(), &Expect::Tx(mac_a));
+        h.check(
+            "udp flow A again",
+            &Pkt::udp(CLIENT, 5000, VIP, 53).build(),
+            &Expect::Tx(mac_a),
+        );
     }
-    h.check("udp flow B", &Pkt::udp(CLIENT, 5001, VIP, 53).build(), &Expect::Tx(B2));
+    h.check(
+        "udp flow B",
+        &Pkt::udp(CLIENT, 5001, VIP, 53).build(),
+        &Expect::Tx(B2),
+    );
     assert_eq!(h.service_counters("dns").new_flows, 2);
     // Services are independent: TCP www has its own cursor.
-    h.check("tcp www first flow", &Pkt::tcp(CLIENT, 5000, VIP, 80, TCP_SYN).build(), &Expect::Tx(B1));
+    h.check(
+        "tcp www first flow",
+        &Pkt::tcp(CLIENT, 5000, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
 }
 
 #[test]
 fn ipv6_is_balanced() {
     let h = harness();
     let c = "fd00::1";
-    h.check("v6 SYN 1", &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_SYN).build(), &Expect::Tx(B1));
-    h.check("v6 SYN 2", &Pkt::tcp(c, 1001, "fd00::100", 80, TCP_SYN).build(), &Expect::Tx(B2));
-    h.check("v6 ACK 1", &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_ACK).build(), &Expect::Tx(B1));
+    h.check(
+        "v6 SYN 1",
+        &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "v6 SYN 2",
+        &Pkt::tcp(c, 1001, "fd00::100", 80, TCP_SYN).build(),
+        &Expect::Tx(B2),
+    );
+    h.check(
+        "v6 ACK 1",
+        &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_ACK).build(),
+        &Expect::Tx(B1),
+    );
     // IPv6 with a destination-options extension header before TCP.
     let mut f = Pkt::tcp(c, 1000, "fd00::100", 80, TCP_ACK).build();
     let ext = [6u8, 0, 1, 4, 0, 0, 0, 0]; // next=TCP, len 8 bytes, PadN
@@ -136,8 +167,16 @@ fn ipv6_is_balanced() {
     f.splice(54..54, ext);
     let o = h.run(&f);
     assert_eq!(o.action, foobar_lb_tests::harness::XDP_TX);
-    assert_eq!(backend_mac_of(&o.out), B1, "extension header skipped, same flow");
-    h.check("v6 to an unknown port passes", &Pkt::tcp(c, 1000, "fd00::100", 22, TCP_SYN).build(), &Expect::Pass);
+    assert_eq!(
+        backend_mac_of(&o.out),
+        B1,
+        "extension header skipped, same flow"
+    );
+    h.check(
+        "v6 to an unknown port passes",
+        &Pkt::tcp(c, 1000, "fd00::100", 22, TCP_SYN).build(),
+        &Expect::Pass,
+    );
 }
 
 #[test]
@@ -146,7 +185,13 @@ fn vlan_tagged_frames_keep_their_tag() {
     let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).vlan(42).build();
     let o = h.check("VLAN 42 SYN", &f, &Expect::Tx(B1));
     assert_eq!(foobar_lb_tests::packet::decode(&o.out).vlan, Some(42));
-    h.check("VLAN non-VIP", &Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).vlan(42).build(), &Expect::Pass);
+    h.check(
+        "VLAN non-VIP",
+        &Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN)
+            .vlan(42)
+            .build(),
+        &Expect::Pass,
+    );
 }
 
 #[test]
@@ -165,10 +210,22 @@ fn ipv4_options_are_skipped_by_ihl() {
 fn traffic_not_for_a_service_passes_untouched() {
     let h = harness();
     for (name, f) in [
-        ("other host", Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).build()),
-        ("VIP wrong port", Pkt::tcp(CLIENT, 1000, VIP, 8080, TCP_SYN).build()),
-        ("VIP wrong protocol", Pkt::udp(CLIENT, 1000, VIP, 80).build()),
-        ("ICMP to VIP", Pkt::new(CLIENT, VIP, L4::Other { proto: 1 }).build()),
+        (
+            "other host",
+            Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).build(),
+        ),
+        (
+            "VIP wrong port",
+            Pkt::tcp(CLIENT, 1000, VIP, 8080, TCP_SYN).build(),
+        ),
+        (
+            "VIP wrong protocol",
+            Pkt::udp(CLIENT, 1000, VIP, 80).build(),
+        ),
+        (
+            "ICMP to VIP",
+            Pkt::new(CLIENT, VIP, L4::Other { proto: 1 }).build(),
+        ),
         ("ARP", {
             let mut f = vec![0xff; 6];
             f.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
@@ -206,13 +263,37 @@ fn truncated_headers_at_every_layer() {
         // frame testable is a bare Ethernet header that announces IPv4.
         ("ethernet header only", cut(&v4, 14), Expect::Pass),
         ("VLAN tag cut", cut(&vlan, 16), Expect::Pass),
-        ("IPv4 header cut before dst", cut(&v4, 14 + 12), Expect::Pass),
-        ("IPv4 tot_len beyond frame", cut(&v4, 14 + 20 + 20), malformed.clone()),
-        ("TCP header cut, lengths consistent", cut_consistent_v4(&v4, 14 + 20 + 10), malformed.clone()),
-        ("TCP cut, not a VIP", cut_consistent_v4(&v4_other, 14 + 20 + 10), Expect::Pass),
-        ("UDP header cut", cut_consistent_v4(&udp, 14 + 20 + 4), malformed.clone()),
+        (
+            "IPv4 header cut before dst",
+            cut(&v4, 14 + 12),
+            Expect::Pass,
+        ),
+        (
+            "IPv4 tot_len beyond frame",
+            cut(&v4, 14 + 20 + 20),
+            malformed.clone(),
+        ),
+        (
+            "TCP header cut, lengths consistent",
+            cut_consistent_v4(&v4, 14 + 20 + 10),
+            malformed.clone(),
+        ),
+        (
+            "TCP cut, not a VIP",
+            cut_consistent_v4(&v4_other, 14 + 20 + 10),
+            Expect::Pass,
+        ),
+        (
+            "UDP header cut",
+            cut_consistent_v4(&udp, 14 + 20 + 4),
+            malformed.clone(),
+        ),
         ("IPv6 header cut", cut(&v6, 14 + 30), Expect::Pass),
-        ("IPv6 payload shorter than payload_len", cut(&v6, 14 + 40 + 10), malformed.clone()),
+        (
+            "IPv6 payload shorter than payload_len",
+            cut(&v6, 14 + 40 + 10),
+            malformed.clone(),
+        ),
         ("VLAN + TCP cut", cut(&vlan, 18 + 20 + 10), malformed),
     ];
     for (name, f, e) in cases {
@@ -226,17 +307,39 @@ fn malformed_and_fragmented_packets_to_a_vip_are_dropped() {
     let h = harness();
     let mut bad_ihl = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
     bad_ihl[14] = 0x44; // IHL 4 < 5
-    h.check("IHL below 5", &bad_ihl, &Expect::Drop(verdict::DROP_MALFORMED));
+    h.check(
+        "IHL below 5",
+        &bad_ihl,
+        &Expect::Drop(verdict::DROP_MALFORMED),
+    );
     let mut bad_doff = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
     bad_doff[14 + 20 + 12] = 0x40; // TCP data offset 4
-    h.check("TCP doff below 5", &bad_doff, &Expect::Drop(verdict::DROP_MALFORMED));
-    let more_frags = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).frag(0x2000).build();
-    h.check("first fragment", &more_frags, &Expect::Drop(verdict::DROP_FRAGMENT));
+    h.check(
+        "TCP doff below 5",
+        &bad_doff,
+        &Expect::Drop(verdict::DROP_MALFORMED),
+    );
+    let more_frags = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN)
+        .frag(0x2000)
+        .build();
+    h.check(
+        "first fragment",
+        &more_frags,
+        &Expect::Drop(verdict::DROP_FRAGMENT),
+    );
     let later = Pkt::udp(CLIENT, 1000, VIP, 53).frag(0x0010).build();
-    h.check("later fragment", &later, &Expect::Drop(verdict::DROP_FRAGMENT));
-    let df = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).frag(0x4000).build();
+    h.check(
+        "later fragment",
+        &later,
+        &Expect::Drop(verdict::DROP_FRAGMENT),
+    );
+    let df = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN)
+        .frag(0x4000)
+        .build();
     h.check("don't-fragment bit alone is fine", &df, &Expect::Tx(B1));
-    let other = Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).frag(0x2000).build();
+    let other = Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN)
+        .frag(0x2000)
+        .build();
     h.check("fragment for another host", &other, &Expect::Pass);
 }
 
@@ -271,5 +374,9 @@ fn removed_backend_moves_its_flows_drained_backend_keeps_them() {
     let mut d = h.desired();
     d[0].backends.clear();
     h.apply(&d);
-    h.check("all gone", &flow(1), &Expect::Drop(verdict::DROP_NO_BACKEND));
+    h.check(
+        "all gone",
+        &flow(1),
+        &Expect::Drop(verdict::DROP_NO_BACKEND),
+    );
 }

@@ -44,7 +44,9 @@ pub fn run() -> Result<()> {
         apt_install(&[&llvm_dev])?;
     }
     ensure_bpf_linker(llvm)?;
-    println!("setup: toolchain ready (Debian rustc-web, LLVM {llvm}, bpf-linker {BPF_LINKER_VERSION})");
+    println!(
+        "setup: toolchain ready (Debian rustc-web, LLVM {llvm}, bpf-linker {BPF_LINKER_VERSION})"
+    );
     Ok(())
 }
 

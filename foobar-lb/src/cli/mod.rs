@@ -37,7 +37,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => check::run(&config),
         Command::Info => match foobar_lb::dataplane::object_status() {
             Ok(route) => {
-                println!("foobar-lb {}: XDP program built ({route})", env!("CARGO_PKG_VERSION"));
+                println!(
+                    "foobar-lb {}: XDP program built ({route})",
+                    env!("CARGO_PKG_VERSION")
+                );
                 Ok(())
             }
             Err(why) => anyhow::bail!(

@@ -1,0 +1,109 @@
+//! The foobar-lb binary under test, started inside a namespace; stopped on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+
+/// The controller binary: `FOOBAR_LB_BIN` (set by `cargo xtask test`) or the debug build.
+pub fn bin() -> PathBuf {
+    std::env::var_os("FOOBAR_LB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/foobar-lb"))
+}
+
+/// Runs `foobar-lb ARGS` to completion (outside any namespace).
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run foobar-lb")
+}
+
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `foobar-lb run --config CONFIG` in `ns` and waits until its control socket answers.
+    pub fn start(ns: &Netns, config: &Path, socket: &Path) -> Result<Daemon> {
+        let log = config.with_extension("log");
+        let log_file = std::fs::File::create(&log)?;
+        let child = ns
+            .cmd(bin().to_str().unwrap())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("start foobar-lb")?;
+        let mut d = Daemon {
+            child,
+            socket: socket.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = d.child.try_wait()? {
+                bail!("foobar-lb exited early ({status}):\n{}", d.log_text());
+            }
+            if cli(&["stats", "--socket", socket.to_str().unwrap()])
+                .status
+                .success()
+            {
+                return Ok(d);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("foobar-lb did not answer within 20 s:\n{}", d.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `foobar-lb stats --json` of this daemon.
+    pub fn stats(&self) -> foobar_lb::api::StatsSnapshot {
+        let out = cli(&["stats", "--json", "--socket", self.socket.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// Stops with SIGTERM (bounded wait, then SIGKILL); returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
