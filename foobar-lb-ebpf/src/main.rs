@@ -61,7 +61,7 @@ mod prog {
                     family,
                     _pad: [0; 3],
                 };
-                return if unsafe { VIPS.get(&vip) }.is_some() {
+                return if unsafe { VIPS.get(vip) }.is_some() {
                     Err(reason)
                 } else {
                     pass
@@ -75,7 +75,7 @@ mod prog {
             proto: pkt.key.proto,
             family: pkt.key.family,
         };
-        let Some(svc) = (unsafe { SERVICES.get(&service) }).copied() else {
+        let Some(svc) = (unsafe { SERVICES.get(service) }).copied() else {
             return pass;
         };
         let len = (ctx.data_end() - ctx.data()) as u64;

@@ -48,9 +48,9 @@ pub fn resolve_all(
     let mut poked = false;
     loop {
         for &addr in addrs {
-            if !found.contains_key(&addr) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(addr) {
                 if let Some(mac) = lookup(addr, interfaces)? {
-                    found.insert(addr, mac);
+                    slot.insert(mac);
                 }
             }
         }
@@ -102,7 +102,7 @@ pub fn lookup(addr: IpAddr, interfaces: &[String]) -> Result<Option<Mac>, Neighb
     let entries: Vec<Entry> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     Ok(entries
         .iter()
-        .filter(|e| interfaces.iter().any(|i| *i == e.dev))
+        .filter(|e| interfaces.contains(&e.dev))
         .find_map(|e| e.lladdr.as_deref().and_then(parse_mac)))
 }
 

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod demo;
+mod lint;
 mod setup;
 mod test;
 
@@ -21,6 +22,8 @@ enum Command {
     Setup,
     /// Build the XDP object and the controller (release).
     Build,
+    /// cargo fmt --check and clippy (-D warnings) on the host crates and the eBPF crate.
+    Lint,
     /// Run every test: host unit tests, packet tests, netns end-to-end tests (as root).
     Test(test::Args),
     /// Run foobar-lb on a demo topology of network namespaces playing www.foobar.com.
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
             setup::run()?;
             build::release().map(|_| ())
         }
+        Command::Lint => lint::run(),
         Command::Test(args) => test::run(args),
         Command::Run(args) => demo::run(args),
     }

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
+    // clippy for Debian's rustc: lints the eBPF crate for its real target.
+    "rust-web-clippy",
     "iproute2",
     "ethtool",
     "nginx",

@@ -1,6 +1,9 @@
 //! `cargo xtask test`: every test, as CI runs them.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Result};
 
@@ -34,10 +37,55 @@ pub fn run(args: Args) -> Result<()> {
         cmd.arg(f);
     }
     // Network-namespace tests run one at a time (shared/TESTING-NETNS.md).
-    cmd.arg("--test-threads=1");
-    if !cmd.status()?.success() {
+    cmd.arg("--test-threads=1").stdout(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    // Echo the output and add up every binary's "test result" line into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let ok = child.wait()?.success();
+    println!("{passed} passed, {failed} failed");
+    if !ok || failed > 0 {
         bail!("tests failed");
     }
-    println!("test: all passed");
     Ok(())
+}
+
+/// `test result: ok. 11 passed; 0 failed; ...` -> (11, 0).
+fn parse_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((num(" passed")?, num(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_result_lines() {
+        let p = super::parse_result;
+        assert_eq!(
+            p("test result: ok. 11 passed; 0 failed; 0 ignored; 0 measured"),
+            Some((11, 0))
+        );
+        assert_eq!(
+            p("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
+        assert_eq!(p("running 3 tests"), None);
+    }
 }
