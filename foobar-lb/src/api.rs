@@ -1,30 +1,78 @@
-//! The control API: newline-delimited JSON over a root-only Unix socket.
+//! The control API: newline-delimited JSON over a root-only Unix socket (mode 0600).
 //!
 //! One request per connection: the client writes one JSON object and a newline, the daemon
-//! answers with one JSON object and a newline, then closes.
+//! answers with one JSON object and a newline, then closes. Requests (`cmd` field):
 //!
-//! Requests: `{"cmd":"stats"}`.
-//! Responses: `{"ok":true,"stats":{...}}` or `{"ok":false,"error":"..."}`.
+//! | cmd | fields | answer |
+//! |---|---|---|
+//! | `stats` | | `snapshot` |
+//! | `backend_add` | `service`, `address`, `role`?, `weight`? | `message` |
+//! | `backend_remove` / `backend_drain` / `backend_undrain` | `service`, `address` | `message` |
+//! | `service_add` | `service` (a `[[service]]` table as JSON) | `message` |
+//! | `service_remove` | `name` | `message` |
+//!
+//! Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A refused change changes nothing.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::UnixStream,
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{unix::OwnedWriteHalf, UnixStream},
 };
 
-#[derive(Debug, Serialize, Deserialize)]
+use crate::config::{Role, ServiceConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Stats,
+    BackendAdd {
+        service: String,
+        address: IpAddr,
+        #[serde(default)]
+        role: Option<Role>,
+        #[serde(default)]
+        weight: Option<u32>,
+    },
+    BackendRemove {
+        service: String,
+        address: IpAddr,
+    },
+    BackendDrain {
+        service: String,
+        address: IpAddr,
+    },
+    BackendUndrain {
+        service: String,
+        address: IpAddr,
+    },
+    ServiceAdd {
+        service: ServiceSpecJson,
+    },
+    ServiceRemove {
+        name: String,
+    },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A service as the CLI sends it (same fields as a `[[service]]` table).
+pub type ServiceSpecJson = serde_json::Value;
+
+/// Parses a `service_add` payload with the config file's rules.
+pub fn parse_service(v: &ServiceSpecJson) -> Result<ServiceConfig, String> {
+    serde_json::from_value(v.clone()).map_err(|e| format!("bad service: {e}"))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsSnapshot>,
 }
@@ -34,7 +82,15 @@ impl Response {
         Response {
             ok: false,
             error: Some(msg.into()),
-            stats: None,
+            ..Default::default()
+        }
+    }
+
+    pub fn message(msg: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            message: Some(msg.into()),
+            ..Default::default()
         }
     }
 }
@@ -59,8 +115,20 @@ impl From<foobar_lb_common::Counters> for CounterView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendStats {
     pub address: String,
+    pub role: Role,
+    pub weight: u32,
     pub mac: Option<String>,
+    /// `up`, `down`, `unknown` (not checked yet) or `unchecked` (checks disabled).
+    pub health: String,
+    /// Cause of the last failed check, if the last check failed.
+    pub last_error: Option<String>,
+    pub check_latency_ms: Option<f64>,
+    pub drained: bool,
+    /// Data-plane state: `active` (takes new flows), `draining` (keeps its flows), `down`
+    /// (flows move), `unresolved` (MAC unknown: not in the data plane).
     pub state: String,
+    /// Entries in the flow table that point at this backend.
+    pub flows: u64,
     pub counters: CounterView,
 }
 
@@ -97,7 +165,7 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the daemon sent an unreadable answer: {0}")]
     Decode(#[from] serde_json::Error),
-    #[error("the daemon refused: {0}")]
+    #[error("{0}")]
     Refused(String),
 }
 
@@ -122,23 +190,22 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Response, ClientError>
     Ok(resp)
 }
 
-/// Reads one request from a connection, answers it with `handle`, closes.
-pub async fn serve_one<F>(stream: UnixStream, handle: F) -> std::io::Result<()>
-where
-    F: FnOnce(Request) -> Response,
-{
-    let (read, mut write) = stream.into_split();
+/// Reads one request from a connection. `Err` carries the answer for a bad request.
+pub async fn read_request(
+    stream: UnixStream,
+) -> std::io::Result<(Result<Request, Response>, OwnedWriteHalf)> {
+    let (read, write) = stream.into_split();
     let mut line = String::new();
     // Bounded: a request is one short line.
     let mut reader = BufReader::new(read).take(64 * 1024);
     reader.read_line(&mut line).await?;
-    let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(req),
-        Err(e) => Response::error(format!("bad request: {e}")),
-    };
-    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-    out.push(b'\n');
-    write.write_all(&out).await
+    let req = serde_json::from_str::<Request>(&line)
+        .map_err(|e| Response::error(format!("bad request: {e}")));
+    Ok((req, write))
 }
 
-use tokio::io::AsyncReadExt as _;
+pub async fn write_response(mut w: OwnedWriteHalf, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}

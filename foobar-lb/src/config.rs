@@ -81,11 +81,26 @@ pub struct Config {
     /// Unix socket of the control API.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// bpffs directory where maps and XDP links are pinned, so the data plane outlives the daemon
+    /// and a new daemon adopts it.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Prometheus metrics endpoint (`host:port`); empty string disables it.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: String,
     /// Flow table capacity; the least recently used flows are evicted beyond it.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+pub fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/foobar-lb")
+}
+
+fn default_metrics_address() -> String {
+    "127.0.0.1:9641".into()
 }
 
 fn default_flow_table_size() -> u32 {
@@ -104,8 +119,141 @@ pub struct ServiceConfig {
     pub port: u16,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
+    /// Which backups serve when no primary is healthy.
+    #[serde(default)]
+    pub failover: Failover,
+    #[serde(default)]
+    pub health: HealthConfig,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Which healthy backups take new flows when no primary is healthy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Failover {
+    /// The first healthy backup, in configuration order (HAProxy's default).
+    #[default]
+    First,
+    /// Every healthy backup, round-robin (HAProxy's `allbackups`).
+    All,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Primary,
+    /// Serves only when no primary is healthy (HAProxy `backup`).
+    Backup,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect to the backend.
+    #[default]
+    Tcp,
+    /// An HTTP/1.0 GET of `path`, expecting a status in `status`.
+    Http,
+    /// No checks: backends are always considered healthy.
+    None,
+}
+
+/// Health checks of one service's backends (HAProxy `check inter/rise/fall` semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub check: CheckKind,
+    /// Port to check; defaults to the backend's (the service's) port.
+    pub port: Option<u16>,
+    /// HTTP path for `check = "http"`.
+    pub path: String,
+    /// Accepted HTTP statuses: `"200"` or `"200-399"`.
+    pub status: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: CheckKind::Tcp,
+            port: None,
+            path: "/".into(),
+            status: "200-399".into(),
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// The accepted status range.
+    pub fn status_range(&self) -> Result<(u16, u16), ConfigError> {
+        let bad = || {
+            invalid(format!(
+                "health status {:?}: use \"200\" or \"200-399\"",
+                self.status
+            ))
+        };
+        let (lo, hi) = match self.status.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let v = self.status.trim().parse().map_err(|_| bad())?;
+                (v, v)
+            }
+        };
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        Ok((lo, hi))
+    }
+
+    fn validate(&self, what: &str) -> Result<(), ConfigError> {
+        if self.interval_ms < 100 || self.interval_ms > 3_600_000 {
+            return Err(invalid(format!(
+                "{what}: health interval_ms must be 100..=3600000"
+            )));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > self.interval_ms {
+            return Err(invalid(format!(
+                "{what}: health timeout_ms must be at least 1 and at most interval_ms"
+            )));
+        }
+        if self.rise == 0 || self.fall == 0 || self.rise > 100 || self.fall > 100 {
+            return Err(invalid(format!(
+                "{what}: health rise and fall must be 1..=100"
+            )));
+        }
+        if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
+            return Err(invalid(format!(
+                "{what}: health path {:?} must start with / and hold no spaces",
+                self.path
+            )));
+        }
+        if self.port == Some(0) {
+            return Err(invalid(format!("{what}: health port 0 is not valid")));
+        }
+        self.status_range()
+            .map_err(|e| invalid(format!("{what}: {e}")))?;
+        Ok(())
+    }
 }
 
 fn default_protocol() -> Protocol {
@@ -118,6 +266,15 @@ pub struct BackendConfig {
     pub address: IpAddr,
     /// Direct server return keeps the destination port, so this may only repeat the service's.
     pub port: Option<u16>,
+    #[serde(default)]
+    pub role: Role,
+    /// Share of new flows among healthy peers of the same role (1..=256).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 impl Config {
@@ -145,7 +302,19 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every rule; runtime changes go through this too before they are applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.metrics_address.is_empty()
+            && self
+                .metrics_address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(format!(
+                "metrics_address {:?} is not host:port (e.g. \"127.0.0.1:9641\"); \"\" disables it",
+                self.metrics_address
+            )));
+        }
         if self.interfaces.is_empty() {
             return Err(invalid(
                 "`interfaces` is empty: name at least one interface",
@@ -161,6 +330,7 @@ impl Config {
         let mut keys = HashSet::new();
         for svc in &self.services {
             let what = format!("service {:?}", svc.name);
+            svc.health.validate(&what)?;
             if svc.name.is_empty() {
                 return Err(invalid("a service has an empty name"));
             }
@@ -197,6 +367,12 @@ impl Config {
                     return Err(invalid(format!(
                         "{what}: backend {} is not of the VIP's address family",
                         b.address
+                    )));
+                }
+                if !(1..=foobar_lb_common::MAX_SLOTS as u32).contains(&b.weight) {
+                    return Err(invalid(format!(
+                        "{what}: backend {} weight {} is out of range 1..=256",
+                        b.address, b.weight
                     )));
                 }
                 if !seen.insert(b.address) {
@@ -319,6 +495,56 @@ protocol = "udp"
         .contains("port 0"));
         assert!(err(&GOOD.replace("10.0.0.100", "0.0.0.0")).contains("unicast"));
         assert!(err(&GOOD.replace("[\"eth0\"]", "[]")).contains("interfaces"));
+    }
+
+    #[test]
+    fn health_roles_and_weights() {
+        let c = Config::parse(&GOOD.replace(
+            "address = \"10.0.0.12\"",
+            "address = \"10.0.0.12\"\nrole = \"backup\"\nweight = 3",
+        ))
+        .unwrap();
+        let b = &c.services[0].backends[1];
+        assert_eq!((b.role, b.weight), (Role::Backup, 3));
+        assert_eq!(c.services[0].backends[0].role, Role::Primary);
+        assert_eq!(c.services[0].health, HealthConfig::default());
+        assert_eq!(c.services[0].health.status_range().unwrap(), (200, 399));
+        let with_health = GOOD.replace(
+            "port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"",
+            "port = 80\nfailover = \"all\"\n[service.health]\ncheck = \"http\"\npath = \"/healthz\"\nstatus = \"200\"\ninterval_ms = 500\ntimeout_ms = 200\nrise = 1\nfall = 2\n\n[[service.backend]]\naddress = \"10.0.0.11\"",
+        );
+        let c = Config::parse(&with_health).unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(
+            (h.check, h.rise, h.fall, h.status_range().unwrap()),
+            (CheckKind::Http, 1, 2, (200, 200))
+        );
+        assert_eq!(c.services[0].failover, Failover::All);
+        for (from, to, msg) in [
+            ("timeout_ms = 200", "timeout_ms = 900", "timeout_ms"),
+            ("rise = 1", "rise = 0", "rise and fall"),
+            ("status = \"200\"", "status = \"2xx\"", "health status"),
+            (
+                "path = \"/healthz\"",
+                "path = \"healthz\"",
+                "must start with /",
+            ),
+            ("interval_ms = 500", "interval_ms = 5", "interval_ms"),
+        ] {
+            let e = err(&with_health.replace(from, to));
+            assert!(e.contains(msg), "{from} -> {to}: {e}");
+        }
+        assert!(err(&GOOD.replace(
+            "address = \"10.0.0.12\"",
+            "address = \"10.0.0.12\"\nweight = 0"
+        ))
+        .contains("weight"));
+        assert!(err(&GOOD.replace(
+            "address = \"10.0.0.12\"",
+            "address = \"10.0.0.12\"\nrole = \"standby\""
+        ))
+        .contains("unknown variant"));
+        assert!(err(&format!("metrics_address = \"nope\"\n{GOOD}")).contains("metrics_address"));
     }
 
     #[test]

@@ -1,47 +1,129 @@
-//! `foobar-lb run`: load and attach the data plane, keep the maps true to the configuration,
-//! serve the control API, detach on SIGINT/SIGTERM.
+//! `foobar-lb run`: load (or adopt) the data plane, health-check the backends, keep the maps true
+//! to the configuration and the operator's runtime changes, serve the control API and metrics.
+//!
+//! One task owns all state: health results, API requests and timers arrive as messages, so
+//! every change is planned and written in one place, in order.
 
 use std::{
-    collections::HashMap,
-    net::IpAddr,
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use foobar_lb_common::{verdict, ServiceKey};
-use tokio::{net::UnixListener, signal::unix::SignalKind};
+use tokio::{
+    net::UnixListener,
+    signal::unix::SignalKind,
+    sync::{mpsc, oneshot, Semaphore},
+    task::JoinHandle,
+};
 
 use crate::{
     api::{self, BackendStats, Request, Response, ServiceStats, StatsSnapshot},
-    config::{Config, XdpMode},
-    dataplane::{Dataplane, LoadOptions},
+    config::{BackendConfig, CheckKind, Config, ServiceConfig, XdpMode},
+    dataplane::{self, Dataplane, LoadOptions},
+    health::{self, HealthState, Probe},
     neighbor::{self, Mac},
-    reconcile::{BackendSpec, BackendState, Reconciler, ServiceSpec},
+    pool::{self, Member},
+    reconcile::{BackendSpec, Reconciler, ServiceSpec},
 };
 
 /// How long start-up waits for backend MACs before going on without the missing ones.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often unresolved or changed backend MACs are looked up again.
-const NEIGHBOR_REFRESH: Duration = Duration::from_secs(5);
+/// How often the neighbour table is read again (new backends, MAC changes).
+const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
+/// At most this many health checks run at once, however many backends there are.
+const MAX_CONCURRENT_CHECKS: usize = 64;
 
 pub struct RunOptions {
     /// Overrides the config's `xdp_mode`.
     pub xdp_mode: Option<XdpMode>,
+    /// On SIGINT/SIGTERM detach and unpin everything, instead of leaving the data plane
+    /// forwarding for the next daemon.
+    pub detach_on_exit: bool,
 }
 
-struct State {
+type BackendKey = (String, IpAddr);
+
+/// One health check result.
+struct HealthEvent {
+    key: BackendKey,
+    result: Result<Duration, String>,
+}
+
+type ApiCall = (Request, oneshot::Sender<Response>);
+
+#[derive(Default)]
+struct BackendRuntime {
+    health: HealthState,
+    last_error: Option<String>,
+    latency: Option<Duration>,
+    drained: bool,
+    checker: Option<JoinHandle<()>>,
+}
+
+impl Drop for BackendRuntime {
+    fn drop(&mut self) {
+        if let Some(c) = self.checker.take() {
+            c.abort();
+        }
+    }
+}
+
+struct Daemon {
+    /// The configuration as changed at runtime by the API.
     config: Config,
     dataplane: Dataplane,
     reconciler: Reconciler,
     macs: HashMap<IpAddr, Mac>,
+    backends: HashMap<BackendKey, BackendRuntime>,
+    events: mpsc::Sender<HealthEvent>,
+    checks: Arc<Semaphore>,
+    seed: u64,
 }
 
-impl State {
+impl Daemon {
     fn desired(&self) -> Vec<ServiceSpec> {
-        desired_state(&self.config, &self.macs)
+        self.config
+            .services
+            .iter()
+            .map(|s| {
+                let members: Vec<Member> = s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let rt = self.backends.get(&(s.name.clone(), b.address));
+                        Member {
+                            role: b.role,
+                            weight: b.weight,
+                            healthy: s.health.check == CheckKind::None
+                                || rt.is_some_and(|r| r.health.is_up()),
+                            drained: rt.is_some_and(|r| r.drained),
+                        }
+                    })
+                    .collect();
+                let states = pool::select(&members, s.failover);
+                ServiceSpec {
+                    name: s.name.clone(),
+                    key: service_key(s),
+                    backends: s
+                        .backends
+                        .iter()
+                        .zip(states)
+                        .map(|(b, state)| BackendSpec {
+                            addr: b.address,
+                            mac: self.macs.get(&b.address).copied(),
+                            state,
+                            weight: b.weight,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     fn apply(&mut self) -> Result<()> {
@@ -53,8 +135,213 @@ impl State {
         Ok(())
     }
 
+    /// Starts health checks for every backend of `svc` that has none yet.
+    fn start_checks(&mut self, svc: &ServiceConfig) {
+        for b in &svc.backends {
+            let key = (svc.name.clone(), b.address);
+            let rt = self.backends.entry(key.clone()).or_default();
+            if svc.health.check == CheckKind::None || rt.checker.is_some() {
+                continue;
+            }
+            let h = &svc.health;
+            let probe = Probe {
+                kind: h.check,
+                target: SocketAddr::new(b.address, h.port.or(b.port).unwrap_or(svc.port)),
+                host: svc.vip.to_string(),
+                path: h.path.clone(),
+                status: h.status_range().expect("validated"),
+                timeout: Duration::from_millis(h.timeout_ms),
+            };
+            let interval = Duration::from_millis(h.interval_ms);
+            let (events, permits) = (self.events.clone(), self.checks.clone());
+            self.seed = self.seed.wrapping_add(0x9e37_79b9);
+            let seed = self.seed;
+            rt.checker = Some(tokio::spawn(async move {
+                for n in 0u64.. {
+                    let result = {
+                        let Ok(_permit) = permits.acquire().await else {
+                            return;
+                        };
+                        health::check(&probe).await
+                    };
+                    if events
+                        .send(HealthEvent {
+                            key: key.clone(),
+                            result,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(health::jittered(interval, seed ^ n)).await;
+                }
+            }));
+        }
+    }
+
+    /// Records a check result; re-plans when a backend changed state.
+    fn on_health(&mut self, ev: HealthEvent) -> Result<()> {
+        let Some(svc) = self.config.services.iter().find(|s| s.name == ev.key.0) else {
+            return Ok(());
+        };
+        let (rise, fall) = (svc.health.rise, svc.health.fall);
+        let Some(rt) = self.backends.get_mut(&ev.key) else {
+            return Ok(()); // removed meanwhile
+        };
+        let ok = ev.result.is_ok();
+        match &ev.result {
+            Ok(latency) => {
+                rt.latency = Some(*latency);
+                rt.last_error = None;
+            }
+            Err(reason) => rt.last_error = Some(reason.clone()),
+        }
+        if let Some(up) = rt.health.observe(ok, rise, fall) {
+            let (svc, addr) = &ev.key;
+            match &ev.result {
+                Ok(l) => log::info!("{svc}/{addr} is UP (check passed in {} ms)", l.as_millis()),
+                Err(reason) => log::warn!("{svc}/{addr} is DOWN ({reason})"),
+            }
+            if up && !self.macs.contains_key(addr) {
+                // The check's own connection made the kernel resolve the MAC.
+                if let Ok(Some(mac)) = neighbor::lookup(*addr, &self.config.interfaces) {
+                    self.macs.insert(*addr, mac);
+                }
+            }
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    fn refresh_neighbors(&mut self) -> Result<()> {
+        let table = neighbor::table(&self.config.interfaces)?;
+        let addrs = backend_addrs(&self.config);
+        let mut changed = false;
+        let mut missing = Vec::new();
+        for addr in addrs {
+            match table.get(&addr) {
+                Some(mac) if self.macs.get(&addr) != Some(mac) => {
+                    log::info!("backend {addr} is at {}", neighbor::format_mac(mac));
+                    self.macs.insert(addr, *mac);
+                    changed = true;
+                }
+                Some(_) => {}
+                None if !self.macs.contains_key(&addr) => missing.push(addr),
+                None => {} // entry expired: keep the last known MAC
+            }
+        }
+        neighbor::poke_all(&missing);
+        if changed {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, req: Request) -> Response {
+        let result = match req {
+            Request::Stats => {
+                return match self.stats() {
+                    Ok(s) => Response {
+                        ok: true,
+                        stats: Some(s),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(format!("{e:#}")),
+                }
+            }
+            Request::BackendAdd {
+                service,
+                address,
+                role,
+                weight,
+            } => self.change(|c| {
+                let svc = find_service(c, &service)?;
+                svc.backends.push(BackendConfig {
+                    address,
+                    port: None,
+                    role: role.unwrap_or_default(),
+                    weight: weight.unwrap_or(1),
+                });
+                Ok(format!("added backend {address} to {service}"))
+            }),
+            Request::BackendRemove { service, address } => self.change(|c| {
+                let svc = find_service(c, &service)?;
+                let before = svc.backends.len();
+                svc.backends.retain(|b| b.address != address);
+                if svc.backends.len() == before {
+                    bail!(unknown_backend(&service, address));
+                }
+                Ok(format!("removed backend {address} from {service}"))
+            }),
+            Request::BackendDrain { service, address } => self.set_drained(&service, address, true),
+            Request::BackendUndrain { service, address } => {
+                self.set_drained(&service, address, false)
+            }
+            Request::ServiceAdd { service } => match api::parse_service(&service) {
+                Ok(svc) => self.change(|c| {
+                    let msg = format!("added service {}", svc.name);
+                    c.services.push(svc);
+                    Ok(msg)
+                }),
+                Err(e) => Err(anyhow::anyhow!(e)),
+            },
+            Request::ServiceRemove { name } => self.change(|c| {
+                let before = c.services.len();
+                c.services.retain(|s| s.name != name);
+                if c.services.len() == before {
+                    bail!("unknown service {name:?}: `foobar-lb service list` shows them");
+                }
+                Ok(format!("removed service {name}"))
+            }),
+        };
+        match result {
+            Ok(msg) => {
+                log::info!("control: {msg}");
+                Response::message(msg)
+            }
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    /// Applies a configuration change: validated like a config file, refused whole on error.
+    fn change(&mut self, f: impl FnOnce(&mut Config) -> Result<String>) -> Result<String> {
+        let mut next = self.config.clone();
+        let msg = f(&mut next)?;
+        next.validate()?;
+        self.config = next;
+        // Forget runtime state (and stop checks) of backends that are gone.
+        let live: HashSet<BackendKey> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
+            .collect();
+        self.backends.retain(|k, _| live.contains(k));
+        for svc in self.config.services.clone() {
+            self.start_checks(&svc);
+        }
+        let _ = self.refresh_neighbors();
+        self.apply()?;
+        Ok(msg)
+    }
+
+    fn set_drained(&mut self, service: &str, address: IpAddr, drained: bool) -> Result<String> {
+        let rt = self
+            .backends
+            .get_mut(&(service.to_owned(), address))
+            .ok_or_else(|| anyhow::anyhow!(unknown_backend(service, address)))?;
+        rt.drained = drained;
+        self.apply()?;
+        Ok(format!(
+            "{} backend {address} of {service}",
+            if drained { "drained" } else { "undrained" }
+        ))
+    }
+
     fn stats(&self) -> Result<StatsSnapshot> {
         let verdicts = self.dataplane.verdicts()?;
+        let flows = self.dataplane.flows_per_backend()?;
         let mut services = Vec::new();
         for svc in &self.config.services {
             let Some(w) = self.reconciler.services().get(&svc.name) else {
@@ -63,13 +350,27 @@ impl State {
             let mut backends = Vec::new();
             for b in &svc.backends {
                 let written = w.backends.get(&b.address);
+                let rt = self.backends.get(&(svc.name.clone(), b.address));
                 backends.push(BackendStats {
                     address: b.address.to_string(),
+                    role: b.role,
+                    weight: b.weight,
                     mac: self.macs.get(&b.address).map(neighbor::format_mac),
+                    health: match (svc.health.check, rt.and_then(|r| r.health.up)) {
+                        (CheckKind::None, _) => "unchecked",
+                        (_, Some(true)) => "up",
+                        (_, Some(false)) => "down",
+                        (_, None) => "unknown",
+                    }
+                    .into(),
+                    last_error: rt.and_then(|r| r.last_error.clone()),
+                    check_latency_ms: rt.and_then(|r| r.latency).map(|d| d.as_secs_f64() * 1000.0),
+                    drained: rt.is_some_and(|r| r.drained),
                     state: match written {
                         Some(x) => format!("{:?}", x.state).to_lowercase(),
                         None => "unresolved".into(),
                     },
+                    flows: written.and_then(|x| flows.get(&x.id).copied()).unwrap_or(0),
                     counters: match written {
                         Some(x) => self.dataplane.backend_counters(x.id)?.into(),
                         None => Default::default(),
@@ -91,30 +392,61 @@ impl State {
                 .zip(verdicts)
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
-            flows: self.dataplane.flow_count()?,
+            flows: flows.values().sum::<u64>() as usize,
             services,
         })
     }
 }
 
-/// The data plane's desired content for `config`, given the backend MACs known so far.
+fn find_service<'a>(c: &'a mut Config, name: &str) -> Result<&'a mut ServiceConfig> {
+    c.services
+        .iter_mut()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!("unknown service {name:?}: `foobar-lb service list` shows them")
+        })
+}
+
+fn unknown_backend(service: &str, address: IpAddr) -> String {
+    format!("service {service:?} has no backend {address}: `foobar-lb backend list` shows them")
+}
+
+fn service_key(s: &ServiceConfig) -> ServiceKey {
+    ServiceKey::new(s.vip, s.port, s.protocol.number())
+}
+
+/// The data plane's desired content for `config` with every backend healthy (no health
+/// checks), given the backend MACs known so far. Used by tests that provision maps directly.
 pub fn desired_state(config: &Config, macs: &HashMap<IpAddr, Mac>) -> Vec<ServiceSpec> {
     config
         .services
         .iter()
-        .map(|s| ServiceSpec {
-            name: s.name.clone(),
-            key: ServiceKey::new(s.vip, s.port, s.protocol.number()),
-            backends: s
+        .map(|s| {
+            let members: Vec<Member> = s
                 .backends
                 .iter()
-                .map(|b| BackendSpec {
-                    addr: b.address,
-                    mac: macs.get(&b.address).copied(),
-                    state: BackendState::Active,
-                    weight: 1,
+                .map(|b| Member {
+                    role: b.role,
+                    weight: b.weight,
+                    healthy: true,
+                    drained: false,
                 })
-                .collect(),
+                .collect();
+            ServiceSpec {
+                name: s.name.clone(),
+                key: service_key(s),
+                backends: s
+                    .backends
+                    .iter()
+                    .zip(pool::select(&members, s.failover))
+                    .map(|(b, state)| BackendSpec {
+                        addr: b.address,
+                        mac: macs.get(&b.address).copied(),
+                        state,
+                        weight: b.weight,
+                    })
+                    .collect(),
+            }
         })
         .collect()
 }
@@ -152,100 +484,180 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             .await??
     };
 
-    let dataplane = Dataplane::load(&LoadOptions {
+    let mut dataplane = Dataplane::load(&LoadOptions {
         flow_table_size: config.flow_table_size,
+        pin_dir: Some(config.pin_dir.clone()),
     })?;
-    let mut state = State {
+    let reconciler = if dataplane.adopted() {
+        let (services, backends) = dataplane.read_state()?;
+        let names: Vec<(String, ServiceKey)> = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), service_key(s)))
+            .collect();
+        log::info!(
+            "adopting the pinned data plane in {} ({} service(s), {} backend entries)",
+            config.pin_dir.display(),
+            services.len(),
+            backends.len()
+        );
+        Reconciler::adopt(&names, &services, &backends)
+    } else {
+        Reconciler::default()
+    };
+    if let Some(logger) = dataplane.take_logger() {
+        spawn_log_reader(logger);
+    }
+    let (events_tx, mut events) = mpsc::channel::<HealthEvent>(1024);
+    let mut d = Daemon {
         config,
         dataplane,
-        reconciler: Reconciler::default(),
+        reconciler,
         macs,
+        backends: HashMap::new(),
+        events: events_tx,
+        checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
+        seed: std::process::id() as u64,
     };
+    for svc in d.config.services.clone() {
+        d.start_checks(&svc);
+    }
+    // First round of checks before the first write, so no backend is used unchecked and an
+    // adopted data plane is not disturbed by "unknown" states.
+    let first_round = d
+        .config
+        .services
+        .iter()
+        .filter(|s| s.health.check != CheckKind::None)
+        .map(|s| s.health.timeout_ms)
+        .max()
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_millis(first_round + 200);
+    while d
+        .backends
+        .values()
+        .any(|b| b.checker.is_some() && b.health.up.is_none())
+    {
+        match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+            Ok(Some(ev)) => d.on_health(ev)?,
+            _ => break,
+        }
+    }
     // Maps are filled before attaching, so the first packet already sees the services.
-    state.apply()?;
-    for iface in state.config.interfaces.clone() {
-        let attached = state.dataplane.attach(&iface, mode)?;
+    d.apply()?;
+    for iface in d.config.interfaces.clone() {
+        let attached = d.dataplane.attach(&iface, mode)?;
         println!("foobar-lb: XDP attached to {iface} in {attached} mode");
     }
-    let n_backends: usize = state.config.services.iter().map(|s| s.backends.len()).sum();
+    let n_backends: usize = d.config.services.iter().map(|s| s.backends.len()).sum();
     println!(
         "foobar-lb: {} service(s), {}/{} backend MAC(s) resolved; control socket {}",
-        state.config.services.len(),
-        state.macs.len(),
+        d.config.services.len(),
+        d.macs.len(),
         n_backends,
         socket.display()
     );
 
-    let state = Arc::new(Mutex::new(state));
+    let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(64);
     let listener = bind_socket(&socket)?;
+    tokio::spawn(accept_loop(listener, api_tx.clone()));
+    if !d.config.metrics_address.is_empty() {
+        let addr: SocketAddr = d.config.metrics_address.parse().expect("validated");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        println!("foobar-lb: metrics on http://{addr}/metrics");
+        tokio::spawn(crate::metrics::serve(listener, api_tx));
+    }
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
     refresh.tick().await;
 
-    let result = loop {
+    let result: Result<()> = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let r = api::serve_one(stream, |req| handle(&state, req)).await;
-                    if let Err(e) = r {
-                        log::debug!("control connection: {e}");
-                    }
-                });
+            Some((req, reply)) = api_rx.recv() => {
+                let _ = reply.send(d.handle(req));
+            }
+            Some(ev) = events.recv() => {
+                if let Err(e) = d.on_health(ev) {
+                    log::error!("applying a health change failed: {e:#}");
+                }
             }
             _ = refresh.tick() => {
-                if let Err(e) = refresh_neighbors(&state).await {
+                if let Err(e) = d.refresh_neighbors() {
                     log::warn!("neighbour refresh failed: {e:#}");
                 }
             }
         }
     };
     let _ = std::fs::remove_file(&socket);
-    // Dropping the state detaches the program and frees the maps.
-    drop(state);
-    println!("foobar-lb: detached, exiting");
+    let pin_dir = d.config.pin_dir.clone();
+    drop(d);
+    if opts.detach_on_exit {
+        dataplane::teardown(&pin_dir)?;
+        println!("foobar-lb: detached and unpinned, exiting");
+    } else {
+        println!(
+            "foobar-lb: exiting; the data plane keeps forwarding (pinned in {}). \
+             `foobar-lb teardown --pin-dir {}` removes it",
+            pin_dir.display(),
+            pin_dir.display()
+        );
+    }
     result
 }
 
-fn handle(state: &Mutex<State>, req: Request) -> Response {
-    let state = state.lock().expect("state lock poisoned");
-    match req {
-        Request::Stats => match state.stats() {
-            Ok(s) => Response {
-                ok: true,
-                error: None,
-                stats: Some(s),
-            },
-            Err(e) => Response::error(format!("{e:#}")),
-        },
+async fn accept_loop(listener: UnixListener, api: mpsc::Sender<ApiCall>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let Ok((req, write)) = api::read_request(stream).await else {
+                return;
+            };
+            let resp = match req {
+                Ok(req) => {
+                    let (tx, rx) = oneshot::channel();
+                    if api.send((req, tx)).await.is_err() {
+                        return;
+                    }
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("daemon is stopping"))
+                }
+                Err(resp) => resp,
+            };
+            if let Err(e) = api::write_response(write, &resp).await {
+                log::debug!("control connection: {e}");
+            }
+        });
     }
 }
 
-/// Looks up backend MACs again: picks up backends that were down at start and MAC changes.
-async fn refresh_neighbors(state: &Arc<Mutex<State>>) -> Result<()> {
-    let (addrs, ifaces) = {
-        let s = state.lock().expect("state lock poisoned");
-        (backend_addrs(&s.config), s.config.interfaces.clone())
+/// Forwards the XDP program's aya-log records to this process' logger.
+fn spawn_log_reader(logger: dataplane::Logger) {
+    // SAFETY: the logger owns its ring buffer's fd and moves into the AsyncFd, so the fd stays
+    // open and the same for the AsyncFd's whole life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
     };
-    let found = tokio::task::spawn_blocking(move || {
-        neighbor::resolve_all(&addrs, &ifaces, Duration::from_millis(500))
-    })
-    .await??;
-    let mut s = state.lock().expect("state lock poisoned");
-    if found != s.macs {
-        for (addr, mac) in &found {
-            if s.macs.get(addr) != Some(mac) {
-                log::info!("backend {addr} is at {}", neighbor::format_mac(mac));
-            }
+    let Ok(mut fd) = registered else {
+        log::warn!("cannot poll the XDP program's log buffer; its messages are lost");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
         }
-        s.macs = found;
-        s.apply()?;
-    }
-    Ok(())
+    });
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener> {

@@ -1,9 +1,15 @@
 //! The only module that touches aya: loads the XDP object, attaches it, executes map operations
 //! planned by [`crate::reconcile`] and reads the counters.
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode as AyaXdpMode},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode as AyaXdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
@@ -39,6 +45,16 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error("XDP link on {iface}: {source}")]
+    Link {
+        iface: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot pin {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Bpffs(String),
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
     #[error("map {map}: {source}")]
@@ -58,6 +74,8 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 pub enum Attached {
     Native,
     Generic,
+    /// Took over the attachment pinned by an earlier daemon (its mode is kept).
+    Adopted,
 }
 
 impl std::fmt::Display for Attached {
@@ -65,17 +83,44 @@ impl std::fmt::Display for Attached {
         f.write_str(match self {
             Attached::Native => "native (driver)",
             Attached::Generic => "generic (skb)",
+            Attached::Adopted => "the pinned (adopted, mode unchanged)",
         })
     }
 }
 
+/// What a pinned data plane holds: services by key, and backend entries by id.
+pub type PinnedState = (Vec<(ServiceKey, ServiceInfo)>, Vec<(u32, Backend)>);
+
+/// Reader of the program's aya-log records.
+pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 pub struct LoadOptions {
     /// Capacity of the flow table (LRU: the least recently used flows are evicted when full).
     pub flow_table_size: u32,
+    /// Pin maps and links here (a bpffs directory) so they outlive the process, and reuse what
+    /// is already pinned there. `None`: everything goes when the `Dataplane` drops.
+    pub pin_dir: Option<PathBuf>,
 }
+
+/// Maps that carry state across daemon restarts (all of ours; aya-log's is per process).
+const PINNED_MAPS: [&str; 9] = [
+    MAP_SERVICES,
+    MAP_VIPS,
+    MAP_BACKEND_SETS,
+    MAP_BACKENDS,
+    MAP_RR_CURSORS,
+    MAP_FLOWS,
+    MAP_VERDICT_STATS,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+];
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// Whether pinned maps from an earlier daemon were found and reused.
+    adopted: bool,
+    logger: Option<Logger>,
 }
 
 impl Dataplane {
@@ -86,6 +131,14 @@ impl Dataplane {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_FLOWS, opts.flow_table_size);
+        let mut adopted = false;
+        if let Some(dir) = &opts.pin_dir {
+            ensure_bpffs(dir)?;
+            adopted = dir.join(MAP_SERVICES).exists();
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
@@ -93,7 +146,23 @@ impl Dataplane {
             .try_into()
             .map_err(DataplaneError::Program)?;
         prog.load().map_err(DataplaneError::Program)?;
-        Ok(Dataplane { ebpf })
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        Ok(Dataplane {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            adopted,
+            logger,
+        })
+    }
+
+    /// Whether this data plane reuses pinned state of an earlier daemon.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The aya-log reader of the program's log records (taken once, polled by the daemon).
+    pub fn take_logger(&mut self) -> Option<Logger> {
+        self.logger.take()
     }
 
     pub fn program(&self) -> &Xdp {
@@ -110,13 +179,51 @@ impl Dataplane {
             .expect("checked in load")
     }
 
-    /// Attaches to `iface`. `Auto` tries native mode first and falls back to generic.
-    /// The attachment lives as long as this `Dataplane`.
+    /// Attaches to `iface`. With a pin directory, an attachment pinned by an earlier daemon is
+    /// taken over (the program swapped atomically, maps and flows kept), and a new one is pinned
+    /// so it outlives this process. Without, the attachment lives as long as this `Dataplane`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attached, DataplaneError> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return self.attach_unpinned(iface, mode).map(|(a, _)| a);
+        };
+        let pin = dir.join(format!("link-{iface}"));
+        let link_err = |source: LinkError| DataplaneError::Link {
+            iface: iface.to_owned(),
+            source,
+        };
+        if pin.exists() {
+            let link = PinnedLink::from_pin(&pin).map_err(link_err)?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(link_err)?;
+            self.program_mut()
+                .attach_to_link(link)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_owned(),
+                    mode: "adopted",
+                    source,
+                })?;
+            return Ok(Attached::Adopted);
+        }
+        let (attached, id) = self.attach_unpinned(iface, mode)?;
+        let link = self
+            .program_mut()
+            .take_link(id)
+            .map_err(DataplaneError::Program)?;
+        let fd = FdLink::try_from(link).map_err(link_err)?;
+        fd.pin(&pin).map_err(|e| DataplaneError::Pin {
+            path: pin.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(attached)
+    }
+
+    fn attach_unpinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(Attached, XdpLinkId), DataplaneError> {
         let try_mode = |dp: &mut Dataplane, m: AyaXdpMode, name: &'static str| {
             dp.program_mut()
                 .attach(iface, m)
-                .map(|_| ())
                 .map_err(|source| DataplaneError::Attach {
                     iface: iface.to_owned(),
                     mode: name,
@@ -125,16 +232,16 @@ impl Dataplane {
         };
         match mode {
             XdpMode::Native => {
-                try_mode(self, AyaXdpMode::Driver, "native").map(|_| Attached::Native)
+                try_mode(self, AyaXdpMode::Driver, "native").map(|l| (Attached::Native, l))
             }
             XdpMode::Generic => {
-                try_mode(self, AyaXdpMode::Skb, "generic").map(|_| Attached::Generic)
+                try_mode(self, AyaXdpMode::Skb, "generic").map(|l| (Attached::Generic, l))
             }
             XdpMode::Auto => match try_mode(self, AyaXdpMode::Driver, "native") {
-                Ok(()) => Ok(Attached::Native),
+                Ok(l) => Ok((Attached::Native, l)),
                 Err(e) => {
                     log::info!("{e}; falling back to generic mode");
-                    try_mode(self, AyaXdpMode::Skb, "generic").map(|_| Attached::Generic)
+                    try_mode(self, AyaXdpMode::Skb, "generic").map(|l| (Attached::Generic, l))
                 }
             },
         }
@@ -263,6 +370,49 @@ impl Dataplane {
         Ok(map_keys_count(map))
     }
 
+    /// Services and backend entries as the maps hold them (to adopt a pinned data plane).
+    pub fn read_state(&self) -> Result<PinnedState, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_SERVICES)
+            .ok_or(DataplaneError::Missing(MAP_SERVICES))?;
+        let services: HashMap<&MapData, ServiceKey, ServiceInfo> =
+            HashMap::try_from(map).map_err(map_err(MAP_SERVICES))?;
+        let services = services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_SERVICES))?;
+        let map = self
+            .ebpf
+            .map(MAP_BACKENDS)
+            .ok_or(DataplaneError::Missing(MAP_BACKENDS))?;
+        let arr: Array<&MapData, Backend> = Array::try_from(map).map_err(map_err(MAP_BACKENDS))?;
+        let mut backends = Vec::new();
+        for (id, b) in arr.iter().enumerate() {
+            let b = b.map_err(map_err(MAP_BACKENDS))?;
+            if b.state != foobar_lb_common::BACKEND_UNUSED {
+                backends.push((id as u32, b));
+            }
+        }
+        Ok((services, backends))
+    }
+
+    /// Flow-table entries per backend id (walks the table: for status output only).
+    pub fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
+        use foobar_lb_common::{FlowKey, FlowValue};
+        let map = self
+            .ebpf
+            .map(MAP_FLOWS)
+            .ok_or(DataplaneError::Missing(MAP_FLOWS))?;
+        let flows: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(map).map_err(map_err(MAP_FLOWS))?;
+        let mut counts = std::collections::HashMap::new();
+        for (_, v) in flows.iter().flatten() {
+            *counts.entry(v.backend_id).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
     /// The round-robin cursor of a service (for tests and diagnostics).
     pub fn cursor(&self, service_id: u32) -> Result<u64, DataplaneError> {
         let map = self
@@ -272,6 +422,82 @@ impl Dataplane {
         let arr: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(MAP_RR_CURSORS))?;
         arr.get(&service_id, 0).map_err(map_err(MAP_RR_CURSORS))
     }
+}
+
+/// Removes a pinned data plane: unpinning the links detaches the program, unpinning the maps
+/// frees them once no program uses them. Returns what was removed.
+pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => {
+            return Err(DataplaneError::Bpffs(format!(
+                "cannot read {}: {e}",
+                pin_dir.display()
+            )))
+        }
+    };
+    // Links first, so the program stops before its maps go.
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
+    });
+    for path in paths {
+        std::fs::remove_file(&path)
+            .map_err(|e| DataplaneError::Bpffs(format!("cannot remove {}: {e}", path.display())))?;
+        removed.push(path);
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(removed)
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `dir` exists on a bpffs, mounting one at /sys/fs/bpf if that is where it goes and
+/// none is mounted (it is not by default on these machines).
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && !is_bpffs(sys) {
+        let _ = std::fs::create_dir_all(sys);
+        let ok = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } == 0;
+        if !ok {
+            return Err(DataplaneError::Bpffs(format!(
+                "cannot mount bpffs at /sys/fs/bpf: {} (mount it: `mount -t bpf bpf /sys/fs/bpf`)",
+                std::io::Error::last_os_error()
+            )));
+        }
+        log::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DataplaneError::Bpffs(format!("cannot create {}: {e}", dir.display())))?;
+    if !is_bpffs(dir) {
+        return Err(DataplaneError::Bpffs(format!(
+            "pin_dir {} is not on a bpffs: choose a directory under /sys/fs/bpf or mount one \
+             (`mount -t bpf bpf DIR`)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The object's XDP_PASS program attached to an interface of the current network namespace,

@@ -93,6 +93,31 @@ fn poke(addr: IpAddr) {
     }
 }
 
+/// Every usable entry of the neighbour table on `interfaces` (one `ip neigh` call).
+pub fn table(interfaces: &[String]) -> Result<HashMap<IpAddr, Mac>, NeighborError> {
+    #[derive(Deserialize)]
+    struct Row {
+        dst: IpAddr,
+        dev: String,
+        lladdr: Option<String>,
+    }
+    let out = Command::new("ip")
+        .args(["-j", "neigh", "show"])
+        .output()
+        .map_err(NeighborError::Ip)?;
+    let rows: Vec<Row> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .filter(|r| interfaces.contains(&r.dev))
+        .filter_map(|r| Some((r.dst, r.lladdr.as_deref().and_then(parse_mac)?)))
+        .collect())
+}
+
+/// Starts resolution of addresses not in the table yet (answers show up in a later [`table`]).
+pub fn poke_all(addrs: &[IpAddr]) {
+    addrs.iter().for_each(|&a| poke(a));
+}
+
 /// The MAC of `addr` in the neighbour table, if a usable entry exists on one of `interfaces`.
 pub fn lookup(addr: IpAddr, interfaces: &[String]) -> Result<Option<Mac>, NeighborError> {
     let out = Command::new("ip")

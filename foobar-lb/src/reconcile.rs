@@ -142,6 +142,55 @@ impl Reconciler {
         &self.services
     }
 
+    /// Takes over what a pinned data plane holds, so the next plan writes only differences and
+    /// existing flows keep their backend ids. Services are matched to `names` by key; entries
+    /// matching nothing are kept under a placeholder name, so the next plan removes them.
+    pub fn adopt(
+        names: &[(String, ServiceKey)],
+        services: &[(ServiceKey, ServiceInfo)],
+        backends: &[(u32, Backend)],
+    ) -> Reconciler {
+        let mut r = Reconciler::default();
+        for (key, info) in services {
+            let name = names
+                .iter()
+                .find(|(_, k)| k == key)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_else(|| format!("<stale service {}>", info.id));
+            let mut ws = WrittenService {
+                id: info.id,
+                key: *key,
+                backends: BTreeMap::new(),
+            };
+            for (id, b) in backends.iter().filter(|(_, b)| b.service_id == info.id) {
+                let state = match b.state {
+                    BACKEND_ACTIVE => BackendState::Active,
+                    BACKEND_DRAINING => BackendState::Draining,
+                    // Down entries are retired ids: free for reuse.
+                    _ => continue,
+                };
+                ws.backends.insert(
+                    decode_addr(&b.addr, b.family),
+                    Written {
+                        id: *id,
+                        mac: b.mac,
+                        state,
+                    },
+                );
+            }
+            r.services.insert(name, ws);
+        }
+        let used_services: Vec<u32> = r.services.values().map(|s| s.id).collect();
+        let used_backends: Vec<u32> = r
+            .services
+            .values()
+            .flat_map(|s| s.backends.values().map(|b| b.id))
+            .collect();
+        r.service_ids.free.retain(|id| !used_services.contains(id));
+        r.backend_ids.free.retain(|id| !used_backends.contains(id));
+        r
+    }
+
     /// Plans the writes that turn the current state into `desired`. On error nothing is
     /// planned and the reconciler's view is unchanged.
     pub fn plan(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
@@ -318,6 +367,15 @@ fn retire(
     retired.push(b.id);
 }
 
+fn decode_addr(a: &foobar_lb_common::Addr, family: u8) -> IpAddr {
+    let bytes: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    if family == foobar_lb_common::FAMILY_V4 {
+        IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).expect("4 bytes"))
+    } else {
+        IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).expect("16 bytes"))
+    }
+}
+
 fn entry(addr: IpAddr, mac: Mac, service_id: u32, state: BackendState) -> Backend {
     let (addr, family) = encode_addr(addr);
     Backend {
@@ -491,6 +549,52 @@ mod tests {
         assert!(matches!(ops[0], MapOp::RemoveService { .. }), "{ops:#?}");
         assert!(matches!(ops[1], MapOp::RemoveVip { .. }));
         assert!(r.services().is_empty());
+    }
+
+    #[test]
+    fn adopting_written_state_plans_nothing_and_keeps_ids() {
+        let mut r = Reconciler::default();
+        let desired = [spec(
+            "www",
+            &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Draining)],
+        )];
+        let ops = r.plan(&desired).unwrap();
+        // Replay the ops into a fake "kernel", then adopt from it.
+        let mut services = Vec::new();
+        let mut backends = std::collections::BTreeMap::new();
+        for op in &ops {
+            match op {
+                MapOp::SetService { key, info } => services.push((*key, *info)),
+                MapOp::SetBackend { id, backend } => {
+                    backends.insert(*id, *backend);
+                }
+                _ => {}
+            }
+        }
+        let backends: Vec<(u32, Backend)> = backends.into_iter().collect();
+        let names = vec![("www".to_string(), desired[0].key)];
+        let mut adopted = Reconciler::adopt(&names, &services, &backends);
+        assert_eq!(adopted.plan(&desired).unwrap(), vec![]);
+        // New ids do not collide with adopted ones.
+        let more = [spec(
+            "www",
+            &[
+                ("10.0.0.11", 11, Active),
+                ("10.0.0.12", 12, Draining),
+                ("10.0.0.13", 13, Active),
+            ],
+        )];
+        adopted.plan(&more).unwrap();
+        let ids: Vec<u32> = adopted.services()["www"]
+            .backends
+            .values()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        // A service the config no longer has is removed by the next plan.
+        let mut stale = Reconciler::adopt(&[], &services, &backends);
+        let ops = stale.plan(&[]).unwrap();
+        assert!(matches!(ops[0], MapOp::RemoveService { .. }));
     }
 
     #[test]

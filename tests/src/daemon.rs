@@ -32,14 +32,24 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `foobar-lb run --config CONFIG` in `ns` and waits until its control socket answers.
+    /// Starts `foobar-lb run --config CONFIG --detach-on-exit` in `ns` and waits until its
+    /// control socket answers.
     pub fn start(ns: &Netns, config: &Path, socket: &Path) -> Result<Daemon> {
+        Daemon::start_with(ns, config, socket, &["--detach-on-exit"])
+    }
+
+    /// Starts `foobar-lb run --config CONFIG EXTRA...` (appending to the same log).
+    pub fn start_with(ns: &Netns, config: &Path, socket: &Path, extra: &[&str]) -> Result<Daemon> {
         let log = config.with_extension("log");
-        let log_file = std::fs::File::create(&log)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = ns
             .cmd(bin().to_str().unwrap())
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -80,6 +90,19 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// Sends SIGKILL and reaps the process: no cleanup runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `foobar-lb ARGS --socket SOCKET`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut v = args.to_vec();
+        v.extend(["--socket", self.socket.to_str().unwrap()]);
+        cli(&v)
     }
 
     /// Stops with SIGTERM (bounded wait, then SIGKILL); returns whether it exited cleanly.

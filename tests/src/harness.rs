@@ -55,6 +55,7 @@ impl Harness {
         let config = Config::parse(config_toml).expect("test config is valid");
         let dp = Dataplane::load(&LoadOptions {
             flow_table_size: 65536,
+            pin_dir: None,
         })
         .expect("load the XDP program");
         let mut h = Harness {

@@ -71,10 +71,13 @@ impl Netns {
         ip(&v)
     }
 
-    /// A command that runs inside this namespace.
+    /// A command that runs inside this namespace. `nsenter --net` rather than `ip netns exec`:
+    /// the latter gives the process a private mount namespace, where a bpffs the daemon mounts
+    /// (and its pins) would vanish with it.
     pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
         c
     }
 
@@ -190,7 +193,19 @@ impl Topology {
         addr(&self.lb, &format!("{LB6}/64"), "eth0")?;
         // The load balancer owns the VIPs on its interface: it answers ARP/ND for them.
         addr(&self.lb, &format!("{VIP4}/32"), "eth0")?;
-        addr(&self.lb, &format!("{VIP6}/128"), "eth0")?;
+        // Deprecated (preferred_lft 0), or Linux picks the /128 VIP as the source address of the
+        // load balancer's own connections to backends (health checks), whose replies then stay
+        // on the backend, which holds the VIP too.
+        self.lb.ip(&[
+            "addr",
+            "add",
+            &format!("{VIP6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
         for (i, web) in self.webs.iter().enumerate() {
             addr(web, &format!("{}/24", web4(i + 1)), "eth0")?;
             addr(web, &format!("{}/64", web6(i + 1)), "eth0")?;
@@ -244,19 +259,46 @@ impl Topology {
         run(Command::new("kill").arg(pid.trim())).map(|_| ())
     }
 
+    /// Where this topology's daemon pins its data plane.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/foobar-lb-test/{}", self.prefix))
+    }
+
     /// Writes a daemon config for the VIPs with every web server as a backend.
     pub fn write_config(&self, xdp_mode: &str, socket: &Path) -> Result<PathBuf> {
+        self.write_config_with(xdp_mode, socket, "", &|_| String::new(), self.webs.len())
+    }
+
+    /// Like [`Self::write_config`], with `service_extra` added to each service table (e.g. a
+    /// `[service.health]` table), `backend_extra(i)` to web `i`'s backend table, and only the
+    /// first `n` web servers as backends.
+    pub fn write_config_with(
+        &self,
+        xdp_mode: &str,
+        socket: &Path,
+        service_extra: &str,
+        backend_extra: &dyn Fn(usize) -> String,
+        n: usize,
+    ) -> Result<PathBuf> {
         let mut c = format!(
-            "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n",
-            socket.display()
+            "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n\
+             pin_dir = \"{}\"\n",
+            socket.display(),
+            self.pin_dir().display()
         );
         for (name, vip, addr) in [
             ("www", VIP4, web4 as fn(usize) -> String),
             ("www6", VIP6, web6),
         ] {
-            c += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n");
-            for i in 1..=self.webs.len() {
-                c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", addr(i));
+            c += &format!(
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n{service_extra}\n"
+            );
+            for i in 1..=n {
+                c += &format!(
+                    "\n[[service.backend]]\naddress = \"{}\"\n{}\n",
+                    addr(i),
+                    backend_extra(i)
+                );
             }
         }
         let path = self.dir.join("foobar-lb.toml");
@@ -268,6 +310,8 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+        // Pins of a daemon that was killed or left the data plane running.
+        let _ = foobar_lb::dataplane::teardown(&self.pin_dir());
     }
 }
 

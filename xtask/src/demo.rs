@@ -42,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut daemon = topo
         .lb
         .cmd(bin.to_str().unwrap())
-        .args(["run", "--config"])
+        .args(["run", "--detach-on-exit", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
         .spawn()
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         "\ndemo: www.foobar.com is {VIP4} and [{VIP6}], port 80. Try, in another terminal:\n\
          \n  for i in $(seq 6); do ip netns exec {c} curl -s http://{VIP4}/; done\
          \n  ip netns exec {c} curl -s -g 'http://[{VIP6}]/'\
-         \n  {} stats --socket {}\
+         \n  {} status --socket {}\
          \n\nCtrl-C stops the demo and removes the namespaces.\n",
         bin.display(),
         socket.display()

@@ -3,14 +3,24 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use foobar_lb::{
+    api::{self, Request, Response},
+    config::default_control_socket,
+};
 
+mod backend;
 mod check;
 mod run;
+mod service;
 mod stats;
+mod teardown;
 
 #[derive(Parser)]
 #[command(name = "foobar-lb", version, about = "XDP Layer-4 load balancer")]
 pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "FOOBAR_LB_SOCKET", default_value_os_t = default_control_socket())]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,8 +29,18 @@ pub struct Cli {
 enum Command {
     /// Run the load balancer daemon on the configured interfaces.
     Run(run::Args),
-    /// Print per-service, per-backend and per-verdict counters of a running daemon.
+    /// Health, role, state, flows and counters of every service and backend.
+    Status(stats::Args),
+    /// Per-service, per-backend and per-verdict counters.
     Stats(stats::Args),
+    /// Add, remove, drain or list backends of a running daemon.
+    #[command(subcommand)]
+    Backend(backend::Command),
+    /// Add, remove or list services of a running daemon.
+    #[command(subcommand)]
+    Service(service::Command),
+    /// Detach the program and remove the pinned data plane a daemon left behind.
+    Teardown(teardown::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
     Info,
     /// Validate a configuration file without touching the kernel.
@@ -30,10 +50,20 @@ enum Command {
     },
 }
 
+/// Sends one request to the daemon.
+pub async fn call(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
+    Ok(api::call(socket, &req).await?)
+}
+
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket;
     match cli.command {
         Command::Run(args) => run::run(args).await,
-        Command::Stats(args) => stats::run(args).await,
+        Command::Status(args) => stats::run(&socket, args, true).await,
+        Command::Stats(args) => stats::run(&socket, args, false).await,
+        Command::Backend(cmd) => backend::run(&socket, cmd).await,
+        Command::Service(cmd) => service::run(&socket, cmd).await,
+        Command::Teardown(args) => teardown::run(args),
         Command::CheckConfig { config } => check::run(&config),
         Command::Info => match foobar_lb::dataplane::object_status() {
             Ok(route) => {

@@ -1,34 +1,102 @@
-use std::path::PathBuf;
+use std::path::Path;
 
-use foobar_lb::{
-    api::{self, Request, StatsSnapshot},
-    config::default_control_socket,
-};
+use foobar_lb::api::{Request, StatsSnapshot};
+
+use super::call;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Control socket of the daemon.
-    #[arg(long, default_value_os_t = default_control_socket())]
-    socket: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let resp = api::call(&args.socket, &Request::Stats).await?;
-    let stats = resp
+async fn snapshot(socket: &Path) -> anyhow::Result<StatsSnapshot> {
+    call(socket, Request::Stats)
+        .await?
         .stats
-        .ok_or_else(|| anyhow::anyhow!("the daemon answered without stats"))?;
+        .ok_or_else(|| anyhow::anyhow!("the daemon answered without stats"))
+}
+
+pub async fn run(socket: &Path, args: Args, status: bool) -> anyhow::Result<()> {
+    let s = snapshot(socket).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else if status {
+        print!("{}", render_status(&s));
     } else {
-        print!("{}", render(&stats));
+        print!("{}", render_stats(&s));
     }
     Ok(())
 }
 
-fn render(s: &StatsSnapshot) -> String {
+pub async fn list_backends(socket: &Path, service: Option<String>) -> anyhow::Result<()> {
+    let mut s = snapshot(socket).await?;
+    if let Some(name) = service {
+        s.services.retain(|x| x.name == name);
+        if s.services.is_empty() {
+            anyhow::bail!("unknown service {name:?}: `foobar-lb service list` shows them");
+        }
+    }
+    print!("{}", render_status(&s));
+    Ok(())
+}
+
+pub async fn list_services(socket: &Path) -> anyhow::Result<()> {
+    let s = snapshot(socket).await?;
+    println!(
+        "{:<16} {:<32} {:>8}",
+        "SERVICE", "VIP:PORT/PROTO", "BACKENDS"
+    );
+    for svc in &s.services {
+        println!(
+            "{:<16} {:<32} {:>8}",
+            svc.name,
+            format!("{}:{}/{}", svc.vip, svc.port, svc.protocol),
+            svc.backends.len()
+        );
+    }
+    Ok(())
+}
+
+fn render_status(s: &StatsSnapshot) -> String {
+    let mut out = String::new();
+    for svc in &s.services {
+        out += &format!(
+            "{} {}:{}/{}  packets {}  new flows {}\n",
+            svc.name, svc.vip, svc.port, svc.protocol, svc.counters.packets, svc.counters.new_flows
+        );
+        out += &format!(
+            "  {:<24} {:<8} {:>6} {:<10} {:<9} {:>8} {:>10}  {}\n",
+            "BACKEND", "ROLE", "WEIGHT", "HEALTH", "STATE", "FLOWS", "PACKETS", "LAST CHECK"
+        );
+        for b in &svc.backends {
+            let check = match (&b.last_error, b.check_latency_ms) {
+                (Some(e), _) => e.clone(),
+                (None, Some(ms)) => format!("ok in {ms:.1} ms"),
+                (None, None) => "-".into(),
+            };
+            out += &format!(
+                "  {:<24} {:<8} {:>6} {:<10} {:<9} {:>8} {:>10}  {}\n",
+                b.address,
+                format!("{:?}", b.role).to_lowercase(),
+                b.weight,
+                b.health,
+                if b.drained {
+                    "drained".to_string()
+                } else {
+                    b.state.clone()
+                },
+                b.flows,
+                b.counters.packets,
+                check
+            );
+        }
+    }
+    out
+}
+
+fn render_stats(s: &StatsSnapshot) -> String {
     let mut out = String::new();
     out += &format!(
         "{:<28} {:>12} {:>14} {:>10}\n",

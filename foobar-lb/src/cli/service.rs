@@ -1,0 +1,60 @@
+use std::{net::IpAddr, path::Path};
+
+use clap::Subcommand;
+use foobar_lb::{
+    api::Request,
+    config::{CheckKind, Failover},
+};
+
+use super::call;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Add a service (no backends yet: add them with `foobar-lb backend add`).
+    Add {
+        name: String,
+        #[arg(long)]
+        vip: IpAddr,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+        protocol: String,
+        /// Health check kind.
+        #[arg(long, value_enum, default_value = "tcp")]
+        check: CheckKind,
+        /// Which backups serve when no primary is healthy.
+        #[arg(long, value_enum, default_value = "first")]
+        failover: Failover,
+    },
+    /// Remove a service: its VIP:port traffic goes to the host stack again.
+    Remove { name: String },
+    /// List services.
+    List,
+}
+
+pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
+    let req = match cmd {
+        Command::List => return super::stats::list_services(socket).await,
+        Command::Add {
+            name,
+            vip,
+            port,
+            protocol,
+            check,
+            failover,
+        } => Request::ServiceAdd {
+            service: serde_json::json!({
+                "name": name,
+                "vip": vip,
+                "port": port,
+                "protocol": protocol,
+                "failover": failover,
+                "health": { "check": check },
+            }),
+        },
+        Command::Remove { name } => Request::ServiceRemove { name },
+    };
+    let resp = call(socket, req).await?;
+    println!("{}", resp.message.unwrap_or_default());
+    Ok(())
+}
