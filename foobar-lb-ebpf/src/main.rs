@@ -79,7 +79,16 @@ mod prog {
             return pass;
         };
         let len = (ctx.data_end() - ctx.data()) as u64;
-        let (backend_id, backend) = select::backend(svc.id, &pkt.key)?;
+        let (backend_id, backend) = select::backend(svc.id, &pkt.key).inspect_err(|&reason| {
+            // Never expected: userspace writes backends before the sets naming them.
+            if reason == verdict::DROP_BAD_SLOT {
+                aya_log_ebpf::error!(
+                    ctx,
+                    "service {} has a slot naming an inactive backend",
+                    svc.id
+                );
+            }
+        })?;
         stats::count_forward(svc.id, backend_id, len);
         rewrite::direct_server_return(ctx, &backend.mac)?;
         Ok((xdp_action::XDP_TX, verdict::TX))

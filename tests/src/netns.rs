@@ -64,6 +64,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A handle on an existing namespace that this value does not own (no cleanup on drop).
+    pub fn attach(name: &str) -> std::mem::ManuallyDrop<Netns> {
+        std::mem::ManuallyDrop::new(Netns {
+            name: name.to_owned(),
+        })
+    }
+
     /// `ip -n NAME ARGS`.
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
         let mut v = vec!["-n", &self.name];

@@ -380,3 +380,30 @@ fn removed_backend_moves_its_flows_drained_backend_keeps_them() {
         &Expect::Drop(verdict::DROP_NO_BACKEND),
     );
 }
+
+#[test]
+fn a_slot_naming_an_unset_backend_is_counted_and_dropped() {
+    use foobar_lb::reconcile::MapOp;
+    use foobar_lb_common::BackendSet;
+    let mut h = harness();
+    // Simulate a corrupted set: slot 0 names id 0 (reserved), slot 1 an id never written.
+    let mut set = BackendSet::EMPTY;
+    set.len = 2;
+    set.slots[0] = 0;
+    set.slots[1] = 4000;
+    let service_id = h.service_id("www");
+    h.dp.execute(&[MapOp::SetBackendSet {
+        service_id,
+        set: Box::new(set),
+    }])
+    .unwrap();
+    for port in 0..2 {
+        let f = Pkt::tcp(CLIENT, 30000 + port, VIP, 80, TCP_SYN).build();
+        h.check("bad slot", &f, &Expect::Drop(verdict::DROP_BAD_SLOT));
+    }
+    assert_eq!(
+        h.dp.flow_count().unwrap(),
+        0,
+        "no flow pinned to a bad slot"
+    );
+}

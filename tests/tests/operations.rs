@@ -1,0 +1,489 @@
+//! Operating foobar-lb with real nginx backends: health-check failover, live backend changes,
+//! draining, hitless restart, metrics and refused bad input. Loops are bounded in count and
+//! time; namespaces and pins are removed by guards.
+
+use std::{
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use foobar_lb_tests::{
+    daemon::{cli, Daemon},
+    netns::{run, Netns, Topology, VIP4},
+    require_root,
+};
+
+/// Fast checks so the tests take seconds: interval 200 ms, fall 2, rise 2.
+const HEALTH: &str =
+    "[service.health]\ncheck = \"http\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2\n";
+
+struct Setup {
+    daemon: Daemon,
+    topo: Topology,
+}
+
+fn setup(
+    tag: &str,
+    webs: usize,
+    backends: usize,
+    backend_extra: &dyn Fn(usize) -> String,
+    detach: bool,
+) -> Setup {
+    require_root();
+    let topo = Topology::new(tag, webs).expect("topology");
+    for i in 1..=webs {
+        topo.start_web(i).unwrap();
+    }
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, backend_extra, backends)
+        .unwrap();
+    let extra: &[&str] = if detach { &["--detach-on-exit"] } else { &[] };
+    let daemon = Daemon::start_with(&topo.lb, &config, &socket, extra).unwrap();
+    Setup { daemon, topo }
+}
+
+/// One GET on a new connection; the body or the failure.
+fn try_get(client: &Netns, url: &str) -> Result<String, String> {
+    let out = client
+        .cmd("curl")
+        .args(["-sS", "-g", "--max-time", "1", url])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn get(client: &Netns) -> String {
+    try_get(client, &format!("http://{VIP4}/")).unwrap_or_else(|e| panic!("GET failed: {e}"))
+}
+
+/// Requests until `want` answers (bounded by `limit`); the time it took.
+fn wait_for_answer(client: &Netns, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if try_get(client, &format!("http://{VIP4}/")).as_deref() == Ok(want) {
+            return start.elapsed();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{want} never answered within {limit:?}");
+}
+
+/// A keep-alive client: `n` requests on one connection at 10/s, printing bodies and the number
+/// of new connections per request.
+fn keepalive_client(client: &Netns, n: usize) -> Child {
+    let mut cmd = client.cmd("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "--rate",
+        "10/s",
+        "-w",
+        " %{num_connects}\n",
+    ]);
+    for _ in 0..n {
+        cmd.arg(format!("http://{VIP4}/"));
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// (answers, total new connections) of a finished keep-alive client.
+fn keepalive_result(child: Child) -> (Vec<String>, u32) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "keep-alive client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Each transfer prints its body ("webN\n") then " <num_connects>\n".
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(tokens.len() % 2, 0, "{text}");
+    let bodies = tokens.chunks(2).map(|p| p[0].to_owned()).collect();
+    let connects = tokens.chunks(2).map(|p| p[1].parse::<u32>().unwrap()).sum();
+    (bodies, connects)
+}
+
+fn backend<'a>(
+    st: &'a foobar_lb::api::StatsSnapshot,
+    addr: &str,
+) -> &'a foobar_lb::api::BackendStats {
+    st.services[0]
+        .backends
+        .iter()
+        .find(|b| b.address == addr)
+        .unwrap_or_else(|| panic!("no backend {addr}"))
+}
+
+#[test]
+fn failover_to_backup_and_back_when_the_primary_stops_and_recovers() {
+    let s = setup(
+        "fo",
+        2,
+        2,
+        &|i| {
+            if i == 2 {
+                "role = \"backup\"".into()
+            } else {
+                String::new()
+            }
+        },
+        true,
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            get(&s.topo.client),
+            "web1",
+            "only the primary serves while healthy"
+        );
+    }
+    s.topo.stop_web(1).unwrap();
+    let switch = wait_for_answer(&s.topo.client, "web2", Duration::from_secs(5));
+    for _ in 0..6 {
+        assert_eq!(
+            get(&s.topo.client),
+            "web2",
+            "every new request goes to the backup"
+        );
+    }
+    let st = s.daemon.stats();
+    let w1 = backend(&st, "10.111.0.11");
+    assert_eq!((w1.health.as_str(), w1.state.as_str()), ("down", "down"));
+    assert!(
+        w1.last_error.as_deref().unwrap_or("").contains("refused"),
+        "{w1:?}"
+    );
+    assert!(s
+        .daemon
+        .log_text()
+        .contains("www/10.111.0.11 is DOWN (connection refused)"));
+
+    s.topo.start_web(1).unwrap();
+    let back = wait_for_answer(&s.topo.client, "web1", Duration::from_secs(5));
+    for _ in 0..4 {
+        assert_eq!(
+            get(&s.topo.client),
+            "web1",
+            "new requests return to the primary"
+        );
+    }
+    println!("failover: switch to backup {switch:?}, back to primary {back:?} (interval 200 ms, fall 2, rise 2)");
+    // interval x fall, plus one interval, plus scheduling slack on a loaded two-core machine.
+    assert!(
+        switch <= Duration::from_millis(200 * 2 + 200 + 600),
+        "switch took {switch:?}"
+    );
+}
+
+#[test]
+fn backends_added_and_removed_while_traffic_flows() {
+    let s = setup("lc", 3, 2, &|_| String::new(), true);
+    let c = &s.topo.client;
+    for _ in 0..4 {
+        assert_ne!(get(c), "web3");
+    }
+    let out = s.daemon.cli(&["backend", "add", "www", "10.111.0.13"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_answer(c, "web3", Duration::from_secs(5));
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..9 {
+        *seen.entry(get(c)).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "all three serve: {seen:?}");
+    assert!(
+        seen.values().all(|&n| n == 3),
+        "round robin over three: {seen:?}"
+    );
+
+    let out = s.daemon.cli(&["backend", "remove", "www", "10.111.0.11"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..10 {
+        let answer = try_get(c, &format!("http://{VIP4}/")).expect("no errors after a removal");
+        assert_ne!(answer, "web1");
+    }
+    let st = s.daemon.stats();
+    assert_eq!(st.services[0].backends.len(), 2);
+}
+
+#[test]
+fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
+    let s = setup("dr", 2, 2, &|_| String::new(), true);
+    let c = &s.topo.client;
+    let ka = keepalive_client(c, 25);
+    // Find the backend of the keep-alive connection: the only one whose packets move.
+    thread::sleep(Duration::from_millis(400));
+    let a = s.daemon.stats();
+    thread::sleep(Duration::from_millis(400));
+    let b = s.daemon.stats();
+    let moving: Vec<&str> = ["10.111.0.11", "10.111.0.12"]
+        .into_iter()
+        .filter(|x| backend(&b, x).counters.packets > backend(&a, x).counters.packets)
+        .collect();
+    assert_eq!(
+        moving.len(),
+        1,
+        "exactly one backend carries the connection"
+    );
+    let (drained, drained_name, other_name) = if moving[0] == "10.111.0.11" {
+        ("10.111.0.11", "web1", "web2")
+    } else {
+        ("10.111.0.12", "web2", "web1")
+    };
+    let out = s.daemon.cli(&["backend", "drain", "www", drained]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..6 {
+        assert_eq!(get(c), other_name, "new flows avoid the drained backend");
+    }
+    let st = s.daemon.stats();
+    let d = backend(&st, drained);
+    assert!(d.drained && d.state == "draining", "{d:?}");
+    assert!(d.flows >= 1, "flows remaining are shown: {d:?}");
+    let list = String::from_utf8(s.daemon.cli(&["backend", "list", "www"]).stdout).unwrap();
+    assert!(list.contains("drained"), "{list}");
+
+    let (bodies, connects) = keepalive_result(ka);
+    assert_eq!(bodies.len(), 25);
+    assert!(
+        bodies.iter().all(|b| b == drained_name),
+        "connection stayed: {bodies:?}"
+    );
+    assert_eq!(connects, 1, "one connection throughout");
+    let out = s.daemon.cli(&["backend", "undrain", "www", drained]);
+    assert!(out.status.success());
+    wait_for_answer(c, drained_name, Duration::from_secs(3));
+}
+
+#[test]
+fn killing_the_daemon_does_not_interrupt_traffic() {
+    let mut s = setup("hr", 2, 2, &|_| String::new(), false);
+    let client = s.topo.client.name.clone();
+    let ka = keepalive_client(&s.topo.client, 30);
+    let loop_thread = thread::spawn(move || {
+        let ns = Netns::attach(&client);
+        let mut answers = Vec::new();
+        for _ in 0..60 {
+            answers.push(try_get(&ns, &format!("http://{VIP4}/")));
+            thread::sleep(Duration::from_millis(25));
+        }
+        answers
+    });
+    thread::sleep(Duration::from_millis(600));
+    s.daemon.kill();
+    thread::sleep(Duration::from_millis(300));
+    let socket = s.daemon.socket.clone();
+    let config = s.topo.dir.join("foobar-lb.toml");
+    s.daemon = Daemon::start_with(&s.topo.lb, &config, &socket, &[]).unwrap();
+    let answers = loop_thread.join().unwrap();
+    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed across the restart: {failed:?}"
+    );
+    let web1 = answers
+        .iter()
+        .filter(|a| a.as_deref() == Ok("web1"))
+        .count();
+    assert!(
+        web1.abs_diff(30) <= 2,
+        "round robin went on: web1 answered {web1} of 60"
+    );
+    let (bodies, connects) = keepalive_result(ka);
+    assert_eq!(connects, 1);
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "kept its backend: {bodies:?}"
+    );
+    assert!(s
+        .daemon
+        .log_text()
+        .contains("adopting the pinned data plane"));
+    // Counters survived: the new daemon reports the flows of the old one too.
+    let st = s.daemon.stats();
+    assert!(
+        st.services[0].counters.new_flows >= 61,
+        "{:?}",
+        st.services[0].counters
+    );
+}
+
+fn scrape(lb: &Netns) -> String {
+    let out = run(lb
+        .cmd("curl")
+        .args(["-sS", "--max-time", "2", "http://127.0.0.1:9641/metrics"]))
+    .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+}
+
+#[test]
+fn metrics_follow_the_traffic() {
+    let s = setup("me", 2, 2, &|_| String::new(), true);
+    for _ in 0..10 {
+        get(&s.topo.client);
+    }
+    let m = scrape(&s.topo.lb);
+    assert_eq!(
+        metric(&m, "foobar_lb_service_new_flows_total{service=\"www\"}"),
+        10.0
+    );
+    assert_eq!(
+        metric(&m, "foobar_lb_backend_new_flows_total{service=\"www\",backend=\"10.111.0.11\",role=\"primary\"}"),
+        5.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "foobar_lb_backend_up{service=\"www\",backend=\"10.111.0.12\",role=\"primary\"}"
+        ),
+        1.0
+    );
+    assert!(metric(&m, "foobar_lb_verdict_packets_total{verdict=\"tx\"}") >= 10.0 * 5.0);
+    let before = metric(&m, "foobar_lb_service_packets_total{service=\"www\"}");
+    for _ in 0..4 {
+        get(&s.topo.client);
+    }
+    let m = scrape(&s.topo.lb);
+    assert_eq!(
+        metric(&m, "foobar_lb_service_new_flows_total{service=\"www\"}"),
+        14.0
+    );
+    assert!(metric(&m, "foobar_lb_service_packets_total{service=\"www\"}") > before);
+    assert!(m.contains("foobar_lb_backend_check_latency_seconds"), "{m}");
+}
+
+#[test]
+fn bad_cli_input_is_refused_and_changes_nothing() {
+    let s = setup("bi", 1, 1, &|_| String::new(), true);
+    let before = serde_json_string(&s.daemon);
+    for (args, expect) in [
+        (
+            vec!["backend", "add", "nosuch", "10.111.0.50"],
+            "unknown service",
+        ),
+        (
+            vec!["backend", "drain", "www", "10.111.0.99"],
+            "has no backend",
+        ),
+        (
+            vec!["backend", "remove", "www", "10.111.0.99"],
+            "has no backend",
+        ),
+        (
+            vec!["backend", "add", "www", "not-an-ip"],
+            "invalid IP address",
+        ),
+        (
+            vec!["backend", "add", "www", "10.111.0.50", "--weight", "0"],
+            "0 is not in 1..=256",
+        ),
+        (vec!["backend", "add", "www", "fd00::50"], "address family"),
+        (vec!["backend", "add", "www", "10.111.0.11"], "listed twice"),
+        (
+            vec![
+                "service",
+                "add",
+                "www",
+                "--vip",
+                "10.111.0.100",
+                "--port",
+                "80",
+            ],
+            "defined twice",
+        ),
+        (
+            vec![
+                "service",
+                "add",
+                "www2",
+                "--vip",
+                "10.111.0.100",
+                "--port",
+                "80",
+            ],
+            "already used",
+        ),
+        (vec!["service", "remove", "nosuch"], "unknown service"),
+    ] {
+        let out = s.daemon.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    assert_eq!(serde_json_string(&s.daemon), before, "state changed");
+    // And a good change still works after all that.
+    let out = s.daemon.cli(&[
+        "service",
+        "add",
+        "alt",
+        "--vip",
+        "10.111.0.100",
+        "--port",
+        "8080",
+        "--check",
+        "none",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "service",
+        "list",
+        "--socket",
+        s.daemon.socket.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.111.0.100:8080/tcp"));
+}
+
+/// The configuration part of the status (no counters), for before/after comparisons.
+fn serde_json_string(d: &Daemon) -> String {
+    let st = d.stats();
+    st.services
+        .iter()
+        .map(|s| {
+            let bs: Vec<String> = s
+                .backends
+                .iter()
+                .map(|b| format!("{}:{:?}:{}", b.address, b.role, b.weight))
+                .collect();
+            format!(
+                "{}={}:{}/{}[{}]",
+                s.name,
+                s.vip,
+                s.port,
+                s.protocol,
+                bs.join(",")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
