@@ -129,6 +129,11 @@ pub struct BackendStats {
     pub state: String,
     /// Entries in the flow table that point at this backend.
     pub flows: u64,
+    /// Forwarded packets and bytes per second over the last 2 s sampling interval.
+    #[serde(default)]
+    pub packets_per_sec: f64,
+    #[serde(default)]
+    pub bytes_per_sec: f64,
     pub counters: CounterView,
 }
 

@@ -84,6 +84,8 @@ struct Daemon {
     events: mpsc::Sender<HealthEvent>,
     checks: Arc<Semaphore>,
     seed: u64,
+    /// The last two counter samples per backend id, for packet/byte rates in `status`.
+    samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }
 
 impl Daemon {
@@ -212,6 +214,39 @@ impl Daemon {
             self.apply()?;
         }
         Ok(())
+    }
+
+    /// Samples every backend's counters (on the refresh timer) so `status` can show rates.
+    fn sample_rates(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let ids: Vec<u32> = self
+            .reconciler
+            .services()
+            .values()
+            .flat_map(|s| s.backends.values().map(|b| b.id))
+            .collect();
+        let mut next = HashMap::new();
+        for id in ids {
+            let c = self.dataplane.backend_counters(id)?;
+            let prev = self.samples.get(&id).map(|s| s[1]).unwrap_or((now, c));
+            next.insert(id, [prev, (now, c)]);
+        }
+        self.samples = next;
+        Ok(())
+    }
+
+    /// (packets/s, bytes/s) of a backend over the last sampling interval.
+    fn rates(&self, id: u32) -> (f64, f64) {
+        match self.samples.get(&id) {
+            Some([(t0, a), (t1, b)]) if t1 > t0 => {
+                let dt = (*t1 - *t0).as_secs_f64();
+                (
+                    b.packets.saturating_sub(a.packets) as f64 / dt,
+                    b.bytes.saturating_sub(a.bytes) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
     }
 
     fn refresh_neighbors(&mut self) -> Result<()> {
@@ -371,6 +406,8 @@ impl Daemon {
                         None => "unresolved".into(),
                     },
                     flows: written.and_then(|x| flows.get(&x.id).copied()).unwrap_or(0),
+                    packets_per_sec: written.map(|x| self.rates(x.id).0).unwrap_or(0.0),
+                    bytes_per_sec: written.map(|x| self.rates(x.id).1).unwrap_or(0.0),
                     counters: match written {
                         Some(x) => self.dataplane.backend_counters(x.id)?.into(),
                         None => Default::default(),
@@ -518,6 +555,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         events: events_tx,
         checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
         seed: std::process::id() as u64,
+        samples: HashMap::new(),
     };
     for svc in d.config.services.clone() {
         d.start_checks(&svc);
@@ -589,6 +627,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             _ = refresh.tick() => {
                 if let Err(e) = d.refresh_neighbors() {
                     log::warn!("neighbour refresh failed: {e:#}");
+                }
+                if let Err(e) = d.sample_rates() {
+                    log::warn!("reading counters failed: {e:#}");
                 }
             }
         }

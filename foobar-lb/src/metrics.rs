@@ -68,6 +68,11 @@ pub fn render(s: &StatsSnapshot) -> String {
         "backend_in_pool",
         "1 if the backend takes new flows",
     );
+    let be_rate = gauge(
+        &mut reg,
+        "backend_packets_per_second",
+        "Forwarded packets/s (2 s window)",
+    );
     let be_latency = gauge(
         &mut reg,
         "backend_check_latency_seconds",
@@ -88,6 +93,7 @@ pub fn render(s: &StatsSnapshot) -> String {
             be_bytes.get_or_create(&l).inc_by(b.counters.bytes);
             be_flows.get_or_create(&l).inc_by(b.counters.new_flows);
             be_active.get_or_create(&l).set(b.flows as f64);
+            be_rate.get_or_create(&l).set(b.packets_per_sec);
             let up = matches!(b.health.as_str(), "up" | "unchecked");
             be_up.get_or_create(&l).set(if up { 1.0 } else { 0.0 });
             be_serving

@@ -261,6 +261,12 @@ fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
     assert!(d.flows >= 1, "flows remaining are shown: {d:?}");
     let list = String::from_utf8(s.daemon.cli(&["backend", "list", "www"]).stdout).unwrap();
     assert!(list.contains("drained"), "{list}");
+    // The live connection shows as a packet rate on the drained backend (2 s sampling).
+    let start = Instant::now();
+    while backend(&s.daemon.stats(), drained).packets_per_sec == 0.0 {
+        assert!(start.elapsed() < Duration::from_secs(3), "no rate shown");
+        thread::sleep(Duration::from_millis(200));
+    }
 
     let (bodies, connects) = keepalive_result(ka);
     assert_eq!(bodies.len(), 25);

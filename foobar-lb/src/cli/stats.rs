@@ -67,8 +67,16 @@ fn render_status(s: &StatsSnapshot) -> String {
             svc.name, svc.vip, svc.port, svc.protocol, svc.counters.packets, svc.counters.new_flows
         );
         out += &format!(
-            "  {:<24} {:<8} {:>6} {:<10} {:<9} {:>8} {:>10}  {}\n",
-            "BACKEND", "ROLE", "WEIGHT", "HEALTH", "STATE", "FLOWS", "PACKETS", "LAST CHECK"
+            "  {:<24} {:<8} {:>6} {:<10} {:<9} {:>8} {:>10} {:>9}  {}\n",
+            "BACKEND",
+            "ROLE",
+            "WEIGHT",
+            "HEALTH",
+            "STATE",
+            "FLOWS",
+            "PACKETS",
+            "PKT/S",
+            "LAST CHECK"
         );
         for b in &svc.backends {
             let check = match (&b.last_error, b.check_latency_ms) {
@@ -77,7 +85,7 @@ fn render_status(s: &StatsSnapshot) -> String {
                 (None, None) => "-".into(),
             };
             out += &format!(
-                "  {:<24} {:<8} {:>6} {:<10} {:<9} {:>8} {:>10}  {}\n",
+                "  {:<24} {:<8} {:>6} {:<10} {:<9} {:>8} {:>10} {:>9.1}  {}\n",
                 b.address,
                 format!("{:?}", b.role).to_lowercase(),
                 b.weight,
@@ -89,6 +97,7 @@ fn render_status(s: &StatsSnapshot) -> String {
                 },
                 b.flows,
                 b.counters.packets,
+                b.packets_per_sec,
                 check
             );
         }
