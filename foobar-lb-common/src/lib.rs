@@ -5,8 +5,10 @@
 //! asserts so the kernel and userspace layouts cannot drift apart.
 #![no_std]
 
+pub mod firewall;
 pub mod maps;
 pub mod stats;
 
+pub use firewall::*;
 pub use maps::*;
 pub use stats::*;

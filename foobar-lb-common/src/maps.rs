@@ -59,8 +59,12 @@ pub struct ServiceInfo {
     pub id: u32,
     /// Reserved for per-service flags (forwarding mode, ...); zero today.
     pub flags: u32,
+    /// New flows per second allowed per source address; 0 = unlimited.
+    pub rate_per_sec: u32,
+    /// Token-bucket depth for `rate_per_sec`.
+    pub burst: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 
 /// Key of [`MAP_VIPS`]: a VIP address, used to tell "malformed packet for us" from "not ours".
 #[repr(C)]
@@ -159,6 +163,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::super::stats::Counters {}
+    unsafe impl aya::Pod for crate::firewall::Rule {}
+    unsafe impl aya::Pod for crate::firewall::RuleSet {}
+    unsafe impl aya::Pod for crate::firewall::RateKey {}
+    unsafe impl aya::Pod for crate::firewall::Bucket {}
 }
 
 /// Encodes an IP address as the data plane stores it: (words in network byte order, family).

@@ -17,8 +17,16 @@ pub mod verdict {
     pub const DROP_BAD_SLOT: u32 = 5;
     /// An internal error (map lookup that cannot fail did): XDP_ABORTED.
     pub const ABORTED: u32 = 6;
+    /// Dropped by a firewall rule.
+    pub const DROP_FW_RULE: u32 = 7;
+    /// Source address in the block list.
+    pub const DROP_BLOCKLIST: u32 = 8;
+    /// For a VIP address but no service, on an interface whose VIP policy is drop.
+    pub const DROP_VIP_POLICY: u32 = 9;
+    /// New flow over its source's rate limit.
+    pub const DROP_RATE_LIMIT: u32 = 10;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 11;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -29,6 +37,10 @@ pub mod verdict {
         "drop_no_backend",
         "drop_bad_slot",
         "aborted",
+        "drop_fw_rule",
+        "drop_blocklist",
+        "drop_vip_policy",
+        "drop_rate_limit",
     ];
 }
 

@@ -8,6 +8,8 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
+mod firewall;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -24,6 +26,7 @@ mod prog {
     use foobar_lb_common::{verdict, ServiceKey, VipKey};
 
     use crate::{
+        firewall,
         maps::{SERVICES, VIPS},
         parse::{parse, Parsed},
         rewrite, select, stats,
@@ -48,7 +51,8 @@ mod prog {
     #[inline(always)]
     fn try_lb(ctx: &XdpContext) -> Result<(u32, u32), u32> {
         let pass = Ok((xdp_action::XDP_PASS, verdict::PASS));
-        let pkt = match parse(ctx) {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        let (pkt, balance) = match parse(ctx) {
             Parsed::NotOurs => return pass,
             // Unusable for balancing: drop it only if it was meant for one of our VIPs.
             Parsed::Suspect {
@@ -56,30 +60,40 @@ mod prog {
                 dst,
                 reason,
             } => {
-                let vip = VipKey {
-                    addr: dst,
-                    family,
-                    _pad: [0; 3],
-                };
-                return if unsafe { VIPS.get(vip) }.is_some() {
+                return if is_vip(dst, family) {
                     Err(reason)
                 } else {
                     pass
                 };
             }
-            Parsed::Flow(pkt) => pkt,
+            Parsed::Other(pkt) => (pkt, false),
+            Parsed::Flow(pkt) => (pkt, true),
         };
+        // Firewall first: dropped traffic costs no balancing work.
+        let fw = firewall::flags();
+        if fw != 0 {
+            firewall::filter(fw, &pkt.key, len)?;
+        }
         let service = ServiceKey {
             vip: pkt.key.dst,
             port: pkt.key.dport,
             proto: pkt.key.proto,
             family: pkt.key.family,
         };
-        let Some(svc) = (unsafe { SERVICES.get(service) }).copied() else {
+        let svc = if balance {
+            unsafe { SERVICES.get(service) }.copied()
+        } else {
+            None
+        };
+        let Some(svc) = svc else {
+            if firewall::vip_policy_drops(fw, ctx.ingress_ifindex() as u32)
+                && is_vip(pkt.key.dst, pkt.key.family)
+            {
+                return Err(verdict::DROP_VIP_POLICY);
+            }
             return pass;
         };
-        let len = (ctx.data_end() - ctx.data()) as u64;
-        let (backend_id, backend) = select::backend(svc.id, &pkt.key).inspect_err(|&reason| {
+        let (backend_id, backend) = select::backend(&svc, &pkt.key).inspect_err(|&reason| {
             // Never expected: userspace writes backends before the sets naming them.
             if reason == verdict::DROP_BAD_SLOT {
                 aya_log_ebpf::error!(
@@ -92,6 +106,16 @@ mod prog {
         stats::count_forward(svc.id, backend_id, len);
         rewrite::direct_server_return(ctx, &backend.mac)?;
         Ok((xdp_action::XDP_TX, verdict::TX))
+    }
+
+    #[inline(always)]
+    fn is_vip(addr: foobar_lb_common::Addr, family: u8) -> bool {
+        let vip = VipKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        };
+        unsafe { VIPS.get(vip) }.is_some()
     }
 
     /// Passes everything. Test topologies attach it to veth peers: in native mode a veth only

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, ServiceInfo, ServiceKey, VipKey,
-    MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
+    verdict, Backend, BackendSet, Bucket, Counters, FlowKey, FlowValue, RateKey, RuleSet,
+    ServiceInfo, ServiceKey, VipKey, FW_FLAGS_LEN, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS,
+    MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
 };
 
 /// (VIP, port, proto) -> service id.
@@ -45,3 +46,37 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+// ---- Firewall -------------------------------------------------------------------------------
+
+/// `FW_IDX_*` words: which stages are on, which block-list buffer is live.
+#[map]
+pub static FW_FLAGS: Array<u32> = Array::with_max_entries(FW_FLAGS_LEN, 0);
+
+/// Key 0: the ordered rule list, replaced whole (no preallocation: RCU swap).
+#[map]
+pub static FW_RULES: HashMap<u32, RuleSet> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Per-rule packets/bytes matched.
+#[map]
+pub static RULE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES as u32, 0);
+
+/// Source block lists, double-buffered: userspace fills the idle pair, then flips
+/// `FW_IDX_BLOCKLIST_SLOT`, so a packet sees the old list or the new one, never a mix.
+#[map]
+pub static BLOCK_V4_A: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+#[map]
+pub static BLOCK_V4_B: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+#[map]
+pub static BLOCK_V6_A: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+#[map]
+pub static BLOCK_V6_B: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+
+/// Ingress ifindex -> `VIP_POLICY_*` for VIP traffic that matches no service.
+#[map]
+pub static VIP_POLICY: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// (service, source) -> token bucket for new flows.
+#[map]
+pub static RATE_BUCKETS: LruHashMap<RateKey, Bucket> =
+    LruHashMap::with_max_entries(MAX_RATE_SOURCES, 0);

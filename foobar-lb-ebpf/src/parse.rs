@@ -21,6 +21,9 @@ pub enum Parsed {
     Suspect { family: u8, dst: Addr, reason: u32 },
     /// A complete 5-tuple.
     Flow(Packet),
+    /// IP but neither TCP nor UDP (ICMP, ...): ports are zero. Firewall rules apply; never
+    /// balanced.
+    Other(Packet),
 }
 
 pub struct Packet {
@@ -90,10 +93,20 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
         return suspect(verdict::DROP_FRAGMENT);
     }
     let proto = ip.proto;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Parsed::NotOurs;
-    }
     let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Parsed::Other(Packet {
+            key: FlowKey {
+                src,
+                dst,
+                sport: 0,
+                dport: 0,
+                proto,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            },
+        });
+    }
     match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
         Some((sport, dport)) => Parsed::Flow(Packet {
             key: FlowKey {
@@ -148,7 +161,17 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
         return suspect(verdict::DROP_FRAGMENT);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
-        return Parsed::NotOurs;
+        return Parsed::Other(Packet {
+            key: FlowKey {
+                src: addr6(&ip.src_addr),
+                dst,
+                sport: 0,
+                dport: 0,
+                proto: next,
+                family: FAMILY_V6,
+                _pad: [0; 2],
+            },
+        });
     }
     if ext_len > payload_len {
         return suspect(verdict::DROP_MALFORMED);

@@ -1,11 +1,13 @@
 //! Backend selection: the flow table first, then the service's round-robin cursor.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use foobar_lb_common::{
-    verdict, Backend, FlowKey, FlowValue, BACKEND_ACTIVE, BACKEND_DRAINING, MAX_SLOTS,
+    take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey, ServiceInfo, BACKEND_ACTIVE,
+    BACKEND_DRAINING, MAX_SLOTS,
 };
 
 use crate::{
-    maps::{BACKENDS, BACKEND_SETS, FLOWS, RR_CURSORS},
+    maps::{BACKENDS, BACKEND_SETS, FLOWS, RATE_BUCKETS, RR_CURSORS},
     stats,
 };
 
@@ -13,7 +15,8 @@ use crate::{
 /// serves (active or draining), otherwise the next one in round-robin order, remembered in the
 /// flow table.
 #[inline(always)]
-pub fn backend(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
+pub fn backend(svc: &ServiceInfo, key: &FlowKey) -> Result<(u32, Backend), u32> {
+    let service_id = svc.id;
     if let Some(flow) = unsafe { FLOWS.get(key) } {
         let id = flow.backend_id;
         if let Some(b) = BACKENDS.get(id) {
@@ -25,7 +28,40 @@ pub fn backend(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
         }
         // The backend is gone or down: fall through and move the flow.
     }
+    if svc.rate_per_sec != 0 && !rate_ok(svc, key) {
+        return Err(verdict::DROP_RATE_LIMIT);
+    }
     schedule(service_id, key)
+}
+
+/// Token bucket per (service, source) for new flows. Buckets live in an LRU map, so a flood of
+/// sources evicts old buckets instead of exhausting memory. Concurrent updates from two CPUs
+/// for one source may lose a token's worth of accounting: a limit, not a ledger.
+#[inline(always)]
+fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
+    let rk = RateKey {
+        src: key.src,
+        service_id: svc.id,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match RATE_BUCKETS.get_ptr_mut(&rk) {
+        Some(b) => {
+            let (next, ok) = take_token(unsafe { *b }, now, svc.rate_per_sec, svc.burst);
+            unsafe { *b = next };
+            ok
+        }
+        None => {
+            let full = Bucket {
+                milli_tokens: svc.burst as u64 * 1000,
+                last_ns: now,
+            };
+            let (next, ok) = take_token(full, now, svc.rate_per_sec, svc.burst);
+            let _ = RATE_BUCKETS.insert(&rk, &next, 0);
+            ok
+        }
+    }
 }
 
 #[inline(always)]

@@ -10,6 +10,9 @@
 //! | `backend_remove` / `backend_drain` / `backend_undrain` | `service`, `address` | `message` |
 //! | `service_add` | `service` (a `[[service]]` table as JSON) | `message` |
 //! | `service_remove` | `name` | `message` |
+//! | `fw_add` | `rule` (a `[[firewall.rule]]` table as JSON), `position`? | `message` |
+//! | `fw_remove` | `index` (1-based) | `message` |
+//! | `fw_load` | `path` (block-list file, read by the daemon) | `message` |
 //!
 //! Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A refused change changes nothing.
 
@@ -55,6 +58,20 @@ pub enum Request {
     },
     ServiceRemove {
         name: String,
+    },
+    /// Insert a firewall rule at `position` (1-based; default: last).
+    FwAdd {
+        rule: crate::firewall::RuleConfig,
+        #[serde(default)]
+        position: Option<usize>,
+    },
+    /// Remove the rule at `index` (1-based, as `fw list` shows).
+    FwRemove {
+        index: usize,
+    },
+    /// Replace the source block list with the prefixes in `path` (read by the daemon).
+    FwLoad {
+        path: PathBuf,
     },
 }
 
@@ -153,6 +170,25 @@ pub struct StatsSnapshot {
     pub verdicts: Vec<(String, u64)>,
     pub flows: usize,
     pub services: Vec<ServiceStats>,
+    #[serde(default)]
+    pub firewall: FirewallStats,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FirewallStats {
+    /// In evaluation order; `index` is 1-based.
+    pub rules: Vec<RuleStats>,
+    pub blocklist_prefixes: usize,
+    /// Interfaces whose VIP policy is drop.
+    pub vip_policy_drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleStats {
+    pub index: usize,
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

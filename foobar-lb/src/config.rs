@@ -91,6 +91,8 @@ pub struct Config {
     /// Flow table capacity; the least recently used flows are evicted beyond it.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -124,8 +126,50 @@ pub struct ServiceConfig {
     pub failover: Failover,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Per-source limit on new flows (TCP SYNs, new UDP flows).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// New flows per second per source address.
+    pub per_source: u32,
+    /// Bucket depth: new flows a source may open at once (default: `per_source`).
+    pub burst: Option<u32>,
+}
+
+impl ServiceConfig {
+    /// (rate, burst) for the data plane; (0, 0) when unlimited.
+    pub fn rate_limit(&self) -> (u32, u32) {
+        self.rate_limit
+            .map(|r| (r.per_source, r.burst.unwrap_or(r.per_source)))
+            .unwrap_or((0, 0))
+    }
+}
+
+/// `[firewall]`: see `crate::firewall` for the evaluation order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::firewall::RuleConfig>,
+    /// Block-list files (one prefix a line) loaded at start.
+    #[serde(default)]
+    pub blocklists: Vec<PathBuf>,
+    /// Interface -> policy for traffic to a VIP address that matches no service.
+    #[serde(default)]
+    pub vip_policy: std::collections::BTreeMap<String, VipPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipPolicy {
+    Allow,
+    Drop,
 }
 
 /// Which healthy backups take new flows when no primary is healthy.
@@ -320,6 +364,14 @@ impl Config {
                 "`interfaces` is empty: name at least one interface",
             ));
         }
+        crate::firewall::compile_all(&self.firewall.rules).map_err(invalid)?;
+        for iface in self.firewall.vip_policy.keys() {
+            if !self.interfaces.contains(iface) {
+                return Err(invalid(format!(
+                    "firewall.vip_policy names {iface:?}, which is not in `interfaces`"
+                )));
+            }
+        }
         if !(1024..=1 << 26).contains(&self.flow_table_size) {
             return Err(invalid(format!(
                 "flow_table_size {} is out of range 1024..=67108864",
@@ -331,6 +383,14 @@ impl Config {
         for svc in &self.services {
             let what = format!("service {:?}", svc.name);
             svc.health.validate(&what)?;
+            if let Some(r) = svc.rate_limit {
+                if r.per_source == 0 || r.burst == Some(0) {
+                    return Err(invalid(format!(
+                        "{what}: rate_limit per_source and burst must be at least 1 (omit \
+                         rate_limit for no limit)"
+                    )));
+                }
+            }
             if svc.name.is_empty() {
                 return Err(invalid("a service has an empty name"));
             }
@@ -402,10 +462,13 @@ impl Config {
         Ok(())
     }
 
-    /// Checks against this host: every interface exists.
+    /// Checks against this host: every interface exists, every block list parses.
     pub fn check_host(&self) -> Result<(), ConfigError> {
         for name in &self.interfaces {
             crate::netdev::ifindex(name).map_err(|e| invalid(e.to_string()))?;
+        }
+        for path in &self.firewall.blocklists {
+            crate::firewall::load_blocklist(path).map_err(invalid)?;
         }
         Ok(())
     }
@@ -545,6 +608,21 @@ protocol = "udp"
         ))
         .contains("unknown variant"));
         assert!(err(&format!("metrics_address = \"nope\"\n{GOOD}")).contains("metrics_address"));
+    }
+
+    #[test]
+    fn firewall_and_rate_limit_sections() {
+        let text = format!(
+            "{GOOD}\n[firewall]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\nprotocol = \"tcp\"\nport = \"22\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.firewall.rules.len(), 1);
+        assert_eq!(c.firewall.vip_policy["eth0"], VipPolicy::Drop);
+        assert!(err(&text.replace("\"22\"", "\"x\"")).contains("firewall rule 1"));
+        assert!(err(&text.replace("eth0 = \"drop\"", "eth9 = \"drop\"")).contains("eth9"));
+        let rl = GOOD.replace("port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"", "port = 80\nrate_limit = { per_source = 5 }\n\n[[service.backend]]\naddress = \"10.0.0.11\"");
+        assert_eq!(Config::parse(&rl).unwrap().services[0].rate_limit(), (5, 5));
+        assert!(err(&rl.replace("per_source = 5", "per_source = 0")).contains("rate_limit"));
     }
 
     #[test]

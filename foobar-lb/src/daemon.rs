@@ -24,10 +24,12 @@ use tokio::{
 
 use crate::{
     api::{self, BackendStats, Request, Response, ServiceStats, StatsSnapshot},
-    config::{BackendConfig, CheckKind, Config, ServiceConfig, XdpMode},
+    config::{BackendConfig, CheckKind, Config, ServiceConfig, VipPolicy, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
+    firewall,
     health::{self, HealthState, Probe},
     neighbor::{self, Mac},
+    netdev,
     pool::{self, Member},
     reconcile::{BackendSpec, Reconciler, ServiceSpec},
 };
@@ -84,6 +86,8 @@ struct Daemon {
     events: mpsc::Sender<HealthEvent>,
     checks: Arc<Semaphore>,
     seed: u64,
+    /// The source block list now in the data plane.
+    blocklist_len: usize,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }
@@ -112,6 +116,7 @@ impl Daemon {
                 ServiceSpec {
                     name: s.name.clone(),
                     key: service_key(s),
+                    rate_limit: s.rate_limit(),
                     backends: s
                         .backends
                         .iter()
@@ -213,6 +218,34 @@ impl Daemon {
             }
             self.apply()?;
         }
+        Ok(())
+    }
+
+    /// Writes rules and VIP policies from the (runtime) config.
+    fn apply_firewall(&mut self) -> Result<()> {
+        let set = firewall::compile_all(&self.config.firewall.rules).map_err(anyhow::Error::msg)?;
+        self.dataplane.set_rules(&set)?;
+        let mut any_drop = false;
+        for iface in &self.config.interfaces {
+            let drop = self.config.firewall.vip_policy.get(iface) == Some(&VipPolicy::Drop);
+            any_drop |= drop;
+            self.dataplane
+                .set_vip_policy(netdev::ifindex(iface)?, drop)?;
+        }
+        self.dataplane
+            .set_fw_flag(foobar_lb_common::FW_HAS_VIP_POLICY, any_drop)?;
+        Ok(())
+    }
+
+    fn load_blocklist(&mut self, nets: &[ipnet::IpNet]) -> Result<()> {
+        let start = Instant::now();
+        self.dataplane.load_blocklist(nets)?;
+        self.blocklist_len = nets.len();
+        log::info!(
+            "block list: {} prefixes live (loaded in {} ms)",
+            nets.len(),
+            start.elapsed().as_millis()
+        );
         Ok(())
     }
 
@@ -321,6 +354,37 @@ impl Daemon {
                 }),
                 Err(e) => Err(anyhow::anyhow!(e)),
             },
+            Request::FwAdd { rule, position } => self.change(|c| {
+                let rules = &mut c.firewall.rules;
+                let at = position.unwrap_or(rules.len() + 1);
+                if at == 0 || at > rules.len() + 1 {
+                    bail!("position {at} is outside 1..={}", rules.len() + 1);
+                }
+                let msg = format!("firewall rule {at}: {rule}");
+                rules.insert(at - 1, rule);
+                Ok(msg)
+            }),
+            Request::FwRemove { index } => self.change(|c| {
+                let rules = &mut c.firewall.rules;
+                if index == 0 || index > rules.len() {
+                    bail!(
+                        "no firewall rule {index}: `foobar-lb fw list` shows {} rule(s)",
+                        rules.len()
+                    );
+                }
+                let r = rules.remove(index - 1);
+                Ok(format!("removed firewall rule {index}: {r}"))
+            }),
+            Request::FwLoad { path } => firewall::load_blocklist(&path)
+                .map_err(anyhow::Error::msg)
+                .and_then(|nets| {
+                    self.load_blocklist(&nets)?;
+                    Ok(format!(
+                        "block list {}: {} prefixes live",
+                        path.display(),
+                        nets.len()
+                    ))
+                }),
             Request::ServiceRemove { name } => self.change(|c| {
                 let before = c.services.len();
                 c.services.retain(|s| s.name != name);
@@ -344,7 +408,13 @@ impl Daemon {
         let mut next = self.config.clone();
         let msg = f(&mut next)?;
         next.validate()?;
+        let rules_changed = next.firewall.rules != self.config.firewall.rules;
         self.config = next;
+        if rules_changed {
+            // Counters are per position: a changed list starts them afresh rather than letting
+            // a rule inherit another's numbers.
+            self.dataplane.reset_rule_counters()?;
+        }
         // Forget runtime state (and stop checks) of backends that are gone.
         let live: HashSet<BackendKey> = self
             .config
@@ -358,6 +428,7 @@ impl Daemon {
         }
         let _ = self.refresh_neighbors();
         self.apply()?;
+        self.apply_firewall()?;
         Ok(msg)
     }
 
@@ -423,7 +494,36 @@ impl Daemon {
                 backends,
             });
         }
+        let rule_counters = self
+            .dataplane
+            .rule_counters(self.config.firewall.rules.len())?;
+        let firewall = api::FirewallStats {
+            rules: self
+                .config
+                .firewall
+                .rules
+                .iter()
+                .zip(rule_counters)
+                .enumerate()
+                .map(|(i, (r, c))| api::RuleStats {
+                    index: i + 1,
+                    rule: r.to_string(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+                .collect(),
+            blocklist_prefixes: self.blocklist_len,
+            vip_policy_drop: self
+                .config
+                .firewall
+                .vip_policy
+                .iter()
+                .filter(|(_, p)| **p == VipPolicy::Drop)
+                .map(|(i, _)| i.clone())
+                .collect(),
+        };
         Ok(StatsSnapshot {
+            firewall,
             verdicts: verdict::NAMES
                 .iter()
                 .zip(verdicts)
@@ -472,6 +572,7 @@ pub fn desired_state(config: &Config, macs: &HashMap<IpAddr, Mac>) -> Vec<Servic
             ServiceSpec {
                 name: s.name.clone(),
                 key: service_key(s),
+                rate_limit: s.rate_limit(),
                 backends: s
                     .backends
                     .iter()
@@ -556,7 +657,16 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
         seed: std::process::id() as u64,
         samples: HashMap::new(),
+        blocklist_len: 0,
     };
+    d.apply_firewall()?;
+    let mut blocklist = Vec::new();
+    for path in &d.config.firewall.blocklists {
+        blocklist.extend(firewall::load_blocklist(path).map_err(anyhow::Error::msg)?);
+    }
+    if !blocklist.is_empty() || d.dataplane.adopted() {
+        d.load_blocklist(&blocklist)?;
+    }
     for svc in d.config.services.clone() {
         d.start_checks(&svc);
     }

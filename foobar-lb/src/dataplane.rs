@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
@@ -13,9 +14,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, Counters, ServiceInfo, ServiceKey, VipKey, MAP_BACKENDS,
-    MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_RR_CURSORS, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, PASS_PROG_NAME, PROG_NAME,
+    verdict, Backend, BackendSet, Counters, RuleSet, ServiceInfo, ServiceKey, VipKey,
+    FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS, MAP_BACKENDS,
+    MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_BLOCK_V4_A, MAP_BLOCK_V4_B, MAP_BLOCK_V6_A,
+    MAP_BLOCK_V6_B, MAP_FLOWS, MAP_FW_FLAGS, MAP_FW_RULES, MAP_RATE_BUCKETS, MAP_RR_CURSORS,
+    MAP_RULE_STATS, MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAP_VIP_POLICY,
+    MAX_BLOCKED, PASS_PROG_NAME, PROG_NAME, VIP_POLICY_ALLOW, VIP_POLICY_DROP,
 };
 
 use crate::{config::XdpMode, reconcile::MapOp};
@@ -103,7 +107,16 @@ pub struct LoadOptions {
 }
 
 /// Maps that carry state across daemon restarts (all of ours; aya-log's is per process).
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 18] = [
+    MAP_FW_FLAGS,
+    MAP_FW_RULES,
+    MAP_RULE_STATS,
+    MAP_BLOCK_V4_A,
+    MAP_BLOCK_V4_B,
+    MAP_BLOCK_V6_A,
+    MAP_BLOCK_V6_B,
+    MAP_VIP_POLICY,
+    MAP_RATE_BUCKETS,
     MAP_SERVICES,
     MAP_VIPS,
     MAP_BACKEND_SETS,
@@ -368,6 +381,129 @@ impl Dataplane {
             .map(MAP_FLOWS)
             .ok_or(DataplaneError::Missing(MAP_FLOWS))?;
         Ok(map_keys_count(map))
+    }
+
+    // ---- Firewall ----------------------------------------------------------------------------
+
+    fn fw_flags(&mut self) -> Result<Array<&mut MapData, u32>, DataplaneError> {
+        self.array::<u32>(MAP_FW_FLAGS)
+    }
+
+    /// Sets or clears one `FW_HAS_*` bit (the daemon is the only writer).
+    pub fn set_fw_flag(&mut self, bit: u32, on: bool) -> Result<(), DataplaneError> {
+        let mut flags = self.fw_flags()?;
+        let cur = flags.get(&FW_IDX_FLAGS, 0).map_err(map_err(MAP_FW_FLAGS))?;
+        let next = if on { cur | bit } else { cur & !bit };
+        if next != cur {
+            flags
+                .set(FW_IDX_FLAGS, next, 0)
+                .map_err(map_err(MAP_FW_FLAGS))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole rule list in one map update, then switches rule evaluation on or off.
+    pub fn set_rules(&mut self, set: &RuleSet) -> Result<(), DataplaneError> {
+        if set.len > 0 {
+            self.hash::<u32, RuleSet>(MAP_FW_RULES)?
+                .insert(0, set, 0)
+                .map_err(map_err(MAP_FW_RULES))?;
+        }
+        self.set_fw_flag(FW_HAS_RULES, set.len > 0)
+    }
+
+    pub fn reset_rule_counters(&mut self) -> Result<(), DataplaneError> {
+        for i in 0..foobar_lb_common::MAX_RULES as u32 {
+            self.reset_counters(MAP_RULE_STATS, i)?;
+        }
+        Ok(())
+    }
+
+    /// Packets/bytes matched per rule index.
+    pub fn rule_counters(&self, n: usize) -> Result<Vec<Counters>, DataplaneError> {
+        (0..n as u32)
+            .map(|i| self.counters(MAP_RULE_STATS, i))
+            .collect()
+    }
+
+    /// Loads a block list atomically from the data plane's view: fills the idle buffer, then
+    /// flips the live-buffer word. Logs progress for long lists.
+    pub fn load_blocklist(&mut self, nets: &[ipnet::IpNet]) -> Result<(), DataplaneError> {
+        let live = self
+            .fw_flags()?
+            .get(&FW_IDX_BLOCKLIST_SLOT, 0)
+            .map_err(map_err(MAP_FW_FLAGS))?;
+        let idle = 1 - live.min(1);
+        let (v4, v6) = if idle == 0 {
+            (MAP_BLOCK_V4_A, MAP_BLOCK_V6_A)
+        } else {
+            (MAP_BLOCK_V4_B, MAP_BLOCK_V6_B)
+        };
+        self.fill_trie::<4>(
+            v4,
+            nets.iter().filter_map(|n| match n {
+                ipnet::IpNet::V4(n) => Some((n.prefix_len(), n.network().octets())),
+                _ => None,
+            }),
+        )?;
+        self.fill_trie::<16>(
+            v6,
+            nets.iter().filter_map(|n| match n {
+                ipnet::IpNet::V6(n) => Some((n.prefix_len(), n.network().octets())),
+                _ => None,
+            }),
+        )?;
+        self.fw_flags()?
+            .set(FW_IDX_BLOCKLIST_SLOT, idle, 0)
+            .map_err(map_err(MAP_FW_FLAGS))?;
+        self.set_fw_flag(FW_HAS_BLOCKLIST, !nets.is_empty())
+    }
+
+    /// Empties trie `name` and inserts `entries`.
+    fn fill_trie<const N: usize>(
+        &mut self,
+        name: &'static str,
+        entries: impl Iterator<Item = (u8, [u8; N])>,
+    ) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; N], u32> =
+            LpmTrie::try_from(map).map_err(map_err(name))?;
+        let old: Vec<LpmKey<[u8; N]>> = trie.keys().filter_map(Result::ok).collect();
+        for k in &old {
+            let _ = trie.remove(k);
+        }
+        for (i, (len, data)) in entries.enumerate() {
+            trie.insert(&LpmKey::new(len as u32, data), 1, 0)
+                .map_err(|e| match e {
+                    MapError::SyscallError(ref s)
+                        if s.io_error.raw_os_error() == Some(libc::ENOSPC) =>
+                    {
+                        DataplaneError::Bpffs(format!(
+                            "block list too long: at most {MAX_BLOCKED} prefixes per address family"
+                        ))
+                    }
+                    e => map_err(name)(e),
+                })?;
+            if (i + 1) % 50_000 == 0 {
+                log::info!("block list: {} prefixes written to {name}", i + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the policy for VIP traffic matching no service on interface `ifindex`.
+    pub fn set_vip_policy(&mut self, ifindex: u32, drop: bool) -> Result<(), DataplaneError> {
+        let policy = if drop {
+            VIP_POLICY_DROP
+        } else {
+            VIP_POLICY_ALLOW
+        };
+        self.hash::<u32, u32>(MAP_VIP_POLICY)?
+            .insert(ifindex, policy, 0)
+            .map_err(map_err(MAP_VIP_POLICY))
     }
 
     /// Services and backend entries as the maps hold them (to adopt a pinned data plane).

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod firewall;
 pub mod health;
 pub mod metrics;
 pub mod neighbor;

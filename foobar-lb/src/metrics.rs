@@ -104,6 +104,28 @@ pub fn render(s: &StatsSnapshot) -> String {
             }
         }
     }
+    let rule_packets = counter(
+        &mut reg,
+        "firewall_rule_packets",
+        "Packets matched per rule",
+    );
+    let rule_bytes = counter(&mut reg, "firewall_rule_bytes", "Bytes matched per rule");
+    for r in &s.firewall.rules {
+        let l = vec![
+            ("rule".to_string(), r.index.to_string()),
+            ("spec".to_string(), r.rule.clone()),
+        ];
+        rule_packets.get_or_create(&l).inc_by(r.packets);
+        rule_bytes.get_or_create(&l).inc_by(r.bytes);
+    }
+    let blocked = gauge(
+        &mut reg,
+        "firewall_blocklist_prefixes",
+        "Prefixes in the block list",
+    );
+    blocked
+        .get_or_create(&vec![])
+        .set(s.firewall.blocklist_prefixes as f64);
     let flows = gauge(&mut reg, "flows", "Entries in the flow table");
     flows.get_or_create(&vec![]).set(s.flows as f64);
     let mut out = String::new();

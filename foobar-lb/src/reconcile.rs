@@ -42,6 +42,8 @@ pub struct BackendSpec {
 pub struct ServiceSpec {
     pub name: String,
     pub key: ServiceKey,
+    /// New flows per second per source, and burst; (0, 0) = unlimited.
+    pub rate_limit: (u32, u32),
     pub backends: Vec<BackendSpec>,
 }
 
@@ -100,6 +102,7 @@ pub struct Written {
 pub struct WrittenService {
     pub id: u32,
     pub key: ServiceKey,
+    pub rate_limit: (u32, u32),
     pub backends: BTreeMap<IpAddr, Written>,
 }
 
@@ -160,6 +163,7 @@ impl Reconciler {
             let mut ws = WrittenService {
                 id: info.id,
                 key: *key,
+                rate_limit: (info.rate_per_sec, info.burst),
                 backends: BTreeMap::new(),
             };
             for (id, b) in backends.iter().filter(|(_, b)| b.service_id == info.id) {
@@ -250,6 +254,7 @@ impl Reconciler {
                     WrittenService {
                         id,
                         key: spec.key,
+                        rate_limit: spec.rate_limit,
                         backends: BTreeMap::new(),
                     },
                 );
@@ -331,14 +336,22 @@ impl Reconciler {
                     set: Box::new(backend_set(&slots_from)),
                 });
             }
-            // 3. Publish the service.
+            // 3. Publish the service (or its new rate limit: one update of its value).
             if new {
                 ops.push(MapOp::SetVip {
                     key: spec.key.vip_key(),
                 });
+            }
+            if new || w.rate_limit != spec.rate_limit {
+                w.rate_limit = spec.rate_limit;
                 ops.push(MapOp::SetService {
                     key: spec.key,
-                    info: ServiceInfo { id: w.id, flags: 0 },
+                    info: ServiceInfo {
+                        id: w.id,
+                        flags: 0,
+                        rate_per_sec: spec.rate_limit.0,
+                        burst: spec.rate_limit.1,
+                    },
                 });
             }
             // 4. Only now mark the dropped backends down so their flows move.
@@ -432,6 +445,7 @@ mod tests {
         ServiceSpec {
             name: name.into(),
             key: ServiceKey::new("10.0.0.100".parse().unwrap(), 80, PROTO_TCP),
+            rate_limit: (0, 0),
             backends: backends
                 .iter()
                 .map(|&(a, m, state)| BackendSpec {

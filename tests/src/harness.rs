@@ -93,6 +93,37 @@ impl Harness {
         self.apply(&d);
     }
 
+    /// Installs firewall rules the way the daemon does (compiled, one map update).
+    pub fn fw_rules(&mut self, rules: &[foobar_lb::firewall::RuleConfig]) {
+        let set = foobar_lb::firewall::compile_all(rules).expect("valid rules");
+        self.dp.set_rules(&set).unwrap();
+    }
+
+    /// Loads a block list the way the daemon does (idle buffer, then flip).
+    pub fn blocklist(&mut self, text: &str) -> std::time::Duration {
+        let nets = foobar_lb::firewall::parse_blocklist(text).expect("valid list");
+        let start = std::time::Instant::now();
+        self.dp.load_blocklist(&nets).unwrap();
+        start.elapsed()
+    }
+
+    /// Sets the VIP policy of the interface BPF_PROG_TEST_RUN reports as ingress (loopback).
+    pub fn vip_policy_drop(&mut self, drop: bool) {
+        self.dp.set_vip_policy(1, drop).unwrap();
+        self.dp
+            .set_fw_flag(foobar_lb_common::FW_HAS_VIP_POLICY, drop)
+            .unwrap();
+    }
+
+    pub fn rule_counters(&self, n: usize) -> Vec<u64> {
+        self.dp
+            .rule_counters(n)
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .collect()
+    }
+
     pub fn run(&self, frame: &[u8]) -> Outcome {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {

@@ -10,6 +10,7 @@ use foobar_lb::{
 
 mod backend;
 mod check;
+mod fw;
 mod run;
 mod service;
 mod stats;
@@ -39,6 +40,9 @@ enum Command {
     /// Add, remove or list services of a running daemon.
     #[command(subcommand)]
     Service(service::Command),
+    /// Firewall rules and the source block list of a running daemon.
+    #[command(subcommand)]
+    Fw(fw::Command),
     /// Detach the program and remove the pinned data plane a daemon left behind.
     Teardown(teardown::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
@@ -63,6 +67,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(&socket, args, false).await,
         Command::Backend(cmd) => backend::run(&socket, cmd).await,
         Command::Service(cmd) => service::run(&socket, cmd).await,
+        Command::Fw(cmd) => fw::run(&socket, cmd).await,
         Command::Teardown(args) => teardown::run(args),
         Command::CheckConfig { config } => check::run(&config),
         Command::Info => match foobar_lb::dataplane::object_status() {

@@ -59,6 +59,45 @@ pub async fn list_services(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn list_firewall(socket: &Path) -> anyhow::Result<()> {
+    print!("{}", render_firewall(&snapshot(socket).await?));
+    Ok(())
+}
+
+fn render_firewall(s: &StatsSnapshot) -> String {
+    let fw = &s.firewall;
+    let mut out = format!(
+        "{:>3}  {:<60} {:>12} {:>14}\n",
+        "#", "RULE", "PACKETS", "BYTES"
+    );
+    for r in &fw.rules {
+        out += &format!(
+            "{:>3}  {:<60} {:>12} {:>14}\n",
+            r.index, r.rule, r.packets, r.bytes
+        );
+    }
+    if fw.rules.is_empty() {
+        out += "     (no rules)\n";
+    }
+    out += &format!("block list: {} prefixes\n", fw.blocklist_prefixes);
+    if !fw.vip_policy_drop.is_empty() {
+        out += &format!(
+            "VIP traffic matching no service is dropped on: {}\n",
+            fw.vip_policy_drop.join(", ")
+        );
+    }
+    out += "drops:";
+    for (name, n) in s.verdicts.iter().filter(|(n, _)| {
+        matches!(
+            n.as_str(),
+            "drop_fw_rule" | "drop_blocklist" | "drop_vip_policy" | "drop_rate_limit"
+        )
+    }) {
+        out += &format!("  {name} {n}");
+    }
+    out + "\n"
+}
+
 fn render_status(s: &StatsSnapshot) -> String {
     let mut out = String::new();
     for svc in &s.services {
@@ -126,6 +165,7 @@ fn render_stats(s: &StatsSnapshot) -> String {
             );
         }
     }
+    out += &format!("\nfirewall:\n{}", render_firewall(s));
     out += &format!("\nflows in table: {}\nverdicts:\n", s.flows);
     for (name, n) in &s.verdicts {
         out += &format!("  {name:<18} {n:>12}\n");

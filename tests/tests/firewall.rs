@@ -1,0 +1,275 @@
+//! Firewall packet tests through BPF_PROG_TEST_RUN: every match field and action, IPv4 and IPv6,
+//! rule order, the VIP default policy, a 100,000-prefix block list, the new-flow rate limit.
+
+use foobar_lb::firewall::{Action, RuleConfig, RuleProtocol};
+use foobar_lb_common::verdict;
+use foobar_lb_tests::{
+    harness::{Expect, Harness},
+    packet::{Pkt, L4, TCP_ACK, TCP_SYN},
+};
+
+const CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "www"
+vip = "10.0.0.100"
+port = 80
+[[service.backend]]
+address = "10.0.0.11"
+
+[[service]]
+name = "dns"
+vip = "10.0.0.100"
+port = 53
+protocol = "udp"
+[[service.backend]]
+address = "10.0.0.11"
+
+[[service]]
+name = "www6"
+vip = "fd00::100"
+port = 80
+[[service.backend]]
+address = "fd00::11"
+
+[[service]]
+name = "limited"
+vip = "10.0.0.102"
+port = 80
+rate_limit = { per_source = 1, burst = 5 }
+[[service.backend]]
+address = "10.0.0.11"
+"#;
+
+const B1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const VIP: &str = "10.0.0.100";
+
+fn harness() -> Harness {
+    Harness::new(CONFIG, &[("10.0.0.11", B1), ("fd00::11", B1)])
+}
+
+fn rule(
+    action: Action,
+    source: &str,
+    protocol: RuleProtocol,
+    port: &str,
+    destination: &str,
+) -> RuleConfig {
+    RuleConfig {
+        action,
+        source: source.into(),
+        protocol,
+        port: port.into(),
+        destination: destination.into(),
+    }
+}
+
+const DROP: Expect = Expect::Drop(verdict::DROP_FW_RULE);
+
+#[test]
+fn each_match_field_v4() {
+    let mut h = harness();
+    h.fw_rules(&[
+        rule(Action::Drop, "10.9.0.0/16", RuleProtocol::Tcp, "80", "any"),
+        rule(Action::Drop, "any", RuleProtocol::Tcp, "8000-8100", "any"),
+        rule(Action::Drop, "any", RuleProtocol::Udp, "any", "10.0.0.100"),
+    ]);
+    let syn = |src: &str, dport: u16| Pkt::tcp(src, 1000, VIP, dport, TCP_SYN).build();
+    h.check("source in prefix, tcp/80", &syn("10.9.1.1", 80), &DROP);
+    h.check(
+        "source outside prefix",
+        &syn("10.8.1.1", 80),
+        &Expect::Tx(B1),
+    );
+    h.check("port range start", &syn("10.8.1.1", 8000), &DROP);
+    h.check("port range end", &syn("10.8.1.1", 8100), &DROP);
+    h.check(
+        "past the range: host stack",
+        &syn("10.8.1.1", 8101),
+        &Expect::Pass,
+    );
+    h.check(
+        "rules apply to non-service traffic too",
+        &Pkt::tcp("10.8.1.1", 1, "10.0.0.9", 8050, TCP_SYN).build(),
+        &DROP,
+    );
+    h.check(
+        "udp to the VIP",
+        &Pkt::udp("10.8.1.1", 1000, VIP, 53).build(),
+        &DROP,
+    );
+    h.check(
+        "udp elsewhere",
+        &Pkt::udp("10.8.1.1", 1000, "10.0.0.9", 53).build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.rule_counters(3), vec![1, 3, 1]);
+}
+
+#[test]
+fn ipv6_rules_and_icmp() {
+    let mut h = harness();
+    h.fw_rules(&[
+        rule(
+            Action::Drop,
+            "fd00:bad::/32",
+            RuleProtocol::Any,
+            "any",
+            "any",
+        ),
+        rule(Action::Drop, "any", RuleProtocol::Icmp, "any", "any"),
+    ]);
+    let v6 = |src: &str| Pkt::tcp(src, 1000, "fd00::100", 80, TCP_SYN).build();
+    h.check("v6 source in prefix", &v6("fd00:bad::1"), &DROP);
+    h.check("v6 source outside", &v6("fd00:1::1"), &Expect::Tx(B1));
+    h.check(
+        "v4 is not matched by a v6 prefix",
+        &Pkt::tcp("10.1.1.1", 1, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "ICMP dropped",
+        &Pkt::new("10.1.1.1", VIP, L4::Other { proto: 1 }).build(),
+        &DROP,
+    );
+    h.check(
+        "ICMPv6 dropped",
+        &Pkt::new("fd00:1::1", "fd00::100", L4::Other { proto: 58 }).build(),
+        &DROP,
+    );
+    h.check(
+        "other protocols pass",
+        &Pkt::new("10.1.1.1", VIP, L4::Other { proto: 47 }).build(),
+        &Expect::Pass,
+    );
+}
+
+#[test]
+fn first_match_wins_and_allow_overrides_the_block_list() {
+    let mut h = harness();
+    h.fw_rules(&[
+        rule(
+            Action::Allow,
+            "10.9.9.0/24",
+            RuleProtocol::Any,
+            "any",
+            "any",
+        ),
+        rule(Action::Drop, "10.9.0.0/16", RuleProtocol::Any, "any", "any"),
+    ]);
+    h.blocklist("10.9.9.0/24\n10.7.0.0/16\n");
+    let syn = |src: &str| Pkt::tcp(src, 1000, VIP, 80, TCP_SYN).build();
+    h.check(
+        "allowed before the drop rule",
+        &syn("10.9.9.1"),
+        &Expect::Tx(B1),
+    );
+    h.check("dropped by rule 2", &syn("10.9.8.1"), &DROP);
+    h.check(
+        "block list",
+        &syn("10.7.1.1"),
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+    h.check("nothing matches", &syn("10.6.1.1"), &Expect::Tx(B1));
+    assert_eq!(h.rule_counters(2), vec![1, 1]);
+    // Rules replaced as a whole: the drop rule is gone at once.
+    h.fw_rules(&[]);
+    h.check("no rules", &syn("10.9.8.1"), &Expect::Tx(B1));
+}
+
+#[test]
+fn vip_default_policy_drops_scans_of_the_vip() {
+    let mut h = harness();
+    let scan = Pkt::tcp("10.1.1.1", 1000, VIP, 22, TCP_SYN).build();
+    h.check("allow by default", &scan, &Expect::Pass);
+    h.vip_policy_drop(true);
+    h.check(
+        "port scan of the VIP",
+        &scan,
+        &Expect::Drop(verdict::DROP_VIP_POLICY),
+    );
+    h.check(
+        "ICMP to the VIP",
+        &Pkt::new("10.1.1.1", VIP, L4::Other { proto: 1 }).build(),
+        &Expect::Drop(verdict::DROP_VIP_POLICY),
+    );
+    h.check(
+        "service still served",
+        &Pkt::tcp("10.1.1.1", 1000, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "other hosts unaffected",
+        &Pkt::tcp("10.1.1.1", 1000, "10.0.0.9", 22, TCP_SYN).build(),
+        &Expect::Pass,
+    );
+}
+
+/// 80,000 IPv4 /24s (even third octets only) and 20,000 IPv6 /48s.
+fn big_list() -> String {
+    let mut s = String::with_capacity(2_000_000);
+    for i in 0..80_000u32 {
+        s += &format!(
+            "{}.{}.{}.0/24\n",
+            20 + (i >> 15),
+            (i >> 7) & 255,
+            (i & 127) * 2
+        );
+    }
+    for i in 0..20_000u32 {
+        s += &format!("fd00:bad:{i:x}::/48\n");
+    }
+    s
+}
+
+#[test]
+fn block_list_of_100000_prefixes() {
+    let mut h = harness();
+    let took = h.blocklist(&big_list());
+    println!("loaded 100,000 prefixes in {took:?}");
+    let syn = |src: &str| Pkt::tcp(src, 1000, VIP, 80, TCP_SYN).build();
+    let v6 = |src: &str| Pkt::tcp(src, 1000, "fd00::100", 80, TCP_SYN).build();
+    let blocked = Expect::Drop(verdict::DROP_BLOCKLIST);
+    h.check("blocked v4", &syn("20.0.2.1"), &blocked);
+    h.check(
+        "neighbouring /24 unblocked",
+        &syn("20.0.3.1"),
+        &Expect::Tx(B1),
+    );
+    h.check("last v4 prefix", &syn("22.112.254.9"), &blocked);
+    h.check("blocked v6", &v6("fd00:bad:7::1"), &blocked);
+    h.check("v6 past the list", &v6("fd00:bad:8000::1"), &Expect::Tx(B1));
+    // A new list replaces the old one whole.
+    h.blocklist("20.0.3.0/24\n");
+    h.check("old entry gone", &syn("20.0.2.1"), &Expect::Tx(B1));
+    h.check("new entry live", &syn("20.0.3.1"), &blocked);
+    h.blocklist("");
+    h.check("empty list", &syn("20.0.3.1"), &Expect::Tx(B1));
+}
+
+#[test]
+fn new_flow_rate_limit_per_source() {
+    let h = harness();
+    let syn = |src: &str, port: u16| Pkt::tcp(src, port, "10.0.0.102", 80, TCP_SYN).build();
+    for port in 0..5 {
+        h.check(
+            "within the burst",
+            &syn("10.5.5.5", 2000 + port),
+            &Expect::Tx(B1),
+        );
+    }
+    h.check(
+        "6th new flow in the window",
+        &syn("10.5.5.5", 2005),
+        &Expect::Drop(verdict::DROP_RATE_LIMIT),
+    );
+    h.check("another source", &syn("10.5.5.6", 2005), &Expect::Tx(B1));
+    let ack = Pkt::tcp("10.5.5.5", 2000, "10.0.0.102", 80, TCP_ACK).build();
+    h.check("established flows are not limited", &ack, &Expect::Tx(B1));
+    h.check(
+        "unlimited service",
+        &Pkt::tcp("10.5.5.5", 2005, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+}
