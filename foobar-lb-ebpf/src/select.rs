@@ -46,7 +46,7 @@ fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
         _pad: [0; 3],
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    match RATE_BUCKETS.get_ptr_mut(&rk) {
+    match RATE_BUCKETS.get_ptr_mut(rk) {
         Some(b) => {
             let (next, ok) = take_token(unsafe { *b }, now, svc.rate_per_sec, svc.burst);
             unsafe { *b = next };
@@ -58,7 +58,7 @@ fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
                 last_ns: now,
             };
             let (next, ok) = take_token(full, now, svc.rate_per_sec, svc.burst);
-            let _ = RATE_BUCKETS.insert(&rk, &next, 0);
+            let _ = RATE_BUCKETS.insert(rk, next, 0);
             ok
         }
     }
