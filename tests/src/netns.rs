@@ -133,6 +133,8 @@ pub struct Topology {
     pub client: Netns,
     pub lb: Netns,
     pub webs: Vec<Netns>,
+    /// More clients added with [`Topology::add_client`].
+    pub extra: Vec<Netns>,
     pub bridge: Netns,
 }
 
@@ -186,6 +188,7 @@ impl Topology {
             client,
             lb,
             webs: web_ns,
+            extra: Vec::new(),
             bridge,
         };
         topo.configure()?;
@@ -229,6 +232,37 @@ impl Topology {
         // Many short connections from one client: reuse TIME_WAIT ports.
         self.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         Ok(())
+    }
+
+    /// Adds another client at 10.111.0.<host> / fd00:f00b::<host>; returns its index in `extra`.
+    pub fn add_client(&mut self, host: u8) -> Result<usize> {
+        let role = format!("c{host}");
+        let ns = Netns::new(&format!("{}{role}", self.prefix))?;
+        self.bridge.ip(&[
+            "link", "add", &role, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.bridge
+            .ip(&["link", "set", &role, "master", "br0", "up"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("10.111.0.{host}/24"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("fd00:f00b::{host}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+        self.extra.push(ns);
+        Ok(self.extra.len() - 1)
     }
 
     pub fn web(&self, i: usize) -> &Netns {
