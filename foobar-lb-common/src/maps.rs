@@ -15,6 +15,9 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const PROG_NAME: &str = "foobar_lb";
 /// An XDP_PASS program in the same object, for veth peers in test topologies.
 pub const PASS_PROG_NAME: &str = "foobar_lb_pass";
+/// The benchmark's minimal MAC-rewrite program (fixed backend, no maps).
+pub const BENCH_FIXED_PROG_NAME: &str = "foobar_lb_bench_fixed";
+pub const BENCH_MAC_GLOBAL: &str = "BENCH_MAC";
 
 /// Services (VIP, port, protocol) the data plane knows; ids index the per-service arrays.
 pub const MAX_SERVICES: u32 = 256;

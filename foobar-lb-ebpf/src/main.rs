@@ -125,6 +125,29 @@ mod prog {
         xdp_action::XDP_PASS
     }
 
+    /// Destination MAC of [`foobar_lb_bench_fixed`], set at load time.
+    #[no_mangle]
+    static BENCH_MAC: [u8; 6] = [0; 6];
+
+    /// The benchmark's ceiling for any XDP DR balancer: every IPv4 frame goes to one fixed MAC,
+    /// no parsing beyond the EtherType, no maps.
+    #[xdp]
+    pub fn foobar_lb_bench_fixed(ctx: XdpContext) -> u32 {
+        let start = ctx.data();
+        if start + 14 > ctx.data_end() {
+            return xdp_action::XDP_PASS;
+        }
+        let eth = start as *mut network_types::eth::EthHdr;
+        unsafe {
+            if (*eth).ether_type != network_types::eth::EtherType::Ipv4 as u16 {
+                return xdp_action::XDP_PASS;
+            }
+            (*eth).src_addr = (*eth).dst_addr;
+            (*eth).dst_addr = core::ptr::read_volatile(&BENCH_MAC);
+        }
+        xdp_action::XDP_TX
+    }
+
     #[cfg(not(test))]
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -135,6 +135,9 @@ pub struct Topology {
     pub webs: Vec<Netns>,
     /// More clients added with [`Topology::add_client`].
     pub extra: Vec<Netns>,
+    /// nginx started after this is set logs requests to `<dir>/web<i>.access` (benchmarks
+    /// count them to check the spread).
+    pub access_log: bool,
     pub bridge: Netns,
 }
 
@@ -189,6 +192,7 @@ impl Topology {
             lb,
             webs: web_ns,
             extra: Vec::new(),
+            access_log: false,
             bridge,
         };
         topo.configure()?;
@@ -280,12 +284,20 @@ impl Topology {
         fs::create_dir_all(&root)?;
         fs::write(root.join("big"), vec![b'x'; 1 << 20])?;
         let conf = self.dir.join(format!("{name}.conf"));
+        let access = if self.access_log {
+            format!(
+                "{}/{name}.access combined buffer=64k flush=1s",
+                self.dir.display()
+            )
+        } else {
+            "off".into()
+        };
         fs::write(
             &conf,
             format!(
                 "user root;\nworker_processes 1;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.err;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; keepalive_requests 10000;\n  server {{ listen {port}; listen [::]:{port};\n    root {root};\n    location = / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log {access}; keepalive_requests 10000;\n  server {{ listen {port}; listen [::]:{port};\n    root {root};\n    location = / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
                 dir = self.dir.display(),
                 root = root.display(),
             ),

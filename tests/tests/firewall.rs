@@ -206,27 +206,10 @@ fn vip_default_policy_drops_scans_of_the_vip() {
     );
 }
 
-/// 80,000 IPv4 /24s (even third octets only) and 20,000 IPv6 /48s.
-fn big_list() -> String {
-    let mut s = String::with_capacity(2_000_000);
-    for i in 0..80_000u32 {
-        s += &format!(
-            "{}.{}.{}.0/24\n",
-            20 + (i >> 15),
-            (i >> 7) & 255,
-            (i & 127) * 2
-        );
-    }
-    for i in 0..20_000u32 {
-        s += &format!("fd00:bad:{i:x}::/48\n");
-    }
-    s
-}
-
 #[test]
 fn block_list_of_100000_prefixes() {
     let mut h = harness();
-    let took = h.blocklist(&big_list());
+    let took = h.blocklist(&foobar_lb_tests::harness::big_blocklist());
     println!("loaded 100,000 prefixes in {took:?}");
     let syn = |src: &str| Pkt::tcp(src, 1000, VIP, 80, TCP_SYN).build();
     let v6 = |src: &str| Pkt::tcp(src, 1000, "fd00::100", 80, TCP_SYN).build();

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod demo;
 mod lint;
@@ -26,6 +27,8 @@ enum Command {
     Lint,
     /// Run every test: host unit tests, packet tests, netns end-to-end tests (as root).
     Test(test::Args),
+    /// Benchmarks: per-packet cost and side-by-side end-to-end runs (results/ folder).
+    Bench(bench::Args),
     /// Run foobar-lb on a demo topology of network namespaces playing www.foobar.com.
     Run(demo::Args),
 }
@@ -39,6 +42,38 @@ fn main() -> Result<()> {
         }
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(args),
-        Command::Run(args) => demo::run(args),
+        Command::Run(args) => {
+            ensure_object()?;
+            demo::run(args)
+        }
+        Command::Bench(args) => {
+            setup::run()?;
+            ensure_object()?;
+            bench::run(args)
+        }
     }
+}
+
+/// xtask embeds the XDP object through its dependency on the controller. If xtask itself was
+/// compiled before the BPF toolchain existed (first run on a fresh machine), install the
+/// toolchain and run this command again through cargo, which rebuilds xtask with the object.
+fn ensure_object() -> Result<()> {
+    if foobar_lb::dataplane::object_status().is_ok() {
+        return Ok(());
+    }
+    if std::env::var_os("FOOBAR_LB_XTASK_REEXEC").is_some() {
+        anyhow::bail!(
+            "xtask still has no XDP program after setup: {}",
+            foobar_lb::dataplane::object_status().unwrap_err()
+        );
+    }
+    setup::run()?;
+    println!("xtask: rebuilding with the XDP program now that the toolchain is installed...");
+    let status = std::process::Command::new(env!("CARGO"))
+        .current_dir(build::workspace_root())
+        .args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(std::env::args().skip(1))
+        .env("FOOBAR_LB_XTASK_REEXEC", "1")
+        .status()?;
+    std::process::exit(status.code().unwrap_or(1));
 }

@@ -52,6 +52,15 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// Installs Debian packages that are missing (for the bench's peers and tools).
+pub fn install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

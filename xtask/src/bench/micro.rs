@@ -1,0 +1,155 @@
+//! Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, with a realistic provisioning:
+//! 16 services x 64 backends, 100,000 block-list prefixes, 100,000 flows in the flow table.
+//! Figures are the kernel's mean ns per run, median of several runs, and ratios to the
+//! XDP_PASS floor measured the same way in the same run.
+
+use foobar_lb::dataplane::AuxProgram;
+use foobar_lb_tests::{
+    harness::{big_blocklist, time_ns, Harness},
+    packet::{Pkt, TCP_ACK, TCP_SYN},
+};
+use serde::Serialize;
+
+const SERVICES: usize = 16;
+const BACKENDS: usize = 64;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub case: String,
+    pub ns_per_packet: f64,
+    /// ns_per_packet / the floor measured by the same method.
+    pub ratio_to_floor: f64,
+    /// The target ratio from the issue, if any.
+    pub target_ratio: Option<f64>,
+    pub method: String,
+}
+
+fn config() -> (String, Vec<(String, [u8; 6])>) {
+    let mut c = String::from("interfaces = [\"lo\"]\n");
+    let mut macs = Vec::new();
+    for s in 0..SERVICES {
+        // The last service is IPv6.
+        let v6 = s == SERVICES - 1;
+        let vip = if v6 {
+            "fd00:200::1".to_string()
+        } else {
+            format!("10.200.0.{}", s + 1)
+        };
+        c += &format!("\n[[service]]\nname = \"s{s}\"\nvip = \"{vip}\"\nport = 80\n");
+        for b in 0..BACKENDS {
+            let addr = if v6 {
+                format!("fd00:201::{b:x}")
+            } else {
+                format!("10.201.{s}.{}", b + 1)
+            };
+            c += &format!("[[service.backend]]\naddress = \"{addr}\"\n");
+            macs.push((addr, [2, 0, 0, 0, s as u8, b as u8]));
+        }
+    }
+    (c, macs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let (runs, repeat, flows, singles) = if quick {
+        (3, 2_000, 5_000u32, 300)
+    } else {
+        (9, 200_000, 100_000u32, 5_000)
+    };
+    println!("bench micro: provisioning {SERVICES} services x {BACKENDS} backends...");
+    let (cfg, macs) = config();
+    let macs: Vec<(&str, [u8; 6])> = macs.iter().map(|(a, m)| (a.as_str(), *m)).collect();
+    let mut h = Harness::with_flow_table(&cfg, &macs, 262_144);
+    println!("bench micro: loading 100,000 block-list prefixes...");
+    let took = if std::env::var_os("BENCH_NO_BLOCKLIST").is_some() {
+        h.blocklist("")
+    } else {
+        h.blocklist(&big_blocklist())
+    };
+    println!("bench micro:   loaded in {} ms", took.as_millis());
+    println!("bench micro: filling the flow table with {flows} flows (one SYN each)...");
+    for i in 0..flows {
+        let src = format!("172.16.{}.{}", (i >> 8) & 255, i & 255);
+        let f = Pkt::tcp(&src, 1024 + (i >> 16) as u16, "10.200.0.1", 80, TCP_SYN).build();
+        h.run(&f);
+    }
+    let have = h.dp.flow_count()?;
+    println!("bench micro:   {have} flows in the table");
+
+    let floor = AuxProgram::pass()?;
+    let lb = h.dp.program();
+    let est4 = Pkt::tcp("172.16.0.7", 1024, "10.200.0.1", 80, TCP_ACK).build();
+    let est6 = Pkt::tcp("fd00:cafe::1", 4000, "fd00:200::1", 80, TCP_ACK).build();
+    h.run(&Pkt::tcp("fd00:cafe::1", 4000, "fd00:200::1", 80, TCP_SYN).build());
+    let pass = Pkt::tcp("172.17.0.1", 4000, "10.250.0.1", 443, TCP_ACK).build();
+    let blocked = Pkt::tcp("20.0.2.1", 4000, "10.200.0.1", 80, TCP_SYN).build();
+
+    let timed = |prog: &aya::programs::Xdp, f: &[u8]| {
+        median((0..runs).map(|_| time_ns(prog, f, repeat)).collect())
+    };
+    println!("bench micro: timing ({runs} runs x {repeat} repeats each)...");
+    let floor_ns = timed(floor.program(), &est4);
+    let method = format!("median of {runs} runs x {repeat} repeats");
+    let mut rows = vec![Row {
+        case: "XDP_PASS floor (trivial program)".into(),
+        ns_per_packet: floor_ns,
+        ratio_to_floor: 1.0,
+        target_ratio: None,
+        method: method.clone(),
+    }];
+    for (case, frame, target) in [
+        ("pass-through (not for a service)", &pass, 2.0),
+        ("established flow, IPv4 (flow-table hit)", &est4, 4.0),
+        ("established flow, IPv6 (flow-table hit)", &est6, 4.0),
+        ("firewall drop (100,000 prefixes loaded)", &blocked, 3.0),
+    ] {
+        let ns = timed(lb, frame);
+        rows.push(Row {
+            case: case.into(),
+            ns_per_packet: ns,
+            ratio_to_floor: ns / floor_ns,
+            target_ratio: Some(target),
+            method: method.clone(),
+        });
+    }
+    // New flows: a repeated SYN would hit the flow table from its second run, so each SYN is
+    // new (one run each) and the floor is measured the same way.
+    println!("bench micro: timing {singles} new flows one run each...");
+    let single_floor = median(
+        (0..singles)
+            .map(|_| time_ns(floor.program(), &est4, 1))
+            .collect(),
+    );
+    let new_flow = median(
+        (0..singles)
+            .map(|i| {
+                let src = format!("172.18.{}.{}", (i >> 8) & 255, i & 255);
+                time_ns(
+                    lb,
+                    &Pkt::tcp(&src, 5000, "10.200.0.2", 80, TCP_SYN).build(),
+                    1,
+                )
+            })
+            .collect(),
+    );
+    let single_method = format!("median of {singles} single runs, each a distinct SYN");
+    rows.push(Row {
+        case: "XDP_PASS floor, single runs".into(),
+        ns_per_packet: single_floor,
+        ratio_to_floor: 1.0,
+        target_ratio: None,
+        method: single_method.clone(),
+    });
+    rows.push(Row {
+        case: "new flow (SYN: scheduler + flow insert)".into(),
+        ns_per_packet: new_flow,
+        ratio_to_floor: new_flow / single_floor,
+        target_ratio: Some(8.0),
+        method: single_method,
+    });
+    Ok(rows)
+}

@@ -1,0 +1,165 @@
+//! `cargo xtask bench [--quick]`: per-packet cost (BPF_PROG_TEST_RUN) and end-to-end
+//! comparisons in network namespaces. Figures are ratios within one run; nothing is asserted.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result};
+
+use crate::build::workspace_root;
+
+mod e2e;
+mod micro;
+mod report;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A short run that exercises every part (CI keeps it from rotting); figures not meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Only the per-packet (BPF_PROG_TEST_RUN) part.
+    #[arg(long)]
+    micro_only: bool,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 8)]
+    seconds: u32,
+}
+
+const PACKAGES: &[&str] = &["wrk", "haproxy", "nftables", "hping3"];
+
+fn text(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    crate::setup::install(PACKAGES)?;
+    // haproxy's Debian package starts a service where it can; the bench runs its own.
+    let _ = Command::new("pkill").args(["-x", "haproxy"]).status();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("bench: load average before: {}", load.trim());
+    let micro = micro::run(args.quick)?;
+    for m in &micro {
+        println!(
+            "  {:<45} {:>8.1} ns  x{:.2}",
+            m.case, m.ns_per_packet, m.ratio_to_floor
+        );
+    }
+    let (mut rows, mut attack) = (Vec::new(), Vec::new());
+    if !args.micro_only {
+        let settings = e2e::Settings {
+            seconds: if args.quick { 1 } else { args.seconds },
+            connections: 32,
+        };
+        let topo = e2e::topology()?;
+        rows = e2e::run_peers(&topo, &settings)?;
+        attack = e2e::run_attack(&topo, &settings)?;
+        for (k, (a, b)) in e2e::spread(&rows) {
+            println!("  spread {k}: web1 {a}, web2 {b}");
+        }
+    }
+    let targets = targets(&micro, &rows, &attack);
+    let r = report::Report {
+        date: text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine: text("hostname", &[]),
+        kernel: text("uname", &["-r"]),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        load_average_before: load
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        quick: args.quick,
+        micro,
+        e2e: rows,
+        attack,
+        targets,
+    };
+    let md = report::markdown(&r);
+    println!("\n{md}");
+    let dir: PathBuf = workspace_root().join("results");
+    std::fs::create_dir_all(&dir)?;
+    let stem = format!(
+        "bench-{}-{}{}",
+        text("date", &["-u", "+%Y%m%d-%H%M"]),
+        r.machine,
+        if args.quick { "-quick" } else { "" }
+    );
+    std::fs::write(dir.join(format!("{stem}.md")), &md)?;
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&r)?,
+    )
+    .context("write JSON")?;
+    if !r.e2e.is_empty() {
+        std::fs::write(dir.join(format!("{stem}.svg")), report::svg(&r))?;
+    }
+    println!("bench: results in {}/{stem}.{{md,json,svg}}", dir.display());
+    Ok(())
+}
+
+fn targets(
+    micro: &[micro::Row],
+    e2e: &[e2e::Row],
+    attack: &[e2e::AttackRow],
+) -> Vec<report::Target> {
+    let mut t = Vec::new();
+    for m in micro.iter().filter(|m| m.target_ratio.is_some()) {
+        let target = m.target_ratio.unwrap();
+        t.push(report::Target {
+            what: format!("{} (x XDP_PASS floor)", m.case),
+            measured: m.ratio_to_floor,
+            target: format!("≤ {target}"),
+            met: m.ratio_to_floor <= target,
+        });
+    }
+    let rps = |peer: &str| {
+        e2e.iter()
+            .find(|r| r.peer == peer && r.mode == "new connection per request")
+            .map(|r| r.requests_per_sec)
+    };
+    let ours = rps("foobar-lb [generic]");
+    for (what, other, min) in [
+        (
+            "vs minimal XDP, same mode (generic)",
+            "minimal XDP (fixed MAC) [generic]",
+            0.95,
+        ),
+        ("vs no load balancer", "no load balancer", 0.85),
+        ("vs nftables DNAT", "nftables DNAT (numgen inc mod 2)", 1.15),
+        ("vs HAProxy TCP", "HAProxy (TCP, roundrobin)", 1.6),
+    ] {
+        if let (Some(a), Some(b)) = (ours, rps(other)) {
+            t.push(report::Target {
+                what: format!("new-connection req/s, foobar-lb [generic] {what}"),
+                measured: a / b,
+                target: format!("≥ {min}"),
+                met: a / b >= min,
+            });
+        }
+    }
+    if let (Some(native), Some(min)) = (
+        rps("foobar-lb [native]"),
+        rps("minimal XDP (fixed MAC) [native]"),
+    ) {
+        t.push(report::Target {
+            what: "new-connection req/s, foobar-lb [native] vs minimal XDP [native]".into(),
+            measured: native / min,
+            target: "≥ 0.95".into(),
+            met: native / min >= 0.95,
+        });
+    }
+    if let [ours, nft] = attack {
+        t.push(report::Target {
+            what: "legit req/s under flood, foobar-lb vs nftables".into(),
+            measured: ours.legit_requests_per_sec / nft.legit_requests_per_sec,
+            target: "≥ 2".into(),
+            met: ours.legit_requests_per_sec >= 2.0 * nft.legit_requests_per_sec,
+        });
+    }
+    t
+}

@@ -1,0 +1,140 @@
+//! The bench's output: a terminal/markdown table, JSON, and an SVG chart.
+
+use serde::Serialize;
+
+use super::{e2e, micro};
+
+#[derive(Serialize)]
+pub struct Report {
+    pub date: String,
+    pub machine: String,
+    pub kernel: String,
+    pub cpus: usize,
+    pub load_average_before: String,
+    pub quick: bool,
+    pub micro: Vec<micro::Row>,
+    pub e2e: Vec<e2e::Row>,
+    pub attack: Vec<e2e::AttackRow>,
+    /// Ratios the issue sets as targets, computed from this run.
+    pub targets: Vec<Target>,
+}
+
+#[derive(Serialize)]
+pub struct Target {
+    pub what: String,
+    pub measured: f64,
+    pub target: String,
+    pub met: bool,
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s =
+        format!(
+        "# foobar-lb benchmark\n\n{} on `{}` (kernel {}, {} CPUs), load average before: {}{}\n\n",
+        r.date,
+        r.machine,
+        r.kernel,
+        r.cpus,
+        r.load_average_before,
+        if r.quick { " — **quick run: figures not meaningful**" } else { "" }
+    );
+    s += "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n| case | ns/packet | x floor | target | method |\n|---|---:|---:|---:|---|\n";
+    for m in &r.micro {
+        s += &format!(
+            "| {} | {:.1} | {:.2} | {} | {} |\n",
+            m.case,
+            m.ns_per_packet,
+            m.ratio_to_floor,
+            m.target_ratio.map(|t| format!("≤ {t}")).unwrap_or_default(),
+            m.method
+        );
+    }
+    if !r.e2e.is_empty() {
+        s += "\n## End to end (wrk, client → balancer → 2 nginx)\n\n| peer | mode | req/s | p50 ms | p99 ms | errors | web1 | web2 |\n|---|---|---:|---:|---:|---:|---:|---:|\n";
+        for e in &r.e2e {
+            s += &format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |\n",
+                e.peer, e.mode, e.requests_per_sec, e.p50_ms, e.p99_ms, e.errors, e.web1, e.web2
+            );
+        }
+    }
+    if !r.attack.is_empty() {
+        s += "\n## Under a SYN flood from a blocked source (new connection per request)\n\n| defence | legit req/s | flood drops/s | errors |\n|---|---:|---:|---:|\n";
+        for a in &r.attack {
+            s += &format!(
+                "| {} | {:.0} | {:.0} | {} |\n",
+                a.defence, a.legit_requests_per_sec, a.flood_drops_per_sec, a.errors
+            );
+        }
+    }
+    s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
+    for t in &r.targets {
+        s += &format!(
+            "| {} | {:.2} | {} | {} |\n",
+            t.what,
+            t.measured,
+            t.target,
+            if t.met { "yes" } else { "**no**" }
+        );
+    }
+    s
+}
+
+/// A bar chart of requests/s per peer (new connection per request and keep-alive), with p99.
+pub fn svg(r: &Report) -> String {
+    let peers: Vec<&str> = {
+        let mut v: Vec<&str> = Vec::new();
+        for e in &r.e2e {
+            if !v.contains(&e.peer.as_str()) {
+                v.push(&e.peer);
+            }
+        }
+        v
+    };
+    let max = r
+        .e2e
+        .iter()
+        .map(|e| e.requests_per_sec)
+        .fold(1.0f64, f64::max);
+    let (w, row_h, left) = (900.0, 46.0, 300.0);
+    let h = 70.0 + row_h * peers.len() as f64;
+    let bar_w = |v: f64| (v / max) * (w - left - 170.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">foobar-lb benchmark: requests/s (p99 latency) — {} on {}</text>\n\
+         <rect x=\"10\" y=\"32\" width=\"12\" height=\"10\" fill=\"#d9534f\"/><text x=\"26\" y=\"41\">new connection per request</text>\n\
+         <rect x=\"210\" y=\"32\" width=\"12\" height=\"10\" fill=\"#5b9bd5\"/><text x=\"226\" y=\"41\">keep-alive</text>\n",
+        r.date, r.machine
+    );
+    for (i, p) in peers.iter().enumerate() {
+        let y = 55.0 + row_h * i as f64;
+        s += &format!("<text x=\"10\" y=\"{}\">{}</text>\n", y + 20.0, xml(p));
+        for (j, (mode, color)) in [
+            ("new connection per request", "#d9534f"),
+            ("keep-alive", "#5b9bd5"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if let Some(e) = r.e2e.iter().find(|e| e.peer == *p && e.mode == *mode) {
+                let by = y + 4.0 + 19.0 * j as f64;
+                let bw = bar_w(e.requests_per_sec).max(1.0);
+                s += &format!(
+                    "<rect x=\"{left}\" y=\"{by}\" width=\"{bw:.1}\" height=\"16\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{:.0} req/s (p99 {:.2} ms)</text>\n",
+                    left + bw + 5.0,
+                    by + 12.0,
+                    e.requests_per_sec,
+                    e.p99_ms
+                );
+            }
+        }
+    }
+    s + "</svg>\n"
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
