@@ -6,25 +6,30 @@ use crate::Addr;
 pub const MAP_FW_FLAGS: &str = "FW_FLAGS";
 pub const MAP_FW_RULES: &str = "FW_RULES";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
-pub const MAP_BLOCK_V4_A: &str = "BLOCK_V4_A";
-pub const MAP_BLOCK_V4_B: &str = "BLOCK_V4_B";
-pub const MAP_BLOCK_V6_A: &str = "BLOCK_V6_A";
-pub const MAP_BLOCK_V6_B: &str = "BLOCK_V6_B";
+pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
+pub const MAP_BLOCK_LENS: &str = "BLOCK_LENS";
 pub const MAP_VIP_POLICY: &str = "VIP_POLICY";
 pub const MAP_RATE_BUCKETS: &str = "RATE_BUCKETS";
 
 /// Ordered rules evaluated per packet (first match wins).
 pub const MAX_RULES: usize = 32;
-/// Capacity of each block-list trie (per family, per buffer).
+/// Prefixes a block list may hold (IPv4 and IPv6 together). The map holds twice as many:
+/// the live list and the one being loaded.
 pub const MAX_BLOCKED: u32 = 262_144;
+/// Distinct prefix lengths per family a block list may use: the per-packet cost is one hash
+/// lookup per distinct length, whatever the number of prefixes.
+pub const MAX_PREFIX_LENS: usize = 8;
 /// Sources tracked by the rate limiter (LRU: an attack cannot exhaust memory).
 pub const MAX_RATE_SOURCES: u32 = 65_536;
 
 /// Indexes of [`MAP_FW_FLAGS`] (an array of u32: each read is one aligned word).
 pub const FW_IDX_FLAGS: u32 = 0;
-/// Which block-list buffer is live: 0 = `_A` maps, 1 = `_B` maps.
+/// Which block-list buffer is live (0 or 1): entries carry their buffer in `BlockKey::slot`.
 pub const FW_IDX_BLOCKLIST_SLOT: u32 = 1;
-pub const FW_FLAGS_LEN: u32 = 2;
+/// Firewall generation, bumped by every rule or block-list change. A flow remembers the
+/// generation it was checked under; established flows skip the firewall until it changes.
+pub const FW_IDX_GEN: u32 = 2;
+pub const FW_FLAGS_LEN: u32 = 3;
 
 /// Bits of the flags word: a stage whose bit is clear costs nothing per packet.
 pub const FW_HAS_RULES: u32 = 1;
@@ -85,6 +90,75 @@ impl RuleSet {
         }; MAX_RULES],
     };
 }
+
+/// Key of [`MAP_BLOCKLIST`]: a prefix (address masked to its length) in one buffer.
+///
+/// Both buffers share one map, so the program looks up a constant map (which the verifier
+/// inlines) instead of choosing between two maps at run time (a real helper call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BlockKey {
+    pub addr: Addr,
+    pub len: u8,
+    pub family: u8,
+    /// Buffer 0 or 1 (see `FW_IDX_BLOCKLIST_SLOT`).
+    pub slot: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<BlockKey>() == 20);
+
+/// One distinct prefix length of a block list, with its mask (wire-order words).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PrefixLen {
+    pub mask: Addr,
+    pub len: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PrefixLen>() == 20);
+
+/// Value of [`MAP_BLOCK_LENS`] (index = buffer): the prefix lengths present per family,
+/// longest first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PrefixLens {
+    pub n4: u32,
+    pub n6: u32,
+    pub v4: [PrefixLen; MAX_PREFIX_LENS],
+    pub v6: [PrefixLen; MAX_PREFIX_LENS],
+}
+const _: () = assert!(core::mem::size_of::<PrefixLens>() == 8 + 40 * MAX_PREFIX_LENS);
+
+/// Mask of a `len`-bit prefix as wire-order words (`v6`: 128-bit, else 32-bit in word 0).
+pub fn prefix_mask(len: u8, v6: bool) -> Addr {
+    let mut m = [0u32; 4];
+    let words = if v6 { 4 } else { 1 };
+    let mut left = len as u32;
+    for w in m.iter_mut().take(words) {
+        let bits = left.min(32);
+        *w = if bits == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - bits)).to_be()
+        };
+        left -= bits;
+    }
+    m
+}
+
+/// Bit of the VIP prefilter for an address: `VIP_FILTER` has this bit set for every VIP, so a
+/// clear bit proves a packet is not for a VIP with one array read and no hash lookup.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &Addr, family: u8) -> u32 {
+    let x = addr[0] ^ addr[1].rotate_left(7) ^ addr[2].rotate_left(13) ^ addr[3].rotate_left(19);
+    (x ^ family as u32).wrapping_mul(0x9E37_79B1) >> (32 - VIP_FILTER_BITS_LOG2)
+}
+
+pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
+pub const VIP_FILTER_BITS_LOG2: u32 = 12;
+/// The filter as u64 words (4096 bits).
+pub const VIP_FILTER_WORDS: usize = 1 << (VIP_FILTER_BITS_LOG2 - 6);
+pub type VipFilter = [u64; VIP_FILTER_WORDS];
 
 /// Values of [`MAP_VIP_POLICY`] (keyed by ingress ifindex): what happens to traffic for a VIP
 /// address that matches no service.
@@ -154,6 +228,28 @@ pub fn take_token(b: Bucket, now_ns: u64, rate_per_sec: u32, burst: u32) -> (Buc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(prefix_mask(24, false)[0].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(prefix_mask(0, false), [0; 4]);
+        let m = prefix_mask(48, true);
+        assert_eq!(m[0], u32::MAX);
+        assert_eq!(m[1].to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(&m[2..], &[0, 0]);
+        assert_eq!(prefix_mask(128, true), [u32::MAX; 4]);
+    }
+
+    #[test]
+    fn vip_filter_bits_are_in_range_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..256u32 {
+            let b = vip_filter_bit(&[u32::from_ne_bytes([10, 0, 0, i as u8]), 0, 0, 0], 4);
+            assert!(b < 1 << VIP_FILTER_BITS_LOG2);
+            seen.insert(b);
+        }
+        assert!(seen.len() > 240, "{}", seen.len());
+    }
 
     #[test]
     fn bucket_allows_burst_then_rate() {

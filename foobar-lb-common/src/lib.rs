@@ -3,7 +3,7 @@
 //! Every map key and value is `#[repr(C)]`, `Copy`, with explicit padding and no enums, bools or
 //! `Option`s, so any bit pattern the other side writes is valid. Sizes are pinned by compile-time
 //! asserts so the kernel and userspace layouts cannot drift apart.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod firewall;
 pub mod maps;

@@ -151,7 +151,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// Firewall generation the flow was last checked under (see `FW_IDX_GEN`).
+    pub fw_gen: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 
@@ -170,6 +171,8 @@ mod pod {
     unsafe impl aya::Pod for crate::firewall::RuleSet {}
     unsafe impl aya::Pod for crate::firewall::RateKey {}
     unsafe impl aya::Pod for crate::firewall::Bucket {}
+    unsafe impl aya::Pod for crate::firewall::BlockKey {}
+    unsafe impl aya::Pod for crate::firewall::PrefixLens {}
 }
 
 /// Encodes an IP address as the data plane stores it: (words in network byte order, family).

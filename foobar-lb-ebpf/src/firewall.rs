@@ -1,16 +1,17 @@
 //! Firewall stage, run before any balancing work: ordered rules (first match wins), then the
 //! source block list. Each stage costs one flag test when it has nothing configured.
+//!
+//! Rules apply to every IP packet; the block list and the VIP policy guard the VIP addresses.
+//! An established flow is checked once per firewall generation (its first packet, and its
+//! next packet after any firewall change), so steady-state traffic skips the stage.
 
-use aya_ebpf::maps::lpm_trie::Key;
 use foobar_lb_common::{
-    verdict, Addr, FlowKey, Rule, ACTION_DROP, FAMILY_V4, FAMILY_V6, FW_HAS_BLOCKLIST,
-    FW_HAS_RULES, FW_HAS_VIP_POLICY, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS, MAX_RULES,
-    PROTO_ICMP_ANY, VIP_POLICY_DROP,
+    verdict, vip_filter_bit, Addr, BlockKey, FlowKey, Rule, ACTION_DROP, FAMILY_V4,
+    FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_HAS_VIP_POLICY, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS,
+    FW_IDX_GEN, MAX_PREFIX_LENS, MAX_RULES, PROTO_ICMP_ANY, VIP_FILTER_WORDS, VIP_POLICY_DROP,
 };
 
-use crate::maps::{
-    BLOCK_V4_A, BLOCK_V4_B, BLOCK_V6_A, BLOCK_V6_B, FW_FLAGS, FW_RULES, RULE_STATS, VIP_POLICY,
-};
+use crate::maps::{BLOCKLIST, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FILTER, VIP_POLICY};
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -20,7 +21,17 @@ pub fn flags() -> u32 {
     FW_FLAGS.get(FW_IDX_FLAGS).copied().unwrap_or(0)
 }
 
-/// `Err(reason)` if the packet must be dropped. `key` carries zero ports for non-TCP/UDP.
+/// Rules only, for traffic not addressed to a VIP.
+#[inline(always)]
+pub fn filter_rules(flags: u32, key: &FlowKey, bytes: u64) -> Result<(), u32> {
+    if flags & FW_HAS_RULES != 0 && rules(key, bytes) == Some(ACTION_DROP) {
+        return Err(verdict::DROP_FW_RULE);
+    }
+    Ok(())
+}
+
+/// Rules, then the block list. `Err(reason)` if the packet must be dropped. `key` carries zero
+/// ports for non-TCP/UDP.
 #[inline(always)]
 pub fn filter(flags: u32, key: &FlowKey, bytes: u64) -> Result<(), u32> {
     if flags & FW_HAS_RULES != 0 {
@@ -89,26 +100,56 @@ fn matches(r: &Rule, key: &FlowKey, dport: u16) -> bool {
         && prefix_match(&key.dst, &r.dst, &r.dst_mask)
 }
 
-/// Longest-prefix match of the source in the live block-list buffer.
+/// Whether the source is in the live block list: one hash lookup per distinct prefix length
+/// (longest first), whatever the number of prefixes.
 #[inline(always)]
 fn blocked(key: &FlowKey) -> bool {
-    let slot_b = FW_FLAGS.get(FW_IDX_BLOCKLIST_SLOT).copied().unwrap_or(0) != 0;
-    if key.family == FAMILY_V4 {
-        let k = Key::new(32, key.src[0].to_ne_bytes());
-        let list = if slot_b { &BLOCK_V4_B } else { &BLOCK_V4_A };
-        list.get(&k).is_some()
-    } else if key.family == FAMILY_V6 {
-        let s = &key.src;
-        let mut data = [0u8; 16];
-        data[0..4].copy_from_slice(&s[0].to_ne_bytes());
-        data[4..8].copy_from_slice(&s[1].to_ne_bytes());
-        data[8..12].copy_from_slice(&s[2].to_ne_bytes());
-        data[12..16].copy_from_slice(&s[3].to_ne_bytes());
-        let k = Key::new(128, data);
-        let list = if slot_b { &BLOCK_V6_B } else { &BLOCK_V6_A };
-        list.get(&k).is_some()
+    let slot = FW_FLAGS.get(FW_IDX_BLOCKLIST_SLOT).copied().unwrap_or(0) & 1;
+    let Some(lens) = BLOCK_LENS.get(slot) else {
+        return false;
+    };
+    let (n, list) = if key.family == FAMILY_V4 {
+        (lens.n4 as usize, &lens.v4)
     } else {
-        false
+        (lens.n6 as usize, &lens.v6)
+    };
+    for i in 0..MAX_PREFIX_LENS {
+        if i >= n {
+            break;
+        }
+        let p = &list[i];
+        let k = BlockKey {
+            addr: [
+                key.src[0] & p.mask[0],
+                key.src[1] & p.mask[1],
+                key.src[2] & p.mask[2],
+                key.src[3] & p.mask[3],
+            ],
+            len: p.len,
+            family: key.family,
+            slot: slot as u8,
+            _pad: 0,
+        };
+        if unsafe { BLOCKLIST.get(k) }.is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The current firewall generation (bumped by userspace on every rule or list change).
+#[inline(always)]
+pub fn generation() -> u32 {
+    FW_FLAGS.get(FW_IDX_GEN).copied().unwrap_or(0)
+}
+
+/// Whether `dst` may be a VIP: a clear filter bit proves it is not.
+#[inline(always)]
+pub fn maybe_vip(dst: &Addr, family: u8) -> bool {
+    let bit = vip_filter_bit(dst, family) as usize;
+    match VIP_FILTER.get(0) {
+        Some(f) => f[(bit >> 6) & (VIP_FILTER_WORDS - 1)] & (1u64 << (bit & 63)) != 0,
+        None => true,
     }
 }
 

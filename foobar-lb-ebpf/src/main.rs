@@ -60,7 +60,7 @@ mod prog {
                 dst,
                 reason,
             } => {
-                return if is_vip(dst, family) {
+                return if is_vip(&dst, family) {
                     Err(reason)
                 } else {
                     pass
@@ -69,31 +69,50 @@ mod prog {
             Parsed::Other(pkt) => (pkt, false),
             Parsed::Flow(pkt) => (pkt, true),
         };
-        // Firewall first: dropped traffic costs no balancing work.
+        let key = &pkt.key;
         let fw = firewall::flags();
-        if fw != 0 {
-            firewall::filter(fw, &pkt.key, len)?;
-        }
-        let service = ServiceKey {
-            vip: pkt.key.dst,
-            port: pkt.key.dport,
-            proto: pkt.key.proto,
-            family: pkt.key.family,
-        };
-        let svc = if balance {
-            unsafe { SERVICES.get(service) }.copied()
-        } else {
-            None
-        };
-        let Some(svc) = svc else {
-            if firewall::vip_policy_drops(fw, ctx.ingress_ifindex() as u32)
-                && is_vip(pkt.key.dst, pkt.key.family)
-            {
-                return Err(verdict::DROP_VIP_POLICY);
+        // Not for a VIP (one array read proves it): only the firewall rules apply.
+        if !firewall::maybe_vip(&key.dst, key.family) {
+            if fw != 0 {
+                firewall::filter_rules(fw, key, len)?;
             }
             return pass;
+        }
+        if !balance {
+            // ICMP and other protocols to a VIP: firewall, then the VIP policy.
+            if fw != 0 {
+                firewall::filter(fw, key, len)?;
+            }
+            return vip_policy(ctx, fw, key).and(pass);
+        }
+        let gen = firewall::generation();
+        // New TCP connections meet the firewall before any table lookup, so a flood of blocked
+        // SYNs costs the least; other packets are checked once per flow and generation.
+        let mut checked = false;
+        if pkt.syn && fw != 0 {
+            firewall::filter(fw, key, len)?;
+            checked = true;
+        }
+        if let Some((id, backend, flow)) = select::established(key) {
+            if fw != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
+                firewall::filter(fw, key, len)?;
+                unsafe { (*flow).fw_gen = gen };
+            }
+            return forward(ctx, backend.service_id, id, &backend, len);
+        }
+        if fw != 0 && !checked {
+            firewall::filter(fw, key, len)?;
+        }
+        let service = ServiceKey {
+            vip: key.dst,
+            port: key.dport,
+            proto: key.proto,
+            family: key.family,
         };
-        let (backend_id, backend) = select::backend(&svc, &pkt.key).inspect_err(|&reason| {
+        let Some(svc) = (unsafe { SERVICES.get(service) }).copied() else {
+            return vip_policy(ctx, fw, key).and(pass);
+        };
+        let (id, backend) = select::new_flow(&svc, key, gen).inspect_err(|&reason| {
             // Never expected: userspace writes backends before the sets naming them.
             if reason == verdict::DROP_BAD_SLOT {
                 aya_log_ebpf::error!(
@@ -103,15 +122,41 @@ mod prog {
                 );
             }
         })?;
-        stats::count_forward(svc.id, backend_id, len);
+        forward(ctx, svc.id, id, &backend, len)
+    }
+
+    #[inline(always)]
+    fn forward(
+        ctx: &XdpContext,
+        service_id: u32,
+        backend_id: u32,
+        backend: &foobar_lb_common::Backend,
+        len: u64,
+    ) -> Result<(u32, u32), u32> {
+        stats::count_forward(service_id, backend_id, len);
         rewrite::direct_server_return(ctx, &backend.mac)?;
         Ok((xdp_action::XDP_TX, verdict::TX))
     }
 
+    /// Traffic for a VIP address that matches no service: dropped where the interface's
+    /// policy says so.
     #[inline(always)]
-    fn is_vip(addr: foobar_lb_common::Addr, family: u8) -> bool {
+    fn vip_policy(ctx: &XdpContext, fw: u32, key: &foobar_lb_common::FlowKey) -> Result<(), u32> {
+        if firewall::vip_policy_drops(fw, ctx.ingress_ifindex() as u32)
+            && is_vip(&key.dst, key.family)
+        {
+            return Err(verdict::DROP_VIP_POLICY);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn is_vip(addr: &foobar_lb_common::Addr, family: u8) -> bool {
+        if !firewall::maybe_vip(addr, family) {
+            return false;
+        }
         let vip = VipKey {
-            addr,
+            addr: *addr,
             family,
             _pad: [0; 3],
         };

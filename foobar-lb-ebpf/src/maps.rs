@@ -2,14 +2,14 @@
 //! by name at load time (tests load them unpinned).
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, Bucket, Counters, FlowKey, FlowValue, RateKey, RuleSet,
-    ServiceInfo, ServiceKey, VipKey, FW_FLAGS_LEN, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS,
-    MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
+    verdict, Backend, BackendSet, BlockKey, Bucket, Counters, FlowKey, FlowValue, PrefixLens,
+    RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, FW_FLAGS_LEN, MAX_BACKENDS,
+    MAX_BLOCKED, MAX_FLOWS, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
 };
 
 /// (VIP, port, proto) -> service id.
@@ -34,9 +34,11 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// 5-tuple -> backend id: keeps every packet of a connection on one backend.
+/// 5-tuple -> backend id: keeps every packet of a connection on one backend. Per-CPU LRU
+/// lists (BPF_F_NO_COMMON_LRU) keep new-flow inserts off a shared lock.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map]
 pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::COUNT, 0);
@@ -61,16 +63,19 @@ pub static FW_RULES: HashMap<u32, RuleSet> = HashMap::with_max_entries(1, BPF_F_
 #[map]
 pub static RULE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES as u32, 0);
 
-/// Source block lists, double-buffered: userspace fills the idle pair, then flips
+/// Source block list, double-buffered: userspace fills the idle buffer (prefixes keyed by
+/// masked address, length and buffer, plus its `BLOCK_LENS` entry), then flips
 /// `FW_IDX_BLOCKLIST_SLOT`, so a packet sees the old list or the new one, never a mix.
 #[map]
-pub static BLOCK_V4_A: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+pub static BLOCKLIST: HashMap<BlockKey, u32> =
+    HashMap::with_max_entries(2 * MAX_BLOCKED, BPF_F_NO_PREALLOC);
+/// Index = buffer: the distinct prefix lengths of that buffer's list.
 #[map]
-pub static BLOCK_V4_B: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+pub static BLOCK_LENS: Array<PrefixLens> = Array::with_max_entries(2, 0);
+
+/// Bloom-style prefilter over VIP addresses (see `vip_filter_bit`).
 #[map]
-pub static BLOCK_V6_A: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
-#[map]
-pub static BLOCK_V6_B: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 
 /// Ingress ifindex -> `VIP_POLICY_*` for VIP traffic that matches no service.
 #[map]

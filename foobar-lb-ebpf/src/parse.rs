@@ -29,6 +29,8 @@ pub enum Parsed {
 pub struct Packet {
     /// Exactly the flow-table key; its (dst, dport, proto, family) prefix is the service key.
     pub key: FlowKey,
+    /// A TCP SYN without ACK: the first packet of a new connection.
+    pub syn: bool,
 }
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -105,10 +107,11 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V4,
                 _pad: [0; 2],
             },
+            syn: false,
         });
     }
     match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
-        Some((sport, dport)) => Parsed::Flow(Packet {
+        Some((sport, dport, syn)) => Parsed::Flow(Packet {
             key: FlowKey {
                 src,
                 dst,
@@ -118,6 +121,7 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V4,
                 _pad: [0; 2],
             },
+            syn,
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }
@@ -171,13 +175,14 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V6,
                 _pad: [0; 2],
             },
+            syn: false,
         });
     }
     if ext_len > payload_len {
         return suspect(verdict::DROP_MALFORMED);
     }
     match ports(ctx, l4, next, payload_len - ext_len) {
-        Some((sport, dport)) => Parsed::Flow(Packet {
+        Some((sport, dport, syn)) => Parsed::Flow(Packet {
             key: FlowKey {
                 src: addr6(&ip.src_addr),
                 dst,
@@ -187,6 +192,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V6,
                 _pad: [0; 2],
             },
+            syn,
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }
@@ -198,17 +204,18 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
 /// The frame bounds check comes first on purpose: done after the `l4_len` check, LLVM proves it
 /// redundant from the earlier IP length checks and drops it, and the verifier rejects the read.
 #[inline(always)]
-fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u16, u16)> {
-    let (hdr, min) = if proto == PROTO_TCP {
+fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u16, u16, bool)> {
+    let (hdr, min, syn) = if proto == PROTO_TCP {
         let tcp = unsafe { &*ptr_at::<[u8; 20]>(ctx, offset)? };
         // Data offset below 5 words is not a TCP header.
         if tcp[12] >> 4 < 5 {
             return None;
         }
-        ([tcp[0], tcp[1], tcp[2], tcp[3]], 20)
+        // SYN set, ACK clear.
+        ([tcp[0], tcp[1], tcp[2], tcp[3]], 20, tcp[13] & 0x12 == 0x02)
     } else {
         let udp = unsafe { &*ptr_at::<[u8; 8]>(ctx, offset)? };
-        ([udp[0], udp[1], udp[2], udp[3]], 8)
+        ([udp[0], udp[1], udp[2], udp[3]], 8, false)
     };
     if l4_len < min {
         return None;
@@ -216,6 +223,7 @@ fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u
     Some((
         u16::from_ne_bytes([hdr[0], hdr[1]]),
         u16::from_ne_bytes([hdr[2], hdr[3]]),
+        syn,
     ))
 }
 

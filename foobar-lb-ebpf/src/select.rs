@@ -11,27 +11,25 @@ use crate::{
     stats,
 };
 
-/// Picks the backend for this packet's flow: the one it already has if that backend still
-/// serves (active or draining), otherwise the next one in round-robin order, remembered in the
-/// flow table.
+/// The flow's backend, if the flow is in the table and its backend still serves (active or
+/// draining). Also returns the flow entry, whose firewall generation the caller may refresh.
 #[inline(always)]
-pub fn backend(svc: &ServiceInfo, key: &FlowKey) -> Result<(u32, Backend), u32> {
-    let service_id = svc.id;
-    if let Some(flow) = unsafe { FLOWS.get(key) } {
-        let id = flow.backend_id;
-        if let Some(b) = BACKENDS.get(id) {
-            if b.service_id == service_id
-                && (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING)
-            {
-                return Ok((id, *b));
-            }
-        }
-        // The backend is gone or down: fall through and move the flow.
-    }
+pub fn established(key: &FlowKey) -> Option<(u32, Backend, *mut FlowValue)> {
+    let flow = FLOWS.get_ptr_mut(key)?;
+    let id = unsafe { (*flow).backend_id };
+    let b = BACKENDS.get(id)?;
+    // Down or gone: the caller schedules the flow anew.
+    (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING).then_some((id, *b, flow))
+}
+
+/// A backend for a new flow (or one whose backend went down): rate limit, then the next one in
+/// round-robin order, remembered in the flow table with the firewall generation `gen`.
+#[inline(always)]
+pub fn new_flow(svc: &ServiceInfo, key: &FlowKey, gen: u32) -> Result<(u32, Backend), u32> {
     if svc.rate_per_sec != 0 && !rate_ok(svc, key) {
         return Err(verdict::DROP_RATE_LIMIT);
     }
-    schedule(service_id, key)
+    schedule(svc.id, key, gen)
 }
 
 /// Token bucket per (service, source) for new flows. Buckets live in an LRU map, so a flood of
@@ -65,7 +63,7 @@ fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
 }
 
 #[inline(always)]
-fn schedule(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
+fn schedule(service_id: u32, key: &FlowKey, gen: u32) -> Result<(u32, Backend), u32> {
     let set = unsafe { BACKEND_SETS.get(service_id) }.ok_or(verdict::DROP_NO_BACKEND)?;
     let len = set.len as u64;
     if len == 0 || len > MAX_SLOTS as u64 {
@@ -87,7 +85,7 @@ fn schedule(service_id: u32, key: &FlowKey) -> Result<(u32, Backend), u32> {
         key,
         FlowValue {
             backend_id: id,
-            _pad: 0,
+            fw_gen: gen,
         },
         0,
     );

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
@@ -14,12 +13,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, Counters, RuleSet, ServiceInfo, ServiceKey, VipKey,
-    FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS, MAP_BACKENDS,
-    MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_BLOCK_V4_A, MAP_BLOCK_V4_B, MAP_BLOCK_V6_A,
-    MAP_BLOCK_V6_B, MAP_FLOWS, MAP_FW_FLAGS, MAP_FW_RULES, MAP_RATE_BUCKETS, MAP_RR_CURSORS,
-    MAP_RULE_STATS, MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAP_VIP_POLICY,
-    MAX_BLOCKED, PASS_PROG_NAME, PROG_NAME, VIP_POLICY_ALLOW, VIP_POLICY_DROP,
+    encode_addr, prefix_mask, verdict, vip_filter_bit, Backend, BackendSet, BlockKey, Counters,
+    PrefixLen, PrefixLens, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, FAMILY_V4,
+    FAMILY_V6, FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS, FW_IDX_GEN,
+    MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_BLOCKLIST, MAP_BLOCK_LENS, MAP_FLOWS,
+    MAP_FW_FLAGS, MAP_FW_RULES, MAP_RATE_BUCKETS, MAP_RR_CURSORS, MAP_RULE_STATS, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAP_VIP_FILTER, MAP_VIP_POLICY, MAX_BLOCKED,
+    MAX_PREFIX_LENS, PASS_PROG_NAME, PROG_NAME, VIP_FILTER_WORDS, VIP_POLICY_ALLOW,
+    VIP_POLICY_DROP,
 };
 
 use crate::{config::XdpMode, reconcile::MapOp};
@@ -107,14 +108,13 @@ pub struct LoadOptions {
 }
 
 /// Maps that carry state across daemon restarts (all of ours; aya-log's is per process).
-const PINNED_MAPS: [&str; 18] = [
+const PINNED_MAPS: [&str; 17] = [
     MAP_FW_FLAGS,
     MAP_FW_RULES,
     MAP_RULE_STATS,
-    MAP_BLOCK_V4_A,
-    MAP_BLOCK_V4_B,
-    MAP_BLOCK_V6_A,
-    MAP_BLOCK_V6_B,
+    MAP_BLOCKLIST,
+    MAP_BLOCK_LENS,
+    MAP_VIP_FILTER,
     MAP_VIP_POLICY,
     MAP_RATE_BUCKETS,
     MAP_SERVICES,
@@ -322,17 +322,22 @@ impl Dataplane {
                     .hash::<ServiceKey, ServiceInfo>(MAP_SERVICES)?
                     .insert(key, info, 0)
                     .map_err(map_err(MAP_SERVICES))?,
-                MapOp::SetVip { key } => self
-                    .hash::<VipKey, u32>(MAP_VIPS)?
-                    .insert(key, 1, 0)
-                    .map_err(map_err(MAP_VIPS))?,
+                MapOp::SetVip { key } => {
+                    // The filter bit first: a packet that passes the filter still meets the
+                    // exact VIP set.
+                    self.write_vip_filter(Some(key))?;
+                    self.hash::<VipKey, u32>(MAP_VIPS)?
+                        .insert(key, 1, 0)
+                        .map_err(map_err(MAP_VIPS))?
+                }
                 MapOp::RemoveService { key } => remove_if_present(
                     self.hash::<ServiceKey, ServiceInfo>(MAP_SERVICES)?,
                     key,
                     MAP_SERVICES,
                 )?,
                 MapOp::RemoveVip { key } => {
-                    remove_if_present(self.hash::<VipKey, u32>(MAP_VIPS)?, key, MAP_VIPS)?
+                    remove_if_present(self.hash::<VipKey, u32>(MAP_VIPS)?, key, MAP_VIPS)?;
+                    self.write_vip_filter(None)?;
                 }
                 MapOp::RemoveBackendSet { service_id } => remove_if_present(
                     self.hash::<u32, BackendSet>(MAP_BACKEND_SETS)?,
@@ -409,7 +414,8 @@ impl Dataplane {
                 .insert(0, set, 0)
                 .map_err(map_err(MAP_FW_RULES))?;
         }
-        self.set_fw_flag(FW_HAS_RULES, set.len > 0)
+        self.set_fw_flag(FW_HAS_RULES, set.len > 0)?;
+        self.bump_fw_generation()
     }
 
     pub fn reset_rule_counters(&mut self) -> Result<(), DataplaneError> {
@@ -426,72 +432,101 @@ impl Dataplane {
             .collect()
     }
 
-    /// Loads a block list atomically from the data plane's view: fills the idle buffer, then
-    /// flips the live-buffer word. Logs progress for long lists.
+    /// Loads a block list atomically from the data plane's view: fills the idle buffer and its
+    /// prefix-length table, then flips the live-buffer word and bumps the firewall generation
+    /// (so established flows are checked against the new list). Logs progress for long lists.
     pub fn load_blocklist(&mut self, nets: &[ipnet::IpNet]) -> Result<(), DataplaneError> {
+        let lens = prefix_lens(nets)?;
+        if nets.len() > MAX_BLOCKED as usize {
+            return Err(DataplaneError::Bpffs(format!(
+                "block list of {} prefixes: at most {MAX_BLOCKED}",
+                nets.len()
+            )));
+        }
         let live = self
             .fw_flags()?
             .get(&FW_IDX_BLOCKLIST_SLOT, 0)
             .map_err(map_err(MAP_FW_FLAGS))?;
         let idle = 1 - live.min(1);
-        let (v4, v6) = if idle == 0 {
-            (MAP_BLOCK_V4_A, MAP_BLOCK_V6_A)
-        } else {
-            (MAP_BLOCK_V4_B, MAP_BLOCK_V6_B)
-        };
-        self.fill_trie::<4>(
-            v4,
-            nets.iter().filter_map(|n| match n {
-                ipnet::IpNet::V4(n) => Some((n.prefix_len(), n.network().octets())),
-                _ => None,
-            }),
-        )?;
-        self.fill_trie::<16>(
-            v6,
-            nets.iter().filter_map(|n| match n {
-                ipnet::IpNet::V6(n) => Some((n.prefix_len(), n.network().octets())),
-                _ => None,
-            }),
-        )?;
+        let name = MAP_BLOCKLIST;
+        // Leftovers of an interrupted load in the idle buffer go first.
+        self.clear_blocklist_slot(idle as u8)?;
+        {
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::Missing(name))?;
+            let mut list: HashMap<&mut MapData, BlockKey, u32> =
+                HashMap::try_from(map).map_err(map_err(name))?;
+            for (i, net) in nets.iter().enumerate() {
+                list.insert(block_key(net, idle as u8), 1, 0)
+                    .map_err(map_err(name))?;
+                if (i + 1) % 50_000 == 0 {
+                    log::info!("block list: {} of {} prefixes written", i + 1, nets.len());
+                }
+            }
+        }
+        self.array::<PrefixLens>(MAP_BLOCK_LENS)?
+            .set(idle, lens, 0)
+            .map_err(map_err(MAP_BLOCK_LENS))?;
         self.fw_flags()?
             .set(FW_IDX_BLOCKLIST_SLOT, idle, 0)
             .map_err(map_err(MAP_FW_FLAGS))?;
-        self.set_fw_flag(FW_HAS_BLOCKLIST, !nets.is_empty())
+        self.set_fw_flag(FW_HAS_BLOCKLIST, !nets.is_empty())?;
+        self.bump_fw_generation()?;
+        // A packet that read the old slot just before the flip finishes within microseconds
+        // (XDP runs to completion under RCU); wait well past that, then free the old buffer.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        self.clear_blocklist_slot(live.min(1) as u8)
     }
 
-    /// Empties trie `name` and inserts `entries`.
-    fn fill_trie<const N: usize>(
-        &mut self,
-        name: &'static str,
-        entries: impl Iterator<Item = (u8, [u8; N])>,
-    ) -> Result<(), DataplaneError> {
+    fn clear_blocklist_slot(&mut self, slot: u8) -> Result<(), DataplaneError> {
         let map = self
             .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::Missing(name))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; N], u32> =
-            LpmTrie::try_from(map).map_err(map_err(name))?;
-        let old: Vec<LpmKey<[u8; N]>> = trie.keys().filter_map(Result::ok).collect();
+            .map_mut(MAP_BLOCKLIST)
+            .ok_or(DataplaneError::Missing(MAP_BLOCKLIST))?;
+        let mut list: HashMap<&mut MapData, BlockKey, u32> =
+            HashMap::try_from(map).map_err(map_err(MAP_BLOCKLIST))?;
+        let old: Vec<BlockKey> = list
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
         for k in &old {
-            let _ = trie.remove(k);
-        }
-        for (i, (len, data)) in entries.enumerate() {
-            trie.insert(&LpmKey::new(len as u32, data), 1, 0)
-                .map_err(|e| match e {
-                    MapError::SyscallError(ref s)
-                        if s.io_error.raw_os_error() == Some(libc::ENOSPC) =>
-                    {
-                        DataplaneError::Bpffs(format!(
-                            "block list too long: at most {MAX_BLOCKED} prefixes per address family"
-                        ))
-                    }
-                    e => map_err(name)(e),
-                })?;
-            if (i + 1) % 50_000 == 0 {
-                log::info!("block list: {} prefixes written to {name}", i + 1);
-            }
+            let _ = list.remove(k);
         }
         Ok(())
+    }
+
+    /// Makes every established flow pass the firewall again on its next packet.
+    pub fn bump_fw_generation(&mut self) -> Result<(), DataplaneError> {
+        let mut flags = self.fw_flags()?;
+        let gen = flags.get(&FW_IDX_GEN, 0).map_err(map_err(MAP_FW_FLAGS))?;
+        flags
+            .set(FW_IDX_GEN, gen.wrapping_add(1), 0)
+            .map_err(map_err(MAP_FW_FLAGS))
+    }
+
+    /// Rewrites the VIP prefilter from the VIP set in the maps (plus `adding`, written just
+    /// before it shows up there).
+    fn write_vip_filter(&mut self, adding: Option<&VipKey>) -> Result<(), DataplaneError> {
+        let vips: Vec<VipKey> = {
+            let map = self
+                .ebpf
+                .map(MAP_VIPS)
+                .ok_or(DataplaneError::Missing(MAP_VIPS))?;
+            let m: HashMap<&MapData, VipKey, u32> =
+                HashMap::try_from(map).map_err(map_err(MAP_VIPS))?;
+            m.keys().filter_map(Result::ok).collect()
+        };
+        let mut filter: VipFilter = [0; VIP_FILTER_WORDS];
+        for v in vips.iter().chain(adding) {
+            let bit = vip_filter_bit(&v.addr, v.family) as usize;
+            filter[bit >> 6] |= 1 << (bit & 63);
+        }
+        self.array::<VipFilter>(MAP_VIP_FILTER)?
+            .set(0, filter, 0)
+            .map_err(map_err(MAP_VIP_FILTER))
     }
 
     /// Sets the policy for VIP traffic matching no service on interface `ifindex`.
@@ -753,6 +788,58 @@ fn map_keys_count(map: &aya::maps::Map) -> usize {
     HashMap::<&MapData, FlowKey, FlowValue>::try_from(map)
         .map(|m| m.keys().filter(Result::is_ok).count())
         .unwrap_or(0)
+}
+
+fn block_key(net: &ipnet::IpNet, slot: u8) -> BlockKey {
+    let (addr, family) = encode_addr(net.network());
+    BlockKey {
+        addr,
+        len: net.prefix_len(),
+        family,
+        slot,
+        _pad: 0,
+    }
+}
+
+/// The distinct prefix lengths of a list per family, longest first, with their masks.
+fn prefix_lens(nets: &[ipnet::IpNet]) -> Result<PrefixLens, DataplaneError> {
+    let mut out = PrefixLens::default();
+    for (family, v6) in [(FAMILY_V4, false), (FAMILY_V6, true)] {
+        let mut lens: Vec<u8> = nets
+            .iter()
+            .filter(|n| n.addr().is_ipv6() == v6)
+            .map(|n| n.prefix_len())
+            .collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        if lens.len() > MAX_PREFIX_LENS {
+            return Err(DataplaneError::Bpffs(format!(
+                "block list uses {} distinct IPv{} prefix lengths ({:?}); at most \
+                 {MAX_PREFIX_LENS} (each costs a lookup per packet): aggregate or split prefixes",
+                lens.len(),
+                if v6 { 6 } else { 4 },
+                lens
+            )));
+        }
+        let slots = if family == FAMILY_V4 {
+            &mut out.v4
+        } else {
+            &mut out.v6
+        };
+        for (slot, len) in slots.iter_mut().zip(&lens) {
+            *slot = PrefixLen {
+                mask: prefix_mask(*len, v6),
+                len: *len,
+                _pad: [0; 3],
+            };
+        }
+        if v6 {
+            out.n6 = lens.len() as u32;
+        } else {
+            out.n4 = lens.len() as u32;
+        }
+    }
+    Ok(out)
 }
 
 fn remove_if_present<K: aya::Pod, V: aya::Pod>(

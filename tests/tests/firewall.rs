@@ -256,3 +256,73 @@ fn new_flow_rate_limit_per_source() {
         &Expect::Tx(B1),
     );
 }
+
+#[test]
+fn established_flows_meet_a_new_block_list_on_their_next_packet() {
+    let mut h = harness();
+    let ack = Pkt::tcp("10.3.3.3", 1000, VIP, 80, TCP_ACK).build();
+    h.check("flow admitted", &ack, &Expect::Tx(B1));
+    h.check("established", &ack, &Expect::Tx(B1));
+    h.blocklist("10.3.0.0/16\n");
+    h.check(
+        "blocked after the list changed",
+        &ack,
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+    h.blocklist("");
+    h.check("admitted again", &ack, &Expect::Tx(B1));
+    h.fw_rules(&[rule(
+        Action::Drop,
+        "10.3.3.3",
+        RuleProtocol::Tcp,
+        "80",
+        "any",
+    )]);
+    h.check("a new rule also reaches established flows", &ack, &DROP);
+}
+
+#[test]
+fn block_list_with_many_prefix_lengths() {
+    let mut h = harness();
+    // Eight distinct IPv4 lengths, nested: the longest match decides nothing here, any hit drops.
+    h.blocklist("10.0.0.0/8\n172.16.0.0/12\n192.168.0.0/16\n100.64.0.0/10\n198.18.0.0/15\n203.0.113.0/24\n192.0.2.128/25\n198.51.100.7/32\n");
+    let syn = |src: &str| Pkt::tcp(src, 1000, VIP, 80, TCP_SYN).build();
+    let blocked = Expect::Drop(verdict::DROP_BLOCKLIST);
+    for src in [
+        "10.200.1.1",
+        "172.31.0.1",
+        "192.168.9.9",
+        "100.127.0.1",
+        "198.19.1.1",
+        "203.0.113.9",
+        "192.0.2.200",
+        "198.51.100.7",
+    ] {
+        h.check(src, &syn(src), &blocked);
+    }
+    for src in [
+        "11.0.0.1",
+        "172.32.0.1",
+        "192.0.2.1",
+        "198.51.100.8",
+        "100.128.0.1",
+    ] {
+        h.check(src, &syn(src), &Expect::Tx(B1));
+    }
+}
+
+#[test]
+fn too_many_prefix_lengths_are_refused_and_change_nothing() {
+    let mut h = harness();
+    h.blocklist("10.3.0.0/16\n");
+    let list: String = (16..=24).map(|l| format!("10.{l}.0.0/{l}\n")).collect();
+    let nets = foobar_lb::firewall::parse_blocklist(&list).unwrap();
+    let err = h.dp.load_blocklist(&nets).unwrap_err().to_string();
+    assert!(err.contains("9 distinct IPv4 prefix lengths"), "{err}");
+    let syn = Pkt::tcp("10.3.1.1", 1000, VIP, 80, TCP_SYN).build();
+    h.check(
+        "old list still live",
+        &syn,
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+}
