@@ -113,11 +113,7 @@ fn blocked(key: &FlowKey) -> bool {
     } else {
         (lens.n6 as usize, &lens.v6)
     };
-    for i in 0..MAX_PREFIX_LENS {
-        if i >= n {
-            break;
-        }
-        let p = &list[i];
+    for p in list.iter().take(n.min(MAX_PREFIX_LENS)) {
         let k = BlockKey {
             addr: [
                 key.src[0] & p.mask[0],
