@@ -22,14 +22,16 @@ pub const MAX_PREFIX_LENS: usize = 8;
 /// Sources tracked by the rate limiter (LRU: an attack cannot exhaust memory).
 pub const MAX_RATE_SOURCES: u32 = 65_536;
 
-/// Indexes of [`MAP_FW_FLAGS`] (an array of u32: each read is one aligned word).
+/// Word indexes of the single [`MAP_FW_FLAGS`] value (`[u32; FW_FLAGS_LEN]`): one lookup reads
+/// them all, and each is one aligned word, so a concurrent update never tears a field.
 pub const FW_IDX_FLAGS: u32 = 0;
 /// Which block-list buffer is live (0 or 1): entries carry their buffer in `BlockKey::slot`.
 pub const FW_IDX_BLOCKLIST_SLOT: u32 = 1;
 /// Firewall generation, bumped by every rule or block-list change. A flow remembers the
 /// generation it was checked under; established flows skip the firewall until it changes.
 pub const FW_IDX_GEN: u32 = 2;
-pub const FW_FLAGS_LEN: u32 = 3;
+pub const FW_FLAGS_LEN: usize = 4;
+pub type FwWords = [u32; FW_FLAGS_LEN];
 
 /// Bits of the flags word: a stage whose bit is clear costs nothing per packet.
 pub const FW_HAS_RULES: u32 = 1;

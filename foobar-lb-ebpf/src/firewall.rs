@@ -16,15 +16,35 @@ use crate::maps::{BLOCKLIST, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FIL
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 
+/// The firewall's control words (flags, live block-list buffer, generation), read once per
+/// packet.
+#[derive(Clone, Copy)]
+pub struct State {
+    pub flags: u32,
+    pub slot: u32,
+    pub gen: u32,
+}
+
 #[inline(always)]
-pub fn flags() -> u32 {
-    FW_FLAGS.get(FW_IDX_FLAGS).copied().unwrap_or(0)
+pub fn state() -> State {
+    match FW_FLAGS.get(0) {
+        Some(w) => State {
+            flags: w[FW_IDX_FLAGS as usize],
+            slot: w[FW_IDX_BLOCKLIST_SLOT as usize] & 1,
+            gen: w[FW_IDX_GEN as usize],
+        },
+        None => State {
+            flags: 0,
+            slot: 0,
+            gen: 0,
+        },
+    }
 }
 
 /// Rules only, for traffic not addressed to a VIP.
 #[inline(always)]
-pub fn filter_rules(flags: u32, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    if flags & FW_HAS_RULES != 0 && rules(key, bytes) == Some(ACTION_DROP) {
+pub fn filter_rules(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
+    if fw.flags & FW_HAS_RULES != 0 && rules(key, bytes) == Some(ACTION_DROP) {
         return Err(verdict::DROP_FW_RULE);
     }
     Ok(())
@@ -33,8 +53,8 @@ pub fn filter_rules(flags: u32, key: &FlowKey, bytes: u64) -> Result<(), u32> {
 /// Rules, then the block list. `Err(reason)` if the packet must be dropped. `key` carries zero
 /// ports for non-TCP/UDP.
 #[inline(always)]
-pub fn filter(flags: u32, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    if flags & FW_HAS_RULES != 0 {
+pub fn filter(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
+    if fw.flags & FW_HAS_RULES != 0 {
         if let Some(action) = rules(key, bytes) {
             return if action == ACTION_DROP {
                 Err(verdict::DROP_FW_RULE)
@@ -44,7 +64,7 @@ pub fn filter(flags: u32, key: &FlowKey, bytes: u64) -> Result<(), u32> {
             };
         }
     }
-    if flags & FW_HAS_BLOCKLIST != 0 && blocked(key) {
+    if fw.flags & FW_HAS_BLOCKLIST != 0 && blocked(fw.slot, key) {
         return Err(verdict::DROP_BLOCKLIST);
     }
     Ok(())
@@ -103,8 +123,7 @@ fn matches(r: &Rule, key: &FlowKey, dport: u16) -> bool {
 /// Whether the source is in the live block list: one hash lookup per distinct prefix length
 /// (longest first), whatever the number of prefixes.
 #[inline(always)]
-fn blocked(key: &FlowKey) -> bool {
-    let slot = FW_FLAGS.get(FW_IDX_BLOCKLIST_SLOT).copied().unwrap_or(0) & 1;
+fn blocked(slot: u32, key: &FlowKey) -> bool {
     let Some(lens) = BLOCK_LENS.get(slot) else {
         return false;
     };
@@ -133,12 +152,6 @@ fn blocked(key: &FlowKey) -> bool {
     false
 }
 
-/// The current firewall generation (bumped by userspace on every rule or list change).
-#[inline(always)]
-pub fn generation() -> u32 {
-    FW_FLAGS.get(FW_IDX_GEN).copied().unwrap_or(0)
-}
-
 /// Whether `dst` may be a VIP: a clear filter bit proves it is not.
 #[inline(always)]
 pub fn maybe_vip(dst: &Addr, family: u8) -> bool {
@@ -152,7 +165,7 @@ pub fn maybe_vip(dst: &Addr, family: u8) -> bool {
 /// For traffic to a VIP address that matched no service: drop it if the ingress interface's
 /// policy says so. Only called when `FW_HAS_VIP_POLICY` is set and the address is a VIP.
 #[inline(always)]
-pub fn vip_policy_drops(flags: u32, ifindex: u32) -> bool {
-    flags & FW_HAS_VIP_POLICY != 0
+pub fn vip_policy_drops(fw: State, ifindex: u32) -> bool {
+    fw.flags & FW_HAS_VIP_POLICY != 0
         && unsafe { VIP_POLICY.get(ifindex) }.is_some_and(|&p| p == VIP_POLICY_DROP)
 }

@@ -70,37 +70,37 @@ mod prog {
             Parsed::Flow(pkt) => (pkt, true),
         };
         let key = &pkt.key;
-        let fw = firewall::flags();
+        let fw = firewall::state();
         // Not for a VIP (one array read proves it): only the firewall rules apply.
         if !firewall::maybe_vip(&key.dst, key.family) {
-            if fw != 0 {
+            if fw.flags != 0 {
                 firewall::filter_rules(fw, key, len)?;
             }
             return pass;
         }
         if !balance {
             // ICMP and other protocols to a VIP: firewall, then the VIP policy.
-            if fw != 0 {
+            if fw.flags != 0 {
                 firewall::filter(fw, key, len)?;
             }
             return vip_policy(ctx, fw, key).and(pass);
         }
-        let gen = firewall::generation();
+        let gen = fw.gen;
         // New TCP connections meet the firewall before any table lookup, so a flood of blocked
         // SYNs costs the least; other packets are checked once per flow and generation.
         let mut checked = false;
-        if pkt.syn && fw != 0 {
+        if pkt.syn && fw.flags != 0 {
             firewall::filter(fw, key, len)?;
             checked = true;
         }
         if let Some((id, backend, flow)) = select::established(key) {
-            if fw != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
+            if fw.flags != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
                 firewall::filter(fw, key, len)?;
                 unsafe { (*flow).fw_gen = gen };
             }
             return forward(ctx, backend.service_id, id, &backend, len);
         }
-        if fw != 0 && !checked {
+        if fw.flags != 0 && !checked {
             firewall::filter(fw, key, len)?;
         }
         let service = ServiceKey {
@@ -141,7 +141,11 @@ mod prog {
     /// Traffic for a VIP address that matches no service: dropped where the interface's
     /// policy says so.
     #[inline(always)]
-    fn vip_policy(ctx: &XdpContext, fw: u32, key: &foobar_lb_common::FlowKey) -> Result<(), u32> {
+    fn vip_policy(
+        ctx: &XdpContext,
+        fw: firewall::State,
+        key: &foobar_lb_common::FlowKey,
+    ) -> Result<(), u32> {
         if firewall::vip_policy_drops(fw, ctx.ingress_ifindex() as u32)
             && is_vip(&key.dst, key.family)
         {

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, BlockKey, Bucket, Counters, FlowKey, FlowValue, PrefixLens,
-    RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, FW_FLAGS_LEN, MAX_BACKENDS,
+    verdict, Backend, BackendSet, BlockKey, Bucket, Counters, FlowKey, FlowValue, FwWords,
+    PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, MAX_BACKENDS,
     MAX_BLOCKED, MAX_FLOWS, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
 };
 
@@ -53,7 +53,7 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 
 /// `FW_IDX_*` words: which stages are on, which block-list buffer is live.
 #[map]
-pub static FW_FLAGS: Array<u32> = Array::with_max_entries(FW_FLAGS_LEN, 0);
+pub static FW_FLAGS: Array<FwWords> = Array::with_max_entries(1, 0);
 
 /// Key 0: the ordered rule list, replaced whole (no preallocation: RCU swap).
 #[map]

@@ -14,7 +14,7 @@ use aya::{
 };
 use foobar_lb_common::{
     encode_addr, prefix_mask, verdict, vip_filter_bit, Backend, BackendSet, BlockKey, Counters,
-    PrefixLen, PrefixLens, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, FAMILY_V4,
+    FwWords, PrefixLen, PrefixLens, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, FAMILY_V4,
     FAMILY_V6, FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS, FW_IDX_GEN,
     MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_BLOCKLIST, MAP_BLOCK_LENS, MAP_FLOWS,
     MAP_FW_FLAGS, MAP_FW_RULES, MAP_RATE_BUCKETS, MAP_RR_CURSORS, MAP_RULE_STATS, MAP_SERVICES,
@@ -390,21 +390,34 @@ impl Dataplane {
 
     // ---- Firewall ----------------------------------------------------------------------------
 
-    fn fw_flags(&mut self) -> Result<Array<&mut MapData, u32>, DataplaneError> {
-        self.array::<u32>(MAP_FW_FLAGS)
+    fn fw_words(&self) -> Result<FwWords, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_FW_FLAGS)
+            .ok_or(DataplaneError::Missing(MAP_FW_FLAGS))?;
+        let arr: Array<&MapData, FwWords> = Array::try_from(map).map_err(map_err(MAP_FW_FLAGS))?;
+        arr.get(&0, 0).map_err(map_err(MAP_FW_FLAGS))
     }
 
-    /// Sets or clears one `FW_HAS_*` bit (the daemon is the only writer).
-    pub fn set_fw_flag(&mut self, bit: u32, on: bool) -> Result<(), DataplaneError> {
-        let mut flags = self.fw_flags()?;
-        let cur = flags.get(&FW_IDX_FLAGS, 0).map_err(map_err(MAP_FW_FLAGS))?;
-        let next = if on { cur | bit } else { cur & !bit };
-        if next != cur {
-            flags
-                .set(FW_IDX_FLAGS, next, 0)
+    /// Changes the firewall control words (the daemon is their only writer).
+    fn update_fw_words(&mut self, f: impl FnOnce(&mut FwWords)) -> Result<(), DataplaneError> {
+        let mut w = self.fw_words()?;
+        let before = w;
+        f(&mut w);
+        if w != before {
+            self.array::<FwWords>(MAP_FW_FLAGS)?
+                .set(0, w, 0)
                 .map_err(map_err(MAP_FW_FLAGS))?;
         }
         Ok(())
+    }
+
+    /// Sets or clears one `FW_HAS_*` bit.
+    pub fn set_fw_flag(&mut self, bit: u32, on: bool) -> Result<(), DataplaneError> {
+        self.update_fw_words(|w| {
+            let f = &mut w[FW_IDX_FLAGS as usize];
+            *f = if on { *f | bit } else { *f & !bit };
+        })
     }
 
     /// Replaces the whole rule list in one map update, then switches rule evaluation on or off.
@@ -443,10 +456,7 @@ impl Dataplane {
                 nets.len()
             )));
         }
-        let live = self
-            .fw_flags()?
-            .get(&FW_IDX_BLOCKLIST_SLOT, 0)
-            .map_err(map_err(MAP_FW_FLAGS))?;
+        let live = self.fw_words()?[FW_IDX_BLOCKLIST_SLOT as usize];
         let idle = 1 - live.min(1);
         let name = MAP_BLOCKLIST;
         // Leftovers of an interrupted load in the idle buffer go first.
@@ -469,11 +479,17 @@ impl Dataplane {
         self.array::<PrefixLens>(MAP_BLOCK_LENS)?
             .set(idle, lens, 0)
             .map_err(map_err(MAP_BLOCK_LENS))?;
-        self.fw_flags()?
-            .set(FW_IDX_BLOCKLIST_SLOT, idle, 0)
-            .map_err(map_err(MAP_FW_FLAGS))?;
-        self.set_fw_flag(FW_HAS_BLOCKLIST, !nets.is_empty())?;
-        self.bump_fw_generation()?;
+        // One update: the live buffer, the stage flag and the generation change together.
+        self.update_fw_words(|w| {
+            w[FW_IDX_BLOCKLIST_SLOT as usize] = idle;
+            let f = &mut w[FW_IDX_FLAGS as usize];
+            *f = if nets.is_empty() {
+                *f & !FW_HAS_BLOCKLIST
+            } else {
+                *f | FW_HAS_BLOCKLIST
+            };
+            w[FW_IDX_GEN as usize] = w[FW_IDX_GEN as usize].wrapping_add(1);
+        })?;
         // A packet that read the old slot just before the flip finishes within microseconds
         // (XDP runs to completion under RCU); wait well past that, then free the old buffer.
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -500,11 +516,7 @@ impl Dataplane {
 
     /// Makes every established flow pass the firewall again on its next packet.
     pub fn bump_fw_generation(&mut self) -> Result<(), DataplaneError> {
-        let mut flags = self.fw_flags()?;
-        let gen = flags.get(&FW_IDX_GEN, 0).map_err(map_err(MAP_FW_FLAGS))?;
-        flags
-            .set(FW_IDX_GEN, gen.wrapping_add(1), 0)
-            .map_err(map_err(MAP_FW_FLAGS))
+        self.update_fw_words(|w| w[FW_IDX_GEN as usize] = w[FW_IDX_GEN as usize].wrapping_add(1))
     }
 
     /// Rewrites the VIP prefilter from the VIP set in the maps (plus `adding`, written just
