@@ -98,7 +98,7 @@ pub fn svg(r: &Report) -> String {
         .fold(1.0f64, f64::max);
     let (w, row_h, left) = (900.0, 46.0, 300.0);
     let h = 70.0 + row_h * peers.len() as f64;
-    let bar_w = |v: f64| (v / max) * (w - left - 170.0);
+    let bar_w = |v: f64| (v / max) * (w - left - 230.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
