@@ -94,43 +94,13 @@ struct Daemon {
 
 impl Daemon {
     fn desired(&self) -> Vec<ServiceSpec> {
-        self.config
-            .services
-            .iter()
-            .map(|s| {
-                let members: Vec<Member> = s
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let rt = self.backends.get(&(s.name.clone(), b.address));
-                        Member {
-                            role: b.role,
-                            weight: b.weight,
-                            healthy: s.health.check == CheckKind::None
-                                || rt.is_some_and(|r| r.health.is_up()),
-                            drained: rt.is_some_and(|r| r.drained),
-                        }
-                    })
-                    .collect();
-                let states = pool::select(&members, s.failover);
-                ServiceSpec {
-                    name: s.name.clone(),
-                    key: service_key(s),
-                    rate_limit: s.rate_limit(),
-                    backends: s
-                        .backends
-                        .iter()
-                        .zip(states)
-                        .map(|(b, state)| BackendSpec {
-                            addr: b.address,
-                            mac: self.macs.get(&b.address).copied(),
-                            state,
-                            weight: b.weight,
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
+        service_specs(&self.config, &self.macs, |s, b| {
+            let rt = self.backends.get(&(s.name.clone(), b.address));
+            (
+                s.health.check == CheckKind::None || rt.is_some_and(|r| r.health.is_up()),
+                rt.is_some_and(|r| r.drained),
+            )
+        })
     }
 
     fn apply(&mut self) -> Result<()> {
@@ -555,6 +525,16 @@ fn service_key(s: &ServiceConfig) -> ServiceKey {
 /// The data plane's desired content for `config` with every backend healthy (no health
 /// checks), given the backend MACs known so far. Used by tests that provision maps directly.
 pub fn desired_state(config: &Config, macs: &HashMap<IpAddr, Mac>) -> Vec<ServiceSpec> {
+    service_specs(config, macs, |_, _| (true, false))
+}
+
+/// Desired content: per service, the pool decision over its backends, where `status` says
+/// (healthy, drained) for each.
+fn service_specs(
+    config: &Config,
+    macs: &HashMap<IpAddr, Mac>,
+    status: impl Fn(&ServiceConfig, &BackendConfig) -> (bool, bool),
+) -> Vec<ServiceSpec> {
     config
         .services
         .iter()
@@ -562,11 +542,14 @@ pub fn desired_state(config: &Config, macs: &HashMap<IpAddr, Mac>) -> Vec<Servic
             let members: Vec<Member> = s
                 .backends
                 .iter()
-                .map(|b| Member {
-                    role: b.role,
-                    weight: b.weight,
-                    healthy: true,
-                    drained: false,
+                .map(|b| {
+                    let (healthy, drained) = status(s, b);
+                    Member {
+                        role: b.role,
+                        weight: b.weight,
+                        healthy,
+                        drained,
+                    }
                 })
                 .collect();
             ServiceSpec {

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod traffic;
 
 /// Tests that need the kernel run as root; say so plainly instead of failing obscurely.
 pub fn require_root() {

@@ -1,25 +1,16 @@
 //! The firewall end to end: a blocked client cannot connect while another can, drops are
 //! counted, and rules changed through the CLI while traffic runs leave allowed flows alone.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use foobar_lb_tests::{
     daemon::Daemon,
     netns::{Netns, Topology, VIP4},
-    require_root,
+    require_root, traffic,
 };
 
 fn try_get(client: &Netns) -> Result<String, String> {
-    let out = client
-        .cmd("curl")
-        .args(["-sS", "--max-time", "1", &format!("http://{VIP4}/")])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+    traffic::try_get(client, &format!("http://{VIP4}/"))
 }
 
 fn verdict(d: &Daemon, name: &str) -> u64 {
@@ -84,24 +75,7 @@ fn blocked_client_is_dropped_and_cli_changes_leave_allowed_flows_alone() {
     assert!(try_get(c2).is_err(), "still blocked after refused changes");
 
     // An allowed keep-alive connection runs while the rules change under it.
-    let mut ka = c1.cmd("curl");
-    ka.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "--rate",
-        "10/s",
-        "-w",
-        " %{num_connects}\n",
-    ]);
-    for _ in 0..20 {
-        ka.arg(format!("http://{VIP4}/"));
-    }
-    let ka = ka
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ka = traffic::keepalive_client(c1, 20);
     std::thread::sleep(Duration::from_millis(300));
     ok(d.cli(&[
         "fw",
@@ -149,19 +123,8 @@ fn blocked_client_is_dropped_and_cli_changes_leave_allowed_flows_alone() {
     );
     assert_eq!(st.firewall.blocklist_prefixes, 0);
 
-    let out = ka.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "allowed connection disturbed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tokens: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    assert_eq!(tokens.len(), 40, "{tokens:?}");
-    let connects: u32 = tokens.chunks(2).map(|p| p[1].parse::<u32>().unwrap()).sum();
+    let (bodies, connects) = traffic::keepalive_result(ka);
+    assert_eq!(bodies.len(), 20, "{bodies:?}");
     assert_eq!(connects, 1, "one connection throughout");
 
     // Removing the rule lets the second client in.

@@ -3,7 +3,6 @@
 //! time; namespaces and pins are removed by guards.
 
 use std::{
-    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -12,6 +11,7 @@ use foobar_lb_tests::{
     daemon::{cli, Daemon},
     netns::{run, Netns, Topology, VIP4},
     require_root,
+    traffic::{keepalive_client, keepalive_result, try_get},
 };
 
 /// Fast checks so the tests take seconds: interval 200 ms, fall 2, rise 2.
@@ -44,20 +44,6 @@ fn setup(
     Setup { daemon, topo }
 }
 
-/// One GET on a new connection; the body or the failure.
-fn try_get(client: &Netns, url: &str) -> Result<String, String> {
-    let out = client
-        .cmd("curl")
-        .args(["-sS", "-g", "--max-time", "1", url])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
 fn get(client: &Netns) -> String {
     try_get(client, &format!("http://{VIP4}/")).unwrap_or_else(|e| panic!("GET failed: {e}"))
 }
@@ -72,45 +58,6 @@ fn wait_for_answer(client: &Netns, want: &str, limit: Duration) -> Duration {
         thread::sleep(Duration::from_millis(20));
     }
     panic!("{want} never answered within {limit:?}");
-}
-
-/// A keep-alive client: `n` requests on one connection at 10/s, printing bodies and the number
-/// of new connections per request.
-fn keepalive_client(client: &Netns, n: usize) -> Child {
-    let mut cmd = client.cmd("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "--rate",
-        "10/s",
-        "-w",
-        " %{num_connects}\n",
-    ]);
-    for _ in 0..n {
-        cmd.arg(format!("http://{VIP4}/"));
-    }
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// (answers, total new connections) of a finished keep-alive client.
-fn keepalive_result(child: Child) -> (Vec<String>, u32) {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "keep-alive client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    // Each transfer prints its body ("webN\n") then " <num_connects>\n".
-    let tokens: Vec<&str> = text.split_whitespace().collect();
-    assert_eq!(tokens.len() % 2, 0, "{text}");
-    let bodies = tokens.chunks(2).map(|p| p[0].to_owned()).collect();
-    let connects = tokens.chunks(2).map(|p| p[1].parse::<u32>().unwrap()).sum();
-    (bodies, connects)
 }
 
 fn backend<'a>(

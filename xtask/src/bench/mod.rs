@@ -36,6 +36,9 @@ fn text(cmd: &str, args: &[&str]) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     crate::setup::install(PACKAGES)?;
+    // The end-to-end part starts the real controller binary.
+    let bin = crate::build::release()?;
+    std::env::set_var("FOOBAR_LB_BIN", &bin);
     // haproxy's Debian package starts a service where it can; the bench runs its own.
     let _ = Command::new("pkill").args(["-x", "haproxy"]).status();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
