@@ -107,27 +107,6 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
 }
 
-/// Maps that carry state across daemon restarts (all of ours; aya-log's is per process).
-const PINNED_MAPS: [&str; 17] = [
-    MAP_FW_FLAGS,
-    MAP_FW_RULES,
-    MAP_RULE_STATS,
-    MAP_BLOCKLIST,
-    MAP_BLOCK_LENS,
-    MAP_VIP_FILTER,
-    MAP_VIP_POLICY,
-    MAP_RATE_BUCKETS,
-    MAP_SERVICES,
-    MAP_VIPS,
-    MAP_BACKEND_SETS,
-    MAP_BACKENDS,
-    MAP_RR_CURSORS,
-    MAP_FLOWS,
-    MAP_VERDICT_STATS,
-    MAP_SERVICE_STATS,
-    MAP_BACKEND_STATS,
-];
-
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
@@ -148,7 +127,11 @@ impl Dataplane {
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             adopted = dir.join(MAP_SERVICES).exists();
-            for name in PINNED_MAPS {
+            if adopted {
+                check_pinned_layouts(dir, opts.flow_table_size)?;
+            }
+            // Every map but aya-log's (per process) carries state across daemon restarts.
+            for (name, _, _) in expected_layouts() {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -634,6 +617,72 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
+}
+
+/// (map, key size, value size) of every pinned map, from the shared types. aya reuses a
+/// pinned map without comparing it to the object's definition, so the daemon compares first.
+fn expected_layouts() -> [(&'static str, usize, usize); 17] {
+    use foobar_lb_common::{Bucket, FlowKey, FlowValue, FwWords, RateKey};
+    use std::mem::size_of;
+    [
+        (
+            MAP_SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceInfo>(),
+        ),
+        (MAP_VIPS, size_of::<VipKey>(), 4),
+        (MAP_BACKEND_SETS, 4, size_of::<BackendSet>()),
+        (MAP_BACKENDS, 4, size_of::<Backend>()),
+        (MAP_RR_CURSORS, 4, 8),
+        (MAP_FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+        (MAP_VERDICT_STATS, 4, 8),
+        (MAP_SERVICE_STATS, 4, size_of::<Counters>()),
+        (MAP_BACKEND_STATS, 4, size_of::<Counters>()),
+        (MAP_FW_FLAGS, 4, size_of::<FwWords>()),
+        (MAP_FW_RULES, 4, size_of::<RuleSet>()),
+        (MAP_RULE_STATS, 4, size_of::<Counters>()),
+        (MAP_BLOCKLIST, size_of::<BlockKey>(), 4),
+        (MAP_BLOCK_LENS, 4, size_of::<PrefixLens>()),
+        (MAP_VIP_FILTER, 4, size_of::<VipFilter>()),
+        (MAP_VIP_POLICY, 4, 4),
+        (MAP_RATE_BUCKETS, size_of::<RateKey>(), size_of::<Bucket>()),
+    ]
+}
+
+/// Refuses to adopt pinned maps whose layout this build does not share (an older or newer
+/// foobar-lb), or a flow table of another size: reusing them would misread their contents.
+fn check_pinned_layouts(dir: &Path, flow_table_size: u32) -> Result<(), DataplaneError> {
+    let fix = format!(
+        "run `foobar-lb teardown --pin-dir {}` (this interrupts traffic) and start again",
+        dir.display()
+    );
+    for (name, key, value) in expected_layouts() {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(DataplaneError::Bpffs(format!(
+                "{} holds a partial data plane (no {name}): {fix}",
+                dir.display()
+            )));
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            return Err(DataplaneError::Bpffs(format!(
+                "pinned map {} has key/value sizes {}/{}, this build expects {key}/{value} (made \
+                 by another foobar-lb version): {fix}",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            )));
+        }
+        if name == MAP_FLOWS && info.max_entries() != flow_table_size {
+            return Err(DataplaneError::Bpffs(format!(
+                "the pinned flow table holds {} flows but flow_table_size is {flow_table_size}: \
+                 set it back, or {fix}",
+                info.max_entries()
+            )));
+        }
+    }
+    Ok(())
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

@@ -440,3 +440,32 @@ fn serde_json_string(d: &Daemon) -> String {
         .collect::<Vec<_>>()
         .join(";")
 }
+
+#[test]
+fn an_incompatible_pinned_data_plane_is_refused_with_the_fix() {
+    let mut s = setup("ic", 1, 1, &|_| String::new(), false);
+    s.daemon.kill();
+    let config = s.topo.dir.join("foobar-lb.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("\n[[service]]", "flow_table_size = 4096\n\n[[service]]", 1),
+    )
+    .unwrap();
+    let out = s
+        .topo
+        .lb
+        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("flow_table_size is 4096") && err.contains("foobar-lb teardown"),
+        "{err}"
+    );
+    // The old data plane is untouched and still forwarding.
+    assert_eq!(get(&s.topo.client), "web1");
+}
