@@ -153,8 +153,12 @@ pub struct FlowValue {
     pub backend_id: u32,
     /// Firewall generation the flow was last checked under (see `FW_IDX_GEN`).
     pub fw_gen: u32,
+    /// Non-zero once a TCP FIN or RST was seen: the connection is closing. It keeps its backend
+    /// until the entry ages out, but no longer counts as an active flow.
+    pub closing: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -98,6 +98,10 @@ mod prog {
                 firewall::filter(fw, key, len)?;
                 unsafe { (*flow).fw_gen = gen };
             }
+            // Written once per connection, so drain status can count live connections.
+            if pkt.fin && unsafe { (*flow).closing } == 0 {
+                unsafe { (*flow).closing = 1 };
+            }
             return forward(ctx, backend.service_id, id, &backend, len);
         }
         if fw.flags != 0 && !checked {

@@ -31,6 +31,8 @@ pub struct Packet {
     pub key: FlowKey,
     /// A TCP SYN without ACK: the first packet of a new connection.
     pub syn: bool,
+    /// A TCP FIN or RST: the connection is closing.
+    pub fin: bool,
 }
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -108,10 +110,11 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 _pad: [0; 2],
             },
             syn: false,
+            fin: false,
         });
     }
     match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
-        Some((sport, dport, syn)) => Parsed::Flow(Packet {
+        Some((sport, dport, syn, fin)) => Parsed::Flow(Packet {
             key: FlowKey {
                 src,
                 dst,
@@ -122,6 +125,7 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 _pad: [0; 2],
             },
             syn,
+            fin,
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }
@@ -176,13 +180,14 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 _pad: [0; 2],
             },
             syn: false,
+            fin: false,
         });
     }
     if ext_len > payload_len {
         return suspect(verdict::DROP_MALFORMED);
     }
     match ports(ctx, l4, next, payload_len - ext_len) {
-        Some((sport, dport, syn)) => Parsed::Flow(Packet {
+        Some((sport, dport, syn, fin)) => Parsed::Flow(Packet {
             key: FlowKey {
                 src: addr6(&ip.src_addr),
                 dst,
@@ -193,6 +198,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 _pad: [0; 2],
             },
             syn,
+            fin,
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }
@@ -204,18 +210,29 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
 /// The frame bounds check comes first on purpose: done after the `l4_len` check, LLVM proves it
 /// redundant from the earlier IP length checks and drops it, and the verifier rejects the read.
 #[inline(always)]
-fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u16, u16, bool)> {
-    let (hdr, min, syn) = if proto == PROTO_TCP {
+fn ports(
+    ctx: &XdpContext,
+    offset: usize,
+    proto: u8,
+    l4_len: usize,
+) -> Option<(u16, u16, bool, bool)> {
+    let (hdr, min, syn, fin) = if proto == PROTO_TCP {
         let tcp = unsafe { &*ptr_at::<[u8; 20]>(ctx, offset)? };
         // Data offset below 5 words is not a TCP header.
         if tcp[12] >> 4 < 5 {
             return None;
         }
-        // SYN set, ACK clear.
-        ([tcp[0], tcp[1], tcp[2], tcp[3]], 20, tcp[13] & 0x12 == 0x02)
+        // SYN set and ACK clear: a new connection. FIN or RST: it is closing.
+        let flags = tcp[13];
+        (
+            [tcp[0], tcp[1], tcp[2], tcp[3]],
+            20,
+            flags & 0x12 == 0x02,
+            flags & 0x05 != 0,
+        )
     } else {
         let udp = unsafe { &*ptr_at::<[u8; 8]>(ctx, offset)? };
-        ([udp[0], udp[1], udp[2], udp[3]], 8, false)
+        ([udp[0], udp[1], udp[2], udp[3]], 8, false, false)
     };
     if l4_len < min {
         return None;
@@ -224,6 +241,7 @@ fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u
         u16::from_ne_bytes([hdr[0], hdr[1]]),
         u16::from_ne_bytes([hdr[2], hdr[3]]),
         syn,
+        fin,
     ))
 }
 

@@ -86,6 +86,8 @@ fn schedule(service_id: u32, key: &FlowKey, gen: u32) -> Result<(u32, Backend), 
         FlowValue {
             backend_id: id,
             fw_gen: gen,
+            closing: 0,
+            _pad: 0,
         },
         0,
     );

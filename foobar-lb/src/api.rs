@@ -144,7 +144,8 @@ pub struct BackendStats {
     /// Data-plane state: `active` (takes new flows), `draining` (keeps its flows), `down`
     /// (flows move), `unresolved` (MAC unknown: not in the data plane).
     pub state: String,
-    /// Entries in the flow table that point at this backend.
+    /// Open connections on this backend: flow-table entries without a FIN or RST seen (UDP
+    /// flows count until the flow table evicts them).
     pub flows: u64,
     /// Forwarded packets and bytes per second over the last 2 s sampling interval.
     #[serde(default)]

@@ -563,7 +563,9 @@ impl Dataplane {
         Ok((services, backends))
     }
 
-    /// Flow-table entries per backend id (walks the table: for status output only).
+    /// Open (not closing) flow-table entries per backend id (walks the table: for status
+    /// output only). TCP flows stop counting at their FIN or RST; UDP flows count until the
+    /// LRU evicts them.
     pub fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
         use foobar_lb_common::{FlowKey, FlowValue};
         let map = self
@@ -573,7 +575,7 @@ impl Dataplane {
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(map).map_err(map_err(MAP_FLOWS))?;
         let mut counts = std::collections::HashMap::new();
-        for (_, v) in flows.iter().flatten() {
+        for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
             *counts.entry(v.backend_id).or_default() += 1;
         }
         Ok(counts)

@@ -56,7 +56,7 @@ pub fn render(s: &StatsSnapshot) -> String {
     let be_active = gauge(
         &mut reg,
         "backend_active_flows",
-        "Flow-table entries per backend",
+        "Open connections per backend (flows without FIN/RST seen)",
     );
     let be_up = gauge(
         &mut reg,

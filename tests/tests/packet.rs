@@ -407,3 +407,29 @@ fn a_slot_naming_an_unset_backend_is_counted_and_dropped() {
         "no flow pinned to a bad slot"
     );
 }
+
+#[test]
+fn fin_marks_a_flow_closing_but_keeps_its_backend() {
+    let h = harness();
+    let open = |port| Pkt::tcp(CLIENT, port, VIP, 80, TCP_SYN).build();
+    h.check("flow 1", &open(1), &Expect::Tx(B1));
+    h.check("flow 2", &open(2), &Expect::Tx(B2));
+    let open_flows = |h: &Harness| -> u64 { h.dp.flows_per_backend().unwrap().values().sum() };
+    assert_eq!(open_flows(&h), 2);
+    let fin = Pkt::tcp(CLIENT, 1, VIP, 80, 0x11).build(); // FIN+ACK
+    h.check("FIN still forwarded", &fin, &Expect::Tx(B1));
+    h.check(
+        "last ACK still forwarded",
+        &Pkt::tcp(CLIENT, 1, VIP, 80, TCP_ACK).build(),
+        &Expect::Tx(B1),
+    );
+    assert_eq!(open_flows(&h), 1, "closing flows do not count as open");
+    let rst = Pkt::tcp(CLIENT, 2, VIP, 80, 0x04).build();
+    h.check("RST forwarded", &rst, &Expect::Tx(B2));
+    assert_eq!(open_flows(&h), 0);
+    assert_eq!(
+        h.dp.flow_count().unwrap(),
+        2,
+        "entries stay until they age out"
+    );
+}

@@ -24,6 +24,9 @@ pub fn run() -> Result<()> {
     if !is_root() {
         bail!("setup installs packages and the tests create network namespaces: run as root");
     }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        return without_apt();
+    }
     let mut wanted: Vec<String> = PACKAGES.iter().map(|s| s.to_string()).collect();
     let llvm = if Path::new("/usr/bin/rustc").exists() {
         Some(rustc_llvm_major()?)
@@ -50,6 +53,42 @@ pub fn run() -> Result<()> {
         "setup: toolchain ready (Debian rustc-web, LLVM {llvm}, bpf-linker {BPF_LINKER_VERSION})"
     );
     Ok(())
+}
+
+/// Not Debian: nothing can be installed for the user, so check the rustup-nightly route the
+/// build script falls back to and say exactly what is missing.
+fn without_apt() -> Result<()> {
+    let nightly_src = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()))
+        .is_some_and(|p| p.join("lib/rustlib/src/rust/library/core").is_dir());
+    let linker = Command::new("bpf-linker").arg("--version").output().is_ok();
+    let mut missing = Vec::new();
+    if !nightly_src {
+        missing.push("rustup toolchain install nightly --component rust-src");
+    }
+    if !linker {
+        missing.push("cargo install bpf-linker");
+    }
+    for tool in ["ip", "ethtool", "nginx", "curl"] {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        println!("setup: no apt-get here; using rustup nightly + rust-src and bpf-linker");
+        return Ok(());
+    }
+    bail!(
+        "no apt-get on this machine, and these are missing: {} (install them, or use Debian \
+         12 where `cargo xtask setup` installs everything)",
+        missing.join(", ")
+    )
 }
 
 /// Installs Debian packages that are missing (for the bench's peers and tools).

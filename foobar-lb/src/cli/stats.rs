@@ -23,7 +23,7 @@ pub async fn run(socket: &Path, args: Args, status: bool) -> anyhow::Result<()> 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else if status {
-        print!("{}", render_status(&s));
+        print!("{}\nfirewall:\n{}", render_status(&s), render_firewall(&s));
     } else {
         print!("{}", render_stats(&s));
     }
