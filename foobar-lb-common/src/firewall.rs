@@ -6,7 +6,8 @@ use crate::Addr;
 pub const MAP_FW_FLAGS: &str = "FW_FLAGS";
 pub const MAP_FW_RULES: &str = "FW_RULES";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
-pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
+pub const MAP_BLOCKLIST4: &str = "BLOCKLIST4";
+pub const MAP_BLOCKLIST6: &str = "BLOCKLIST6";
 pub const MAP_BLOCK_LENS: &str = "BLOCK_LENS";
 pub const MAP_VIP_POLICY: &str = "VIP_POLICY";
 pub const MAP_RATE_BUCKETS: &str = "RATE_BUCKETS";
@@ -25,7 +26,7 @@ pub const MAX_RATE_SOURCES: u32 = 65_536;
 /// Word indexes of the single [`MAP_FW_FLAGS`] value (`[u32; FW_FLAGS_LEN]`): one lookup reads
 /// them all, and each is one aligned word, so a concurrent update never tears a field.
 pub const FW_IDX_FLAGS: u32 = 0;
-/// Which block-list buffer is live (0 or 1): entries carry their buffer in `BlockKey::slot`.
+/// Which block-list buffer is live (0 or 1): entries carry their buffer in their key's `slot`.
 pub const FW_IDX_BLOCKLIST_SLOT: u32 = 1;
 /// Firewall generation, bumped by every rule or block-list change. A flow remembers the
 /// generation it was checked under; established flows skip the firewall until it changes.
@@ -93,21 +94,50 @@ impl RuleSet {
     };
 }
 
-/// Key of [`MAP_BLOCKLIST`]: a prefix (address masked to its length) in one buffer.
+/// Key of [`MAP_BLOCKLIST4`]: an IPv4 prefix (address masked to its length) in one buffer.
+/// Kept to 8 bytes: the key is hashed on every lookup.
 ///
-/// Both buffers share one map, so the program looks up a constant map (which the verifier
-/// inlines) instead of choosing between two maps at run time (a real helper call).
+/// Both buffers share one map per family, so the program looks up a constant map (which the
+/// verifier inlines) instead of choosing between two maps at run time (a real helper call).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct BlockKey {
-    pub addr: Addr,
+pub struct BlockKey4 {
+    /// Wire order.
+    pub addr: u32,
     pub len: u8,
-    pub family: u8,
     /// Buffer 0 or 1 (see `FW_IDX_BLOCKLIST_SLOT`).
     pub slot: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<BlockKey>() == 20);
+const _: () = assert!(core::mem::size_of::<BlockKey4>() == 8);
+
+/// Key of [`MAP_BLOCKLIST6`]: an IPv6 prefix in one buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BlockKey6 {
+    pub addr: Addr,
+    pub len: u8,
+    pub slot: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<BlockKey6>() == 20);
+
+/// The buffer a block-list key belongs to.
+pub trait BufferSlot {
+    fn slot(&self) -> u8;
+}
+
+impl BufferSlot for BlockKey4 {
+    fn slot(&self) -> u8 {
+        self.slot
+    }
+}
+
+impl BufferSlot for BlockKey6 {
+    fn slot(&self) -> u8 {
+        self.slot
+    }
+}
 
 /// One distinct prefix length of a block list, with its mask (wire-order words).
 #[repr(C)]

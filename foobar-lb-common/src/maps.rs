@@ -175,7 +175,8 @@ mod pod {
     unsafe impl aya::Pod for crate::firewall::RuleSet {}
     unsafe impl aya::Pod for crate::firewall::RateKey {}
     unsafe impl aya::Pod for crate::firewall::Bucket {}
-    unsafe impl aya::Pod for crate::firewall::BlockKey {}
+    unsafe impl aya::Pod for crate::firewall::BlockKey4 {}
+    unsafe impl aya::Pod for crate::firewall::BlockKey6 {}
     unsafe impl aya::Pod for crate::firewall::PrefixLens {}
 }
 

@@ -6,12 +6,14 @@
 //! next packet after any firewall change), so steady-state traffic skips the stage.
 
 use foobar_lb_common::{
-    verdict, vip_filter_bit, Addr, BlockKey, FlowKey, Rule, ACTION_DROP, FAMILY_V4,
+    verdict, vip_filter_bit, Addr, BlockKey4, BlockKey6, FlowKey, Rule, ACTION_DROP, FAMILY_V4,
     FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_HAS_VIP_POLICY, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS,
     FW_IDX_GEN, MAX_PREFIX_LENS, MAX_RULES, PROTO_ICMP_ANY, VIP_FILTER_WORDS, VIP_POLICY_DROP,
 };
 
-use crate::maps::{BLOCKLIST, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FILTER, VIP_POLICY};
+use crate::maps::{
+    BLOCKLIST4, BLOCKLIST6, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FILTER, VIP_POLICY,
+};
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -127,26 +129,34 @@ fn blocked(slot: u32, key: &FlowKey) -> bool {
     let Some(lens) = BLOCK_LENS.get(slot) else {
         return false;
     };
-    let (n, list) = if key.family == FAMILY_V4 {
-        (lens.n4 as usize, &lens.v4)
+    if key.family == FAMILY_V4 {
+        for p in lens.v4.iter().take((lens.n4 as usize).min(MAX_PREFIX_LENS)) {
+            let k = BlockKey4 {
+                addr: key.src[0] & p.mask[0],
+                len: p.len,
+                slot: slot as u8,
+                _pad: [0; 2],
+            };
+            if unsafe { BLOCKLIST4.get(k) }.is_some() {
+                return true;
+            }
+        }
     } else {
-        (lens.n6 as usize, &lens.v6)
-    };
-    for p in list.iter().take(n.min(MAX_PREFIX_LENS)) {
-        let k = BlockKey {
-            addr: [
-                key.src[0] & p.mask[0],
-                key.src[1] & p.mask[1],
-                key.src[2] & p.mask[2],
-                key.src[3] & p.mask[3],
-            ],
-            len: p.len,
-            family: key.family,
-            slot: slot as u8,
-            _pad: 0,
-        };
-        if unsafe { BLOCKLIST.get(k) }.is_some() {
-            return true;
+        for p in lens.v6.iter().take((lens.n6 as usize).min(MAX_PREFIX_LENS)) {
+            let k = BlockKey6 {
+                addr: [
+                    key.src[0] & p.mask[0],
+                    key.src[1] & p.mask[1],
+                    key.src[2] & p.mask[2],
+                    key.src[3] & p.mask[3],
+                ],
+                len: p.len,
+                slot: slot as u8,
+                _pad: [0; 2],
+            };
+            if unsafe { BLOCKLIST6.get(k) }.is_some() {
+                return true;
+            }
         }
     }
     false

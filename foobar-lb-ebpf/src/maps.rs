@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, BlockKey, Bucket, Counters, FlowKey, FlowValue, FwWords,
-    PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, MAX_BACKENDS,
-    MAX_BLOCKED, MAX_FLOWS, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
+    verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey, FlowValue,
+    FwWords, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey,
+    MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
 };
 
 /// (VIP, port, proto) -> service id.
@@ -67,7 +67,10 @@ pub static RULE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 /// masked address, length and buffer, plus its `BLOCK_LENS` entry), then flips
 /// `FW_IDX_BLOCKLIST_SLOT`, so a packet sees the old list or the new one, never a mix.
 #[map]
-pub static BLOCKLIST: HashMap<BlockKey, u32> =
+pub static BLOCKLIST4: HashMap<BlockKey4, u32> =
+    HashMap::with_max_entries(2 * MAX_BLOCKED, BPF_F_NO_PREALLOC);
+#[map]
+pub static BLOCKLIST6: HashMap<BlockKey6, u32> =
     HashMap::with_max_entries(2 * MAX_BLOCKED, BPF_F_NO_PREALLOC);
 /// Index = buffer: the distinct prefix lengths of that buffer's list.
 #[map]

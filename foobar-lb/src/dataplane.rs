@@ -13,14 +13,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
-    encode_addr, prefix_mask, verdict, vip_filter_bit, Backend, BackendSet, BlockKey, Counters,
-    FwWords, PrefixLen, PrefixLens, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey, FAMILY_V4,
-    FAMILY_V6, FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_IDX_BLOCKLIST_SLOT, FW_IDX_FLAGS, FW_IDX_GEN,
-    MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_BLOCKLIST, MAP_BLOCK_LENS, MAP_FLOWS,
-    MAP_FW_FLAGS, MAP_FW_RULES, MAP_RATE_BUCKETS, MAP_RR_CURSORS, MAP_RULE_STATS, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAP_VIP_FILTER, MAP_VIP_POLICY, MAX_BLOCKED,
-    MAX_PREFIX_LENS, PASS_PROG_NAME, PROG_NAME, VIP_FILTER_WORDS, VIP_POLICY_ALLOW,
-    VIP_POLICY_DROP,
+    encode_addr, prefix_mask, verdict, vip_filter_bit, Backend, BackendSet, BlockKey4, BlockKey6,
+    BufferSlot, Counters, FwWords, PrefixLen, PrefixLens, RuleSet, ServiceInfo, ServiceKey,
+    VipFilter, VipKey, FAMILY_V4, FAMILY_V6, FW_HAS_BLOCKLIST, FW_HAS_RULES, FW_IDX_BLOCKLIST_SLOT,
+    FW_IDX_FLAGS, FW_IDX_GEN, MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_BLOCKLIST4,
+    MAP_BLOCKLIST6, MAP_BLOCK_LENS, MAP_FLOWS, MAP_FW_FLAGS, MAP_FW_RULES, MAP_RATE_BUCKETS,
+    MAP_RR_CURSORS, MAP_RULE_STATS, MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS,
+    MAP_VIP_FILTER, MAP_VIP_POLICY, MAX_BLOCKED, MAX_PREFIX_LENS, PASS_PROG_NAME, PROG_NAME,
+    VIP_FILTER_WORDS, VIP_POLICY_ALLOW, VIP_POLICY_DROP,
 };
 
 use crate::{config::XdpMode, reconcile::MapOp};
@@ -441,24 +441,29 @@ impl Dataplane {
         }
         let live = self.fw_words()?[FW_IDX_BLOCKLIST_SLOT as usize];
         let idle = 1 - live.min(1);
-        let name = MAP_BLOCKLIST;
         // Leftovers of an interrupted load in the idle buffer go first.
         self.clear_blocklist_slot(idle as u8)?;
-        {
-            let map = self
-                .ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::Missing(name))?;
-            let mut list: HashMap<&mut MapData, BlockKey, u32> =
-                HashMap::try_from(map).map_err(map_err(name))?;
-            for (i, net) in nets.iter().enumerate() {
-                list.insert(block_key(net, idle as u8), 1, 0)
-                    .map_err(map_err(name))?;
-                if (i + 1) % 50_000 == 0 {
-                    log::info!("block list: {} of {} prefixes written", i + 1, nets.len());
-                }
-            }
-        }
+        let slot = idle as u8;
+        let v4 = nets.iter().filter_map(|n| match n {
+            ipnet::IpNet::V4(n) => Some(BlockKey4 {
+                addr: u32::from_ne_bytes(n.network().octets()),
+                len: n.prefix_len(),
+                slot,
+                _pad: [0; 2],
+            }),
+            _ => None,
+        });
+        self.write_keys(MAP_BLOCKLIST4, v4, nets.len())?;
+        let v6 = nets.iter().filter_map(|n| match n {
+            ipnet::IpNet::V6(n) => Some(BlockKey6 {
+                addr: encode_addr(n.network().into()).0,
+                len: n.prefix_len(),
+                slot,
+                _pad: [0; 2],
+            }),
+            _ => None,
+        });
+        self.write_keys(MAP_BLOCKLIST6, v6, nets.len())?;
         self.array::<PrefixLens>(MAP_BLOCK_LENS)?
             .set(idle, lens, 0)
             .map_err(map_err(MAP_BLOCK_LENS))?;
@@ -479,17 +484,37 @@ impl Dataplane {
         self.clear_blocklist_slot(live.min(1) as u8)
     }
 
+    fn write_keys<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        keys: impl Iterator<Item = K>,
+        total: usize,
+    ) -> Result<(), DataplaneError> {
+        let mut list = self.hash::<K, u32>(name)?;
+        for (i, k) in keys.enumerate() {
+            list.insert(k, 1, 0).map_err(map_err(name))?;
+            if (i + 1) % 50_000 == 0 {
+                log::info!("block list: {} of {total} prefixes written", i + 1);
+            }
+        }
+        Ok(())
+    }
+
     fn clear_blocklist_slot(&mut self, slot: u8) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_BLOCKLIST)
-            .ok_or(DataplaneError::Missing(MAP_BLOCKLIST))?;
-        let mut list: HashMap<&mut MapData, BlockKey, u32> =
-            HashMap::try_from(map).map_err(map_err(MAP_BLOCKLIST))?;
-        let old: Vec<BlockKey> = list
+        self.clear_slot::<BlockKey4>(MAP_BLOCKLIST4, slot)?;
+        self.clear_slot::<BlockKey6>(MAP_BLOCKLIST6, slot)
+    }
+
+    fn clear_slot<K: aya::Pod + BufferSlot>(
+        &mut self,
+        name: &'static str,
+        slot: u8,
+    ) -> Result<(), DataplaneError> {
+        let mut list = self.hash::<K, u32>(name)?;
+        let old: Vec<K> = list
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.slot == slot)
+            .filter(|k| k.slot() == slot)
             .collect();
         for k in &old {
             let _ = list.remove(k);
@@ -623,7 +648,7 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 
 /// (map, key size, value size) of every pinned map, from the shared types. aya reuses a
 /// pinned map without comparing it to the object's definition, so the daemon compares first.
-fn expected_layouts() -> [(&'static str, usize, usize); 17] {
+fn expected_layouts() -> [(&'static str, usize, usize); 18] {
     use foobar_lb_common::{Bucket, FlowKey, FlowValue, FwWords, RateKey};
     use std::mem::size_of;
     [
@@ -643,7 +668,8 @@ fn expected_layouts() -> [(&'static str, usize, usize); 17] {
         (MAP_FW_FLAGS, 4, size_of::<FwWords>()),
         (MAP_FW_RULES, 4, size_of::<RuleSet>()),
         (MAP_RULE_STATS, 4, size_of::<Counters>()),
-        (MAP_BLOCKLIST, size_of::<BlockKey>(), 4),
+        (MAP_BLOCKLIST4, size_of::<BlockKey4>(), 4),
+        (MAP_BLOCKLIST6, size_of::<BlockKey6>(), 4),
         (MAP_BLOCK_LENS, 4, size_of::<PrefixLens>()),
         (MAP_VIP_FILTER, 4, size_of::<VipFilter>()),
         (MAP_VIP_POLICY, 4, 4),
@@ -851,17 +877,6 @@ fn map_keys_count(map: &aya::maps::Map) -> usize {
     HashMap::<&MapData, FlowKey, FlowValue>::try_from(map)
         .map(|m| m.keys().filter(Result::is_ok).count())
         .unwrap_or(0)
-}
-
-fn block_key(net: &ipnet::IpNet, slot: u8) -> BlockKey {
-    let (addr, family) = encode_addr(net.network());
-    BlockKey {
-        addr,
-        len: net.prefix_len(),
-        family,
-        slot,
-        _pad: 0,
-    }
 }
 
 /// The distinct prefix lengths of a list per family, longest first, with their masks.
