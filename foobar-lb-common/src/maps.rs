@@ -156,7 +156,9 @@ pub struct FlowValue {
     /// Non-zero once a TCP FIN or RST was seen: the connection is closing. It keeps its backend
     /// until the entry ages out, but no longer counts as an active flow.
     pub closing: u32,
-    pub _pad: u32,
+    /// The service the flow was scheduled for: a hit counts only if the backend still belongs
+    /// to it (ids of removed services and backends are reused).
+    pub service_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 

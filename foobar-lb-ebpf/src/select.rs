@@ -16,10 +16,11 @@ use crate::{
 #[inline(always)]
 pub fn established(key: &FlowKey) -> Option<(u32, Backend, *mut FlowValue)> {
     let flow = FLOWS.get_ptr_mut(key)?;
-    let id = unsafe { (*flow).backend_id };
+    let (id, service_id) = unsafe { ((*flow).backend_id, (*flow).service_id) };
     let b = BACKENDS.get(id)?;
-    // Down or gone: the caller schedules the flow anew.
-    (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING).then_some((id, *b, flow))
+    // Down, gone, or the id now serves another service: the caller schedules the flow anew.
+    (b.service_id == service_id && (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING))
+        .then_some((id, *b, flow))
 }
 
 /// A backend for a new flow (or one whose backend went down): rate limit, then the next one in
@@ -87,7 +88,7 @@ fn schedule(service_id: u32, key: &FlowKey, gen: u32) -> Result<(u32, Backend), 
             backend_id: id,
             fw_gen: gen,
             closing: 0,
-            _pad: 0,
+            service_id,
         },
         0,
     );

@@ -433,3 +433,30 @@ fn fin_marks_a_flow_closing_but_keeps_its_backend() {
         "entries stay until they age out"
     );
 }
+
+#[test]
+fn a_stale_flow_never_follows_a_reused_backend_id_to_another_service() {
+    use foobar_lb::reconcile::MapOp;
+    let mut h = harness();
+    let flow = Pkt::tcp(CLIENT, 7, VIP, 80, TCP_ACK).build();
+    h.check("flow on www's first backend", &flow, &Expect::Tx(B1));
+    let id = h.backend_id("www", "10.0.0.11");
+    let dns = h.service_id("dns");
+    // Simulate the id being recycled for a backend of another service.
+    let mut entry = foobar_lb_common::Backend {
+        mac: [0x02, 0, 0, 0, 0, 0x99],
+        service_id: dns,
+        state: foobar_lb_common::BACKEND_ACTIVE,
+        ..Default::default()
+    };
+    entry.family = foobar_lb_common::FAMILY_V4;
+    h.dp.execute(&[MapOp::SetBackend { id, backend: entry }])
+        .unwrap();
+    let o = h.run(&flow);
+    assert_eq!(o.action, foobar_lb_tests::harness::XDP_TX);
+    assert_ne!(
+        backend_mac_of(&o.out),
+        [0x02, 0, 0, 0, 0, 0x99],
+        "followed the reused id"
+    );
+}
