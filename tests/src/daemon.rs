@@ -92,6 +92,10 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("stats JSON")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGKILL and reaps the process: no cleanup runs.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -459,3 +459,73 @@ mod tests {
         assert_eq!(err, 6);
     }
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCost {
+    pub backends: usize,
+    pub check: String,
+    pub interval_ms: u64,
+    pub seconds: f64,
+    /// Daemon CPU time over the window, as a percentage of one core.
+    pub cpu_percent_of_one_core: f64,
+    pub backends_up: usize,
+}
+
+/// CPU cost of health-checking many backends: `n` HTTP backends (extra addresses on the two
+/// web servers, served by the same nginx), checked every second, daemon CPU over a window.
+pub fn run_health_cost(topo: &Topology, n: usize, seconds: u32) -> Result<HealthCost> {
+    let addr = |i: usize| format!("10.112.{}.{}", 1 + i / 200, 1 + i % 200);
+    topo.lb
+        .ip(&["addr", "add", "10.112.0.2/16", "dev", "eth0"])?;
+    for i in 0..n {
+        let web = topo.web(1 + i % 2);
+        web.ip(&[
+            "addr",
+            "add",
+            &format!("{}/16", addr(i)),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+    }
+    let socket = topo.dir.join("control.sock");
+    let mut cfg = format!(
+        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\npin_dir = \"{}\"\nmetrics_address = \"\"\n\n[[service]]\nname = \"many\"\nvip = \"{VIP4}\"\nport = 80\n[service.health]\ncheck = \"http\"\ninterval_ms = 1000\ntimeout_ms = 500\n",
+        socket.display(),
+        topo.pin_dir().display()
+    );
+    for i in 0..n {
+        cfg += &format!("[[service.backend]]\naddress = \"{}\"\n", addr(i));
+    }
+    let path = topo.dir.join("many.toml");
+    std::fs::write(&path, cfg)?;
+    println!("bench health: {n} HTTP backends checked every 1 s, {seconds} s window...");
+    let d = Daemon::start(&topo.lb, &path, &socket)?;
+    thread::sleep(Duration::from_secs(2));
+    let ticks = |pid: u32| -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name: state is 3rd; utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    };
+    let hz = 100.0; // USER_HZ on Linux
+    let (t0, c0) = (Instant::now(), ticks(d.pid())?);
+    thread::sleep(Duration::from_secs(seconds as u64));
+    let (dt, c1) = (t0.elapsed().as_secs_f64(), ticks(d.pid())?);
+    let up = d
+        .stats()
+        .services
+        .first()
+        .map(|s| s.backends.iter().filter(|b| b.health == "up").count())
+        .unwrap_or(0);
+    drop(d);
+    Ok(HealthCost {
+        backends: n,
+        check: "http GET /".into(),
+        interval_ms: 1000,
+        seconds: dt,
+        cpu_percent_of_one_core: (c1 - c0) as f64 / hz / dt * 100.0,
+        backends_up: up,
+    })
+}

@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
             m.case, m.ns_per_packet, m.ratio_to_floor
         );
     }
-    let (mut rows, mut attack) = (Vec::new(), Vec::new());
+    let (mut rows, mut attack, mut health) = (Vec::new(), Vec::new(), None);
     if !args.micro_only {
         let settings = e2e::Settings {
             seconds: if args.quick { 1 } else { args.seconds },
@@ -59,6 +59,8 @@ pub fn run(args: Args) -> Result<()> {
         let topo = e2e::topology()?;
         rows = e2e::run_peers(&topo, &settings)?;
         attack = e2e::run_attack(&topo, &settings)?;
+        let (n, secs) = if args.quick { (40, 2) } else { (300, 10) };
+        health = Some(e2e::run_health_cost(&topo, n, secs)?);
         for (k, (a, b)) in e2e::spread(&rows) {
             println!("  spread {k}: web1 {a}, web2 {b}");
         }
@@ -80,6 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         micro,
         e2e: rows,
         attack,
+        health,
         targets,
     };
     let md = report::markdown(&r);

@@ -15,6 +15,7 @@ pub struct Report {
     pub micro: Vec<micro::Row>,
     pub e2e: Vec<e2e::Row>,
     pub attack: Vec<e2e::AttackRow>,
+    pub health: Option<e2e::HealthCost>,
     /// Ratios the issue sets as targets, computed from this run.
     pub targets: Vec<Target>,
 }
@@ -66,6 +67,12 @@ pub fn markdown(r: &Report) -> String {
                 a.defence, a.legit_requests_per_sec, a.flood_drops_per_sec, a.errors
             );
         }
+    }
+    if let Some(h) = &r.health {
+        s += &format!(
+            "\n## Health checking cost\n\n{} backends, {} every {} ms: the daemon used {:.1}% of one core over {:.0} s ({} of {} up).\n",
+            h.backends, h.check, h.interval_ms, h.cpu_percent_of_one_core, h.seconds, h.backends_up, h.backends
+        );
     }
     s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
     for t in &r.targets {
