@@ -490,12 +490,19 @@ pub fn run_health_cost(topo: &Topology, n: usize, seconds: u32) -> Result<Health
     }
     let socket = topo.dir.join("control.sock");
     let mut cfg = format!(
-        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\npin_dir = \"{}\"\nmetrics_address = \"\"\n\n[[service]]\nname = \"many\"\nvip = \"{VIP4}\"\nport = 80\n[service.health]\ncheck = \"http\"\ninterval_ms = 1000\ntimeout_ms = 500\n",
+        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\npin_dir = \"{}\"\nmetrics_address = \"\"\n",
         socket.display(),
         topo.pin_dir().display()
     );
-    for i in 0..n {
-        cfg += &format!("[[service.backend]]\naddress = \"{}\"\n", addr(i));
+    // A service holds at most 256 backends: spread them over services of 100.
+    for (k, chunk) in (0..n).collect::<Vec<_>>().chunks(100).enumerate() {
+        cfg += &format!(
+            "\n[[service]]\nname = \"many{k}\"\nvip = \"{VIP4}\"\nport = {}\n[service.health]\ncheck = \"http\"\nport = 80\ninterval_ms = 1000\ntimeout_ms = 500\n",
+            1000 + k
+        );
+        for &i in chunk {
+            cfg += &format!("[[service.backend]]\naddress = \"{}\"\n", addr(i));
+        }
     }
     let path = topo.dir.join("many.toml");
     std::fs::write(&path, cfg)?;
@@ -516,9 +523,9 @@ pub fn run_health_cost(topo: &Topology, n: usize, seconds: u32) -> Result<Health
     let up = d
         .stats()
         .services
-        .first()
+        .iter()
         .map(|s| s.backends.iter().filter(|b| b.health == "up").count())
-        .unwrap_or(0);
+        .sum();
     drop(d);
     Ok(HealthCost {
         backends: n,
