@@ -6,6 +6,7 @@
 //! | cmd | fields | answer |
 //! |---|---|---|
 //! | `stats` | | `snapshot` |
+//! | `config_dump` | | `message`: the running configuration as TOML |
 //! | `backend_add` | `service`, `address`, `role`?, `weight`? | `message` |
 //! | `backend_remove` / `backend_drain` / `backend_undrain` | `service`, `address` | `message` |
 //! | `service_add` | `service` (a `[[service]]` table as JSON) | `message` |
@@ -33,6 +34,8 @@ use crate::config::{Role, ServiceConfig};
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Stats,
+    /// The running configuration (runtime changes included) as TOML, in `message`.
+    ConfigDump,
     BackendAdd {
         service: String,
         address: IpAddr,

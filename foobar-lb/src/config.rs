@@ -34,7 +34,9 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 }
 
 /// How the XDP program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode where the driver supports it, generic otherwise.
@@ -46,7 +48,7 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -71,7 +73,7 @@ impl std::fmt::Display for Protocol {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Interfaces the XDP program is attached to.
@@ -113,7 +115,7 @@ pub fn default_control_socket() -> PathBuf {
     PathBuf::from("/run/foobar-lb/control.sock")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -133,7 +135,7 @@ pub struct ServiceConfig {
     pub backends: Vec<BackendConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// New flows per second per source address.
@@ -152,20 +154,21 @@ impl ServiceConfig {
 }
 
 /// `[firewall]`: see `crate::firewall` for the evaluation order.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallConfig {
-    #[serde(default, rename = "rule")]
-    pub rules: Vec<crate::firewall::RuleConfig>,
+    // Field order matters for `config-dump`: TOML wants plain values before tables.
     /// Block-list files (one prefix a line) loaded at start.
     #[serde(default)]
     pub blocklists: Vec<PathBuf>,
     /// Interface -> policy for traffic to a VIP address that matches no service.
     #[serde(default)]
     pub vip_policy: std::collections::BTreeMap<String, VipPolicy>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::firewall::RuleConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VipPolicy {
     Allow,
@@ -211,7 +214,7 @@ pub enum CheckKind {
 }
 
 /// Health checks of one service's backends (HAProxy `check inter/rise/fall` semantics).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     pub check: CheckKind,
@@ -304,7 +307,7 @@ fn default_protocol() -> Protocol {
     Protocol::Tcp
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub address: IpAddr,
@@ -460,6 +463,11 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The configuration as TOML (what `config-dump` prints: runtime changes included).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| invalid(format!("cannot write the config as TOML: {e}")))
     }
 
     /// Checks against this host: every interface exists, every block list parses.
@@ -623,6 +631,22 @@ protocol = "udp"
         let rl = GOOD.replace("port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"", "port = 80\nrate_limit = { per_source = 5 }\n\n[[service.backend]]\naddress = \"10.0.0.11\"");
         assert_eq!(Config::parse(&rl).unwrap().services[0].rate_limit(), (5, 5));
         assert!(err(&rl.replace("per_source = 5", "per_source = 0")).contains("rate_limit"));
+    }
+
+    #[test]
+    fn dumps_a_config_that_parses_back_the_same() {
+        let text = format!(
+            "{}\n[firewall]\nblocklists = [\"/tmp/x\"]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\n",
+            GOOD.replace("address = \"10.0.0.12\"", "address = \"10.0.0.12\"\nrole = \"backup\"\nweight = 3")
+        )
+        .replace("protocol = \"udp\"", "protocol = \"udp\"\nrate_limit = { per_source = 5 }");
+        let c = Config::parse(&text).unwrap();
+        let dumped = c.to_toml().unwrap();
+        let again = Config::parse(&dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
+        assert_eq!(again.to_toml().unwrap(), dumped);
+        assert_eq!(again.services[0].backends[1].weight, 3);
+        assert_eq!(again.services[1].rate_limit(), (5, 5));
+        assert_eq!(again.firewall.rules.len(), 1);
     }
 
     #[test]

@@ -288,6 +288,16 @@ impl Daemon {
                     Err(e) => Response::error(format!("{e:#}")),
                 }
             }
+            Request::ConfigDump => {
+                return match self.config.to_toml() {
+                    Ok(t) => Response {
+                        ok: true,
+                        message: Some(t),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
             Request::BackendAdd {
                 service,
                 address,

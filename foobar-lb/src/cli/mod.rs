@@ -43,6 +43,9 @@ enum Command {
     /// Firewall rules and the source block list of a running daemon.
     #[command(subcommand)]
     Fw(fw::Command),
+    /// Print the running configuration, runtime changes included, as a config file
+    /// (`foobar-lb config-dump > foobar-lb.toml` makes them permanent).
+    ConfigDump,
     /// Detach the program and remove the pinned data plane a daemon left behind.
     Teardown(teardown::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
@@ -69,6 +72,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Service(cmd) => service::run(&socket, cmd).await,
         Command::Fw(cmd) => fw::run(&socket, cmd).await,
         Command::Teardown(args) => teardown::run(args),
+        Command::ConfigDump => {
+            let resp = call(&socket, Request::ConfigDump).await?;
+            print!("{}", resp.message.unwrap_or_default());
+            Ok(())
+        }
         Command::CheckConfig { config } => check::run(&config),
         Command::Info => match foobar_lb::dataplane::object_status() {
             Ok(route) => {
