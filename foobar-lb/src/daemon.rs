@@ -228,6 +228,15 @@ impl Daemon {
             .values()
             .flat_map(|s| s.backends.values().map(|b| b.id))
             .collect();
+        // Rates over less than a second are noise; keep the older window until then.
+        if self
+            .samples
+            .values()
+            .next()
+            .is_some_and(|s| now.duration_since(s[1].0) < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
         let mut next = HashMap::new();
         for id in ids {
             let c = self.dataplane.backend_counters(id)?;
@@ -713,6 +722,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
+    // After a stall, wait a full period instead of firing missed ticks back to back: rate
+    // samples taken microseconds apart would show zero.
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     refresh.tick().await;
 
     let result: Result<()> = loop {

@@ -371,9 +371,11 @@ impl Drop for Topology {
 impl Topology {
     /// Attaches the XDP_PASS program to the load balancer's bridge port, so frames the load
     /// balancer sends with XDP_TX in native mode are delivered. Keep the value alive.
-    pub fn attach_lb_peer_pass(&self) -> Result<foobar_lb::dataplane::PassProgram> {
+    pub fn attach_lb_peer_pass(&self) -> Result<foobar_lb::dataplane::AuxProgram> {
         in_netns(&self.bridge.name, || {
-            foobar_lb::dataplane::PassProgram::attach("lb").map_err(anyhow::Error::from)
+            let mut p = foobar_lb::dataplane::AuxProgram::pass()?;
+            p.attach("lb", foobar_lb::config::XdpMode::Native)?;
+            Ok(p)
         })
     }
 }

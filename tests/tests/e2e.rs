@@ -13,7 +13,7 @@ use foobar_lb_tests::{
 struct Setup {
     daemon: Daemon,
     // Drop order: the daemon first, then the pass program, then the namespaces.
-    _pass: foobar_lb::dataplane::PassProgram,
+    _pass: foobar_lb::dataplane::AuxProgram,
     topo: Topology,
 }
 

@@ -173,7 +173,7 @@ fn backends_added_and_removed_while_traffic_flows() {
 fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
     let s = setup("dr", 2, 2, &|_| String::new(), true);
     let c = &s.topo.client;
-    let ka = keepalive_client(c, 25);
+    let ka = keepalive_client(c, 40);
     // Find the backend of the keep-alive connection: the only one whose packets move.
     thread::sleep(Duration::from_millis(400));
     let a = s.daemon.stats();
@@ -211,12 +211,12 @@ fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
     // The live connection shows as a packet rate on the drained backend (2 s sampling).
     let start = Instant::now();
     while backend(&s.daemon.stats(), drained).packets_per_sec == 0.0 {
-        assert!(start.elapsed() < Duration::from_secs(3), "no rate shown");
+        assert!(start.elapsed() < Duration::from_secs(5), "no rate shown");
         thread::sleep(Duration::from_millis(200));
     }
 
     let (bodies, connects) = keepalive_result(ka);
-    assert_eq!(bodies.len(), 25);
+    assert_eq!(bodies.len(), 40);
     assert!(
         bodies.iter().all(|b| b == drained_name),
         "connection stayed: {bodies:?}"

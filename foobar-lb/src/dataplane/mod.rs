@@ -1,0 +1,450 @@
+//! The only module that touches aya: loads the XDP object, attaches it, executes map operations
+//! planned by [`crate::reconcile`] and reads the counters. Firewall maps, pinning and the
+//! auxiliary (benchmark and test) programs live in the submodules.
+
+mod aux;
+mod firewall;
+mod pins;
+
+pub use aux::{object_status, AuxProgram};
+pub use pins::teardown;
+use pins::{check_pinned_layouts, ensure_bpffs, expected_layouts};
+
+use std::path::PathBuf;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode as AyaXdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use foobar_lb_common::{
+    verdict, Backend, BackendSet, Counters, ServiceInfo, ServiceKey, VipKey, MAP_BACKENDS,
+    MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_RR_CURSORS, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, PROG_NAME,
+};
+
+use crate::{config::XdpMode, reconcile::MapOp};
+
+/// The XDP object built by build.rs (empty when the BPF toolchain was missing).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FOOBAR_LB_EBPF_OBJ"));
+/// Why the object is missing, if it is.
+const MISSING: &str = env!("FOOBAR_LB_EBPF_MISSING");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "this foobar-lb binary was built without its XDP program ({MISSING}): run `cargo xtask \
+         setup`, then rebuild"
+    )]
+    NotBuilt,
+    #[error("cannot load the XDP object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+    #[error("cannot load the XDP program into the kernel: {0}")]
+    Program(#[source] ProgramError),
+    #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("XDP link on {iface}: {source}")]
+    Link {
+        iface: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot pin {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Bpffs(String),
+    #[error("cannot count the possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// The attach mode actually in use on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Generic,
+    /// Took over the attachment pinned by an earlier daemon (its mode is kept).
+    Adopted,
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attached::Native => "native (driver)",
+            Attached::Generic => "generic (skb)",
+            Attached::Adopted => "the pinned (adopted, mode unchanged)",
+        })
+    }
+}
+
+/// What a pinned data plane holds: services by key, and backend entries by id.
+pub type PinnedState = (Vec<(ServiceKey, ServiceInfo)>, Vec<(u32, Backend)>);
+
+/// Reader of the program's aya-log records.
+pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+pub struct LoadOptions {
+    /// Capacity of the flow table (LRU: the least recently used flows are evicted when full).
+    pub flow_table_size: u32,
+    /// Pin maps and links here (a bpffs directory) so they outlive the process, and reuse what
+    /// is already pinned there. `None`: everything goes when the `Dataplane` drops.
+    pub pin_dir: Option<PathBuf>,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// Whether pinned maps from an earlier daemon were found and reused.
+    adopted: bool,
+    logger: Option<Logger>,
+}
+
+impl Dataplane {
+    /// Loads the object and the program (not attached).
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane, DataplaneError> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_FLOWS, opts.flow_table_size);
+        let mut adopted = false;
+        if let Some(dir) = &opts.pin_dir {
+            ensure_bpffs(dir)?;
+            adopted = dir.join(MAP_SERVICES).exists();
+            if adopted {
+                check_pinned_layouts(dir, opts.flow_table_size)?;
+            }
+            // Every map but aya-log's (per process) carries state across daemon restarts.
+            for (name, _, _) in expected_layouts() {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_NAME)
+            .ok_or(DataplaneError::Missing("XDP program"))?
+            .try_into()
+            .map_err(DataplaneError::Program)?;
+        prog.load().map_err(DataplaneError::Program)?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        Ok(Dataplane {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            adopted,
+            logger,
+        })
+    }
+
+    /// Whether this data plane reuses pinned state of an earlier daemon.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The aya-log reader of the program's log records (taken once, polled by the daemon).
+    pub fn take_logger(&mut self) -> Option<Logger> {
+        self.logger.take()
+    }
+
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROG_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROG_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load")
+    }
+
+    /// Attaches to `iface`. With a pin directory, an attachment pinned by an earlier daemon is
+    /// taken over (the program swapped atomically, maps and flows kept), and a new one is pinned
+    /// so it outlives this process. Without, the attachment lives as long as this `Dataplane`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attached, DataplaneError> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return self.attach_unpinned(iface, mode).map(|(a, _)| a);
+        };
+        let pin = dir.join(format!("link-{iface}"));
+        let link_err = |source: LinkError| DataplaneError::Link {
+            iface: iface.to_owned(),
+            source,
+        };
+        if pin.exists() {
+            let link = PinnedLink::from_pin(&pin).map_err(link_err)?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(link_err)?;
+            self.program_mut()
+                .attach_to_link(link)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_owned(),
+                    mode: "adopted",
+                    source,
+                })?;
+            return Ok(Attached::Adopted);
+        }
+        let (attached, id) = self.attach_unpinned(iface, mode)?;
+        let link = self
+            .program_mut()
+            .take_link(id)
+            .map_err(DataplaneError::Program)?;
+        let fd = FdLink::try_from(link).map_err(link_err)?;
+        fd.pin(&pin).map_err(|e| DataplaneError::Pin {
+            path: pin.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(attached)
+    }
+
+    fn attach_unpinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(Attached, XdpLinkId), DataplaneError> {
+        let try_mode = |dp: &mut Dataplane, m: AyaXdpMode, name: &'static str| {
+            dp.program_mut()
+                .attach(iface, m)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_owned(),
+                    mode: name,
+                    source,
+                })
+        };
+        match mode {
+            XdpMode::Native => {
+                try_mode(self, AyaXdpMode::Driver, "native").map(|l| (Attached::Native, l))
+            }
+            XdpMode::Generic => {
+                try_mode(self, AyaXdpMode::Skb, "generic").map(|l| (Attached::Generic, l))
+            }
+            XdpMode::Auto => match try_mode(self, AyaXdpMode::Driver, "native") {
+                Ok(l) => Ok((Attached::Native, l)),
+                Err(e) => {
+                    log::info!("{e}; falling back to generic mode");
+                    try_mode(self, AyaXdpMode::Skb, "generic").map(|l| (Attached::Generic, l))
+                }
+            },
+        }
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
+        HashMap::try_from(map).map_err(map_err(name))
+    }
+
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn percpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    fn reset_counters(&mut self, name: &'static str, id: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
+        let mut arr: PerCpuArray<&mut MapData, Counters> =
+            PerCpuArray::try_from(map).map_err(map_err(name))?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
+            .map_err(DataplaneError::Cpus)?;
+        arr.set(id, zeros, 0).map_err(map_err(name))
+    }
+
+    /// Executes planned operations in order. Each is one map update, so the data plane always
+    /// sees a consistent state (see `reconcile`).
+    pub fn execute(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        for op in ops {
+            match op {
+                MapOp::SetBackend { id, backend } => self
+                    .array::<Backend>(MAP_BACKENDS)?
+                    .set(*id, backend, 0)
+                    .map_err(map_err(MAP_BACKENDS))?,
+                MapOp::ResetBackendStats { id } => self.reset_counters(MAP_BACKEND_STATS, *id)?,
+                MapOp::ResetServiceStats { id } => self.reset_counters(MAP_SERVICE_STATS, *id)?,
+                MapOp::SetBackendSet { service_id, set } => self
+                    .hash::<u32, BackendSet>(MAP_BACKEND_SETS)?
+                    .insert(service_id, set.as_ref(), 0)
+                    .map_err(map_err(MAP_BACKEND_SETS))?,
+                MapOp::SetService { key, info } => self
+                    .hash::<ServiceKey, ServiceInfo>(MAP_SERVICES)?
+                    .insert(key, info, 0)
+                    .map_err(map_err(MAP_SERVICES))?,
+                MapOp::SetVip { key } => {
+                    // The filter bit first: a packet that passes the filter still meets the
+                    // exact VIP set.
+                    self.write_vip_filter(Some(key))?;
+                    self.hash::<VipKey, u32>(MAP_VIPS)?
+                        .insert(key, 1, 0)
+                        .map_err(map_err(MAP_VIPS))?
+                }
+                MapOp::RemoveService { key } => remove_if_present(
+                    self.hash::<ServiceKey, ServiceInfo>(MAP_SERVICES)?,
+                    key,
+                    MAP_SERVICES,
+                )?,
+                MapOp::RemoveVip { key } => {
+                    remove_if_present(self.hash::<VipKey, u32>(MAP_VIPS)?, key, MAP_VIPS)?;
+                    self.write_vip_filter(None)?;
+                }
+                MapOp::RemoveBackendSet { service_id } => remove_if_present(
+                    self.hash::<u32, BackendSet>(MAP_BACKEND_SETS)?,
+                    service_id,
+                    MAP_BACKEND_SETS,
+                )?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Verdict counters summed over CPUs, in `verdict::NAMES` order.
+    pub fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+        let arr = self.percpu::<u64>(MAP_VERDICT_STATS)?;
+        (0..verdict::COUNT)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(MAP_VERDICT_STATS))
+            })
+            .collect()
+    }
+
+    pub fn service_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        self.counters(MAP_SERVICE_STATS, id)
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        self.counters(MAP_BACKEND_STATS, id)
+    }
+
+    fn counters(&self, name: &'static str, id: u32) -> Result<Counters, DataplaneError> {
+        let values = self
+            .percpu::<Counters>(name)?
+            .get(&id, 0)
+            .map_err(map_err(name))?;
+        let mut total = Counters::default();
+        values.iter().for_each(|c| total.add(c));
+        Ok(total)
+    }
+
+    /// Number of entries in the flow table (walks the keys: for status output, not hot paths).
+    pub fn flow_count(&self) -> Result<usize, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_FLOWS)
+            .ok_or(DataplaneError::Missing(MAP_FLOWS))?;
+        Ok(map_keys_count(map))
+    }
+
+    /// Services and backend entries as the maps hold them (to adopt a pinned data plane).
+    pub fn read_state(&self) -> Result<PinnedState, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_SERVICES)
+            .ok_or(DataplaneError::Missing(MAP_SERVICES))?;
+        let services: HashMap<&MapData, ServiceKey, ServiceInfo> =
+            HashMap::try_from(map).map_err(map_err(MAP_SERVICES))?;
+        let services = services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_SERVICES))?;
+        let map = self
+            .ebpf
+            .map(MAP_BACKENDS)
+            .ok_or(DataplaneError::Missing(MAP_BACKENDS))?;
+        let arr: Array<&MapData, Backend> = Array::try_from(map).map_err(map_err(MAP_BACKENDS))?;
+        let mut backends = Vec::new();
+        for (id, b) in arr.iter().enumerate() {
+            let b = b.map_err(map_err(MAP_BACKENDS))?;
+            if b.state != foobar_lb_common::BACKEND_UNUSED {
+                backends.push((id as u32, b));
+            }
+        }
+        Ok((services, backends))
+    }
+
+    /// Open (not closing) flow-table entries per backend id (walks the table: for status
+    /// output only). TCP flows stop counting at their FIN or RST; UDP flows count until the
+    /// LRU evicts them.
+    pub fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
+        use foobar_lb_common::{FlowKey, FlowValue};
+        let map = self
+            .ebpf
+            .map(MAP_FLOWS)
+            .ok_or(DataplaneError::Missing(MAP_FLOWS))?;
+        let flows: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(map).map_err(map_err(MAP_FLOWS))?;
+        let mut counts = std::collections::HashMap::new();
+        for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
+            *counts.entry(v.backend_id).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The round-robin cursor of a service (for tests and diagnostics).
+    pub fn cursor(&self, service_id: u32) -> Result<u64, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_RR_CURSORS)
+            .ok_or(DataplaneError::Missing(MAP_RR_CURSORS))?;
+        let arr: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(MAP_RR_CURSORS))?;
+        arr.get(&service_id, 0).map_err(map_err(MAP_RR_CURSORS))
+    }
+}
+
+fn map_keys_count(map: &aya::maps::Map) -> usize {
+    use foobar_lb_common::{FlowKey, FlowValue};
+    HashMap::<&MapData, FlowKey, FlowValue>::try_from(map)
+        .map(|m| m.keys().filter(Result::is_ok).count())
+        .unwrap_or(0)
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    mut map: HashMap<&mut MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
