@@ -4,8 +4,11 @@
 //! One task owns all state: health results, API requests and timers arrive as messages, so
 //! every change is planned and written in one place, in order.
 
+mod control;
+mod snapshot;
+
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::Path,
@@ -14,7 +17,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use foobar_lb_common::{verdict, ServiceKey};
+use foobar_lb_common::ServiceKey;
 use tokio::{
     net::UnixListener,
     signal::unix::SignalKind,
@@ -23,7 +26,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, BackendStats, Request, Response, ServiceStats, StatsSnapshot},
+    api::{self, Request, Response},
     config::{BackendConfig, CheckKind, Config, ServiceConfig, VipPolicy, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
     firewall,
@@ -284,257 +287,6 @@ impl Daemon {
         }
         Ok(())
     }
-
-    fn handle(&mut self, req: Request) -> Response {
-        let result = match req {
-            Request::Stats => {
-                return match self.stats() {
-                    Ok(s) => Response {
-                        ok: true,
-                        stats: Some(s),
-                        ..Default::default()
-                    },
-                    Err(e) => Response::error(format!("{e:#}")),
-                }
-            }
-            Request::ConfigDump => {
-                return match self.config.to_toml() {
-                    Ok(t) => Response {
-                        ok: true,
-                        message: Some(t),
-                        ..Default::default()
-                    },
-                    Err(e) => Response::error(e.to_string()),
-                }
-            }
-            Request::BackendAdd {
-                service,
-                address,
-                role,
-                weight,
-            } => self.change(|c| {
-                let svc = find_service(c, &service)?;
-                svc.backends.push(BackendConfig {
-                    address,
-                    port: None,
-                    role: role.unwrap_or_default(),
-                    weight: weight.unwrap_or(1),
-                });
-                Ok(format!("added backend {address} to {service}"))
-            }),
-            Request::BackendRemove { service, address } => self.change(|c| {
-                let svc = find_service(c, &service)?;
-                let before = svc.backends.len();
-                svc.backends.retain(|b| b.address != address);
-                if svc.backends.len() == before {
-                    bail!(unknown_backend(&service, address));
-                }
-                Ok(format!("removed backend {address} from {service}"))
-            }),
-            Request::BackendDrain { service, address } => self.set_drained(&service, address, true),
-            Request::BackendUndrain { service, address } => {
-                self.set_drained(&service, address, false)
-            }
-            Request::ServiceAdd { service } => match api::parse_service(&service) {
-                Ok(svc) => self.change(|c| {
-                    let msg = format!("added service {}", svc.name);
-                    c.services.push(svc);
-                    Ok(msg)
-                }),
-                Err(e) => Err(anyhow::anyhow!(e)),
-            },
-            Request::FwAdd { rule, position } => self.change(|c| {
-                let rules = &mut c.firewall.rules;
-                let at = position.unwrap_or(rules.len() + 1);
-                if at == 0 || at > rules.len() + 1 {
-                    bail!("position {at} is outside 1..={}", rules.len() + 1);
-                }
-                let msg = format!("firewall rule {at}: {rule}");
-                rules.insert(at - 1, rule);
-                Ok(msg)
-            }),
-            Request::FwRemove { index } => self.change(|c| {
-                let rules = &mut c.firewall.rules;
-                if index == 0 || index > rules.len() {
-                    bail!(
-                        "no firewall rule {index}: `foobar-lb fw list` shows {} rule(s)",
-                        rules.len()
-                    );
-                }
-                let r = rules.remove(index - 1);
-                Ok(format!("removed firewall rule {index}: {r}"))
-            }),
-            Request::FwLoad { path } => firewall::load_blocklist(&path)
-                .map_err(anyhow::Error::msg)
-                .and_then(|nets| {
-                    self.load_blocklist(&nets)?;
-                    Ok(format!(
-                        "block list {}: {} prefixes live",
-                        path.display(),
-                        nets.len()
-                    ))
-                }),
-            Request::ServiceRemove { name } => self.change(|c| {
-                let before = c.services.len();
-                c.services.retain(|s| s.name != name);
-                if c.services.len() == before {
-                    bail!("unknown service {name:?}: `foobar-lb service list` shows them");
-                }
-                Ok(format!("removed service {name}"))
-            }),
-        };
-        match result {
-            Ok(msg) => {
-                log::info!("control: {msg}");
-                Response::message(msg)
-            }
-            Err(e) => Response::error(format!("{e:#}")),
-        }
-    }
-
-    /// Applies a configuration change: validated like a config file, refused whole on error.
-    fn change(&mut self, f: impl FnOnce(&mut Config) -> Result<String>) -> Result<String> {
-        let mut next = self.config.clone();
-        let msg = f(&mut next)?;
-        next.validate()?;
-        let rules_changed = next.firewall.rules != self.config.firewall.rules;
-        self.config = next;
-        if rules_changed {
-            // Counters are per position: a changed list starts them afresh rather than letting
-            // a rule inherit another's numbers.
-            self.dataplane.reset_rule_counters()?;
-        }
-        // Forget runtime state (and stop checks) of backends that are gone.
-        let live: HashSet<BackendKey> = self
-            .config
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
-            .collect();
-        self.backends.retain(|k, _| live.contains(k));
-        for svc in self.config.services.clone() {
-            self.start_checks(&svc);
-        }
-        let _ = self.refresh_neighbors();
-        self.apply()?;
-        self.apply_firewall()?;
-        Ok(msg)
-    }
-
-    fn set_drained(&mut self, service: &str, address: IpAddr, drained: bool) -> Result<String> {
-        let rt = self
-            .backends
-            .get_mut(&(service.to_owned(), address))
-            .ok_or_else(|| anyhow::anyhow!(unknown_backend(service, address)))?;
-        rt.drained = drained;
-        self.apply()?;
-        Ok(format!(
-            "{} backend {address} of {service}",
-            if drained { "drained" } else { "undrained" }
-        ))
-    }
-
-    fn stats(&self) -> Result<StatsSnapshot> {
-        let verdicts = self.dataplane.verdicts()?;
-        let flows = self.dataplane.flows_per_backend()?;
-        let mut services = Vec::new();
-        for svc in &self.config.services {
-            let Some(w) = self.reconciler.services().get(&svc.name) else {
-                continue;
-            };
-            let mut backends = Vec::new();
-            for b in &svc.backends {
-                let written = w.backends.get(&b.address);
-                let rt = self.backends.get(&(svc.name.clone(), b.address));
-                backends.push(BackendStats {
-                    address: b.address.to_string(),
-                    role: b.role,
-                    weight: b.weight,
-                    mac: self.macs.get(&b.address).map(neighbor::format_mac),
-                    health: match (svc.health.check, rt.and_then(|r| r.health.up)) {
-                        (CheckKind::None, _) => "unchecked",
-                        (_, Some(true)) => "up",
-                        (_, Some(false)) => "down",
-                        (_, None) => "unknown",
-                    }
-                    .into(),
-                    last_error: rt.and_then(|r| r.last_error.clone()),
-                    check_latency_ms: rt.and_then(|r| r.latency).map(|d| d.as_secs_f64() * 1000.0),
-                    drained: rt.is_some_and(|r| r.drained),
-                    state: match written {
-                        Some(x) => format!("{:?}", x.state).to_lowercase(),
-                        None => "unresolved".into(),
-                    },
-                    flows: written.and_then(|x| flows.get(&x.id).copied()).unwrap_or(0),
-                    packets_per_sec: written.map(|x| self.rates(x.id).0).unwrap_or(0.0),
-                    bytes_per_sec: written.map(|x| self.rates(x.id).1).unwrap_or(0.0),
-                    counters: match written {
-                        Some(x) => self.dataplane.backend_counters(x.id)?.into(),
-                        None => Default::default(),
-                    },
-                });
-            }
-            services.push(ServiceStats {
-                name: svc.name.clone(),
-                vip: svc.vip.to_string(),
-                port: svc.port,
-                protocol: svc.protocol.to_string(),
-                counters: self.dataplane.service_counters(w.id)?.into(),
-                backends,
-            });
-        }
-        let rule_counters = self
-            .dataplane
-            .rule_counters(self.config.firewall.rules.len())?;
-        let firewall = api::FirewallStats {
-            rules: self
-                .config
-                .firewall
-                .rules
-                .iter()
-                .zip(rule_counters)
-                .enumerate()
-                .map(|(i, (r, c))| api::RuleStats {
-                    index: i + 1,
-                    rule: r.to_string(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                })
-                .collect(),
-            blocklist_prefixes: self.blocklist_len,
-            vip_policy_drop: self
-                .config
-                .firewall
-                .vip_policy
-                .iter()
-                .filter(|(_, p)| **p == VipPolicy::Drop)
-                .map(|(i, _)| i.clone())
-                .collect(),
-        };
-        Ok(StatsSnapshot {
-            firewall,
-            verdicts: verdict::NAMES
-                .iter()
-                .zip(verdicts)
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-            flows: flows.values().sum::<u64>() as usize,
-            services,
-        })
-    }
-}
-
-fn find_service<'a>(c: &'a mut Config, name: &str) -> Result<&'a mut ServiceConfig> {
-    c.services
-        .iter_mut()
-        .find(|s| s.name == name)
-        .ok_or_else(|| {
-            anyhow::anyhow!("unknown service {name:?}: `foobar-lb service list` shows them")
-        })
-}
-
-fn unknown_backend(service: &str, address: IpAddr) -> String {
-    format!("service {service:?} has no backend {address}: `foobar-lb backend list` shows them")
 }
 
 fn service_key(s: &ServiceConfig) -> ServiceKey {

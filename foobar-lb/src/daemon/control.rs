@@ -1,0 +1,177 @@
+//! Control-API requests: every runtime change is validated like a config file and refused
+//! whole on error.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use anyhow::{bail, Result};
+
+use super::{BackendKey, Daemon};
+use crate::{
+    api::{self, Request, Response},
+    config::{BackendConfig, Config, ServiceConfig},
+    firewall,
+};
+
+impl Daemon {
+    pub(super) fn handle(&mut self, req: Request) -> Response {
+        let result = match req {
+            Request::Stats => {
+                return match self.stats() {
+                    Ok(s) => Response {
+                        ok: true,
+                        stats: Some(s),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(format!("{e:#}")),
+                }
+            }
+            Request::ConfigDump => {
+                return match self.config.to_toml() {
+                    Ok(t) => Response {
+                        ok: true,
+                        message: Some(t),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Request::BackendAdd {
+                service,
+                address,
+                role,
+                weight,
+            } => self.change(|c| {
+                let svc = find_service(c, &service)?;
+                svc.backends.push(BackendConfig {
+                    address,
+                    port: None,
+                    role: role.unwrap_or_default(),
+                    weight: weight.unwrap_or(1),
+                });
+                Ok(format!("added backend {address} to {service}"))
+            }),
+            Request::BackendRemove { service, address } => self.change(|c| {
+                let svc = find_service(c, &service)?;
+                let before = svc.backends.len();
+                svc.backends.retain(|b| b.address != address);
+                if svc.backends.len() == before {
+                    bail!(unknown_backend(&service, address));
+                }
+                Ok(format!("removed backend {address} from {service}"))
+            }),
+            Request::BackendDrain { service, address } => self.set_drained(&service, address, true),
+            Request::BackendUndrain { service, address } => {
+                self.set_drained(&service, address, false)
+            }
+            Request::ServiceAdd { service } => match api::parse_service(&service) {
+                Ok(svc) => self.change(|c| {
+                    let msg = format!("added service {}", svc.name);
+                    c.services.push(svc);
+                    Ok(msg)
+                }),
+                Err(e) => Err(anyhow::anyhow!(e)),
+            },
+            Request::FwAdd { rule, position } => self.change(|c| {
+                let rules = &mut c.firewall.rules;
+                let at = position.unwrap_or(rules.len() + 1);
+                if at == 0 || at > rules.len() + 1 {
+                    bail!("position {at} is outside 1..={}", rules.len() + 1);
+                }
+                let msg = format!("firewall rule {at}: {rule}");
+                rules.insert(at - 1, rule);
+                Ok(msg)
+            }),
+            Request::FwRemove { index } => self.change(|c| {
+                let rules = &mut c.firewall.rules;
+                if index == 0 || index > rules.len() {
+                    bail!(
+                        "no firewall rule {index}: `foobar-lb fw list` shows {} rule(s)",
+                        rules.len()
+                    );
+                }
+                let r = rules.remove(index - 1);
+                Ok(format!("removed firewall rule {index}: {r}"))
+            }),
+            Request::FwLoad { path } => firewall::load_blocklist(&path)
+                .map_err(anyhow::Error::msg)
+                .and_then(|nets| {
+                    self.load_blocklist(&nets)?;
+                    Ok(format!(
+                        "block list {}: {} prefixes live",
+                        path.display(),
+                        nets.len()
+                    ))
+                }),
+            Request::ServiceRemove { name } => self.change(|c| {
+                let before = c.services.len();
+                c.services.retain(|s| s.name != name);
+                if c.services.len() == before {
+                    bail!("unknown service {name:?}: `foobar-lb service list` shows them");
+                }
+                Ok(format!("removed service {name}"))
+            }),
+        };
+        match result {
+            Ok(msg) => {
+                log::info!("control: {msg}");
+                Response::message(msg)
+            }
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    /// Applies a configuration change: validated like a config file, refused whole on error.
+    fn change(&mut self, f: impl FnOnce(&mut Config) -> Result<String>) -> Result<String> {
+        let mut next = self.config.clone();
+        let msg = f(&mut next)?;
+        next.validate()?;
+        let rules_changed = next.firewall.rules != self.config.firewall.rules;
+        self.config = next;
+        if rules_changed {
+            // Counters are per position: a changed list starts them afresh rather than letting
+            // a rule inherit another's numbers.
+            self.dataplane.reset_rule_counters()?;
+        }
+        // Forget runtime state (and stop checks) of backends that are gone.
+        let live: HashSet<BackendKey> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
+            .collect();
+        self.backends.retain(|k, _| live.contains(k));
+        for svc in self.config.services.clone() {
+            self.start_checks(&svc);
+        }
+        let _ = self.refresh_neighbors();
+        self.apply()?;
+        self.apply_firewall()?;
+        Ok(msg)
+    }
+
+    fn set_drained(&mut self, service: &str, address: IpAddr, drained: bool) -> Result<String> {
+        let rt = self
+            .backends
+            .get_mut(&(service.to_owned(), address))
+            .ok_or_else(|| anyhow::anyhow!(unknown_backend(service, address)))?;
+        rt.drained = drained;
+        self.apply()?;
+        Ok(format!(
+            "{} backend {address} of {service}",
+            if drained { "drained" } else { "undrained" }
+        ))
+    }
+}
+
+fn find_service<'a>(c: &'a mut Config, name: &str) -> Result<&'a mut ServiceConfig> {
+    c.services
+        .iter_mut()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!("unknown service {name:?}: `foobar-lb service list` shows them")
+        })
+}
+
+fn unknown_backend(service: &str, address: IpAddr) -> String {
+    format!("service {service:?} has no backend {address}: `foobar-lb backend list` shows them")
+}

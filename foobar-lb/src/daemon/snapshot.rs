@@ -1,0 +1,102 @@
+//! The counters-and-health snapshot behind `status`, `stats`, `backend list` and `/metrics`.
+
+use anyhow::Result;
+use foobar_lb_common::verdict;
+
+use super::Daemon;
+use crate::{
+    api::{self, BackendStats, ServiceStats, StatsSnapshot},
+    config::{CheckKind, VipPolicy},
+    neighbor,
+};
+
+impl Daemon {
+    pub(super) fn stats(&self) -> Result<StatsSnapshot> {
+        let verdicts = self.dataplane.verdicts()?;
+        let flows = self.dataplane.flows_per_backend()?;
+        let mut services = Vec::new();
+        for svc in &self.config.services {
+            let Some(w) = self.reconciler.services().get(&svc.name) else {
+                continue;
+            };
+            let mut backends = Vec::new();
+            for b in &svc.backends {
+                let written = w.backends.get(&b.address);
+                let rt = self.backends.get(&(svc.name.clone(), b.address));
+                backends.push(BackendStats {
+                    address: b.address.to_string(),
+                    role: b.role,
+                    weight: b.weight,
+                    mac: self.macs.get(&b.address).map(neighbor::format_mac),
+                    health: match (svc.health.check, rt.and_then(|r| r.health.up)) {
+                        (CheckKind::None, _) => "unchecked",
+                        (_, Some(true)) => "up",
+                        (_, Some(false)) => "down",
+                        (_, None) => "unknown",
+                    }
+                    .into(),
+                    last_error: rt.and_then(|r| r.last_error.clone()),
+                    check_latency_ms: rt.and_then(|r| r.latency).map(|d| d.as_secs_f64() * 1000.0),
+                    drained: rt.is_some_and(|r| r.drained),
+                    state: match written {
+                        Some(x) => format!("{:?}", x.state).to_lowercase(),
+                        None => "unresolved".into(),
+                    },
+                    flows: written.and_then(|x| flows.get(&x.id).copied()).unwrap_or(0),
+                    packets_per_sec: written.map(|x| self.rates(x.id).0).unwrap_or(0.0),
+                    bytes_per_sec: written.map(|x| self.rates(x.id).1).unwrap_or(0.0),
+                    counters: match written {
+                        Some(x) => self.dataplane.backend_counters(x.id)?.into(),
+                        None => Default::default(),
+                    },
+                });
+            }
+            services.push(ServiceStats {
+                name: svc.name.clone(),
+                vip: svc.vip.to_string(),
+                port: svc.port,
+                protocol: svc.protocol.to_string(),
+                counters: self.dataplane.service_counters(w.id)?.into(),
+                backends,
+            });
+        }
+        let rule_counters = self
+            .dataplane
+            .rule_counters(self.config.firewall.rules.len())?;
+        let firewall = api::FirewallStats {
+            rules: self
+                .config
+                .firewall
+                .rules
+                .iter()
+                .zip(rule_counters)
+                .enumerate()
+                .map(|(i, (r, c))| api::RuleStats {
+                    index: i + 1,
+                    rule: r.to_string(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+                .collect(),
+            blocklist_prefixes: self.blocklist_len,
+            vip_policy_drop: self
+                .config
+                .firewall
+                .vip_policy
+                .iter()
+                .filter(|(_, p)| **p == VipPolicy::Drop)
+                .map(|(i, _)| i.clone())
+                .collect(),
+        };
+        Ok(StatsSnapshot {
+            firewall,
+            verdicts: verdict::NAMES
+                .iter()
+                .zip(verdicts)
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+            flows: flows.values().sum::<u64>() as usize,
+            services,
+        })
+    }
+}
