@@ -209,6 +209,9 @@ pub enum CheckKind {
     Tcp,
     /// An HTTP/1.0 GET of `path`, expecting a status in `status`.
     Http,
+    /// A TLS handshake (the certificate chain is not verified: backends are addressed by IP,
+    /// not by name; the handshake proves a TLS server holding its key answers).
+    Tls,
     /// No checks: backends are always considered healthy.
     None,
 }

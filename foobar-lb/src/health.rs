@@ -84,6 +84,14 @@ async fn run(p: &Probe) -> Result<(), String> {
             std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
             _ => format!("connect: {e}"),
         })?;
+    if p.kind == CheckKind::Tls {
+        let name = rustls::pki_types::ServerName::IpAddress(p.target.ip().into());
+        tls::connector()
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        return Ok(());
+    }
     if p.kind != CheckKind::Http {
         return Ok(());
     }
@@ -113,6 +121,84 @@ async fn run(p: &Probe) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("status {code}"))
+    }
+}
+
+/// TLS handshake checks: accept any certificate, but still verify the handshake signatures
+/// (so a backend must hold the private key of the certificate it presents).
+mod tls {
+    use std::sync::{Arc, OnceLock};
+
+    use rustls::{
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+        pki_types::{CertificateDer, ServerName, UnixTime},
+        DigitallySignedStruct, SignatureScheme,
+    };
+    use tokio_rustls::TlsConnector;
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub fn connector() -> TlsConnector {
+        static CONNECTOR: OnceLock<TlsConnector> = OnceLock::new();
+        CONNECTOR
+            .get_or_init(|| {
+                let provider = Arc::new(ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                    .with_no_client_auth();
+                TlsConnector::from(Arc::new(config))
+            })
+            .clone()
     }
 }
 
@@ -194,6 +280,45 @@ mod tests {
             seen.insert(d);
         }
         assert!(seen.len() > 50, "spread out: {}", seen.len());
+    }
+
+    #[tokio::test]
+    async fn tls_probe_needs_a_tls_server() {
+        use std::sync::Arc;
+        use tokio::net::TcpListener;
+        let cert = rcgen::generate_simple_self_signed(vec!["backend".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tls_addr, plain_addr) = (tls.local_addr().unwrap(), plain.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (s, _) = tls.accept().await.unwrap();
+            let _ = acceptor.accept(s).await;
+        });
+        tokio::spawn(async move {
+            let (mut s, _) = plain.accept().await.unwrap();
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+        });
+        let probe = |target| Probe {
+            kind: CheckKind::Tls,
+            target,
+            host: "www".into(),
+            path: "/".into(),
+            status: (200, 399),
+            timeout: Duration::from_secs(2),
+        };
+        assert!(check(&probe(tls_addr)).await.is_ok());
+        let err = check(&probe(plain_addr)).await.unwrap_err();
+        assert!(err.starts_with("TLS handshake"), "{err}");
     }
 
     #[tokio::test]
