@@ -11,8 +11,11 @@ use foobar_lb_common::{
     FW_IDX_GEN, MAX_PREFIX_LENS, MAX_RULES, PROTO_ICMP_ANY, VIP_FILTER_WORDS, VIP_POLICY_DROP,
 };
 
-use crate::maps::{
-    BLOCKLIST4, BLOCKLIST6, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FILTER, VIP_POLICY,
+use crate::{
+    maps::{
+        BLOCKLIST4, BLOCKLIST6, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FILTER, VIP_POLICY,
+    },
+    stats,
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -84,12 +87,7 @@ fn rules(key: &FlowKey, bytes: u64) -> Option<u8> {
         }
         let r = &set.rules[i];
         if matches(r, key, dport) {
-            if let Some(c) = RULE_STATS.get_ptr_mut(i as u32) {
-                unsafe {
-                    (*c).packets += 1;
-                    (*c).bytes += bytes;
-                }
-            }
+            stats::bump(RULE_STATS.get_ptr_mut(i as u32), bytes);
             return Some(r.action);
         }
     }

@@ -143,7 +143,7 @@ mod prog {
     }
 
     /// Traffic for a VIP address that matches no service: dropped where the interface's
-    /// policy says so.
+    /// policy says so. Callers have passed the VIP prefilter already.
     #[inline(always)]
     fn vip_policy(
         ctx: &XdpContext,
@@ -151,7 +151,7 @@ mod prog {
         key: &foobar_lb_common::FlowKey,
     ) -> Result<(), u32> {
         if firewall::vip_policy_drops(fw, ctx.ingress_ifindex() as u32)
-            && is_vip(&key.dst, key.family)
+            && in_vips(&key.dst, key.family)
         {
             return Err(verdict::DROP_VIP_POLICY);
         }
@@ -160,9 +160,12 @@ mod prog {
 
     #[inline(always)]
     fn is_vip(addr: &foobar_lb_common::Addr, family: u8) -> bool {
-        if !firewall::maybe_vip(addr, family) {
-            return false;
-        }
+        firewall::maybe_vip(addr, family) && in_vips(addr, family)
+    }
+
+    /// The exact VIP set (the prefilter can say "maybe").
+    #[inline(always)]
+    fn in_vips(addr: &foobar_lb_common::Addr, family: u8) -> bool {
         let vip = VipKey {
             addr: *addr,
             family,

@@ -11,8 +11,9 @@ pub fn count_verdict(reason: u32) {
     }
 }
 
+/// Adds one packet of `bytes` to a counter slot (service, backend or firewall rule).
 #[inline(always)]
-fn bump(c: Option<*mut Counters>, bytes: u64) {
+pub fn bump(c: Option<*mut Counters>, bytes: u64) {
     if let Some(c) = c {
         unsafe {
             (*c).packets += 1;

@@ -178,6 +178,16 @@ pub struct StatsSnapshot {
     pub firewall: FirewallStats,
 }
 
+impl StatsSnapshot {
+    /// Packets counted under one verdict (`"tx"`, `"drop_blocklist"`, ...); 0 if unknown.
+    pub fn verdict(&self, name: &str) -> u64 {
+        self.verdicts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |v| v.1)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FirewallStats {
     /// In evaluation order; `index` is 1-based.

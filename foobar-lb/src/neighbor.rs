@@ -30,12 +30,6 @@ pub enum NeighborError {
     Ip(#[source] std::io::Error),
 }
 
-#[derive(Deserialize)]
-struct Entry {
-    dev: String,
-    lladdr: Option<String>,
-}
-
 /// Resolves every address it can on `interfaces` within `timeout` (all in parallel); the ones
 /// missing from the result are logged with what to check.
 pub fn resolve_all(
@@ -47,11 +41,10 @@ pub fn resolve_all(
     let mut found = HashMap::new();
     let mut poked = false;
     loop {
-        for &addr in addrs {
-            if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(addr) {
-                if let Some(mac) = lookup(addr, interfaces)? {
-                    slot.insert(mac);
-                }
+        let known = table(interfaces)?;
+        for addr in addrs {
+            if let Some(mac) = known.get(addr) {
+                found.insert(*addr, *mac);
             }
         }
         if found.len() == addrs.len() {
@@ -120,15 +113,7 @@ pub fn poke_all(addrs: &[IpAddr]) {
 
 /// The MAC of `addr` in the neighbour table, if a usable entry exists on one of `interfaces`.
 pub fn lookup(addr: IpAddr, interfaces: &[String]) -> Result<Option<Mac>, NeighborError> {
-    let out = Command::new("ip")
-        .args(["-j", "neigh", "show", "to", &addr.to_string()])
-        .output()
-        .map_err(NeighborError::Ip)?;
-    let entries: Vec<Entry> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    Ok(entries
-        .iter()
-        .filter(|e| interfaces.contains(&e.dev))
-        .find_map(|e| e.lladdr.as_deref().and_then(parse_mac)))
+    Ok(table(interfaces)?.get(&addr).copied())
 }
 
 pub fn parse_mac(s: &str) -> Option<Mac> {

@@ -78,7 +78,7 @@ fn round_robin(mode: &str, tag: &str) {
     for b in &www.backends {
         assert_eq!(b.counters.new_flows, n as u64 / 2, "{b:?}");
     }
-    let tx = st.verdicts.iter().find(|(k, _)| k == "tx").unwrap().1;
+    let tx = st.verdict("tx");
     assert!(tx >= www.counters.packets, "tx {tx} < www packets");
     assert!(
         s.daemon.log_text().contains(&format!("in {mode}")),
@@ -156,7 +156,7 @@ fn traffic_not_for_a_service_reaches_the_lb_host() {
     assert_eq!(get(&s.topo.client, &format!("http://{VIP4}:8080/")), "lb");
     run(s.topo.client.cmd("ping").args(["-c", "1", "-W", "2", VIP4])).unwrap();
     let st = s.daemon.stats();
-    assert!(st.verdicts.iter().find(|(k, _)| k == "pass").unwrap().1 > 0);
+    assert!(st.verdict("pass") > 0);
     let www = st.services.iter().find(|x| x.name == "www").unwrap();
     assert_eq!(www.counters.packets, 0, "nothing was balanced");
 }
@@ -187,16 +187,15 @@ fn daemon_detaches_on_sigterm_and_namespaces_are_removed() {
         .unwrap();
     assert!(!out.status.success());
     drop(s);
-    let list = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    assert_namespaces_gone(&names);
+}
+
+/// None of `names` is still listed by `ip netns`.
+fn assert_namespaces_gone(names: &[String]) {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = String::from_utf8(out.stdout).unwrap();
     for n in names {
-        assert!(!list.contains(&n), "{n} left behind");
+        assert!(!list.contains(n.as_str()), "{n} left behind");
     }
 }
 
@@ -211,18 +210,8 @@ fn namespaces_are_removed_when_a_test_panics() {
         panic!("deliberate");
     }));
     assert!(r.is_err());
-    let list = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
     assert_eq!(names.len(), 2);
-    for n in names {
-        assert!(!list.contains(&n), "{n} left behind");
-    }
+    assert_namespaces_gone(&names);
 }
 
 #[test]

@@ -13,15 +13,6 @@ fn try_get(client: &Netns) -> Result<String, String> {
     traffic::try_get(client, &format!("http://{VIP4}/"))
 }
 
-fn verdict(d: &Daemon, name: &str) -> u64 {
-    d.stats()
-        .verdicts
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap()
-        .1
-}
-
 fn ok(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -57,7 +48,10 @@ fn blocked_client_is_dropped_and_cli_changes_leave_allowed_flows_alone() {
 
     assert!(try_get(c1).is_ok(), "allowed client served");
     assert!(try_get(c2).is_err(), "blocked client must not connect");
-    assert!(verdict(&d, "drop_blocklist") >= 1, "drops are counted");
+    assert!(
+        d.stats().verdict("drop_blocklist") >= 1,
+        "drops are counted"
+    );
 
     // A bad block list is refused, naming the line, and the live list stays.
     let bad = topo.dir.join("bad.txt");
@@ -130,5 +124,5 @@ fn blocked_client_is_dropped_and_cli_changes_leave_allowed_flows_alone() {
     // Removing the rule lets the second client in.
     ok(d.cli(&["fw", "remove", "2"]));
     assert!(try_get(c2).is_ok(), "unblocked");
-    assert!(verdict(&d, "drop_fw_rule") >= 1);
+    assert!(d.stats().verdict("drop_fw_rule") >= 1);
 }

@@ -14,16 +14,28 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo ARGS` in the workspace root.
+pub fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(workspace_root()).args(args);
+    c
+}
+
+/// Runs `cmd`, saying what it does; fails with `what` if it fails.
+pub fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    println!("xtask: {what}");
+    if !cmd.status()?.success() {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
 /// Builds `foobar-lb` in release mode and returns the binary's path.
 pub fn release() -> Result<PathBuf> {
-    println!("build: foobar-lb (release; the build script compiles the XDP program)...");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(["build", "--release", "-p", "foobar-lb"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
+    step(
+        "build foobar-lb (release; the build script compiles the XDP program)",
+        &mut cargo(&["build", "--release", "-p", "foobar-lb"]),
+    )?;
     let bin = workspace_root().join("target/release/foobar-lb");
     check_has_program(&bin)?;
     Ok(bin)

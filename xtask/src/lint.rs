@@ -1,32 +1,19 @@
 //! `cargo xtask lint`: formatting and clippy for every crate, the eBPF one on its real target.
 
-use std::process::Command;
+use anyhow::Result;
 
-use anyhow::{bail, Result};
-
-use crate::{build::workspace_root, setup};
-
-fn cargo(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(workspace_root()).args(args);
-    c
-}
-
-fn check(what: &str, cmd: &mut Command) -> Result<()> {
-    println!("lint: {what}");
-    if !cmd.status()?.success() {
-        bail!("{what} failed");
-    }
-    Ok(())
-}
+use crate::{
+    build::{cargo, step},
+    setup,
+};
 
 pub fn run() -> Result<()> {
     setup::run()?;
-    check(
+    step(
         "cargo fmt --check",
         &mut cargo(&["fmt", "--all", "--", "--check"]),
     )?;
-    check(
+    step(
         "clippy (host crates)",
         &mut cargo(&[
             "clippy",
@@ -55,5 +42,5 @@ pub fn run() -> Result<()> {
             "CARGO_ENCODED_RUSTFLAGS",
             ["-Ctarget-cpu=v3", "-Dwarnings"].join("\x1f"),
         );
-    check("clippy (eBPF crate, bpfel-unknown-none)", &mut ebpf)
+    step("clippy (eBPF crate, bpfel-unknown-none)", &mut ebpf)
 }

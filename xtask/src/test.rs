@@ -2,12 +2,15 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use anyhow::{bail, Result};
 
-use crate::{build::workspace_root, setup};
+use crate::{
+    build::{cargo, step, workspace_root},
+    setup,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,21 +21,14 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     setup::run()?;
     // Builds the debug controller the end-to-end tests start, with its XDP object.
-    let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "-p", "foobar-lb"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
-    let bin = root.join("target/debug/foobar-lb");
+    step(
+        "build foobar-lb (debug)",
+        &mut cargo(&["build", "-p", "foobar-lb"]),
+    )?;
+    let bin = workspace_root().join("target/debug/foobar-lb");
     println!("test: host unit tests, packet tests (BPF_PROG_TEST_RUN), netns end-to-end tests");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(&root)
-        .args(["test", "--workspace", "--exclude", "foobar-lb-ebpf"])
-        .env("FOOBAR_LB_BIN", &bin)
-        .arg("--");
+    let mut cmd = cargo(&["test", "--workspace", "--exclude", "foobar-lb-ebpf"]);
+    cmd.env("FOOBAR_LB_BIN", &bin).arg("--");
     if let Some(f) = &args.filter {
         cmd.arg(f);
     }

@@ -14,10 +14,7 @@ use super::{map_err, Dataplane, DataplaneError};
 
 impl Dataplane {
     fn fw_words(&self) -> Result<FwWords, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(MAP_FW_FLAGS)
-            .ok_or(DataplaneError::Missing(MAP_FW_FLAGS))?;
+        let map = self.map(MAP_FW_FLAGS)?;
         let arr: Array<&MapData, FwWords> = Array::try_from(map).map_err(map_err(MAP_FW_FLAGS))?;
         arr.get(&0, 0).map_err(map_err(MAP_FW_FLAGS))
     }
@@ -174,10 +171,7 @@ impl Dataplane {
         adding: Option<&VipKey>,
     ) -> Result<(), DataplaneError> {
         let vips: Vec<VipKey> = {
-            let map = self
-                .ebpf
-                .map(MAP_VIPS)
-                .ok_or(DataplaneError::Missing(MAP_VIPS))?;
+            let map = self.map(MAP_VIPS)?;
             let m: HashMap<&MapData, VipKey, u32> =
                 HashMap::try_from(map).map_err(map_err(MAP_VIPS))?;
             m.keys().filter_map(Result::ok).collect()

@@ -22,9 +22,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, Counters, ServiceInfo, ServiceKey, VipKey, MAP_BACKENDS,
-    MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_RR_CURSORS, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, PROG_NAME,
+    verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, ServiceInfo, ServiceKey, VipKey,
+    MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICES, MAP_SERVICE_STATS,
+    MAP_VERDICT_STATS, MAP_VIPS, PROG_NAME,
 };
 
 use crate::{config::XdpMode, reconcile::MapOp};
@@ -247,14 +247,19 @@ impl Dataplane {
         }
     }
 
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::Missing(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))
+    }
+
     fn hash<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::Missing(name))?;
+        let map = self.map_mut(name)?;
         HashMap::try_from(map).map_err(map_err(name))
     }
 
@@ -262,10 +267,7 @@ impl Dataplane {
         &mut self,
         name: &'static str,
     ) -> Result<Array<&mut MapData, V>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::Missing(name))?;
+        let map = self.map_mut(name)?;
         Array::try_from(map).map_err(map_err(name))
     }
 
@@ -273,16 +275,13 @@ impl Dataplane {
         &self,
         name: &'static str,
     ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
-        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        let map = self.map(name)?;
         PerCpuArray::try_from(map).map_err(map_err(name))
     }
 
     fn reset_counters(&mut self, name: &'static str, id: u32) -> Result<(), DataplaneError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::Missing(name))?;
+        let map = self.map_mut(name)?;
         let mut arr: PerCpuArray<&mut MapData, Counters> =
             PerCpuArray::try_from(map).map_err(map_err(name))?;
         let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
@@ -368,29 +367,21 @@ impl Dataplane {
 
     /// Number of entries in the flow table (walks the keys: for status output, not hot paths).
     pub fn flow_count(&self) -> Result<usize, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(MAP_FLOWS)
-            .ok_or(DataplaneError::Missing(MAP_FLOWS))?;
-        Ok(map_keys_count(map))
+        let flows: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(self.map(MAP_FLOWS)?).map_err(map_err(MAP_FLOWS))?;
+        Ok(flows.keys().filter(Result::is_ok).count())
     }
 
     /// Services and backend entries as the maps hold them (to adopt a pinned data plane).
     pub fn read_state(&self) -> Result<PinnedState, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(MAP_SERVICES)
-            .ok_or(DataplaneError::Missing(MAP_SERVICES))?;
+        let map = self.map(MAP_SERVICES)?;
         let services: HashMap<&MapData, ServiceKey, ServiceInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_SERVICES))?;
         let services = services
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(map_err(MAP_SERVICES))?;
-        let map = self
-            .ebpf
-            .map(MAP_BACKENDS)
-            .ok_or(DataplaneError::Missing(MAP_BACKENDS))?;
+        let map = self.map(MAP_BACKENDS)?;
         let arr: Array<&MapData, Backend> = Array::try_from(map).map_err(map_err(MAP_BACKENDS))?;
         let mut backends = Vec::new();
         for (id, b) in arr.iter().enumerate() {
@@ -406,11 +397,7 @@ impl Dataplane {
     /// output only). TCP flows stop counting at their FIN or RST; UDP flows count until the
     /// LRU evicts them.
     pub fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
-        use foobar_lb_common::{FlowKey, FlowValue};
-        let map = self
-            .ebpf
-            .map(MAP_FLOWS)
-            .ok_or(DataplaneError::Missing(MAP_FLOWS))?;
+        let map = self.map(MAP_FLOWS)?;
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(map).map_err(map_err(MAP_FLOWS))?;
         let mut counts = std::collections::HashMap::new();
@@ -419,23 +406,6 @@ impl Dataplane {
         }
         Ok(counts)
     }
-
-    /// The round-robin cursor of a service (for tests and diagnostics).
-    pub fn cursor(&self, service_id: u32) -> Result<u64, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(MAP_RR_CURSORS)
-            .ok_or(DataplaneError::Missing(MAP_RR_CURSORS))?;
-        let arr: Array<&MapData, u64> = Array::try_from(map).map_err(map_err(MAP_RR_CURSORS))?;
-        arr.get(&service_id, 0).map_err(map_err(MAP_RR_CURSORS))
-    }
-}
-
-fn map_keys_count(map: &aya::maps::Map) -> usize {
-    use foobar_lb_common::{FlowKey, FlowValue};
-    HashMap::<&MapData, FlowKey, FlowValue>::try_from(map)
-        .map(|m| m.keys().filter(Result::is_ok).count())
-        .unwrap_or(0)
 }
 
 fn remove_if_present<K: aya::Pod, V: aya::Pod>(

@@ -342,7 +342,7 @@ pub fn run_attack(topo: &Topology, s: &Settings) -> Result<Vec<AttackRow>> {
             );
             std::fs::write(&cfg, text)?;
             let d = Daemon::start(&topo.lb, &cfg, &socket)?;
-            drops_before = verdict(&d, "drop_blocklist");
+            drops_before = d.stats().verdict("drop_blocklist");
             peer = Peer::FoobarLb(d);
         } else {
             peer = Peer::start(
@@ -409,19 +409,10 @@ pub fn run_attack(topo: &Topology, s: &Settings) -> Result<Vec<AttackRow>> {
     Ok(rows)
 }
 
-fn verdict(d: &Daemon, name: &str) -> u64 {
-    d.stats()
-        .verdicts
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|v| v.1)
-        .unwrap_or(0)
-}
-
 /// Flood packets dropped so far by the defence in place.
 fn drop_count(peer: &Peer, topo: &Topology) -> Option<u64> {
     match peer {
-        Peer::FoobarLb(d) => Some(verdict(d, "drop_blocklist")),
+        Peer::FoobarLb(d) => Some(d.stats().verdict("drop_blocklist")),
         Peer::Nftables => {
             let out = run(topo
                 .lb
