@@ -104,6 +104,8 @@ pub struct WrittenService {
     pub key: ServiceKey,
     pub rate_limit: (u32, u32),
     pub backends: BTreeMap<IpAddr, Written>,
+    /// The round-robin slots last written (`None`: not known, so the next plan writes them).
+    pub slots: Option<Vec<u32>>,
 }
 
 /// Id allocator handing out the id freed longest ago, so a recycled backend id is not reused
@@ -152,6 +154,7 @@ impl Reconciler {
         names: &[(String, ServiceKey)],
         services: &[(ServiceKey, ServiceInfo)],
         backends: &[(u32, Backend)],
+        sets: &[(u32, BackendSet)],
     ) -> Reconciler {
         let mut r = Reconciler::default();
         for (key, info) in services {
@@ -165,6 +168,10 @@ impl Reconciler {
                 key: *key,
                 rate_limit: (info.rate_per_sec, info.burst),
                 backends: BTreeMap::new(),
+                slots: sets
+                    .iter()
+                    .find(|(id, _)| *id == info.id)
+                    .map(|(_, set)| live_slots(set)),
             };
             for (id, b) in backends.iter().filter(|(_, b)| b.service_id == info.id) {
                 let state = match b.state {
@@ -256,12 +263,12 @@ impl Reconciler {
                         key: spec.key,
                         rate_limit: spec.rate_limit,
                         backends: BTreeMap::new(),
+                        slots: None,
                     },
                 );
                 ops.push(MapOp::ResetServiceStats { id });
             }
             let w = self.services.get_mut(&spec.name).expect("inserted above");
-            let mut set_changed = new;
             let mut stale: Vec<(IpAddr, Written)> = Vec::new();
 
             // 1. Backend entries, before any set names them.
@@ -276,7 +283,6 @@ impl Reconciler {
                                 id: o.id,
                                 backend: entry(b.addr, mac, w.id, b.state),
                             });
-                            set_changed = true;
                         }
                         o.id
                     }
@@ -296,7 +302,6 @@ impl Reconciler {
                             // set no longer names it.
                             stale.push((b.addr, o));
                         }
-                        set_changed = true;
                         id
                     }
                 };
@@ -325,15 +330,18 @@ impl Reconciler {
                 .filter(|(a, _)| !keep.contains(a))
                 .map(|(a, b)| (*a, b.clone()))
                 .collect();
-            let dropped_any = !dropped.is_empty();
             let dropped: Vec<(IpAddr, Written)> = dropped.into_iter().chain(stale).collect();
             w.backends.retain(|a, _| keep.contains(a));
 
-            // 2. The set, in one update.
-            if set_changed || dropped_any {
+            // 2. The set, in one update, when it differs from the one written (membership,
+            // states and weights all show in the slots).
+            let set = backend_set(&slots_from);
+            let slots = live_slots(&set);
+            if w.slots.as_ref() != Some(&slots) {
+                w.slots = Some(slots);
                 ops.push(MapOp::SetBackendSet {
                     service_id: w.id,
-                    set: Box::new(backend_set(&slots_from)),
+                    set: Box::new(set),
                 });
             }
             // 3. Publish the service (or its new rate limit: one update of its value).
@@ -403,6 +411,11 @@ fn entry(addr: IpAddr, mac: Mac, service_id: u32, state: BackendState) -> Backen
             BackendState::Down => BACKEND_DOWN,
         },
     }
+}
+
+/// The used part of a set's slots.
+fn live_slots(set: &BackendSet) -> Vec<u32> {
+    set.slots[..(set.len as usize).min(MAX_SLOTS)].to_vec()
 }
 
 /// Builds the round-robin slots: weight w gives w slots, spread out by smooth weighted
@@ -575,10 +588,12 @@ mod tests {
         let ops = r.plan(&desired).unwrap();
         // Replay the ops into a fake "kernel", then adopt from it.
         let mut services = Vec::new();
+        let mut sets = Vec::new();
         let mut backends = std::collections::BTreeMap::new();
         for op in &ops {
             match op {
                 MapOp::SetService { key, info } => services.push((*key, *info)),
+                MapOp::SetBackendSet { service_id, set } => sets.push((*service_id, **set)),
                 MapOp::SetBackend { id, backend } => {
                     backends.insert(*id, *backend);
                 }
@@ -587,7 +602,7 @@ mod tests {
         }
         let backends: Vec<(u32, Backend)> = backends.into_iter().collect();
         let names = vec![("www".to_string(), desired[0].key)];
-        let mut adopted = Reconciler::adopt(&names, &services, &backends);
+        let mut adopted = Reconciler::adopt(&names, &services, &backends, &sets);
         assert_eq!(adopted.plan(&desired).unwrap(), vec![]);
         // New ids do not collide with adopted ones.
         let more = [spec(
@@ -606,9 +621,26 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![1, 2, 3]);
         // A service the config no longer has is removed by the next plan.
-        let mut stale = Reconciler::adopt(&[], &services, &backends);
+        let mut stale = Reconciler::adopt(&[], &services, &backends, &sets);
         let ops = stale.plan(&[]).unwrap();
         assert!(matches!(ops[0], MapOp::RemoveService { .. }));
+    }
+
+    #[test]
+    fn a_weight_change_alone_rewrites_the_set() {
+        let mut r = Reconciler::default();
+        let mut s = [spec(
+            "www",
+            &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Active)],
+        )];
+        r.plan(&s).unwrap();
+        s[0].backends[0].weight = 3;
+        let ops = r.plan(&s).unwrap();
+        assert_eq!(ops.len(), 1, "{ops:#?}");
+        let MapOp::SetBackendSet { set, .. } = &ops[0] else {
+            panic!("{ops:#?}")
+        };
+        assert_eq!(set.len, 4);
     }
 
     #[test]

@@ -381,7 +381,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         pin_dir: Some(config.pin_dir.clone()),
     })?;
     let reconciler = if dataplane.adopted() {
-        let (services, backends) = dataplane.read_state()?;
+        let (services, backends, sets) = dataplane.read_state()?;
         let names: Vec<(String, ServiceKey)> = config
             .services
             .iter()
@@ -393,7 +393,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             services.len(),
             backends.len()
         );
-        Reconciler::adopt(&names, &services, &backends)
+        Reconciler::adopt(&names, &services, &backends, &sets)
     } else {
         Reconciler::default()
     };

@@ -97,8 +97,13 @@ impl std::fmt::Display for Attached {
     }
 }
 
-/// What a pinned data plane holds: services by key, and backend entries by id.
-pub type PinnedState = (Vec<(ServiceKey, ServiceInfo)>, Vec<(u32, Backend)>);
+/// What a pinned data plane holds: services by key, backend entries by id, and backend sets
+/// by service id.
+pub type PinnedState = (
+    Vec<(ServiceKey, ServiceInfo)>,
+    Vec<(u32, Backend)>,
+    Vec<(u32, BackendSet)>,
+);
 
 /// Reader of the program's aya-log records.
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -390,7 +395,13 @@ impl Dataplane {
                 backends.push((id as u32, b));
             }
         }
-        Ok((services, backends))
+        let sets: HashMap<&MapData, u32, BackendSet> =
+            HashMap::try_from(self.map(MAP_BACKEND_SETS)?).map_err(map_err(MAP_BACKEND_SETS))?;
+        let sets = sets
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_BACKEND_SETS))?;
+        Ok((services, backends, sets))
     }
 
     /// Open (not closing) flow-table entries per backend id (walks the table: for status
