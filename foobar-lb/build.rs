@@ -59,18 +59,12 @@ fn build(root: &Path, obj: &Path) -> Result<&'static str, String> {
     let mut cmd;
     let route;
     if Path::new("/usr/lib/rustlib").join(TARGET).is_dir() && Path::new("/usr/bin/rustc").exists() {
-        if !linker_on_path() {
-            return Err("bpf-linker is not on PATH".into());
-        }
         route = "debian-rustc";
         cmd = Command::new(&cargo);
         cmd.env("RUSTC", "/usr/bin/rustc")
             // aya-ebpf and our program use `asm_experimental_arch`; allow exactly those crates.
             .env("RUSTC_BOOTSTRAP", "aya_ebpf,foobar_lb_xdp");
     } else if nightly_has_rust_src() {
-        if !linker_on_path() {
-            return Err("bpf-linker is not on PATH".into());
-        }
         route = "rustup-nightly";
         cmd = Command::new("rustup");
         cmd.args(["run", "nightly", "cargo"]).env_remove("RUSTC");
@@ -80,6 +74,14 @@ fn build(root: &Path, obj: &Path) -> Result<&'static str, String> {
              (/usr/lib/rustlib/{TARGET}) or rustup nightly with rust-src"
         ));
     }
+    // rustc calls bpf-linker by name: put the directory it was found in first on the child's PATH
+    // (`cargo install` puts it in ~/.cargo/bin, which root's PATH on Debian lacks).
+    let linker_dir = find_bpf_linker()
+        .ok_or("bpf-linker not found on PATH, in /usr/local/bin or in ~/.cargo/bin")?;
+    let path = env::var_os("PATH").unwrap_or_default();
+    let path = env::join_paths(std::iter::once(linker_dir).chain(env::split_paths(&path)))
+        .map_err(|e| format!("cannot build PATH for the BPF build: {e}"))?;
+    cmd.env("PATH", path);
     cmd.current_dir(root)
         .args([
             "build",
@@ -121,11 +123,22 @@ fn build(root: &Path, obj: &Path) -> Result<&'static str, String> {
     Ok(route)
 }
 
-fn linker_on_path() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// The directory of a working bpf-linker, looked for where `cargo xtask setup` and `cargo install`
+/// put it as well as on PATH.
+fn find_bpf_linker() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push("/usr/local/bin".into());
+    if let Some(home) = env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().find(|d| {
+        Command::new(d.join("bpf-linker"))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 fn nightly_has_rust_src() -> bool {

@@ -17,7 +17,12 @@ const PACKAGES: &[&str] = &[
     "nginx",
     "curl",
     "iputils-ping",
+    // kill, sysctl, pgrep: the tests and the demo use them; not on a minimal Debian.
+    "procps",
 ];
+/// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
+/// is not on it), so the build script finds it without anyone editing PATH.
+const BPF_LINKER_ROOT: &str = "/usr/local";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
@@ -123,11 +128,26 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !status.success() {
         bail!("apt-get update failed");
     }
+    // Packages such as nginx start their service on install where no systemd runs; a host
+    // nginx on port 80 is not wanted (the demo and the tests start their own in namespaces).
+    // policy-rc.d answering 101 is Debian's way of saying "start nothing".
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let placed = !policy.exists()
+        && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+        && Command::new("chmod")
+            .args(["755"])
+            .arg(policy)
+            .status()
+            .is_ok();
     let status = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(pkgs)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?;
+        .status();
+    if placed {
+        let _ = std::fs::remove_file(policy);
+    }
+    let status = status?;
     if !status.success() {
         bail!("apt-get install {} failed", pkgs.join(" "));
     }
@@ -149,18 +169,18 @@ fn rustc_llvm_major() -> Result<u32> {
 }
 
 fn ensure_bpf_linker(llvm: u32) -> Result<()> {
-    let ok = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
+    // The build script looks in the same places (foobar-lb/build.rs).
+    if find_bpf_linker().is_some() {
         return Ok(());
     }
     println!(
-        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about a minute)..."
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} into \
+         {BPF_LINKER_ROOT}/bin (about a minute)..."
     );
-    let status = Command::new("cargo")
-        .args(["install", "--locked"])
+    // The cargo that runs xtask (rustup's or Debian's), not whatever `cargo` PATH finds.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["install", "--locked", "--root", BPF_LINKER_ROOT])
         .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
         .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{llvm}"))
@@ -175,4 +195,24 @@ fn ensure_bpf_linker(llvm: u32) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A working bpf-linker: on PATH, in /usr/local/bin, or in cargo's default `~/.cargo/bin`.
+fn find_bpf_linker() -> Option<std::path::PathBuf> {
+    let mut candidates: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    candidates.push(Path::new(BPF_LINKER_ROOT).join("bin"));
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin"));
+    }
+    candidates
+        .into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
