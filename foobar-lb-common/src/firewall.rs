@@ -196,6 +196,8 @@ pub type VipFilter = [u64; VIP_FILTER_WORDS];
 /// address that matches no service.
 pub const VIP_POLICY_ALLOW: u32 = 0;
 pub const VIP_POLICY_DROP: u32 = 1;
+/// Interfaces [`MAP_VIP_POLICY`] can hold a policy for.
+pub const MAX_VIP_POLICY_IFACES: u32 = 64;
 
 /// Key of [`MAP_RATE_BUCKETS`]: one token bucket per (service, source address).
 #[repr(C)]

@@ -5,10 +5,13 @@
 //! asserts so the kernel and userspace layouts cannot drift apart.
 #![cfg_attr(not(test), no_std)]
 
+pub mod csum;
 pub mod firewall;
 pub mod maps;
+pub mod registry;
 pub mod stats;
 
 pub use firewall::*;
 pub use maps::*;
+pub use registry::{LAYOUT_VERSION, MAP_META};
 pub use stats::*;

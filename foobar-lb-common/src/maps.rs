@@ -111,6 +111,10 @@ pub const BACKEND_DRAINING: u32 = 2;
 /// Gone: existing flows are moved to another backend on their next packet.
 pub const BACKEND_DOWN: u32 = 3;
 
+/// Forwarding modes in [`Backend::fwd_mode`].
+/// Direct server return: only the Ethernet header changes; the backend answers the client.
+pub const FWD_DSR: u8 = 0;
+
 /// Value of [`MAP_BACKENDS`], indexed by backend id.
 ///
 /// Userspace never rewrites the forwarding fields of an id that is in use: a changed backend
@@ -123,7 +127,9 @@ pub struct Backend {
     pub mac: [u8; 6],
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
-    pub _pad: u8,
+    /// How packets reach this backend: one of the `FWD_*` modes. Read on every forwarded
+    /// packet, established flows included, so the rewrite is chosen per backend.
+    pub fwd_mode: u8,
     /// Service this backend belongs to (ids are per service).
     pub service_id: u32,
     /// One of the `BACKEND_*` states.
@@ -180,6 +186,7 @@ mod pod {
     unsafe impl aya::Pod for crate::firewall::BlockKey4 {}
     unsafe impl aya::Pod for crate::firewall::BlockKey6 {}
     unsafe impl aya::Pod for crate::firewall::PrefixLens {}
+    unsafe impl aya::Pod for crate::registry::Meta {}
 }
 
 /// Encodes an IP address as the data plane stores it: (words in network byte order, family).

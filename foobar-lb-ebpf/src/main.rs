@@ -28,7 +28,7 @@ mod prog {
     use crate::{
         firewall,
         maps::{SERVICES, VIPS},
-        parse::{parse, Parsed},
+        parse::{parse, Packet, Parsed},
         rewrite, select, stats,
     };
 
@@ -102,7 +102,7 @@ mod prog {
             if pkt.fin && unsafe { (*flow).closing } == 0 {
                 unsafe { (*flow).closing = 1 };
             }
-            return forward(ctx, backend.service_id, id, &backend, len);
+            return forward(ctx, &pkt, backend.service_id, id, &backend, len);
         }
         if fw.flags != 0 && !checked {
             firewall::filter(fw, key, len)?;
@@ -126,19 +126,20 @@ mod prog {
                 );
             }
         })?;
-        forward(ctx, svc.id, id, &backend, len)
+        forward(ctx, &pkt, svc.id, id, &backend, len)
     }
 
     #[inline(always)]
     fn forward(
         ctx: &XdpContext,
+        pkt: &Packet,
         service_id: u32,
         backend_id: u32,
         backend: &foobar_lb_common::Backend,
         len: u64,
     ) -> Result<(u32, u32), u32> {
         stats::count_forward(service_id, backend_id, len);
-        rewrite::direct_server_return(ctx, &backend.mac)?;
+        rewrite::forward(ctx, pkt, backend)?;
         Ok((xdp_action::XDP_TX, verdict::TX))
     }
 

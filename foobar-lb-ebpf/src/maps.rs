@@ -1,5 +1,6 @@
-//! The program's maps. Names match `foobar_lb_common::MAP_*`. The controller pins them on bpffs
-//! by name at load time (tests load them unpinned).
+//! The program's maps. Each has an entry in `foobar_lb_common::registry::MAPS` (name, kind,
+//! layout, capacity, flags, pinned): the controller pins and checks them from there, and
+//! `tests/tests/registry.rs` fails when this file and the registry disagree.
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -7,10 +8,16 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_lb_common::{
-    verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey, FlowValue,
-    FwWords, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey,
+    registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
+    FlowValue, FwWords, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey,
     MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
+    MAX_VIP_POLICY_IFACES,
 };
+
+/// Index 0: facts about the pinned data plane (its layout version), written by the controller
+/// that created the maps. The program never reads it.
+#[map]
+pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 
 /// (VIP, port, proto) -> service id.
 #[map]
@@ -82,7 +89,7 @@ pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 
 /// Ingress ifindex -> `VIP_POLICY_*` for VIP traffic that matches no service.
 #[map]
-pub static VIP_POLICY: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+pub static VIP_POLICY: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIP_POLICY_IFACES, 0);
 
 /// (service, source) -> token bucket for new flows.
 #[map]

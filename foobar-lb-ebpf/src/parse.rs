@@ -33,6 +33,12 @@ pub struct Packet {
     pub syn: bool,
     /// A TCP FIN or RST: the connection is closing.
     pub fin: bool,
+    /// Offsets from the frame start of the IP header and of the L4 header (after IPv4 options or
+    /// IPv6 extension headers): what a rewrite that touches L3/L4 fields needs.
+    #[allow(dead_code)] // read by rewrites other than DSR (none yet)
+    pub l3_off: u16,
+    #[allow(dead_code)]
+    pub l4_off: u16,
 }
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -111,6 +117,8 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
             },
             syn: false,
             fin: false,
+            l3_off: offset as u16,
+            l4_off: (offset + hdr_len) as u16,
         });
     }
     match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
@@ -126,6 +134,8 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
             },
             syn,
             fin,
+            l3_off: offset as u16,
+            l4_off: (offset + hdr_len) as u16,
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }
@@ -181,6 +191,8 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
             },
             syn: false,
             fin: false,
+            l3_off: offset as u16,
+            l4_off: l4 as u16,
         });
     }
     if ext_len > payload_len {
@@ -199,6 +211,8 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
             },
             syn,
             fin,
+            l3_off: offset as u16,
+            l4_off: l4 as u16,
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }

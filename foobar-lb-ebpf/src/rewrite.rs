@@ -1,9 +1,22 @@
-//! Packet rewrites, one function per forwarding mode. Only direct server return exists today;
-//! NAT or encapsulation would sit beside it and be picked by the service's flags.
+//! Packet rewrites, one function per forwarding mode, picked by the backend's `fwd_mode` on
+//! every forwarded packet (new and established flows alike). Checksum arithmetic for modes that
+//! change L3/L4 fields lives in `foobar_lb_common::csum` (host-tested).
 
 use aya_ebpf::programs::XdpContext;
-use foobar_lb_common::verdict;
+use foobar_lb_common::{verdict, Backend, FWD_DSR};
 use network_types::eth::EthHdr;
+
+use crate::parse::Packet;
+
+/// Rewrites the frame for `backend`. A mode this program does not know is never guessed at:
+/// the packet is aborted (counted) rather than sent somewhere wrong.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, _pkt: &Packet, backend: &Backend) -> Result<(), u32> {
+    match backend.fwd_mode {
+        FWD_DSR => direct_server_return(ctx, &backend.mac),
+        _ => Err(verdict::ABORTED),
+    }
+}
 
 /// Direct server return (LVS "DR"): the backend holds the VIP on loopback and answers the client
 /// itself, so only the Ethernet header changes and no checksum needs touching.
@@ -12,7 +25,7 @@ use network_types::eth::EthHdr;
 /// VIP it owns was addressed to the interface's own MAC. That keeps the bridge learning the load
 /// balancer's port for it, and costs no map lookup.
 #[inline(always)]
-pub fn direct_server_return(ctx: &XdpContext, backend_mac: &[u8; 6]) -> Result<(), u32> {
+fn direct_server_return(ctx: &XdpContext, backend_mac: &[u8; 6]) -> Result<(), u32> {
     let start = ctx.data();
     if start + EthHdr::LEN > ctx.data_end() {
         return Err(verdict::ABORTED);

@@ -13,7 +13,7 @@ use std::{
 
 use serde::Deserialize;
 
-pub type Mac = [u8; 6];
+use crate::desired::Mac;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NeighborError {

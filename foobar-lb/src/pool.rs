@@ -3,7 +3,7 @@
 
 use crate::{
     config::{Failover, Role},
-    reconcile::BackendState,
+    desired::BackendState,
 };
 
 /// One backend as the pool sees it.
@@ -22,7 +22,7 @@ pub struct Member {
 /// - healthy but not in the pool (drained, or a standby backup): `Draining` (keeps its flows:
 ///   when a primary recovers, connections already on the backup finish there);
 /// - unhealthy: `Down` (its flows move on their next packet).
-pub fn select(members: &[Member], failover: Failover) -> Vec<BackendState> {
+pub fn states(members: &[Member], failover: Failover) -> Vec<BackendState> {
     let usable = |m: &Member| m.healthy && !m.drained;
     let primaries = members.iter().any(|m| m.role == Role::Primary && usable(m));
     let mut first_backup_taken = false;
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn healthy_primaries_take_all_new_flows() {
         let ms = [m(P, true, false), m(P, true, false), m(B, true, false)];
-        assert_eq!(select(&ms, Failover::First), [Active, Active, Draining]);
+        assert_eq!(states(&ms, Failover::First), [Active, Active, Draining]);
     }
 
     #[test]
@@ -80,21 +80,21 @@ mod tests {
             m(B, true, false),
             m(B, true, false),
         ];
-        assert_eq!(select(&ms, Failover::First), [Down, Down, Active, Draining]);
-        assert_eq!(select(&ms, Failover::All), [Down, Down, Active, Active]);
+        assert_eq!(states(&ms, Failover::First), [Down, Down, Active, Draining]);
+        assert_eq!(states(&ms, Failover::All), [Down, Down, Active, Active]);
     }
 
     #[test]
     fn drained_primary_counts_as_unavailable_but_keeps_flows() {
         let ms = [m(P, true, true), m(B, true, false)];
-        assert_eq!(select(&ms, Failover::First), [Draining, Active]);
+        assert_eq!(states(&ms, Failover::First), [Draining, Active]);
         let ms = [m(P, true, true), m(P, true, false)];
-        assert_eq!(select(&ms, Failover::First), [Draining, Active]);
+        assert_eq!(states(&ms, Failover::First), [Draining, Active]);
     }
 
     #[test]
     fn nothing_healthy_means_empty_pool() {
         let ms = [m(P, false, false), m(B, false, true)];
-        assert_eq!(select(&ms, Failover::All), [Down, Down]);
+        assert_eq!(states(&ms, Failover::All), [Down, Down]);
     }
 }

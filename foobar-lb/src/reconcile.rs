@@ -15,37 +15,7 @@ use foobar_lb_common::{
     BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
 };
 
-use crate::neighbor::Mac;
-
-/// What the operator and the health checks want for one backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    /// Takes new flows.
-    Active,
-    /// Keeps its flows, takes no new ones.
-    Draining,
-    /// Unreachable: its flows move elsewhere.
-    Down,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendSpec {
-    pub addr: IpAddr,
-    /// `None` while the MAC is unknown: such a backend cannot be sent anything.
-    pub mac: Option<Mac>,
-    pub state: BackendState,
-    pub weight: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceSpec {
-    pub name: String,
-    pub key: ServiceKey,
-    /// New flows per second per source, and burst; (0, 0) = unlimited.
-    pub rate_limit: (u32, u32),
-    pub backends: Vec<BackendSpec>,
-}
+use crate::desired::{BackendState, Forwarding, Mac, ServiceSpec};
 
 /// One map write. The data plane executes them in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +65,7 @@ pub enum ReconcileError {
 pub struct Written {
     pub id: u32,
     pub mac: Mac,
+    pub forwarding: Forwarding,
     pub state: BackendState,
 }
 
@@ -180,11 +151,17 @@ impl Reconciler {
                     // Down entries are retired ids: free for reuse.
                     _ => continue,
                 };
+                // A mode this build does not know: treat the id as retired, so the next plan
+                // writes the backend afresh under a new id.
+                let Some(forwarding) = Forwarding::from_wire(b.fwd_mode) else {
+                    continue;
+                };
                 ws.backends.insert(
                     decode_addr(&b.addr, b.family),
                     Written {
                         id: *id,
                         mac: b.mac,
+                        forwarding,
                         state,
                     },
                 );
@@ -277,11 +254,12 @@ impl Reconciler {
                 let Some(mac) = b.mac else { continue };
                 let old = w.backends.get(&b.addr).cloned();
                 let id = match &old {
-                    Some(o) if o.mac == mac => {
+                    // Forwarding fields of an id in use never change: packets may hold it.
+                    Some(o) if o.mac == mac && o.forwarding == b.forwarding => {
                         if o.state != b.state {
                             ops.push(MapOp::SetBackend {
                                 id: o.id,
-                                backend: entry(b.addr, mac, w.id, b.state),
+                                backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
                             });
                         }
                         o.id
@@ -295,11 +273,11 @@ impl Reconciler {
                         ops.push(MapOp::ResetBackendStats { id });
                         ops.push(MapOp::SetBackend {
                             id,
-                            backend: entry(b.addr, mac, w.id, b.state),
+                            backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
                         });
                         if let Some(o) = old {
-                            // Same address, new MAC: the old entry is written down after the
-                            // set no longer names it.
+                            // Same address, new MAC or mode: the old entry is written down
+                            // after the set no longer names it.
                             stale.push((b.addr, o));
                         }
                         id
@@ -310,6 +288,7 @@ impl Reconciler {
                     Written {
                         id,
                         mac,
+                        forwarding: b.forwarding,
                         state: b.state,
                     },
                 );
@@ -335,7 +314,7 @@ impl Reconciler {
 
             // 2. The set, in one update, when it differs from the one written (membership,
             // states and weights all show in the slots).
-            let set = backend_set(&slots_from);
+            let set = spec.scheduler.slots(&slots_from);
             let slots = live_slots(&set);
             if w.slots.as_ref() != Some(&slots) {
                 w.slots = Some(slots);
@@ -383,7 +362,7 @@ fn retire(
 ) {
     ops.push(MapOp::SetBackend {
         id: b.id,
-        backend: entry(addr, b.mac, service_id, BackendState::Down),
+        backend: entry(addr, b.mac, b.forwarding, service_id, BackendState::Down),
     });
     retired.push(b.id);
 }
@@ -397,13 +376,19 @@ fn decode_addr(a: &foobar_lb_common::Addr, family: u8) -> IpAddr {
     }
 }
 
-fn entry(addr: IpAddr, mac: Mac, service_id: u32, state: BackendState) -> Backend {
+fn entry(
+    addr: IpAddr,
+    mac: Mac,
+    forwarding: Forwarding,
+    service_id: u32,
+    state: BackendState,
+) -> Backend {
     let (addr, family) = encode_addr(addr);
     Backend {
         addr,
         mac,
         family,
-        _pad: 0,
+        fwd_mode: forwarding.wire(),
         service_id,
         state: match state {
             BackendState::Active => BACKEND_ACTIVE,
@@ -418,40 +403,10 @@ fn live_slots(set: &BackendSet) -> Vec<u32> {
     set.slots[..(set.len as usize).min(MAX_SLOTS)].to_vec()
 }
 
-/// Builds the round-robin slots: weight w gives w slots, spread out by smooth weighted
-/// round-robin (as nginx does) so a heavy backend does not take its turns in a burst.
-pub fn backend_set(backends: &[(u32, u32)]) -> BackendSet {
-    let mut set = BackendSet::EMPTY;
-    let total: u64 = backends.iter().map(|&(_, w)| w as u64).sum();
-    // Scale weights down if they do not fit; every backend keeps at least one slot.
-    let scale = |w: u32| -> i64 {
-        if total as usize <= MAX_SLOTS {
-            w as i64
-        } else {
-            ((w as u64 * MAX_SLOTS as u64 / total).max(1)) as i64
-        }
-    };
-    let weights: Vec<i64> = backends.iter().map(|&(_, w)| scale(w)).collect();
-    let n: i64 = weights.iter().sum::<i64>().min(MAX_SLOTS as i64);
-    let sum: i64 = weights.iter().sum();
-    let mut current = vec![0i64; backends.len()];
-    for slot in 0..n as usize {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += w;
-        }
-        let best = (0..backends.len())
-            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
-            .expect("n > 0 implies a backend");
-        current[best] -= sum;
-        set.slots[slot] = backends[best].0;
-    }
-    set.len = n as u32;
-    set
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::{BackendSpec, Forwarding};
     use foobar_lb_common::PROTO_TCP;
 
     fn spec(name: &str, backends: &[(&str, u8, BackendState)]) -> ServiceSpec {
@@ -459,6 +414,7 @@ mod tests {
             name: name.into(),
             key: ServiceKey::new("10.0.0.100".parse().unwrap(), 80, PROTO_TCP),
             rate_limit: (0, 0),
+            scheduler: Default::default(),
             backends: backends
                 .iter()
                 .map(|&(a, m, state)| BackendSpec {
@@ -466,6 +422,7 @@ mod tests {
                     mac: (m != 0).then_some([2, 0, 0, 0, 0, m]),
                     state,
                     weight: 1,
+                    forwarding: Forwarding::Dsr,
                 })
                 .collect(),
         }
@@ -641,16 +598,5 @@ mod tests {
             panic!("{ops:#?}")
         };
         assert_eq!(set.len, 4);
-    }
-
-    #[test]
-    fn weighted_slots_are_proportional_and_interleaved() {
-        let set = backend_set(&[(1, 3), (2, 1)]);
-        assert_eq!(&set.slots[..set.len as usize], &[1, 1, 2, 1]);
-        let set = backend_set(&[(1, 1000), (2, 1000)]);
-        assert_eq!(set.len as usize, MAX_SLOTS);
-        let ones = set.slots.iter().filter(|&&s| s == 1).count();
-        assert_eq!(ones, MAX_SLOTS / 2);
-        assert_eq!(backend_set(&[]).len, 0);
     }
 }

@@ -8,8 +8,8 @@ use foobar_lb::{
     config::Config,
     daemon::desired_state,
     dataplane::{Dataplane, LoadOptions},
-    neighbor::Mac,
-    reconcile::{BackendState, Reconciler, ServiceSpec},
+    desired::{BackendState, Mac, ServiceSpec},
+    reconcile::Reconciler,
 };
 use foobar_lb_common::{verdict, Counters};
 

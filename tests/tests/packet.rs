@@ -2,7 +2,7 @@
 //! own reconciler and map writer. Katran-style fixtures: input built field by field, expected
 //! verdict, expected output frame, expected counters.
 
-use foobar_lb::reconcile::BackendState;
+use foobar_lb::desired::BackendState;
 use foobar_lb_common::verdict;
 use foobar_lb_tests::{
     harness::{backend_mac_of, Expect, Harness},

@@ -29,12 +29,13 @@ use crate::{
     api::{self, Request, Response},
     config::{BackendConfig, CheckKind, Config, ServiceConfig, VipPolicy, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
+    desired::{BackendSpec, Forwarding, Mac, ServiceSpec},
     firewall,
     health::{self, HealthState, Probe},
-    neighbor::{self, Mac},
-    netdev,
+    neighbor, netdev,
     pool::{self, Member},
-    reconcile::{BackendSpec, Reconciler, ServiceSpec},
+    reconcile::Reconciler,
+    schedule::Scheduler,
 };
 
 /// How long start-up waits for backend MACs before going on without the missing ones.
@@ -327,15 +328,17 @@ fn service_specs(
                 name: s.name.clone(),
                 key: service_key(s),
                 rate_limit: s.rate_limit(),
+                scheduler: Scheduler::RoundRobin,
                 backends: s
                     .backends
                     .iter()
-                    .zip(pool::select(&members, s.failover))
+                    .zip(pool::states(&members, s.failover))
                     .map(|(b, state)| BackendSpec {
                         addr: b.address,
                         mac: macs.get(&b.address).copied(),
                         state,
                         weight: b.weight,
+                        forwarding: Forwarding::Dsr,
                     })
                     .collect(),
             }

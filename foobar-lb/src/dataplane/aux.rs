@@ -81,6 +81,14 @@ impl AuxProgram {
     }
 }
 
+/// The embedded XDP object (ELF), for tools that inspect it without loading it.
+pub fn object() -> Result<&'static [u8], DataplaneError> {
+    if OBJECT.is_empty() {
+        return Err(DataplaneError::NotBuilt);
+    }
+    Ok(OBJECT)
+}
+
 /// Whether this binary carries its XDP program, and if not why.
 pub fn object_status() -> Result<&'static str, &'static str> {
     if OBJECT.is_empty() {

@@ -71,10 +71,7 @@ impl Dataplane {
     pub fn load_blocklist(&mut self, nets: &[ipnet::IpNet]) -> Result<(), DataplaneError> {
         let lens = prefix_lens(nets)?;
         if nets.len() > MAX_BLOCKED as usize {
-            return Err(DataplaneError::Bpffs(format!(
-                "block list of {} prefixes: at most {MAX_BLOCKED}",
-                nets.len()
-            )));
+            return Err(DataplaneError::BlocklistTooLong { len: nets.len() });
         }
         let live = self.fw_words()?[FW_IDX_BLOCKLIST_SLOT as usize];
         let idle = 1 - live.min(1);
@@ -211,13 +208,10 @@ fn prefix_lens(nets: &[ipnet::IpNet]) -> Result<PrefixLens, DataplaneError> {
         lens.sort_unstable_by(|a, b| b.cmp(a));
         lens.dedup();
         if lens.len() > MAX_PREFIX_LENS {
-            return Err(DataplaneError::Bpffs(format!(
-                "block list uses {} distinct IPv{} prefix lengths ({:?}); at most \
-                 {MAX_PREFIX_LENS} (each costs a lookup per packet): aggregate or split prefixes",
-                lens.len(),
-                if v6 { 6 } else { 4 },
-                lens
-            )));
+            return Err(DataplaneError::TooManyPrefixLengths {
+                family: if v6 { 6 } else { 4 },
+                lens,
+            });
         }
         let slots = if family == FAMILY_V4 {
             &mut out.v4

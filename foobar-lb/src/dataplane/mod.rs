@@ -6,9 +6,9 @@ mod aux;
 mod firewall;
 mod pins;
 
-pub use aux::{object_status, AuxProgram};
+pub use aux::{object, object_status, AuxProgram};
 pub use pins::teardown;
-use pins::{check_pinned_layouts, ensure_bpffs, expected_layouts};
+use pins::{check_layout_version, check_pinned_layouts, ensure_bpffs};
 
 use std::path::PathBuf;
 
@@ -22,9 +22,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
+    registry::{pinned_maps, Meta},
     verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, ServiceInfo, ServiceKey, VipKey,
-    MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICES, MAP_SERVICE_STATS,
-    MAP_VERDICT_STATS, MAP_VIPS, PROG_NAME,
+    LAYOUT_VERSION, MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_META,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAX_BLOCKED, MAX_PREFIX_LENS,
+    PROG_NAME,
 };
 
 use crate::{config::XdpMode, reconcile::MapOp};
@@ -34,6 +36,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FOOBAR_LB_EBPF_OBJ"));
 /// Why the object is missing, if it is.
 const MISSING: &str = env!("FOOBAR_LB_EBPF_MISSING");
 
+/// Each variant says what failed; the underlying error is its `source`, printed once by the
+/// caller's `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(
@@ -41,32 +45,91 @@ pub enum DataplaneError {
          setup`, then rebuild"
     )]
     NotBuilt,
-    #[error("cannot load the XDP object: {0}")]
+    #[error("cannot load the XDP object")]
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
-    #[error("cannot load the XDP program into the kernel: {0}")]
+    #[error("cannot load the XDP program into the kernel")]
     Program(#[source] ProgramError),
-    #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]
+    #[error("cannot attach XDP to {iface} in {mode} mode")]
     Attach {
         iface: String,
         mode: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("XDP link on {iface}: {source}")]
+    #[error("XDP link on {iface}")]
     Link {
         iface: String,
         #[source]
         source: LinkError,
     },
-    #[error("cannot pin {path}: {reason}")]
-    Pin { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Bpffs(String),
-    #[error("cannot count the possible CPUs: {0}")]
+    #[error("cannot pin {}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot {what} {}", path.display())]
+    PinIo {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot mount bpffs at /sys/fs/bpf (mount it: `mount -t bpf bpf /sys/fs/bpf`)")]
+    MountBpffs(#[source] std::io::Error),
+    #[error(
+        "pin_dir {} is not on a bpffs: choose a directory under /sys/fs/bpf or mount one \
+         (`mount -t bpf bpf DIR`)", .0.display()
+    )]
+    NotBpffs(PathBuf),
+    #[error("{} holds a partial data plane (no {missing}): {fix}", dir.display())]
+    PartialPins {
+        dir: PathBuf,
+        missing: &'static str,
+        fix: String,
+    },
+    #[error(
+        "pinned map {} has {field} {pinned}, this build expects {expected} (made by another \
+         foobar-lb version): {fix}", path.display()
+    )]
+    LayoutMismatch {
+        path: PathBuf,
+        field: &'static str,
+        pinned: String,
+        expected: String,
+        fix: String,
+    },
+    #[error(
+        "the pinned data plane has layout version {pinned}, this build uses {expected} (0: its \
+         creator died before recording it): {fix}"
+    )]
+    LayoutVersion {
+        pinned: u32,
+        expected: u32,
+        fix: String,
+    },
+    #[error(
+        "the pinned flow table holds {pinned} flows but flow_table_size is {configured}: set it \
+         back, or {fix}"
+    )]
+    FlowTableSize {
+        pinned: u32,
+        configured: u32,
+        fix: String,
+    },
+    #[error("block list of {len} prefixes: at most {MAX_BLOCKED}")]
+    BlocklistTooLong { len: usize },
+    #[error(
+        "block list uses {} distinct IPv{family} prefix lengths ({lens:?}); at most \
+         {MAX_PREFIX_LENS} (each costs a lookup per packet): aggregate or split prefixes",
+        lens.len()
+    )]
+    TooManyPrefixLengths { family: u8, lens: Vec<u8> },
+    #[error("cannot count the possible CPUs")]
     Cpus(#[source] std::io::Error),
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
@@ -139,12 +202,14 @@ impl Dataplane {
             if adopted {
                 check_pinned_layouts(dir, opts.flow_table_size)?;
             }
-            // Every map but aya-log's (per process) carries state across daemon restarts.
-            for (name, _, _) in expected_layouts() {
-                loader.map_pin_path(name, dir.join(name));
+            for spec in pinned_maps() {
+                loader.map_pin_path(spec.name, dir.join(spec.name));
             }
         }
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        if let Some(dir) = &opts.pin_dir {
+            stamp_layout_version(&mut ebpf, dir, adopted)?;
+        }
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
             .ok_or(DataplaneError::Missing("XDP program"))?
@@ -214,9 +279,9 @@ impl Dataplane {
             .take_link(id)
             .map_err(DataplaneError::Program)?;
         let fd = FdLink::try_from(link).map_err(link_err)?;
-        fd.pin(&pin).map_err(|e| DataplaneError::Pin {
+        fd.pin(&pin).map_err(|source| DataplaneError::Pin {
             path: pin.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(attached)
     }
@@ -417,6 +482,27 @@ impl Dataplane {
         }
         Ok(counts)
     }
+}
+
+/// A new data plane records this build's layout version; an adopted one must carry it.
+fn stamp_layout_version(
+    ebpf: &mut Ebpf,
+    dir: &std::path::Path,
+    adopted: bool,
+) -> Result<(), DataplaneError> {
+    let map = ebpf
+        .map_mut(MAP_META)
+        .ok_or(DataplaneError::Missing(MAP_META))?;
+    let mut meta: Array<&mut MapData, Meta> = Array::try_from(map).map_err(map_err(MAP_META))?;
+    if adopted {
+        let pinned = meta.get(&0, 0).map_err(map_err(MAP_META))?;
+        return check_layout_version(dir, pinned.layout_version);
+    }
+    let stamp = Meta {
+        layout_version: LAYOUT_VERSION,
+        _pad: 0,
+    };
+    meta.set(0, stamp, 0).map_err(map_err(MAP_META))
 }
 
 fn remove_if_present<K: aya::Pod, V: aya::Pod>(

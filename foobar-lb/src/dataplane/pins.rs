@@ -3,11 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use foobar_lb_common::{
-    Backend, BackendSet, BlockKey4, BlockKey6, Counters, PrefixLens, RuleSet, ServiceInfo,
-    ServiceKey, VipFilter, VipKey, MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS,
-    MAP_BLOCKLIST4, MAP_BLOCKLIST6, MAP_BLOCK_LENS, MAP_FLOWS, MAP_FW_FLAGS, MAP_FW_RULES,
-    MAP_RATE_BUCKETS, MAP_RR_CURSORS, MAP_RULE_STATS, MAP_SERVICES, MAP_SERVICE_STATS,
-    MAP_VERDICT_STATS, MAP_VIPS, MAP_VIP_FILTER, MAP_VIP_POLICY,
+    registry::{pinned_maps, MapKind, MapSpec},
+    LAYOUT_VERSION, MAP_FLOWS,
 };
 
 use super::{map_err, DataplaneError};
@@ -19,11 +16,12 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     let entries = match std::fs::read_dir(pin_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => {
-            return Err(DataplaneError::Bpffs(format!(
-                "cannot read {}: {e}",
-                pin_dir.display()
-            )))
+        Err(source) => {
+            return Err(DataplaneError::PinIo {
+                what: "read",
+                path: pin_dir.to_owned(),
+                source,
+            })
         }
     };
     // Links first, so the program stops before its maps go.
@@ -33,79 +31,104 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
             .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
     });
     for path in paths {
-        std::fs::remove_file(&path)
-            .map_err(|e| DataplaneError::Bpffs(format!("cannot remove {}: {e}", path.display())))?;
+        std::fs::remove_file(&path).map_err(|source| DataplaneError::PinIo {
+            what: "remove",
+            path: path.clone(),
+            source,
+        })?;
         removed.push(path);
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
 }
 
-/// (map, key size, value size) of every pinned map, from the shared types. aya reuses a
-/// pinned map without comparing it to the object's definition, so the daemon compares first.
-pub(super) fn expected_layouts() -> [(&'static str, usize, usize); 18] {
-    use foobar_lb_common::{Bucket, FlowKey, FlowValue, FwWords, RateKey};
-    use std::mem::size_of;
+/// The fix named in every refusal to adopt.
+fn teardown_fix(dir: &Path) -> String {
+    format!(
+        "run `foobar-lb teardown --pin-dir {}` (this interrupts traffic) and start again",
+        dir.display()
+    )
+}
+
+/// What a pinned map must match: the registry entry, with the flow table at its configured
+/// size. aya reuses a pinned map without comparing it to the object's definition, so the daemon
+/// compares first.
+fn expected(spec: &MapSpec, flow_table_size: u32) -> [(&'static str, u32); 5] {
+    let max_entries = if spec.name == MAP_FLOWS {
+        flow_table_size
+    } else {
+        spec.max_entries
+    };
     [
-        (
-            MAP_SERVICES,
-            size_of::<ServiceKey>(),
-            size_of::<ServiceInfo>(),
-        ),
-        (MAP_VIPS, size_of::<VipKey>(), 4),
-        (MAP_BACKEND_SETS, 4, size_of::<BackendSet>()),
-        (MAP_BACKENDS, 4, size_of::<Backend>()),
-        (MAP_RR_CURSORS, 4, 8),
-        (MAP_FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
-        (MAP_VERDICT_STATS, 4, 8),
-        (MAP_SERVICE_STATS, 4, size_of::<Counters>()),
-        (MAP_BACKEND_STATS, 4, size_of::<Counters>()),
-        (MAP_FW_FLAGS, 4, size_of::<FwWords>()),
-        (MAP_FW_RULES, 4, size_of::<RuleSet>()),
-        (MAP_RULE_STATS, 4, size_of::<Counters>()),
-        (MAP_BLOCKLIST4, size_of::<BlockKey4>(), 4),
-        (MAP_BLOCKLIST6, size_of::<BlockKey6>(), 4),
-        (MAP_BLOCK_LENS, 4, size_of::<PrefixLens>()),
-        (MAP_VIP_FILTER, 4, size_of::<VipFilter>()),
-        (MAP_VIP_POLICY, 4, 4),
-        (MAP_RATE_BUCKETS, size_of::<RateKey>(), size_of::<Bucket>()),
+        ("type", spec.kind.kernel_type()),
+        ("key size", spec.key_size),
+        ("value size", spec.value_size),
+        ("max_entries", max_entries),
+        ("flags", spec.flags),
     ]
 }
 
-/// Refuses to adopt pinned maps whose layout this build does not share (an older or newer
-/// foobar-lb), or a flow table of another size: reusing them would misread their contents.
+/// Refuses to adopt pinned maps that this build does not share in every registry field (an
+/// older or newer foobar-lb), or a flow table of another size: reusing them would misread their
+/// contents. The layout version is checked after loading, from [`foobar_lb_common::MAP_META`].
 pub(super) fn check_pinned_layouts(dir: &Path, flow_table_size: u32) -> Result<(), DataplaneError> {
-    let fix = format!(
-        "run `foobar-lb teardown --pin-dir {}` (this interrupts traffic) and start again",
-        dir.display()
-    );
-    for (name, key, value) in expected_layouts() {
-        let path = dir.join(name);
+    for spec in pinned_maps() {
+        let path = dir.join(spec.name);
         if !path.exists() {
-            return Err(DataplaneError::Bpffs(format!(
-                "{} holds a partial data plane (no {name}): {fix}",
-                dir.display()
-            )));
+            return Err(DataplaneError::PartialPins {
+                dir: dir.to_owned(),
+                missing: spec.name,
+                fix: teardown_fix(dir),
+            });
         }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
-        if info.key_size() as usize != key || info.value_size() as usize != value {
-            return Err(DataplaneError::Bpffs(format!(
-                "pinned map {} has key/value sizes {}/{}, this build expects {key}/{value} (made \
-                 by another foobar-lb version): {fix}",
-                path.display(),
-                info.key_size(),
-                info.value_size()
-            )));
-        }
-        if name == MAP_FLOWS && info.max_entries() != flow_table_size {
-            return Err(DataplaneError::Bpffs(format!(
-                "the pinned flow table holds {} flows but flow_table_size is {flow_table_size}: \
-                 set it back, or {fix}",
-                info.max_entries()
-            )));
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(spec.name))?;
+        let found = [
+            info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        ];
+        for ((field, want), got) in expected(spec, flow_table_size).into_iter().zip(found) {
+            if want == got {
+                continue;
+            }
+            if spec.name == MAP_FLOWS && field == "max_entries" {
+                return Err(DataplaneError::FlowTableSize {
+                    pinned: got,
+                    configured: flow_table_size,
+                    fix: teardown_fix(dir),
+                });
+            }
+            let show = |v: u32| match field {
+                "type" => MapKind::from_kernel_type(v)
+                    .map(|k| format!("{k:?}"))
+                    .unwrap_or_else(|| format!("type {v}")),
+                _ => v.to_string(),
+            };
+            return Err(DataplaneError::LayoutMismatch {
+                path,
+                field,
+                pinned: show(got),
+                expected: show(want),
+                fix: teardown_fix(dir),
+            });
         }
     }
     Ok(())
+}
+
+/// Refuses a pinned data plane written by a daemon of another layout version (0: the daemon
+/// that created it died before writing it, or predates versioning).
+pub(super) fn check_layout_version(dir: &Path, pinned: u32) -> Result<(), DataplaneError> {
+    if pinned == LAYOUT_VERSION {
+        return Ok(());
+    }
+    Err(DataplaneError::LayoutVersion {
+        pinned,
+        expected: LAYOUT_VERSION,
+        fix: teardown_fix(dir),
+    })
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -136,21 +159,17 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
             )
         } == 0;
         if !ok {
-            return Err(DataplaneError::Bpffs(format!(
-                "cannot mount bpffs at /sys/fs/bpf: {} (mount it: `mount -t bpf bpf /sys/fs/bpf`)",
-                std::io::Error::last_os_error()
-            )));
+            return Err(DataplaneError::MountBpffs(std::io::Error::last_os_error()));
         }
         log::info!("mounted bpffs at /sys/fs/bpf");
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| DataplaneError::Bpffs(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinIo {
+        what: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
     if !is_bpffs(dir) {
-        return Err(DataplaneError::Bpffs(format!(
-            "pin_dir {} is not on a bpffs: choose a directory under /sys/fs/bpf or mount one \
-             (`mount -t bpf bpf DIR`)",
-            dir.display()
-        )));
+        return Err(DataplaneError::NotBpffs(dir.to_owned()));
     }
     Ok(())
 }
