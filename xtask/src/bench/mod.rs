@@ -7,9 +7,15 @@ use anyhow::{Context, Result};
 
 use crate::build::workspace_root;
 
+mod attack;
 mod e2e;
+mod health_cost;
 mod micro;
+mod peers;
 mod report;
+mod targets;
+mod topology;
+mod wrk;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,20 +58,20 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (mut rows, mut attack, mut health) = (Vec::new(), Vec::new(), None);
     if !args.micro_only {
-        let settings = e2e::Settings {
+        let settings = wrk::Settings {
             seconds: if args.quick { 1 } else { args.seconds },
             connections: 32,
         };
-        let topo = e2e::topology()?;
+        let topo = topology::topology()?;
         rows = e2e::run_peers(&topo, &settings)?;
-        attack = e2e::run_attack(&topo, &settings)?;
+        attack = attack::run_attack(&topo, &settings)?;
         let (n, secs) = if args.quick { (40, 2) } else { (300, 10) };
-        health = Some(e2e::run_health_cost(&topo, n, secs)?);
+        health = Some(health_cost::run_health_cost(&topo, n, secs)?);
         for (k, (a, b)) in e2e::spread(&rows) {
             println!("  spread {k}: web1 {a}, web2 {b}");
         }
     }
-    let targets = targets(&micro, &rows, &attack);
+    let targets = targets::targets(&micro, &rows, &attack);
     let r = report::Report {
         date: text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: text("hostname", &[]),
@@ -106,66 +112,4 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("bench: results in {}/{stem}.{{md,json,svg}}", dir.display());
     Ok(())
-}
-
-fn targets(
-    micro: &[micro::Row],
-    e2e: &[e2e::Row],
-    attack: &[e2e::AttackRow],
-) -> Vec<report::Target> {
-    let mut t = Vec::new();
-    for m in micro.iter().filter(|m| m.target_ratio.is_some()) {
-        let target = m.target_ratio.unwrap();
-        t.push(report::Target {
-            what: format!("{} (x XDP_PASS floor)", m.case),
-            measured: m.ratio_to_floor,
-            target: format!("≤ {target}"),
-            met: m.ratio_to_floor <= target,
-        });
-    }
-    let rps = |peer: &str| {
-        e2e.iter()
-            .find(|r| r.peer == peer && r.mode == "new connection per request")
-            .map(|r| r.requests_per_sec)
-    };
-    let ours = rps("foobar-lb [generic]");
-    for (what, other, min) in [
-        (
-            "vs minimal XDP, same mode (generic)",
-            "minimal XDP (fixed MAC) [generic]",
-            0.95,
-        ),
-        ("vs no load balancer", "no load balancer", 0.85),
-        ("vs nftables DNAT", "nftables DNAT (numgen inc mod 2)", 1.15),
-        ("vs HAProxy TCP", "HAProxy (TCP, roundrobin)", 1.6),
-    ] {
-        if let (Some(a), Some(b)) = (ours, rps(other)) {
-            t.push(report::Target {
-                what: format!("new-connection req/s, foobar-lb [generic] {what}"),
-                measured: a / b,
-                target: format!("≥ {min}"),
-                met: a / b >= min,
-            });
-        }
-    }
-    if let (Some(native), Some(min)) = (
-        rps("foobar-lb [native]"),
-        rps("minimal XDP (fixed MAC) [native]"),
-    ) {
-        t.push(report::Target {
-            what: "new-connection req/s, foobar-lb [native] vs minimal XDP [native]".into(),
-            measured: native / min,
-            target: "≥ 0.95".into(),
-            met: native / min >= 0.95,
-        });
-    }
-    if let [ours, nft] = attack {
-        t.push(report::Target {
-            what: "legit req/s under flood, foobar-lb vs nftables".into(),
-            measured: ours.legit_requests_per_sec / nft.legit_requests_per_sec,
-            target: "≥ 2".into(),
-            met: ours.legit_requests_per_sec >= 2.0 * nft.legit_requests_per_sec,
-        });
-    }
-    t
 }

@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use super::{e2e, micro};
+use super::{
+    attack::AttackRow, e2e, health_cost::HealthCost, micro, peers::PeerKind, wrk::ConnMode,
+};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -14,8 +16,8 @@ pub struct Report {
     pub quick: bool,
     pub micro: Vec<micro::Row>,
     pub e2e: Vec<e2e::Row>,
-    pub attack: Vec<e2e::AttackRow>,
-    pub health: Option<e2e::HealthCost>,
+    pub attack: Vec<AttackRow>,
+    pub health: Option<HealthCost>,
     /// Ratios the issue sets as targets, computed from this run.
     pub targets: Vec<Target>,
 }
@@ -55,7 +57,14 @@ pub fn markdown(r: &Report) -> String {
         for e in &r.e2e {
             s += &format!(
                 "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |\n",
-                e.peer, e.mode, e.requests_per_sec, e.p50_ms, e.p99_ms, e.errors, e.web1, e.web2
+                e.peer.label(),
+                e.mode.label(),
+                e.requests_per_sec,
+                e.p50_ms,
+                e.p99_ms,
+                e.errors,
+                e.web1,
+                e.web2
             );
         }
     }
@@ -64,7 +73,10 @@ pub fn markdown(r: &Report) -> String {
         for a in &r.attack {
             s += &format!(
                 "| {} | {:.0} | {:.0} | {} |\n",
-                a.defence, a.legit_requests_per_sec, a.flood_drops_per_sec, a.errors
+                a.defence.label(),
+                a.legit_requests_per_sec,
+                a.flood_drops_per_sec,
+                a.errors
             );
         }
     }
@@ -89,11 +101,11 @@ pub fn markdown(r: &Report) -> String {
 
 /// A bar chart of requests/s per peer (new connection per request and keep-alive), with p99.
 pub fn svg(r: &Report) -> String {
-    let peers: Vec<&str> = {
-        let mut v: Vec<&str> = Vec::new();
+    let peers: Vec<PeerKind> = {
+        let mut v = Vec::new();
         for e in &r.e2e {
-            if !v.contains(&e.peer.as_str()) {
-                v.push(&e.peer);
+            if !v.contains(&e.peer) {
+                v.push(e.peer);
             }
         }
         v
@@ -116,15 +128,19 @@ pub fn svg(r: &Report) -> String {
     );
     for (i, p) in peers.iter().enumerate() {
         let y = 55.0 + row_h * i as f64;
-        s += &format!("<text x=\"10\" y=\"{}\">{}</text>\n", y + 20.0, xml(p));
+        s += &format!(
+            "<text x=\"10\" y=\"{}\">{}</text>\n",
+            y + 20.0,
+            xml(&p.label())
+        );
         for (j, (mode, color)) in [
-            ("new connection per request", "#d9534f"),
-            ("keep-alive", "#5b9bd5"),
+            (ConnMode::NewConnectionPerRequest, "#d9534f"),
+            (ConnMode::KeepAlive, "#5b9bd5"),
         ]
-        .iter()
+        .into_iter()
         .enumerate()
         {
-            if let Some(e) = r.e2e.iter().find(|e| e.peer == *p && e.mode == *mode) {
+            if let Some(e) = r.e2e.iter().find(|e| e.peer == *p && e.mode == mode) {
                 let by = y + 4.0 + 19.0 * j as f64;
                 let bw = bar_w(e.requests_per_sec).max(1.0);
                 s += &format!(
@@ -144,4 +160,55 @@ fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use foobar_lb::config::XdpMode;
+
+    use super::*;
+    use crate::bench::attack::Defence;
+
+    // The enums render as the labels the string-keyed rows had, in the table and in the JSON.
+    #[test]
+    fn rows_render_as_labels() {
+        let r = Report {
+            date: String::new(),
+            machine: String::new(),
+            kernel: String::new(),
+            cpus: 1,
+            load_average_before: String::new(),
+            quick: false,
+            micro: Vec::new(),
+            e2e: vec![e2e::Row {
+                peer: PeerKind::FoobarLb(XdpMode::Generic),
+                mode: ConnMode::NewConnectionPerRequest,
+                requests_per_sec: 1000.0,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                errors: 0,
+                web1: 3,
+                web2: 4,
+            }],
+            attack: vec![AttackRow {
+                defence: Defence::NftablesIngressDrop,
+                legit_requests_per_sec: 10.0,
+                flood_drops_per_sec: 20.0,
+                errors: 5,
+            }],
+            health: None,
+            targets: Vec::new(),
+        };
+        let md = markdown(&r);
+        assert!(md.contains(
+            "| foobar-lb [generic] | new connection per request | 1000 | 1.00 | 2.00 | 0 | 3 | 4 |\n"
+        ));
+        assert!(md.contains("| nftables ingress drop + DNAT | 10 | 20 | 5 |\n"));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""peer":"foobar-lb [generic]","mode":"new connection per request""#)
+        );
+        assert!(json.contains(r#""defence":"nftables ingress drop + DNAT""#));
+        assert!(svg(&r).contains(">foobar-lb [generic]</text>"));
+    }
 }

@@ -1,0 +1,201 @@
+//! The peers foobar-lb is compared with, side by side in the same namespaces.
+
+use std::{process::Command, thread, time::Duration};
+
+use anyhow::{Context, Result};
+use foobar_lb::{config::XdpMode, dataplane::AuxProgram};
+use foobar_lb_tests::{
+    daemon::Daemon,
+    netns::{in_netns, run, web4, Netns, Topology, LB4, VIP4},
+};
+use serde::{Serialize, Serializer};
+
+/// What sits between the client and the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// The client talks to web1 directly: the ceiling.
+    NoLoadBalancer,
+    /// An XDP program that only rewrites the MAC to web1's: the floor for any XDP balancer.
+    MinimalXdp(XdpMode),
+    FoobarLb(XdpMode),
+    NftablesDnat,
+    Haproxy,
+}
+
+impl PeerKind {
+    /// In the order the bench runs them.
+    pub const ALL: [PeerKind; 7] = [
+        PeerKind::NoLoadBalancer,
+        PeerKind::MinimalXdp(XdpMode::Generic),
+        PeerKind::FoobarLb(XdpMode::Generic),
+        PeerKind::MinimalXdp(XdpMode::Native),
+        PeerKind::FoobarLb(XdpMode::Native),
+        PeerKind::NftablesDnat,
+        PeerKind::Haproxy,
+    ];
+
+    pub fn label(self) -> String {
+        match self {
+            PeerKind::NoLoadBalancer => "no load balancer".into(),
+            PeerKind::MinimalXdp(m) => format!("minimal XDP (fixed MAC) [{}]", mode_name(m)),
+            PeerKind::FoobarLb(m) => format!("foobar-lb [{}]", mode_name(m)),
+            PeerKind::NftablesDnat => "nftables DNAT (numgen inc mod 2)".into(),
+            PeerKind::Haproxy => "HAProxy (TCP, roundrobin)".into(),
+        }
+    }
+
+    /// Sets the peer up; `src` is the client's address for this run.
+    pub fn start(self, topo: &Topology, src: &str) -> Result<Peer> {
+        Ok(match self {
+            PeerKind::NoLoadBalancer => Peer::None,
+            PeerKind::FoobarLb(mode) => {
+                let socket = topo.dir.join("control.sock");
+                let cfg = topo.write_config(mode_name(mode), &socket)?;
+                Peer::FoobarLb(Daemon::start(&topo.lb, &cfg, &socket)?)
+            }
+            PeerKind::MinimalXdp(mode) => {
+                let mac = mac_of(topo.web(1))?;
+                let prog = in_netns(&topo.lb.name, || {
+                    let mut p = AuxProgram::fixed_mac(mac)?;
+                    p.attach("eth0", mode)?;
+                    Ok(p)
+                })?;
+                Peer::XdpMin(prog)
+            }
+            PeerKind::Haproxy => start_haproxy(topo)?,
+            PeerKind::NftablesDnat => {
+                topo.lb.sysctl("net.ipv4.ip_forward", "1")?;
+                let rules = format!(
+                    "table ip foobarbench {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n    ip daddr {VIP4} tcp dport 80 dnat to numgen inc mod 2 map {{ 0 : {}, 1 : {} }}\n  }}\n}}\n",
+                    web4(1),
+                    web4(2)
+                );
+                let file = topo.dir.join("dnat.nft");
+                std::fs::write(&file, rules)?;
+                run(topo.lb.cmd("nft").arg("-f").arg(&file))?;
+                // Client IP is preserved: backends answer it through the load balancer.
+                for w in &topo.webs {
+                    w.ip(&["route", "replace", &format!("{src}/32"), "via", LB4])?;
+                }
+                Peer::Nftables
+            }
+        })
+    }
+}
+
+// The report's JSON keeps the label, as before the enum.
+impl Serialize for PeerKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.label())
+    }
+}
+
+/// A running peer: says where clients connect, tears itself down in `stop`.
+pub enum Peer {
+    None,
+    FoobarLb(Daemon),
+    XdpMin(AuxProgram),
+    Haproxy(u32),
+    Nftables,
+}
+
+impl Peer {
+    pub fn target(&self) -> String {
+        match self {
+            Peer::None => format!("http://{}/", web4(1)),
+            _ => format!("http://{VIP4}/"),
+        }
+    }
+
+    pub fn stop(self, topo: &Topology) {
+        match self {
+            Peer::Haproxy(pid) => {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                thread::sleep(Duration::from_millis(200));
+            }
+            Peer::Nftables => {
+                let _ = run(topo
+                    .lb
+                    .cmd("nft")
+                    .args(["delete", "table", "ip", "foobarbench"]));
+                let _ = topo.lb.sysctl("net.ipv4.ip_forward", "0");
+            }
+            Peer::FoobarLb(mut d) => {
+                d.stop();
+            }
+            Peer::XdpMin(p) => drop(p),
+            Peer::None => {}
+        }
+    }
+}
+
+fn start_haproxy(topo: &Topology) -> Result<Peer> {
+    let cfg = topo.dir.join("haproxy.cfg");
+    let pid = topo.dir.join("haproxy.pid");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 4000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend www\n  bind {VIP4}:80\n  default_backend webs\n\
+             backend webs\n  balance roundrobin\n  server web1 {}:80\n  server web2 {}:80\n",
+            web4(1),
+            web4(2)
+        ),
+    )?;
+    run(topo
+        .lb
+        .cmd("haproxy")
+        .args(["-D", "-f"])
+        .arg(&cfg)
+        .arg("-p")
+        .arg(&pid))?;
+    thread::sleep(Duration::from_millis(300));
+    let pid: u32 = std::fs::read_to_string(&pid)?.trim().parse()?;
+    Ok(Peer::Haproxy(pid))
+}
+
+fn mac_of(ns: &Netns) -> Result<[u8; 6]> {
+    let json = String::from_utf8(run(ns.cmd("ip").args(["-j", "link", "show", "eth0"]))?.stdout)?;
+    let addr = json
+        .split("\"address\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("no MAC in ip -j link")?;
+    foobar_lb::neighbor::parse_mac(addr).context("bad MAC")
+}
+
+/// The `xdp_mode` value of the daemon's config, also the label suffix.
+pub fn mode_name(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Generic => "generic",
+        XdpMode::Native => "native",
+        XdpMode::Auto => "auto",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerKind;
+
+    // Labels are the report's keys: results from before the enum must stay comparable.
+    #[test]
+    fn labels_unchanged() {
+        let labels: Vec<String> = PeerKind::ALL.iter().map(|p| p.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "no load balancer",
+                "minimal XDP (fixed MAC) [generic]",
+                "foobar-lb [generic]",
+                "minimal XDP (fixed MAC) [native]",
+                "foobar-lb [native]",
+                "nftables DNAT (numgen inc mod 2)",
+                "HAProxy (TCP, roundrobin)",
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&PeerKind::Haproxy).unwrap(),
+            "\"HAProxy (TCP, roundrobin)\""
+        );
+    }
+}
