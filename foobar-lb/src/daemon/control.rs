@@ -140,9 +140,7 @@ impl Daemon {
             .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
             .collect();
         self.backends.retain(|k, _| live.contains(k));
-        for svc in self.config.services.clone() {
-            self.start_checks(&svc);
-        }
+        self.start_all_checks();
         let _ = self.refresh_neighbors();
         self.apply()?;
         self.apply_firewall()?;

@@ -1,4 +1,10 @@
-//! The counters-and-health snapshot behind `status`, `stats`, `backend list` and `/metrics`.
+//! The counters-and-health snapshot behind `status`, `stats`, `backend list` and `/metrics`,
+//! and the counter samples its packet/byte rates come from.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use foobar_lb_common::verdict;
@@ -98,5 +104,47 @@ impl Daemon {
             flows: flows.values().sum::<u64>() as usize,
             services,
         })
+    }
+
+    /// Samples every backend's counters (on the refresh timer) so `status` can show rates.
+    pub(super) fn sample_rates(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let ids: Vec<u32> = self
+            .reconciler
+            .services()
+            .values()
+            .flat_map(|s| s.backends.values().map(|b| b.id))
+            .collect();
+        // Rates over less than a second are noise; keep the older window until then.
+        if self
+            .samples
+            .values()
+            .next()
+            .is_some_and(|s| now.duration_since(s[1].0) < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        let mut next = HashMap::new();
+        for id in ids {
+            let c = self.dataplane.backend_counters(id)?;
+            let prev = self.samples.get(&id).map(|s| s[1]).unwrap_or((now, c));
+            next.insert(id, [prev, (now, c)]);
+        }
+        self.samples = next;
+        Ok(())
+    }
+
+    /// (packets/s, bytes/s) of a backend over the last sampling interval.
+    fn rates(&self, id: u32) -> (f64, f64) {
+        match self.samples.get(&id) {
+            Some([(t0, a), (t1, b)]) if t1 > t0 => {
+                let dt = (*t1 - *t0).as_secs_f64();
+                (
+                    b.packets.saturating_sub(a.packets) as f64 / dt,
+                    b.bytes.saturating_sub(a.bytes) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
     }
 }

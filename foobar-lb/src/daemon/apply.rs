@@ -1,0 +1,64 @@
+//! Writing to the data plane: services (planned by the reconciler from config, health and
+//! MACs), firewall rules and VIP policies, and the source block list.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::{specs::service_specs, Daemon};
+use crate::{
+    config::{CheckKind, VipPolicy},
+    desired::ServiceSpec,
+    firewall, netdev,
+};
+
+impl Daemon {
+    /// Desired services from the runtime config; unchecked backends count as healthy.
+    fn desired(&self) -> Vec<ServiceSpec> {
+        service_specs(&self.config, &self.macs, |s, b| {
+            let rt = self.backends.get(&(s.name.clone(), b.address));
+            (
+                s.health.check == CheckKind::None || rt.is_some_and(|r| r.health.is_up()),
+                rt.is_some_and(|r| r.drained),
+            )
+        })
+    }
+
+    /// Writes the difference between the desired services and what the maps hold.
+    pub(super) fn apply(&mut self) -> Result<()> {
+        let ops = self.reconciler.plan(&self.desired())?;
+        if !ops.is_empty() {
+            log::debug!("applying {} map operations", ops.len());
+        }
+        self.dataplane.execute(&ops)?;
+        Ok(())
+    }
+
+    /// Writes rules and VIP policies from the (runtime) config.
+    pub(super) fn apply_firewall(&mut self) -> Result<()> {
+        let set = firewall::compile_all(&self.config.firewall.rules).map_err(anyhow::Error::msg)?;
+        self.dataplane.set_rules(&set)?;
+        let mut any_drop = false;
+        for iface in &self.config.interfaces {
+            let drop = self.config.firewall.vip_policy.get(iface) == Some(&VipPolicy::Drop);
+            any_drop |= drop;
+            self.dataplane
+                .set_vip_policy(netdev::ifindex(iface)?, drop)?;
+        }
+        self.dataplane
+            .set_fw_flag(foobar_lb_common::FW_HAS_VIP_POLICY, any_drop)?;
+        Ok(())
+    }
+
+    pub(super) fn load_blocklist(&mut self, nets: &[ipnet::IpNet]) -> Result<()> {
+        let start = Instant::now();
+        self.dataplane.load_blocklist(nets)?;
+        self.blocklist_len = nets.len();
+        log::info!(
+            "block list: {} prefixes live (loaded in {} ms)",
+            nets.len(),
+            start.elapsed().as_millis()
+        );
+        Ok(())
+    }
+}

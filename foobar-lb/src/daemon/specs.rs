@@ -1,0 +1,69 @@
+//! What the data plane should hold for a configuration: pure functions of config, backend
+//! status and MACs, kept apart from the daemon so tests can provision maps the same way.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use foobar_lb_common::ServiceKey;
+
+use crate::{
+    config::{BackendConfig, Config, ServiceConfig},
+    desired::{BackendSpec, Forwarding, Mac, ServiceSpec},
+    pool::{self, Member},
+    schedule::Scheduler,
+};
+
+pub(super) fn service_key(s: &ServiceConfig) -> ServiceKey {
+    ServiceKey::new(s.vip, s.port, s.protocol.number())
+}
+
+/// The data plane's desired content for `config` with every backend healthy (no health
+/// checks), given the backend MACs known so far. Used by tests that provision maps directly.
+pub fn desired_state(config: &Config, macs: &HashMap<IpAddr, Mac>) -> Vec<ServiceSpec> {
+    service_specs(config, macs, |_, _| (true, false))
+}
+
+/// Desired content: per service, the pool decision over its backends, where `status` says
+/// (healthy, drained) for each.
+pub(super) fn service_specs(
+    config: &Config,
+    macs: &HashMap<IpAddr, Mac>,
+    status: impl Fn(&ServiceConfig, &BackendConfig) -> (bool, bool),
+) -> Vec<ServiceSpec> {
+    config
+        .services
+        .iter()
+        .map(|s| {
+            let members: Vec<Member> = s
+                .backends
+                .iter()
+                .map(|b| {
+                    let (healthy, drained) = status(s, b);
+                    Member {
+                        role: b.role,
+                        weight: b.weight,
+                        healthy,
+                        drained,
+                    }
+                })
+                .collect();
+            ServiceSpec {
+                name: s.name.clone(),
+                key: service_key(s),
+                rate_limit: s.rate_limit(),
+                scheduler: Scheduler::RoundRobin,
+                backends: s
+                    .backends
+                    .iter()
+                    .zip(pool::states(&members, s.failover))
+                    .map(|(b, state)| BackendSpec {
+                        addr: b.address,
+                        mac: macs.get(&b.address).copied(),
+                        state,
+                        weight: b.weight,
+                        forwarding: Forwarding::Dsr,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! Start-up, in order: config, MACs, the data plane (loaded or adopted), firewall, a first
+//! round of health checks, the first write, then attaching XDP.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use foobar_lb_common::ServiceKey;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{health_events::HealthEvent, macs, socket, specs::service_key, Daemon, RunOptions};
+use crate::{
+    config::{CheckKind, Config, XdpMode},
+    dataplane::{self, Dataplane, LoadOptions},
+    desired::Mac,
+    firewall,
+    reconcile::Reconciler,
+};
+
+/// At most this many health checks run at once, however many backends there are.
+const MAX_CONCURRENT_CHECKS: usize = 64;
+
+/// Brings the daemon up to forwarding; health results keep arriving on the returned channel.
+pub(super) async fn start(
+    config_path: &Path,
+    opts: &RunOptions,
+) -> Result<(Daemon, mpsc::Receiver<HealthEvent>)> {
+    let config = Config::load(config_path)?;
+    config.check_host()?;
+    let mode = opts.xdp_mode.unwrap_or(config.xdp_mode);
+    socket::refuse_second_daemon(&config.control_socket).await?;
+    let macs = macs::resolve_all(&config).await?;
+    let (dataplane, reconciler) = load_dataplane(&config)?;
+    let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs);
+    d.init_firewall()?;
+    d.start_all_checks();
+    d.first_health_round(&mut events).await?;
+    // Maps are filled before attaching, so the first packet already sees the services.
+    d.apply()?;
+    d.attach(mode)?;
+    d.print_summary();
+    Ok((d, events))
+}
+
+/// Loads the data plane, or adopts the one a previous daemon left pinned; in that case the
+/// reconciler starts from the maps' content so the first write changes only what differs.
+fn load_dataplane(config: &Config) -> Result<(Dataplane, Reconciler)> {
+    let mut dataplane = Dataplane::load(&LoadOptions {
+        flow_table_size: config.flow_table_size,
+        pin_dir: Some(config.pin_dir.clone()),
+    })?;
+    let reconciler = if dataplane.adopted() {
+        let (services, backends, sets) = dataplane.read_state()?;
+        let names: Vec<(String, ServiceKey)> = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), service_key(s)))
+            .collect();
+        log::info!(
+            "adopting the pinned data plane in {} ({} service(s), {} backend entries)",
+            config.pin_dir.display(),
+            services.len(),
+            backends.len()
+        );
+        Reconciler::adopt(&names, &services, &backends, &sets)
+    } else {
+        Reconciler::default()
+    };
+    if let Some(logger) = dataplane.take_logger() {
+        spawn_log_reader(logger);
+    }
+    Ok((dataplane, reconciler))
+}
+
+/// Forwards the XDP program's aya-log records to this process' logger.
+fn spawn_log_reader(logger: dataplane::Logger) {
+    // SAFETY: the logger owns its ring buffer's fd and moves into the AsyncFd, so the fd stays
+    // open and the same for the AsyncFd's whole life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut fd) = registered else {
+        log::warn!("cannot poll the XDP program's log buffer; its messages are lost");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+impl Daemon {
+    fn new(
+        config: Config,
+        dataplane: Dataplane,
+        reconciler: Reconciler,
+        macs: HashMap<IpAddr, Mac>,
+    ) -> (Self, mpsc::Receiver<HealthEvent>) {
+        let (events_tx, events) = mpsc::channel::<HealthEvent>(1024);
+        let d = Daemon {
+            config,
+            dataplane,
+            reconciler,
+            macs,
+            backends: HashMap::new(),
+            events: events_tx,
+            checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
+            seed: std::process::id() as u64,
+            samples: HashMap::new(),
+            blocklist_len: 0,
+        };
+        (d, events)
+    }
+
+    /// Writes rules, VIP policies and the configured block lists.
+    fn init_firewall(&mut self) -> Result<()> {
+        self.apply_firewall()?;
+        let mut blocklist = Vec::new();
+        for path in &self.config.firewall.blocklists {
+            blocklist.extend(firewall::load_blocklist(path).map_err(anyhow::Error::msg)?);
+        }
+        // An adopted data plane may hold an old list: write even an empty one to clear it.
+        if !blocklist.is_empty() || self.dataplane.adopted() {
+            self.load_blocklist(&blocklist)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every started check's first result (at most the longest check timeout), so
+    /// no backend is used unchecked and an adopted data plane is not disturbed by "unknown"
+    /// states.
+    async fn first_health_round(&mut self, events: &mut mpsc::Receiver<HealthEvent>) -> Result<()> {
+        let first_round = self
+            .config
+            .services
+            .iter()
+            .filter(|s| s.health.check != CheckKind::None)
+            .map(|s| s.health.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_millis(first_round + 200);
+        while self
+            .backends
+            .values()
+            .any(|b| b.checker.is_some() && b.health.up.is_none())
+        {
+            match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+                Ok(Some(ev)) => self.on_health(ev)?,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, mode: XdpMode) -> Result<()> {
+        for iface in self.config.interfaces.clone() {
+            let attached = self.dataplane.attach(&iface, mode)?;
+            println!("foobar-lb: XDP attached to {iface} in {attached} mode");
+        }
+        Ok(())
+    }
+
+    fn print_summary(&self) {
+        let n_backends: usize = self.config.services.iter().map(|s| s.backends.len()).sum();
+        println!(
+            "foobar-lb: {} service(s), {}/{} backend MAC(s) resolved; control socket {}",
+            self.config.services.len(),
+            self.macs.len(),
+            n_backends,
+            self.config.control_socket.display()
+        );
+    }
+}
