@@ -37,8 +37,13 @@ pub struct Harness {
 pub enum Expect {
     /// XDP_PASS with the frame unchanged.
     Pass,
-    /// XDP_TX to this MAC, the source MAC set to the LB's, the rest unchanged.
+    /// Direct server return to this MAC: XDP_TX of the input frame with the destination MAC
+    /// set to it and the source MAC to the load balancer's ([`crate::packet::LB_MAC`]), every
+    /// other byte unchanged. Shorthand for [`Expect::Frame`] of that frame.
     Tx(Mac),
+    /// XDP_TX of exactly this frame, stated field by field by the fixture (Katran's tester
+    /// style), so a rewrite of any header is checked byte for byte.
+    Frame(Vec<u8>),
     /// XDP_DROP counted under this verdict index.
     Drop(u32),
 }
@@ -172,7 +177,7 @@ impl Harness {
         let after = self.verdicts();
         let (want_action, want_counter) = match expect {
             Expect::Pass => (XDP_PASS, verdict::PASS),
-            Expect::Tx(_) => (XDP_TX, verdict::TX),
+            Expect::Tx(_) | Expect::Frame(_) => (XDP_TX, verdict::TX),
             Expect::Drop(reason) => (XDP_DROP, *reason),
         };
         let input = crate::packet::decode(frame);
@@ -208,17 +213,28 @@ impl Harness {
             Expect::Tx(mac) => {
                 let mut want = frame.to_vec();
                 want[0..6].copy_from_slice(mac);
-                want[6..12].copy_from_slice(&frame[0..6]);
-                assert_eq!(o.out, want, "wrong rewrite; {}", ctx());
-                assert!(
-                    output.as_ref().is_some_and(|d| d.checksums_ok),
-                    "bad checksum; {}",
-                    ctx()
-                );
+                want[6..12].copy_from_slice(&crate::packet::LB_MAC);
+                assert_frame(&o.out, &want, &ctx());
             }
+            Expect::Frame(want) => assert_frame(&o.out, want, &ctx()),
         }
         o
     }
+}
+
+/// The output frame must be `want`, byte for byte, with valid checksums; a mismatch names the
+/// fields that differ.
+fn assert_frame(got: &[u8], want: &[u8], ctx: &str) {
+    let (g, w) = (crate::packet::decode(got), crate::packet::decode(want));
+    assert!(
+        w.checksums_ok,
+        "the fixture's expected frame has bad checksums; {ctx}"
+    );
+    assert!(
+        got == want,
+        "wrong output frame; differing fields:\n{}\n  got bytes:  {got:02x?}\n  want bytes: {want:02x?}\n{ctx}",
+        g.diff(&w).join("\n")
+    );
 }
 
 /// Mean ns per run the kernel reports for `repeat` runs of `prog` on `frame`.

@@ -216,9 +216,55 @@ pub struct Decoded {
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     pub ports: Option<(u16, u16)>,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: Option<u8>,
+    /// IP protocol (IPv6: the next header after the fixed header).
+    pub proto: Option<u8>,
+    /// IPv4 total length or IPv6 payload length.
+    pub ip_len: Option<u16>,
+    /// TCP flags byte.
+    pub tcp_flags: Option<u8>,
+    /// The bytes after the L4 header (or after IP for other protocols).
+    pub payload: Vec<u8>,
     /// IPv4 header checksum and TCP/UDP checksum both verify.
     pub checksums_ok: bool,
     pub len: usize,
+}
+
+impl Decoded {
+    /// `field: got != want` for every field that differs, for failure messages.
+    pub fn diff(&self, want: &Decoded) -> Vec<String> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($($f:ident),*) => {$(
+                if self.$f != want.$f {
+                    out.push(format!("  {}: got {:?}, want {:?}", stringify!($f), self.$f, want.$f));
+                }
+            )*};
+        }
+        cmp!(
+            eth_dst,
+            eth_src,
+            vlan,
+            src,
+            dst,
+            ports,
+            ttl,
+            proto,
+            ip_len,
+            tcp_flags,
+            payload,
+            checksums_ok,
+            len
+        );
+        if out.is_empty() {
+            out.push(
+                "  (decoded fields equal: the difference is in bytes the decoder does not name)"
+                    .into(),
+            );
+        }
+        out
+    }
 }
 
 pub fn mac_str(m: &[u8]) -> String {
@@ -237,6 +283,11 @@ pub fn decode(f: &[u8]) -> Decoded {
         src: None,
         dst: None,
         ports: None,
+        ttl: None,
+        proto: None,
+        ip_len: None,
+        tcp_flags: None,
+        payload: Vec::new(),
         checksums_ok: false,
         len: f.len(),
     };
@@ -262,6 +313,8 @@ pub fn decode(f: &[u8]) -> Decoded {
             let s: [u8; 4] = f[off + 12..off + 16].try_into().unwrap();
             let t: [u8; 4] = f[off + 16..off + 20].try_into().unwrap();
             d.checksums_ok = ip_ok;
+            d.ttl = Some(f[off + 8]);
+            d.ip_len = Some(u16::from_be_bytes([f[off + 2], f[off + 3]]));
             (
                 IpAddr::from(s),
                 IpAddr::from(t),
@@ -273,12 +326,23 @@ pub fn decode(f: &[u8]) -> Decoded {
             let s: [u8; 16] = f[off + 8..off + 24].try_into().unwrap();
             let t: [u8; 16] = f[off + 24..off + 40].try_into().unwrap();
             d.checksums_ok = true;
+            d.ttl = Some(f[off + 7]);
+            d.ip_len = Some(u16::from_be_bytes([f[off + 4], f[off + 5]]));
             (IpAddr::from(s), IpAddr::from(t), f[off + 6], &f[off + 40..])
         }
         _ => return d,
     };
     d.src = Some(src);
     d.dst = Some(dst);
+    d.proto = Some(proto);
+    d.payload = l4.to_vec();
+    if proto == 6 && l4.len() >= 20 {
+        d.tcp_flags = Some(l4[13]);
+        let data_off = ((l4[12] >> 4) as usize * 4).min(l4.len());
+        d.payload = l4[data_off..].to_vec();
+    } else if proto == 17 && l4.len() >= 8 {
+        d.payload = l4[8..].to_vec();
+    }
     if (proto == 6 || proto == 17) && l4.len() >= 8 {
         d.ports = Some((
             u16::from_be_bytes([l4[0], l4[1]]),

@@ -469,3 +469,37 @@ fn an_incompatible_pinned_data_plane_is_refused_with_the_fix() {
     // The old data plane is untouched and still forwarding.
     assert_eq!(get(&s.topo.client), "web1");
 }
+
+#[test]
+fn a_pinned_data_plane_of_another_layout_version_is_refused() {
+    use aya::maps::{Array, Map, MapData};
+    use foobar_lb_common::{registry::Meta, MAP_META};
+
+    let mut s = setup("lv", 1, 1, &|_| String::new(), false);
+    s.daemon.kill();
+    // What a daemon of another version would have left: same map sizes, other meaning.
+    let pinned = MapData::from_pin(s.topo.pin_dir().join(MAP_META)).unwrap();
+    let mut meta: Array<MapData, Meta> = Array::try_from(Map::Array(pinned)).unwrap();
+    let other = Meta {
+        layout_version: 999,
+        _pad: 0,
+    };
+    meta.set(0, other, 0).unwrap();
+    let config = s.topo.dir.join("foobar-lb.toml");
+    let out = s
+        .topo
+        .lb
+        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("layout version 999") && err.contains("foobar-lb teardown"),
+        "{err}"
+    );
+    // Refused before anything was written: the old data plane still forwards.
+    assert_eq!(get(&s.topo.client), "web1");
+}

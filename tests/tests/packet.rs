@@ -6,7 +6,7 @@ use foobar_lb::desired::BackendState;
 use foobar_lb_common::verdict;
 use foobar_lb_tests::{
     harness::{backend_mac_of, Expect, Harness},
-    packet::{Pkt, L4, TCP_ACK, TCP_SYN},
+    packet::{Pkt, L4, LB_MAC, TCP_ACK, TCP_SYN},
 };
 
 const CONFIG: &str = r#"
@@ -73,10 +73,30 @@ const VIP: &str = "10.0.0.100";
 #[test]
 fn new_flows_go_round_robin_and_later_packets_stick() {
     let h = harness();
-    let syn1 = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).build();
-    let syn2 = Pkt::tcp(CLIENT, 40001, VIP, 80, TCP_SYN).build();
-    h.check("first SYN -> first backend", &syn1, &Expect::Tx(B1));
-    h.check("second SYN -> second backend", &syn2, &Expect::Tx(B2));
+    let syn1 = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN);
+    let syn2 = Pkt::tcp(CLIENT, 40001, VIP, 80, TCP_SYN);
+    // The whole output frame, stated: DSR changes the MACs and nothing else.
+    let out1 = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..syn1.clone()
+    };
+    let out2 = Pkt {
+        eth_dst: B2,
+        eth_src: LB_MAC,
+        ..syn2.clone()
+    };
+    h.check(
+        "first SYN -> first backend",
+        &syn1.build(),
+        &Expect::Frame(out1.build()),
+    );
+    h.check(
+        "second SYN -> second backend",
+        &syn2.build(),
+        &Expect::Frame(out2.build()),
+    );
+    let syn1 = syn1.build();
     for _ in 0..3 {
         let ack1 = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).build();
         h.check("flow 1 stays on B1", &ack1, &Expect::Tx(B1));
@@ -143,11 +163,13 @@ fn udp_is_balanced_per_flow_not_per_packet() {
 fn ipv6_is_balanced() {
     let h = harness();
     let c = "fd00::1";
-    h.check(
-        "v6 SYN 1",
-        &Pkt::tcp(c, 1000, "fd00::100", 80, TCP_SYN).build(),
-        &Expect::Tx(B1),
-    );
+    let syn = Pkt::tcp(c, 1000, "fd00::100", 80, TCP_SYN);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..syn.clone()
+    };
+    h.check("v6 SYN 1", &syn.build(), &Expect::Frame(out.build()));
     h.check(
         "v6 SYN 2",
         &Pkt::tcp(c, 1001, "fd00::100", 80, TCP_SYN).build(),
@@ -182,9 +204,13 @@ fn ipv6_is_balanced() {
 #[test]
 fn vlan_tagged_frames_keep_their_tag() {
     let h = harness();
-    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).vlan(42).build();
-    let o = h.check("VLAN 42 SYN", &f, &Expect::Tx(B1));
-    assert_eq!(foobar_lb_tests::packet::decode(&o.out).vlan, Some(42));
+    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).vlan(42);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..f.clone()
+    };
+    h.check("VLAN 42 SYN", &f.build(), &Expect::Frame(out.build()));
     h.check(
         "VLAN non-VIP",
         &Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN)
@@ -198,10 +224,13 @@ fn vlan_tagged_frames_keep_their_tag() {
 fn ipv4_options_are_skipped_by_ihl() {
     let h = harness();
     // Two NOPs + EOL padding, then a 4-byte record-route-ish filler: IHL 7.
-    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN)
-        .options(&[1, 1, 1, 1, 1, 1, 1, 0])
-        .build();
-    h.check("IPv4 with options", &f, &Expect::Tx(B1));
+    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).options(&[1, 1, 1, 1, 1, 1, 1, 0]);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..f.clone()
+    };
+    h.check("IPv4 with options", &f.build(), &Expect::Frame(out.build()));
     let same = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_ACK).build();
     h.check("same flow without options", &same, &Expect::Tx(B1));
 }
