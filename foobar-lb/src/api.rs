@@ -205,21 +205,24 @@ pub struct RuleStats {
     pub bytes: u64,
 }
 
+/// Why a control request failed. An underlying error is the `source`, printed once by the
+/// caller's `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach the foobar-lb daemon at {path}: {source} (is it running? start it with \
-         `foobar-lb run --config FILE`, or pass --socket)"
+        "cannot reach the foobar-lb daemon at {} (is it running? start it with \
+         `foobar-lb run --config FILE`, or pass --socket)", path.display()
     )]
     Connect {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("control socket I/O failed: {0}")]
+    #[error("control socket I/O failed")]
     Io(#[from] std::io::Error),
-    #[error("the daemon sent an unreadable answer: {0}")]
+    #[error("the daemon sent an unreadable answer")]
     Decode(#[from] serde_json::Error),
+    /// The daemon's answer: already the whole chain, rendered by the daemon.
     #[error("{0}")]
     Refused(String),
 }

@@ -10,21 +10,37 @@ use std::{
 
 use serde::Deserialize;
 
-/// Errors in a configuration file. Each names what is wrong and where.
+/// Errors in a configuration file. Each names what is wrong and where; an underlying error is
+/// the `source`, printed once by the caller's `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
+    /// A file that is not valid TOML or does not fit the schema.
+    #[error("invalid config file {}", path.display())]
     Parse {
         path: PathBuf,
         #[source]
         source: Box<toml::de::Error>,
     },
+    /// Like `Parse`, for text that did not come from a file.
+    #[error("invalid config")]
+    Syntax(#[source] Box<toml::de::Error>),
+    #[error("cannot write the config as TOML")]
+    Serialize(#[source] toml::ser::Error),
+    #[error("health status {status:?}: use \"200\" or \"200-399\"")]
+    HealthStatus { status: String },
+    /// Bad firewall rules or block lists: the firewall's error says which and where.
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
+    /// An interface that does not exist on this host.
+    #[error(transparent)]
+    Netdev(#[from] crate::netdev::NetdevError),
+    /// A rule of the schema is broken; the text names the setting and the rule.
     #[error("{0}")]
     Invalid(String),
 }
@@ -253,11 +269,8 @@ impl Default for HealthConfig {
 impl HealthConfig {
     /// The accepted status range.
     pub fn status_range(&self) -> Result<(u16, u16), ConfigError> {
-        let bad = || {
-            invalid(format!(
-                "health status {:?}: use \"200\" or \"200-399\"",
-                self.status
-            ))
+        let bad = || ConfigError::HealthStatus {
+            status: self.status.clone(),
         };
         let (lo, hi) = match self.status.split_once('-') {
             Some((a, b)) => (
@@ -334,7 +347,7 @@ impl Config {
             source,
         })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Syntax(source) => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
             },
@@ -344,10 +357,7 @@ impl Config {
 
     /// Parses and validates; the result is safe to hand to the data plane.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::new(),
-            source: Box::new(source),
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -370,7 +380,7 @@ impl Config {
                 "`interfaces` is empty: name at least one interface",
             ));
         }
-        crate::firewall::compile_all(&self.firewall.rules).map_err(invalid)?;
+        crate::firewall::compile_all(&self.firewall.rules)?;
         for iface in self.firewall.vip_policy.keys() {
             if !self.interfaces.contains(iface) {
                 return Err(invalid(format!(
@@ -470,16 +480,16 @@ impl Config {
 
     /// The configuration as TOML (what `config-dump` prints: runtime changes included).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string(self).map_err(|e| invalid(format!("cannot write the config as TOML: {e}")))
+        toml::to_string(self).map_err(ConfigError::Serialize)
     }
 
     /// Checks against this host: every interface exists, every block list parses.
     pub fn check_host(&self) -> Result<(), ConfigError> {
         for name in &self.interfaces {
-            crate::netdev::ifindex(name).map_err(|e| invalid(e.to_string()))?;
+            crate::netdev::ifindex(name)?;
         }
         for path in &self.firewall.blocklists {
-            crate::firewall::load_blocklist(path).map_err(invalid)?;
+            crate::firewall::load_blocklist(path)?;
         }
         Ok(())
     }
@@ -512,8 +522,13 @@ port = 80
 protocol = "udp"
 "#;
 
+    /// The message as users see it: the error and its causes, each once.
+    fn shown(e: ConfigError) -> String {
+        format!("{:#}", anyhow::Error::new(e))
+    }
+
     fn err(text: &str) -> String {
-        Config::parse(text).unwrap_err().to_string()
+        shown(Config::parse(text).unwrap_err())
     }
 
     #[test]
@@ -645,7 +660,7 @@ protocol = "udp"
         .replace("protocol = \"udp\"", "protocol = \"udp\"\nrate_limit = { per_source = 5 }");
         let c = Config::parse(&text).unwrap();
         let dumped = c.to_toml().unwrap();
-        let again = Config::parse(&dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
+        let again = Config::parse(&dumped).unwrap_or_else(|e| panic!("{}\n{dumped}", shown(e)));
         assert_eq!(again.to_toml().unwrap(), dumped);
         assert_eq!(again.services[0].backends[1].weight, 3);
         assert_eq!(again.services[1].rate_limit(), (5, 5));
@@ -655,6 +670,34 @@ protocol = "udp"
     #[test]
     fn rejects_syntax_errors_with_location() {
         let e = err("interfaces = [\"eth0\"\n");
+        assert!(e.starts_with("invalid config: "), "{e}");
         assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_print_the_cause_once() {
+        let dir =
+            std::env::temp_dir().join(format!("foobar-lb-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        let e = shown(e);
+        assert!(
+            e.starts_with(&format!("cannot read config file {}: ", missing.display())),
+            "{e}"
+        );
+        assert_eq!(e.matches("os error").count(), 1, "{e}");
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, GOOD.replace("xdp_mode", "xdp_mdoe")).unwrap();
+        let e = Config::load(&bad).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        let e = shown(e);
+        assert!(
+            e.starts_with(&format!("invalid config file {}: ", bad.display())),
+            "{e}"
+        );
+        assert_eq!(e.matches("unknown field").count(), 1, "{e}");
     }
 }

@@ -4,7 +4,10 @@
 //! wins (`allow` accepts, also past the block list; `drop` drops); then the source block list;
 //! then, for traffic to a VIP address that matches no service, the interface's VIP policy.
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use foobar_lb_common::{
     encode_addr, Addr, Rule, RuleSet, ACTION_ALLOW, ACTION_DROP, FAMILY_V4, FAMILY_V6, MAX_RULES,
@@ -49,6 +52,51 @@ pub struct RuleConfig {
     pub destination: String,
 }
 
+/// What is wrong with a rule or a block list. Wrapping variants (`Rule`, `BlocklistLine`,
+/// `Blocklist`) say where; the cause is their `source`, printed once by the caller's `{:#}`.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("{text:?} is not an IP prefix (e.g. 10.0.0.0/8, 2001:db8::/32) or `any`")]
+    BadPrefix { text: String },
+    #[error("port {text:?}: use a port (22), a range (1000-2000) or `any`")]
+    BadPorts { text: String },
+    #[error("source and destination are of different address families")]
+    MixedFamilies,
+    #[error("a port needs protocol tcp or udp")]
+    PortWithoutTcpOrUdp,
+    #[error("{count} rules, at most {MAX_RULES}")]
+    TooManyRules { count: usize },
+    /// Rule `index` (1-based) of a list is invalid.
+    #[error("firewall rule {index} ({rule})")]
+    Rule {
+        index: usize,
+        rule: String,
+        #[source]
+        source: Box<FirewallError>,
+    },
+    /// Line `line` (1-based) of a block list is invalid.
+    #[error("line {line}")]
+    BlocklistLine {
+        line: usize,
+        #[source]
+        source: Box<FirewallError>,
+    },
+    #[error("line {line}: `any` cannot be blocked wholesale")]
+    AnyBlocked { line: usize },
+    #[error("cannot read block list {}", path.display())]
+    ReadBlocklist {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("block list {}", path.display())]
+    Blocklist {
+        path: PathBuf,
+        #[source]
+        source: Box<FirewallError>,
+    },
+}
+
 fn any() -> String {
     "any".into()
 }
@@ -68,7 +116,7 @@ impl std::fmt::Display for RuleConfig {
 }
 
 /// `any` or a prefix; a bare address is a host prefix.
-pub fn parse_prefix(s: &str) -> Result<Option<IpNet>, String> {
+pub fn parse_prefix(s: &str) -> Result<Option<IpNet>, FirewallError> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("any") {
         return Ok(None);
@@ -79,15 +127,15 @@ pub fn parse_prefix(s: &str) -> Result<Option<IpNet>, String> {
     }
     s.parse::<IpAddr>()
         .map(|a| Some(IpNet::from(a)))
-        .map_err(|_| format!("{s:?} is not an IP prefix (e.g. 10.0.0.0/8, 2001:db8::/32) or `any`"))
+        .map_err(|_| FirewallError::BadPrefix { text: s.to_owned() })
 }
 
-fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+fn parse_ports(s: &str) -> Result<(u16, u16), FirewallError> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("any") {
         return Ok((0, u16::MAX));
     }
-    let bad = || format!("port {s:?}: use a port (22), a range (1000-2000) or `any`");
+    let bad = || FirewallError::BadPorts { text: s.to_owned() };
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (
             a.trim().parse::<u16>().map_err(|_| bad())?,
@@ -112,12 +160,12 @@ fn net_words(net: Option<IpNet>) -> (Addr, Addr) {
 }
 
 /// Compiles one rule; the error says what is wrong with it.
-pub fn compile(r: &RuleConfig) -> Result<Rule, String> {
+pub fn compile(r: &RuleConfig) -> Result<Rule, FirewallError> {
     let src = parse_prefix(&r.source)?;
     let dst = parse_prefix(&r.destination)?;
     let family = match (src, dst) {
         (Some(a), Some(b)) if a.addr().is_ipv4() != b.addr().is_ipv4() => {
-            return Err("source and destination are of different address families".into())
+            return Err(FirewallError::MixedFamilies)
         }
         (Some(n), _) | (None, Some(n)) => {
             if n.addr().is_ipv4() {
@@ -131,7 +179,7 @@ pub fn compile(r: &RuleConfig) -> Result<Rule, String> {
     let (port_lo, port_hi) = parse_ports(&r.port)?;
     let ported = (port_lo, port_hi) != (0, u16::MAX);
     if ported && matches!(r.protocol, RuleProtocol::Icmp | RuleProtocol::Any) {
-        return Err("a port needs protocol tcp or udp".into());
+        return Err(FirewallError::PortWithoutTcpOrUdp);
     }
     let (src, src_mask) = net_words(src);
     let (dst, dst_mask) = net_words(dst);
@@ -158,13 +206,17 @@ pub fn compile(r: &RuleConfig) -> Result<Rule, String> {
 }
 
 /// Compiles an ordered rule list into the one map value the data plane reads.
-pub fn compile_all(rules: &[RuleConfig]) -> Result<RuleSet, String> {
+pub fn compile_all(rules: &[RuleConfig]) -> Result<RuleSet, FirewallError> {
     if rules.len() > MAX_RULES {
-        return Err(format!("{} rules, at most {MAX_RULES}", rules.len()));
+        return Err(FirewallError::TooManyRules { count: rules.len() });
     }
     let mut set = RuleSet::EMPTY;
     for (i, r) in rules.iter().enumerate() {
-        set.rules[i] = compile(r).map_err(|e| format!("firewall rule {} ({r}): {e}", i + 1))?;
+        set.rules[i] = compile(r).map_err(|e| FirewallError::Rule {
+            index: i + 1,
+            rule: r.to_string(),
+            source: Box::new(e),
+        })?;
     }
     set.len = rules.len() as u32;
     Ok(set)
@@ -172,7 +224,7 @@ pub fn compile_all(rules: &[RuleConfig]) -> Result<RuleSet, String> {
 
 /// Parses a block list: one prefix (or address) a line; `#` starts a comment; blank lines are
 /// skipped. The error names the first bad line.
-pub fn parse_blocklist(text: &str) -> Result<Vec<IpNet>, String> {
+pub fn parse_blocklist(text: &str) -> Result<Vec<IpNet>, FirewallError> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();
@@ -181,22 +233,37 @@ pub fn parse_blocklist(text: &str) -> Result<Vec<IpNet>, String> {
         }
         match parse_prefix(entry) {
             Ok(Some(net)) => out.push(net),
-            Ok(None) => return Err(format!("line {}: `any` cannot be blocked wholesale", n + 1)),
-            Err(e) => return Err(format!("line {}: {e}", n + 1)),
+            Ok(None) => return Err(FirewallError::AnyBlocked { line: n + 1 }),
+            Err(e) => {
+                return Err(FirewallError::BlocklistLine {
+                    line: n + 1,
+                    source: Box::new(e),
+                })
+            }
         }
     }
     Ok(out)
 }
 
-pub fn load_blocklist(path: &Path) -> Result<Vec<IpNet>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read block list {}: {e}", path.display()))?;
-    parse_blocklist(&text).map_err(|e| format!("block list {}: {e}", path.display()))
+pub fn load_blocklist(path: &Path) -> Result<Vec<IpNet>, FirewallError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FirewallError::ReadBlocklist {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_blocklist(&text).map_err(|e| FirewallError::Blocklist {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The message as users see it: the error and its causes, each once.
+    fn shown(e: FirewallError) -> String {
+        format!("{:#}", anyhow::Error::new(e))
+    }
 
     fn rule(
         action: Action,
@@ -253,7 +320,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_rules_with_reasons() {
-        let e = |r: RuleConfig| compile(&r).unwrap_err();
+        let e = |r: RuleConfig| shown(compile(&r).unwrap_err());
         assert!(e(rule(
             Action::Drop,
             "10.0.0.0/33",
@@ -276,13 +343,29 @@ mod tests {
         ))
         .contains("families"));
         let many = vec![rule(Action::Drop, "any", RuleProtocol::Any, "any", "any"); MAX_RULES + 1];
-        assert!(compile_all(&many).unwrap_err().contains("at most"));
+        let err = compile_all(&many).unwrap_err();
+        assert!(
+            matches!(err, FirewallError::TooManyRules { count } if count == MAX_RULES + 1),
+            "{err:?}"
+        );
+        assert!(shown(err).contains("at most"));
         let err = compile_all(&[
             rule(Action::Drop, "any", RuleProtocol::Any, "any", "any"),
             rule(Action::Drop, "x", RuleProtocol::Any, "any", "any"),
         ])
         .unwrap_err();
-        assert!(err.starts_with("firewall rule 2"), "{err}");
+        assert!(
+            matches!(&err, FirewallError::Rule { index: 2, source, .. }
+                if matches!(**source, FirewallError::BadPrefix { .. })),
+            "{err:?}"
+        );
+        let err = shown(err);
+        assert!(err.starts_with("firewall rule 2 (drop from x"), "{err}");
+        assert_eq!(
+            err.matches("not an IP prefix").count(),
+            1,
+            "cause once: {err}"
+        );
     }
 
     #[test]
@@ -292,7 +375,41 @@ mod tests {
         assert_eq!(ok.len(), 3);
         assert_eq!(ok[1].prefix_len(), 32);
         let e = parse_blocklist("10.0.0.0/8\n10.0.0.300\n").unwrap_err();
-        assert!(e.starts_with("line 2:"), "{e}");
-        assert!(parse_blocklist("any\n").unwrap_err().contains("line 1"));
+        assert!(
+            matches!(e, FirewallError::BlocklistLine { line: 2, .. }),
+            "{e:?}"
+        );
+        let e = shown(e);
+        assert_eq!(
+            e,
+            "line 2: \"10.0.0.300\" is not an IP prefix (e.g. 10.0.0.0/8, 2001:db8::/32) or `any`",
+        );
+        let e = parse_blocklist("any\n").unwrap_err();
+        assert!(matches!(e, FirewallError::AnyBlocked { line: 1 }), "{e:?}");
+        assert!(shown(e).contains("line 1"));
+    }
+
+    #[test]
+    fn block_list_files_name_the_file_and_the_cause_once() {
+        let dir = std::env::temp_dir().join(format!("foobar-lb-fw-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.txt");
+        let e = shown(load_blocklist(&missing).unwrap_err());
+        assert!(
+            e.starts_with(&format!("cannot read block list {}: ", missing.display())),
+            "{e}"
+        );
+        assert_eq!(e.matches(": ").count(), 1, "cause once: {e}");
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "10.0.0.0/8\n10.0.0.300\n").unwrap();
+        let e = shown(load_blocklist(&bad).unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.starts_with(&format!(
+                "block list {}: line 2: \"10.0.0.300\"",
+                bad.display()
+            )),
+            "{e}"
+        );
     }
 }

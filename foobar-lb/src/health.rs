@@ -66,30 +66,53 @@ pub struct Probe {
     pub timeout: Duration,
 }
 
-/// Runs one check. `Ok(latency)` or `Err(reason)`, a short human-readable cause.
-pub async fn check(p: &Probe) -> Result<Duration, String> {
+/// Why a check failed. Its text is one short line, logged and shown as the backend's last
+/// check in `status`, so the I/O cause is part of the message (and not a `source` as well:
+/// a `{:#}` display prints it once).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("connection refused")]
+    Refused,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("timeout after {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("send: {0}")]
+    Send(std::io::Error),
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error("bad HTTP response")]
+    BadResponse,
+    /// An HTTP status outside the accepted range.
+    #[error("status {0}")]
+    Status(u16),
+}
+
+/// Runs one check: `Ok(latency)` or why it failed.
+pub async fn check(p: &Probe) -> Result<Duration, CheckError> {
     let start = Instant::now();
-    let timeout_msg = || format!("timeout after {} ms", p.timeout.as_millis());
     match tokio::time::timeout(p.timeout, run(p)).await {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(reason)) => Err(reason),
-        Err(_) => Err(timeout_msg()),
+        Err(_) => Err(CheckError::Timeout(p.timeout)),
     }
 }
 
-async fn run(p: &Probe) -> Result<(), String> {
+async fn run(p: &Probe) -> Result<(), CheckError> {
     let mut stream = TcpStream::connect(p.target)
         .await
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-            _ => format!("connect: {e}"),
+            std::io::ErrorKind::ConnectionRefused => CheckError::Refused,
+            _ => CheckError::Connect(e),
         })?;
     if p.kind == CheckKind::Tls {
         let name = rustls::pki_types::ServerName::IpAddress(p.target.ip().into());
         tls::connector()
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(CheckError::Tls)?;
         return Ok(());
     }
     if p.kind != CheckKind::Http {
@@ -102,7 +125,7 @@ async fn run(p: &Probe) -> Result<(), String> {
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(CheckError::Send)?;
     // The status line fits in the first bytes; read at most 1 KiB.
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
@@ -110,17 +133,17 @@ async fn run(p: &Probe) -> Result<(), String> {
         let n = stream
             .read(&mut buf[len..])
             .await
-            .map_err(|e| format!("read: {e}"))?;
+            .map_err(CheckError::Read)?;
         if n == 0 {
             break;
         }
         len += n;
     }
-    let code = parse_status(&buf[..len]).ok_or_else(|| "bad HTTP response".to_string())?;
+    let code = parse_status(&buf[..len]).ok_or(CheckError::BadResponse)?;
     if (p.status.0..=p.status.1).contains(&code) {
         Ok(())
     } else {
-        Err(format!("status {code}"))
+        Err(CheckError::Status(code))
     }
 }
 
@@ -318,7 +341,8 @@ mod tests {
         };
         assert!(check(&probe(tls_addr)).await.is_ok());
         let err = check(&probe(plain_addr)).await.unwrap_err();
-        assert!(err.starts_with("TLS handshake"), "{err}");
+        assert!(matches!(err, CheckError::Tls(_)), "{err:?}");
+        assert!(err.to_string().starts_with("TLS handshake: "), "{err}");
     }
 
     #[tokio::test]
@@ -345,9 +369,24 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         assert!(check(&p).await.is_ok());
-        assert_eq!(check(&p).await, Err("status 503".into()));
+        let err = check(&p).await.unwrap_err();
+        assert!(matches!(err, CheckError::Status(503)), "{err:?}");
+        assert_eq!(err.to_string(), "status 503");
         // Nothing listens there any more.
         p.kind = CheckKind::Tcp;
-        assert_eq!(check(&p).await, Err("connection refused".into()));
+        let err = check(&p).await.unwrap_err();
+        assert!(matches!(err, CheckError::Refused), "{err:?}");
+        assert_eq!(err.to_string(), "connection refused");
+    }
+
+    #[test]
+    fn check_errors_read_as_before() {
+        assert_eq!(
+            CheckError::Timeout(Duration::from_millis(1000)).to_string(),
+            "timeout after 1000 ms"
+        );
+        assert_eq!(CheckError::BadResponse.to_string(), "bad HTTP response");
+        let io = std::io::Error::other("boom");
+        assert_eq!(CheckError::Connect(io).to_string(), "connect: boom");
     }
 }

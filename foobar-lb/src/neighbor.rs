@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use crate::desired::Mac;
 
+/// Neighbour-table failures. An underlying error is the `source`, printed once by the caller's
+/// `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum NeighborError {
     #[error(
@@ -26,7 +28,7 @@ pub enum NeighborError {
         waited: Duration,
         interfaces: Vec<String>,
     },
-    #[error("cannot run `ip neigh` (is iproute2 installed?): {0}")]
+    #[error("cannot run `ip neigh` (is iproute2 installed?)")]
     Ip(#[source] std::io::Error),
 }
 

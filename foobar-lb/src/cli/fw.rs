@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Subcommand;
 use foobar_lb::{
     api::Request,
@@ -56,13 +57,13 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
                 destination,
             };
             // Same checks as the daemon's, so mistakes are caught before the round trip.
-            foobar_lb::firewall::compile(&rule).map_err(anyhow::Error::msg)?;
+            foobar_lb::firewall::compile(&rule)?;
             Request::FwAdd { rule, position }
         }
         Command::Remove { index } => Request::FwRemove { index },
         Command::Load { file } => {
             let path = std::fs::canonicalize(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                .with_context(|| format!("cannot read {}", file.display()))?;
             Request::FwLoad { path }
         }
     };

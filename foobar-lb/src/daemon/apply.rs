@@ -36,7 +36,7 @@ impl Daemon {
 
     /// Writes rules and VIP policies from the (runtime) config.
     pub(super) fn apply_firewall(&mut self) -> Result<()> {
-        let set = firewall::compile_all(&self.config.firewall.rules).map_err(anyhow::Error::msg)?;
+        let set = firewall::compile_all(&self.config.firewall.rules)?;
         self.dataplane.set_rules(&set)?;
         let mut any_drop = false;
         for iface in &self.config.interfaces {

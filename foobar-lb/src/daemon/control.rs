@@ -32,7 +32,7 @@ impl Daemon {
                         message: Some(t),
                         ..Default::default()
                     },
-                    Err(e) => Response::error(e.to_string()),
+                    Err(e) => Response::error(format!("{:#}", anyhow::Error::new(e))),
                 }
             }
             Request::BackendAdd {
@@ -93,7 +93,7 @@ impl Daemon {
                 Ok(format!("removed firewall rule {index}: {r}"))
             }),
             Request::FwLoad { path } => firewall::load_blocklist(&path)
-                .map_err(anyhow::Error::msg)
+                .map_err(anyhow::Error::new)
                 .and_then(|nets| {
                     self.load_blocklist(&nets)?;
                     Ok(format!(

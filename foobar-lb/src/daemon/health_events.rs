@@ -9,13 +9,13 @@ use tokio::sync::{mpsc, Semaphore};
 use super::{BackendKey, Daemon};
 use crate::{
     config::{BackendConfig, CheckKind, ServiceConfig},
-    health::{self, Probe},
+    health::{self, CheckError, Probe},
 };
 
 /// One health check result.
 pub(super) struct HealthEvent {
     key: BackendKey,
-    result: Result<Duration, String>,
+    result: Result<Duration, CheckError>,
 }
 
 impl Daemon {
@@ -63,7 +63,7 @@ impl Daemon {
                 rt.latency = Some(*latency);
                 rt.last_error = None;
             }
-            Err(reason) => rt.last_error = Some(reason.clone()),
+            Err(reason) => rt.last_error = Some(reason.to_string()),
         }
         if let Some(up) = rt.health.observe(ok, rise, fall) {
             let (svc, addr) = &ev.key;

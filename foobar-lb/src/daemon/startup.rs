@@ -127,7 +127,7 @@ impl Daemon {
         self.apply_firewall()?;
         let mut blocklist = Vec::new();
         for path in &self.config.firewall.blocklists {
-            blocklist.extend(firewall::load_blocklist(path).map_err(anyhow::Error::msg)?);
+            blocklist.extend(firewall::load_blocklist(path)?);
         }
         // An adopted data plane may hold an old list: write even an empty one to clear it.
         if !blocklist.is_empty() || self.dataplane.adopted() {
