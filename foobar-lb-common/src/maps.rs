@@ -10,6 +10,12 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_IFACES: &str = "IFACES";
+pub const MAP_BACKEND_ADMIN: &str = "BACKEND_ADMIN";
+
+/// [`MAP_BACKEND_ADMIN`] bit: the operator drained this backend. Userspace state only (the
+/// program never reads it), pinned so a restarted daemon keeps the drain.
+pub const ADMIN_DRAINED: u32 = 1;
 
 /// Name of the XDP program in the object file.
 pub const PROG_NAME: &str = "foobar_lb";
@@ -23,8 +29,13 @@ pub const BENCH_MAC_GLOBAL: &str = "BENCH_MAC";
 pub const MAX_SERVICES: u32 = 256;
 /// Backend ids index [`MAP_BACKENDS`]; id 0 is reserved so an unset slot never forwards.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Round-robin slots per service. Weighted backends take several slots.
-pub const MAX_SLOTS: usize = 256;
+/// Slots per service the scheduler lays backends out in. Weighted backends take several slots;
+/// room for every backend of a full service at any weight to get its share within one slot.
+pub const MAX_SLOTS: usize = 4096;
+/// Backends per service.
+pub const MAX_SERVICE_BACKENDS: usize = 256;
+/// Highest backend weight.
+pub const MAX_WEIGHT: u32 = 256;
 /// Flow table capacity compiled into the object; the controller sets the real size at load time
 /// (`flow_table_size` in the config).
 pub const MAX_FLOWS: u32 = 1 << 18;
@@ -137,6 +148,25 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
+/// Interfaces the program can be attached to are indexed by ifindex in [`MAP_IFACES`], below
+/// this bound (an array read per packet is cheaper than a hash lookup).
+pub const MAX_IFINDEX: u32 = 65_536;
+
+/// Value of [`MAP_IFACES`], indexed by ifindex: the interface as the data plane needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Iface {
+    /// The interface's own MAC: only frames addressed to it are balanced, and forwarded frames
+    /// leave with it as their source.
+    pub mac: [u8; 6],
+    /// [`IFACE_ACTIVE`] once the controller has written the entry; 0: not one of ours.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<Iface>() == 8);
+
+/// [`Iface::flags`]: the entry is set.
+pub const IFACE_ACTIVE: u16 = 1;
+
 /// Key of [`MAP_FLOWS`]: the 5-tuple as seen on the wire, including the VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -178,6 +208,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::super::stats::Counters {}
     unsafe impl aya::Pod for crate::firewall::Rule {}
     unsafe impl aya::Pod for crate::firewall::RuleSet {}

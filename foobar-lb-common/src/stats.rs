@@ -25,8 +25,14 @@ pub mod verdict {
     pub const DROP_VIP_POLICY: u32 = 9;
     /// New flow over its source's rate limit.
     pub const DROP_RATE_LIMIT: u32 = 10;
+    /// For a VIP but not addressed to the receiving interface's MAC (broadcast, multicast,
+    /// another host's frame flooded by a switch): passed to the kernel untouched, never
+    /// forwarded.
+    pub const PASS_OTHER_HOST: u32 = 11;
+    /// A TCP FIN or RST that belongs to no flow in the table: it cannot create one.
+    pub const DROP_NO_FLOW: u32 = 12;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -41,6 +47,8 @@ pub mod verdict {
         "drop_blocklist",
         "drop_vip_policy",
         "drop_rate_limit",
+        "pass_other_host",
+        "drop_no_flow",
     ];
 }
 

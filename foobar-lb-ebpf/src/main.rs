@@ -23,11 +23,11 @@ mod stats;
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use foobar_lb_common::{verdict, ServiceKey, VipKey};
+    use foobar_lb_common::{verdict, Iface, ServiceKey, VipKey, IFACE_ACTIVE};
 
     use crate::{
         firewall,
-        maps::{SERVICES, VIPS},
+        maps::{IFACES, SERVICES, VIPS},
         parse::{parse, Packet, Parsed},
         rewrite, select, stats,
     };
@@ -60,7 +60,8 @@ mod prog {
                 dst,
                 reason,
             } => {
-                return if is_vip(&dst, family) {
+                // Only a frame addressed to this interface is ours to judge.
+                return if is_vip(&dst, family) && local_iface(ctx).is_some() {
                     Err(reason)
                 } else {
                     pass
@@ -78,6 +79,15 @@ mod prog {
             }
             return pass;
         }
+        // A VIP packet in a frame for another MAC (broadcast, multicast, a switch flooding
+        // another host's frame): never forwarded, but it still meets the firewall, since the
+        // kernel may deliver it to this host.
+        let Some(iface) = local_iface(ctx) else {
+            if fw.flags != 0 {
+                firewall::filter(fw, key, len)?;
+            }
+            return Ok((xdp_action::XDP_PASS, verdict::PASS_OTHER_HOST));
+        };
         if !balance {
             // ICMP and other protocols to a VIP: firewall, then the VIP policy.
             if fw.flags != 0 {
@@ -94,18 +104,28 @@ mod prog {
             checked = true;
         }
         if let Some((id, backend, flow)) = select::established(key) {
-            if fw.flags != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
-                firewall::filter(fw, key, len)?;
-                unsafe { (*flow).fw_gen = gen };
+            // A SYN on the 5-tuple of a closed connection opens a new one: it is scheduled
+            // anew (its old backend may be draining) and counted as open again.
+            let reopened = pkt.syn && unsafe { (*flow).closing } != 0;
+            if !reopened {
+                if fw.flags != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
+                    firewall::filter(fw, key, len)?;
+                    unsafe { (*flow).fw_gen = gen };
+                }
+                // Written once per connection, so drain status can count live connections.
+                if pkt.fin && unsafe { (*flow).closing } == 0 {
+                    unsafe { (*flow).closing = 1 };
+                }
+                return forward(ctx, &pkt, iface, backend.service_id, id, &backend, len);
             }
-            // Written once per connection, so drain status can count live connections.
-            if pkt.fin && unsafe { (*flow).closing } == 0 {
-                unsafe { (*flow).closing = 1 };
-            }
-            return forward(ctx, &pkt, backend.service_id, id, &backend, len);
         }
         if fw.flags != 0 && !checked {
             firewall::filter(fw, key, len)?;
+        }
+        // A FIN or RST of no known connection (its entry evicted, or never there) must not
+        // create a flow, and no backend knows it either.
+        if pkt.fin {
+            return Err(verdict::DROP_NO_FLOW);
         }
         let service = ServiceKey {
             vip: key.dst,
@@ -126,21 +146,36 @@ mod prog {
                 );
             }
         })?;
-        forward(ctx, &pkt, svc.id, id, &backend, len)
+        forward(ctx, &pkt, iface, svc.id, id, &backend, len)
     }
 
     #[inline(always)]
     fn forward(
         ctx: &XdpContext,
         pkt: &Packet,
+        iface: &Iface,
         service_id: u32,
         backend_id: u32,
         backend: &foobar_lb_common::Backend,
         len: u64,
     ) -> Result<(u32, u32), u32> {
         stats::count_forward(service_id, backend_id, len);
-        rewrite::forward(ctx, pkt, backend)?;
+        rewrite::forward(ctx, pkt, iface, backend)?;
         Ok((xdp_action::XDP_TX, verdict::TX))
+    }
+
+    /// The receiving interface, if the frame is addressed to its own MAC (one array read and
+    /// a 6-byte compare).
+    #[inline(always)]
+    fn local_iface(ctx: &XdpContext) -> Option<&'static Iface> {
+        let iface = IFACES.get(ctx.ingress_ifindex() as u32)?;
+        let start = ctx.data();
+        if iface.flags & IFACE_ACTIVE == 0 || start + 6 > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: bounds checked above.
+        let dst = unsafe { &*(start as *const [u8; 6]) };
+        (*dst == iface.mac).then_some(iface)
     }
 
     /// Traffic for a VIP address that matches no service: dropped where the interface's

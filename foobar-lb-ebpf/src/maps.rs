@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
-    FlowValue, FwWords, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter, VipKey,
-    MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
-    MAX_VIP_POLICY_IFACES,
+    FlowValue, FwWords, Iface, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter,
+    VipKey, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_IFINDEX, MAX_RATE_SOURCES, MAX_RULES,
+    MAX_SERVICES, MAX_VIP_POLICY_IFACES,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller
@@ -37,9 +37,19 @@ pub static BACKEND_SETS: HashMap<u32, BackendSet> =
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// Backend id -> `ADMIN_*` bits: the operator's intent (drain), kept pinned so a restarted
+/// daemon knows it. Written by the controller only; the program never reads it.
+#[map]
+pub static BACKEND_ADMIN: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Service id -> round-robin cursor, advanced atomically (shared by all CPUs).
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Ifindex -> the interface's MAC: frames not addressed to it are not balanced, and forwarded
+/// frames take it as their source MAC.
+#[map]
+pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// 5-tuple -> backend id: keeps every packet of a connection on one backend. Per-CPU LRU
 /// lists (BPF_F_NO_COMMON_LRU) keep new-flow inserts off a shared lock.

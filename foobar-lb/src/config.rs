@@ -430,11 +430,11 @@ impl Config {
                     svc.vip
                 )));
             }
-            if svc.backends.len() > foobar_lb_common::MAX_SLOTS {
+            if svc.backends.len() > foobar_lb_common::MAX_SERVICE_BACKENDS {
                 return Err(invalid(format!(
                     "{what}: {} backends, at most {} per service",
                     svc.backends.len(),
-                    foobar_lb_common::MAX_SLOTS
+                    foobar_lb_common::MAX_SERVICE_BACKENDS
                 )));
             }
             let mut seen = HashSet::new();
@@ -445,7 +445,7 @@ impl Config {
                         b.address
                     )));
                 }
-                if !(1..=foobar_lb_common::MAX_SLOTS as u32).contains(&b.weight) {
+                if !(1..=foobar_lb_common::MAX_WEIGHT).contains(&b.weight) {
                     return Err(invalid(format!(
                         "{what}: backend {} weight {} is out of range 1..=256",
                         b.address, b.weight

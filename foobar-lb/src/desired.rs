@@ -55,6 +55,8 @@ pub struct BackendSpec {
     pub state: BackendState,
     pub weight: u32,
     pub forwarding: Forwarding,
+    /// Drained by the operator: remembered in the pinned data plane across restarts.
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,11 +11,23 @@ use std::{
 };
 
 use foobar_lb_common::{
-    encode_addr, Backend, BackendSet, ServiceInfo, ServiceKey, VipKey, BACKEND_ACTIVE,
-    BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
+    encode_addr, Backend, BackendSet, ServiceInfo, ServiceKey, VipKey, ADMIN_DRAINED,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
 };
 
 use crate::desired::{BackendState, Forwarding, Mac, ServiceSpec};
+
+/// What a pinned data plane holds, read back to adopt it.
+#[derive(Debug, Clone, Default)]
+pub struct PinnedState {
+    pub services: Vec<(ServiceKey, ServiceInfo)>,
+    /// Backend entries in use (not unused), by id.
+    pub backends: Vec<(u32, Backend)>,
+    /// Backend sets by service id.
+    pub sets: Vec<(u32, BackendSet)>,
+    /// Non-zero `ADMIN_*` bits by backend id.
+    pub admin: Vec<(u32, u32)>,
+}
 
 /// One map write. The data plane executes them in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +35,11 @@ pub enum MapOp {
     SetBackend {
         id: u32,
         backend: Backend,
+    },
+    /// The operator's intent for a backend id (`ADMIN_*` bits); the program never reads it.
+    SetBackendAdmin {
+        id: u32,
+        flags: u32,
     },
     ResetBackendStats {
         id: u32,
@@ -66,6 +83,8 @@ pub struct Written {
     pub id: u32,
     pub mac: Mac,
     pub forwarding: Forwarding,
+    /// Drained by the operator (as written in `BACKEND_ADMIN`).
+    pub drained: bool,
     pub state: BackendState,
 }
 
@@ -121,12 +140,13 @@ impl Reconciler {
     /// Takes over what a pinned data plane holds, so the next plan writes only differences and
     /// existing flows keep their backend ids. Services are matched to `names` by key; entries
     /// matching nothing are kept under a placeholder name, so the next plan removes them.
-    pub fn adopt(
-        names: &[(String, ServiceKey)],
-        services: &[(ServiceKey, ServiceInfo)],
-        backends: &[(u32, Backend)],
-        sets: &[(u32, BackendSet)],
-    ) -> Reconciler {
+    pub fn adopt(names: &[(String, ServiceKey)], pinned: &PinnedState) -> Reconciler {
+        let PinnedState {
+            services,
+            backends,
+            sets,
+            admin,
+        } = pinned;
         let mut r = Reconciler::default();
         for (key, info) in services {
             let name = names
@@ -162,6 +182,9 @@ impl Reconciler {
                         id: *id,
                         mac: b.mac,
                         forwarding,
+                        drained: admin
+                            .iter()
+                            .any(|(a, flags)| a == id && flags & ADMIN_DRAINED != 0),
                         state,
                     },
                 );
@@ -248,19 +271,30 @@ impl Reconciler {
             let w = self.services.get_mut(&spec.name).expect("inserted above");
             let mut stale: Vec<(IpAddr, Written)> = Vec::new();
 
-            // 1. Backend entries, before any set names them.
+            // 1. Backend entries, before any set names them. A backend leaving the active
+            // state changes only after the set stops naming it (step 4): in between, a new
+            // flow picking its slot would find it inactive and be dropped.
             let mut slots_from: Vec<(u32, u32)> = Vec::new();
+            let mut deactivated: Vec<MapOp> = Vec::new();
             for b in &spec.backends {
                 let Some(mac) = b.mac else { continue };
                 let old = w.backends.get(&b.addr).cloned();
                 let id = match &old {
                     // Forwarding fields of an id in use never change: packets may hold it.
                     Some(o) if o.mac == mac && o.forwarding == b.forwarding => {
+                        if o.drained != b.drained {
+                            ops.push(admin_op(o.id, b.drained));
+                        }
                         if o.state != b.state {
-                            ops.push(MapOp::SetBackend {
+                            let op = MapOp::SetBackend {
                                 id: o.id,
                                 backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
-                            });
+                            };
+                            if o.state == BackendState::Active {
+                                deactivated.push(op);
+                            } else {
+                                ops.push(op);
+                            }
                         }
                         o.id
                     }
@@ -271,6 +305,8 @@ impl Reconciler {
                             .pop_front()
                             .ok_or(ReconcileError::NoBackendId)?;
                         ops.push(MapOp::ResetBackendStats { id });
+                        // Always: a reused id may carry an earlier backend's bits.
+                        ops.push(admin_op(id, b.drained));
                         ops.push(MapOp::SetBackend {
                             id,
                             backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
@@ -289,6 +325,7 @@ impl Reconciler {
                         id,
                         mac,
                         forwarding: b.forwarding,
+                        drained: b.drained,
                         state: b.state,
                     },
                 );
@@ -341,13 +378,22 @@ impl Reconciler {
                     },
                 });
             }
-            // 4. Only now mark the dropped backends down so their flows move.
+            // 4. Only now change the state of backends that left the set (drained, down) and
+            // mark the dropped ones down so their flows move.
+            ops.append(&mut deactivated);
             for (addr, b) in &dropped {
                 retire(&mut ops, *addr, b, w.id, &mut retired);
             }
         }
         self.backend_ids.free.extend(retired);
         Ok(ops)
+    }
+}
+
+fn admin_op(id: u32, drained: bool) -> MapOp {
+    MapOp::SetBackendAdmin {
+        id,
+        flags: if drained { ADMIN_DRAINED } else { 0 },
     }
 }
 
@@ -423,6 +469,7 @@ mod tests {
                     state,
                     weight: 1,
                     forwarding: Forwarding::Dsr,
+                    drained: false,
                 })
                 .collect(),
         }
@@ -483,6 +530,39 @@ mod tests {
         );
     }
 
+    /// A SYN that picks a slot between two writes must find an active backend: the set stops
+    /// naming a backend before the backend stops being active, and names it only after it is.
+    #[test]
+    fn drain_and_down_leave_the_set_before_the_backend_changes_state() {
+        let both = [("10.0.0.11", 11, Active), ("10.0.0.12", 12, Active)];
+        for (to, state) in [(Draining, BACKEND_DRAINING), (Down, BACKEND_DOWN)] {
+            let mut r = Reconciler::default();
+            r.plan(&[spec("www", &both)]).unwrap();
+            let ops = r
+                .plan(&[spec(
+                    "www",
+                    &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, to)],
+                )])
+                .unwrap();
+            assert_eq!(ops.len(), 2, "{ops:#?}");
+            let MapOp::SetBackendSet { set, .. } = &ops[0] else {
+                panic!("set first: {ops:#?}")
+            };
+            assert_eq!(&set.slots[..set.len as usize], &[1]);
+            assert!(
+                matches!(&ops[1], MapOp::SetBackend { id: 2, backend } if backend.state == state),
+                "{ops:#?}"
+            );
+            // And back: active first, then the set that names it again.
+            let ops = r.plan(&[spec("www", &both)]).unwrap();
+            assert!(
+                matches!(&ops[0], MapOp::SetBackend { id: 2, backend } if backend.state == BACKEND_ACTIVE),
+                "{ops:#?}"
+            );
+            assert!(matches!(&ops[1], MapOp::SetBackendSet { .. }), "{ops:#?}");
+        }
+    }
+
     #[test]
     fn draining_backend_keeps_entry_but_leaves_set() {
         let mut r = Reconciler::default();
@@ -497,13 +577,14 @@ mod tests {
                 &[("10.0.0.11", 11, Active), ("10.0.0.12", 12, Draining)],
             )])
             .unwrap();
-        assert!(
-            matches!(&ops[0], MapOp::SetBackend { id: 2, backend } if backend.state == BACKEND_DRAINING)
-        );
-        let MapOp::SetBackendSet { set, .. } = &ops[1] else {
+        let MapOp::SetBackendSet { set, .. } = &ops[0] else {
             panic!("{ops:#?}")
         };
         assert_eq!(&set.slots[..set.len as usize], &[1]);
+        assert!(
+            matches!(&ops[1], MapOp::SetBackend { id: 2, backend } if backend.state == BACKEND_DRAINING)
+        );
+        assert_eq!(r.services()["www"].backends.len(), 2, "the entry is kept");
     }
 
     #[test]
@@ -557,9 +638,14 @@ mod tests {
                 _ => {}
             }
         }
-        let backends: Vec<(u32, Backend)> = backends.into_iter().collect();
+        let pinned = PinnedState {
+            services,
+            backends: backends.into_iter().collect(),
+            sets,
+            admin: Vec::new(),
+        };
         let names = vec![("www".to_string(), desired[0].key)];
-        let mut adopted = Reconciler::adopt(&names, &services, &backends, &sets);
+        let mut adopted = Reconciler::adopt(&names, &pinned);
         assert_eq!(adopted.plan(&desired).unwrap(), vec![]);
         // New ids do not collide with adopted ones.
         let more = [spec(
@@ -578,7 +664,7 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![1, 2, 3]);
         // A service the config no longer has is removed by the next plan.
-        let mut stale = Reconciler::adopt(&[], &services, &backends, &sets);
+        let mut stale = Reconciler::adopt(&[], &pinned);
         let ops = stale.plan(&[]).unwrap();
         assert!(matches!(ops[0], MapOp::RemoveService { .. }));
     }

@@ -37,6 +37,8 @@ pub struct Harness {
 pub enum Expect {
     /// XDP_PASS with the frame unchanged.
     Pass,
+    /// XDP_PASS with the frame unchanged, counted under this verdict index.
+    PassAs(u32),
     /// Direct server return to this MAC: XDP_TX of the input frame with the destination MAC
     /// set to it and the source MAC to the load balancer's ([`crate::packet::LB_MAC`]), every
     /// other byte unchanged. Shorthand for [`Expect::Frame`] of that frame.
@@ -73,6 +75,9 @@ impl Harness {
             config,
             macs: macs.iter().map(|(a, m)| (a.parse().unwrap(), *m)).collect(),
         };
+        // BPF_PROG_TEST_RUN reports loopback (ifindex 1) as the ingress interface; test frames
+        // are addressed to LB_MAC, as a client's would be to the balancer's interface.
+        h.dp.set_interface(1, crate::packet::LB_MAC).unwrap();
         h.apply(&h.desired());
         h
     }
@@ -177,6 +182,7 @@ impl Harness {
         let after = self.verdicts();
         let (want_action, want_counter) = match expect {
             Expect::Pass => (XDP_PASS, verdict::PASS),
+            Expect::PassAs(reason) => (XDP_PASS, *reason),
             Expect::Tx(_) | Expect::Frame(_) => (XDP_TX, verdict::TX),
             Expect::Drop(reason) => (XDP_DROP, *reason),
         };
@@ -208,7 +214,9 @@ impl Harness {
             ctx()
         );
         match expect {
-            Expect::Pass => assert_eq!(o.out, frame, "passed frame was modified; {}", ctx()),
+            Expect::Pass | Expect::PassAs(_) => {
+                assert_eq!(o.out, frame, "passed frame was modified; {}", ctx())
+            }
             Expect::Drop(_) => {}
             Expect::Tx(mac) => {
                 let mut want = frame.to_vec();

@@ -489,3 +489,111 @@ fn a_stale_flow_never_follows_a_reused_backend_id_to_another_service() {
         "followed the reused id"
     );
 }
+
+#[test]
+fn frames_for_another_mac_are_passed_never_forwarded() {
+    let h = harness();
+    // A switch flooding another host's frame, a broadcast and an IPv4 multicast MAC.
+    for (what, mac) in [
+        ("another host's unicast", [0x02, 0, 0, 0, 0, 0x77]),
+        ("broadcast", [0xff; 6]),
+        ("multicast", [0x01, 0x00, 0x5e, 0, 0, 0x64]),
+    ] {
+        let f = Pkt {
+            eth_dst: mac,
+            ..Pkt::tcp(CLIENT, 2000, VIP, 80, TCP_SYN)
+        };
+        h.check(what, &f.build(), &Expect::PassAs(verdict::PASS_OTHER_HOST));
+        let v6 = Pkt {
+            eth_dst: mac,
+            ..Pkt::tcp("fd00::1", 2000, "fd00::100", 80, TCP_SYN)
+        };
+        h.check(what, &v6.build(), &Expect::PassAs(verdict::PASS_OTHER_HOST));
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0, "no flow was created");
+    assert_eq!(h.service_counters("www").new_flows, 0);
+    // The same connection addressed to the balancer is balanced, from the first backend: the
+    // foreign frames did not move the round-robin cursor.
+    let syn = Pkt::tcp(CLIENT, 2000, VIP, 80, TCP_SYN);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..syn.clone()
+    };
+    h.check("addressed to us", &syn.build(), &Expect::Frame(out.build()));
+}
+
+#[test]
+fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_anew() {
+    let mut h = harness();
+    let syn = Pkt::tcp(CLIENT, 3000, VIP, 80, TCP_SYN).build();
+    h.check("first connection", &syn, &Expect::Tx(B1));
+    let fin = Pkt::tcp(CLIENT, 3000, VIP, 80, 0x11).build();
+    h.check("its FIN", &fin, &Expect::Tx(B1));
+    let open_on = |h: &Harness, addr| {
+        let id = h.backend_id("www", addr);
+        h.dp.flows_per_backend()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(open_on(&h, "10.0.0.11"), 0, "closed");
+    // B1 is drained: a new connection on the same 5-tuple must not follow the old entry to it.
+    h.set_state("www", "10.0.0.11", BackendState::Draining);
+    h.check("same tuple, new connection", &syn, &Expect::Tx(B2));
+    assert_eq!(
+        open_on(&h, "10.0.0.12"),
+        1,
+        "the new connection counts as open"
+    );
+    h.check(
+        "and its packets stay",
+        &Pkt::tcp(CLIENT, 3000, VIP, 80, TCP_ACK).build(),
+        &Expect::Tx(B2),
+    );
+    // A retransmitted SYN of an open connection keeps its backend.
+    h.check("SYN retransmit", &syn, &Expect::Tx(B2));
+    assert_eq!(h.service_counters("www").new_flows, 2);
+}
+
+#[test]
+fn a_fin_or_rst_of_no_known_flow_is_dropped_and_creates_none() {
+    let h = harness();
+    for (what, flags) in [("FIN", 0x11), ("RST", 0x04), ("RST+ACK", 0x14)] {
+        let f = Pkt::tcp(CLIENT, 4000, VIP, 80, flags).build();
+        h.check(what, &f, &Expect::Drop(verdict::DROP_NO_FLOW));
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+    // A mid-stream ACK without an entry (after an eviction) still finds a backend.
+    h.check(
+        "ACK without entry",
+        &Pkt::tcp(CLIENT, 4000, VIP, 80, TCP_ACK).build(),
+        &Expect::Tx(B1),
+    );
+}
+
+/// Drain and down are planned as several map writes; a SYN arriving between any two of them
+/// must still be forwarded (the set stops naming a backend before the backend goes inactive).
+#[test]
+fn a_syn_between_the_writes_of_a_drain_or_down_is_never_dropped() {
+    for to in [BackendState::Draining, BackendState::Down] {
+        let mut h = harness();
+        let mut d = h.desired();
+        d[0].backends[1].state = to;
+        let ops = h.reconciler.plan(&d).unwrap();
+        assert!(ops.len() >= 2, "{ops:#?}");
+        for (i, op) in ops.iter().enumerate() {
+            h.dp.execute(std::slice::from_ref(op)).unwrap();
+            for port in 0..2 {
+                let syn = Pkt::tcp(CLIENT, 5000 + 10 * i as u16 + port, VIP, 80, TCP_SYN).build();
+                let o = h.run(&syn);
+                assert_eq!(
+                    foobar_lb_tests::harness::action_name(o.action),
+                    "tx",
+                    "{to:?}: SYN after write {i} ({op:?}) not forwarded"
+                );
+            }
+        }
+    }
+}

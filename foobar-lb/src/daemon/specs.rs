@@ -33,17 +33,16 @@ pub(super) fn service_specs(
         .services
         .iter()
         .map(|s| {
+            let status: Vec<(bool, bool)> = s.backends.iter().map(|b| status(s, b)).collect();
             let members: Vec<Member> = s
                 .backends
                 .iter()
-                .map(|b| {
-                    let (healthy, drained) = status(s, b);
-                    Member {
-                        role: b.role,
-                        weight: b.weight,
-                        healthy,
-                        drained,
-                    }
+                .zip(&status)
+                .map(|(b, &(healthy, drained))| Member {
+                    role: b.role,
+                    weight: b.weight,
+                    healthy,
+                    drained,
                 })
                 .collect();
             ServiceSpec {
@@ -55,12 +54,14 @@ pub(super) fn service_specs(
                     .backends
                     .iter()
                     .zip(pool::states(&members, s.failover))
-                    .map(|(b, state)| BackendSpec {
+                    .zip(&status)
+                    .map(|((b, state), &(_, drained))| BackendSpec {
                         addr: b.address,
                         mac: macs.get(&b.address).copied(),
                         state,
                         weight: b.weight,
                         forwarding: Forwarding::Dsr,
+                        drained,
                     })
                     .collect(),
             }

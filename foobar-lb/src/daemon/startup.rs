@@ -18,7 +18,7 @@ use crate::{
     config::{CheckKind, Config, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
     desired::Mac,
-    firewall,
+    firewall, netdev,
     reconcile::Reconciler,
 };
 
@@ -55,7 +55,7 @@ fn load_dataplane(config: &Config) -> Result<(Dataplane, Reconciler)> {
         pin_dir: Some(config.pin_dir.clone()),
     })?;
     let reconciler = if dataplane.adopted() {
-        let (services, backends, sets) = dataplane.read_state()?;
+        let pinned = dataplane.read_state()?;
         let names: Vec<(String, ServiceKey)> = config
             .services
             .iter()
@@ -64,10 +64,10 @@ fn load_dataplane(config: &Config) -> Result<(Dataplane, Reconciler)> {
         log::info!(
             "adopting the pinned data plane in {} ({} service(s), {} backend entries)",
             config.pin_dir.display(),
-            services.len(),
-            backends.len()
+            pinned.services.len(),
+            pinned.backends.len()
         );
-        Reconciler::adopt(&names, &services, &backends, &sets)
+        Reconciler::adopt(&names, &pinned)
     } else {
         Reconciler::default()
     };
@@ -164,6 +164,10 @@ impl Daemon {
 
     fn attach(&mut self, mode: XdpMode) -> Result<()> {
         for iface in self.config.interfaces.clone() {
+            // The interface's MAC first: the program balances only frames addressed to it.
+            let index = netdev::ifindex(&iface)?;
+            let mac = netdev::mac(&iface)?;
+            self.dataplane.set_interface(index, mac)?;
             let attached = self.dataplane.attach(&iface, mode)?;
             println!("foobar-lb: XDP attached to {iface} in {attached} mode");
         }

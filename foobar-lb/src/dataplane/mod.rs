@@ -23,13 +23,16 @@ use aya::{
 };
 use foobar_lb_common::{
     registry::{pinned_maps, Meta},
-    verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, ServiceInfo, ServiceKey, VipKey,
-    LAYOUT_VERSION, MAP_BACKENDS, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_META,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAX_BLOCKED, MAX_PREFIX_LENS,
-    PROG_NAME,
+    verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, Iface, ServiceInfo, ServiceKey,
+    VipKey, IFACE_ACTIVE, LAYOUT_VERSION, MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS,
+    MAP_BACKEND_STATS, MAP_FLOWS, MAP_IFACES, MAP_META, MAP_SERVICES, MAP_SERVICE_STATS,
+    MAP_VERDICT_STATS, MAP_VIPS, MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS, PROG_NAME,
 };
 
-use crate::{config::XdpMode, reconcile::MapOp};
+use crate::{
+    config::XdpMode,
+    reconcile::{MapOp, PinnedState},
+};
 
 /// The XDP object built by build.rs (empty when the BPF toolchain was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FOOBAR_LB_EBPF_OBJ"));
@@ -127,6 +130,8 @@ pub enum DataplaneError {
         lens.len()
     )]
     TooManyPrefixLengths { family: u8, lens: Vec<u8> },
+    #[error("interface index {ifindex} is beyond the data plane's table ({MAX_IFINDEX} entries)")]
+    IfindexTooLarge { ifindex: u32 },
     #[error("cannot count the possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("map {map}")]
@@ -159,14 +164,6 @@ impl std::fmt::Display for Attached {
         })
     }
 }
-
-/// What a pinned data plane holds: services by key, backend entries by id, and backend sets
-/// by service id.
-pub type PinnedState = (
-    Vec<(ServiceKey, ServiceInfo)>,
-    Vec<(u32, Backend)>,
-    Vec<(u32, BackendSet)>,
-);
 
 /// Reader of the program's aya-log records.
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -369,6 +366,10 @@ impl Dataplane {
                     .set(*id, backend, 0)
                     .map_err(map_err(MAP_BACKENDS))?,
                 MapOp::ResetBackendStats { id } => self.reset_counters(MAP_BACKEND_STATS, *id)?,
+                MapOp::SetBackendAdmin { id, flags } => self
+                    .array::<u32>(MAP_BACKEND_ADMIN)?
+                    .set(*id, flags, 0)
+                    .map_err(map_err(MAP_BACKEND_ADMIN))?,
                 MapOp::ResetServiceStats { id } => self.reset_counters(MAP_SERVICE_STATS, *id)?,
                 MapOp::SetBackendSet { service_id, set } => self
                     .hash::<u32, BackendSet>(MAP_BACKEND_SETS)?
@@ -403,6 +404,21 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Records an interface's MAC: the program balances only frames addressed to it, and
+    /// forwards with it as the source MAC. One array element, written whole.
+    pub fn set_interface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        if ifindex >= MAX_IFINDEX {
+            return Err(DataplaneError::IfindexTooLarge { ifindex });
+        }
+        let entry = Iface {
+            mac,
+            flags: IFACE_ACTIVE,
+        };
+        self.array::<Iface>(MAP_IFACES)?
+            .set(ifindex, entry, 0)
+            .map_err(map_err(MAP_IFACES))
     }
 
     /// Verdict counters summed over CPUs, in `verdict::NAMES` order.
@@ -466,7 +482,21 @@ impl Dataplane {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(map_err(MAP_BACKEND_SETS))?;
-        Ok((services, backends, sets))
+        let map = self.map(MAP_BACKEND_ADMIN)?;
+        let arr: Array<&MapData, u32> = Array::try_from(map).map_err(map_err(MAP_BACKEND_ADMIN))?;
+        let mut admin = Vec::new();
+        for (id, _) in &backends {
+            let flags = arr.get(id, 0).map_err(map_err(MAP_BACKEND_ADMIN))?;
+            if flags != 0 {
+                admin.push((*id, flags));
+            }
+        }
+        Ok(PinnedState {
+            services,
+            backends,
+            sets,
+            admin,
+        })
     }
 
     /// Open (not closing) flow-table entries per backend id (walks the table: for status
