@@ -176,6 +176,10 @@ pub struct StatsSnapshot {
     pub services: Vec<ServiceStats>,
     #[serde(default)]
     pub firewall: FirewallStats,
+    /// Service and backend map writes this daemon made (an adopting daemon whose checks agree
+    /// with the pinned state makes none).
+    #[serde(default)]
+    pub map_writes: u64,
 }
 
 impl StatsSnapshot {

@@ -49,6 +49,15 @@ impl HealthState {
         }
     }
 
+    /// A state taken over from elsewhere (a pinned data plane): `up` until `fall` failures say
+    /// otherwise, exactly as if it had been observed.
+    pub fn assumed(up: bool) -> HealthState {
+        HealthState {
+            up: Some(up),
+            streak: 0,
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up == Some(true)
     }

@@ -128,6 +128,12 @@ pub fn render(s: &StatsSnapshot) -> String {
         .set(s.firewall.blocklist_prefixes as f64);
     let flows = gauge(&mut reg, "flows", "Entries in the flow table");
     flows.get_or_create(&vec![]).set(s.flows as f64);
+    let writes = counter(
+        &mut reg,
+        "map_writes",
+        "Service and backend map writes by this daemon (0 after a restart that changed nothing)",
+    );
+    writes.get_or_create(&vec![]).inc_by(s.map_writes);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out

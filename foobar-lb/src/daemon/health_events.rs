@@ -74,7 +74,10 @@ impl Daemon {
             if up {
                 self.learn_mac(*addr);
             }
-            self.apply()?;
+            // During start-up the first round's results are written together at its end.
+            if self.started {
+                self.apply()?;
+            }
         }
         Ok(())
     }

@@ -88,6 +88,9 @@ struct Daemon {
     seed: u64,
     /// The source block list now in the data plane.
     blocklist_len: usize,
+    /// Set once start-up wrote the maps: health transitions before that are not written one by
+    /// one (a half-checked first round would write unchecked backends down).
+    started: bool,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }

@@ -103,6 +103,7 @@ impl Daemon {
                 .collect(),
             flows: flows.values().sum::<u64>() as usize,
             services,
+            map_writes: self.dataplane.map_writes(),
         })
     }
 

@@ -18,7 +18,9 @@ use crate::{
     config::{CheckKind, Config, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
     desired::Mac,
-    firewall, netdev,
+    firewall,
+    health::HealthState,
+    netdev,
     reconcile::Reconciler,
 };
 
@@ -37,11 +39,15 @@ pub(super) async fn start(
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
     let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs);
+    if d.dataplane.adopted() {
+        d.take_over_pinned_state();
+    }
     d.init_firewall()?;
     d.start_all_checks();
     d.first_health_round(&mut events).await?;
     // Maps are filled before attaching, so the first packet already sees the services.
     d.apply()?;
+    d.started = true;
     d.attach(mode)?;
     d.print_summary();
     Ok((d, events))
@@ -116,10 +122,38 @@ impl Daemon {
             events: events_tx,
             checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
             seed: std::process::id() as u64,
+            started: false,
             samples: HashMap::new(),
             blocklist_len: 0,
         };
         (d, events)
+    }
+
+    /// An adopted data plane is the starting truth: every backend it serves (active or
+    /// draining) starts up, with its pinned MAC unless resolution found another, and keeps its
+    /// drain. Checks then change a state only by the usual rise/fall rules, so a restart writes
+    /// nothing for backends whose checks agree, however slow or many the checks.
+    fn take_over_pinned_state(&mut self) {
+        let mut taken = 0;
+        for svc in &self.config.services {
+            let Some(written) = self.reconciler.services().get(&svc.name) else {
+                continue;
+            };
+            for b in &svc.backends {
+                let Some(w) = written.backends.get(&b.address) else {
+                    continue;
+                };
+                let rt = self
+                    .backends
+                    .entry((svc.name.clone(), b.address))
+                    .or_default();
+                rt.health = HealthState::assumed(true);
+                rt.drained = w.drained;
+                self.macs.entry(b.address).or_insert(w.mac);
+                taken += 1;
+            }
+        }
+        log::info!("took over {taken} backend(s) as the pinned data plane has them");
     }
 
     /// Writes rules, VIP policies and the configured block lists.

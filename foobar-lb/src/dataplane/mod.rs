@@ -181,6 +181,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// Whether pinned maps from an earlier daemon were found and reused.
     adopted: bool,
+    /// Map operations executed (see [`Dataplane::map_writes`]).
+    writes: u64,
     logger: Option<Logger>,
 }
 
@@ -218,8 +220,14 @@ impl Dataplane {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
             adopted,
+            writes: 0,
             logger,
         })
+    }
+
+    /// Service and backend map operations executed by this process.
+    pub fn map_writes(&self) -> u64 {
+        self.writes
     }
 
     /// Whether this data plane reuses pinned state of an earlier daemon.
@@ -360,6 +368,7 @@ impl Dataplane {
     /// sees a consistent state (see `reconcile`).
     pub fn execute(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         for op in ops {
+            self.writes += 1;
             match op {
                 MapOp::SetBackend { id, backend } => self
                     .array::<Backend>(MAP_BACKENDS)?
