@@ -31,8 +31,18 @@ pub mod verdict {
     pub const PASS_OTHER_HOST: u32 = 11;
     /// A TCP FIN or RST that belongs to no flow in the table: it cannot create one.
     pub const DROP_NO_FLOW: u32 = 12;
+    /// For a VIP, IPv4 header checksum wrong.
+    pub const DROP_BAD_CHECKSUM: u32 = 13;
+    /// For a VIP, with an IPv4 loose or strict source-route option.
+    pub const DROP_SOURCE_ROUTE: u32 = 14;
+    /// For a VIP from a source no real client has: unspecified, loopback, multicast, reserved,
+    /// v4-mapped, or a VIP itself (LAND).
+    pub const DROP_MARTIAN: u32 = 15;
+    /// For a VIP, TCP flags no connection state allows (NULL, SYN+FIN, XMAS, FIN without ACK,
+    /// ...), as Linux conntrack judges them.
+    pub const DROP_BAD_TCP_FLAGS: u32 = 16;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -49,6 +59,10 @@ pub mod verdict {
         "drop_rate_limit",
         "pass_other_host",
         "drop_no_flow",
+        "drop_bad_checksum",
+        "drop_source_route",
+        "drop_martian",
+        "drop_bad_tcp_flags",
     ];
 }
 

@@ -23,12 +23,14 @@ mod stats;
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use foobar_lb_common::{verdict, Iface, ServiceKey, VipKey, IFACE_ACTIVE};
+    use foobar_lb_common::{
+        verdict, Iface, ServiceKey, VipKey, FAMILY_V4, IFACE_ACTIVE, PROTO_TCP,
+    };
 
     use crate::{
         firewall,
         maps::{IFACES, SERVICES, VIPS},
-        parse::{parse, Packet, Parsed},
+        parse::{self, parse, Packet, Parsed},
         rewrite, select, stats,
     };
 
@@ -88,11 +90,13 @@ mod prog {
             }
             return Ok((xdp_action::XDP_PASS, verdict::PASS_OTHER_HOST));
         };
+        sanity(ctx, &pkt)?;
         if !balance {
             // ICMP and other protocols to a VIP: firewall, then the VIP policy.
             if fw.flags != 0 {
                 firewall::filter(fw, key, len)?;
             }
+            source_ok(key)?;
             return vip_policy(ctx, fw, key).and(pass);
         }
         let gen = fw.gen;
@@ -127,6 +131,7 @@ mod prog {
         if pkt.fin {
             return Err(verdict::DROP_NO_FLOW);
         }
+        source_ok(key)?;
         let service = ServiceKey {
             vip: key.dst,
             port: key.dport,
@@ -162,6 +167,31 @@ mod prog {
         stats::count_forward(service_id, backend_id, len);
         rewrite::forward(ctx, pkt, iface, backend)?;
         Ok((xdp_action::XDP_TX, verdict::TX))
+    }
+
+    /// Checks every packet to a VIP must pass, as a hardened host judges them; only VIP
+    /// traffic pays for them.
+    #[inline(always)]
+    fn sanity(ctx: &XdpContext, pkt: &Packet) -> Result<(), u32> {
+        let key = &pkt.key;
+        if key.family == FAMILY_V4 {
+            parse::ipv4_header_ok(ctx, pkt.l3_off as usize)?;
+        }
+        if key.proto == PROTO_TCP && !parse::tcp_flags_valid(pkt.tcp_flags) {
+            return Err(verdict::DROP_BAD_TCP_FLAGS);
+        }
+        Ok(())
+    }
+
+    /// Sources no flow may start from: martians, and any VIP (LAND-style spoofing). Checked
+    /// where a flow could start (a flow-table miss) and for other protocols to a VIP; an
+    /// established flow passed it when it was created.
+    #[inline(always)]
+    fn source_ok(key: &foobar_lb_common::FlowKey) -> Result<(), u32> {
+        if parse::martian(&key.src, key.family) || in_vips(&key.src, key.family) {
+            return Err(verdict::DROP_MARTIAN);
+        }
+        Ok(())
     }
 
     /// The receiving interface, if the frame is addressed to its own MAC (one array read and

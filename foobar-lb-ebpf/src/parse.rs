@@ -33,9 +33,10 @@ pub struct Packet {
     pub syn: bool,
     /// A TCP FIN or RST: the connection is closing.
     pub fin: bool,
+    /// The TCP flags byte (0 for UDP and other protocols).
+    pub tcp_flags: u8,
     /// Offsets from the frame start of the IP header and of the L4 header (after IPv4 options or
     /// IPv6 extension headers): what a rewrite that touches L3/L4 fields needs.
-    #[allow(dead_code)] // read by rewrites other than DSR (none yet)
     pub l3_off: u16,
     #[allow(dead_code)]
     pub l4_off: u16,
@@ -117,12 +118,13 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
             },
             syn: false,
             fin: false,
+            tcp_flags: 0,
             l3_off: offset as u16,
             l4_off: (offset + hdr_len) as u16,
         });
     }
     match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
-        Some((sport, dport, syn, fin)) => Parsed::Flow(Packet {
+        Some((sport, dport, flags)) => Parsed::Flow(Packet {
             key: FlowKey {
                 src,
                 dst,
@@ -132,8 +134,9 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V4,
                 _pad: [0; 2],
             },
-            syn,
-            fin,
+            syn: flags & 0x12 == 0x02,
+            fin: flags & 0x05 != 0,
+            tcp_flags: flags,
             l3_off: offset as u16,
             l4_off: (offset + hdr_len) as u16,
         }),
@@ -191,6 +194,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
             },
             syn: false,
             fin: false,
+            tcp_flags: 0,
             l3_off: offset as u16,
             l4_off: l4 as u16,
         });
@@ -199,7 +203,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
         return suspect(verdict::DROP_MALFORMED);
     }
     match ports(ctx, l4, next, payload_len - ext_len) {
-        Some((sport, dport, syn, fin)) => Parsed::Flow(Packet {
+        Some((sport, dport, flags)) => Parsed::Flow(Packet {
             key: FlowKey {
                 src: addr6(&ip.src_addr),
                 dst,
@@ -209,8 +213,9 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V6,
                 _pad: [0; 2],
             },
-            syn,
-            fin,
+            syn: flags & 0x12 == 0x02,
+            fin: flags & 0x05 != 0,
+            tcp_flags: flags,
             l3_off: offset as u16,
             l4_off: l4 as u16,
         }),
@@ -218,35 +223,29 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
 }
 
-/// Source and destination ports (network byte order) of a TCP or UDP header at `offset`, if the
-/// whole fixed header is present both in the frame and within the IP payload (`l4_len`).
+/// Ports (network byte order) and TCP flags of a TCP or UDP header at `offset`, if the header
+/// is whole both in the frame and within the IP payload (`l4_len`): a TCP data offset beyond
+/// the segment, or a UDP length below 8 or beyond the payload, is malformed.
 ///
 /// The frame bounds check comes first on purpose: done after the `l4_len` check, LLVM proves it
 /// redundant from the earlier IP length checks and drops it, and the verifier rejects the read.
 #[inline(always)]
-fn ports(
-    ctx: &XdpContext,
-    offset: usize,
-    proto: u8,
-    l4_len: usize,
-) -> Option<(u16, u16, bool, bool)> {
-    let (hdr, min, syn, fin) = if proto == PROTO_TCP {
+fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u16, u16, u8)> {
+    let (hdr, min, flags) = if proto == PROTO_TCP {
         let tcp = unsafe { &*ptr_at::<[u8; 20]>(ctx, offset)? };
         // Data offset below 5 words is not a TCP header.
-        if tcp[12] >> 4 < 5 {
+        let doff = tcp[12] >> 4;
+        if doff < 5 {
             return None;
         }
-        // SYN set and ACK clear: a new connection. FIN or RST: it is closing.
-        let flags = tcp[13];
-        (
-            [tcp[0], tcp[1], tcp[2], tcp[3]],
-            20,
-            flags & 0x12 == 0x02,
-            flags & 0x05 != 0,
-        )
+        ([tcp[0], tcp[1], tcp[2], tcp[3]], doff as usize * 4, tcp[13])
     } else {
         let udp = unsafe { &*ptr_at::<[u8; 8]>(ctx, offset)? };
-        ([udp[0], udp[1], udp[2], udp[3]], 8, false, false)
+        let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        if ulen < 8 || ulen > l4_len {
+            return None;
+        }
+        ([udp[0], udp[1], udp[2], udp[3]], 8, 0)
     };
     if l4_len < min {
         return None;
@@ -254,9 +253,103 @@ fn ports(
     Some((
         u16::from_ne_bytes([hdr[0], hdr[1]]),
         u16::from_ne_bytes([hdr[2], hdr[3]]),
-        syn,
-        fin,
+        flags,
     ))
+}
+
+/// TCP flag combinations Linux conntrack accepts in some state (`tcp_valid_flags`), PSH, ECE
+/// and CWR ignored: bit `f` set means flags `f` (FIN 1, SYN 2, RST 4, ACK 16, URG 32) are valid.
+const VALID_TCP_FLAGS: u64 = (1 << 0x02) // SYN
+    | (1 << 0x22) // SYN+URG
+    | (1 << 0x12) // SYN+ACK
+    | (1 << 0x04) // RST
+    | (1 << 0x14) // RST+ACK
+    | (1 << 0x11) // FIN+ACK
+    | (1 << 0x31) // FIN+ACK+URG
+    | (1 << 0x10) // ACK
+    | (1 << 0x30); // ACK+URG
+
+/// Whether a TCP flags byte is a combination some connection state allows (NULL, SYN+FIN,
+/// SYN+RST, FIN without ACK, XMAS... are not).
+#[inline(always)]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    let f = flags & 0x37; // drop PSH (0x08), ECE (0x40), CWR (0x80)
+    (VALID_TCP_FLAGS >> f) & 1 != 0
+}
+
+/// IPv4 header checks left out of parsing so that traffic not for a VIP does not pay for them:
+/// the header checksum, and source-route options (LSRR/SSRR), which a host must not honour.
+#[inline(always)]
+pub fn ipv4_header_ok(ctx: &XdpContext, l3_off: usize) -> Result<(), u32> {
+    let words = ptr_at::<[u32; 5]>(ctx, l3_off).ok_or(verdict::DROP_MALFORMED)?;
+    let w = unsafe { &*words };
+    let ihl = (w[0].to_ne_bytes()[0] & 0x0f) as usize;
+    let mut sum = w[0] as u64 + w[1] as u64 + w[2] as u64 + w[3] as u64 + w[4] as u64;
+    if ihl > 5 {
+        // Options (rare): up to 10 more words; parse_v4 checked that the header fits.
+        for i in 5..15 {
+            if i >= ihl {
+                break;
+            }
+            let word = ptr_at::<u32>(ctx, l3_off + i * 4).ok_or(verdict::DROP_MALFORMED)?;
+            sum += unsafe { *word } as u64;
+        }
+        source_route(ctx, l3_off + 20, (ihl - 5) * 4)?;
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    if foobar_lb_common::csum::fold(sum as u32) != 0xffff {
+        return Err(verdict::DROP_BAD_CHECKSUM);
+    }
+    Ok(())
+}
+
+/// Most options [`source_route`] walks (NOPs count). Real headers carry a few; one with more
+/// is dropped as malformed rather than forwarded unjudged. The bound keeps the verifier's
+/// exploration of the walk (one path per option layout) small.
+pub const MAX_IPV4_OPTIONS: usize = 4;
+
+/// Walks IPv4 options (`len` bytes at `offset`) for LSRR (131) or SSRR (137).
+///
+/// (kind, length) is one 2-byte load: the options are followed by at least an L4 header, and a
+/// 1-byte load's bounds check is rewritten by LLVM into a form the verifier rejects.
+#[inline(always)]
+fn source_route(ctx: &XdpContext, offset: usize, len: usize) -> Result<(), u32> {
+    let mut at = 0usize;
+    for _ in 0..MAX_IPV4_OPTIONS {
+        if at >= len {
+            return Ok(());
+        }
+        let pair = unsafe { *ptr_at::<[u8; 2]>(ctx, offset + at).ok_or(verdict::DROP_MALFORMED)? };
+        match pair[0] {
+            0 => return Ok(()), // end of options
+            1 => at += 1,       // no-op
+            0x83 | 0x89 => return Err(verdict::DROP_SOURCE_ROUTE),
+            _ if pair[1] < 2 => return Err(verdict::DROP_MALFORMED),
+            _ => at += pair[1] as usize,
+        }
+    }
+    // More options than walked, or one running past the header.
+    if at == len {
+        Ok(())
+    } else {
+        Err(verdict::DROP_MALFORMED)
+    }
+}
+
+/// Source addresses no packet to a VIP may carry: unspecified, loopback, multicast and
+/// reserved (IPv4 0/8, 127/8, 224/4, 240/4 incl. broadcast; IPv6 ::, ::1, ff00::/8 and
+/// v4-mapped ::ffff:0:0/96).
+#[inline(always)]
+pub fn martian(src: &Addr, family: u8) -> bool {
+    if family == FAMILY_V4 {
+        let first = src[0].to_ne_bytes()[0];
+        return first == 0 || first == 127 || first >= 224;
+    }
+    let first = src[0].to_ne_bytes()[0];
+    let v4_mapped = u32::from_be(src[2]) == 0x0000_ffff;
+    first == 0xff
+        || (src[0] == 0 && src[1] == 0 && (v4_mapped || (src[2] == 0 && u32::from_be(src[3]) <= 1)))
 }
 
 #[inline(always)]

@@ -223,8 +223,9 @@ fn vlan_tagged_frames_keep_their_tag() {
 #[test]
 fn ipv4_options_are_skipped_by_ihl() {
     let h = harness();
-    // Two NOPs + EOL padding, then a 4-byte record-route-ish filler: IHL 7.
-    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).options(&[1, 1, 1, 1, 1, 1, 1, 0]);
+    // Three NOPs and a 5-byte timestamp option (no room for a stamp: pointer past the end):
+    // IHL 7.
+    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).options(&[1, 1, 1, 68, 5, 5, 0, 0]);
     let out = Pkt {
         eth_dst: B1,
         eth_src: LB_MAC,
@@ -596,4 +597,130 @@ fn a_syn_between_the_writes_of_a_drain_or_down_is_never_dropped() {
             }
         }
     }
+}
+
+/// Offset of the IPv4 header in an untagged frame, and of the L4 header without options.
+const IP: usize = 14;
+const L4_OFF: usize = 34;
+
+#[test]
+fn ipv4_header_defects_to_a_vip_are_dropped_and_counted() {
+    let h = harness();
+    let good = Pkt::tcp(CLIENT, 6000, VIP, 80, TCP_SYN).build();
+    let mut bad_sum = good.clone();
+    bad_sum[IP + 10] ^= 0x40;
+    h.check(
+        "IPv4 checksum wrong",
+        &bad_sum,
+        &Expect::Drop(verdict::DROP_BAD_CHECKSUM),
+    );
+    // Not for a VIP: the host's business, untouched.
+    let mut other = Pkt::tcp(CLIENT, 6000, "10.0.0.9", 80, TCP_SYN).build();
+    other[IP + 10] ^= 0x40;
+    h.check("bad checksum, not a VIP", &other, &Expect::Pass);
+    for (what, opt) in [
+        ("LSRR", [0x83u8, 7, 4, 10, 0, 0, 1, 0]),
+        ("SSRR", [0x89u8, 7, 4, 10, 0, 0, 1, 0]),
+        ("NOPs then SSRR", [1, 0x89, 6, 4, 10, 0, 0, 1]),
+    ] {
+        let f = Pkt::tcp(CLIENT, 6001, VIP, 80, TCP_SYN)
+            .options(&opt)
+            .build();
+        h.check(what, &f, &Expect::Drop(verdict::DROP_SOURCE_ROUTE));
+    }
+    // Other options (record route, timestamps) are fine.
+    let rr = Pkt::tcp(CLIENT, 6002, VIP, 80, TCP_SYN)
+        .options(&[7, 7, 4, 0, 0, 0, 0, 0])
+        .build();
+    h.check("record route", &rr, &Expect::Tx(B1));
+    assert_eq!(
+        h.dp.flow_count().unwrap(),
+        1,
+        "only the good one made a flow"
+    );
+}
+
+#[test]
+fn martian_and_vip_sources_are_dropped() {
+    let h = harness();
+    for src in [
+        "0.1.2.3",
+        "127.0.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        VIP,
+        "10.0.0.101",
+    ] {
+        let f = Pkt::tcp(src, 6100, VIP, 80, TCP_SYN).build();
+        h.check(src, &f, &Expect::Drop(verdict::DROP_MARTIAN));
+    }
+    for src in ["::", "::1", "ff02::1", "::ffff:10.0.0.1", "fd00::100"] {
+        let f = Pkt::tcp(src, 6100, "fd00::100", 80, TCP_SYN).build();
+        h.check(src, &f, &Expect::Drop(verdict::DROP_MARTIAN));
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+    h.check(
+        "a real client",
+        &Pkt::tcp(CLIENT, 6100, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+}
+
+#[test]
+fn tcp_flag_combinations_conntrack_rejects_are_dropped() {
+    let h = harness();
+    for (what, flags) in [
+        ("NULL", 0x00u8),
+        ("FIN alone", 0x01),
+        ("SYN+FIN", 0x03),
+        ("SYN+RST", 0x06),
+        ("RST+FIN", 0x05),
+        ("XMAS (FIN+PSH+URG)", 0x29),
+        ("all six", 0x3f),
+        ("SYN+FIN+ACK", 0x13),
+    ] {
+        let f = Pkt::tcp(CLIENT, 6200, VIP, 80, flags).build();
+        h.check(what, &f, &Expect::Drop(verdict::DROP_BAD_TCP_FLAGS));
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+    // Valid ones keep working: an ECN-setup SYN, then PSH+ACK data, then FIN+ACK.
+    h.check(
+        "SYN with ECE+CWR",
+        &Pkt::tcp(CLIENT, 6200, VIP, 80, 0xc2).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "PSH+ACK",
+        &Pkt::tcp(CLIENT, 6200, VIP, 80, 0x18).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "FIN+ACK",
+        &Pkt::tcp(CLIENT, 6200, VIP, 80, 0x11).build(),
+        &Expect::Tx(B1),
+    );
+}
+
+#[test]
+fn l4_lengths_that_do_not_fit_are_malformed() {
+    let h = harness();
+    // TCP data offset of 15 words in a 32-byte segment.
+    let mut f = Pkt::tcp(CLIENT, 6300, VIP, 80, TCP_SYN).build();
+    f[L4_OFF + 12] = 0xf0;
+    h.check(
+        "TCP doff beyond segment",
+        &f,
+        &Expect::Drop(verdict::DROP_MALFORMED),
+    );
+    for (what, len) in [
+        ("UDP length 0", 0u16),
+        ("UDP length 7", 7),
+        ("UDP length 300", 300),
+    ] {
+        let mut f = Pkt::udp(CLIENT, 6300, VIP, 53).build();
+        f[L4_OFF + 4..L4_OFF + 6].copy_from_slice(&len.to_be_bytes());
+        h.check(what, &f, &Expect::Drop(verdict::DROP_MALFORMED));
+    }
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
 }
