@@ -521,3 +521,94 @@ fn a_pinned_data_plane_of_another_layout_version_is_refused() {
     // Refused before anything was written: the old data plane still forwards.
     assert_eq!(get(&s.topo.client), "web1");
 }
+
+/// A pin directory of this test under the tests' bpffs root (swept by `cargo xtask test` if
+/// left over); whatever is pinned in it is removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        PinDir(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/foobar-lb-test/{}",
+            foobar_lb_tests::netns::unique_prefix(tag)
+        )))
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        for n in self.names() {
+            let _ = std::fs::remove_file(self.0.join(n));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Pins a map that is not foobar-lb's, as another tool would.
+fn pin_foreign_map(path: &std::path::Path) {
+    use aya::maps::{Array, MapData};
+    let map = Array::<MapData, u32>::create(1, 0).expect("create a map");
+    map.pin(path).expect("pin it");
+}
+
+#[test]
+fn teardown_removes_only_what_foobar_lb_pinned_and_refuses_other_directories() {
+    use foobar_lb::dataplane::{Dataplane, LoadOptions};
+
+    if !root_object_and_binary() {
+        return;
+    }
+    // A foobar-lb data plane (this also mounts bpffs if needed), with another tool's map
+    // pinned next to it.
+    let ours = PinDir::new("td");
+    let dp = Dataplane::load(&LoadOptions {
+        flow_table_size: 4096,
+        pin_dir: Some(ours.0.clone()),
+    })
+    .expect("load the data plane");
+    drop(dp);
+    pin_foreign_map(&ours.0.join("other_tool_map"));
+
+    // Another tool's directory: its own map, and one that merely has a foobar-lb map's name.
+    let foreign = PinDir::new("tf");
+    std::fs::create_dir_all(&foreign.0).unwrap();
+    pin_foreign_map(&foreign.0.join("other_tool_map"));
+    pin_foreign_map(&foreign.0.join(foobar_lb_common::MAP_FLOWS));
+    let before = foreign.names();
+    let out = cli(&["teardown", "--pin-dir", foreign.0.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "teardown accepted a foreign directory"
+    );
+    assert!(
+        err.contains("not a foobar-lb pin directory") && err.contains("nothing removed"),
+        "{err}"
+    );
+    assert_eq!(foreign.names(), before, "a foreign pin was removed");
+
+    let out = cli(&["teardown", "--pin-dir", ours.0.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("kept") && text.contains("other_tool_map"),
+        "{text}"
+    );
+    assert_eq!(ours.names(), ["other_tool_map"]);
+}
