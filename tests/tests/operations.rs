@@ -612,3 +612,72 @@ fn teardown_removes_only_what_foobar_lb_pinned_and_refuses_other_directories() {
     );
     assert_eq!(ours.names(), ["other_tool_map"]);
 }
+
+/// Waits for `child` to exit (bounded); kills it and returns None if it is still running.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_second_daemon_on_the_same_pin_dir_is_refused_whatever_its_socket() {
+    let Some(s) = setup("lk", 1, 1, &|_| String::new(), true) else {
+        return;
+    };
+    // Same interfaces and pin_dir, its own control socket, no metrics listener: nothing but
+    // the pin directory is shared.
+    let config = s.topo.dir.join("foobar-lb.toml");
+    let other_socket = s.topo.dir.join("second.sock");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        &format!("control_socket = \"{}\"", s.daemon.socket.display()),
+        &format!(
+            "control_socket = \"{}\"\nmetrics_address = \"\"",
+            other_socket.display()
+        ),
+        1,
+    );
+    let second = s.topo.dir.join("second.toml");
+    std::fs::write(&second, text).unwrap();
+    let log = s.topo.dir.join("second.log");
+    let mut child = s
+        .topo
+        .lb
+        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&second)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(s.topo.dir.join("second.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let err = std::fs::read_to_string(s.topo.dir.join("second.err")).unwrap_or_default();
+    assert!(
+        status.is_some_and(|st| !st.success()),
+        "a second daemon ran on the same pin_dir: {err}"
+    );
+    assert!(
+        err.contains("in use by another foobar-lb daemon")
+            && err.contains(&format!("pid {}", s.daemon.pid())),
+        "{err}"
+    );
+    assert!(
+        !other_socket.exists(),
+        "the second daemon got as far as its socket"
+    );
+    // The first daemon and its data plane are untouched.
+    assert_eq!(get(&s.topo.client), "web1");
+    assert_eq!(
+        s.daemon.stats().services.len(),
+        2,
+        "the first daemon still answers"
+    );
+}
