@@ -681,3 +681,129 @@ fn a_second_daemon_on_the_same_pin_dir_is_refused_whatever_its_socket() {
         "the first daemon still answers"
     );
 }
+
+#[test]
+fn the_control_socket_is_private_bounded_in_time_and_opens_no_client_path() {
+    use std::{
+        io::{Read, Write},
+        os::unix::{fs::PermissionsExt, net::UnixStream},
+    };
+
+    let Some(s) = setup("cs", 1, 1, &|_| String::new(), true) else {
+        return;
+    };
+    let socket = &s.daemon.socket;
+    let mode = std::fs::metadata(socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+    let strays: Vec<_> = std::fs::read_dir(socket.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".foobar-lb-bind")
+        })
+        .collect();
+    assert!(strays.is_empty(), "staging directory left: {strays:?}");
+
+    // A client that connects and sends nothing blocks no one, and is dropped in bounded time.
+    let mut idle = UnixStream::connect(socket).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(s.daemon.stats().services.len(), 2);
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = idle
+        .read(&mut buf)
+        .expect("the daemon never closed an idle connection");
+    assert_eq!(n, 0);
+    assert!(start.elapsed() < Duration::from_secs(15));
+
+    // A request naming a FIFO (the old fw_load wire format) must not make the daemon open it:
+    // opening a FIFO with no writer would block its main loop.
+    let fifo = s.topo.dir.join("blocklist.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut conn = UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    writeln!(conn, r#"{{"cmd":"fw_load","path":"{}"}}"#, fifo.display()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .expect("no answer to a fw_load naming a FIFO");
+    assert!(answer.contains("\"ok\":false"), "{answer}");
+    assert_eq!(
+        s.daemon.stats().services.len(),
+        2,
+        "the daemon still answers"
+    );
+
+    // `fw load FILE` sends the file's contents; a relative path works from anywhere.
+    let list = s.topo.dir.join("blocked.txt");
+    std::fs::write(&list, "198.51.100.0/24\n2001:db8::/32 # doc\n").unwrap();
+    let out = foobar_lb_tests::daemon::cli_in(
+        &s.topo.dir,
+        &[
+            "fw",
+            "load",
+            "blocked.txt",
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 prefixes live"));
+    assert_eq!(s.daemon.stats().firewall.blocklist_prefixes, 2);
+}
+
+#[test]
+fn the_cli_gives_up_on_a_daemon_that_never_answers() {
+    if !foobar_lb_tests::binary() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "{}-files",
+        foobar_lb_tests::netns::unique_prefix("to")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("stuck.sock");
+    // Accepts connections and never reads or answers.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(1) {
+            conns.push(c);
+        }
+        thread::sleep(Duration::from_secs(15));
+    });
+    let mut child = std::process::Command::new(foobar_lb_tests::daemon::bin())
+        .args([
+            "status",
+            "--timeout",
+            "1",
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        status.is_some_and(|st| !st.success()),
+        "status waited for a stuck daemon: {err}"
+    );
+    assert!(err.contains("did not answer within 1 s"), "{err}");
+    drop(held);
+}
