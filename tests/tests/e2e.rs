@@ -7,7 +7,7 @@ use std::{collections::HashMap, process::Command};
 use foobar_lb_tests::{
     daemon::{cli, Daemon},
     netns::{run, Netns, Topology, LB4, VIP4, VIP6},
-    root_and_object, root_object_and_binary,
+    root_object_and_binary,
 };
 
 struct Setup {
@@ -282,4 +282,76 @@ fn stats_without_a_daemon_says_so() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is it running"), "{err}");
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_swept_and_nothing_else() {
+    use foobar_lb_tests::netns::{sweep_leftovers, Netns, TEST_PIN_ROOT};
+
+    if !root_object_and_binary() {
+        return;
+    }
+    // A pid that no longer runs stands for the killed run.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = format!("flsw{}x0", gone.id());
+    let live = foobar_lb_tests::netns::unique_prefix("sw");
+    let ns_dead = Netns::new(&format!("{dead}lb")).unwrap();
+    let ns_live = Netns::new(&format!("{live}lb")).unwrap();
+    // Something still running in the dead run's namespace, as nginx would be.
+    let mut sleeper = ns_dead.cmd("sleep").arg("60").spawn().unwrap();
+    let pins_dead = std::path::PathBuf::from(format!("{TEST_PIN_ROOT}/{dead}"));
+    let files_dead = std::env::temp_dir().join(format!("{dead}-files"));
+    let files_live = std::env::temp_dir().join(format!("{live}-files"));
+    let other = std::env::temp_dir().join(format!("{dead}-notours"));
+    for d in [&files_dead, &files_live, &other] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let pinned = std::fs::create_dir_all(&pins_dead).is_ok();
+    let ns_dead = std::mem::ManuallyDrop::new(ns_dead);
+
+    let swept = sweep_leftovers().join("\n");
+    let list = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let exited = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        matches!(sleeper.try_wait(), Ok(Some(_)))
+    });
+    // Clean up whatever the sweep missed before asserting.
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    if list.contains(&format!("{dead}lb")) {
+        drop(std::mem::ManuallyDrop::into_inner(ns_dead));
+    }
+    let _ = std::fs::remove_dir(&pins_dead);
+    let _ = std::fs::remove_dir_all(&files_dead);
+    let _ = std::fs::remove_dir_all(&files_live);
+    let _ = std::fs::remove_dir_all(&other);
+    drop(ns_live);
+
+    assert!(
+        swept.contains(&format!("network namespace {dead}lb")),
+        "{swept}"
+    );
+    assert!(!list.contains(&format!("{dead}lb")), "{list}");
+    assert!(exited, "the process in the swept namespace still runs");
+    assert!(
+        list.contains(&format!("{live}lb")),
+        "a live run's namespace was swept"
+    );
+    assert!(swept.contains(&files_dead.display().to_string()), "{swept}");
+    if pinned {
+        assert!(swept.contains(&pins_dead.display().to_string()), "{swept}");
+    }
+    assert!(
+        !swept.contains(&live),
+        "a live run's leftovers were swept: {swept}"
+    );
+    assert!(!swept.contains("-notours"), "{swept}");
 }
