@@ -13,13 +13,19 @@
 //! | `service_remove` | `name` | `message` |
 //! | `fw_add` | `rule` (a `[[firewall.rule]]` table as JSON), `position`? | `message` |
 //! | `fw_remove` | `index` (1-based) | `message` |
-//! | `fw_load` | `path` (block-list file, read by the daemon) | `message` |
+//! | `fw_load` | `name` (what messages call the list, e.g. its file name), `text` (the list) | `message` |
 //!
 //! Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A refused change changes nothing.
+//!
+//! The daemon opens no path a request names (a FIFO or device would stall it): `fw_load`
+//! carries the list itself. Both sides bound every read and write: the daemon drops a
+//! connection that has not delivered its request, or taken its answer, within
+//! [`DAEMON_IO_TIMEOUT`]; the CLI gives up on a daemon after `--timeout` seconds.
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -72,9 +78,11 @@ pub enum Request {
     FwRemove {
         index: usize,
     },
-    /// Replace the source block list with the prefixes in `path` (read by the daemon).
+    /// Replace the source block list with the prefixes in `text` (one a line, `#` comments);
+    /// `name` only labels messages.
     FwLoad {
-        path: PathBuf,
+        name: String,
+        text: String,
     },
 }
 
@@ -222,6 +230,11 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the foobar-lb daemon at {} did not answer within {} s (busy or stuck? see its log; \
+         --timeout SECONDS waits longer)", path.display(), after.as_secs_f64()
+    )]
+    Timeout { path: PathBuf, after: Duration },
     #[error("control socket I/O failed")]
     Io(#[from] std::io::Error),
     #[error("the daemon sent an unreadable answer")]
@@ -231,8 +244,32 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// Sends one request and waits for the answer.
-pub async fn call(socket: &Path, req: &Request) -> Result<Response, ClientError> {
+/// How long the daemon waits for a connection's request, and for its answer to be taken.
+pub const DAEMON_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the CLI waits for the daemon's answer unless told otherwise.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request the daemon reads: a full block list (262,144 prefixes) fits.
+pub const MAX_REQUEST: u64 = 32 << 20;
+
+/// Sends one request and waits at most `timeout` for the whole exchange.
+pub async fn call(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    tokio::time::timeout(timeout, exchange(socket, req))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                path: socket.to_owned(),
+                after: timeout,
+            })
+        })
+}
+
+async fn exchange(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ClientError::Connect {
@@ -258,11 +295,18 @@ pub async fn read_request(
 ) -> std::io::Result<(Result<Request, Response>, OwnedWriteHalf)> {
     let (read, write) = stream.into_split();
     let mut line = String::new();
-    // Bounded: a request is one short line.
-    let mut reader = BufReader::new(read).take(64 * 1024);
+    // Bounded: a request is one line, at most a block list long.
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
     reader.read_line(&mut line).await?;
-    let req = serde_json::from_str::<Request>(&line)
-        .map_err(|e| Response::error(format!("bad request: {e}")));
+    let req = if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST {
+        Err(Response::error(format!(
+            "request larger than {} MiB",
+            MAX_REQUEST >> 20
+        )))
+    } else {
+        serde_json::from_str::<Request>(&line)
+            .map_err(|e| Response::error(format!("bad request: {e}")))
+    };
     Ok((req, write))
 }
 

@@ -25,6 +25,15 @@ pub fn cli(args: &[&str]) -> Output {
         .expect("run foobar-lb")
 }
 
+/// Runs `foobar-lb ARGS` to completion in directory `dir` (relative paths resolve there).
+pub fn cli_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run foobar-lb")
+}
+
 pub struct Daemon {
     child: Child,
     pub socket: PathBuf,

@@ -62,7 +62,10 @@ impl Harness {
     }
 
     pub fn with_flow_table(config_toml: &str, macs: &[(&str, Mac)], flows: u32) -> Harness {
-        crate::require_root();
+        assert!(
+            crate::root_and_object(),
+            "call `if !foobar_lb_tests::root_and_object() {{ return; }}` first in this test"
+        );
         let config = Config::parse(config_toml).expect("test config is valid");
         let dp = Dataplane::load(&LoadOptions {
             flow_table_size: flows,

@@ -123,6 +123,141 @@ pub fn unique_prefix(tag: &str) -> String {
     )
 }
 
+/// Splits a name made from [`unique_prefix`] (`fl<tag><pid>x<n>` and whatever follows: a
+/// role, `-files`) into the prefix and the pid of the process that made it.
+pub fn parse_prefix(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix("fl")?;
+    let tag = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+    let pid_len = rest[tag..].bytes().take_while(u8::is_ascii_digit).count();
+    let after_pid = &rest[tag + pid_len..];
+    let n_len = after_pid
+        .strip_prefix('x')?
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    if tag == 0 || pid_len == 0 || n_len == 0 {
+        return None;
+    }
+    let pid = rest[tag..tag + pid_len].parse().ok()?;
+    Some((&name[..2 + tag + pid_len + 1 + n_len], pid))
+}
+
+/// Whether a name comes from [`unique_prefix`] of a process that no longer runs: what a killed
+/// test run leaves behind. Names of running processes (a concurrent run, the demo) are not.
+fn left_over(name: &str) -> Option<&str> {
+    let (prefix, pid) = parse_prefix(name)?;
+    (!Path::new(&format!("/proc/{pid}")).exists()).then_some(prefix)
+}
+
+/// Where test topologies pin their data planes.
+pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/foobar-lb-test";
+
+/// Removes what killed test runs left: nginx and foobar-lb processes started from their
+/// files, their network namespaces (and anything still running in them), their pin
+/// directories under [`TEST_PIN_ROOT`] and their temporary directories. Only names from
+/// [`unique_prefix`] whose creating process is gone are touched. Returns what was swept.
+pub fn sweep_leftovers() -> Vec<String> {
+    let mut swept = Vec::new();
+    // Processes first: a daemon still running would hold its pins and interfaces.
+    let procs = leftover_processes();
+    for (pid, what) in &procs {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        swept.push(format!("killed {what} (pid {pid})"));
+    }
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        let list = String::from_utf8_lossy(&out.stdout);
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if left_over(name).is_some() {
+                // Netns's drop kills what runs inside, then deletes it.
+                drop(Netns {
+                    name: name.to_owned(),
+                });
+                swept.push(format!("removed network namespace {name}"));
+            }
+        }
+    }
+    for dir in leftover_entries(Path::new(TEST_PIN_ROOT), "") {
+        // Links first (teardown's order); a test's directory may hold test-made maps too.
+        let _ = foobar_lb::dataplane::teardown(&dir);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+        swept.push(format!("removed pin directory {}", dir.display()));
+    }
+    for dir in leftover_entries(&std::env::temp_dir(), "-files") {
+        let _ = fs::remove_dir_all(&dir);
+        swept.push(format!("removed {}", dir.display()));
+    }
+    swept
+}
+
+/// Entries of `dir` named `<left-over prefix><suffix>`.
+fn leftover_entries(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            left_over(&name).is_some_and(|p| name.len() == p.len() + suffix.len())
+                && name.ends_with(suffix)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// nginx and foobar-lb processes whose command line names a left-over run's files
+/// (`/tmp/<prefix>-files/...`), and their children (nginx workers).
+fn leftover_processes() -> Vec<(u32, String)> {
+    let mut found: Vec<(u32, String)> = Vec::new();
+    let mut parents: Vec<(u32, u32, String)> = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if comm != "nginx" && comm != "foobar-lb" {
+            continue;
+        }
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ppid = fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|st| {
+                // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0);
+        let names_leftover = cmdline
+            .split(|c: char| c == '/' || c.is_whitespace())
+            .any(|part| {
+                part.strip_suffix("-files")
+                    .and_then(left_over)
+                    .is_some_and(|p| part.len() == p.len() + "-files".len())
+            });
+        let what = format!("{comm}: {}", cmdline.trim());
+        if names_leftover {
+            found.push((pid, what));
+        } else {
+            parents.push((pid, ppid, what));
+        }
+    }
+    let masters: Vec<u32> = found.iter().map(|f| f.0).collect();
+    found.extend(
+        parents
+            .into_iter()
+            .filter(|(_, ppid, _)| masters.contains(ppid))
+            .map(|(pid, _, what)| (pid, what)),
+    );
+    found
+}
+
 /// The www.foobar.com topology: a client, a load balancer and `webs` nginx web servers on one
 /// L2 segment. Drop removes everything.
 pub struct Topology {
@@ -314,7 +449,7 @@ impl Topology {
 
     /// Where this topology's daemon pins its data plane.
     pub fn pin_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/foobar-lb-test/{}", self.prefix))
+        PathBuf::from(format!("{TEST_PIN_ROOT}/{}", self.prefix))
     }
 
     /// Writes a daemon config for the VIPs with every web server as a backend.
@@ -396,4 +531,33 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Re
         .join()
         .expect("netns thread panicked")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_prefixes_parse_back_to_their_pid() {
+        let p = unique_prefix("lk");
+        let (prefix, pid) = parse_prefix(&p).unwrap();
+        assert_eq!((prefix, pid), (p.as_str(), std::process::id()));
+        for name in [format!("{p}lb"), format!("{p}w1"), format!("{p}-files")] {
+            assert_eq!(parse_prefix(&name), Some((p.as_str(), std::process::id())));
+        }
+        assert_eq!(parse_prefix("flfo123x0br"), Some(("flfo123x0", 123)));
+        for other in [
+            "foobar-lb",
+            "fl123x0",
+            "flab x0",
+            "flab12",
+            "flab12xbr",
+            "netns1",
+            "",
+        ] {
+            assert_eq!(parse_prefix(other), None, "{other}");
+        }
+        // This process runs: nothing of it is a leftover.
+        assert_eq!(left_over(&p), None);
+    }
 }

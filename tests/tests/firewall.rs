@@ -69,6 +69,9 @@ const DROP: Expect = Expect::Drop(verdict::DROP_FW_RULE);
 
 #[test]
 fn each_match_field_v4() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     h.fw_rules(&[
         rule(Action::Drop, "10.9.0.0/16", RuleProtocol::Tcp, "80", "any"),
@@ -109,6 +112,9 @@ fn each_match_field_v4() {
 
 #[test]
 fn ipv6_rules_and_icmp() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     h.fw_rules(&[
         rule(
@@ -147,6 +153,9 @@ fn ipv6_rules_and_icmp() {
 
 #[test]
 fn first_match_wins_and_allow_overrides_the_block_list() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     h.fw_rules(&[
         rule(
@@ -180,6 +189,9 @@ fn first_match_wins_and_allow_overrides_the_block_list() {
 
 #[test]
 fn vip_default_policy_drops_scans_of_the_vip() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     let scan = Pkt::tcp("10.1.1.1", 1000, VIP, 22, TCP_SYN).build();
     h.check("allow by default", &scan, &Expect::Pass);
@@ -208,6 +220,9 @@ fn vip_default_policy_drops_scans_of_the_vip() {
 
 #[test]
 fn block_list_of_100000_prefixes() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     let took = h.blocklist(&foobar_lb_tests::harness::big_blocklist());
     println!("loaded 100,000 prefixes in {took:?}");
@@ -233,6 +248,9 @@ fn block_list_of_100000_prefixes() {
 
 #[test]
 fn new_flow_rate_limit_per_source() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let syn = |src: &str, port: u16| Pkt::tcp(src, port, "10.0.0.102", 80, TCP_SYN).build();
     for port in 0..5 {
@@ -259,6 +277,9 @@ fn new_flow_rate_limit_per_source() {
 
 #[test]
 fn established_flows_meet_a_new_block_list_on_their_next_packet() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     let ack = Pkt::tcp("10.3.3.3", 1000, VIP, 80, TCP_ACK).build();
     h.check("flow admitted", &ack, &Expect::Tx(B1));
@@ -283,6 +304,9 @@ fn established_flows_meet_a_new_block_list_on_their_next_packet() {
 
 #[test]
 fn block_list_with_many_prefix_lengths() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     // Eight distinct IPv4 lengths, nested: the longest match decides nothing here, any hit drops.
     h.blocklist("10.0.0.0/8\n172.16.0.0/12\n192.168.0.0/16\n100.64.0.0/10\n198.18.0.0/15\n203.0.113.0/24\n192.0.2.128/25\n198.51.100.7/32\n");
@@ -313,6 +337,9 @@ fn block_list_with_many_prefix_lengths() {
 
 #[test]
 fn too_many_prefix_lengths_are_refused_and_change_nothing() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     h.blocklist("10.3.0.0/16\n");
     let list: String = (16..=24).map(|l| format!("10.{l}.0.0/{l}\n")).collect();

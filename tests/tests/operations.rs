@@ -10,7 +10,7 @@ use std::{
 use foobar_lb_tests::{
     daemon::{cli, Daemon},
     netns::{run, Netns, Topology, VIP4},
-    require_root,
+    root_object_and_binary,
     traffic::{keepalive_client, keepalive_result, try_get},
 };
 
@@ -29,8 +29,10 @@ fn setup(
     backends: usize,
     backend_extra: &dyn Fn(usize) -> String,
     detach: bool,
-) -> Setup {
-    require_root();
+) -> Option<Setup> {
+    if !root_object_and_binary() {
+        return None;
+    }
     let topo = Topology::new(tag, webs).expect("topology");
     for i in 1..=webs {
         topo.start_web(i).unwrap();
@@ -41,7 +43,7 @@ fn setup(
         .unwrap();
     let extra: &[&str] = if detach { &["--detach-on-exit"] } else { &[] };
     let daemon = Daemon::start_with(&topo.lb, &config, &socket, extra).unwrap();
-    Setup { daemon, topo }
+    Some(Setup { daemon, topo })
 }
 
 fn get(client: &Netns) -> String {
@@ -73,7 +75,7 @@ fn backend<'a>(
 
 #[test]
 fn failover_to_backup_and_back_when_the_primary_stops_and_recovers() {
-    let s = setup(
+    let Some(s) = setup(
         "fo",
         2,
         2,
@@ -85,7 +87,9 @@ fn failover_to_backup_and_back_when_the_primary_stops_and_recovers() {
             }
         },
         true,
-    );
+    ) else {
+        return;
+    };
     for _ in 0..4 {
         assert_eq!(
             get(&s.topo.client),
@@ -133,7 +137,9 @@ fn failover_to_backup_and_back_when_the_primary_stops_and_recovers() {
 
 #[test]
 fn backends_added_and_removed_while_traffic_flows() {
-    let s = setup("lc", 3, 2, &|_| String::new(), true);
+    let Some(s) = setup("lc", 3, 2, &|_| String::new(), true) else {
+        return;
+    };
     let c = &s.topo.client;
     for _ in 0..4 {
         assert_ne!(get(c), "web3");
@@ -171,7 +177,9 @@ fn backends_added_and_removed_while_traffic_flows() {
 
 #[test]
 fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
-    let s = setup("dr", 2, 2, &|_| String::new(), true);
+    let Some(s) = setup("dr", 2, 2, &|_| String::new(), true) else {
+        return;
+    };
     let c = &s.topo.client;
     let ka = keepalive_client(c, 40);
     // Find the backend of the keep-alive connection: the only one whose packets move.
@@ -229,7 +237,9 @@ fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
 
 #[test]
 fn killing_the_daemon_does_not_interrupt_traffic() {
-    let mut s = setup("hr", 2, 2, &|_| String::new(), false);
+    let Some(mut s) = setup("hr", 2, 2, &|_| String::new(), false) else {
+        return;
+    };
     let client = s.topo.client.name.clone();
     let ka = keepalive_client(&s.topo.client, 30);
     let loop_thread = thread::spawn(move || {
@@ -298,7 +308,9 @@ fn metric(text: &str, prefix: &str) -> f64 {
 
 #[test]
 fn metrics_follow_the_traffic() {
-    let s = setup("me", 2, 2, &|_| String::new(), true);
+    let Some(s) = setup("me", 2, 2, &|_| String::new(), true) else {
+        return;
+    };
     for _ in 0..10 {
         get(&s.topo.client);
     }
@@ -334,7 +346,9 @@ fn metrics_follow_the_traffic() {
 
 #[test]
 fn bad_cli_input_is_refused_and_changes_nothing() {
-    let s = setup("bi", 1, 1, &|_| String::new(), true);
+    let Some(s) = setup("bi", 1, 1, &|_| String::new(), true) else {
+        return;
+    };
     let before = serde_json_string(&s.daemon);
     for (args, expect) in [
         (
@@ -443,7 +457,9 @@ fn serde_json_string(d: &Daemon) -> String {
 
 #[test]
 fn an_incompatible_pinned_data_plane_is_refused_with_the_fix() {
-    let mut s = setup("ic", 1, 1, &|_| String::new(), false);
+    let Some(mut s) = setup("ic", 1, 1, &|_| String::new(), false) else {
+        return;
+    };
     s.daemon.kill();
     let config = s.topo.dir.join("foobar-lb.toml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -475,7 +491,9 @@ fn a_pinned_data_plane_of_another_layout_version_is_refused() {
     use aya::maps::{Array, Map, MapData};
     use foobar_lb_common::{registry::Meta, MAP_META};
 
-    let mut s = setup("lv", 1, 1, &|_| String::new(), false);
+    let Some(mut s) = setup("lv", 1, 1, &|_| String::new(), false) else {
+        return;
+    };
     s.daemon.kill();
     // What a daemon of another version would have left: same map sizes, other meaning.
     let pinned = MapData::from_pin(s.topo.pin_dir().join(MAP_META)).unwrap();
@@ -502,4 +520,290 @@ fn a_pinned_data_plane_of_another_layout_version_is_refused() {
     );
     // Refused before anything was written: the old data plane still forwards.
     assert_eq!(get(&s.topo.client), "web1");
+}
+
+/// A pin directory of this test under the tests' bpffs root (swept by `cargo xtask test` if
+/// left over); whatever is pinned in it is removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        PinDir(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/foobar-lb-test/{}",
+            foobar_lb_tests::netns::unique_prefix(tag)
+        )))
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        for n in self.names() {
+            let _ = std::fs::remove_file(self.0.join(n));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Pins a map that is not foobar-lb's, as another tool would.
+fn pin_foreign_map(path: &std::path::Path) {
+    use aya::maps::{Array, MapData};
+    let map = Array::<MapData, u32>::create(1, 0).expect("create a map");
+    map.pin(path).expect("pin it");
+}
+
+#[test]
+fn teardown_removes_only_what_foobar_lb_pinned_and_refuses_other_directories() {
+    use foobar_lb::dataplane::{Dataplane, LoadOptions};
+
+    if !root_object_and_binary() {
+        return;
+    }
+    // A foobar-lb data plane (this also mounts bpffs if needed), with another tool's map
+    // pinned next to it.
+    let ours = PinDir::new("td");
+    let dp = Dataplane::load(&LoadOptions {
+        flow_table_size: 4096,
+        pin_dir: Some(ours.0.clone()),
+    })
+    .expect("load the data plane");
+    drop(dp);
+    pin_foreign_map(&ours.0.join("other_tool_map"));
+
+    // Another tool's directory: its own map, and one that merely has a foobar-lb map's name.
+    let foreign = PinDir::new("tf");
+    std::fs::create_dir_all(&foreign.0).unwrap();
+    pin_foreign_map(&foreign.0.join("other_tool_map"));
+    pin_foreign_map(&foreign.0.join(foobar_lb_common::MAP_FLOWS));
+    let before = foreign.names();
+    let out = cli(&["teardown", "--pin-dir", foreign.0.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "teardown accepted a foreign directory"
+    );
+    assert!(
+        err.contains("not a foobar-lb pin directory") && err.contains("nothing removed"),
+        "{err}"
+    );
+    assert_eq!(foreign.names(), before, "a foreign pin was removed");
+
+    let out = cli(&["teardown", "--pin-dir", ours.0.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("kept") && text.contains("other_tool_map"),
+        "{text}"
+    );
+    assert_eq!(ours.names(), ["other_tool_map"]);
+}
+
+/// Waits for `child` to exit (bounded); kills it and returns None if it is still running.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_second_daemon_on_the_same_pin_dir_is_refused_whatever_its_socket() {
+    let Some(s) = setup("lk", 1, 1, &|_| String::new(), true) else {
+        return;
+    };
+    // Same interfaces and pin_dir, its own control socket, no metrics listener: nothing but
+    // the pin directory is shared.
+    let config = s.topo.dir.join("foobar-lb.toml");
+    let other_socket = s.topo.dir.join("second.sock");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        &format!("control_socket = \"{}\"", s.daemon.socket.display()),
+        &format!(
+            "control_socket = \"{}\"\nmetrics_address = \"\"",
+            other_socket.display()
+        ),
+        1,
+    );
+    let second = s.topo.dir.join("second.toml");
+    std::fs::write(&second, text).unwrap();
+    let log = s.topo.dir.join("second.log");
+    let mut child = s
+        .topo
+        .lb
+        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&second)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(s.topo.dir.join("second.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let err = std::fs::read_to_string(s.topo.dir.join("second.err")).unwrap_or_default();
+    assert!(
+        status.is_some_and(|st| !st.success()),
+        "a second daemon ran on the same pin_dir: {err}"
+    );
+    assert!(
+        err.contains("in use by another foobar-lb daemon")
+            && err.contains(&format!("pid {}", s.daemon.pid())),
+        "{err}"
+    );
+    assert!(
+        !other_socket.exists(),
+        "the second daemon got as far as its socket"
+    );
+    // The first daemon and its data plane are untouched.
+    assert_eq!(get(&s.topo.client), "web1");
+    assert_eq!(
+        s.daemon.stats().services.len(),
+        2,
+        "the first daemon still answers"
+    );
+}
+
+#[test]
+fn the_control_socket_is_private_bounded_in_time_and_opens_no_client_path() {
+    use std::{
+        io::{Read, Write},
+        os::unix::{fs::PermissionsExt, net::UnixStream},
+    };
+
+    let Some(s) = setup("cs", 1, 1, &|_| String::new(), true) else {
+        return;
+    };
+    let socket = &s.daemon.socket;
+    let mode = std::fs::metadata(socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+    let strays: Vec<_> = std::fs::read_dir(socket.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".foobar-lb-bind")
+        })
+        .collect();
+    assert!(strays.is_empty(), "staging directory left: {strays:?}");
+
+    // A client that connects and sends nothing blocks no one, and is dropped in bounded time.
+    let mut idle = UnixStream::connect(socket).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(s.daemon.stats().services.len(), 2);
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = idle
+        .read(&mut buf)
+        .expect("the daemon never closed an idle connection");
+    assert_eq!(n, 0);
+    assert!(start.elapsed() < Duration::from_secs(15));
+
+    // A request naming a FIFO (the old fw_load wire format) must not make the daemon open it:
+    // opening a FIFO with no writer would block its main loop.
+    let fifo = s.topo.dir.join("blocklist.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut conn = UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    writeln!(conn, r#"{{"cmd":"fw_load","path":"{}"}}"#, fifo.display()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .expect("no answer to a fw_load naming a FIFO");
+    assert!(answer.contains("\"ok\":false"), "{answer}");
+    assert_eq!(
+        s.daemon.stats().services.len(),
+        2,
+        "the daemon still answers"
+    );
+
+    // `fw load FILE` sends the file's contents; a relative path works from anywhere.
+    let list = s.topo.dir.join("blocked.txt");
+    std::fs::write(&list, "198.51.100.0/24\n2001:db8::/32 # doc\n").unwrap();
+    let out = foobar_lb_tests::daemon::cli_in(
+        &s.topo.dir,
+        &[
+            "fw",
+            "load",
+            "blocked.txt",
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 prefixes live"));
+    assert_eq!(s.daemon.stats().firewall.blocklist_prefixes, 2);
+}
+
+#[test]
+fn the_cli_gives_up_on_a_daemon_that_never_answers() {
+    if !foobar_lb_tests::binary() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "{}-files",
+        foobar_lb_tests::netns::unique_prefix("to")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("stuck.sock");
+    // Accepts connections and never reads or answers.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(1) {
+            conns.push(c);
+        }
+        thread::sleep(Duration::from_secs(15));
+    });
+    let mut child = std::process::Command::new(foobar_lb_tests::daemon::bin())
+        .args([
+            "status",
+            "--timeout",
+            "1",
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        status.is_some_and(|st| !st.success()),
+        "status waited for a stuck daemon: {err}"
+    );
+    assert!(err.contains("did not answer within 1 s"), "{err}");
+    drop(held);
 }

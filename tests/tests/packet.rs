@@ -72,6 +72,9 @@ const VIP: &str = "10.0.0.100";
 
 #[test]
 fn new_flows_go_round_robin_and_later_packets_stick() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let syn1 = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN);
     let syn2 = Pkt::tcp(CLIENT, 40001, VIP, 80, TCP_SYN);
@@ -113,6 +116,9 @@ fn new_flows_go_round_robin_and_later_packets_stick() {
 
 #[test]
 fn m_new_flows_split_evenly_over_n_backends() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let m = 1001;
     for port in 0..m {
@@ -131,6 +137,9 @@ fn m_new_flows_split_evenly_over_n_backends() {
 
 #[test]
 fn udp_is_balanced_per_flow_not_per_packet() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let first = h.check(
         "udp flow A",
@@ -161,6 +170,9 @@ fn udp_is_balanced_per_flow_not_per_packet() {
 
 #[test]
 fn ipv6_is_balanced() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let c = "fd00::1";
     let syn = Pkt::tcp(c, 1000, "fd00::100", 80, TCP_SYN);
@@ -203,6 +215,9 @@ fn ipv6_is_balanced() {
 
 #[test]
 fn vlan_tagged_frames_keep_their_tag() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).vlan(42);
     let out = Pkt {
@@ -222,6 +237,9 @@ fn vlan_tagged_frames_keep_their_tag() {
 
 #[test]
 fn ipv4_options_are_skipped_by_ihl() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     // Three NOPs and a 5-byte timestamp option (no room for a stamp: pointer past the end):
     // IHL 7.
@@ -238,6 +256,9 @@ fn ipv4_options_are_skipped_by_ihl() {
 
 #[test]
 fn traffic_not_for_a_service_passes_untouched() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     for (name, f) in [
         (
@@ -270,6 +291,9 @@ fn traffic_not_for_a_service_passes_untouched() {
 
 #[test]
 fn truncated_headers_at_every_layer() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let v4 = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
     let v4_other = Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN).build();
@@ -334,6 +358,9 @@ fn truncated_headers_at_every_layer() {
 
 #[test]
 fn malformed_and_fragmented_packets_to_a_vip_are_dropped() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let mut bad_ihl = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
     bad_ihl[14] = 0x44; // IHL 4 < 5
@@ -375,6 +402,9 @@ fn malformed_and_fragmented_packets_to_a_vip_are_dropped() {
 
 #[test]
 fn empty_backend_set_drops_and_counts() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let f = Pkt::tcp(CLIENT, 1000, "10.0.0.101", 80, TCP_SYN).build();
     h.check("no backends", &f, &Expect::Drop(verdict::DROP_NO_BACKEND));
@@ -383,6 +413,9 @@ fn empty_backend_set_drops_and_counts() {
 
 #[test]
 fn removed_backend_moves_its_flows_drained_backend_keeps_them() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     let flow = |port| Pkt::tcp(CLIENT, port, VIP, 80, TCP_ACK).build();
     h.check("flow 1", &flow(1), &Expect::Tx(B1));
@@ -413,6 +446,9 @@ fn removed_backend_moves_its_flows_drained_backend_keeps_them() {
 
 #[test]
 fn a_slot_naming_an_unset_backend_is_counted_and_dropped() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     use foobar_lb::reconcile::MapOp;
     use foobar_lb_common::BackendSet;
     let mut h = harness();
@@ -440,6 +476,9 @@ fn a_slot_naming_an_unset_backend_is_counted_and_dropped() {
 
 #[test]
 fn fin_marks_a_flow_closing_but_keeps_its_backend() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     let open = |port| Pkt::tcp(CLIENT, port, VIP, 80, TCP_SYN).build();
     h.check("flow 1", &open(1), &Expect::Tx(B1));
@@ -466,6 +505,9 @@ fn fin_marks_a_flow_closing_but_keeps_its_backend() {
 
 #[test]
 fn a_stale_flow_never_follows_a_reused_backend_id_to_another_service() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     use foobar_lb::reconcile::MapOp;
     let mut h = harness();
     let flow = Pkt::tcp(CLIENT, 7, VIP, 80, TCP_ACK).build();
@@ -493,6 +535,9 @@ fn a_stale_flow_never_follows_a_reused_backend_id_to_another_service() {
 
 #[test]
 fn frames_for_another_mac_are_passed_never_forwarded() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     // A switch flooding another host's frame, a broadcast and an IPv4 multicast MAC.
     for (what, mac) in [
@@ -526,6 +571,9 @@ fn frames_for_another_mac_are_passed_never_forwarded() {
 
 #[test]
 fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_anew() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let mut h = harness();
     let syn = Pkt::tcp(CLIENT, 3000, VIP, 80, TCP_SYN).build();
     h.check("first connection", &syn, &Expect::Tx(B1));
@@ -560,6 +608,9 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_anew() {
 
 #[test]
 fn a_fin_or_rst_of_no_known_flow_is_dropped_and_creates_none() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     let h = harness();
     for (what, flags) in [("FIN", 0x11), ("RST", 0x04), ("RST+ACK", 0x14)] {
         let f = Pkt::tcp(CLIENT, 4000, VIP, 80, flags).build();
@@ -578,6 +629,9 @@ fn a_fin_or_rst_of_no_known_flow_is_dropped_and_creates_none() {
 /// must still be forwarded (the set stops naming a backend before the backend goes inactive).
 #[test]
 fn a_syn_between_the_writes_of_a_drain_or_down_is_never_dropped() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
     for to in [BackendState::Draining, BackendState::Down] {
         let mut h = harness();
         let mut d = h.desired();

@@ -20,6 +20,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     setup::run()?;
+    sweep();
     // Builds the debug controller the end-to-end tests start, with its XDP object.
     step(
         "build foobar-lb (debug)",
@@ -51,6 +52,18 @@ pub fn run(args: Args) -> Result<()> {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// Removes what an earlier, killed run left (namespaces, nginx and daemons, pins, files):
+/// only names carrying the tests' unique prefix, of runs whose process is gone.
+fn sweep() {
+    let swept = foobar_lb_tests::netns::sweep_leftovers();
+    if swept.is_empty() {
+        println!("test: no leftovers of earlier runs");
+    }
+    for what in swept {
+        println!("test: swept {what}");
+    }
 }
 
 /// `test result: ok. 11 passed; 0 failed; ...` -> (11, 0).

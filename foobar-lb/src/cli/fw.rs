@@ -61,10 +61,15 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             Request::FwAdd { rule, position }
         }
         Command::Remove { index } => Request::FwRemove { index },
+        // Read here and sent whole: the daemon never opens a path a client names.
         Command::Load { file } => {
-            let path = std::fs::canonicalize(&file)
+            let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            Request::FwLoad { path }
+            let name = std::fs::canonicalize(&file).unwrap_or(file);
+            Request::FwLoad {
+                name: name.display().to_string(),
+                text,
+            }
         }
     };
     let resp = call(socket, req).await?;

@@ -1,6 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use foobar_lb::{
@@ -22,6 +22,11 @@ pub struct Cli {
     /// Control socket of the daemon.
     #[arg(long, global = true, env = "FOOBAR_LB_SOCKET", default_value_os_t = default_control_socket())]
     socket: PathBuf,
+    /// Seconds to wait for the daemon's answer.
+    #[arg(long, global = true, env = "FOOBAR_LB_TIMEOUT", value_name = "SECONDS",
+          default_value_t = api::DEFAULT_CLIENT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,12 +62,17 @@ enum Command {
     },
 }
 
-/// Sends one request to the daemon.
+/// `--timeout`, set once by [`dispatch`].
+static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sends one request to the daemon, waiting at most `--timeout` for the answer.
 pub async fn call(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
-    Ok(api::call(socket, &req).await?)
+    let timeout = *TIMEOUT.get().unwrap_or(&api::DEFAULT_CLIENT_TIMEOUT);
+    Ok(api::call(socket, &req, timeout).await?)
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let _ = TIMEOUT.set(Duration::from_secs(cli.timeout));
     let socket = cli.socket;
     match cli.command {
         Command::Run(args) => run::run(args).await,

@@ -21,15 +21,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(d)) => d,
         (None, None) => default_pin_dir(),
     };
-    let removed = dataplane::teardown(&dir)?;
-    if removed.is_empty() {
+    let done = dataplane::teardown(&dir)?;
+    if done.removed.is_empty() {
         println!("nothing pinned in {}", dir.display());
     } else {
         println!(
             "removed {} pinned object(s) from {}; the XDP program is detached",
-            removed.len(),
+            done.removed.len(),
             dir.display()
         );
+    }
+    for path in &done.kept {
+        println!("kept {}: not pinned by foobar-lb", path.display());
     }
     Ok(())
 }

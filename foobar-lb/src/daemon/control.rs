@@ -92,15 +92,17 @@ impl Daemon {
                 let r = rules.remove(index - 1);
                 Ok(format!("removed firewall rule {index}: {r}"))
             }),
-            Request::FwLoad { path } => firewall::load_blocklist(&path)
-                .map_err(anyhow::Error::new)
+            // The list arrives in the request: the daemon opens no path a client names.
+            Request::FwLoad { name, text } => firewall::parse_blocklist(&text)
+                .map_err(|e| {
+                    anyhow::Error::new(firewall::FirewallError::Blocklist {
+                        path: name.clone().into(),
+                        source: Box::new(e),
+                    })
+                })
                 .and_then(|nets| {
                     self.load_blocklist(&nets)?;
-                    Ok(format!(
-                        "block list {}: {} prefixes live",
-                        path.display(),
-                        nets.len()
-                    ))
+                    Ok(format!("block list {name}: {} prefixes live", nets.len()))
                 }),
             Request::ServiceRemove { name } => self.change(|c| {
                 let before = c.services.len();

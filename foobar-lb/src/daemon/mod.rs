@@ -11,6 +11,7 @@
 mod apply;
 mod control;
 mod health_events;
+mod lock;
 mod macs;
 mod snapshot;
 mod socket;
@@ -96,7 +97,8 @@ struct Daemon {
 }
 
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
-    let (mut d, mut events) = startup::start(config_path, &opts).await?;
+    // The pin directory stays locked until the data plane is left or torn down.
+    let (mut d, mut events, _lock) = startup::start(config_path, &opts).await?;
     let socket = d.config.control_socket.clone();
     let mut api = socket::serve(&d.config).await?;
     let stop = [

@@ -1,7 +1,12 @@
 //! The daemon's listeners: the control socket (one request per connection, answered by the
 //! main loop) and the optional metrics endpoint.
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use tokio::{
@@ -42,32 +47,69 @@ pub(super) async fn serve(config: &Config) -> Result<mpsc::Receiver<ApiCall>> {
     Ok(api_rx)
 }
 
+/// Creates the control socket mode 0600 with no moment at which anyone else could connect:
+/// it is bound and restricted inside a fresh directory only root can enter (mode 0700, next
+/// to `path` so both are on one filesystem), then renamed into place, which also replaces a
+/// socket file left by a daemon that died (`refuse_second_daemon` found nobody on it).
+/// No process-wide umask change: other threads may be creating files.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // A socket file left by a daemon that died: `refuse_second_daemon` found nobody on it.
-    let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let private = dir.join(format!(".foobar-lb-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("cannot create {}", private.display()))?;
+    let staged = private.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("cannot move the control socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 async fn accept_loop(listener: UnixListener, api: mpsc::Sender<ApiCall>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(answer(stream, api.clone()));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(stream, api.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors, typically: retrying at once would spin.
+                log::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
-/// Reads one request, has the main loop handle it and writes the response.
+/// Reads one request, has the main loop handle it and writes the response. A client that
+/// sends nothing, or does not take its answer, is dropped after [`api::DAEMON_IO_TIMEOUT`].
 async fn answer(stream: tokio::net::UnixStream, api: mpsc::Sender<ApiCall>) {
-    let Ok((req, write)) = api::read_request(stream).await else {
-        return;
-    };
+    let (req, write) =
+        match tokio::time::timeout(api::DAEMON_IO_TIMEOUT, api::read_request(stream)).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                log::debug!("control connection: {e}");
+                return;
+            }
+            Err(_) => {
+                log::debug!(
+                    "control connection: no request within {:?}, closed",
+                    api::DAEMON_IO_TIMEOUT
+                );
+                return;
+            }
+        };
     let resp = match req {
         Ok(req) => {
             let (tx, rx) = oneshot::channel();
@@ -79,7 +121,9 @@ async fn answer(stream: tokio::net::UnixStream, api: mpsc::Sender<ApiCall>) {
         }
         Err(resp) => resp,
     };
-    if let Err(e) = api::write_response(write, &resp).await {
-        log::debug!("control connection: {e}");
+    match tokio::time::timeout(api::DAEMON_IO_TIMEOUT, api::write_response(write, &resp)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("control connection: {e}"),
+        Err(_) => log::debug!("control connection: answer not taken, closed"),
     }
 }

@@ -13,7 +13,13 @@ use anyhow::Result;
 use foobar_lb_common::ServiceKey;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{health_events::HealthEvent, macs, socket, specs::service_key, Daemon, RunOptions};
+use super::{
+    health_events::HealthEvent,
+    lock::{lock_pin_dir, PinDirLock},
+    macs, socket,
+    specs::service_key,
+    Daemon, RunOptions,
+};
 use crate::{
     config::{CheckKind, Config, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
@@ -28,13 +34,16 @@ use crate::{
 const MAX_CONCURRENT_CHECKS: usize = 64;
 
 /// Brings the daemon up to forwarding; health results keep arriving on the returned channel.
+/// The returned lock keeps other daemons off this pin directory while it is held.
 pub(super) async fn start(
     config_path: &Path,
     opts: &RunOptions,
-) -> Result<(Daemon, mpsc::Receiver<HealthEvent>)> {
+) -> Result<(Daemon, mpsc::Receiver<HealthEvent>, PinDirLock)> {
     let config = Config::load(config_path)?;
     config.check_host()?;
     let mode = opts.xdp_mode.unwrap_or(config.xdp_mode);
+    // Before anything touches the data plane: one daemon per pin directory, whatever its socket.
+    let lock = lock_pin_dir(&config.pin_dir)?;
     socket::refuse_second_daemon(&config.control_socket).await?;
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
@@ -50,7 +59,7 @@ pub(super) async fn start(
     d.started = true;
     d.attach(mode)?;
     d.print_summary();
-    Ok((d, events))
+    Ok((d, events, lock))
 }
 
 /// Loads the data plane, or adopts the one a previous daemon left pinned; in that case the

@@ -7,8 +7,8 @@ mod firewall;
 mod pins;
 
 pub use aux::{object, object_status, AuxProgram};
-pub use pins::teardown;
 use pins::{check_layout_version, check_pinned_layouts, ensure_bpffs};
+pub use pins::{teardown, Teardown};
 
 use std::path::PathBuf;
 
@@ -80,6 +80,11 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{} is not a foobar-lb pin directory (it has no {MAP_META} pin; found: {found}): \
+         nothing removed. Pass the pin_dir of a foobar-lb daemon", dir.display()
+    )]
+    NotOurPinDir { dir: PathBuf, found: String },
     #[error("cannot mount bpffs at /sys/fs/bpf (mount it: `mount -t bpf bpf /sys/fs/bpf`)")]
     MountBpffs(#[source] std::io::Error),
     #[error(
@@ -261,7 +266,7 @@ impl Dataplane {
         let Some(dir) = self.pin_dir.clone() else {
             return self.attach_unpinned(iface, mode).map(|(a, _)| a);
         };
-        let pin = dir.join(format!("link-{iface}"));
+        let pin = dir.join(format!("{}{iface}", pins::LINK_PREFIX));
         let link_err = |source: LinkError| DataplaneError::Link {
             iface: iface.to_owned(),
             source,

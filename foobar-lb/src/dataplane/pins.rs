@@ -4,18 +4,40 @@ use std::path::{Path, PathBuf};
 
 use foobar_lb_common::{
     registry::{pinned_maps, MapKind, MapSpec},
-    LAYOUT_VERSION, MAP_FLOWS,
+    LAYOUT_VERSION, MAP_FLOWS, MAP_META,
 };
 
 use super::{map_err, DataplaneError};
 
+/// What [`teardown`] did.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    /// The foobar-lb pins removed, links first.
+    pub removed: Vec<PathBuf>,
+    /// Entries of the directory that foobar-lb did not pin, left in place.
+    pub kept: Vec<PathBuf>,
+}
+
+/// Whether foobar-lb pins an entry of this name: a registry map or an XDP link.
+fn is_ours(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX) || pinned_maps().any(|spec| spec.name == name)
+}
+
+/// Pinned XDP links are named `link-<interface>`.
+pub(super) const LINK_PREFIX: &str = "link-";
+
 /// Removes a pinned data plane: unpinning the links detaches the program, unpinning the maps
-/// frees them once no program uses them. Returns what was removed.
-pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
-    let mut removed = Vec::new();
+/// frees them once no program uses them.
+///
+/// Only what foobar-lb pins is removed: registry maps and `link-*` entries, in a directory
+/// recognised as foobar-lb's by its [`MAP_META`] pin. A directory with entries but no `META`
+/// (another tool's, or `/sys/fs/bpf` itself) is refused and left untouched; other entries next
+/// to a foobar-lb data plane are kept and reported.
+pub fn teardown(pin_dir: &Path) -> Result<Teardown, DataplaneError> {
+    let mut done = Teardown::default();
     let entries = match std::fs::read_dir(pin_dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
         Err(source) => {
             return Err(DataplaneError::PinIo {
                 what: "read",
@@ -24,22 +46,35 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
             })
         }
     };
-    // Links first, so the program stops before its maps go.
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    paths.sort_by_key(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
-    });
-    for path in paths {
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if !names.is_empty() && !names.iter().any(|n| n == MAP_META) {
+        return Err(DataplaneError::NotOurPinDir {
+            dir: pin_dir.to_owned(),
+            found: names.into_iter().take(5).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let (mut ours, kept): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| is_ours(n));
+    // Links first, so the program stops before its maps go; META last, so an interrupted
+    // teardown can be run again.
+    ours.sort_by_key(|n| (!n.starts_with(LINK_PREFIX), n == MAP_META));
+    for name in ours {
+        let path = pin_dir.join(name);
         std::fs::remove_file(&path).map_err(|source| DataplaneError::PinIo {
             what: "remove",
             path: path.clone(),
             source,
         })?;
-        removed.push(path);
+        done.removed.push(path);
     }
-    let _ = std::fs::remove_dir(pin_dir);
-    Ok(removed)
+    done.kept = kept.into_iter().map(|n| pin_dir.join(n)).collect();
+    if done.kept.is_empty() {
+        let _ = std::fs::remove_dir(pin_dir);
+    }
+    Ok(done)
 }
 
 /// The fix named in every refusal to adopt.
@@ -172,4 +207,85 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
         return Err(DataplaneError::NotBpffs(dir.to_owned()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A plain directory stands in for bpffs: teardown only lists and unlinks entries.
+    fn dir_with(names: &[&str]) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "foobar-lb-pins-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        for n in names {
+            std::fs::write(d.join(n), b"").unwrap();
+        }
+        TempDir(d)
+    }
+
+    fn left(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_directory_without_meta_is_refused_and_untouched() {
+        // What /sys/fs/bpf looks like with other tools' pins (a foobar-lb-named one among them).
+        let d = dir_with(&["cilium_calls", "FLOWS", "link-eth0"]);
+        let err = teardown(d.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not a foobar-lb pin directory") && msg.contains("cilium_calls"),
+            "{msg}"
+        );
+        assert_eq!(left(d.path()), ["FLOWS", "cilium_calls", "link-eth0"]);
+    }
+
+    #[test]
+    fn only_foobar_lb_pins_are_removed_and_foreign_ones_kept() {
+        let ours: Vec<&str> = pinned_maps().map(|m| m.name).collect();
+        let mut names = ours.clone();
+        names.extend(["link-eth0", "link-eth1", "other_tool_map", "prog_x"]);
+        let d = dir_with(&names);
+        let done = teardown(d.path()).unwrap();
+        assert_eq!(done.removed.len(), ours.len() + 2);
+        assert!(done.removed[0].ends_with("link-eth0") && done.removed[1].ends_with("link-eth1"));
+        assert!(done.removed.last().unwrap().ends_with(MAP_META));
+        assert_eq!(left(d.path()), ["other_tool_map", "prog_x"]);
+        assert_eq!(done.kept.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_or_missing_directory_is_nothing_to_do() {
+        let d = dir_with(&[]);
+        assert!(teardown(d.path()).unwrap().removed.is_empty());
+        assert!(!d.path().exists(), "the empty pin directory is removed");
+        assert!(teardown(&d.path().join("nope")).unwrap().removed.is_empty());
+    }
 }
