@@ -13,7 +13,9 @@ use anyhow::Result;
 use foobar_lb_common::ServiceKey;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{health_events::HealthEvent, macs, socket, specs::service_key, Daemon, RunOptions};
+use super::{
+    health_events::HealthEvent, macs, socket, specs::service_key, ApiCall, Daemon, RunOptions,
+};
 use crate::{
     config::{CheckKind, Config, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
@@ -28,14 +30,17 @@ use crate::{
 const MAX_CONCURRENT_CHECKS: usize = 64;
 
 /// Brings the daemon up to forwarding; health results keep arriving on the returned channel.
+/// The metrics endpoint starts as soon as the config is known, with `metrics`.
 pub(super) async fn start(
     config_path: &Path,
     opts: &RunOptions,
+    metrics: (mpsc::Sender<ApiCall>, crate::metrics::Readiness),
 ) -> Result<(Daemon, mpsc::Receiver<HealthEvent>)> {
     let config = Config::load(config_path)?;
     config.check_host()?;
     let mode = opts.xdp_mode.unwrap_or(config.xdp_mode);
     socket::refuse_second_daemon(&config.control_socket).await?;
+    socket::serve_metrics(&config, metrics.0, metrics.1).await?;
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
     let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs);
