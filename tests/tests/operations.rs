@@ -407,15 +407,6 @@ fn metrics_endpoint_survives_5000_idle_connections() {
     let before = set_nofile_soft(1024);
     let s = setup("mi", 2, 2, &|_| String::new(), true);
     set_nofile_soft(before.max(IDLE as u64 + 1024));
-    // The daemon raised its own soft limit to the hard one.
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.daemon.pid())).unwrap();
-    let files: Vec<&str> = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert_eq!(files[3], files[4], "soft limit not raised: {limits}");
 
     // A local user opens idle connections to the metrics port and keeps them (bounded: 300 ms
     // per connect, 30 s in all).
@@ -485,6 +476,15 @@ fn metrics_endpoint_survives_5000_idle_connections() {
     }
     println!("web1 down after {:?}", stopped.elapsed());
     assert_eq!(opened, IDLE, "the listener stopped accepting connections");
+    // The daemon raised its own soft limit to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.daemon.pid())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "soft limit not raised: {limits}");
     drop(conns);
 }
 
