@@ -131,6 +131,15 @@ pub fn default_control_socket() -> PathBuf {
     PathBuf::from("/run/foobar-lb/control.sock")
 }
 
+/// Service names are 1 to 64 of `[A-Za-z0-9_.-]`: they go into metrics labels, logs and
+/// CLI tables, so none needs quoting or escaping anywhere.
+pub fn valid_service_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -407,8 +416,12 @@ impl Config {
                     )));
                 }
             }
-            if svc.name.is_empty() {
-                return Err(invalid("a service has an empty name"));
+            if !valid_service_name(&svc.name) {
+                return Err(invalid(format!(
+                    "service name {:?} is not valid: use 1 to 64 of A-Z a-z 0-9 _ . - \
+                     (it appears in metrics labels, logs and CLI output)",
+                    svc.name
+                )));
             }
             if !names.insert(svc.name.as_str()) {
                 return Err(invalid(format!("{what} is defined twice")));
@@ -556,6 +569,31 @@ protocol = "udp"
         let same_key =
             format!("{GOOD}\n[[service]]\nname = \"other\"\nvip = \"10.0.0.100\"\nport = 80\n");
         assert!(err(&same_key).contains("already used"));
+    }
+
+    #[test]
+    fn rejects_service_names_outside_the_charset() {
+        for ok in ["web", "a", "api-v2.internal_1", &"x".repeat(64)] {
+            let text = GOOD.replace("name = \"www6\"", &format!("name = {ok:?}"));
+            assert!(Config::parse(&text).is_ok(), "{ok:?} refused");
+        }
+        for bad in [
+            "",
+            "with space",
+            "quote\"d",
+            "back\\slash",
+            "new\nline",
+            "caf\u{e9}",
+            "a{b}",
+            &"x".repeat(65),
+        ] {
+            let text = GOOD.replace("name = \"www6\"", &format!("name = {bad:?}"));
+            let e = err(&text);
+            assert!(
+                e.contains("is not valid: use 1 to 64 of A-Z a-z 0-9 _ . -"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

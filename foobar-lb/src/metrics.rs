@@ -1,20 +1,87 @@
-//! Prometheus metrics: `GET /metrics` in OpenMetrics text, built per scrape from the daemon's
-//! snapshot (the same numbers `foobar-lb stats` shows).
+//! The daemon's HTTP endpoint: `GET /metrics` (OpenMetrics text, built per scrape from the
+//! daemon's snapshot: the same numbers `foobar-lb stats` shows; Prometheus' classic text format
+//! for clients whose `Accept` does not name OpenMetrics), `/ready` and `/live`.
+//!
+//! Served by hyper (HTTP/1.1 only). Whoever connects, the endpoint must not cost the daemon its
+//! health checks, its descriptors or its main task:
+//! - at most [`MAX_CONNECTIONS`] connections at once; more are closed as soon as accepted;
+//! - a connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] is
+//!   closed (this is also the idle time allowed between keep-alive requests), and none lives
+//!   longer than [`CONNECTION_LIFETIME`];
+//! - the daemon's main task is asked for at most one snapshot at a time, and never sooner than
+//!   [`MIN_SNAPSHOT_GAP`] (or 4x the last snapshot's cost) after the previous one; requests
+//!   that waited share the result; a request gives up after [`SNAPSHOT_TIMEOUT`] (503);
+//! - an accept error (out of descriptors) pauses the accept loop instead of spinning on it.
 
+use std::{
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Mutex, Semaphore},
 };
 
 use crate::api::{Request, Response, StatsSnapshot};
 
+/// Connections served at once; more are closed at once. Prometheus and a few probes need a
+/// handful; this keeps the endpoint far below the default limit of 1024 descriptors.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time allowed for a request head, from the connection's start or its previous answer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// No connection lives longer (a client that never reads its answer, say).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a request waits for the daemon's snapshot before answering 503.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Least time between two snapshots asked by this endpoint.
+pub const MIN_SNAPSHOT_GAP: Duration = Duration::from_millis(100);
+/// How long the accept loop pauses after an error (no descriptor left, say).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Read buffer per connection (hyper's minimum is 8 KiB).
+const MAX_BUF: usize = 16 * 1024;
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus' classic text format, for clients that do not ask for OpenMetrics.
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The daemon's request channel (the one the control socket uses).
+pub type DaemonSender = mpsc::Sender<(Request, oneshot::Sender<Response>)>;
+
 type Labels = Vec<(String, String)>;
+
+/// A label value as the text format wants it. prometheus-client 0.23 writes label values
+/// verbatim, so a `"`, `\` or newline would end the value early and let the text forge samples.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Renders a snapshot as OpenMetrics text.
 pub fn render(s: &StatsSnapshot) -> String {
@@ -36,7 +103,7 @@ pub fn render(s: &StatsSnapshot) -> String {
     );
     for (name, n) in &s.verdicts {
         verdicts
-            .get_or_create(&vec![("verdict".into(), name.clone())])
+            .get_or_create(&vec![("verdict".into(), label(name))])
             .inc_by(*n);
     }
     let svc_packets = counter(&mut reg, "service_packets", "Packets forwarded per service");
@@ -79,14 +146,14 @@ pub fn render(s: &StatsSnapshot) -> String {
         "Last successful check time",
     );
     for svc in &s.services {
-        let l = vec![("service".to_string(), svc.name.clone())];
+        let l = vec![("service".to_string(), label(&svc.name))];
         svc_packets.get_or_create(&l).inc_by(svc.counters.packets);
         svc_bytes.get_or_create(&l).inc_by(svc.counters.bytes);
         svc_flows.get_or_create(&l).inc_by(svc.counters.new_flows);
         for b in &svc.backends {
             let l = vec![
-                ("service".to_string(), svc.name.clone()),
-                ("backend".to_string(), b.address.clone()),
+                ("service".to_string(), label(&svc.name)),
+                ("backend".to_string(), label(&b.address)),
                 ("role".to_string(), format!("{:?}", b.role).to_lowercase()),
             ];
             be_packets.get_or_create(&l).inc_by(b.counters.packets);
@@ -113,7 +180,7 @@ pub fn render(s: &StatsSnapshot) -> String {
     for r in &s.firewall.rules {
         let l = vec![
             ("rule".to_string(), r.index.to_string()),
-            ("spec".to_string(), r.rule.clone()),
+            ("spec".to_string(), label(&r.rule)),
         ];
         rule_packets.get_or_create(&l).inc_by(r.packets);
         rule_bytes.get_or_create(&l).inc_by(r.bytes);
@@ -139,45 +206,445 @@ pub fn render(s: &StatsSnapshot) -> String {
     out
 }
 
-/// Serves `/metrics` until the daemon stops; each scrape asks the daemon for a snapshot.
-pub async fn serve(
-    listener: TcpListener,
-    daemon: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
-) {
+/// The same exposition in Prometheus' classic text format (0.0.4), for scrapers that do not
+/// ask for OpenMetrics (Prometheus does, and gets `render`'s text as is): there a counter's
+/// HELP and TYPE lines name its `_total` sample, and the text has no `# EOF`. Only counters
+/// and gauges occur in `render`'s output.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta.and_then(|(p, rest)| Some((p, rest.split_once(' ')?))) {
+            Some((p, (name, rest))) if counters.contains(name) => {
+                out.push_str(&format!("{p}{name}_total {rest}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// What `/ready` answers; the daemon sets it as it starts and stops.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicU8>);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const STOPPING: u8 = 2;
+
+impl Readiness {
+    /// The maps are written and XDP is attached: the daemon serves.
+    pub fn set_ready(&self) {
+        self.0.store(READY, Ordering::Release);
+    }
+
+    /// The daemon is leaving its main loop.
+    pub fn set_stopping(&self) {
+        self.0.store(STOPPING, Ordering::Release);
+    }
+
+    /// `Err(reason)` unless ready.
+    fn check(&self) -> Result<(), &'static str> {
+        match self.0.load(Ordering::Acquire) {
+            READY => Ok(()),
+            STARTING => Err("starting: the maps are not written yet"),
+            _ => Err("stopping"),
+        }
+    }
+}
+
+/// Snapshots asked from the daemon's main task: one at a time, spaced, shared by the requests
+/// that waited for them.
+struct Snapshots {
+    daemon: DaemonSender,
+    last: Mutex<Option<Fetched>>,
+}
+
+struct Fetched {
+    done: Instant,
+    cost: Duration,
+    snap: Arc<StatsSnapshot>,
+}
+
+impl Snapshots {
+    async fn get(&self) -> Result<Arc<StatsSnapshot>, String> {
+        let asked = Instant::now();
+        let fetch = async {
+            // Held while asking: one snapshot in flight; the others wait here.
+            let mut last = self.last.lock().await;
+            if let Some(f) = last.as_ref() {
+                if f.done >= asked {
+                    return Ok(f.snap.clone());
+                }
+                let gap = (f.cost * 4).max(MIN_SNAPSHOT_GAP);
+                tokio::time::sleep_until((f.done + gap).into()).await;
+            }
+            let start = Instant::now();
+            let (tx, rx) = oneshot::channel();
+            let stopping = "the daemon is stopping".to_string();
+            if self.daemon.send((Request::Stats, tx)).await.is_err() {
+                return Err(stopping);
+            }
+            let resp = rx.await.map_err(|_| stopping)?;
+            let snap = Arc::new(resp.stats.ok_or_else(|| {
+                resp.error
+                    .unwrap_or_else(|| "the daemon sent no snapshot".into())
+            })?);
+            *last = Some(Fetched {
+                done: Instant::now(),
+                cost: start.elapsed(),
+                snap: snap.clone(),
+            });
+            Ok(snap)
+        };
+        tokio::time::timeout(SNAPSHOT_TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the daemon did not answer within {} ms",
+                    SNAPSHOT_TIMEOUT.as_millis()
+                ))
+            })
+    }
+}
+
+struct Shared {
+    snapshots: Snapshots,
+    readiness: Readiness,
+}
+
+type Reply = hyper::Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Reply {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn unavailable(why: impl std::fmt::Display) -> Reply {
+    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n"))
+}
+
+/// Answers one request: `/metrics`, `/ready` or `/live` (GET or HEAD).
+async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> Reply {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET or HEAD\n".into());
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            if let Err(why) = shared.readiness.check() {
+                return unavailable(why);
+            }
+            let openmetrics = req
+                .headers()
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.to_ascii_lowercase()
+                        .contains("application/openmetrics-text")
+                });
+            match shared.snapshots.get().await {
+                Ok(s) if openmetrics => reply(StatusCode::OK, OPENMETRICS, render(&s)),
+                Ok(s) => reply(StatusCode::OK, CLASSIC, classic_text(&render(&s))),
+                Err(why) => unavailable(why),
+            }
+        }
+        "/ready" => match shared.readiness.check() {
+            Ok(()) => reply(StatusCode::OK, TEXT, "ready\n".into()),
+            Err(why) => unavailable(why),
+        },
+        // Live while the main loop answers; before it runs (start-up) and once it stopped,
+        // nobody asks it.
+        "/live" => match shared.readiness.check() {
+            Err(why) => unavailable(why),
+            Ok(()) => match shared.snapshots.get().await {
+                Ok(_) => reply(StatusCode::OK, TEXT, "live\n".into()),
+                Err(why) => unavailable(why),
+            },
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "try /metrics, /ready or /live\n".into(),
+        ),
+    }
+}
+
+/// Logs a repeated condition at most every 10 s, with how often it happened meanwhile.
+struct Throttled {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            count: 0,
+        }
+    }
+
+    fn warn(&mut self, what: impl FnOnce(u64) -> String) {
+        self.count += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            log::warn!("metrics endpoint: {}", what(self.count));
+            self.last = Some(Instant::now());
+            self.count = 0;
+        }
+    }
+}
+
+/// Serves the endpoint until the daemon stops. `/metrics` and `/live` ask the daemon's main
+/// task for a snapshot over `daemon`; `/ready` reads `readiness`.
+pub async fn serve(listener: TcpListener, daemon: DaemonSender, readiness: Readiness) {
+    let shared = Arc::new(Shared {
+        snapshots: Snapshots {
+            daemon,
+            last: Mutex::new(None),
+        },
+        readiness,
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (mut accept_errors, mut refused) = (Throttled::new(), Throttled::new());
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // The connection stays queued, so retrying at once would spin.
+                accept_errors.warn(|n| format!("accept failed ({n} time(s)): {e}"));
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            refused
+                .warn(|n| format!("{n} connection(s) closed: already serving {MAX_CONNECTIONS}"));
             continue;
         };
-        let daemon = daemon.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            // Read the request head (bounded); only the request line matters.
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => len += n,
-                }
+            let _permit = permit;
+            let service = service_fn(|req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(req, &shared).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_BUF)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                log::debug!("metrics connection: {e}");
             }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                let (tx, rx) = oneshot::channel();
-                let snap = match daemon.send((Request::Stats, tx)).await {
-                    Ok(()) => rx.await.ok().and_then(|r| r.stats),
-                    Err(_) => None,
-                };
-                match snap {
-                    Some(s) => ("200 OK", render(&s)),
-                    None => ("503 Service Unavailable", "daemon is stopping\n".into()),
-                }
-            } else {
-                ("404 Not Found", "try /metrics\n".into())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    use super::*;
+    use crate::api::{FirewallStats, RuleStats};
+
+    fn snapshot(rule: &str) -> StatsSnapshot {
+        StatsSnapshot {
+            verdicts: vec![("tx".into(), 7)],
+            flows: 3,
+            services: vec![],
+            firewall: FirewallStats {
+                rules: vec![RuleStats {
+                    index: 1,
+                    rule: rule.into(),
+                    packets: 1,
+                    bytes: 60,
+                }],
+                ..Default::default()
+            },
+            map_writes: 2,
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let text = render(&snapshot("drop \"x\" \\ y\nfoobar_lb_flows 999"));
+        assert!(
+            text.contains(r#"spec="drop \"x\" \\ y\nfoobar_lb_flows 999"}"#),
+            "{text}"
+        );
+        // The value could not forge a sample of its own.
+        assert!(!text.lines().any(|l| l.starts_with("foobar_lb_flows 999")));
+    }
+
+    #[test]
+    fn classic_text_names_counter_samples_and_has_no_eof() {
+        let text = classic_text(&render(&snapshot("drop")));
+        assert!(text.contains(
+            "# HELP foobar_lb_verdict_packets_total Packets by XDP verdict and reason.\n\
+             # TYPE foobar_lb_verdict_packets_total counter\n\
+             foobar_lb_verdict_packets_total{verdict=\"tx\"} 7\n"
+        ));
+        assert!(text.contains("# TYPE foobar_lb_flows gauge\nfoobar_lb_flows{} 3.0\n"));
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    /// A daemon stand-in answering `stats` requests; counts them.
+    fn fake_daemon(delay: Duration) -> (DaemonSender, Arc<std::sync::atomic::AtomicUsize>) {
+        let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = asked.clone();
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                n.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let _ = reply.send(Response {
+                    ok: true,
+                    stats: Some(snapshot("drop")),
+                    ..Default::default()
+                });
+            }
+        });
+        (tx, asked)
+    }
+
+    async fn start(
+        delay: Duration,
+    ) -> (SocketAddr, Readiness, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (daemon, asked) = fake_daemon(delay);
+        let readiness = Readiness::default();
+        tokio::spawn(serve(listener, daemon, readiness.clone()));
+        (addr, readiness, asked)
+    }
+
+    /// One request with `Connection: close`; the status code and body.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let (code, _, body) = get_with(addr, path, "").await;
+        (code, body)
+    }
+
+    /// One request with extra header lines; the status code, response head and body.
+    async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).await.unwrap();
+        let code = text[9..12].parse().unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (code, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn probes_follow_readiness_and_metrics_render() {
+        let (addr, readiness, asked) = start(Duration::ZERO).await;
+        assert_eq!(get(addr, "/ready").await.0, 503);
+        assert_eq!(get(addr, "/live").await.0, 503);
+        assert_eq!(get(addr, "/metrics").await.0, 503);
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            0,
+            "nobody asks a daemon still starting"
+        );
+        readiness.set_ready();
+        assert_eq!(get(addr, "/ready").await, (200, "ready\n".into()));
+        assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
+        // Prometheus asks for OpenMetrics; others get the classic text format.
+        let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n";
+        let (code, head, body) = get_with(addr, "/metrics", accept).await;
+        assert_eq!(code, 200);
+        assert!(
+            head.contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        assert!(
+            body.contains("foobar_lb_flows{} 3.0\n") && body.ends_with("# EOF\n"),
+            "{body}"
+        );
+        let (code, head, body) = get_with(addr, "/metrics", "").await;
+        assert_eq!(code, 200);
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert_eq!(body, classic_text(&render(&snapshot("drop"))));
+        assert_eq!(get(addr, "/other").await.0, 404);
+        readiness.set_stopping();
+        assert_eq!(get(addr, "/ready").await, (503, "stopping\n".into()));
+    }
+
+    #[tokio::test]
+    async fn a_slow_daemon_gets_503_and_one_request_at_a_time() {
+        let (addr, readiness, asked) = start(Duration::from_secs(5)).await;
+        readiness.set_ready();
+        let t = Instant::now();
+        let scrapes: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(async move { get(addr, "/metrics").await.0 }))
+            .collect();
+        for s in scrapes {
+            assert_eq!(s.await.unwrap(), 503);
+        }
+        assert!(t.elapsed() < SNAPSHOT_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "one snapshot in flight at most"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
+        let (addr, readiness, _) = start(Duration::ZERO).await;
+        readiness.set_ready();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server take them all before the one too many.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        // The idle ones are closed after the header-read timeout; then a scrape gets in.
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(HEADER_READ_TIMEOUT * 2, idle[0].read_to_end(&mut rest))
+            .await
+            .expect("idle connection closed")
+            .ok();
+        assert!(t.elapsed() <= HEADER_READ_TIMEOUT + Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(get(addr, "/metrics").await.0, 200);
     }
 }

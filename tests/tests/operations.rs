@@ -342,6 +342,163 @@ fn metrics_follow_the_traffic() {
     );
     assert!(metric(&m, "foobar_lb_service_packets_total{service=\"www\"}") > before);
     assert!(m.contains("foobar_lb_backend_check_latency_seconds"), "{m}");
+    assert_eq!(http_get(&s.topo.lb, "/ready"), (200, "ready\n".into()));
+    assert_eq!(http_get(&s.topo.lb, "/live"), (200, "live\n".into()));
+    assert_eq!(http_get(&s.topo.lb, "/nothing-here").0, 404);
+    promtool_check(&m);
+}
+
+/// The exposition passes Prometheus' own parser (`promtool check metrics`, Debian package
+/// `prometheus`, installed by `cargo xtask test`); skipped with a note when promtool is absent.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        println!("SKIPPED promtool check: no promtool on PATH (Debian package prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `curl` from the load balancer's namespace: (HTTP status, body); status 0 if no answer.
+fn http_get(lb: &Netns, path: &str) -> (u16, String) {
+    let out = run(lb.cmd("curl").args([
+        "-sS",
+        "--max-time",
+        "2",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:9641{path}"),
+    ]));
+    let Ok(out) = out else {
+        return (0, String::new());
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Sets this process' soft limit on open files (the hard limit stays); returns the old one.
+fn set_nofile_soft(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let old = lim.rlim_cur;
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: a valid rlimit; lowering or raising the soft limit up to the hard one.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    old
+}
+
+#[test]
+fn metrics_endpoint_survives_5000_idle_connections() {
+    const IDLE: usize = 5000;
+    // The daemon starts with the soft limit a service manager usually gives (1024; systemd's
+    // hard limit is far higher), as it would in production; this process then needs room for
+    // its own 5,000 sockets.
+    let before = set_nofile_soft(1024);
+    let s = setup("mi", 2, 2, &|_| String::new(), true);
+    set_nofile_soft(before.max(IDLE as u64 + 1024));
+    let Some(s) = s else { return };
+
+    // A local user opens idle connections to the metrics port and keeps them (bounded: 300 ms
+    // per connect, 30 s in all).
+    let start = Instant::now();
+    let conns = foobar_lb_tests::netns::in_netns(&s.topo.lb.name, || {
+        let addr: std::net::SocketAddr = "127.0.0.1:9641".parse()?;
+        let mut v = Vec::with_capacity(IDLE);
+        // A connect that times out (accept queue full for a moment) is tried again.
+        while v.len() < IDLE && start.elapsed() < Duration::from_secs(30) {
+            if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                v.push(c);
+            }
+        }
+        Ok(v)
+    })
+    .unwrap();
+    let opened = conns.len();
+    println!("idle connections: {opened} opened in {:?}", start.elapsed());
+    // Several health-check intervals (200 ms, fall 2) with every connection held.
+    thread::sleep(Duration::from_secs(2));
+
+    // A scrape answers within a few seconds (connections beyond the server's cap were closed
+    // at once; the ones it holds time out).
+    let asked = Instant::now();
+    let mut answered = None;
+    while asked.elapsed() < Duration::from_secs(8) {
+        let t = Instant::now();
+        let (code, body) = http_get(&s.topo.lb, "/metrics");
+        if code == 200 && body.contains("foobar_lb_backend_up") {
+            answered = Some((asked.elapsed(), t.elapsed()));
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (first, scrape) = answered.unwrap_or_else(|| {
+        panic!(
+            "no scrape answered within 8 s with {opened} idle connections:\n{}",
+            s.daemon.log_text()
+        )
+    });
+    println!("with {opened} idle connections: a scrape answered after {first:?} (that scrape took {scrape:?})");
+
+    // Health checks kept running: every backend is still up...
+    let st = s.daemon.stats();
+    for b in &st.services[0].backends {
+        assert_eq!(
+            (b.health.as_str(), b.state.as_str()),
+            ("up", "active"),
+            "{b:?} with {opened} idle metrics connections:\n{}",
+            s.daemon.log_text()
+        );
+    }
+    // ...and a backend that fails is still noticed.
+    s.topo.stop_web(1).unwrap();
+    let stopped = Instant::now();
+    loop {
+        let st = s.daemon.stats();
+        if backend(&st, "10.111.0.11").health == "down" {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "web1 stopped but still not down after 5 s: {:?}",
+            backend(&st, "10.111.0.11")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!("web1 down after {:?}", stopped.elapsed());
+    assert_eq!(opened, IDLE, "the listener stopped accepting connections");
+    // The daemon raised its own soft limit to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.daemon.pid())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "soft limit not raised: {limits}");
+    drop(conns);
 }
 
 #[test]

@@ -20,6 +20,9 @@ const PACKAGES: &[&str] = &[
     // kill, sysctl, pgrep: the tests and the demo use them; not on a minimal Debian.
     "procps",
 ];
+/// What only `cargo xtask test` needs: `promtool` (package `prometheus`, about 19 MB; its
+/// service is not started on install) checks the metrics exposition.
+const TEST_PACKAGES: &[&str] = &["prometheus"];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";
@@ -94,6 +97,18 @@ fn without_apt() -> Result<()> {
          12 where `cargo xtask setup` installs everything)",
         missing.join(", ")
     )
+}
+
+/// Installs [`TEST_PACKAGES`] if missing. Without apt-get the tests that need them skip those
+/// checks and say so.
+pub fn install_test_packages() -> Result<()> {
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        println!(
+            "setup: no apt-get here; tests skip the promtool check unless promtool is on PATH"
+        );
+        return Ok(());
+    }
+    install(TEST_PACKAGES)
 }
 
 /// Installs Debian packages that are missing (for the bench's peers and tools).

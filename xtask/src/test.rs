@@ -20,6 +20,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     setup::run()?;
+    setup::install_test_packages()?;
     sweep();
     // Builds the debug controller the end-to-end tests start, with its XDP object.
     step(

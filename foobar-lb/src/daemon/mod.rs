@@ -41,6 +41,7 @@ use crate::{
     dataplane::{self, Dataplane},
     desired::Mac,
     health::HealthState,
+    metrics,
     reconcile::Reconciler,
 };
 use health_events::HealthEvent;
@@ -97,15 +98,21 @@ struct Daemon {
 }
 
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
+    raise_fd_limit();
+    let (api_tx, mut api) = mpsc::channel::<ApiCall>(64);
+    let readiness = metrics::Readiness::default();
     // The pin directory stays locked until the data plane is left or torn down.
-    let (mut d, mut events, _lock) = startup::start(config_path, &opts).await?;
+    let (mut d, mut events, _lock) =
+        startup::start(config_path, &opts, (api_tx.clone(), readiness.clone())).await?;
     let socket = d.config.control_socket.clone();
-    let mut api = socket::serve(&d.config).await?;
+    socket::serve(&d.config, api_tx).await?;
     let stop = [
         tokio::signal::unix::signal(SignalKind::interrupt())?,
         tokio::signal::unix::signal(SignalKind::terminate())?,
     ];
+    readiness.set_ready();
     d.main_loop(&mut events, &mut api, stop).await;
+    readiness.set_stopping();
     let _ = std::fs::remove_file(&socket);
     shutdown(d, opts.detach_on_exit)
 }
@@ -146,6 +153,44 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: health checks, map handles and the
+/// metrics endpoint's connections all take descriptors, and a service manager's usual soft
+/// limit (1024) is low for that. Failure is logged; the daemon runs with what it has.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        log::warn!(
+            "cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // An unlimited hard limit still stops at the kernel's nr_open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let want = lim.rlim_max.min(nr_open);
+    if lim.rlim_cur >= want {
+        return;
+    }
+    let old = lim.rlim_cur;
+    lim.rlim_cur = want;
+    // SAFETY: a valid rlimit; the soft limit stays within the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::warn!(
+            "cannot raise the open-file limit from {old} to {want}: {}",
+            std::io::Error::last_os_error()
+        );
+    } else {
+        log::info!("open-file limit raised from {old} to {want}");
     }
 }
 

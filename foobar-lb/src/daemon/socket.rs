@@ -1,5 +1,6 @@
 //! The daemon's listeners: the control socket (one request per connection, answered by the
-//! main loop) and the optional metrics endpoint.
+//! main loop) and the optional metrics endpoint (`metrics.rs`), bound early in start-up so
+//! probes see `/ready` answer 503 until the maps are written.
 
 use std::{
     net::SocketAddr,
@@ -18,6 +19,7 @@ use super::ApiCall;
 use crate::{
     api::{self, Response},
     config::Config,
+    metrics,
 };
 
 /// Refuses to start twice on one control socket; called before touching the kernel.
@@ -31,20 +33,30 @@ pub(super) async fn refuse_second_daemon(socket: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts the control socket and metrics listeners; their requests arrive on the result.
-pub(super) async fn serve(config: &Config) -> Result<mpsc::Receiver<ApiCall>> {
-    let (api_tx, api_rx) = mpsc::channel::<ApiCall>(64);
+/// Starts the control socket listener; its requests go to `api`, answered by the main loop.
+pub(super) async fn serve(config: &Config, api: mpsc::Sender<ApiCall>) -> Result<()> {
     let listener = bind_socket(&config.control_socket)?;
-    tokio::spawn(accept_loop(listener, api_tx.clone()));
-    if !config.metrics_address.is_empty() {
-        let addr: SocketAddr = config.metrics_address.parse().expect("validated");
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        println!("foobar-lb: metrics on http://{addr}/metrics");
-        tokio::spawn(crate::metrics::serve(listener, api_tx));
+    tokio::spawn(accept_loop(listener, api));
+    Ok(())
+}
+
+/// Starts the metrics endpoint (unless disabled): `/ready` answers 503 until `readiness` says
+/// otherwise, and `/metrics` and `/live` ask the main loop over `api`.
+pub(super) async fn serve_metrics(
+    config: &Config,
+    api: mpsc::Sender<ApiCall>,
+    readiness: metrics::Readiness,
+) -> Result<()> {
+    if config.metrics_address.is_empty() {
+        return Ok(());
     }
-    Ok(api_rx)
+    let addr: SocketAddr = config.metrics_address.parse().expect("validated");
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    println!("foobar-lb: metrics on http://{addr}/metrics (and /ready, /live)");
+    tokio::spawn(metrics::serve(listener, api, readiness));
+    Ok(())
 }
 
 /// Creates the control socket mode 0600 with no moment at which anyone else could connect:

@@ -18,7 +18,7 @@ use super::{
     lock::{lock_pin_dir, PinDirLock},
     macs, socket,
     specs::service_key,
-    Daemon, RunOptions,
+    ApiCall, Daemon, RunOptions,
 };
 use crate::{
     config::{CheckKind, Config, XdpMode},
@@ -34,10 +34,12 @@ use crate::{
 const MAX_CONCURRENT_CHECKS: usize = 64;
 
 /// Brings the daemon up to forwarding; health results keep arriving on the returned channel.
-/// The returned lock keeps other daemons off this pin directory while it is held.
+/// The metrics endpoint starts as soon as the config is known, with `metrics`. The returned
+/// lock keeps other daemons off this pin directory while it is held.
 pub(super) async fn start(
     config_path: &Path,
     opts: &RunOptions,
+    metrics: (mpsc::Sender<ApiCall>, crate::metrics::Readiness),
 ) -> Result<(Daemon, mpsc::Receiver<HealthEvent>, PinDirLock)> {
     let config = Config::load(config_path)?;
     config.check_host()?;
@@ -45,6 +47,7 @@ pub(super) async fn start(
     // Before anything touches the data plane: one daemon per pin directory, whatever its socket.
     let lock = lock_pin_dir(&config.pin_dir)?;
     socket::refuse_second_daemon(&config.control_socket).await?;
+    socket::serve_metrics(&config, metrics.0, metrics.1).await?;
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
     let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs);
