@@ -16,6 +16,9 @@ pub const MAP_BACKEND_ADMIN: &str = "BACKEND_ADMIN";
 /// [`MAP_BACKEND_ADMIN`] bit: the operator drained this backend. Userspace state only (the
 /// program never reads it), pinned so a restarted daemon keeps the drain.
 pub const ADMIN_DRAINED: u32 = 1;
+/// [`MAP_BACKEND_ADMIN`] bit: health checks hold this backend down (its entry may still keep
+/// its flows): a restarted daemon must not take it for up.
+pub const ADMIN_HEALTH_DOWN: u32 = 2;
 
 /// Name of the XDP program in the object file.
 pub const PROG_NAME: &str = "foobar_lb";

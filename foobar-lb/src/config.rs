@@ -258,6 +258,19 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures that take an up backend down.
     pub fall: u32,
+    /// What happens to a backend's established connections when checks mark it down.
+    pub on_marked_down: OnMarkedDown,
+}
+
+/// HAProxy's `on-marked-down`: by default a backend marked down keeps its established
+/// connections (a 503 during a graceful shutdown, a check timeout under load); with
+/// `shutdown-sessions` they move to another backend on their next packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMarkedDown {
+    #[default]
+    Keep,
+    ShutdownSessions,
 }
 
 impl Default for HealthConfig {
@@ -271,6 +284,7 @@ impl Default for HealthConfig {
             timeout_ms: 1000,
             rise: 2,
             fall: 3,
+            on_marked_down: OnMarkedDown::Keep,
         }
     }
 }

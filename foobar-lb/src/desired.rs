@@ -55,8 +55,9 @@ pub struct BackendSpec {
     pub state: BackendState,
     pub weight: u32,
     pub forwarding: Forwarding,
-    /// Drained by the operator: remembered in the pinned data plane across restarts.
-    pub drained: bool,
+    /// `ADMIN_*` bits (operator drain, health down): remembered in the pinned data plane so a
+    /// restarted daemon starts from them.
+    pub admin: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use std::{
 };
 
 use foobar_lb_common::{
-    encode_addr, Backend, BackendSet, ServiceInfo, ServiceKey, VipKey, ADMIN_DRAINED,
-    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
+    encode_addr, Backend, BackendSet, ServiceInfo, ServiceKey, VipKey, BACKEND_ACTIVE,
+    BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
 };
 
 use crate::desired::{BackendState, Forwarding, Mac, ServiceSpec};
@@ -83,8 +83,8 @@ pub struct Written {
     pub id: u32,
     pub mac: Mac,
     pub forwarding: Forwarding,
-    /// Drained by the operator (as written in `BACKEND_ADMIN`).
-    pub drained: bool,
+    /// `ADMIN_*` bits as written in `BACKEND_ADMIN`.
+    pub admin: u32,
     pub state: BackendState,
 }
 
@@ -182,9 +182,10 @@ impl Reconciler {
                         id: *id,
                         mac: b.mac,
                         forwarding,
-                        drained: admin
+                        admin: admin
                             .iter()
-                            .any(|(a, flags)| a == id && flags & ADMIN_DRAINED != 0),
+                            .find(|(a, _)| a == id)
+                            .map_or(0, |(_, flags)| *flags),
                         state,
                     },
                 );
@@ -282,8 +283,11 @@ impl Reconciler {
                 let id = match &old {
                     // Forwarding fields of an id in use never change: packets may hold it.
                     Some(o) if o.mac == mac && o.forwarding == b.forwarding => {
-                        if o.drained != b.drained {
-                            ops.push(admin_op(o.id, b.drained));
+                        if o.admin != b.admin {
+                            ops.push(MapOp::SetBackendAdmin {
+                                id: o.id,
+                                flags: b.admin,
+                            });
                         }
                         if o.state != b.state {
                             let op = MapOp::SetBackend {
@@ -306,7 +310,7 @@ impl Reconciler {
                             .ok_or(ReconcileError::NoBackendId)?;
                         ops.push(MapOp::ResetBackendStats { id });
                         // Always: a reused id may carry an earlier backend's bits.
-                        ops.push(admin_op(id, b.drained));
+                        ops.push(MapOp::SetBackendAdmin { id, flags: b.admin });
                         ops.push(MapOp::SetBackend {
                             id,
                             backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
@@ -325,7 +329,7 @@ impl Reconciler {
                         id,
                         mac,
                         forwarding: b.forwarding,
-                        drained: b.drained,
+                        admin: b.admin,
                         state: b.state,
                     },
                 );
@@ -387,13 +391,6 @@ impl Reconciler {
         }
         self.backend_ids.free.extend(retired);
         Ok(ops)
-    }
-}
-
-fn admin_op(id: u32, drained: bool) -> MapOp {
-    MapOp::SetBackendAdmin {
-        id,
-        flags: if drained { ADMIN_DRAINED } else { 0 },
     }
 }
 
@@ -469,7 +466,7 @@ mod tests {
                     state,
                     weight: 1,
                     forwarding: Forwarding::Dsr,
-                    drained: false,
+                    admin: 0,
                 })
                 .collect(),
         }

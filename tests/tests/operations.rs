@@ -9,7 +9,7 @@ use std::{
 
 use foobar_lb_tests::{
     daemon::{cli, Daemon},
-    netns::{run, Netns, Topology, VIP4},
+    netns::{run, web4, Netns, Topology, VIP4},
     root_object_and_binary,
     traffic::{keepalive_client, keepalive_result, try_get},
 };
@@ -963,4 +963,107 @@ fn the_cli_gives_up_on_a_daemon_that_never_answers() {
     );
     assert!(err.contains("did not answer within 1 s"), "{err}");
     drop(held);
+}
+
+/// Health checks that watch a separate endpoint (port 8081): stopping it marks a backend down
+/// while its web server (port 80) keeps serving the connections it has.
+const HEALTH_8081: &str = "[service.health]\ncheck = \"http\"\nport = 8081\ninterval_ms = 200\n\
+     timeout_ms = 150\nrise = 2\nfall = 2\n";
+
+/// Sets up two webs whose checks watch port 8081, a keep-alive connection on one of them, and
+/// marks that one down. Returns (setup, keep-alive client, its backend's index).
+fn mark_down_under_a_connection(
+    tag: &str,
+    extra: &str,
+) -> Option<(Setup, std::process::Child, usize)> {
+    if !root_object_and_binary() {
+        return None;
+    }
+    let topo = Topology::new(tag, 2).expect("topology");
+    for i in 1..=2 {
+        topo.start_web(i).unwrap();
+        topo.start_nginx(topo.web(i), &format!("chk{i}"), 8081)
+            .unwrap();
+    }
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with(
+            "generic",
+            &socket,
+            &format!("{HEALTH_8081}{extra}"),
+            &|_| String::new(),
+            2,
+        )
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let ka = keepalive_client(&topo.client, 40);
+    // Which backend holds the connection: the one with an open flow (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let holder = loop {
+        let st = daemon.stats();
+        if let Some(i) = (1..=2).find(|&i| backend(&st, &web4(i)).flows == 1) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow for the keep-alive client"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let pid = std::fs::read_to_string(topo.dir.join(format!("chk{holder}.pid"))).unwrap();
+    run(std::process::Command::new("kill").arg(pid.trim())).unwrap();
+    let s = Setup { daemon, topo };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend(&s.daemon.stats(), &web4(holder)).health != "down" {
+        assert!(
+            Instant::now() < deadline,
+            "backend {holder} never marked down"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Some((s, ka, holder))
+}
+
+#[test]
+fn a_backend_marked_down_keeps_its_established_connections() {
+    let Some((s, ka, holder)) = mark_down_under_a_connection("dk", "") else {
+        return;
+    };
+    let st = s.daemon.stats();
+    assert_eq!(backend(&st, &web4(holder)).state, "draining");
+    // New connections go to the other backend only.
+    let other = format!("web{}", 3 - holder);
+    for _ in 0..6 {
+        assert_eq!(get(&s.topo.client), other);
+    }
+    let (bodies, connects) = keepalive_result(ka);
+    assert_eq!(connects, 1, "the connection was not reset");
+    assert!(
+        bodies.iter().all(|b| *b == format!("web{holder}")),
+        "it stayed on its backend: {bodies:?}"
+    );
+}
+
+#[test]
+fn shutdown_sessions_moves_the_connections_of_a_backend_marked_down() {
+    let Some((s, ka, holder)) =
+        mark_down_under_a_connection("ds", "on_marked_down = \"shutdown-sessions\"\n")
+    else {
+        return;
+    };
+    let st = s.daemon.stats();
+    assert_eq!(backend(&st, &web4(holder)).state, "down");
+    // Its flow moved: the other web server, which does not know the connection, resets it.
+    let out = ka.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Each transfer prints its body and its new connections: more than one, or a failure.
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let connects: u32 = tokens
+        .chunks(2)
+        .filter_map(|p| p.get(1)?.parse::<u32>().ok())
+        .sum();
+    assert!(
+        !out.status.success() || connects > 1,
+        "the connection survived on its backend: {text}"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use foobar_lb_common::ServiceKey;
+use foobar_lb_common::{ServiceKey, ADMIN_DRAINED, ADMIN_HEALTH_DOWN};
 
 use crate::{
     config::{BackendConfig, Config, ServiceConfig},
@@ -53,15 +53,16 @@ pub(super) fn service_specs(
                 backends: s
                     .backends
                     .iter()
-                    .zip(pool::states(&members, s.failover))
+                    .zip(pool::states(&members, s.failover, s.health.on_marked_down))
                     .zip(&status)
-                    .map(|((b, state), &(_, drained))| BackendSpec {
+                    .map(|((b, state), &(healthy, drained))| BackendSpec {
                         addr: b.address,
                         mac: macs.get(&b.address).copied(),
                         state,
                         weight: b.weight,
                         forwarding: Forwarding::Dsr,
-                        drained,
+                        admin: if drained { ADMIN_DRAINED } else { 0 }
+                            | if healthy { 0 } else { ADMIN_HEALTH_DOWN },
                     })
                     .collect(),
             }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use foobar_lb_common::ServiceKey;
+use foobar_lb_common::{ServiceKey, ADMIN_DRAINED, ADMIN_HEALTH_DOWN};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{
@@ -142,8 +142,8 @@ impl Daemon {
     }
 
     /// An adopted data plane is the starting truth: every backend it serves (active or
-    /// draining) starts up, with its pinned MAC unless resolution found another, and keeps its
-    /// drain. Checks then change a state only by the usual rise/fall rules, so a restart writes
+    /// draining) starts with its pinned health (up unless checks held it down) and drain, and
+    /// its pinned MAC unless resolution found another. Checks then change a state only by the usual rise/fall rules, so a restart writes
     /// nothing for backends whose checks agree, however slow or many the checks.
     fn take_over_pinned_state(&mut self) {
         let mut taken = 0;
@@ -159,8 +159,8 @@ impl Daemon {
                     .backends
                     .entry((svc.name.clone(), b.address))
                     .or_default();
-                rt.health = HealthState::assumed(true);
-                rt.drained = w.drained;
+                rt.health = HealthState::assumed(w.admin & ADMIN_HEALTH_DOWN == 0);
+                rt.drained = w.admin & ADMIN_DRAINED != 0;
                 self.macs.entry(b.address).or_insert(w.mac);
                 taken += 1;
             }
