@@ -38,10 +38,17 @@ fn direct_server_return(
     if start + EthHdr::LEN > ctx.data_end() {
         return Err(verdict::ABORTED);
     }
-    let eth = start as *mut EthHdr;
+    // Word moves (u32 + u16 per MAC): a [u8; 6] assignment becomes 12 byte moves. The MACs
+    // in map values are 4-byte aligned; packet accesses need no alignment where XDP runs (the
+    // verifier enforces it only under strict alignment), as in every C XDP program.
+    // SAFETY: the 14-byte Ethernet header is in bounds (checked above).
     unsafe {
-        (*eth).src_addr = *own_mac;
-        (*eth).dst_addr = *backend_mac;
+        let p = start as *mut u8;
+        let (own, to) = (own_mac.as_ptr(), backend_mac.as_ptr());
+        *(p as *mut u32) = *(to as *const u32);
+        *(p.add(4) as *mut u16) = *(to.add(4) as *const u16);
+        *(p.add(6) as *mut u32) = *(own as *const u32);
+        *(p.add(10) as *mut u16) = *(own.add(4) as *const u16);
     }
     Ok(())
 }

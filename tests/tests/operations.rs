@@ -108,7 +108,11 @@ fn failover_to_backup_and_back_when_the_primary_stops_and_recovers() {
     }
     let st = s.daemon.stats();
     let w1 = backend(&st, "10.111.0.11");
-    assert_eq!((w1.health.as_str(), w1.state.as_str()), ("down", "down"));
+    // Marked down: no new flows, its established connections kept (on_marked_down = keep).
+    assert_eq!(
+        (w1.health.as_str(), w1.state.as_str()),
+        ("down", "draining")
+    );
     assert!(
         w1.last_error.as_deref().unwrap_or("").contains("refused"),
         "{w1:?}"
