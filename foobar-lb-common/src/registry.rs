@@ -46,8 +46,6 @@ impl MapKind {
 
 /// `BPF_F_NO_PREALLOC`: an update swaps the element under RCU (readers never see a torn value).
 pub const F_NO_PREALLOC: u32 = 1;
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists.
-pub const F_NO_COMMON_LRU: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSpec {
@@ -108,7 +106,7 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, u32>(MAP_BACKEND_ADMIN, Array, MAX_BACKENDS, 0, true),
     spec::<u32, u64>(MAP_RR_CURSORS, Array, MAX_SERVICES, 0, true),
     spec::<u32, Iface>(MAP_IFACES, Array, MAX_IFINDEX, 0, true),
-    spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, F_NO_COMMON_LRU, true),
+    spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, 0, true),
     spec::<u32, u64>(MAP_VERDICT_STATS, PerCpuArray, verdict::COUNT, 0, true),
     spec::<u32, Counters>(MAP_SERVICE_STATS, PerCpuArray, MAX_SERVICES, 0, true),
     spec::<u32, Counters>(MAP_BACKEND_STATS, PerCpuArray, MAX_BACKENDS, 0, true),

@@ -3,7 +3,7 @@
 //! `tests/tests/registry.rs` fails when this file and the registry disagree.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -51,11 +51,11 @@ pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 
-/// 5-tuple -> backend id: keeps every packet of a connection on one backend. Per-CPU LRU
-/// lists (BPF_F_NO_COMMON_LRU) keep new-flow inserts off a shared lock.
+/// 5-tuple -> backend id: keeps every packet of a connection on one backend. One LRU shared by
+/// all CPUs: per-CPU lists (BPF_F_NO_COMMON_LRU) would give each CPU 1/ncpus of the capacity
+/// and evict live flows of a busy CPU early.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map]
 pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::COUNT, 0);

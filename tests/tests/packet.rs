@@ -802,3 +802,33 @@ fn l4_lengths_that_do_not_fit_are_malformed() {
     }
     assert_eq!(h.dp.flow_count().unwrap(), 0);
 }
+
+/// Flows that all arrive on one CPU (a busy queue) get the whole table: with per-CPU LRU lists
+/// each CPU had size / CPUs entries and live flows were evicted early.
+#[test]
+fn the_flow_table_holds_its_configured_size_when_one_cpu_does_all_the_work() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    const SIZE: u32 = 4096;
+    let h = Harness::with_flow_table(
+        CONFIG,
+        &[
+            ("10.0.0.11", B1),
+            ("10.0.0.12", B2),
+            ("fd00::11", B1),
+            ("fd00::12", B2),
+        ],
+        SIZE,
+    );
+    for i in 0..SIZE {
+        let src = format!("10.9.{}.{}", i >> 8, i & 255);
+        let o = h.run(&Pkt::tcp(&src, 1000, VIP, 80, TCP_SYN).build());
+        assert_eq!(o.action, foobar_lb_tests::harness::XDP_TX);
+    }
+    assert_eq!(
+        h.dp.flow_count().unwrap(),
+        SIZE as usize,
+        "live flows were evicted before the table was full"
+    );
+}

@@ -198,13 +198,14 @@ impl Dataplane {
             return Err(DataplaneError::NotBuilt);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_FLOWS, opts.flow_table_size);
+        let flow_entries = flow_map_entries(opts.flow_table_size)?;
+        loader.map_max_entries(MAP_FLOWS, flow_entries);
         let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             adopted = dir.join(MAP_SERVICES).exists();
             if adopted {
-                check_pinned_layouts(dir, opts.flow_table_size)?;
+                check_pinned_layouts(dir, opts.flow_table_size, flow_entries)?;
             }
             for spec in pinned_maps() {
                 loader.map_pin_path(spec.name, dir.join(spec.name));
@@ -527,6 +528,18 @@ impl Dataplane {
         Ok(counts)
     }
 }
+
+/// Entries a flow table holding `flow_table_size` live flows needs. The LRU hash is shared by
+/// all CPUs (one capacity, not a slice per CPU), but the kernel keeps a small free list per CPU
+/// (LOCAL_FREE_TARGET, 128) and starts evicting when the rest is full: that much headroom per
+/// possible CPU keeps `flow_table_size` flows from being evicted.
+pub fn flow_map_entries(flow_table_size: u32) -> Result<u32, DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+    Ok(flow_table_size.saturating_add(LRU_HEADROOM_PER_CPU * cpus as u32))
+}
+
+/// See [`flow_map_entries`].
+const LRU_HEADROOM_PER_CPU: u32 = 128;
 
 /// A new data plane records this build's layout version; an adopted one must carry it.
 fn stamp_layout_version(

@@ -88,9 +88,9 @@ fn teardown_fix(dir: &Path) -> String {
 /// What a pinned map must match: the registry entry, with the flow table at its configured
 /// size. aya reuses a pinned map without comparing it to the object's definition, so the daemon
 /// compares first.
-fn expected(spec: &MapSpec, flow_table_size: u32) -> [(&'static str, u32); 5] {
+fn expected(spec: &MapSpec, flow_entries: u32) -> [(&'static str, u32); 5] {
     let max_entries = if spec.name == MAP_FLOWS {
-        flow_table_size
+        flow_entries
     } else {
         spec.max_entries
     };
@@ -106,7 +106,11 @@ fn expected(spec: &MapSpec, flow_table_size: u32) -> [(&'static str, u32); 5] {
 /// Refuses to adopt pinned maps that this build does not share in every registry field (an
 /// older or newer foobar-lb), or a flow table of another size: reusing them would misread their
 /// contents. The layout version is checked after loading, from [`foobar_lb_common::MAP_META`].
-pub(super) fn check_pinned_layouts(dir: &Path, flow_table_size: u32) -> Result<(), DataplaneError> {
+pub(super) fn check_pinned_layouts(
+    dir: &Path,
+    flow_table_size: u32,
+    flow_entries: u32,
+) -> Result<(), DataplaneError> {
     for spec in pinned_maps() {
         let path = dir.join(spec.name);
         if !path.exists() {
@@ -124,13 +128,13 @@ pub(super) fn check_pinned_layouts(dir: &Path, flow_table_size: u32) -> Result<(
             info.max_entries(),
             info.map_flags(),
         ];
-        for ((field, want), got) in expected(spec, flow_table_size).into_iter().zip(found) {
+        for ((field, want), got) in expected(spec, flow_entries).into_iter().zip(found) {
             if want == got {
                 continue;
             }
             if spec.name == MAP_FLOWS && field == "max_entries" {
                 return Err(DataplaneError::FlowTableSize {
-                    pinned: got,
+                    pinned: got.saturating_sub(flow_entries - flow_table_size),
                     configured: flow_table_size,
                     fix: teardown_fix(dir),
                 });
