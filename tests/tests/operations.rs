@@ -629,22 +629,27 @@ fn an_incompatible_pinned_data_plane_is_refused_with_the_fix() {
         text.replacen("\n[[service]]", "flow_table_size = 4096\n\n[[service]]", 1),
     )
     .unwrap();
-    let out = s
-        .topo
-        .lb
-        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = run_refused(&s, &config);
     assert!(
         err.contains("flow_table_size is 4096") && err.contains("foobar-lb teardown"),
         "{err}"
     );
     // The old data plane is untouched and still forwarding.
     assert_eq!(get(&s.topo.client), "web1");
+}
+
+/// Runs a second daemon on the setup's pin directory, which must refuse to start; its stderr.
+fn run_refused(s: &Setup, config: &std::path::Path) -> String {
+    let out = s
+        .topo
+        .lb
+        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the daemon started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -665,16 +670,7 @@ fn a_pinned_data_plane_of_another_layout_version_is_refused() {
     };
     meta.set(0, other, 0).unwrap();
     let config = s.topo.dir.join("foobar-lb.toml");
-    let out = s
-        .topo
-        .lb
-        .cmd(foobar_lb_tests::daemon::bin().to_str().unwrap())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = run_refused(&s, &config);
     assert!(
         err.contains("layout version 999") && err.contains("foobar-lb teardown"),
         "{err}"
