@@ -9,6 +9,7 @@
 //! | `config_dump` | | `message`: the running configuration as TOML |
 //! | `backend_add` | `service`, `address`, `role`?, `weight`? | `message` |
 //! | `backend_remove` / `backend_drain` / `backend_undrain` | `service`, `address` | `message` |
+//! | `backend_set` | `service`, `address`, `weight`?, `role`? (at least one) | `message` |
 //! | `service_add` | `service` (a `[[service]]` table as JSON) | `message` |
 //! | `service_remove` | `name` | `message` |
 //! | `fw_add` | `rule` (a `[[firewall.rule]]` table as JSON), `position`? | `message` |
@@ -61,6 +62,15 @@ pub enum Request {
     BackendUndrain {
         service: String,
         address: IpAddr,
+    },
+    /// Change a backend's weight and/or role in place: its id and flows stay.
+    BackendSet {
+        service: String,
+        address: IpAddr,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        role: Option<Role>,
     },
     ServiceAdd {
         service: ServiceSpecJson,

@@ -1067,3 +1067,53 @@ fn shutdown_sessions_moves_the_connections_of_a_backend_marked_down() {
         "the connection survived on its backend: {text}"
     );
 }
+
+#[test]
+fn backend_set_changes_weight_and_role_without_moving_connections() {
+    let Some(s) = setup("bs", 2, 2, &|_| String::new(), true) else {
+        return;
+    };
+    let ka = keepalive_client(&s.topo.client, 30);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let holder = loop {
+        let st = s.daemon.stats();
+        if let Some(i) = (1..=2).find(|&i| backend(&st, &web4(i)).flows == 1) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow for the keep-alive client"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let addr = web4(holder);
+    let out = s
+        .daemon
+        .cli(&["backend", "set", "www", &addr, "--weight", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = s
+        .daemon
+        .cli(&["backend", "set", "www", &addr, "--role", "backup"]);
+    assert!(out.status.success(), "{out:?}");
+    // Refused changes say why and change nothing.
+    let out = s
+        .daemon
+        .cli(&["backend", "set", "www", "10.111.0.99", "--weight", "2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no backend"));
+    let out = s.daemon.cli(&["backend", "set", "www", &addr]);
+    assert!(!out.status.success());
+    let b = backend(&s.daemon.stats(), &addr).clone();
+    assert_eq!((b.weight, b.role), (3, foobar_lb::config::Role::Backup));
+    // The other backend is the healthy primary now: every new connection goes there.
+    let other = format!("web{}", 3 - holder);
+    for _ in 0..6 {
+        assert_eq!(get(&s.topo.client), other);
+    }
+    let (bodies, connects) = keepalive_result(ka);
+    assert_eq!(connects, 1, "the connection was not moved or reset");
+    assert!(
+        bodies.iter().all(|b| *b == format!("web{holder}")),
+        "{bodies:?}"
+    );
+}

@@ -20,6 +20,17 @@ pub enum Command {
     },
     /// Remove a backend: its flows move to the others on their next packet.
     Remove { service: String, address: IpAddr },
+    /// Change a backend's weight and/or role in place; its connections stay where they are.
+    Set {
+        service: String,
+        address: IpAddr,
+        /// Share of new flows among healthy peers of the same role (1..=256).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        weight: Option<u32>,
+        /// primary, or backup (serves only when no primary is healthy).
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+    },
     /// Stop sending new flows to a backend; its existing flows continue.
     Drain { service: String, address: IpAddr },
     /// Let a drained backend take new flows again.
@@ -43,6 +54,22 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             weight,
         },
         Command::Remove { service, address } => Request::BackendRemove { service, address },
+        Command::Set {
+            service,
+            address,
+            weight,
+            role,
+        } => {
+            if weight.is_none() && role.is_none() {
+                anyhow::bail!("nothing to change: give --weight and/or --role");
+            }
+            Request::BackendSet {
+                service,
+                address,
+                weight,
+                role,
+            }
+        }
         Command::Drain { service, address } => Request::BackendDrain { service, address },
         Command::Undrain { service, address } => Request::BackendUndrain { service, address },
     };

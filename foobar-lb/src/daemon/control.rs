@@ -59,6 +59,33 @@ impl Daemon {
                 }
                 Ok(format!("removed backend {address} from {service}"))
             }),
+            Request::BackendSet {
+                service,
+                address,
+                weight,
+                role,
+            } => self.change(|c| {
+                if weight.is_none() && role.is_none() {
+                    bail!("nothing to change: give --weight and/or --role");
+                }
+                let svc = find_service(c, &service)?;
+                let b = svc
+                    .backends
+                    .iter_mut()
+                    .find(|b| b.address == address)
+                    .ok_or_else(|| anyhow::anyhow!(unknown_backend(&service, address)))?;
+                // Validation of the whole config follows; a refused value changes nothing.
+                if let Some(w) = weight {
+                    b.weight = w;
+                }
+                if let Some(r) = role {
+                    b.role = r;
+                }
+                Ok(format!(
+                    "backend {address} of {service}: weight {}, role {:?} (its connections stay)",
+                    b.weight, b.role
+                ))
+            }),
             Request::BackendDrain { service, address } => self.set_drained(&service, address, true),
             Request::BackendUndrain { service, address } => {
                 self.set_drained(&service, address, false)
