@@ -502,6 +502,16 @@ impl Config {
                 foobar_lb_common::MAX_SERVICES
             )));
         }
+        // Every backend of every service needs its own id (0 is reserved), so a config the data
+        // plane cannot hold is refused here, by check-config too, not half-applied at run time.
+        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        let ids = foobar_lb_common::MAX_BACKENDS as usize - 1;
+        if backends > ids {
+            return Err(invalid(format!(
+                "{backends} backends in all services, at most {ids} (the data plane's backend \
+                 table)"
+            )));
+        }
         Ok(())
     }
 
@@ -525,6 +535,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_backends_than_the_data_plane_holds_are_refused() {
+        let mut text = String::from("interfaces = [\"eth0\"]\n");
+        for s in 0..17 {
+            text += &format!("\n[[service]]\nname = \"s{s}\"\nvip = \"10.0.{s}.100\"\nport = 80\n");
+            for b in 0..241 {
+                text += &format!("[[service.backend]]\naddress = \"10.1.{s}.{b}\"\n");
+            }
+        }
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("4097 backends in all services, at most 4095"),
+            "{err}"
+        );
+    }
 
     const GOOD: &str = r#"
 interfaces = ["eth0"]
