@@ -77,6 +77,13 @@ pub enum ReconcileError {
     NoBackendId,
 }
 
+/// Writes to make, and the reconciler's view once they are made.
+#[derive(Debug)]
+pub struct Plan {
+    pub ops: Vec<MapOp>,
+    next: Reconciler,
+}
+
 /// A backend as last written.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -203,9 +210,11 @@ impl Reconciler {
         r
     }
 
-    /// Plans the writes that turn the current state into `desired`. On error nothing is
-    /// planned and the reconciler's view is unchanged.
-    pub fn plan(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
+    /// Plans the writes that turn the current state into `desired`, without changing the
+    /// reconciler's view: [`Reconciler::commit`] takes it over once the writes succeeded. Left
+    /// uncommitted (a write failed), the next plan starts from the same view and writes the
+    /// same again, which every `MapOp` allows.
+    pub fn prepare(&self, desired: &[ServiceSpec]) -> Result<Plan, ReconcileError> {
         let mut next = Reconciler {
             services: self.services.clone(),
             service_ids: Ids {
@@ -216,6 +225,17 @@ impl Reconciler {
             },
         };
         let ops = next.plan_in_place(desired)?;
+        Ok(Plan { ops, next })
+    }
+
+    /// Takes over a plan's view once its writes are in the maps.
+    pub fn commit(&mut self, plan: Plan) {
+        *self = plan.next;
+    }
+
+    /// Plans and commits at once, for callers whose writes cannot fail halfway (tests).
+    pub fn plan(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
+        let Plan { ops, next } = self.prepare(desired)?;
         *self = next;
         Ok(ops)
     }
@@ -496,6 +516,19 @@ mod tests {
         };
         assert_eq!(set.len, 2);
         assert_eq!(&set.slots[..2], &[1, 2], "ids start at 1: 0 is reserved");
+    }
+
+    #[test]
+    fn an_uncommitted_plan_is_planned_again() {
+        let mut r = Reconciler::default();
+        let s = [spec("www", &[("10.0.0.11", 11, Active)])];
+        // The writes failed: nothing committed, so the same writes are planned again.
+        let first = r.prepare(&s).unwrap();
+        let again = r.prepare(&s).unwrap();
+        assert!(!first.ops.is_empty());
+        assert_eq!(first.ops, again.ops);
+        r.commit(again);
+        assert_eq!(r.prepare(&s).unwrap().ops, vec![]);
     }
 
     #[test]

@@ -24,13 +24,20 @@ impl Daemon {
         })
     }
 
-    /// Writes the difference between the desired services and what the maps hold.
+    /// Writes the difference between the desired services and what the maps hold. The
+    /// reconciler's view moves on only when every write succeeded; otherwise the refresh timer
+    /// retries (`retry`), planning the same writes again.
     pub(super) fn apply(&mut self) -> Result<()> {
-        let ops = self.reconciler.plan(&self.desired())?;
-        if !ops.is_empty() {
-            log::debug!("applying {} map operations", ops.len());
+        let plan = self.reconciler.prepare(&self.desired())?;
+        if !plan.ops.is_empty() {
+            log::debug!("applying {} map operations", plan.ops.len());
         }
-        self.dataplane.execute(&ops)?;
+        if let Err(e) = self.dataplane.execute(&plan.ops) {
+            self.retry = true;
+            return Err(e.into());
+        }
+        self.reconciler.commit(plan);
+        self.retry = false;
         Ok(())
     }
 

@@ -155,7 +155,15 @@ impl Daemon {
         let msg = f(&mut next)?;
         next.validate()?;
         let rules_changed = next.firewall.rules != self.config.firewall.rules;
-        self.config = next;
+        let previous = std::mem::replace(&mut self.config, next);
+        // The running configuration is this one only if the data plane took it: a change whose
+        // writes fail is refused and the previous configuration stays (writes already made for
+        // it are planned again from the reconciler's unchanged view on the next apply).
+        if let Err(e) = self.apply().and_then(|()| self.apply_firewall()) {
+            self.config = previous;
+            let _ = self.apply_firewall();
+            return Err(e.context("the data plane refused the change; nothing changed"));
+        }
         if rules_changed {
             // Counters are per position: a changed list starts them afresh rather than letting
             // a rule inherit another's numbers.
@@ -171,8 +179,6 @@ impl Daemon {
         self.backends.retain(|k, _| live.contains(k));
         self.start_all_checks();
         let _ = self.refresh_neighbors();
-        self.apply()?;
-        self.apply_firewall()?;
         Ok(msg)
     }
 

@@ -93,6 +93,8 @@ struct Daemon {
     /// Set once start-up wrote the maps: health transitions before that are not written one by
     /// one (a half-checked first round would write unchecked backends down).
     started: bool,
+    /// The last map write failed: the refresh timer applies again.
+    retry: bool,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }
@@ -144,6 +146,11 @@ impl Daemon {
                     }
                 }
                 _ = refresh.tick() => {
+                    if self.retry {
+                        if let Err(e) = self.apply() {
+                            log::error!("retrying the map writes failed: {e:#}");
+                        }
+                    }
                     if let Err(e) = self.refresh_neighbors() {
                         log::warn!("neighbour refresh failed: {e:#}");
                     }

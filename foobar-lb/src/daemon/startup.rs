@@ -135,6 +135,7 @@ impl Daemon {
             checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
             seed: std::process::id() as u64,
             started: false,
+            retry: false,
             samples: HashMap::new(),
             blocklist_len: 0,
         };
