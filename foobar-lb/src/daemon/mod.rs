@@ -95,6 +95,8 @@ struct Daemon {
     started: bool,
     /// The last map write failed: the refresh timer applies again.
     retry: bool,
+    /// Open flows per backend, counted off this task (see `Dataplane::spawn_flow_counter`).
+    flow_counts: dataplane::FlowCounts,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }

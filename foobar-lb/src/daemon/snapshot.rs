@@ -19,7 +19,9 @@ use crate::{
 impl Daemon {
     pub(super) fn stats(&self) -> Result<StatsSnapshot> {
         let verdicts = self.dataplane.verdicts()?;
-        let flows = self.dataplane.flows_per_backend()?;
+        // Counted by another thread: a walk of a large flow table must not hold up this task,
+        // which also handles health results.
+        let flows = self.flow_counts.latest();
         let mut services = Vec::new();
         for svc in &self.config.services {
             let Some(w) = self.reconciler.services().get(&svc.name) else {

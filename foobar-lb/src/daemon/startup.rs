@@ -30,6 +30,10 @@ use crate::{
     reconcile::Reconciler,
 };
 
+/// How often open flows are counted for `status` and metrics (more rarely when a walk of the
+/// table takes longer).
+const FLOW_COUNT_EVERY: Duration = Duration::from_millis(500);
+
 /// At most this many health checks run at once, however many backends there are.
 const MAX_CONCURRENT_CHECKS: usize = 64;
 
@@ -50,7 +54,8 @@ pub(super) async fn start(
     socket::serve_metrics(&config, metrics.0, metrics.1).await?;
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
-    let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs);
+    let flow_counts = dataplane.spawn_flow_counter(FLOW_COUNT_EVERY)?;
+    let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs, flow_counts);
     if d.dataplane.adopted() {
         d.take_over_pinned_state();
     }
@@ -123,6 +128,7 @@ impl Daemon {
         dataplane: Dataplane,
         reconciler: Reconciler,
         macs: HashMap<IpAddr, Mac>,
+        flow_counts: dataplane::FlowCounts,
     ) -> (Self, mpsc::Receiver<HealthEvent>) {
         let (events_tx, events) = mpsc::channel::<HealthEvent>(1024);
         let d = Daemon {
@@ -136,6 +142,7 @@ impl Daemon {
             seed: std::process::id() as u64,
             started: false,
             retry: false,
+            flow_counts,
             samples: HashMap::new(),
             blocklist_len: 0,
         };

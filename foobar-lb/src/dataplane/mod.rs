@@ -10,7 +10,14 @@ pub use aux::{object, object_status, AuxProgram};
 use pins::{check_layout_version, check_pinned_layouts, ensure_bpffs};
 pub use pins::{teardown, Teardown};
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
@@ -137,6 +144,8 @@ pub enum DataplaneError {
     TooManyPrefixLengths { family: u8, lens: Vec<u8> },
     #[error("interface index {ifindex} is beyond the data plane's table ({MAX_IFINDEX} entries)")]
     IfindexTooLarge { ifindex: u32 },
+    #[error("cannot start the flow-counting thread")]
+    Thread(#[source] std::io::Error),
     #[error("cannot count the possible CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("map {map}")]
@@ -514,6 +523,39 @@ impl Dataplane {
         })
     }
 
+    /// Starts counting open flows per backend off the caller's thread: a walk of a large
+    /// table takes long (about a second per million flows), and the daemon's event loop must
+    /// keep handling health results meanwhile. The walker repeats at most every `every` and
+    /// never spends more than half its time walking; [`FlowCounts::latest`] reads the last
+    /// result.
+    pub fn spawn_flow_counter(&self, every: Duration) -> Result<FlowCounts, DataplaneError> {
+        let aya::maps::Map::LruHashMap(data) = self.map(MAP_FLOWS)? else {
+            return Err(DataplaneError::Missing(MAP_FLOWS));
+        };
+        let id = data.info().map_err(map_err(MAP_FLOWS))?.id();
+        // Its own descriptor of the same map, for the walker thread.
+        let own = MapData::from_id(id).map_err(map_err(MAP_FLOWS))?;
+        let flows: HashMap<MapData, FlowKey, FlowValue> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(own)).map_err(map_err(MAP_FLOWS))?;
+        let counts = FlowCounts::default();
+        let (latest, stop) = (counts.latest.clone(), counts.stop.clone());
+        std::thread::Builder::new()
+            .name("flow-counter".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let mut counts = std::collections::HashMap::new();
+                    for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
+                        *counts.entry(v.backend_id).or_default() += 1;
+                    }
+                    *latest.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(counts);
+                    std::thread::sleep(every.max(start.elapsed()));
+                }
+            })
+            .map_err(DataplaneError::Thread)?;
+        Ok(counts)
+    }
+
     /// Open (not closing) flow-table entries per backend id (walks the table: for status
     /// output only). TCP flows stop counting at their FIN or RST; UDP flows count until the
     /// LRU evicts them.
@@ -526,6 +568,29 @@ impl Dataplane {
             *counts.entry(v.backend_id).or_default() += 1;
         }
         Ok(counts)
+    }
+}
+
+/// Open flows per backend id, as last counted by the walker thread of
+/// [`Dataplane::spawn_flow_counter`]; the thread stops when this is dropped.
+#[derive(Default)]
+pub struct FlowCounts {
+    latest: Arc<Mutex<Arc<std::collections::HashMap<u32, u64>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FlowCounts {
+    pub fn latest(&self) -> Arc<std::collections::HashMap<u32, u64>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for FlowCounts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
