@@ -6,9 +6,15 @@ use crate::netns::{Netns, VIP4};
 
 /// One GET on a new connection (1 s limit); the body or the failure.
 pub fn try_get(client: &Netns, url: &str) -> Result<String, String> {
+    try_get_within(client, url, 1)
+}
+
+/// One GET on a new connection within `secs` seconds (3 leaves room for one SYN retransmit on
+/// a loaded machine); the body or the failure.
+pub fn try_get_within(client: &Netns, url: &str, secs: u32) -> Result<String, String> {
     let out = client
         .cmd("curl")
-        .args(["-sS", "-g", "--max-time", "1", url])
+        .args(["-sS", "-g", "--max-time", &secs.to_string(), url])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
