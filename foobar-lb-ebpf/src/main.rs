@@ -24,7 +24,7 @@ mod stats;
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use foobar_lb_common::{
-        verdict, Iface, ServiceKey, VipKey, FAMILY_V4, IFACE_ACTIVE, PROTO_TCP,
+        verdict, Iface, ServiceKey, VipKey, FAMILY_V4, FAMILY_V6, IFACE_ACTIVE, PROTO_TCP,
     };
 
     use crate::{
@@ -97,6 +97,11 @@ mod prog {
                 firewall::filter(fw, key, len)?;
             }
             source_ok(key)?;
+            // Neighbour discovery for a VIP is IPv6's ARP: the host must answer it whatever
+            // the VIP policy, or neighbours lose the VIP.
+            if key.family == FAMILY_V6 && key.proto == IPPROTO_ICMPV6 && parse::is_nd(ctx, &pkt) {
+                return pass;
+            }
             return vip_policy(ctx, fw, key).and(pass);
         }
         let gen = fw.gen;
@@ -228,6 +233,8 @@ mod prog {
         }
         Ok(())
     }
+
+    const IPPROTO_ICMPV6: u8 = 58;
 
     #[inline(always)]
     fn is_vip(addr: &foobar_lb_common::Addr, family: u8) -> bool {

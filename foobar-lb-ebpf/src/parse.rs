@@ -38,7 +38,6 @@ pub struct Packet {
     /// Offsets from the frame start of the IP header and of the L4 header (after IPv4 options or
     /// IPv6 extension headers): what a rewrite that touches L3/L4 fields needs.
     pub l3_off: u16,
-    #[allow(dead_code)]
     pub l4_off: u16,
 }
 
@@ -255,6 +254,18 @@ fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u
         u16::from_ne_bytes([hdr[2], hdr[3]]),
         flags,
     ))
+}
+
+/// An ICMPv6 neighbour-discovery message (router/neighbour solicitation and advertisement,
+/// redirect: types 133-137). Reads type and code as one 2-byte load (see `source_route`).
+#[inline(always)]
+pub fn is_nd(ctx: &XdpContext, pkt: &Packet) -> bool {
+    // Bounded for the verifier: three extension headers of at most 2 KiB each.
+    let off = pkt.l4_off as usize & 0x1fff;
+    match ptr_at::<[u8; 2]>(ctx, off) {
+        Some(p) => (133..=137).contains(&unsafe { (*p)[0] }),
+        None => false,
+    }
 }
 
 /// TCP flag combinations Linux conntrack accepts in some state (`tcp_valid_flags`), PSH, ECE

@@ -206,6 +206,28 @@ fn vip_default_policy_drops_scans_of_the_vip() {
         &Pkt::new("10.1.1.1", VIP, L4::Other { proto: 1 }).build(),
         &Expect::Drop(verdict::DROP_VIP_POLICY),
     );
+    // Neighbour discovery for the VIP is never the policy's to drop (IPv6's ARP); other ICMPv6
+    // to the VIP is.
+    let icmp6 = |kind: u8| {
+        let mut p = Pkt::new("fd00::1", "fd00::100", L4::Other { proto: 58 });
+        p.payload = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+        p.build()
+    };
+    h.check(
+        "neighbour solicitation to the VIP",
+        &icmp6(135),
+        &Expect::Pass,
+    );
+    h.check(
+        "neighbour advertisement to the VIP",
+        &icmp6(136),
+        &Expect::Pass,
+    );
+    h.check(
+        "echo request to the VIP",
+        &icmp6(128),
+        &Expect::Drop(verdict::DROP_VIP_POLICY),
+    );
     h.check(
         "service still served",
         &Pkt::tcp("10.1.1.1", 1000, VIP, 80, TCP_SYN).build(),
