@@ -74,7 +74,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 pub struct ServiceInfo {
     /// Index into the per-service maps; `< MAX_SERVICES`.
     pub id: u32,
-    /// Reserved for per-service flags (forwarding mode, ...); zero today.
+    /// Low 8 bits: the prefix length IPv6 sources share a rate-limit bucket by (0: 64).
     pub flags: u32,
     /// New flows per second allowed per source address; 0 = unlimited.
     pub rate_per_sec: u32,

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use foobar_lb_common::{
     take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey, ServiceInfo, BACKEND_ACTIVE,
-    BACKEND_DRAINING, MAX_SLOTS,
+    BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
 };
 
 use crate::{
@@ -38,8 +38,26 @@ pub fn new_flow(svc: &ServiceInfo, key: &FlowKey, gen: u32) -> Result<(u32, Back
 /// for one source may lose a token's worth of accounting: a limit, not a ledger.
 #[inline(always)]
 fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
+    let mut src = key.src;
+    if key.family == FAMILY_V6 {
+        // One bucket per prefix: a host usually holds a whole /64.
+        let len = match svc.flags & 0xff {
+            0 => 64,
+            l => l.min(128),
+        };
+        for (i, w) in src.iter_mut().enumerate() {
+            let bits = len.saturating_sub(32 * i as u32).min(32);
+            // Words hold network-order bytes: the mask is built big-endian, then stored as is.
+            let mask = if bits == 0 {
+                0
+            } else {
+                (u32::MAX << (32 - bits)).to_be()
+            };
+            *w &= mask;
+        }
+    }
     let rk = RateKey {
-        src: key.src,
+        src,
         service_id: svc.id,
         family: key.family,
         _pad: [0; 3],

@@ -167,14 +167,26 @@ pub struct RateLimit {
     pub per_source: u32,
     /// Bucket depth: new flows a source may open at once (default: `per_source`).
     pub burst: Option<u32>,
+    /// IPv6 sources share one bucket per prefix of this length (default 64: one host usually
+    /// holds a whole /64, so per-address buckets would not limit it).
+    pub ipv6_prefix: Option<u8>,
 }
 
+/// Default of [`RateLimit::ipv6_prefix`].
+pub const DEFAULT_RATE_IPV6_PREFIX: u8 = 64;
+
 impl ServiceConfig {
-    /// (rate, burst) for the data plane; (0, 0) when unlimited.
-    pub fn rate_limit(&self) -> (u32, u32) {
+    /// (rate, burst, IPv6 source prefix length) for the data plane; (0, 0, _) when unlimited.
+    pub fn rate_limit(&self) -> (u32, u32, u8) {
         self.rate_limit
-            .map(|r| (r.per_source, r.burst.unwrap_or(r.per_source)))
-            .unwrap_or((0, 0))
+            .map(|r| {
+                (
+                    r.per_source,
+                    r.burst.unwrap_or(r.per_source),
+                    r.ipv6_prefix.unwrap_or(DEFAULT_RATE_IPV6_PREFIX),
+                )
+            })
+            .unwrap_or((0, 0, DEFAULT_RATE_IPV6_PREFIX))
     }
 }
 
@@ -427,6 +439,11 @@ impl Config {
                     return Err(invalid(format!(
                         "{what}: rate_limit per_source and burst must be at least 1 (omit \
                          rate_limit for no limit)"
+                    )));
+                }
+                if r.ipv6_prefix.is_some_and(|p| !(1..=128).contains(&p)) {
+                    return Err(invalid(format!(
+                        "{what}: rate_limit ipv6_prefix must be 1..=128 (64 by default)"
                     )));
                 }
             }
@@ -725,7 +742,14 @@ protocol = "udp"
         assert!(err(&text.replace("\"22\"", "\"x\"")).contains("firewall rule 1"));
         assert!(err(&text.replace("eth0 = \"drop\"", "eth9 = \"drop\"")).contains("eth9"));
         let rl = GOOD.replace("port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"", "port = 80\nrate_limit = { per_source = 5 }\n\n[[service.backend]]\naddress = \"10.0.0.11\"");
-        assert_eq!(Config::parse(&rl).unwrap().services[0].rate_limit(), (5, 5));
+        assert_eq!(
+            Config::parse(&rl).unwrap().services[0].rate_limit(),
+            (5, 5, 64)
+        );
+        assert!(
+            err(&rl.replace("per_source = 5", "per_source = 5, ipv6_prefix = 0"))
+                .contains("ipv6_prefix")
+        );
         assert!(err(&rl.replace("per_source = 5", "per_source = 0")).contains("rate_limit"));
     }
 
@@ -741,7 +765,7 @@ protocol = "udp"
         let again = Config::parse(&dumped).unwrap_or_else(|e| panic!("{}\n{dumped}", shown(e)));
         assert_eq!(again.to_toml().unwrap(), dumped);
         assert_eq!(again.services[0].backends[1].weight, 3);
-        assert_eq!(again.services[1].rate_limit(), (5, 5));
+        assert_eq!(again.services[1].rate_limit(), (5, 5, 64));
         assert_eq!(again.firewall.rules.len(), 1);
     }
 

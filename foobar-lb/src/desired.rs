@@ -64,8 +64,9 @@ pub struct BackendSpec {
 pub struct ServiceSpec {
     pub name: String,
     pub key: ServiceKey,
-    /// New flows per second per source, and burst; (0, 0) = unlimited.
-    pub rate_limit: (u32, u32),
+    /// New flows per second per source, burst, and the IPv6 prefix length sources are grouped
+    /// by; (0, 0, _) = unlimited.
+    pub rate_limit: (u32, u32, u8),
     /// How new flows are spread over the active backends.
     pub scheduler: Scheduler,
     pub backends: Vec<BackendSpec>,

@@ -99,7 +99,7 @@ pub struct Written {
 pub struct WrittenService {
     pub id: u32,
     pub key: ServiceKey,
-    pub rate_limit: (u32, u32),
+    pub rate_limit: (u32, u32, u8),
     pub backends: BTreeMap<IpAddr, Written>,
     /// The round-robin slots last written (`None`: not known, so the next plan writes them).
     pub slots: Option<Vec<u32>>,
@@ -164,7 +164,7 @@ impl Reconciler {
             let mut ws = WrittenService {
                 id: info.id,
                 key: *key,
-                rate_limit: (info.rate_per_sec, info.burst),
+                rate_limit: (info.rate_per_sec, info.burst, info.flags as u8),
                 backends: BTreeMap::new(),
                 slots: sets
                     .iter()
@@ -396,7 +396,7 @@ impl Reconciler {
                     key: spec.key,
                     info: ServiceInfo {
                         id: w.id,
-                        flags: 0,
+                        flags: spec.rate_limit.2 as u32,
                         rate_per_sec: spec.rate_limit.0,
                         burst: spec.rate_limit.1,
                     },
@@ -476,7 +476,7 @@ mod tests {
         ServiceSpec {
             name: name.into(),
             key: ServiceKey::new("10.0.0.100".parse().unwrap(), 80, PROTO_TCP),
-            rate_limit: (0, 0),
+            rate_limit: (0, 0, 64),
             scheduler: Default::default(),
             backends: backends
                 .iter()

@@ -40,6 +40,14 @@ port = 80
 rate_limit = { per_source = 1, burst = 5 }
 [[service.backend]]
 address = "10.0.0.11"
+
+[[service]]
+name = "limited6"
+vip = "fd00::102"
+port = 80
+rate_limit = { per_source = 1, burst = 2 }
+[[service.backend]]
+address = "fd00::11"
 "#;
 
 const B1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
@@ -295,6 +303,29 @@ fn new_flow_rate_limit_per_source() {
         &Pkt::tcp("10.5.5.5", 2005, VIP, 80, TCP_SYN).build(),
         &Expect::Tx(B1),
     );
+}
+
+/// IPv6 sources share a bucket per /64 (one host usually holds the whole prefix): a host
+/// rotating its addresses within its /64 is limited like one address.
+#[test]
+fn ipv6_sources_are_rate_limited_per_64() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let syn = |src: &str, port: u16| Pkt::tcp(src, port, "fd00::102", 80, TCP_SYN).build();
+    h.check("first", &syn("fd00:5::1", 3000), &Expect::Tx(B1));
+    h.check(
+        "second, another address",
+        &syn("fd00:5::2", 3001),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "third from the same /64",
+        &syn("fd00:5::3:4", 3002),
+        &Expect::Drop(verdict::DROP_RATE_LIMIT),
+    );
+    h.check("another /64", &syn("fd00:6::1", 3003), &Expect::Tx(B1));
 }
 
 #[test]
