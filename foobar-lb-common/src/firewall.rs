@@ -234,17 +234,26 @@ pub fn take_token(b: Bucket, now_ns: u64, rate_per_sec: u32, burst: u32) -> (Buc
     } else {
         cap * 1_000_000 / rate_per_sec as u64
     };
-    let refill = if elapsed >= full_after_ns {
-        cap
+    // Only the time actually turned into milli-tokens is consumed: the remainder carries to
+    // the next try, so frequent tries at a low rate still refill (1/s tried every 500 us
+    // refilled nothing when every try reset the clock).
+    let (refill, mut last_ns) = if elapsed >= full_after_ns {
+        (cap, now_ns)
     } else {
-        elapsed * rate_per_sec as u64 / 1_000_000
+        let refill = elapsed * rate_per_sec as u64 / 1_000_000;
+        (refill, b.last_ns + refill * 1_000_000 / rate_per_sec as u64)
     };
-    let tokens = core::cmp::min(cap, b.milli_tokens + refill);
+    let mut tokens = b.milli_tokens + refill;
+    if tokens >= cap {
+        // Full: time spent full earns nothing.
+        tokens = cap;
+        last_ns = now_ns;
+    }
     if tokens >= 1000 {
         (
             Bucket {
                 milli_tokens: tokens - 1000,
-                last_ns: now_ns,
+                last_ns,
             },
             true,
         )
@@ -252,7 +261,7 @@ pub fn take_token(b: Bucket, now_ns: u64, rate_per_sec: u32, burst: u32) -> (Buc
         (
             Bucket {
                 milli_tokens: tokens,
-                last_ns: now_ns,
+                last_ns,
             },
             false,
         )
@@ -283,6 +292,23 @@ mod tests {
             seen.insert(b);
         }
         assert!(seen.len() > 240, "{}", seen.len());
+    }
+
+    #[test]
+    fn frequent_tries_at_a_low_rate_still_refill() {
+        // 1 new flow per second, burst 1, a try every 500 us for 10 s: the first token plus
+        // one per second.
+        let mut b = Bucket {
+            milli_tokens: 1000,
+            last_ns: 0,
+        };
+        let mut allowed = 0;
+        for i in 0..20_000u64 {
+            let (nb, ok) = take_token(b, i * 500_000, 1, 1);
+            b = nb;
+            allowed += ok as u32;
+        }
+        assert!((10..=11).contains(&allowed), "{allowed} allowed in 10 s");
     }
 
     #[test]
