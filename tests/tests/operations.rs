@@ -970,6 +970,38 @@ fn the_cli_gives_up_on_a_daemon_that_never_answers() {
 const HEALTH_8081: &str = "[service.health]\ncheck = \"http\"\nport = 8081\ninterval_ms = 200\n\
      timeout_ms = 150\nrise = 2\nfall = 2\n";
 
+/// Which of the two web servers holds the keep-alive client's connection: the one with an
+/// open flow (bounded wait).
+fn keepalive_holder(daemon: &Daemon) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let st = daemon.stats();
+        if let Some(i) = (1..=2).find(|&i| backend(&st, &web4(i)).flows == 1) {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow for the keep-alive client"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// New connections all go to the web server other than `holder`, while the keep-alive client
+/// keeps its one connection on `holder` to the end.
+fn new_flows_elsewhere_connection_kept(s: &Setup, ka: std::process::Child, holder: usize) {
+    let other = format!("web{}", 3 - holder);
+    for _ in 0..6 {
+        assert_eq!(get(&s.topo.client), other);
+    }
+    let (bodies, connects) = keepalive_result(ka);
+    assert_eq!(connects, 1, "the connection was not moved or reset");
+    assert!(
+        bodies.iter().all(|b| *b == format!("web{holder}")),
+        "it stayed on its backend: {bodies:?}"
+    );
+}
+
 /// Sets up two webs whose checks watch port 8081, a keep-alive connection on one of them, and
 /// marks that one down. Returns (setup, keep-alive client, its backend's index).
 fn mark_down_under_a_connection(
@@ -998,18 +1030,7 @@ fn mark_down_under_a_connection(
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     let ka = keepalive_client(&topo.client, 40);
     // Which backend holds the connection: the one with an open flow (bounded wait).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let holder = loop {
-        let st = daemon.stats();
-        if let Some(i) = (1..=2).find(|&i| backend(&st, &web4(i)).flows == 1) {
-            break i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no flow for the keep-alive client"
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let holder = keepalive_holder(&daemon);
     let pid = std::fs::read_to_string(topo.dir.join(format!("chk{holder}.pid"))).unwrap();
     run(std::process::Command::new("kill").arg(pid.trim())).unwrap();
     let s = Setup { daemon, topo };
@@ -1032,16 +1053,7 @@ fn a_backend_marked_down_keeps_its_established_connections() {
     let st = s.daemon.stats();
     assert_eq!(backend(&st, &web4(holder)).state, "draining");
     // New connections go to the other backend only.
-    let other = format!("web{}", 3 - holder);
-    for _ in 0..6 {
-        assert_eq!(get(&s.topo.client), other);
-    }
-    let (bodies, connects) = keepalive_result(ka);
-    assert_eq!(connects, 1, "the connection was not reset");
-    assert!(
-        bodies.iter().all(|b| *b == format!("web{holder}")),
-        "it stayed on its backend: {bodies:?}"
-    );
+    new_flows_elsewhere_connection_kept(&s, ka, holder);
 }
 
 #[test]
@@ -1074,18 +1086,7 @@ fn backend_set_changes_weight_and_role_without_moving_connections() {
         return;
     };
     let ka = keepalive_client(&s.topo.client, 30);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let holder = loop {
-        let st = s.daemon.stats();
-        if let Some(i) = (1..=2).find(|&i| backend(&st, &web4(i)).flows == 1) {
-            break i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no flow for the keep-alive client"
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let holder = keepalive_holder(&s.daemon);
     let addr = web4(holder);
     let out = s
         .daemon
@@ -1106,14 +1107,5 @@ fn backend_set_changes_weight_and_role_without_moving_connections() {
     let b = backend(&s.daemon.stats(), &addr).clone();
     assert_eq!((b.weight, b.role), (3, foobar_lb::config::Role::Backup));
     // The other backend is the healthy primary now: every new connection goes there.
-    let other = format!("web{}", 3 - holder);
-    for _ in 0..6 {
-        assert_eq!(get(&s.topo.client), other);
-    }
-    let (bodies, connects) = keepalive_result(ka);
-    assert_eq!(connects, 1, "the connection was not moved or reset");
-    assert!(
-        bodies.iter().all(|b| *b == format!("web{holder}")),
-        "{bodies:?}"
-    );
+    new_flows_elsewhere_connection_kept(&s, ka, holder);
 }
