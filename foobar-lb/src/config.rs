@@ -369,6 +369,14 @@ pub struct BackendConfig {
     /// Share of new flows among healthy peers of the same role (1..=256).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Drained: keeps its connections, takes no new ones (`backend drain` sets it at run time,
+    /// so `config-dump` keeps it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drained: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_weight() -> u32 {

@@ -220,6 +220,15 @@ fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
     assert!(d.flows >= 1, "flows remaining are shown: {d:?}");
     let list = String::from_utf8(s.daemon.cli(&["backend", "list", "www"]).stdout).unwrap();
     assert!(list.contains("drained"), "{list}");
+    // The drain is part of the running configuration: config-dump keeps it.
+    let dump = String::from_utf8(s.daemon.cli(&["config-dump"]).stdout).unwrap();
+    let config = foobar_lb::config::Config::parse(&dump).unwrap();
+    let b = config.services[0]
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == drained)
+        .unwrap();
+    assert!(b.drained, "{dump}");
     // The live connection shows as a packet rate on the drained backend (2 s sampling).
     let start = Instant::now();
     while backend(&s.daemon.stats(), drained).packets_per_sec == 0.0 {

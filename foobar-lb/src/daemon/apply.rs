@@ -19,7 +19,7 @@ impl Daemon {
             let rt = self.backends.get(&(s.name.clone(), b.address));
             (
                 s.health.check == CheckKind::None || rt.is_some_and(|r| r.health.is_up()),
-                rt.is_some_and(|r| r.drained),
+                b.drained,
             )
         })
     }

@@ -47,6 +47,7 @@ impl Daemon {
                     port: None,
                     role: role.unwrap_or_default(),
                     weight: weight.unwrap_or(1),
+                    drained: false,
                 });
                 Ok(format!("added backend {address} to {service}"))
             }),
@@ -182,17 +183,21 @@ impl Daemon {
         Ok(msg)
     }
 
+    /// Drain is part of the running configuration, so `config-dump` keeps it.
     fn set_drained(&mut self, service: &str, address: IpAddr, drained: bool) -> Result<String> {
-        let rt = self
-            .backends
-            .get_mut(&(service.to_owned(), address))
-            .ok_or_else(|| anyhow::anyhow!(unknown_backend(service, address)))?;
-        rt.drained = drained;
-        self.apply()?;
-        Ok(format!(
-            "{} backend {address} of {service}",
-            if drained { "drained" } else { "undrained" }
-        ))
+        self.change(|c| {
+            let svc = find_service(c, service)?;
+            let b = svc
+                .backends
+                .iter_mut()
+                .find(|b| b.address == address)
+                .ok_or_else(|| anyhow::anyhow!(unknown_backend(service, address)))?;
+            b.drained = drained;
+            Ok(format!(
+                "{} backend {address} of {service}",
+                if drained { "drained" } else { "undrained" }
+            ))
+        })
     }
 }
 

@@ -66,7 +66,6 @@ struct BackendRuntime {
     health: HealthState,
     last_error: Option<String>,
     latency: Option<Duration>,
-    drained: bool,
     checker: Option<JoinHandle<()>>,
 }
 

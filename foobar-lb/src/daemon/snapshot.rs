@@ -45,7 +45,7 @@ impl Daemon {
                     .into(),
                     last_error: rt.and_then(|r| r.last_error.clone()),
                     check_latency_ms: rt.and_then(|r| r.latency).map(|d| d.as_secs_f64() * 1000.0),
-                    drained: rt.is_some_and(|r| r.drained),
+                    drained: b.drained,
                     state: match written {
                         Some(x) => format!("{:?}", x.state).to_lowercase(),
                         None => "unresolved".into(),

@@ -150,25 +150,27 @@ impl Daemon {
     }
 
     /// An adopted data plane is the starting truth: every backend it serves (active or
-    /// draining) starts with its pinned health (up unless checks held it down) and drain, and
-    /// its pinned MAC unless resolution found another. Checks then change a state only by the usual rise/fall rules, so a restart writes
-    /// nothing for backends whose checks agree, however slow or many the checks.
+    /// draining) starts with its pinned health (up unless checks held it down), its pinned
+    /// MAC unless resolution found another, and drained if it was (a drain made at run time
+    /// survives a restart; the config file can add drains, not undo them). Checks then change
+    /// a state only by the usual rise/fall rules, so a restart writes nothing for backends
+    /// whose checks agree, however slow or many the checks.
     fn take_over_pinned_state(&mut self) {
         let mut taken = 0;
-        for svc in &self.config.services {
+        for svc in &mut self.config.services {
             let Some(written) = self.reconciler.services().get(&svc.name) else {
                 continue;
             };
-            for b in &svc.backends {
+            for b in &mut svc.backends {
                 let Some(w) = written.backends.get(&b.address) else {
                     continue;
                 };
+                b.drained |= w.admin & ADMIN_DRAINED != 0;
                 let rt = self
                     .backends
                     .entry((svc.name.clone(), b.address))
                     .or_default();
                 rt.health = HealthState::assumed(w.admin & ADMIN_HEALTH_DOWN == 0);
-                rt.drained = w.admin & ADMIN_DRAINED != 0;
                 self.macs.entry(b.address).or_insert(w.mac);
                 taken += 1;
             }
