@@ -162,6 +162,8 @@ pub struct PrefixLens {
 const _: () = assert!(core::mem::size_of::<PrefixLens>() == 8 + 40 * MAX_PREFIX_LENS);
 
 /// Mask of a `len`-bit prefix as wire-order words (`v6`: 128-bit, else 32-bit in word 0).
+/// Inlined: the XDP program uses it too, and a BPF-to-BPF call costs more than the loop.
+#[inline(always)]
 pub fn prefix_mask(len: u8, v6: bool) -> Addr {
     let mut m = [0u32; 4];
     let words = if v6 { 4 } else { 1 };

@@ -108,21 +108,21 @@ mod prog {
         // New TCP connections meet the firewall before any table lookup, so a flood of blocked
         // SYNs costs the least; other packets are checked once per flow and generation.
         let mut checked = false;
-        if pkt.syn && fw.flags != 0 {
+        if pkt.syn() && fw.flags != 0 {
             firewall::filter(fw, key, len)?;
             checked = true;
         }
         if let Some((id, backend, flow)) = select::established(key) {
             // A SYN on the 5-tuple of a closed connection opens a new one: it is scheduled
             // anew (its old backend may be draining) and counted as open again.
-            let reopened = pkt.syn && unsafe { (*flow).closing } != 0;
+            let reopened = pkt.syn() && unsafe { (*flow).closing } != 0;
             if !reopened {
                 if fw.flags != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
                     firewall::filter(fw, key, len)?;
                     unsafe { (*flow).fw_gen = gen };
                 }
                 // Written once per connection, so drain status can count live connections.
-                if pkt.fin && unsafe { (*flow).closing } == 0 {
+                if pkt.fin() && unsafe { (*flow).closing } == 0 {
                     unsafe { (*flow).closing = 1 };
                 }
                 return forward(ctx, &pkt, iface, backend.service_id, id, &backend, len);
@@ -133,7 +133,7 @@ mod prog {
         }
         // A FIN or RST of no known connection (its entry evicted, or never there) must not
         // create a flow, and no backend knows it either.
-        if pkt.fin {
+        if pkt.fin() {
             return Err(verdict::DROP_NO_FLOW);
         }
         source_ok(key)?;
@@ -194,7 +194,7 @@ mod prog {
     /// established flow passed it when it was created.
     #[inline(always)]
     fn source_ok(key: &foobar_lb_common::FlowKey) -> Result<(), u32> {
-        if parse::martian(&key.src, key.family) || in_vips(&key.src, key.family) {
+        if parse::martian(&key.src, key.family) || is_vip(&key.src, key.family) {
             return Err(verdict::DROP_MARTIAN);
         }
         Ok(())

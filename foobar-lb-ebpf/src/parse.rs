@@ -29,16 +29,26 @@ pub enum Parsed {
 pub struct Packet {
     /// Exactly the flow-table key; its (dst, dport, proto, family) prefix is the service key.
     pub key: FlowKey,
-    /// A TCP SYN without ACK: the first packet of a new connection.
-    pub syn: bool,
-    /// A TCP FIN or RST: the connection is closing.
-    pub fin: bool,
     /// The TCP flags byte (0 for UDP and other protocols).
     pub tcp_flags: u8,
     /// Offsets from the frame start of the IP header and of the L4 header (after IPv4 options or
     /// IPv6 extension headers): what a rewrite that touches L3/L4 fields needs.
     pub l3_off: u16,
     pub l4_off: u16,
+}
+
+impl Packet {
+    /// A TCP SYN without ACK: the first packet of a new connection.
+    #[inline(always)]
+    pub fn syn(&self) -> bool {
+        self.tcp_flags & 0x12 == 0x02
+    }
+
+    /// A TCP FIN or RST: the connection is closing.
+    #[inline(always)]
+    pub fn fin(&self) -> bool {
+        self.tcp_flags & 0x05 != 0
+    }
 }
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -115,8 +125,6 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V4,
                 _pad: [0; 2],
             },
-            syn: false,
-            fin: false,
             tcp_flags: 0,
             l3_off: offset as u16,
             l4_off: (offset + hdr_len) as u16,
@@ -133,8 +141,6 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V4,
                 _pad: [0; 2],
             },
-            syn: flags & 0x12 == 0x02,
-            fin: flags & 0x05 != 0,
             tcp_flags: flags,
             l3_off: offset as u16,
             l4_off: (offset + hdr_len) as u16,
@@ -191,8 +197,6 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V6,
                 _pad: [0; 2],
             },
-            syn: false,
-            fin: false,
             tcp_flags: 0,
             l3_off: offset as u16,
             l4_off: l4 as u16,
@@ -212,8 +216,6 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
                 family: FAMILY_V6,
                 _pad: [0; 2],
             },
-            syn: flags & 0x12 == 0x02,
-            fin: flags & 0x05 != 0,
             tcp_flags: flags,
             l3_off: offset as u16,
             l4_off: l4 as u16,
@@ -353,11 +355,10 @@ fn source_route(ctx: &XdpContext, offset: usize, len: usize) -> Result<(), u32> 
 /// v4-mapped ::ffff:0:0/96).
 #[inline(always)]
 pub fn martian(src: &Addr, family: u8) -> bool {
+    let first = src[0].to_ne_bytes()[0];
     if family == FAMILY_V4 {
-        let first = src[0].to_ne_bytes()[0];
         return first == 0 || first == 127 || first >= 224;
     }
-    let first = src[0].to_ne_bytes()[0];
     let v4_mapped = u32::from_be(src[2]) == 0x0000_ffff;
     first == 0xff
         || (src[0] == 0 && src[1] == 0 && (v4_mapped || (src[2] == 0 && u32::from_be(src[3]) <= 1)))

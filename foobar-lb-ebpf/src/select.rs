@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use foobar_lb_common::{
-    take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey, ServiceInfo, BACKEND_ACTIVE,
-    BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
+    prefix_mask, take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey, ServiceInfo,
+    BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
 };
 
 use crate::{
@@ -43,17 +43,10 @@ fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
         // One bucket per prefix: a host usually holds a whole /64.
         let len = match svc.flags & 0xff {
             0 => 64,
-            l => l.min(128),
+            l => l.min(128) as u8,
         };
-        for (i, w) in src.iter_mut().enumerate() {
-            let bits = len.saturating_sub(32 * i as u32).min(32);
-            // Words hold network-order bytes: the mask is built big-endian, then stored as is.
-            let mask = if bits == 0 {
-                0
-            } else {
-                (u32::MAX << (32 - bits)).to_be()
-            };
-            *w &= mask;
+        for (w, m) in src.iter_mut().zip(prefix_mask(len, true)) {
+            *w &= m;
         }
     }
     let rk = RateKey {
