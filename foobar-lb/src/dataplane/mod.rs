@@ -544,10 +544,7 @@ impl Dataplane {
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    let mut counts = std::collections::HashMap::new();
-                    for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
-                        *counts.entry(v.backend_id).or_default() += 1;
-                    }
+                    let counts = open_flows_per_backend(&flows);
                     *latest.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(counts);
                     std::thread::sleep(every.max(start.elapsed()));
                 }
@@ -563,12 +560,20 @@ impl Dataplane {
         let map = self.map(MAP_FLOWS)?;
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(map).map_err(map_err(MAP_FLOWS))?;
-        let mut counts = std::collections::HashMap::new();
-        for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
-            *counts.entry(v.backend_id).or_default() += 1;
-        }
-        Ok(counts)
+        Ok(open_flows_per_backend(&flows))
     }
+}
+
+/// Open (not closing) flow-table entries per backend id: TCP flows stop counting at their FIN
+/// or RST; UDP flows count until the LRU evicts them.
+fn open_flows_per_backend<T: std::borrow::Borrow<MapData>>(
+    flows: &HashMap<T, FlowKey, FlowValue>,
+) -> std::collections::HashMap<u32, u64> {
+    let mut counts = std::collections::HashMap::new();
+    for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
+        *counts.entry(v.backend_id).or_default() += 1;
+    }
+    counts
 }
 
 /// Open flows per backend id, as last counted by the walker thread of
