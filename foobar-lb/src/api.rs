@@ -94,6 +94,9 @@ pub enum Request {
         name: String,
         text: String,
     },
+    /// Read the config file again and apply the difference (as SIGHUP does); the answer lists
+    /// what changed.
+    Reload,
 }
 
 /// A service as the CLI sends it (same fields as a `[[service]]` table).

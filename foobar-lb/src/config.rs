@@ -198,6 +198,10 @@ pub struct FirewallConfig {
     /// Block-list files (one prefix a line) loaded at start.
     #[serde(default)]
     pub blocklists: Vec<PathBuf>,
+    /// Prefixes blocked in addition to the files' (`fw load` puts the list it loads here, so
+    /// `config-dump` keeps it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<ipnet::IpNet>,
     /// Interface -> policy for traffic to a VIP address that matches no service.
     #[serde(default)]
     pub vip_policy: std::collections::BTreeMap<String, VipPolicy>,
@@ -550,10 +554,18 @@ impl Config {
         for name in &self.interfaces {
             crate::netdev::ifindex(name)?;
         }
-        for path in &self.firewall.blocklists {
-            crate::firewall::load_blocklist(path)?;
-        }
+        self.blocklist()?;
         Ok(())
+    }
+
+    /// The source block list: every file's prefixes, then the inline ones.
+    pub fn blocklist(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        let mut nets = Vec::new();
+        for path in &self.firewall.blocklists {
+            nets.extend(crate::firewall::load_blocklist(path)?);
+        }
+        nets.extend(self.firewall.block.iter().copied());
+        Ok(nets)
     }
 }
 
@@ -764,7 +776,7 @@ protocol = "udp"
     #[test]
     fn dumps_a_config_that_parses_back_the_same() {
         let text = format!(
-            "{}\n[firewall]\nblocklists = [\"/tmp/x\"]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\n",
+            "{}\n[firewall]\nblocklists = [\"/tmp/x\"]\nblock = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\n",
             GOOD.replace("address = \"10.0.0.12\"", "address = \"10.0.0.12\"\nrole = \"backup\"\nweight = 3")
         )
         .replace("protocol = \"udp\"", "protocol = \"udp\"\nrate_limit = { per_source = 5 }");
@@ -775,6 +787,7 @@ protocol = "udp"
         assert_eq!(again.services[0].backends[1].weight, 3);
         assert_eq!(again.services[1].rate_limit(), (5, 5, 64));
         assert_eq!(again.firewall.rules.len(), 1);
+        assert_eq!(again.firewall.block.len(), 2);
     }
 
     #[test]

@@ -51,6 +51,9 @@ enum Command {
     /// Print the running configuration, runtime changes included, as a config file
     /// (`foobar-lb config-dump > foobar-lb.toml` makes them permanent).
     ConfigDump,
+    /// Make the daemon read its config file again and apply what changed (as SIGHUP does);
+    /// runtime changes not saved to the file are dropped.
+    Reload,
     /// Detach the program and remove the pinned data plane a daemon left behind.
     Teardown(teardown::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
@@ -85,6 +88,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ConfigDump => {
             let resp = call(&socket, Request::ConfigDump).await?;
             print!("{}", resp.message.unwrap_or_default());
+            Ok(())
+        }
+        Command::Reload => {
+            let resp = call(&socket, Request::Reload).await?;
+            println!("{}", resp.message.unwrap_or_default());
             Ok(())
         }
         Command::CheckConfig { config } => check::run(&config),

@@ -49,8 +49,11 @@ impl Daemon {
         for iface in &self.config.interfaces {
             let drop = self.config.firewall.vip_policy.get(iface) == Some(&VipPolicy::Drop);
             any_drop |= drop;
-            self.dataplane
-                .set_vip_policy(netdev::ifindex(iface)?, drop)?;
+            // A device that is gone gets its policy when it returns (`watch_interfaces`).
+            let Ok(index) = netdev::ifindex(iface) else {
+                continue;
+            };
+            self.dataplane.set_vip_policy(index, drop)?;
         }
         self.dataplane
             .set_fw_flag(foobar_lb_common::FW_HAS_VIP_POLICY, any_drop)?;
@@ -60,7 +63,7 @@ impl Daemon {
     pub(super) fn load_blocklist(&mut self, nets: &[ipnet::IpNet]) -> Result<()> {
         let start = Instant::now();
         self.dataplane.load_blocklist(nets)?;
-        self.blocklist_len = nets.len();
+        self.blocklist = nets.to_vec();
         log::info!(
             "block list: {} prefixes live (loaded in {} ms)",
             nets.len(),

@@ -130,8 +130,13 @@ impl Daemon {
                 })
                 .and_then(|nets| {
                     self.load_blocklist(&nets)?;
+                    // The running list is now this one, whatever the files say: kept inline
+                    // so `config-dump` writes exactly what is enforced.
+                    self.config.firewall.blocklists.clear();
+                    self.config.firewall.block = nets.clone();
                     Ok(format!("block list {name}: {} prefixes live", nets.len()))
                 }),
+            Request::Reload => self.reload(),
             Request::ServiceRemove { name } => self.change(|c| {
                 let before = c.services.len();
                 c.services.retain(|s| s.name != name);
@@ -151,7 +156,10 @@ impl Daemon {
     }
 
     /// Applies a configuration change: validated like a config file, refused whole on error.
-    fn change(&mut self, f: impl FnOnce(&mut Config) -> Result<String>) -> Result<String> {
+    pub(super) fn change(
+        &mut self,
+        f: impl FnOnce(&mut Config) -> Result<String>,
+    ) -> Result<String> {
         let mut next = self.config.clone();
         let msg = f(&mut next)?;
         next.validate()?;

@@ -11,8 +11,10 @@
 mod apply;
 mod control;
 mod health_events;
+mod interfaces;
 mod lock;
 mod macs;
+mod reload;
 mod snapshot;
 mod socket;
 mod specs;
@@ -87,8 +89,14 @@ struct Daemon {
     events: mpsc::Sender<HealthEvent>,
     checks: Arc<Semaphore>,
     seed: u64,
+    /// Where the configuration was read from (SIGHUP and `reload` read it again).
+    config_path: std::path::PathBuf,
+    /// XDP mode to attach in (also when an interface comes back).
+    xdp_mode: XdpMode,
+    /// Interface name -> (ifindex, MAC) it is attached to; `None` while the device is gone.
+    attached: std::collections::BTreeMap<String, Option<(u32, [u8; 6])>>,
     /// The source block list now in the data plane.
-    blocklist_len: usize,
+    blocklist: Vec<ipnet::IpNet>,
     /// Set once start-up wrote the maps: health transitions before that are not written one by
     /// one (a half-checked first round would write unchecked backends down).
     started: bool,
@@ -105,29 +113,31 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let (api_tx, mut api) = mpsc::channel::<ApiCall>(64);
     let readiness = metrics::Readiness::default();
     // The pin directory stays locked until the data plane is left or torn down.
+    // Listeners are bound before the data plane is touched; requests wait for the main loop.
     let (mut d, mut events, _lock) =
-        startup::start(config_path, &opts, (api_tx.clone(), readiness.clone())).await?;
+        startup::start(config_path, &opts, (api_tx, readiness.clone())).await?;
     let socket = d.config.control_socket.clone();
-    socket::serve(&d.config, api_tx).await?;
-    let stop = [
+    let signals = [
         tokio::signal::unix::signal(SignalKind::interrupt())?,
         tokio::signal::unix::signal(SignalKind::terminate())?,
+        tokio::signal::unix::signal(SignalKind::hangup())?,
     ];
     readiness.set_ready();
-    d.main_loop(&mut events, &mut api, stop).await;
+    d.main_loop(&mut events, &mut api, signals).await;
     readiness.set_stopping();
     let _ = std::fs::remove_file(&socket);
     shutdown(d, opts.detach_on_exit)
 }
 
 impl Daemon {
-    /// Handles messages until either `stop` signal. Errors are logged, not returned: one
-    /// failed write must not stop a daemon that keeps the rest of the data plane correct.
+    /// Handles messages until SIGINT or SIGTERM (SIGHUP reloads the config file). Errors are
+    /// logged, not returned: one failed write must not stop a daemon that keeps the rest of
+    /// the data plane correct.
     async fn main_loop(
         &mut self,
         events: &mut mpsc::Receiver<HealthEvent>,
         api: &mut mpsc::Receiver<ApiCall>,
-        [mut sigint, mut sigterm]: [Signal; 2],
+        [mut sigint, mut sigterm, mut sighup]: [Signal; 3],
     ) {
         let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
         // After a stall, wait a full period instead of firing missed ticks back to back: rate
@@ -138,6 +148,10 @@ impl Daemon {
             tokio::select! {
                 _ = sigint.recv() => return,
                 _ = sigterm.recv() => return,
+                _ = sighup.recv() => match self.reload() {
+                    Ok(msg) => log::info!("SIGHUP: {msg}"),
+                    Err(e) => log::error!("SIGHUP: {e:#}"),
+                },
                 Some((req, reply)) = api.recv() => {
                     let _ = reply.send(self.handle(req));
                 }
@@ -152,6 +166,7 @@ impl Daemon {
                             log::error!("retrying the map writes failed: {e:#}");
                         }
                     }
+                    self.watch_interfaces();
                     if let Err(e) = self.refresh_neighbors() {
                         log::warn!("neighbour refresh failed: {e:#}");
                     }

@@ -86,7 +86,7 @@ impl Daemon {
                     bytes: c.bytes,
                 })
                 .collect(),
-            blocklist_prefixes: self.blocklist_len,
+            blocklist_prefixes: self.blocklist.len(),
             vip_policy_drop: self
                 .config
                 .firewall

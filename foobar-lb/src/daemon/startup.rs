@@ -24,9 +24,7 @@ use crate::{
     config::{CheckKind, Config, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
     desired::Mac,
-    firewall,
     health::HealthState,
-    netdev,
     reconcile::Reconciler,
 };
 
@@ -51,11 +49,16 @@ pub(super) async fn start(
     // Before anything touches the data plane: one daemon per pin directory, whatever its socket.
     let lock = lock_pin_dir(&config.pin_dir)?;
     socket::refuse_second_daemon(&config.control_socket).await?;
-    socket::serve_metrics(&config, metrics.0, metrics.1).await?;
+    // Both listeners before the kernel is touched: a socket that cannot be bound stops the
+    // start with nothing attached or pinned.
+    socket::serve_metrics(&config, metrics.0.clone(), metrics.1).await?;
+    socket::serve(&config, metrics.0).await?;
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
     let flow_counts = dataplane.spawn_flow_counter(FLOW_COUNT_EVERY)?;
     let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs, flow_counts);
+    d.config_path = config_path.to_owned();
+    d.xdp_mode = mode;
     if d.dataplane.adopted() {
         d.take_over_pinned_state();
     }
@@ -65,7 +68,8 @@ pub(super) async fn start(
     // Maps are filled before attaching, so the first packet already sees the services.
     d.apply()?;
     d.started = true;
-    d.attach(mode)?;
+    d.detach_unconfigured();
+    d.attach()?;
     d.print_summary();
     Ok((d, events, lock))
 }
@@ -144,7 +148,10 @@ impl Daemon {
             retry: false,
             flow_counts,
             samples: HashMap::new(),
-            blocklist_len: 0,
+            config_path: Default::default(),
+            xdp_mode: XdpMode::Auto,
+            attached: Default::default(),
+            blocklist: Vec::new(),
         };
         (d, events)
     }
@@ -181,10 +188,7 @@ impl Daemon {
     /// Writes rules, VIP policies and the configured block lists.
     fn init_firewall(&mut self) -> Result<()> {
         self.apply_firewall()?;
-        let mut blocklist = Vec::new();
-        for path in &self.config.firewall.blocklists {
-            blocklist.extend(firewall::load_blocklist(path)?);
-        }
+        let blocklist = self.config.blocklist()?;
         // An adopted data plane may hold an old list: write even an empty one to clear it.
         if !blocklist.is_empty() || self.dataplane.adopted() {
             self.load_blocklist(&blocklist)?;
@@ -218,14 +222,9 @@ impl Daemon {
         Ok(())
     }
 
-    fn attach(&mut self, mode: XdpMode) -> Result<()> {
+    fn attach(&mut self) -> Result<()> {
         for iface in self.config.interfaces.clone() {
-            // The interface's MAC first: the program balances only frames addressed to it.
-            let index = netdev::ifindex(&iface)?;
-            let mac = netdev::mac(&iface)?;
-            self.dataplane.set_interface(index, mac)?;
-            let attached = self.dataplane.attach(&iface, mode)?;
-            println!("foobar-lb: XDP attached to {iface} in {attached} mode");
+            self.attach_one(&iface)?;
         }
         Ok(())
     }

@@ -284,14 +284,23 @@ impl Dataplane {
         if pin.exists() {
             let link = PinnedLink::from_pin(&pin).map_err(link_err)?;
             let link = XdpLink::try_from(FdLink::from(link)).map_err(link_err)?;
-            self.program_mut()
-                .attach_to_link(link)
-                .map_err(|source| DataplaneError::Attach {
-                    iface: iface.to_owned(),
-                    mode: "adopted",
-                    source,
-                })?;
-            return Ok(Attached::Adopted);
+            match self.program_mut().attach_to_link(link) {
+                Ok(id) => {
+                    // The pin keeps the attachment; holding its fd here too would keep the
+                    // program on the interface after the pin is removed (detach by unpinning).
+                    drop(self.program_mut().take_link(id));
+                    return Ok(Attached::Adopted);
+                }
+                // The device this link was made for is gone (deleted, or deleted and created
+                // again under the same name): the link is defunct and cannot be updated. Drop
+                // its pin and attach afresh to whatever device has the name now.
+                Err(e) => {
+                    log::warn!(
+                        "the pinned attachment to {iface} cannot be taken over ({e});                          attaching anew"
+                    );
+                    self.unpin_link(iface)?;
+                }
+            }
         }
         let (attached, id) = self.attach_unpinned(iface, mode)?;
         let link = self
@@ -304,6 +313,45 @@ impl Dataplane {
             source,
         })?;
         Ok(attached)
+    }
+
+    /// Removes the pinned attachment to `iface` (if any): once no process holds it, the
+    /// program is detached from that interface.
+    pub fn unpin_link(&self, iface: &str) -> Result<(), DataplaneError> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        let pin = dir.join(format!("{}{iface}", pins::LINK_PREFIX));
+        match std::fs::remove_file(&pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::PinIo {
+                what: "remove",
+                path: pin,
+                source,
+            }),
+        }
+    }
+
+    /// Interfaces with a pinned attachment in the pin directory, by name.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix(pins::LINK_PREFIX))
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     fn attach_unpinned(
@@ -442,6 +490,17 @@ impl Dataplane {
         };
         self.array::<Iface>(MAP_IFACES)?
             .set(ifindex, entry, 0)
+            .map_err(map_err(MAP_IFACES))
+    }
+
+    /// Forgets an interface index (the device is gone or no longer configured): frames on it
+    /// are no longer balanced should a program still run there.
+    pub fn clear_interface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        if ifindex >= MAX_IFINDEX {
+            return Ok(());
+        }
+        self.array::<Iface>(MAP_IFACES)?
+            .set(ifindex, Iface::default(), 0)
             .map_err(map_err(MAP_IFACES))
     }
 

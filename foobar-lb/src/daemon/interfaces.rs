@@ -1,0 +1,81 @@
+//! The interfaces XDP runs on: attached at start, detached from interfaces the configuration
+//! no longer names, and attached again when a device is deleted and created anew (its XDP
+//! attachment went with the old device).
+
+use anyhow::Result;
+
+use super::Daemon;
+use crate::netdev;
+
+impl Daemon {
+    /// Writes the interface's MAC (the program balances only frames addressed to it), then
+    /// attaches, taking over a pinned attachment if one is still live.
+    pub(super) fn attach_one(&mut self, iface: &str) -> Result<()> {
+        let index = netdev::ifindex(iface)?;
+        let mac = netdev::mac(iface)?;
+        self.dataplane.set_interface(index, mac)?;
+        let attached = self.dataplane.attach(iface, self.xdp_mode)?;
+        println!("foobar-lb: XDP attached to {iface} in {attached} mode");
+        self.attached.insert(iface.to_owned(), Some((index, mac)));
+        Ok(())
+    }
+
+    /// An adopted data plane may be attached to interfaces a previous configuration named:
+    /// those attachments are removed, so the program runs only where this configuration says.
+    pub(super) fn detach_unconfigured(&mut self) {
+        for iface in self.dataplane.pinned_links() {
+            if self.config.interfaces.contains(&iface) {
+                continue;
+            }
+            match self.dataplane.unpin_link(&iface) {
+                Ok(()) => {
+                    if let Ok(index) = netdev::ifindex(&iface) {
+                        let _ = self.dataplane.clear_interface(index);
+                    }
+                    println!("foobar-lb: XDP detached from {iface} (no longer in `interfaces`)");
+                }
+                Err(e) => log::error!("cannot detach from {iface}: {e}"),
+            }
+        }
+    }
+
+    /// Called on the refresh timer: notices a configured interface that disappeared, came back
+    /// as a new device (new ifindex) or changed its MAC, and attaches or updates accordingly.
+    /// Failures are logged and tried again on the next tick.
+    pub(super) fn watch_interfaces(&mut self) {
+        for iface in self.config.interfaces.clone() {
+            let was = self.attached.get(&iface).copied().flatten();
+            let now = netdev::ifindex(&iface).and_then(|i| Ok((i, netdev::mac(&iface)?)));
+            match (was, now) {
+                (Some(w), Ok(n)) if w == n => {}
+                (Some((index, _)), Ok((new_index, mac))) if index == new_index => {
+                    // Same device, new MAC: frames are now addressed to the new one.
+                    match self.dataplane.set_interface(index, mac) {
+                        Ok(()) => {
+                            log::warn!(
+                                "{iface} changed its MAC; balancing frames sent to the new one"
+                            );
+                            self.attached.insert(iface, Some((index, mac)));
+                        }
+                        Err(e) => log::error!("cannot update {iface}'s MAC: {e}"),
+                    }
+                }
+                (_, Ok(_)) => {
+                    if let Some((old, _)) = was {
+                        let _ = self.dataplane.clear_interface(old);
+                    }
+                    match self.attach_one(&iface).and_then(|()| self.apply_firewall()) {
+                        Ok(()) => log::warn!("{iface} is a new device: XDP attached again"),
+                        Err(e) => log::error!("cannot attach to {iface} again: {e:#}"),
+                    }
+                }
+                (Some((old, _)), Err(_)) => {
+                    log::warn!("{iface} is gone; XDP is attached again when it returns");
+                    let _ = self.dataplane.clear_interface(old);
+                    self.attached.insert(iface, None);
+                }
+                (None, Err(_)) => {}
+            }
+        }
+    }
+}

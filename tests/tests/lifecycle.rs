@@ -1,0 +1,367 @@
+//! The daemon's life around the data plane: listeners bound before XDP is attached, interfaces
+//! followed as the configuration and the devices change, SIGHUP reloads, and a block list
+//! loaded at run time that `config-dump` keeps. Loops are bounded; namespaces, processes and
+//! pins are removed by guards.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use foobar_lb_tests::{
+    daemon::{bin, Daemon},
+    netns::{run, web4, Netns, Topology, CLIENT4, LB4, LB6, VIP4, VIP6},
+    root_object_and_binary,
+    traffic::{keepalive_client, keepalive_result, try_get},
+};
+
+const HEALTH: &str =
+    "[service.health]\ncheck = \"http\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2\n";
+
+fn topology(tag: &str, webs: usize) -> Option<Topology> {
+    if !root_object_and_binary() {
+        return None;
+    }
+    let topo = Topology::new(tag, webs).expect("topology");
+    for i in 1..=webs {
+        topo.start_web(i).unwrap();
+    }
+    Some(topo)
+}
+
+/// Whether an XDP program is attached to `dev` in `ns`.
+fn has_xdp(ns: &Netns, dev: &str) -> bool {
+    let out = ns.ip(&["-d", "link", "show", "dev", dev]).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `limit` passes (false).
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn get(topo: &Topology) -> Result<String, String> {
+    try_get(&topo.client, &format!("http://{VIP4}/"))
+}
+
+#[test]
+fn a_control_socket_that_cannot_be_bound_stops_the_start_before_xdp_is_attached() {
+    let Some(topo) = topology("sb", 1) else {
+        return;
+    };
+    // The socket's directory would be under a regular file: binding must fail.
+    let blocker = topo.dir.join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let socket = blocker.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 1)
+        .unwrap();
+    let out = topo
+        .lb
+        .cmd(bin().to_str().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon started");
+    assert!(err.contains("not-a-dir"), "the error names the path: {err}");
+    assert!(
+        !has_xdp(&topo.lb, "eth0"),
+        "XDP was attached by a daemon that could not serve its control socket"
+    );
+    assert!(
+        !topo.pin_dir().join("link-eth0").exists(),
+        "an attachment was pinned"
+    );
+}
+
+/// Another interface on the load balancer: one end of a veth pair whose ends both stay in
+/// its namespace (this kernel has no dummy devices; generic XDP runs on any device).
+fn add_iface(topo: &Topology, name: &str) {
+    let peer = format!("{name}p");
+    topo.lb
+        .ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])
+        .unwrap();
+    for dev in [name, peer.as_str()] {
+        topo.lb.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+}
+
+#[test]
+fn an_interface_dropped_from_the_config_is_detached_on_restart_and_on_reload() {
+    let Some(topo) = topology("if", 2) else {
+        return;
+    };
+    add_iface(&topo, "extra0");
+    add_iface(&topo, "extra1");
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with = |ifaces: &str| {
+        std::fs::write(
+            &config,
+            text.replace(
+                "interfaces = [\"eth0\"]",
+                &format!("interfaces = [{ifaces}]"),
+            ),
+        )
+        .unwrap()
+    };
+    with("\"eth0\", \"extra0\", \"extra1\"");
+    let mut daemon = Daemon::start_with(&topo.lb, &config, &socket, &[]).unwrap();
+    assert!(has_xdp(&topo.lb, "extra0") && has_xdp(&topo.lb, "extra1"));
+
+    // Restart (SIGKILL, adopt) with extra0 gone from the configuration.
+    daemon.kill();
+    with("\"eth0\", \"extra1\"");
+    let mut daemon = Daemon::start_with(&topo.lb, &config, &socket, &[]).unwrap();
+    assert!(
+        !has_xdp(&topo.lb, "extra0"),
+        "extra0 still runs the program"
+    );
+    assert!(!topo.pin_dir().join("link-extra0").exists());
+    assert!(has_xdp(&topo.lb, "extra1") && has_xdp(&topo.lb, "eth0"));
+    assert!(get(&topo).is_ok_and(|b| b.starts_with("web")));
+
+    // A reload that drops extra1 and adds extra0 again.
+    with("\"eth0\", \"extra0\"");
+    let out = daemon.cli(&["reload"]);
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        msg.contains("interface extra0 added") && msg.contains("interface extra1 removed"),
+        "{msg}"
+    );
+    assert!(
+        !has_xdp(&topo.lb, "extra1"),
+        "extra1 still runs the program"
+    );
+    assert!(has_xdp(&topo.lb, "extra0"));
+    assert!(get(&topo).is_ok_and(|b| b.starts_with("web")));
+    assert!(daemon.stop());
+}
+
+/// Deletes the load balancer's eth0 and creates it again (a new device with a new MAC), with
+/// its addresses, as a network manager recreating a device would.
+fn recreate_lb_eth0(topo: &Topology) {
+    topo.bridge.ip(&["link", "del", "lb"]).unwrap();
+    topo.bridge
+        .ip(&[
+            "link",
+            "add",
+            "lb",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &topo.lb.name,
+        ])
+        .unwrap();
+    topo.bridge
+        .ip(&["link", "set", "lb", "master", "br0", "up"])
+        .unwrap();
+    let lb = &topo.lb;
+    lb.ip(&["link", "set", "eth0", "up"]).unwrap();
+    lb.sysctl("net.ipv4.conf.eth0.rp_filter", "0").unwrap();
+    for a in [
+        format!("{LB4}/24"),
+        format!("{LB6}/64"),
+        format!("{VIP4}/32"),
+    ] {
+        lb.ip(&["addr", "add", &a, "dev", "eth0", "nodad"]).unwrap();
+    }
+    lb.ip(&[
+        "addr",
+        "add",
+        &format!("{VIP6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ])
+    .unwrap();
+    // The VIP's MAC changed: neighbours learn it again at once instead of after a timeout.
+    for ns in std::iter::once(&topo.client).chain(&topo.webs) {
+        ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
+    }
+}
+
+#[test]
+fn a_device_deleted_and_created_again_gets_the_program_again_and_is_balanced() {
+    let Some(topo) = topology("rc", 2) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    assert!(get(&topo).is_ok_and(|b| b.starts_with("web")));
+    recreate_lb_eth0(&topo);
+    // No web server runs on the load balancer: only XDP, forwarding to the backends, answers.
+    assert!(
+        eventually(Duration::from_secs(15), || has_xdp(&topo.lb, "eth0")),
+        "the program was not attached to the new eth0:\n{}",
+        daemon.log_text()
+    );
+    let before = daemon.stats().services[0].counters.new_flows;
+    let mut answers = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            if let Ok(b) = get(&topo) {
+                answers.push(b);
+            }
+            answers.len() >= 4
+        }),
+        "the VIP did not answer through the new device:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        answers.contains(&"web1".into()) && answers.contains(&"web2".into()),
+        "{answers:?}"
+    );
+    assert!(daemon.stats().services[0].counters.new_flows >= before + 4);
+    assert!(daemon.log_text().contains("eth0 is a new device"));
+}
+
+#[test]
+fn sighup_applies_the_config_file_as_a_difference_and_refuses_a_bad_one_whole() {
+    let Some(topo) = topology("hu", 3) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let ka = keepalive_client(&topo.client, 40);
+    thread::sleep(Duration::from_millis(500));
+
+    // The file gains web3 and a firewall rule, and web1 a weight.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let web3 = format!("\n[[service.backend]]\naddress = \"{}\"\n", web4(3));
+    let edited =
+        text.replacen(
+            &format!("address = \"{}\"", web4(1)),
+            &format!("address = \"{}\"\nweight = 2", web4(1)),
+            1,
+        )
+        .replacen(
+            "\n[[service]]\nname = \"www6\"",
+            &format!("{web3}\n[[service]]\nname = \"www6\""),
+            1,
+        ) + "\n[[firewall.rule]]\naction = \"drop\"\nprotocol = \"udp\"\nport = \"9\"\n";
+    std::fs::write(&config, &edited).unwrap();
+    run(Command::new("kill").args(["-HUP", &daemon.pid().to_string()])).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || daemon
+            .log_text()
+            .contains("SIGHUP: reloaded")),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    for want in [
+        format!("backend {} of www added", web4(3)),
+        format!("backend {} of www: weight 1 -> 2", web4(1)),
+        "firewall rules changed (0 -> 1)".into(),
+    ] {
+        assert!(log.contains(&want), "the log does not say {want:?}:\n{log}");
+    }
+    // web3 serves once its checks pass; the keep-alive connection never moved.
+    assert!(
+        eventually(Duration::from_secs(10), || get(&topo).as_deref()
+            == Ok("web3")),
+        "web3 never served"
+    );
+    let (bodies, connects) = keepalive_result(ka);
+    assert_eq!(
+        connects, 1,
+        "the reload moved or reset a connection: {bodies:?}"
+    );
+
+    // A file that does not parse, then one that changes a start-only field: refused whole.
+    let dumped = daemon.cli(&["config-dump"]).stdout;
+    std::fs::write(&config, edited.replace("weight = 2", "weight = \"two\"")).unwrap();
+    run(Command::new("kill").args(["-HUP", &daemon.pid().to_string()])).unwrap();
+    assert!(eventually(Duration::from_secs(10), || daemon
+        .log_text()
+        .contains("SIGHUP: reload of")));
+    std::fs::write(
+        &config,
+        edited.replacen("\n[[service]]", "flow_table_size = 4096\n\n[[service]]", 1),
+    )
+    .unwrap();
+    let out = daemon.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("flow_table_size") && err.contains("restart"),
+        "{err}"
+    );
+    assert_eq!(
+        daemon.cli(&["config-dump"]).stdout,
+        dumped,
+        "a refused reload changed the config"
+    );
+    assert!(get(&topo).is_ok_and(|b| b.starts_with("web")));
+}
+
+#[test]
+fn a_block_list_loaded_at_run_time_survives_config_dump_and_restart() {
+    let Some(topo) = topology("bl", 1) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 1)
+        .unwrap();
+    let mut daemon = Daemon::start_with(&topo.lb, &config, &socket, &[]).unwrap();
+    assert_eq!(get(&topo).as_deref(), Ok("web1"));
+    let list = topo.dir.join("blocked.txt");
+    std::fs::write(
+        &list,
+        format!("# the test client\n{CLIENT4}\n2001:db8::/32\n"),
+    )
+    .unwrap();
+    let out = daemon.cli(&["fw", "load", list.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(get(&topo).is_err(), "a blocked client got an answer");
+
+    // The persistence procedure: dump, restart from the dump.
+    let dump = daemon.cli(&["config-dump"]).stdout;
+    let saved = topo.dir.join("saved.toml");
+    std::fs::write(&saved, &dump).unwrap();
+    let text = String::from_utf8_lossy(&dump);
+    assert!(text.contains(&format!("{CLIENT4}/32")), "{text}");
+    std::fs::remove_file(&list).unwrap();
+    daemon.kill();
+    let daemon = Daemon::start(&topo.lb, &saved, &socket).unwrap();
+    assert_eq!(daemon.stats().firewall.blocklist_prefixes, 2);
+    assert!(
+        get(&topo).is_err(),
+        "the restarted daemon forgot the block list"
+    );
+}
