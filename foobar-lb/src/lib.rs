@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod firewall;
 pub mod health;
+pub mod health_replies;
 pub mod metrics;
 pub mod neighbor;
 pub mod netdev;

@@ -365,3 +365,91 @@ fn a_block_list_loaded_at_run_time_survives_config_dump_and_restart() {
         "the restarted daemon forgot the block list"
     );
 }
+
+#[test]
+fn a_rule_that_drops_health_check_replies_is_reported_with_the_fix() {
+    let Some(topo) = topology("hr", 2) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    // A rule meant for clients that also covers web1's replies to the balancer's checks.
+    let web1 = web4(1);
+    let out = daemon.cli(&[
+        "fw",
+        "add",
+        "--action",
+        "drop",
+        "--source",
+        &format!("{web1}/32"),
+    ]);
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        msg.contains("warning: firewall rule 1")
+            && msg.contains("health-check replies from 1 backend(s) of service www")
+            && msg.contains(&format!("--source {web1}")),
+        "{msg}"
+    );
+    // What the warning says happens: checks take web1 down, so only web2 serves.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let st = daemon.stats();
+            st.services[0]
+                .backends
+                .iter()
+                .any(|b| b.address == web1 && b.health == "down")
+        }),
+        "web1 stayed up behind a rule dropping its replies"
+    );
+    // The fix it names: an allow rule first. No new warning; web1 comes back.
+    let out = daemon.cli(&[
+        "fw",
+        "add",
+        "--action",
+        "allow",
+        "--source",
+        &web1,
+        "--protocol",
+        "tcp",
+        "--position",
+        "1",
+    ]);
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !msg.contains("warning"), "{msg}");
+    assert!(eventually(Duration::from_secs(10), || {
+        let st = daemon.stats();
+        st.services[0]
+            .backends
+            .iter()
+            .any(|b| b.address == web1 && b.health == "up")
+    }));
+
+    // check-config reports it for a file too (and still accepts the file).
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[[firewall.rule]]\naction = \"drop\"\nsource = \"10.111.0.0/24\"\n"),
+    )
+    .unwrap();
+    let out = topo
+        .lb
+        .cmd(bin().to_str().unwrap())
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: firewall rule 1") && err.contains("2 backend(s) of service www"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ use crate::{
     api::{self, Request, Response},
     config::{BackendConfig, Config, ServiceConfig},
     firewall,
+    health_replies::{self, ReplyView},
 };
 
 impl Daemon {
@@ -161,9 +162,11 @@ impl Daemon {
         f: impl FnOnce(&mut Config) -> Result<String>,
     ) -> Result<String> {
         let mut next = self.config.clone();
-        let msg = f(&mut next)?;
+        let mut msg = f(&mut next)?;
         next.validate()?;
         let rules_changed = next.firewall.rules != self.config.firewall.rules;
+        let view = ReplyView::of_host();
+        let known = health_replies::conflicts(&self.config, &view);
         let previous = std::mem::replace(&mut self.config, next);
         // The running configuration is this one only if the data plane took it: a change whose
         // writes fail is refused and the previous configuration stays (writes already made for
@@ -188,6 +191,14 @@ impl Daemon {
         self.backends.retain(|k, _| live.contains(k));
         self.start_all_checks();
         let _ = self.refresh_neighbors();
+        // A change that makes a rule drop check replies is accepted (the operator may mean
+        // it) but said in the answer, not only in the log.
+        for w in health_replies::conflicts(&self.config, &view) {
+            if !known.contains(&w) {
+                log::warn!("{w}");
+                msg.push_str(&format!("\nwarning: {w}"));
+            }
+        }
         Ok(msg)
     }
 

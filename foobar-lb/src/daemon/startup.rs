@@ -63,6 +63,11 @@ pub(super) async fn start(
         d.take_over_pinned_state();
     }
     d.init_firewall()?;
+    for w in
+        crate::health_replies::conflicts(&d.config, &crate::health_replies::ReplyView::of_host())
+    {
+        log::warn!("{w}");
+    }
     d.start_all_checks();
     d.first_health_round(&mut events).await?;
     // Maps are filled before attaching, so the first packet already sees the services.
