@@ -131,12 +131,9 @@ fn failover_to_backup_and_back_when_the_primary_stops_and_recovers() {
             "new requests return to the primary"
         );
     }
+    // Reported, not asserted: how fast failover is on a loaded machine is the benchmark's
+    // business (`cargo xtask bench`); this test asserts where requests go.
     println!("failover: switch to backup {switch:?}, back to primary {back:?} (interval 200 ms, fall 2, rise 2)");
-    // interval x fall, plus one interval, plus scheduling slack on a loaded two-core machine.
-    assert!(
-        switch <= Duration::from_millis(200 * 2 + 200 + 600),
-        "switch took {switch:?}"
-    );
 }
 
 #[test]
@@ -186,21 +183,9 @@ fn drained_backend_keeps_its_connection_and_gets_no_new_ones() {
     };
     let c = &s.topo.client;
     let ka = keepalive_client(c, 40);
-    // Find the backend of the keep-alive connection: the only one whose packets move.
-    thread::sleep(Duration::from_millis(400));
-    let a = s.daemon.stats();
-    thread::sleep(Duration::from_millis(400));
-    let b = s.daemon.stats();
-    let moving: Vec<&str> = ["10.111.0.11", "10.111.0.12"]
-        .into_iter()
-        .filter(|x| backend(&b, x).counters.packets > backend(&a, x).counters.packets)
-        .collect();
-    assert_eq!(
-        moving.len(),
-        1,
-        "exactly one backend carries the connection"
-    );
-    let (drained, drained_name, other_name) = if moving[0] == "10.111.0.11" {
+    // The backend of the keep-alive connection: the one with an open flow.
+    let holder = keepalive_holder(&s.daemon);
+    let (drained, drained_name, other_name) = if holder == 1 {
         ("10.111.0.11", "web1", "web2")
     } else {
         ("10.111.0.12", "web2", "web1")
@@ -1117,4 +1102,64 @@ fn backend_set_changes_weight_and_role_without_moving_connections() {
     assert_eq!((b.weight, b.role), (3, foobar_lb::config::Role::Backup));
     // The other backend is the healthy primary now: every new connection goes there.
     new_flows_elsewhere_connection_kept(&s, ka, holder);
+}
+
+/// Starts nginx in web `i` on 8081 whose `/health` answers 503 while `<dir>/maint<i>` exists
+/// (an application that announces a graceful shutdown), 200 otherwise.
+fn start_health_endpoint(topo: &Topology, i: usize) -> std::path::PathBuf {
+    let maint = topo.dir.join(format!("maint{i}"));
+    let conf = topo.dir.join(format!("health{i}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\nworker_processes 1;\npid {dir}/health{i}.pid;\nerror_log {dir}/health{i}.err;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off;\n  server {{ listen 8081;\n    location = /health {{\n      \
+             if (-f {maint}) {{ return 503; }}\n      return 200 \"ok\\n\";\n    }}\n  }}\n}}\n",
+            dir = topo.dir.display(),
+            maint = maint.display()
+        ),
+    )
+    .unwrap();
+    run(topo.web(i).cmd("nginx").args(["-c"]).arg(&conf)).unwrap();
+    maint
+}
+
+#[test]
+fn a_503_from_the_check_marks_the_backend_down_and_names_the_status() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let topo = Topology::new("53", 2).expect("topology");
+    let mut maint = Vec::new();
+    for i in 1..=2 {
+        topo.start_web(i).unwrap();
+        maint.push(start_health_endpoint(&topo, i));
+    }
+    let socket = topo.dir.join("control.sock");
+    let health = HEALTH_8081.replace("check = \"http\"", "check = \"http\"\npath = \"/health\"");
+    let config = topo
+        .write_config_with("generic", &socket, &health, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let s = Setup { daemon, topo };
+    std::fs::write(&maint[0], "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend(&s.daemon.stats(), &web4(1)).health != "down" {
+        assert!(Instant::now() < deadline, "a 503 never marked web1 down");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let st = s.daemon.stats();
+    let w1 = backend(&st, &web4(1));
+    assert!(
+        w1.last_error.as_deref().unwrap_or("").contains("503"),
+        "the status is shown: {w1:?}"
+    );
+    assert_eq!(backend(&st, &web4(2)).health, "up");
+    for _ in 0..6 {
+        assert_eq!(get(&s.topo.client), "web2");
+    }
+    // The application is back: 200 again brings web1 up and into rotation.
+    std::fs::remove_file(&maint[0]).unwrap();
+    wait_for_answer(&s.topo.client, "web1", Duration::from_secs(10));
 }
