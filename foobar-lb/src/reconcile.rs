@@ -73,14 +73,15 @@ pub enum MapOp {
 pub enum ReconcileError {
     #[error("out of service ids (at most {MAX_SERVICES} services)")]
     NoServiceId,
-    #[error("out of backend ids (at most {} backends)", MAX_BACKENDS - 1)]
-    NoBackendId,
 }
 
 /// Writes to make, and the reconciler's view once they are made.
 #[derive(Debug)]
 pub struct Plan {
     pub ops: Vec<MapOp>,
+    /// Backends (service, address) left out for want of a free id: the rest of the plan goes
+    /// ahead without them, and ids this plan frees serve them on a later one.
+    pub unplaced: Vec<(String, IpAddr)>,
     next: Reconciler,
 }
 
@@ -224,8 +225,13 @@ impl Reconciler {
                 free: self.backend_ids.free.clone(),
             },
         };
-        let ops = next.plan_in_place(desired)?;
-        Ok(Plan { ops, next })
+        let mut unplaced = Vec::new();
+        let ops = next.plan_in_place(desired, &mut unplaced)?;
+        Ok(Plan {
+            ops,
+            unplaced,
+            next,
+        })
     }
 
     /// Takes over a plan's view once its writes are in the maps.
@@ -235,12 +241,16 @@ impl Reconciler {
 
     /// Plans and commits at once, for callers whose writes cannot fail halfway (tests).
     pub fn plan(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
-        let Plan { ops, next } = self.prepare(desired)?;
+        let Plan { ops, next, .. } = self.prepare(desired)?;
         *self = next;
         Ok(ops)
     }
 
-    fn plan_in_place(&mut self, desired: &[ServiceSpec]) -> Result<Vec<MapOp>, ReconcileError> {
+    fn plan_in_place(
+        &mut self,
+        desired: &[ServiceSpec],
+        unplaced: &mut Vec<(String, IpAddr)>,
+    ) -> Result<Vec<MapOp>, ReconcileError> {
         let mut ops = Vec::new();
         let mut retired = Vec::new();
         let wanted: HashMap<&str, &ServiceSpec> =
@@ -297,6 +307,7 @@ impl Reconciler {
             // flow picking its slot would find it inactive and be dropped.
             let mut slots_from: Vec<(u32, u32)> = Vec::new();
             let mut deactivated: Vec<MapOp> = Vec::new();
+            let mut no_id: Vec<IpAddr> = Vec::new();
             for b in &spec.backends {
                 let Some(mac) = b.mac else { continue };
                 let old = w.backends.get(&b.addr).cloned();
@@ -323,11 +334,13 @@ impl Reconciler {
                         o.id
                     }
                     _ => {
-                        let id = self
-                            .backend_ids
-                            .free
-                            .pop_front()
-                            .ok_or(ReconcileError::NoBackendId)?;
+                        // No id free: this backend waits (as one whose MAC is unknown would)
+                        // and the others' updates go ahead.
+                        let Some(id) = self.backend_ids.free.pop_front() else {
+                            no_id.push(b.addr);
+                            unplaced.push((spec.name.clone(), b.addr));
+                            continue;
+                        };
                         ops.push(MapOp::ResetBackendStats { id });
                         // Always: a reused id may carry an earlier backend's bits.
                         ops.push(MapOp::SetBackendAdmin { id, flags: b.admin });
@@ -361,7 +374,7 @@ impl Reconciler {
             let keep: Vec<IpAddr> = spec
                 .backends
                 .iter()
-                .filter(|b| b.mac.is_some())
+                .filter(|b| b.mac.is_some() && !no_id.contains(&b.addr))
                 .map(|b| b.addr)
                 .collect();
             let dropped: Vec<(IpAddr, Written)> = w
@@ -529,6 +542,58 @@ mod tests {
         assert_eq!(first.ops, again.ops);
         r.commit(again);
         assert_eq!(r.prepare(&s).unwrap().ops, vec![]);
+    }
+
+    #[test]
+    fn a_backend_without_a_free_id_waits_and_the_others_are_written() {
+        // Every id in use: 16 services of 255 backends, 15 on the last one.
+        let mut r = Reconciler::default();
+        let addr = |s: usize, b: usize| format!("10.{s}.{}.{}", b / 200, b % 200 + 1);
+        let specs = |mac_of_first: u8, last_state: BackendState| -> Vec<ServiceSpec> {
+            (0..17)
+                .map(|s| {
+                    let n = if s < 16 { 255 } else { 15 };
+                    let addrs: Vec<String> = (0..n).map(|b| addr(s, b)).collect();
+                    let list: Vec<(&str, u8, BackendState)> = addrs
+                        .iter()
+                        .enumerate()
+                        .map(|(b, a)| match (s, b) {
+                            (0, 0) => (a.as_str(), mac_of_first, Active),
+                            (16, 14) => (a.as_str(), 1, last_state),
+                            _ => (a.as_str(), 1, Active),
+                        })
+                        .collect();
+                    let mut sp = spec(&format!("s{s}"), &list);
+                    sp.key =
+                        ServiceKey::new("10.0.0.100".parse().unwrap(), 1000 + s as u16, PROTO_TCP);
+                    sp
+                })
+                .collect()
+        };
+        r.plan(&specs(1, Active)).unwrap();
+        assert!(r.backend_ids.free.is_empty(), "all 4095 ids in use");
+        // A new MAC needs a new id and none is free; another service's drain must still go out.
+        let plan = r.prepare(&specs(2, Draining)).unwrap();
+        assert_eq!(
+            plan.unplaced,
+            vec![("s0".to_string(), addr(0, 0).parse().unwrap())]
+        );
+        assert!(
+            plan.ops
+                .iter()
+                .any(|o| matches!(o, MapOp::SetBackend { backend, .. }
+                if backend.state == BACKEND_DRAINING)),
+            "the drain elsewhere was planned"
+        );
+        r.commit(plan);
+        // The waiting backend's old id was retired by that plan: the next one places it.
+        let plan = r.prepare(&specs(2, Draining)).unwrap();
+        assert!(plan.unplaced.is_empty());
+        assert!(plan
+            .ops
+            .iter()
+            .any(|o| matches!(o, MapOp::SetBackend { backend, .. }
+            if backend.mac == [2, 0, 0, 0, 0, 2] && backend.state == BACKEND_ACTIVE)));
     }
 
     #[test]

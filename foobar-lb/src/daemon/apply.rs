@@ -36,8 +36,17 @@ impl Daemon {
             self.retry = true;
             return Err(e.into());
         }
+        // Backends that found no free id: ids retired by this plan serve them on the next
+        // one, which the refresh timer makes.
+        for (service, addr) in &plan.unplaced {
+            log::warn!(
+                "{service}/{addr}: no free backend id (the table holds {}); it takes no new \
+                 flows until one frees",
+                foobar_lb_common::MAX_BACKENDS - 1
+            );
+        }
+        self.retry = !plan.unplaced.is_empty();
         self.reconciler.commit(plan);
-        self.retry = false;
         Ok(())
     }
 
