@@ -453,3 +453,92 @@ fn a_rule_that_drops_health_check_replies_is_reported_with_the_fix() {
         "{err}"
     );
 }
+
+/// Runs a CLI command against `daemon`, failing the test with its stderr if refused.
+fn ok(daemon: &Daemon, args: &[&str]) {
+    let out = daemon.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn config_dump_keeps_every_runtime_change_and_a_restart_from_it_writes_nothing() {
+    let Some(topo) = topology("cd", 3) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let mut daemon = Daemon::start_with(&topo.lb, &config, &socket, &[]).unwrap();
+    let (w1, w2, w3) = (web4(1), web4(2), web4(3));
+    // One change of every kind the API offers.
+    ok(&daemon, &["backend", "add", "www", &w3, "--weight", "5"]);
+    ok(&daemon, &["backend", "set", "www", &w2, "--role", "backup"]);
+    ok(&daemon, &["backend", "set", "www", &w1, "--weight", "7"]);
+    ok(&daemon, &["backend", "drain", "www", &w1]);
+    ok(
+        &daemon,
+        &[
+            "service", "add", "alt", "--vip", VIP4, "--port", "8080", "--check", "none",
+        ],
+    );
+    ok(&daemon, &["backend", "add", "alt", &w2]);
+    ok(
+        &daemon,
+        &[
+            "fw",
+            "add",
+            "--action",
+            "drop",
+            "--protocol",
+            "udp",
+            "--port",
+            "9",
+        ],
+    );
+    let list = topo.dir.join("blocked.txt");
+    std::fs::write(&list, "198.51.100.0/24\n2001:db8::/32\n").unwrap();
+    ok(&daemon, &["fw", "load", list.to_str().unwrap()]);
+
+    let dump = daemon.cli(&["config-dump"]).stdout;
+    let saved = topo.dir.join("saved.toml");
+    std::fs::write(&saved, &dump).unwrap();
+    let parsed = foobar_lb::config::Config::parse(&String::from_utf8_lossy(&dump)).unwrap();
+    let www = &parsed.services[0];
+    let b = |a: &str| {
+        www.backends
+            .iter()
+            .find(|b| b.address.to_string() == a)
+            .unwrap()
+    };
+    assert!(b(&w1).drained && b(&w1).weight == 7);
+    assert_eq!(b(&w2).role, foobar_lb::config::Role::Backup);
+    assert_eq!(b(&w3).weight, 5);
+    assert!(parsed
+        .services
+        .iter()
+        .any(|s| s.name == "alt" && s.port == 8080));
+    assert_eq!(parsed.firewall.rules.len(), 1);
+    assert_eq!(parsed.firewall.block.len(), 2);
+
+    // Restarting from the dump over the running data plane: the same configuration, and not
+    // one map write, since nothing differs from what the data plane holds.
+    daemon.kill();
+    std::fs::remove_file(&list).unwrap();
+    let daemon = Daemon::start_with(&topo.lb, &saved, &socket, &[]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&daemon.cli(&["config-dump"]).stdout),
+        String::from_utf8_lossy(&dump),
+        "the restarted daemon's configuration differs from the dump it started from"
+    );
+    let st = daemon.stats();
+    assert_eq!(
+        st.map_writes, 0,
+        "the restart rewrote what the dump already held"
+    );
+    assert_eq!(st.firewall.blocklist_prefixes, 2);
+}
