@@ -24,7 +24,8 @@ mod stats;
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use foobar_lb_common::{
-        verdict, Iface, ServiceKey, VipKey, FAMILY_V4, FAMILY_V6, IFACE_ACTIVE, PROTO_TCP,
+        owner_service, verdict, Iface, ServiceKey, VipKey, FAMILY_V4, FAMILY_V6, FLOW_FIN,
+        FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, PROTO_TCP,
     };
 
     use crate::{
@@ -115,17 +116,21 @@ mod prog {
         if let Some((id, backend, flow)) = select::established(key) {
             // A SYN on the 5-tuple of a closed connection opens a new one: it is scheduled
             // anew (its old backend may be draining) and counted as open again.
-            let reopened = pkt.syn() && unsafe { (*flow).closing } != 0;
+            let seen = unsafe { (*flow).seen };
+            let reopened = pkt.syn() && seen & (FLOW_FIN | FLOW_RST) != 0;
             if !reopened {
                 if fw.flags != 0 && !checked && unsafe { (*flow).fw_gen } != gen {
                     firewall::filter(fw, key, len)?;
                     unsafe { (*flow).fw_gen = gen };
                 }
-                // Written once per connection, so drain status can count live connections.
-                if pkt.fin() && unsafe { (*flow).closing } == 0 {
-                    unsafe { (*flow).closing = 1 };
+                // Last-seen time and FIN/RST, for open-flow counts that age by time. Written
+                // only when it changes: about once a second per flow, and at its FIN and RST.
+                let next = (seen & !FLOW_TIME_MASK) | pkt.closing_bits() | select::flow_now();
+                if next != seen {
+                    unsafe { (*flow).seen = next };
                 }
-                return forward(ctx, &pkt, iface, backend.service_id, id, &backend, len);
+                let service_id = owner_service(backend.owner);
+                return forward(ctx, &pkt, iface, service_id, id, &backend, len);
             }
         }
         if fw.flags != 0 && !checked {

@@ -42,6 +42,11 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static BACKEND_ADMIN: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// Index 0: the flow clock (`foobar_lb_common::flow_time` units), advanced by the controller
+/// several times a second; flows are stamped with it.
+#[map]
+pub static FLOW_CLOCK: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Service id -> round-robin cursor, advanced atomically (shared by all CPUs).
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);

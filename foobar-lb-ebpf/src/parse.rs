@@ -49,6 +49,14 @@ impl Packet {
     pub fn fin(&self) -> bool {
         self.tcp_flags & 0x05 != 0
     }
+
+    /// The `FlowValue::seen` bits this packet sets: FIN and/or RST.
+    #[inline(always)]
+    pub fn closing_bits(&self) -> u32 {
+        // FIN is bit 0 of the flags byte, RST bit 2: moved to FLOW_FIN (30) and FLOW_RST (31).
+        let f = self.tcp_flags as u32;
+        ((f & 0x01) << 30) | ((f & 0x04) << 29)
+    }
 }
 
 const IPPROTO_HOPOPTS: u8 = 0;

@@ -2,12 +2,12 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use foobar_lb_common::{
-    prefix_mask, take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey, ServiceInfo,
-    BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
+    owner_service, prefix_mask, take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey,
+    ServiceInfo, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
 };
 
 use crate::{
-    maps::{BACKENDS, BACKEND_SETS, FLOWS, RATE_BUCKETS, RR_CURSORS},
+    maps::{BACKENDS, BACKEND_SETS, FLOWS, FLOW_CLOCK, RATE_BUCKETS, RR_CURSORS},
     stats,
 };
 
@@ -16,11 +16,19 @@ use crate::{
 #[inline(always)]
 pub fn established(key: &FlowKey) -> Option<(u32, Backend, *mut FlowValue)> {
     let flow = FLOWS.get_ptr_mut(key)?;
-    let (id, service_id) = unsafe { ((*flow).backend_id, (*flow).service_id) };
+    let (id, owner) = unsafe { ((*flow).backend_id, (*flow).owner) };
     let b = BACKENDS.get(id)?;
-    // Down, gone, or the id now serves another service: the caller schedules the flow anew.
-    (b.service_id == service_id && (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING))
+    // Down, gone, or the id given to another backend since (its owner word changed): the
+    // caller schedules the flow anew.
+    (b.owner == owner && (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING))
         .then_some((id, *b, flow))
+}
+
+/// The flow clock now, in `FlowValue::seen` units, as the controller keeps it (see
+/// `foobar_lb_common::flow_time`).
+#[inline(always)]
+pub fn flow_now() -> u32 {
+    FLOW_CLOCK.get(0).copied().unwrap_or(0)
 }
 
 /// A backend for a new flow (or one whose backend went down): rate limit, then the next one in
@@ -89,7 +97,9 @@ fn schedule(service_id: u32, key: &FlowKey, gen: u32) -> Result<(u32, Backend), 
     let slot = (core::hint::black_box(n % len) as usize) & (MAX_SLOTS - 1);
     let id = set.slots[slot];
     let backend = match BACKENDS.get(id) {
-        Some(b) if id != 0 && b.service_id == service_id && b.state == BACKEND_ACTIVE => *b,
+        Some(b) if id != 0 && owner_service(b.owner) == service_id && b.state == BACKEND_ACTIVE => {
+            *b
+        }
         _ => return Err(verdict::DROP_BAD_SLOT),
     };
     // BPF_ANY: a concurrent insert of the same flow on another CPU is harmless.
@@ -98,8 +108,8 @@ fn schedule(service_id: u32, key: &FlowKey, gen: u32) -> Result<(u32, Backend), 
         FlowValue {
             backend_id: id,
             fw_gen: gen,
-            closing: 0,
-            service_id,
+            seen: flow_now(),
+            owner: backend.owner,
         },
         0,
     );

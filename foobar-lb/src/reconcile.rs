@@ -11,8 +11,9 @@ use std::{
 };
 
 use foobar_lb_common::{
-    encode_addr, Backend, BackendSet, ServiceInfo, ServiceKey, VipKey, BACKEND_ACTIVE,
-    BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
+    encode_addr, owner, owner_generation, owner_service, Backend, BackendSet, ServiceInfo,
+    ServiceKey, VipKey, ADMIN_RETIRED_SHIFT, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
+    MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
 };
 
 use crate::desired::{BackendState, Forwarding, Mac, ServiceSpec};
@@ -89,6 +90,8 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub id: u32,
+    /// The id's generation when it was given to this backend (see `foobar_lb_common::owner`).
+    pub generation: u16,
     pub mac: Mac,
     pub forwarding: Forwarding,
     /// `ADMIN_*` bits as written in `BACKEND_ADMIN`.
@@ -108,7 +111,7 @@ pub struct WrittenService {
 
 /// Id allocator handing out the id freed longest ago, so a recycled backend id is not reused
 /// while packets may still hold its old entry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Ids {
     free: VecDeque<u32>,
 }
@@ -121,11 +124,16 @@ impl Ids {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reconciler {
     services: BTreeMap<String, WrittenService>,
     service_ids: Ids,
     backend_ids: Ids,
+    /// Per backend id, the generation it was last given with (see `foobar_lb_common::owner`).
+    generations: Vec<u16>,
+    /// The next retirement's sequence number (kept with retired ids in `BACKEND_ADMIN`, so a
+    /// restarted daemon reuses them in the same oldest-first order).
+    retire_seq: u32,
 }
 
 impl Default for Reconciler {
@@ -135,9 +143,14 @@ impl Default for Reconciler {
             service_ids: Ids::new(0, MAX_SERVICES),
             // Backend id 0 is reserved: an unset slot names it and is dropped.
             backend_ids: Ids::new(1, MAX_BACKENDS),
+            generations: vec![0; MAX_BACKENDS as usize],
+            retire_seq: 1,
         }
     }
 }
+
+/// Most retirement sequence numbers `BACKEND_ADMIN` holds above [`ADMIN_RETIRED_SHIFT`].
+const RETIRE_SEQ_MAX: u32 = u32::MAX >> ADMIN_RETIRED_SHIFT;
 
 impl Reconciler {
     /// What was last written, by service name.
@@ -156,6 +169,10 @@ impl Reconciler {
             admin,
         } = pinned;
         let mut r = Reconciler::default();
+        // Every id ever written keeps its generation, so the next use of it gets a new one.
+        for (id, b) in backends {
+            r.generations[*id as usize] = owner_generation(b.owner);
+        }
         for (key, info) in services {
             let name = names
                 .iter()
@@ -172,7 +189,10 @@ impl Reconciler {
                     .find(|(id, _)| *id == info.id)
                     .map(|(_, set)| live_slots(set)),
             };
-            for (id, b) in backends.iter().filter(|(_, b)| b.service_id == info.id) {
+            for (id, b) in backends
+                .iter()
+                .filter(|(_, b)| owner_service(b.owner) == info.id)
+            {
                 let state = match b.state {
                     BACKEND_ACTIVE => BackendState::Active,
                     BACKEND_DRAINING => BackendState::Draining,
@@ -188,6 +208,7 @@ impl Reconciler {
                     decode_addr(&b.addr, b.family),
                     Written {
                         id: *id,
+                        generation: owner_generation(b.owner),
                         mac: b.mac,
                         forwarding,
                         admin: admin
@@ -208,6 +229,18 @@ impl Reconciler {
             .collect();
         r.service_ids.free.retain(|id| !used_services.contains(id));
         r.backend_ids.free.retain(|id| !used_backends.contains(id));
+        // Oldest first, as the previous daemon would have: ids never used, then retired ones
+        // in the order they were retired.
+        let seq = |id: u32| -> u32 {
+            admin
+                .iter()
+                .find(|(a, _)| *a == id)
+                .map_or(0, |(_, flags)| flags >> ADMIN_RETIRED_SHIFT)
+        };
+        let mut free: Vec<u32> = r.backend_ids.free.drain(..).collect();
+        free.sort_by_key(|id| (seq(*id), *id));
+        r.retire_seq = free.iter().map(|id| seq(*id)).max().unwrap_or(0) + 1;
+        r.backend_ids.free = free.into();
         r
     }
 
@@ -216,15 +249,7 @@ impl Reconciler {
     /// uncommitted (a write failed), the next plan starts from the same view and writes the
     /// same again, which every `MapOp` allows.
     pub fn prepare(&self, desired: &[ServiceSpec]) -> Result<Plan, ReconcileError> {
-        let mut next = Reconciler {
-            services: self.services.clone(),
-            service_ids: Ids {
-                free: self.service_ids.free.clone(),
-            },
-            backend_ids: Ids {
-                free: self.backend_ids.free.clone(),
-            },
-        };
+        let mut next = self.clone();
         let mut unplaced = Vec::new();
         let ops = next.plan_in_place(desired, &mut unplaced)?;
         Ok(Plan {
@@ -311,7 +336,7 @@ impl Reconciler {
             for b in &spec.backends {
                 let Some(mac) = b.mac else { continue };
                 let old = w.backends.get(&b.addr).cloned();
-                let id = match &old {
+                let (id, generation) = match &old {
                     // Forwarding fields of an id in use never change: packets may hold it.
                     Some(o) if o.mac == mac && o.forwarding == b.forwarding => {
                         if o.admin != b.admin {
@@ -323,7 +348,13 @@ impl Reconciler {
                         if o.state != b.state {
                             let op = MapOp::SetBackend {
                                 id: o.id,
-                                backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
+                                backend: entry(
+                                    b.addr,
+                                    mac,
+                                    b.forwarding,
+                                    owner(w.id, o.generation),
+                                    b.state,
+                                ),
                             };
                             if o.state == BackendState::Active {
                                 deactivated.push(op);
@@ -331,7 +362,7 @@ impl Reconciler {
                                 ops.push(op);
                             }
                         }
-                        o.id
+                        (o.id, o.generation)
                     }
                     _ => {
                         // No id free: this backend waits (as one whose MAC is unknown would)
@@ -341,25 +372,35 @@ impl Reconciler {
                             unplaced.push((spec.name.clone(), b.addr));
                             continue;
                         };
+                        let gen = &mut self.generations[id as usize];
+                        *gen = gen.wrapping_add(1);
+                        let generation = *gen;
                         ops.push(MapOp::ResetBackendStats { id });
                         // Always: a reused id may carry an earlier backend's bits.
                         ops.push(MapOp::SetBackendAdmin { id, flags: b.admin });
                         ops.push(MapOp::SetBackend {
                             id,
-                            backend: entry(b.addr, mac, b.forwarding, w.id, b.state),
+                            backend: entry(
+                                b.addr,
+                                mac,
+                                b.forwarding,
+                                owner(w.id, generation),
+                                b.state,
+                            ),
                         });
                         if let Some(o) = old {
                             // Same address, new MAC or mode: the old entry is written down
                             // after the set no longer names it.
                             stale.push((b.addr, o));
                         }
-                        id
+                        (id, generation)
                     }
                 };
                 w.backends.insert(
                     b.addr,
                     Written {
                         id,
+                        generation,
                         mac,
                         forwarding: b.forwarding,
                         admin: b.admin,
@@ -422,6 +463,15 @@ impl Reconciler {
                 retire(&mut ops, *addr, b, w.id, &mut retired);
             }
         }
+        // Retired ids remember when they were retired, so a restarted daemon reuses them in
+        // the same order (`adopt`).
+        for &id in &retired {
+            ops.push(MapOp::SetBackendAdmin {
+                id,
+                flags: self.retire_seq << ADMIN_RETIRED_SHIFT,
+            });
+            self.retire_seq = (self.retire_seq % RETIRE_SEQ_MAX) + 1;
+        }
         self.backend_ids.free.extend(retired);
         Ok(ops)
     }
@@ -438,7 +488,13 @@ fn retire(
 ) {
     ops.push(MapOp::SetBackend {
         id: b.id,
-        backend: entry(addr, b.mac, b.forwarding, service_id, BackendState::Down),
+        backend: entry(
+            addr,
+            b.mac,
+            b.forwarding,
+            owner(service_id, b.generation),
+            BackendState::Down,
+        ),
     });
     retired.push(b.id);
 }
@@ -456,7 +512,7 @@ fn entry(
     addr: IpAddr,
     mac: Mac,
     forwarding: Forwarding,
-    service_id: u32,
+    owner: u32,
     state: BackendState,
 ) -> Backend {
     let (addr, family) = encode_addr(addr);
@@ -465,7 +521,7 @@ fn entry(
         mac,
         family,
         fwd_mode: forwarding.wire(),
-        service_id,
+        owner,
         state: match state {
             BackendState::Active => BACKEND_ACTIVE,
             BackendState::Draining => BACKEND_DRAINING,
@@ -615,11 +671,19 @@ mod tests {
         let ops = r
             .plan(&[spec("www", &[("10.0.0.11", 11, Active)])])
             .unwrap();
-        assert_eq!(ops.len(), 2, "{ops:#?}");
+        assert_eq!(ops.len(), 3, "{ops:#?}");
         let MapOp::SetBackendSet { set, .. } = &ops[0] else {
             panic!("{ops:#?}")
         };
         assert_eq!(&set.slots[..set.len as usize], &[1]);
+        // Its retirement is numbered, for oldest-first reuse after a restart.
+        assert_eq!(
+            ops[2],
+            MapOp::SetBackendAdmin {
+                id: 2,
+                flags: 1 << ADMIN_RETIRED_SHIFT
+            }
+        );
         assert!(
             matches!(&ops[1], MapOp::SetBackend { id: 2, backend } if backend.state == BACKEND_DOWN)
         );
@@ -762,6 +826,89 @@ mod tests {
         let mut stale = Reconciler::adopt(&[], &pinned);
         let ops = stale.plan(&[]).unwrap();
         assert!(matches!(ops[0], MapOp::RemoveService { .. }));
+    }
+
+    /// A fake kernel: map contents after replaying ops, as `Dataplane::read_state` reads them.
+    #[derive(Default)]
+    struct Maps {
+        services: BTreeMap<u32, (ServiceKey, ServiceInfo)>,
+        sets: BTreeMap<u32, BackendSet>,
+        backends: BTreeMap<u32, Backend>,
+        admin: BTreeMap<u32, u32>,
+    }
+
+    impl Maps {
+        fn replay(&mut self, ops: &[MapOp]) {
+            for op in ops {
+                match op {
+                    MapOp::SetService { key, info } => {
+                        self.services.insert(info.id, (*key, *info));
+                    }
+                    MapOp::SetBackendSet { service_id, set } => {
+                        self.sets.insert(*service_id, **set);
+                    }
+                    MapOp::SetBackend { id, backend } => {
+                        self.backends.insert(*id, *backend);
+                    }
+                    MapOp::SetBackendAdmin { id, flags } => {
+                        self.admin.insert(*id, *flags);
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn pinned(&self) -> PinnedState {
+            PinnedState {
+                services: self.services.values().copied().collect(),
+                backends: self.backends.iter().map(|(i, b)| (*i, *b)).collect(),
+                sets: self.sets.iter().map(|(i, s)| (*i, *s)).collect(),
+                admin: self
+                    .admin
+                    .iter()
+                    .filter(|(_, f)| **f != 0)
+                    .map(|(i, f)| (*i, *f))
+                    .collect(),
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_reused_oldest_first_across_restarts_with_a_new_generation() {
+        let all: Vec<String> = (1..=4).map(|i| format!("10.0.0.{i}")).collect();
+        let with = |addrs: &[&String]| {
+            let list: Vec<(&str, u8, BackendState)> =
+                addrs.iter().map(|a| (a.as_str(), 1, Active)).collect();
+            [spec("www", &list)]
+        };
+        let mut maps = Maps::default();
+        let mut r = Reconciler::default();
+        maps.replay(&r.plan(&with(&all.iter().collect::<Vec<_>>())).unwrap());
+        // Remove 10.0.0.3 (id 3), then 10.0.0.1 (id 1): retired in that order.
+        maps.replay(&r.plan(&with(&[&all[0], &all[1], &all[3]])).unwrap());
+        maps.replay(&r.plan(&with(&[&all[1], &all[3]])).unwrap());
+        // A restart: the free list is never-used ids first, then 3, then 1.
+        let names = vec![("www".to_string(), with(&[])[0].key)];
+        let mut adopted = Reconciler::adopt(&names, &maps.pinned());
+        let free: Vec<u32> = adopted.backend_ids.free.iter().copied().collect();
+        assert_eq!(free.len(), MAX_BACKENDS as usize - 1 - 2);
+        assert_eq!(&free[free.len() - 2..], &[3, 1], "oldest retirement first");
+        assert!(free[..free.len() - 2].iter().all(|id| *id >= 5));
+        // Use every never-used id, then the next two backends get 3 and 1, each with the next
+        // generation of its id, so flows of the old holders never follow them.
+        adopted.backend_ids.free.drain(..free.len() - 2);
+        let new: Vec<String> = (10..12).map(|i| format!("10.0.0.{i}")).collect();
+        let ops = adopted
+            .plan(&with(&[&all[1], &all[3], &new[0], &new[1]]))
+            .unwrap();
+        let written: Vec<(u32, u16)> = ops
+            .iter()
+            .filter_map(|o| match o {
+                MapOp::SetBackend { id, backend } => Some((*id, owner_generation(backend.owner))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(written, vec![(3, 2), (1, 2)]);
     }
 
     #[test]

@@ -29,11 +29,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use foobar_lb_common::{
+    flow_age, flow_time,
     registry::{pinned_maps, Meta},
     verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, Iface, ServiceInfo, ServiceKey,
-    VipKey, IFACE_ACTIVE, LAYOUT_VERSION, MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS,
-    MAP_BACKEND_STATS, MAP_FLOWS, MAP_IFACES, MAP_META, MAP_SERVICES, MAP_SERVICE_STATS,
-    MAP_VERDICT_STATS, MAP_VIPS, MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS, PROG_NAME,
+    VipKey, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, LAYOUT_VERSION, MAP_BACKENDS,
+    MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_FLOW_CLOCK, MAP_IFACES,
+    MAP_META, MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAX_BACKENDS,
+    MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS, PROG_NAME,
 };
 
 use crate::{
@@ -596,14 +598,40 @@ impl Dataplane {
         let own = MapData::from_id(id).map_err(map_err(MAP_FLOWS))?;
         let flows: HashMap<MapData, FlowKey, FlowValue> =
             HashMap::try_from(aya::maps::Map::LruHashMap(own)).map_err(map_err(MAP_FLOWS))?;
+        let aya::maps::Map::Array(data) = self.map(MAP_BACKENDS)? else {
+            return Err(DataplaneError::Missing(MAP_BACKENDS));
+        };
+        let id = data.info().map_err(map_err(MAP_BACKENDS))?.id();
+        let own = MapData::from_id(id).map_err(map_err(MAP_BACKENDS))?;
+        let backends: Array<MapData, Backend> =
+            Array::try_from(aya::maps::Map::Array(own)).map_err(map_err(MAP_BACKENDS))?;
+        let mut clock = self.own_array::<u32>(MAP_FLOW_CLOCK)?;
+        let reader = self.own_array::<u32>(MAP_FLOW_CLOCK)?;
+        // The clock is right before the first flow is stamped, then kept right by a thread of
+        // its own (the walker may take seconds over a large table).
+        clock
+            .set(0, flow_now(), 0)
+            .map_err(map_err(MAP_FLOW_CLOCK))?;
         let counts = FlowCounts::default();
+        let stop = counts.stop.clone();
+        std::thread::Builder::new()
+            .name("flow-clock".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = clock.set(0, flow_now(), 0) {
+                        log::warn!("cannot advance the flow clock: {e}");
+                    }
+                    std::thread::sleep(FLOW_CLOCK_EVERY);
+                }
+            })
+            .map_err(DataplaneError::Thread)?;
         let (latest, stop) = (counts.latest.clone(), counts.stop.clone());
         std::thread::Builder::new()
             .name("flow-counter".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    let counts = open_flows_per_backend(&flows);
+                    let counts = open_flows_per_backend(&flows, &backends, &reader);
                     *latest.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(counts);
                     std::thread::sleep(every.max(start.elapsed()));
                 }
@@ -612,25 +640,96 @@ impl Dataplane {
         Ok(counts)
     }
 
-    /// Open (not closing) flow-table entries per backend id (walks the table: for status
-    /// output only). TCP flows stop counting at their FIN or RST; UDP flows count until the
-    /// LRU evicts them.
+    /// Open flows per backend id (walks the table: for status output only); see
+    /// [`flow_is_open`].
     pub fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
         let map = self.map(MAP_FLOWS)?;
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(map).map_err(map_err(MAP_FLOWS))?;
-        Ok(open_flows_per_backend(&flows))
+        let backends: Array<&MapData, Backend> =
+            Array::try_from(self.map(MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?;
+        let clock: Array<&MapData, u32> =
+            Array::try_from(self.map(MAP_FLOW_CLOCK)?).map_err(map_err(MAP_FLOW_CLOCK))?;
+        Ok(open_flows_per_backend(&flows, &backends, &clock))
+    }
+
+    /// A descriptor of its own on an array map, for a thread that outlives this borrow.
+    fn own_array<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Array<MapData, V>, DataplaneError> {
+        let aya::maps::Map::Array(data) = self.map(name)? else {
+            return Err(DataplaneError::Missing(name));
+        };
+        let id = data.info().map_err(map_err(name))?.id();
+        let own = MapData::from_id(id).map_err(map_err(name))?;
+        Array::try_from(aya::maps::Map::Array(own)).map_err(map_err(name))
     }
 }
 
-/// Open (not closing) flow-table entries per backend id: TCP flows stop counting at their FIN
-/// or RST; UDP flows count until the LRU evicts them.
-fn open_flows_per_backend<T: std::borrow::Borrow<MapData>>(
-    flows: &HashMap<T, FlowKey, FlowValue>,
-) -> std::collections::HashMap<u32, u64> {
+/// How often the flow clock is advanced (its unit is ~1.07 s).
+const FLOW_CLOCK_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a flow with no packets still counts as open, in seconds (IPVS's defaults for a
+/// director that sees only the client's side): TCP, TCP after the client's FIN (the server may
+/// still be sending; the client's ACKs keep the flow seen), UDP.
+pub const TCP_IDLE_SECS: u64 = 900;
+pub const TCP_FIN_IDLE_SECS: u64 = 120;
+pub const UDP_IDLE_SECS: u64 = 300;
+
+/// Whether a flow entry is an open connection at flow time `now`: not reset, and seen within
+/// its idle timeout (see the constants above). Half-closed TCP connections still count.
+pub fn flow_is_open(key: &FlowKey, v: &FlowValue, now: u32) -> bool {
+    if v.seen & FLOW_RST != 0 {
+        return false;
+    }
+    let idle = if key.proto == foobar_lb_common::PROTO_UDP {
+        UDP_IDLE_SECS
+    } else if v.seen & FLOW_FIN != 0 {
+        TCP_FIN_IDLE_SECS
+    } else {
+        TCP_IDLE_SECS
+    };
+    // In flow-time units (2^30 ns), rounded up: an entry counts at least as long as `idle`.
+    let units = (idle * 1_000_000_000).div_ceil(1 << 30);
+    u64::from(flow_age(now, v.seen & FLOW_TIME_MASK)) <= units
+}
+
+/// The flow clock now (`CLOCK_MONOTONIC`, the clock the program reads coarsely).
+pub fn flow_now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    flow_time(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Open flows per backend id: entries that [`flow_is_open`] and whose backend id still has
+/// the owner word (service and generation) the flow was scheduled with, so entries left by a
+/// removed backend are never credited to the one that reuses its id.
+fn open_flows_per_backend<F, B, C>(
+    flows: &HashMap<F, FlowKey, FlowValue>,
+    backends: &Array<B, Backend>,
+    clock: &Array<C, u32>,
+) -> std::collections::HashMap<u32, u64>
+where
+    F: std::borrow::Borrow<MapData>,
+    B: std::borrow::Borrow<MapData>,
+    C: std::borrow::Borrow<MapData>,
+{
+    let owners: Vec<u32> = (0..MAX_BACKENDS)
+        .map(|id| backends.get(&id, 0).map_or(0, |b| b.owner))
+        .collect();
+    // The clock the program stamps flows with (0 where no daemon keeps it, as in tests).
+    let now = clock.get(&0, 0).unwrap_or(0);
     let mut counts = std::collections::HashMap::new();
-    for (_, v) in flows.iter().flatten().filter(|(_, v)| v.closing == 0) {
-        *counts.entry(v.backend_id).or_default() += 1;
+    for (k, v) in flows.iter().flatten() {
+        let current = owners.get(v.backend_id as usize).copied();
+        if current == Some(v.owner) && flow_is_open(&k, &v, now) {
+            *counts.entry(v.backend_id).or_default() += 1;
+        }
     }
     counts
 }
@@ -699,5 +798,50 @@ fn remove_if_present<K: aya::Pod, V: aya::Pod>(
     match map.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foobar_lb_common::{PROTO_TCP, PROTO_UDP};
+
+    fn key(proto: u8) -> FlowKey {
+        FlowKey {
+            proto,
+            ..Default::default()
+        }
+    }
+
+    /// A flow value last seen `secs` before `now` with `bits` (FIN/RST).
+    fn seen(now: u32, secs: u64, bits: u32) -> FlowValue {
+        let ago = ((secs * 1_000_000_000) >> 30) as u32;
+        FlowValue {
+            seen: (now.wrapping_sub(ago) & FLOW_TIME_MASK) | bits,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flows_age_by_time_half_closed_ones_count_and_reset_ones_do_not() {
+        // Near the clock's wrap too: ages are taken modulo the time bits.
+        for now in [5_000u32, 3, FLOW_TIME_MASK] {
+            let tcp = key(PROTO_TCP);
+            assert!(flow_is_open(&tcp, &seen(now, 0, 0), now));
+            assert!(flow_is_open(&tcp, &seen(now, 890, 0), now));
+            assert!(
+                !flow_is_open(&tcp, &seen(now, 1000, 0), now),
+                "idle TCP ages out"
+            );
+            assert!(
+                flow_is_open(&tcp, &seen(now, 60, FLOW_FIN), now),
+                "half-closed"
+            );
+            assert!(!flow_is_open(&tcp, &seen(now, 200, FLOW_FIN), now));
+            assert!(!flow_is_open(&tcp, &seen(now, 0, FLOW_RST), now), "reset");
+            let udp = key(PROTO_UDP);
+            assert!(flow_is_open(&udp, &seen(now, 250, 0), now));
+            assert!(!flow_is_open(&udp, &seen(now, 400, 0), now));
+        }
     }
 }
