@@ -253,6 +253,8 @@ pub enum CheckKind {
     /// A TLS handshake (the certificate chain is not verified: backends are addressed by IP,
     /// not by name; the handshake proves a TLS server holding its key answers).
     Tls,
+    /// A TLS handshake, then the `http` check's GET over it.
+    Https,
     /// No checks: backends are always considered healthy.
     None,
 }
@@ -268,7 +270,13 @@ pub struct HealthConfig {
     pub path: String,
     /// Accepted HTTP statuses: `"200"` or `"200-399"`.
     pub status: String,
+    /// Time from the start of one check to the start of the next (while up).
     pub interval_ms: u64,
+    /// HAProxy's `fastinter`: the interval while a backend is in transition (between its first
+    /// contrary result and the `rise`/`fall` threshold). Default: `interval_ms`.
+    pub fastinter_ms: Option<u64>,
+    /// HAProxy's `downinter`: the interval while a backend is down. Default: `interval_ms`.
+    pub downinter_ms: Option<u64>,
     pub timeout_ms: u64,
     /// Consecutive successes that bring a down backend up.
     pub rise: u32,
@@ -276,6 +284,17 @@ pub struct HealthConfig {
     pub fall: u32,
     /// What happens to a backend's established connections when checks mark it down.
     pub on_marked_down: OnMarkedDown,
+    /// Host header of `http`/`https` checks. Default: the backend's address (IPv6 in
+    /// brackets), with the port when it is not the scheme's (80, 443).
+    pub host: Option<String>,
+    /// TLS server name (SNI) of `tls`/`https` checks. Default: the host name of `host` when
+    /// that is a name; none for an IP address.
+    pub sni: Option<String>,
+    /// Source address the checks' sockets are bound to (default: the kernel's choice).
+    pub source: Option<IpAddr>,
+    /// Interface through which link-local IPv6 backends (`fe80::/10`) are checked: the scope
+    /// of their address. Required when a checked backend is link-local.
+    pub interface: Option<String>,
 }
 
 /// HAProxy's `on-marked-down`: by default a backend marked down keeps its established
@@ -297,10 +316,16 @@ impl Default for HealthConfig {
             path: "/".into(),
             status: "200-399".into(),
             interval_ms: 2000,
+            fastinter_ms: None,
+            downinter_ms: None,
             timeout_ms: 1000,
             rise: 2,
             fall: 3,
             on_marked_down: OnMarkedDown::Keep,
+            host: None,
+            sni: None,
+            source: None,
+            interface: None,
         }
     }
 }
@@ -327,16 +352,92 @@ impl HealthConfig {
         Ok((lo, hi))
     }
 
-    fn validate(&self, what: &str) -> Result<(), ConfigError> {
-        if self.interval_ms < 100 || self.interval_ms > 3_600_000 {
+    /// The interval while transitioning (`fastinter_ms`, else `interval_ms`).
+    pub fn fastinter_ms(&self) -> u64 {
+        self.fastinter_ms.unwrap_or(self.interval_ms)
+    }
+
+    /// The interval while down (`downinter_ms`, else `interval_ms`).
+    pub fn downinter_ms(&self) -> u64 {
+        self.downinter_ms.unwrap_or(self.interval_ms)
+    }
+
+    /// The TLS server name to send: `sni`, else `host`'s name part when it is a DNS name.
+    pub fn server_name(&self) -> Option<rustls::pki_types::ServerName<'static>> {
+        let name = match (&self.sni, &self.host) {
+            (Some(sni), _) => sni.as_str(),
+            (None, Some(host)) => host_name_part(host)?,
+            (None, None) => return None,
+        };
+        dns_name(name)
+    }
+
+    fn validate(&self, what: &str, svc: &ServiceConfig) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("interval_ms", Some(self.interval_ms)),
+            ("fastinter_ms", self.fastinter_ms),
+            ("downinter_ms", self.downinter_ms),
+        ] {
+            let Some(v) = v else { continue };
+            if !(100..=3_600_000).contains(&v) {
+                return Err(invalid(format!(
+                    "{what}: health {name} {v} is out of range 100..=3600000"
+                )));
+            }
+            // A check never outlives its interval, so checks of one backend never overlap.
+            if self.timeout_ms > v {
+                return Err(invalid(format!(
+                    "{what}: health timeout_ms {} is longer than {name} {v}",
+                    self.timeout_ms
+                )));
+            }
+        }
+        if self.timeout_ms == 0 {
             return Err(invalid(format!(
-                "{what}: health interval_ms must be 100..=3600000"
+                "{what}: health timeout_ms must be at least 1"
             )));
         }
-        if self.timeout_ms == 0 || self.timeout_ms > self.interval_ms {
-            return Err(invalid(format!(
-                "{what}: health timeout_ms must be at least 1 and at most interval_ms"
-            )));
+        if let Some(host) = &self.host {
+            if host.is_empty() || host.len() > 255 || !host.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(format!(
+                    "{what}: health host {host:?} must be 1 to 255 visible ASCII characters \
+                     (a name or address, optionally with :port)"
+                )));
+            }
+        }
+        if let Some(sni) = &self.sni {
+            if dns_name(sni).is_none() {
+                return Err(invalid(format!(
+                    "{what}: health sni {sni:?} is not a DNS name (TLS sends no server name \
+                     for an IP address: leave sni out)"
+                )));
+            }
+        }
+        if let Some(src) = self.source {
+            if src.is_unspecified() || src.is_multicast() || src.is_ipv4() != svc.vip.is_ipv4() {
+                return Err(invalid(format!(
+                    "{what}: health source {src} must be a unicast address of the VIP's family"
+                )));
+            }
+        }
+        if let Some(ifname) = &self.interface {
+            if ifname.is_empty()
+                || ifname.len() >= 16
+                || ifname.contains('/')
+                || !ifname.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(invalid(format!(
+                    "{what}: health interface {ifname:?} is not a valid interface name"
+                )));
+            }
+        } else if self.check != CheckKind::None {
+            if let Some(b) = svc.backends.iter().find(|b| is_link_local_v6(b.address)) {
+                return Err(invalid(format!(
+                    "{what}: backend {} is link-local: set health.interface to the interface \
+                     it is reached through",
+                    b.address
+                )));
+            }
         }
         if self.rise == 0 || self.fall == 0 || self.rise > 100 || self.fall > 100 {
             return Err(invalid(format!(
@@ -355,6 +456,30 @@ impl HealthConfig {
         self.status_range()
             .map_err(|e| invalid(format!("{what}: {e}")))?;
         Ok(())
+    }
+}
+
+/// `fe80::/10`: an address that means something only together with an interface.
+pub fn is_link_local_v6(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// The name in a Host value (`name` or `name:port`); `None` for an IP address.
+fn host_name_part(host: &str) -> Option<&str> {
+    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => Some(name),
+        _ => Some(host),
+    }
+}
+
+/// `name` as a TLS server name when it is a DNS name (not an IP address).
+fn dns_name(name: &str) -> Option<rustls::pki_types::ServerName<'static>> {
+    match rustls::pki_types::ServerName::try_from(name.to_owned()) {
+        Ok(n @ rustls::pki_types::ServerName::DnsName(_)) => Some(n),
+        _ => None,
     }
 }
 
@@ -445,7 +570,7 @@ impl Config {
         let mut keys = HashSet::new();
         for svc in &self.services {
             let what = format!("service {:?}", svc.name);
-            svc.health.validate(&what)?;
+            svc.health.validate(&what, svc)?;
             if let Some(r) = svc.rate_limit {
                 if r.per_source == 0 || r.burst == Some(0) {
                     return Err(invalid(format!(
@@ -752,6 +877,102 @@ protocol = "udp"
     }
 
     #[test]
+    fn health_intervals_host_sni_source_and_interface() {
+        let with = |health: &str| {
+            GOOD.replace(
+                "port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"",
+                &format!(
+                    "port = 80\n[service.health]\n{health}\n\n[[service.backend]]\naddress = \"10.0.0.11\""
+                ),
+            )
+        };
+        let c = Config::parse(&with("interval_ms = 2000")).unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(
+            (h.fastinter_ms(), h.downinter_ms()),
+            (2000, 2000),
+            "default: interval"
+        );
+        let c = Config::parse(&with(
+            "check = \"https\"\nfastinter_ms = 500\ntimeout_ms = 400\ndowninter_ms = 10000\nhost = \"www.example\"\n\
+             sni = \"api.example\"\nsource = \"10.0.0.2\"\ninterface = \"eth1\"",
+        ))
+        .unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(h.check, CheckKind::Https);
+        assert_eq!((h.fastinter_ms(), h.downinter_ms()), (500, 10000));
+        assert_eq!(h.server_name(), Some("api.example".try_into().unwrap()));
+        for (health, msg) in [
+            (
+                "fastinter_ms = 0",
+                "fastinter_ms 0 is out of range 100..=3600000",
+            ),
+            (
+                "downinter_ms = 99",
+                "downinter_ms 99 is out of range 100..=3600000",
+            ),
+            (
+                "downinter_ms = 3600001",
+                "downinter_ms 3600001 is out of range",
+            ),
+            (
+                "fastinter_ms = 500",
+                "timeout_ms 1000 is longer than fastinter_ms 500",
+            ),
+            (
+                "host = \"\"",
+                "health host \"\" must be 1 to 255 visible ASCII",
+            ),
+            (
+                "host = \"www example\"",
+                "health host \"www example\" must be",
+            ),
+            ("host = \"a\\r\\nX: y\"", "must be 1 to 255 visible ASCII"),
+            (
+                "sni = \"10.0.0.11\"",
+                "health sni \"10.0.0.11\" is not a DNS name",
+            ),
+            ("sni = \"bad name\"", "is not a DNS name"),
+            (
+                "source = \"fd00::2\"",
+                "health source fd00::2 must be a unicast address of the VIP's family",
+            ),
+            ("source = \"0.0.0.0\"", "health source 0.0.0.0 must be"),
+            ("source = \"224.0.0.1\"", "health source 224.0.0.1 must be"),
+            (
+                "interface = \"\"",
+                "health interface \"\" is not a valid interface name",
+            ),
+            ("interface = \"a/b\"", "is not a valid interface name"),
+            (
+                "interface = \"sixteen-chars-xx\"",
+                "is not a valid interface name",
+            ),
+        ] {
+            let e = err(&with(health));
+            assert!(e.contains(msg), "{health}: {e}");
+            assert!(e.starts_with("service \"www\": "), "{health}: {e}");
+        }
+        // A link-local IPv6 backend is reachable only through a named interface.
+        let ll = GOOD.replace(
+            "\nprotocol = \"udp\"\n",
+            "\nprotocol = \"udp\"\n[[service.backend]]\naddress = \"fe80::11\"\n",
+        );
+        assert!(err(&ll)
+            .contains("service \"www6\": backend fe80::11 is link-local: set health.interface"));
+        let ll_ok = ll.replace(
+            "protocol = \"udp\"\n",
+            "protocol = \"udp\"\nhealth = { interface = \"eth0\" }\n",
+        );
+        Config::parse(&ll_ok).unwrap();
+        let unchecked = ll.replace(
+            "protocol = \"udp\"\n",
+            "protocol = \"udp\"\nhealth = { check = \"none\" }\n",
+        );
+        Config::parse(&unchecked).unwrap();
+    }
+
+    #[test]
     fn firewall_and_rate_limit_sections() {
         let text = format!(
             "{GOOD}\n[firewall]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\nprotocol = \"tcp\"\nport = \"22\"\n"
@@ -779,11 +1000,34 @@ protocol = "udp"
             "{}\n[firewall]\nblocklists = [\"/tmp/x\"]\nblock = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\n",
             GOOD.replace("address = \"10.0.0.12\"", "address = \"10.0.0.12\"\nrole = \"backup\"\nweight = 3")
         )
-        .replace("protocol = \"udp\"", "protocol = \"udp\"\nrate_limit = { per_source = 5 }");
+        .replace("protocol = \"udp\"", "protocol = \"udp\"\nrate_limit = { per_source = 5 }\n\
+                  health = { check = \"https\", fastinter_ms = 500, timeout_ms = 400, downinter_ms = 9000, \
+                  host = \"www.example:8443\", sni = \"api.example\", source = \"fd00::2\", \
+                  interface = \"eth1\" }");
         let c = Config::parse(&text).unwrap();
         let dumped = c.to_toml().unwrap();
         let again = Config::parse(&dumped).unwrap_or_else(|e| panic!("{}\n{dumped}", shown(e)));
         assert_eq!(again.to_toml().unwrap(), dumped);
+        assert_eq!(again.services[1].health, c.services[1].health);
+        let h = &again.services[1].health;
+        assert_eq!(
+            (
+                h.check,
+                h.fastinter_ms,
+                h.downinter_ms,
+                h.host.as_deref(),
+                h.sni.as_deref()
+            ),
+            (
+                CheckKind::Https,
+                Some(500),
+                Some(9000),
+                Some("www.example:8443"),
+                Some("api.example")
+            )
+        );
+        assert_eq!(h.source, Some("fd00::2".parse().unwrap()));
+        assert_eq!(h.interface.as_deref(), Some("eth1"));
         assert_eq!(again.services[0].backends[1].weight, 3);
         assert_eq!(again.services[1].rate_limit(), (5, 5, 64));
         assert_eq!(again.firewall.rules.len(), 1);

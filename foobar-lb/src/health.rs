@@ -1,16 +1,19 @@
-//! Health checking: the rise/fall state machine (pure) and the TCP / HTTP probes.
+//! Health checking: the rise/fall state machine and the check schedule (pure), the TCP / HTTP /
+//! TLS probes, and the loop that runs one backend's checks.
 
 use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
+    future::Future,
+    net::{IpAddr, SocketAddr, SocketAddrV6},
+    time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    time::Instant,
 };
 
-use crate::config::CheckKind;
+use crate::config::{is_link_local_v6, BackendConfig, CheckKind, HealthConfig, ServiceConfig};
 
 /// HAProxy semantics: an up backend goes down after `fall` consecutive failures, a down one
 /// comes up after `rise` consecutive successes. The first result decides at once.
@@ -61,6 +64,94 @@ impl HealthState {
     pub fn is_up(&self) -> bool {
         self.up == Some(true)
     }
+
+    /// Between a first contrary result and the rise/fall threshold.
+    pub fn in_transition(&self) -> bool {
+        self.streak > 0
+    }
+}
+
+/// When checks run: HAProxy's `inter`, `fastinter` and `downinter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub interval: Duration,
+    pub fastinter: Duration,
+    pub downinter: Duration,
+}
+
+impl Schedule {
+    pub fn new(h: &HealthConfig) -> Schedule {
+        Schedule {
+            interval: Duration::from_millis(h.interval_ms),
+            fastinter: Duration::from_millis(h.fastinter_ms()),
+            downinter: Duration::from_millis(h.downinter_ms()),
+        }
+    }
+
+    /// The interval after a check that left the backend in `state`: `fastinter` in transition,
+    /// `downinter` while down, `interval` otherwise (up, or not known yet).
+    pub fn interval(&self, state: &HealthState) -> Duration {
+        if state.in_transition() {
+            self.fastinter
+        } else if state.up == Some(false) {
+            self.downinter
+        } else {
+            self.interval
+        }
+    }
+}
+
+/// The start of the next check: `step` after the start of the previous one (not after its
+/// end, so the schedule does not drift by the checks' durations), or now if that time passed
+/// already (a check that waited for a permit; missed starts are skipped, never bunched).
+pub fn next_start(previous: Instant, step: Duration, now: Instant) -> Instant {
+    (previous + step).max(now)
+}
+
+/// Whether a result counts: `Some(ok)`, or `None` for a local error, which says nothing about
+/// the backend.
+pub fn counts<T>(result: &Result<T, CheckError>) -> Option<bool> {
+    match result {
+        Ok(_) => Some(true),
+        Err(e) if e.is_local() => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Runs one backend's checks until `check` or `report` says stop (`None`, `false`): checks
+/// start every interval of `schedule` (jittered), the interval chosen from the backend's state
+/// after each result, kept here by the same rise/fall rules (from `state`, what the daemon
+/// holds when the loop starts) as the daemon applies to the reported results.
+#[allow(clippy::too_many_arguments)]
+pub async fn check_loop<C, CF, R, RF>(
+    schedule: Schedule,
+    rise: u32,
+    fall: u32,
+    mut state: HealthState,
+    seed: u64,
+    mut check: C,
+    mut report: R,
+) where
+    C: FnMut() -> CF,
+    CF: Future<Output = Option<Result<Duration, CheckError>>>,
+    R: FnMut(Result<Duration, CheckError>) -> RF,
+    RF: Future<Output = bool>,
+{
+    let mut start = Instant::now();
+    for n in 0u64.. {
+        let Some(result) = check().await else {
+            return;
+        };
+        if let Some(ok) = counts(&result) {
+            state.observe(ok, rise, fall);
+        }
+        if !report(result).await {
+            return;
+        }
+        let step = jittered(schedule.interval(&state), seed ^ n);
+        start = next_start(start, step, Instant::now());
+        tokio::time::sleep_until(start).await;
+    }
 }
 
 /// What one probe checks.
@@ -68,11 +159,75 @@ impl HealthState {
 pub struct Probe {
     pub kind: CheckKind,
     pub target: SocketAddr,
+    /// Interface whose index scopes a link-local IPv6 target (looked up at each check, so a
+    /// recreated interface is found again).
+    pub interface: Option<String>,
+    /// Address the socket is bound to before it connects.
+    pub source: Option<IpAddr>,
     /// Host header for HTTP checks.
     pub host: String,
+    /// TLS server name; `None` sends none.
+    pub sni: Option<rustls::pki_types::ServerName<'static>>,
     pub path: String,
     pub status: (u16, u16),
     pub timeout: Duration,
+}
+
+impl Probe {
+    /// The check of backend `b` of `svc` (a validated configuration).
+    pub fn new(svc: &ServiceConfig, b: &BackendConfig) -> Probe {
+        let h = &svc.health;
+        let port = h.port.or(b.port).unwrap_or(svc.port);
+        Probe {
+            kind: h.check,
+            target: SocketAddr::new(b.address, port),
+            interface: h.interface.clone(),
+            source: h.source,
+            host: h
+                .host
+                .clone()
+                .unwrap_or_else(|| default_host(b.address, port, h.check)),
+            sni: h.server_name(),
+            path: h.path.clone(),
+            status: h.status_range().expect("validated"),
+            timeout: Duration::from_millis(h.timeout_ms),
+        }
+    }
+
+    /// The address to connect to: a link-local IPv6 target gets its interface as scope.
+    fn scoped_target(&self) -> Result<SocketAddr, CheckError> {
+        let (SocketAddr::V6(t), Some(ifname)) = (self.target, &self.interface) else {
+            return Ok(self.target);
+        };
+        if !is_link_local_v6(IpAddr::V6(*t.ip())) {
+            return Ok(self.target);
+        }
+        let index = crate::netdev::ifindex(ifname).map_err(|e| CheckError::Local {
+            during: "interface",
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()),
+        })?;
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            *t.ip(),
+            t.port(),
+            0,
+            index,
+        )))
+    }
+}
+
+/// The Host header for a check of `addr:port`: IPv6 in brackets, the port only when it is not
+/// the scheme's default (443 for `https`, 80 otherwise).
+pub fn default_host(addr: IpAddr, port: u16, kind: CheckKind) -> String {
+    let default_port = if kind == CheckKind::Https { 443 } else { 80 };
+    let addr = match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    if port == default_port {
+        addr
+    } else {
+        format!("{addr}:{port}")
+    }
 }
 
 /// Why a check failed. Its text is one short line, logged and shown as the backend's last
@@ -97,6 +252,50 @@ pub enum CheckError {
     /// An HTTP status outside the accepted range.
     #[error("status {0}")]
     Status(u16),
+    /// This host could not run the check (out of file descriptors, buffers or ports; the
+    /// source address is not ours; the interface is gone): the result says nothing about the
+    /// backend and does not count.
+    #[error("local error, not counted ({during}: {error})")]
+    Local {
+        during: &'static str,
+        error: std::io::Error,
+    },
+}
+
+impl CheckError {
+    pub fn is_local(&self) -> bool {
+        matches!(self, CheckError::Local { .. })
+    }
+}
+
+/// Whether an I/O error is this host's own trouble rather than the backend's: out of file
+/// descriptors (EMFILE, ENFILE), buffers or memory (ENOBUFS, ENOMEM), or local addresses and
+/// ports (EADDRNOTAVAIL: source address not ours or no free port; EADDRINUSE).
+pub fn is_local_io(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EADDRNOTAVAIL
+                | libc::EADDRINUSE
+        )
+    )
+}
+
+/// `wrap(e)`, unless `e` is a local error.
+fn classify(
+    during: &'static str,
+    e: std::io::Error,
+    wrap: impl FnOnce(std::io::Error) -> CheckError,
+) -> CheckError {
+    if is_local_io(&e) {
+        CheckError::Local { during, error: e }
+    } else {
+        wrap(e)
+    }
 }
 
 /// Runs one check: `Ok(latency)` or why it failed.
@@ -109,24 +308,57 @@ pub async fn check(p: &Probe) -> Result<Duration, CheckError> {
     }
 }
 
-async fn run(p: &Probe) -> Result<(), CheckError> {
-    let mut stream = TcpStream::connect(p.target)
-        .await
-        .map_err(|e| match e.kind() {
+/// A connected socket: created, bound to the source address if one is set, connected. Every
+/// step before the connect is this host's business only, so its failures are local.
+async fn connect(p: &Probe) -> Result<TcpStream, CheckError> {
+    let target = p.scoped_target()?;
+    let local = |during| move |error| CheckError::Local { during, error };
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(local("socket"))?;
+    if let Some(source) = p.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(local("bind source"))?;
+    }
+    socket.connect(target).await.map_err(|e| {
+        classify("connect", e, |e| match e.kind() {
             std::io::ErrorKind::ConnectionRefused => CheckError::Refused,
             _ => CheckError::Connect(e),
-        })?;
-    if p.kind == CheckKind::Tls {
-        let name = rustls::pki_types::ServerName::IpAddress(p.target.ip().into());
-        tls::connector()
-            .connect(name, stream)
-            .await
-            .map_err(CheckError::Tls)?;
-        return Ok(());
+        })
+    })
+}
+
+async fn run(p: &Probe) -> Result<(), CheckError> {
+    let stream = connect(p).await?;
+    match p.kind {
+        CheckKind::Tls | CheckKind::Https => {
+            let name = p
+                .sni
+                .clone()
+                .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(p.target.ip().into()));
+            let mut tls = tls::connector()
+                .connect(name, stream)
+                .await
+                .map_err(|e| classify("TLS handshake", e, CheckError::Tls))?;
+            if p.kind == CheckKind::Https {
+                http_get(&mut tls, p).await?;
+            }
+            Ok(())
+        }
+        CheckKind::Http => http_get(&mut { stream }, p).await,
+        CheckKind::Tcp | CheckKind::None => Ok(()),
     }
-    if p.kind != CheckKind::Http {
-        return Ok(());
-    }
+}
+
+/// GET `p.path` on `stream`; Ok when the status is in range.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    p: &Probe,
+) -> Result<(), CheckError> {
     let req = format!(
         "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: foobar-lb-health\r\nConnection: close\r\n\r\n",
         p.path, p.host
@@ -134,7 +366,11 @@ async fn run(p: &Probe) -> Result<(), CheckError> {
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(CheckError::Send)?;
+        .map_err(|e| classify("send", e, CheckError::Send))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| classify("send", e, CheckError::Send))?;
     // The status line fits in the first bytes; read at most 1 KiB.
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
@@ -142,7 +378,7 @@ async fn run(p: &Probe) -> Result<(), CheckError> {
         let n = stream
             .read(&mut buf[len..])
             .await
-            .map_err(CheckError::Read)?;
+            .map_err(|e| classify("read", e, CheckError::Read))?;
         if n == 0 {
             break;
         }
@@ -259,7 +495,367 @@ pub fn jittered(interval: Duration, seed: u64) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// An HTTP probe of `target` with everything else at its simplest.
+    fn probe_of(target: SocketAddr) -> Probe {
+        Probe {
+            kind: CheckKind::Http,
+            target,
+            interface: None,
+            source: None,
+            host: "www".into(),
+            sni: None,
+            path: "/".into(),
+            status: (200, 399),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    const SEED: u64 = 42;
+
+    /// Runs `check_loop` in paused (virtual) time over `script` (each entry: how long the
+    /// check takes, and its result: `Some(ok)`, or `None` for a local error); returns the gaps
+    /// between the starts of consecutive checks (one per entry: the start after the last
+    /// entry finds the script empty and stops the loop).
+    async fn gaps(
+        schedule: Schedule,
+        rise: u32,
+        fall: u32,
+        script: Vec<(u64, Option<bool>)>,
+    ) -> Vec<Duration> {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let reported = Arc::new(Mutex::new(0));
+        let script = Arc::new(Mutex::new(script.into_iter()));
+        let (s, r) = (starts.clone(), reported.clone());
+        check_loop(
+            schedule,
+            rise,
+            fall,
+            HealthState::default(),
+            SEED,
+            move || {
+                let (starts, script) = (s.clone(), script.clone());
+                async move {
+                    starts.lock().unwrap().push(Instant::now());
+                    let (ms, outcome) = script.lock().unwrap().next()?;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Some(match outcome {
+                        Some(true) => Ok(Duration::from_millis(ms)),
+                        Some(false) => Err(CheckError::Refused),
+                        None => Err(CheckError::Local {
+                            during: "socket",
+                            error: std::io::Error::from_raw_os_error(libc::EMFILE),
+                        }),
+                    })
+                }
+            },
+            move |_| {
+                *r.lock().unwrap() += 1;
+                async { true }
+            },
+        )
+        .await;
+        let starts = starts.lock().unwrap();
+        // The last start found the script empty.
+        assert_eq!(*reported.lock().unwrap(), starts.len() - 1);
+        starts.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// What the gaps must be: `intervals[n]` jittered as the loop jitters its n-th step.
+    fn expected(intervals: &[u64]) -> Vec<Duration> {
+        intervals
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| jittered(ms(i), SEED ^ n as u64))
+            .collect()
+    }
+
+    const PLAIN: Schedule = Schedule {
+        interval: Duration::from_millis(1000),
+        fastinter: Duration::from_millis(1000),
+        downinter: Duration::from_millis(1000),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_start_every_interval_however_long_they_take() {
+        // Checks of 300 ms every 1000 ms: starts 1000 ms apart (not 1300).
+        let script = vec![(300, Some(true)); 6];
+        let got = gaps(PLAIN, 2, 3, script).await;
+        assert_eq!(got, expected(&[1000; 6]));
+        let total: Duration = got.iter().sum();
+        assert!(
+            total.abs_diff(ms(6000)) < ms(500),
+            "6 intervals took {total:?}: the schedule drifts"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_longer_than_the_interval_delays_the_next_without_bunching() {
+        // The second check overruns its interval: the third starts when it ends, then the
+        // schedule continues from there, one interval apart.
+        let script = vec![
+            (100, Some(true)),
+            (1500, Some(true)),
+            (100, Some(true)),
+            (100, Some(true)),
+        ];
+        let got = gaps(PLAIN, 2, 3, script).await;
+        assert_eq!(got[0], jittered(ms(1000), SEED));
+        assert_eq!(got[1], ms(1500), "started as soon as the long check ended");
+        assert_eq!(got[2], jittered(ms(1000), SEED ^ 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fastinter_in_transition_and_downinter_while_down() {
+        let schedule = Schedule {
+            interval: ms(1000),
+            fastinter: ms(200),
+            downinter: ms(5000),
+        };
+        let (up, down) = ((10, Some(true)), (10, Some(false)));
+        // rise 2, fall 3: up; 1st, 2nd failure (transition); 3rd: down; down; 1st success
+        // (transition); 2nd: up; up.
+        let script = vec![up, down, down, down, down, up, up, up];
+        let got = gaps(schedule, 2, 3, script).await;
+        assert_eq!(
+            got,
+            expected(&[1000, 200, 200, 5000, 5000, 200, 1000, 1000]),
+            "interval after: up, 1st and 2nd failure, down, down, 1st success, up, up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_errors_change_neither_state_nor_interval() {
+        let schedule = Schedule {
+            interval: ms(1000),
+            fastinter: ms(200),
+            downinter: ms(5000),
+        };
+        let local = (10, None);
+        // Up, then local errors (more than fall): still up, so still `interval`; then a real
+        // failure starts the transition.
+        let script = vec![
+            (10, Some(true)),
+            local,
+            local,
+            local,
+            local,
+            (10, Some(false)),
+            (10, Some(true)),
+        ];
+        let got = gaps(schedule, 2, 3, script).await;
+        assert_eq!(got, expected(&[1000, 1000, 1000, 1000, 1000, 200, 1000]));
+    }
+
+    #[test]
+    fn next_start_follows_the_previous_start_not_the_end() {
+        let t0 = Instant::now();
+        assert_eq!(next_start(t0, ms(1000), t0 + ms(300)), t0 + ms(1000));
+        assert_eq!(next_start(t0, ms(1000), t0 + ms(1700)), t0 + ms(1700));
+    }
+
+    #[test]
+    fn default_host_headers() {
+        let v4: IpAddr = "10.0.0.11".parse().unwrap();
+        let v6: IpAddr = "fd00::11".parse().unwrap();
+        assert_eq!(default_host(v4, 80, CheckKind::Http), "10.0.0.11");
+        assert_eq!(default_host(v4, 8080, CheckKind::Http), "10.0.0.11:8080");
+        assert_eq!(default_host(v4, 443, CheckKind::Http), "10.0.0.11:443");
+        assert_eq!(default_host(v4, 443, CheckKind::Https), "10.0.0.11");
+        assert_eq!(default_host(v4, 80, CheckKind::Https), "10.0.0.11:80");
+        assert_eq!(default_host(v6, 80, CheckKind::Http), "[fd00::11]");
+        assert_eq!(default_host(v6, 8080, CheckKind::Http), "[fd00::11]:8080");
+        assert_eq!(default_host(v6, 443, CheckKind::Https), "[fd00::11]");
+    }
+
+    fn service(health: &str, backend: &str) -> ServiceConfig {
+        let text = format!(
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"s\"\nvip = \"{}\"\nport = 80\n\
+             [service.health]\n{health}\n[[service.backend]]\naddress = \"{backend}\"\n",
+            if backend.contains(':') {
+                "fd00::100"
+            } else {
+                "10.0.0.100"
+            }
+        );
+        let mut c = crate::config::Config::parse(&text).unwrap();
+        c.services.remove(0)
+    }
+
+    fn probe_for(health: &str, backend: &str) -> Probe {
+        let s = service(health, backend);
+        Probe::new(&s, &s.backends[0])
+    }
+
+    #[test]
+    fn probes_take_host_sni_source_and_scope_from_the_config() {
+        let p = probe_for("check = \"http\"", "fd00::11");
+        assert_eq!((p.host.as_str(), p.sni.clone()), ("[fd00::11]", None));
+        let p = probe_for("check = \"https\"\nport = 8443", "10.0.0.11");
+        assert_eq!(p.host, "10.0.0.11:8443");
+        assert_eq!(p.sni, None, "no server name for an IP address");
+        let p = probe_for(
+            "check = \"https\"\nhost = \"www.example:8443\"",
+            "10.0.0.11",
+        );
+        assert_eq!(p.host, "www.example:8443");
+        assert_eq!(p.sni, Some("www.example".try_into().unwrap()), "from host");
+        let p = probe_for(
+            "check = \"tls\"\nhost = \"www.example\"\nsni = \"api.example\"\nsource = \"10.0.0.2\"",
+            "10.0.0.11",
+        );
+        assert_eq!(p.sni, Some("api.example".try_into().unwrap()));
+        assert_eq!(p.source, Some("10.0.0.2".parse().unwrap()));
+        let p = probe_for("interface = \"lo\"", "fe80::11");
+        assert_eq!(p.interface.as_deref(), Some("lo"));
+        match p.scoped_target().unwrap() {
+            SocketAddr::V6(t) => assert_eq!(t.scope_id(), crate::netdev::ifindex("lo").unwrap()),
+            other => panic!("{other}"),
+        }
+        // A global address keeps no scope.
+        let p = probe_for("interface = \"lo\"", "fd00::11");
+        assert_eq!(p.scoped_target().unwrap(), p.target);
+    }
+
+    #[test]
+    fn local_errors_are_told_apart_from_the_backends() {
+        use std::io::Error;
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+            libc::EADDRINUSE,
+        ] {
+            assert!(is_local_io(&Error::from_raw_os_error(errno)), "{errno}");
+            let e = classify(
+                "connect",
+                Error::from_raw_os_error(errno),
+                CheckError::Connect,
+            );
+            assert!(e.is_local(), "{e}");
+            assert_eq!(counts::<()>(&Err(e)), None);
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+            libc::EPIPE,
+        ] {
+            assert!(!is_local_io(&Error::from_raw_os_error(errno)), "{errno}");
+            let e = classify("read", Error::from_raw_os_error(errno), CheckError::Read);
+            assert!(!e.is_local(), "{e}");
+            assert_eq!(counts::<()>(&Err(e)), Some(false));
+        }
+        assert!(!is_local_io(&Error::other("no errno")));
+        assert_eq!(counts::<()>(&Err(CheckError::Status(503))), Some(false));
+        assert_eq!(counts(&Ok(())), Some(true));
+        let e = classify(
+            "socket",
+            Error::from_raw_os_error(libc::EMFILE),
+            CheckError::Connect,
+        );
+        assert!(
+            e.to_string()
+                .starts_with("local error, not counted (socket: "),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_source_address_that_is_not_ours_is_a_local_error() {
+        use tokio::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut p = probe_of(l.local_addr().unwrap());
+        p.kind = CheckKind::Tcp;
+        p.source = Some("127.0.0.1".parse().unwrap());
+        assert!(check(&p).await.is_ok(), "bound to a local source");
+        // TEST-NET-1: not an address of this host.
+        p.source = Some("192.0.2.1".parse().unwrap());
+        let err = check(&p).await.unwrap_err();
+        assert!(err.is_local(), "{err:?}");
+        assert!(err.to_string().contains("bind source"), "{err}");
+        // A link-local target whose interface does not exist: local too.
+        let mut p = probe_of("[fe80::1]:80".parse().unwrap());
+        p.interface = Some("nosuch0".into());
+        assert!(check(&p).await.unwrap_err().is_local());
+    }
+
+    #[tokio::test]
+    async fn https_probe_sends_sni_and_host_over_tls() {
+        use tokio::net::TcpListener;
+        let cert = rcgen::generate_simple_self_signed(vec!["www.example".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // Answers 200 only to server name "www.example" with Host "www.example:8443",
+        // and tells what it saw.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let start =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), s)
+                        .await
+                        .unwrap();
+                let sni = start.client_hello().server_name().map(str::to_owned);
+                let Ok(mut tls) = start.into_stream(config.clone()).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 1024];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let host = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Host: "))
+                    .map(str::to_owned);
+                let ok = sni.as_deref() == Some("www.example")
+                    && host.as_deref() == Some("www.example:8443");
+                seen2.lock().unwrap().push((sni, host));
+                let code = if ok { 200 } else { 421 };
+                let _ = tls
+                    .write_all(format!("HTTP/1.1 {code} X\r\n\r\n").as_bytes())
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let mut p = probe_of(addr);
+        p.kind = CheckKind::Https;
+        p.host = "www.example:8443".into();
+        p.sni = Some("www.example".try_into().unwrap());
+        check(&p).await.unwrap();
+        p.sni = None;
+        let err = check(&p).await.unwrap_err();
+        assert!(matches!(err, CheckError::Status(421)), "{err:?}");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (Some("www.example".into()), Some("www.example:8443".into())),
+                (None, Some("www.example:8443".into()))
+            ]
+        );
+    }
 
     #[test]
     fn first_result_decides_then_rise_and_fall() {
@@ -342,11 +938,7 @@ mod tests {
         });
         let probe = |target| Probe {
             kind: CheckKind::Tls,
-            target,
-            host: "www".into(),
-            path: "/".into(),
-            status: (200, 399),
-            timeout: Duration::from_secs(2),
+            ..probe_of(target)
         };
         assert!(check(&probe(tls_addr)).await.is_ok());
         let err = check(&probe(plain_addr)).await.unwrap_err();
@@ -369,14 +961,7 @@ mod tests {
                     .await;
             }
         });
-        let mut p = Probe {
-            kind: CheckKind::Http,
-            target: addr,
-            host: "www".into(),
-            path: "/".into(),
-            status: (200, 399),
-            timeout: Duration::from_secs(2),
-        };
+        let mut p = probe_of(addr);
         assert!(check(&p).await.is_ok());
         let err = check(&p).await.unwrap_err();
         assert!(matches!(err, CheckError::Status(503)), "{err:?}");

@@ -542,3 +542,43 @@ fn config_dump_keeps_every_runtime_change_and_a_restart_from_it_writes_nothing()
     );
     assert_eq!(st.firewall.blocklist_prefixes, 2);
 }
+
+#[test]
+fn a_reload_that_changes_health_settings_restarts_the_checks_with_them() {
+    let Some(topo) = topology("rh", 2) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let health = |d: &Daemon| -> Vec<String> {
+        d.stats().services[0]
+            .backends
+            .iter()
+            .map(|b| b.health.clone())
+            .collect()
+    };
+    assert_eq!(health(&daemon), ["up", "up"]);
+    // The checks now ask for a page nginx does not have: 404, both backends go down.
+    std::fs::write(
+        &config,
+        text.replace("check = \"http\"", "check = \"http\"\npath = \"/missing\""),
+    )
+    .unwrap();
+    let out = daemon.cli(&["reload"]);
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(msg.contains("service www settings changed"), "{msg}");
+    assert!(
+        eventually(Duration::from_secs(10), || health(&daemon)
+            == ["down", "down"]),
+        "the checks kept their old settings: {:?}",
+        health(&daemon)
+    );
+    // And back.
+    std::fs::write(&config, &text).unwrap();
+    ok(&daemon, &["reload"]);
+    assert!(eventually(Duration::from_secs(10), || health(&daemon) == ["up", "up"]));
+}

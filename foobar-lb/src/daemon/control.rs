@@ -189,6 +189,20 @@ impl Daemon {
             .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address)))
             .collect();
         self.backends.retain(|k, _| live.contains(k));
+        // Checks run with the settings they were started with: restart those of services
+        // whose health settings changed (their health state stays).
+        for svc in &self.config.services {
+            let before = previous.services.iter().find(|p| p.name == svc.name);
+            if before.is_some_and(|p| p.health == svc.health) {
+                continue;
+            }
+            for b in &svc.backends {
+                let key = (svc.name.clone(), b.address);
+                if let Some(c) = self.backends.get_mut(&key).and_then(|rt| rt.checker.take()) {
+                    c.abort();
+                }
+            }
+        }
         self.start_all_checks();
         let _ = self.refresh_neighbors();
         // A change that makes a rule drop check replies is accepted (the operator may mean

@@ -1,15 +1,15 @@
 //! Health checks: one task per checked backend sends results here; the daemon turns
 //! rise/fall transitions into map writes.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{BackendKey, Daemon};
 use crate::{
-    config::{BackendConfig, CheckKind, ServiceConfig},
-    health::{self, CheckError, Probe},
+    config::{CheckKind, ServiceConfig},
+    health::{self, CheckError, HealthState, Probe, Schedule},
 };
 
 /// One health check result.
@@ -34,13 +34,13 @@ impl Daemon {
             if svc.health.check == CheckKind::None || rt.checker.is_some() {
                 continue;
             }
-            let interval = Duration::from_millis(svc.health.interval_ms);
             // Distinct seeds spread the checks' jitter so they do not fire in step.
             self.seed = self.seed.wrapping_add(0x9e37_79b9);
             rt.checker = Some(tokio::spawn(check_loop(
                 key,
-                probe(svc, b),
-                interval,
+                svc,
+                Probe::new(svc, b),
+                rt.health.clone(),
                 self.seed,
                 self.events.clone(),
                 self.checks.clone(),
@@ -57,7 +57,24 @@ impl Daemon {
         let Some(rt) = self.backends.get_mut(&ev.key) else {
             return Ok(()); // removed meanwhile
         };
-        let ok = ev.result.is_ok();
+        let Some(ok) = health::counts(&ev.result) else {
+            // This host's trouble, not the backend's: shown, logged once per run of such
+            // errors, and the backend's state stays as it was.
+            let reason = ev.result.as_ref().err().map(ToString::to_string);
+            if !rt
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("local error"))
+            {
+                let (svc, addr) = &ev.key;
+                log::warn!(
+                    "{svc}/{addr}: check not run: {}",
+                    reason.as_deref().unwrap_or("")
+                );
+            }
+            rt.last_error = reason;
+            return Ok(());
+        };
         match &ev.result {
             Ok(latency) => {
                 rt.latency = Some(*latency);
@@ -83,43 +100,34 @@ impl Daemon {
     }
 }
 
-/// The check for backend `b` of `svc`.
-fn probe(svc: &ServiceConfig, b: &BackendConfig) -> Probe {
-    let h = &svc.health;
-    Probe {
-        kind: h.check,
-        target: SocketAddr::new(b.address, h.port.or(b.port).unwrap_or(svc.port)),
-        host: svc.vip.to_string(),
-        path: h.path.clone(),
-        status: h.status_range().expect("validated"),
-        timeout: Duration::from_millis(h.timeout_ms),
-    }
-}
-
-/// Checks one backend every `interval` (jittered) until aborted or the daemon stops
+/// Checks one backend (see [`health::check_loop`]) until aborted or the daemon stops
 /// listening. `permits` caps how many checks run at once across all backends.
-async fn check_loop(
+fn check_loop(
     key: BackendKey,
+    svc: &ServiceConfig,
     probe: Probe,
-    interval: Duration,
+    state: HealthState,
     seed: u64,
     events: mpsc::Sender<HealthEvent>,
     permits: Arc<Semaphore>,
-) {
-    for n in 0u64.. {
-        let result = {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            health::check(&probe).await
-        };
-        let event = HealthEvent {
-            key: key.clone(),
-            result,
-        };
-        if events.send(event).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(health::jittered(interval, seed ^ n)).await;
-    }
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (schedule, rise, fall) = (Schedule::new(&svc.health), svc.health.rise, svc.health.fall);
+    health::check_loop(
+        schedule,
+        rise,
+        fall,
+        state,
+        seed,
+        move || {
+            let (probe, permits) = (probe.clone(), permits.clone());
+            async move {
+                let _permit = permits.acquire().await.ok()?;
+                Some(health::check(&probe).await)
+            }
+        },
+        move |result| {
+            let (key, events) = (key.clone(), events.clone());
+            async move { events.send(HealthEvent { key, result }).await.is_ok() }
+        },
+    )
 }

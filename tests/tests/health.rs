@@ -1,0 +1,535 @@
+//! Health checks end to end: the real controller checking real nginx servers in network
+//! namespaces, and what the checks' outcomes do to new flows (backup failover, weights).
+//! Every wait is for a condition, bounded by a generous deadline; namespaces, nginx and the
+//! daemon are removed by their guards on every exit path.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use foobar_lb::api::{BackendStats, StatsSnapshot};
+use foobar_lb_tests::{
+    daemon::Daemon,
+    netns::{run, web4, web6, Netns, Topology, LB6, VIP4, VIP6},
+    root_object_and_binary,
+    traffic::try_get_within,
+};
+
+/// Server name the checked nginx answers for.
+const NAME: &str = "www.example";
+
+/// A topology with `webs` web servers (nginx answering `web<i>` on port 80) and no daemon yet.
+fn topology(tag: &str, webs: usize) -> Option<Topology> {
+    if !root_object_and_binary() {
+        return None;
+    }
+    let topo = Topology::new(tag, webs).expect("topology");
+    for i in 1..=webs {
+        topo.start_web(i).unwrap();
+    }
+    Some(topo)
+}
+
+/// Starts the daemon in the load balancer with `services` (TOML `[[service]]` tables).
+fn start_daemon(topo: &Topology, services: &str) -> Daemon {
+    let socket = topo.dir.join("control.sock");
+    let text = format!(
+        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\n\
+         pin_dir = \"{}\"\nmetrics_address = \"\"\n{services}",
+        socket.display(),
+        topo.pin_dir().display()
+    );
+    let config = topo.dir.join("foobar-lb.toml");
+    fs::write(&config, text).unwrap();
+    Daemon::start(&topo.lb, &config, &socket).unwrap()
+}
+
+/// A second nginx in `ns` for checks only (`checks-<i>`, files in the topology's directory):
+/// - 443: TLS; a handshake without the server name `www.example` is rejected;
+/// - 8081: 200 on /health for `Host: www.example`, 421 for any other Host;
+/// - 8082: 200 on /health, and logs each request's source address and Host header to
+///   `checks-<i>.log`.
+fn start_check_server(topo: &Topology, ns: &Netns, i: usize) -> PathBuf {
+    let dir = &topo.dir;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() {
+        run(std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={NAME}"), "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert))
+        .unwrap();
+    }
+    let log = dir.join(format!("checks-{i}.log"));
+    let conf = dir.join(format!("checks-{i}.conf"));
+    let d = dir.display();
+    fs::write(
+        &conf,
+        format!(
+            "user root;\nworker_processes 1;\npid {d}/checks-{i}.pid;\nerror_log {d}/checks-{i}.err;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  log_format seen '$remote_addr $http_host';\n\
+               server {{ listen 443 ssl default_server; listen [::]:443 ssl default_server;\n\
+                 ssl_reject_handshake on; }}\n\
+               server {{ listen 443 ssl; listen [::]:443 ssl; server_name {NAME};\n\
+                 ssl_certificate {cert}; ssl_certificate_key {key};\n\
+                 location = /health {{ return 200 \"ok\\n\"; }} }}\n\
+               server {{ listen 8081 default_server; listen [::]:8081 default_server; return 421; }}\n\
+               server {{ listen 8081; listen [::]:8081; server_name {NAME};\n\
+                 location = /health {{ return 200 \"ok\\n\"; }} }}\n\
+               server {{ listen 8082; listen [::]:8082; access_log {log} seen;\n\
+                 location = /health {{ return 200 \"ok\\n\"; }} }}\n\
+             }}\n",
+            cert = cert.display(),
+            key = key.display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    run(ns.cmd("nginx").arg("-c").arg(&conf)).unwrap();
+    log
+}
+
+fn backend<'a>(st: &'a StatsSnapshot, service: &str, addr: &str) -> &'a BackendStats {
+    st.services
+        .iter()
+        .find(|s| s.name == service)
+        .unwrap_or_else(|| panic!("no service {service}"))
+        .backends
+        .iter()
+        .find(|b| b.address == addr)
+        .unwrap_or_else(|| panic!("no backend {addr} in {service}"))
+}
+
+/// Waits until every `(service, address)` shows health `want` (20 s at most); the stats then.
+fn wait_health(d: &Daemon, backends: &[(&str, &str)], want: &str) -> StatsSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = d.stats();
+        if backends
+            .iter()
+            .all(|(s, a)| backend(&st, s, a).health == want)
+        {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<_> = backends
+                .iter()
+                .map(|(s, a)| {
+                    let b = backend(&st, s, a);
+                    format!("{s}/{a}: {} ({:?})", b.health, b.last_error)
+                })
+                .collect();
+            panic!("not all {want} within 20 s: {seen:?}\n{}", d.log_text());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `[[service]]` table with one backend and a `[service.health]` table holding `health`,
+/// and fast checks (300 ms, rise 1, fall 1) unless `health` sets its own timing.
+fn service(name: &str, vip: &str, port: u16, backend: &str, health: &str) -> String {
+    let timing = if health.contains("interval_ms") {
+        ""
+    } else {
+        "interval_ms = 300\ntimeout_ms = 250\nrise = 1\nfall = 1\n"
+    };
+    format!(
+        "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\n\
+         [service.health]\n{timing}{health}\n[[service.backend]]\naddress = \"{backend}\"\n"
+    )
+}
+
+#[test]
+fn tls_and_https_checks_send_the_server_name_and_http_checks_the_host() {
+    let Some(topo) = topology("hs", 1) else {
+        return;
+    };
+    start_check_server(&topo, topo.web(1), 1);
+    let w1 = web4(1);
+    let services = [
+        // The server name set, or taken from `host`: the named server answers.
+        service(
+            "tls-sni",
+            VIP4,
+            80,
+            &w1,
+            "check = \"tls\"\nport = 443\nsni = \"www.example\"",
+        ),
+        service(
+            "https-host",
+            VIP4,
+            81,
+            &w1,
+            "check = \"https\"\nport = 443\npath = \"/health\"\nhost = \"www.example\"",
+        ),
+        // No server name: the handshake is rejected.
+        service("tls-none", VIP4, 82, &w1, "check = \"tls\"\nport = 443"),
+        // Plain HTTP: the configured Host reaches the named server, the default does not.
+        service(
+            "http-host",
+            VIP4,
+            83,
+            &w1,
+            "check = \"http\"\nport = 8081\npath = \"/health\"\nhost = \"www.example\"",
+        ),
+        service(
+            "http-default",
+            VIP4,
+            84,
+            &w1,
+            "check = \"http\"\nport = 8081\npath = \"/health\"",
+        ),
+    ]
+    .concat();
+    let d = start_daemon(&topo, &services);
+    wait_health(
+        &d,
+        &[("tls-sni", &w1), ("https-host", &w1), ("http-host", &w1)],
+        "up",
+    );
+    let st = wait_health(&d, &[("tls-none", &w1), ("http-default", &w1)], "down");
+    let err = |s| backend(&st, s, &w1).last_error.clone().unwrap_or_default();
+    assert!(
+        err("tls-none").starts_with("TLS handshake"),
+        "{}",
+        err("tls-none")
+    );
+    assert_eq!(err("http-default"), "status 421");
+}
+
+#[test]
+fn ipv6_http_checks_send_the_backend_address_in_brackets_as_host() {
+    let Some(topo) = topology("hv", 1) else {
+        return;
+    };
+    let log = start_check_server(&topo, topo.web(1), 1);
+    let w6 = web6(1);
+    let services = [
+        service(
+            "v6",
+            VIP6,
+            80,
+            &w6,
+            "check = \"http\"\nport = 8082\npath = \"/health\"",
+        ),
+        service("v6-80", VIP6, 81, &w6, "check = \"http\"\nport = 80"),
+    ]
+    .concat();
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("v6", &w6), ("v6-80", &w6)], "up");
+    let seen = fs::read_to_string(&log).unwrap();
+    // Not the VIP, not an unbracketed address; the port given as 8082 is not http's default.
+    assert!(
+        seen.lines().any(|l| l == format!("{LB6} [{w6}]:8082")),
+        "no check with Host [{w6}]:8082:\n{seen}"
+    );
+    assert!(
+        seen.lines().all(|l| l.ends_with(&format!(" [{w6}]:8082"))),
+        "a check with another Host:\n{seen}"
+    );
+}
+
+#[test]
+fn link_local_ipv6_backends_are_checked_through_their_interface() {
+    let Some(topo) = topology("hl", 1) else {
+        return;
+    };
+    let log = start_check_server(&topo, topo.web(1), 1);
+    // Link-local addresses that are usable at once (no duplicate address detection).
+    topo.web(1)
+        .ip(&["addr", "add", "fe80::11/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    topo.lb
+        .ip(&["addr", "add", "fe80::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    let services = service(
+        "v6-ll",
+        VIP6,
+        80,
+        "fe80::11",
+        "check = \"http\"\nport = 8082\npath = \"/health\"\ninterface = \"eth0\"",
+    );
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("v6-ll", "fe80::11")], "up");
+    let seen = fs::read_to_string(&log).unwrap();
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("fe80:") && l.ends_with(" [fe80::11]:8082")),
+        "no link-local check:\n{seen}"
+    );
+}
+
+/// A check target in `ns` on `port` run by this test: it records when each connection
+/// arrives, then answers its request with `code()` after `delay`, one connection at a time.
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, u16)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    fn start(ns: &Netns, port: u16, delay: Duration) -> Recorder {
+        use std::{
+            io::{Read, Write},
+            sync::{atomic::Ordering, Arc, Mutex},
+        };
+        // A socket made in the namespace stays there; this process does not move.
+        let l = foobar_lb_tests::netns::in_netns(&ns.name, || {
+            Ok(std::net::TcpListener::bind(("0.0.0.0", port))?)
+        })
+        .unwrap();
+        l.set_nonblocking(true).unwrap();
+        let r = Recorder {
+            seen: Arc::new(Mutex::new(Vec::new())),
+            stop: Default::default(),
+            fail: Default::default(),
+        };
+        let (seen, stop, fail) = (r.seen.clone(), r.stop.clone(), r.fail.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                let code = if fail.load(Ordering::Relaxed) {
+                    503
+                } else {
+                    200
+                };
+                seen.lock().unwrap().push((Instant::now(), code));
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                thread::sleep(delay);
+                let _ = s.write_all(format!("HTTP/1.0 {code} X\r\n\r\n").as_bytes());
+            }
+        });
+        r
+    }
+
+    fn set_failing(&self) {
+        self.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn seen(&self) -> Vec<(Instant, u16)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn gaps_ms(seen: &[(Instant, u16)]) -> Vec<u64> {
+    seen.windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_millis() as u64)
+        .collect()
+}
+
+#[test]
+fn checks_start_every_interval_however_long_they_take() {
+    let Some(topo) = topology("hd", 1) else {
+        return;
+    };
+    // Every check takes 250 ms (the answer's delay) of its 300 ms timeout.
+    let rec = Recorder::start(topo.web(1), 8090, Duration::from_millis(250));
+    let services = service(
+        "slow",
+        VIP4,
+        80,
+        &web4(1),
+        "check = \"http\"\nport = 8090\ninterval_ms = 400\ntimeout_ms = 300\nrise = 1\nfall = 1",
+    );
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("slow", &web4(1))], "up");
+    thread::sleep(Duration::from_secs(4));
+    let gaps = gaps_ms(&rec.seen());
+    let mean = gaps.iter().sum::<u64>() / gaps.len().max(1) as u64;
+    // Start to start: 400 ms (±10% jitter); after the end would be 650 ms.
+    assert!(gaps.len() >= 8, "{gaps:?}");
+    assert!((340..=500).contains(&mean), "mean gap {mean} ms: {gaps:?}");
+}
+
+#[test]
+fn fastinter_in_transition_and_downinter_while_down() {
+    let Some(topo) = topology("hf", 1) else {
+        return;
+    };
+    let rec = Recorder::start(topo.web(1), 8090, Duration::ZERO);
+    let services = service(
+        "fd",
+        VIP4,
+        80,
+        &web4(1),
+        "check = \"http\"\nport = 8090\ninterval_ms = 1000\nfastinter_ms = 200\n\
+         downinter_ms = 2500\ntimeout_ms = 150\nrise = 2\nfall = 3",
+    );
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("fd", &web4(1))], "up");
+    thread::sleep(Duration::from_millis(2500));
+    rec.set_failing();
+    wait_health(&d, &[("fd", &web4(1))], "down");
+    thread::sleep(Duration::from_millis(5500));
+    let seen = rec.seen();
+    let gaps = gaps_ms(&seen);
+    let codes: Vec<u16> = seen.iter().map(|s| s.1).collect();
+    let first_fail = codes
+        .iter()
+        .position(|&c| c == 503)
+        .expect("a failing check");
+    let show = format!("codes {codes:?}, gaps {gaps:?}");
+    assert!(first_fail >= 3, "{show}");
+    // Up: interval (1000 ms ±10%) after each success but the first (start-up round).
+    for g in &gaps[1..first_fail] {
+        assert!((850..=1300).contains(g), "up: {show}");
+    }
+    // The 1st and 2nd failures are a transition (fall 3): fastinter, 200 ms.
+    for g in &gaps[first_fail..first_fail + 2] {
+        assert!(*g <= 450, "in transition: {show}");
+    }
+    // The 3rd took it down: downinter, 2500 ms.
+    assert!(gaps.len() >= first_fail + 4, "{show}");
+    for g in &gaps[first_fail + 2..] {
+        assert!((2150..=3000).contains(g), "down: {show}");
+    }
+}
+
+#[test]
+fn checks_use_the_source_address_and_a_foreign_one_never_takes_a_backend_down() {
+    let Some(topo) = topology("hr", 1) else {
+        return;
+    };
+    let log = start_check_server(&topo, topo.web(1), 1);
+    topo.lb
+        .ip(&["addr", "add", "10.111.0.3/24", "dev", "eth0", "nodad"])
+        .unwrap();
+    let w1 = web4(1);
+    let health = "check = \"http\"\nport = 8082\npath = \"/health\"\nsource";
+    let services = [
+        service("src", VIP4, 80, &w1, &format!("{health} = \"10.111.0.3\"")),
+        // Not an address of the load balancer: binding fails locally, every time.
+        service(
+            "src-foreign",
+            VIP4,
+            81,
+            &w1,
+            &format!("{health} = \"10.111.0.99\""),
+        ),
+    ]
+    .concat();
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("src", &w1)], "up");
+    // Many rounds (fall = 1) of local errors: never counted, so never down.
+    thread::sleep(Duration::from_secs(2));
+    let st = d.stats();
+    let foreign = backend(&st, "src-foreign", &w1);
+    assert_eq!(foreign.health, "unknown", "{foreign:?}");
+    let err = foreign.last_error.clone().unwrap_or_default();
+    assert!(
+        err.starts_with("local error, not counted (bind source: "),
+        "{err}"
+    );
+    let seen = fs::read_to_string(&log).unwrap();
+    assert!(
+        seen.lines().all(|l| l.starts_with("10.111.0.3 ")),
+        "a check from another source:\n{seen}"
+    );
+    assert!(!seen.is_empty());
+    assert_eq!(
+        d.log_text()
+            .matches("src-foreign/10.111.0.11: check not run")
+            .count(),
+        1,
+        "logged once per run of local errors:\n{}",
+        d.log_text()
+    );
+}
+
+/// `n` GETs of the VIP from the client, each on a new connection; answers counted.
+fn tally(client: &Netns, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let body = try_get_within(client, &format!("http://{VIP4}/"), 3)
+            .unwrap_or_else(|e| format!("failed: {e}"));
+        *seen.entry(body).or_default() += 1;
+    }
+    seen
+}
+
+/// Backends web1..=webN of one service `www` on the VIP, with `extra(i)` in backend i's table.
+fn www(n: usize, service_extra: &str, extra: &dyn Fn(usize) -> &'static str) -> String {
+    let mut s = format!(
+        "\n[[service]]\nname = \"www\"\nvip = \"{VIP4}\"\nport = 80\n{service_extra}\n\
+         [service.health]\ncheck = \"http\"\ninterval_ms = 300\ntimeout_ms = 250\nrise = 1\nfall = 1\n"
+    );
+    for i in 1..=n {
+        s += &format!(
+            "\n[[service.backend]]\naddress = \"{}\"\n{}\n",
+            web4(i),
+            extra(i)
+        );
+    }
+    s
+}
+
+#[test]
+fn failover_all_spreads_new_flows_over_every_healthy_backup() {
+    let Some(topo) = topology("ha", 3) else {
+        return;
+    };
+    // The primary is down from the start; both backups are healthy.
+    topo.stop_web(1).unwrap();
+    let services = www(3, "failover = \"all\"", &|i| {
+        if i == 1 {
+            ""
+        } else {
+            "role = \"backup\""
+        }
+    });
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("www", &web4(1))], "down");
+    wait_health(&d, &[("www", &web4(2)), ("www", &web4(3))], "up");
+    let n = 20;
+    let seen = tally(&topo.client, n);
+    for web in ["web2", "web3"] {
+        let got = seen.get(web).copied().unwrap_or(0);
+        assert!(got.abs_diff(n / 2) <= 1, "{web}: {got} of {n}: {seen:?}");
+    }
+    assert_eq!(seen.values().sum::<usize>(), n, "{seen:?}");
+}
+
+#[test]
+fn a_weight_3_backend_gets_three_times_the_new_flows_of_a_weight_1_backend() {
+    let Some(topo) = topology("hw", 2) else {
+        return;
+    };
+    let services = www(2, "", &|i| if i == 1 { "weight = 3" } else { "" });
+    let d = start_daemon(&topo, &services);
+    wait_health(&d, &[("www", &web4(1)), ("www", &web4(2))], "up");
+    let n = 40;
+    let seen = tally(&topo.client, n);
+    let (w1, w2) = (
+        seen.get("web1").copied().unwrap_or(0),
+        seen.get("web2").copied().unwrap_or(0),
+    );
+    assert_eq!(w1 + w2, n, "{seen:?}");
+    // Weighted round-robin: 3 of every 4 new flows, give or take the cursor's start.
+    assert!(w1.abs_diff(30) <= 2 && w2.abs_diff(10) <= 2, "{seen:?}");
+    let st = d.stats();
+    let flows = |a: &str| backend(&st, "www", a).counters.new_flows as usize;
+    assert_eq!(
+        (flows(&web4(1)), flows(&web4(2))),
+        (w1, w2),
+        "the data plane's counters agree"
+    );
+}
