@@ -355,9 +355,10 @@ fn checks_start_every_interval_however_long_they_take() {
     thread::sleep(Duration::from_secs(4));
     let gaps = gaps_ms(&rec.seen());
     let mean = gaps.iter().sum::<u64>() / gaps.len().max(1) as u64;
-    // Start to start: 400 ms (±10% jitter); after the end would be 650 ms.
+    // Start to start: 400 ms (±10% jitter); after the end would be 650 ms. The upper bound
+    // leaves room for a loaded machine's scheduling delays and still tells the two apart.
     assert!(gaps.len() >= 8, "{gaps:?}");
-    assert!((340..=500).contains(&mean), "mean gap {mean} ms: {gaps:?}");
+    assert!((340..=560).contains(&mean), "mean gap {mean} ms: {gaps:?}");
 }
 
 #[test]
@@ -389,19 +390,24 @@ fn fastinter_in_transition_and_downinter_while_down() {
         .expect("a failing check");
     let show = format!("codes {codes:?}, gaps {gaps:?}");
     assert!(first_fail >= 3, "{show}");
+    // Medians and relations rather than every gap, so one late check on a loaded machine
+    // does not decide the outcome.
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
     // Up: interval (1000 ms ±10%) after each success but the first (start-up round).
-    for g in &gaps[1..first_fail] {
-        assert!((850..=1300).contains(g), "up: {show}");
-    }
-    // The 1st and 2nd failures are a transition (fall 3): fastinter, 200 ms.
+    let up = median(&gaps[1..first_fail]);
+    assert!((850..=1400).contains(&up), "up: {show}");
+    // The 1st and 2nd failures are a transition (fall 3): fastinter, 200 ms, far shorter.
     for g in &gaps[first_fail..first_fail + 2] {
-        assert!(*g <= 450, "in transition: {show}");
+        assert!(*g < up / 2, "in transition: {show}");
     }
     // The 3rd took it down: downinter, 2500 ms.
     assert!(gaps.len() >= first_fail + 4, "{show}");
-    for g in &gaps[first_fail + 2..] {
-        assert!((2150..=3000).contains(g), "down: {show}");
-    }
+    let down = median(&gaps[first_fail + 2..]);
+    assert!((2150..=3200).contains(&down), "down: {show}");
 }
 
 #[test]
