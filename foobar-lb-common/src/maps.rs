@@ -57,9 +57,14 @@ pub const BENCH_MAC_GLOBAL: &str = "BENCH_MAC";
 pub const MAX_SERVICES: u32 = 256;
 /// Backend ids index [`MAP_BACKENDS`]; id 0 is reserved so an unset slot never forwards.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Slots per service the scheduler lays backends out in. Weighted backends take several slots;
-/// room for every backend of a full service at any weight to get its share within one slot.
-pub const MAX_SLOTS: usize = 4096;
+/// Slots a service's set can hold: the largest Maglev table (a prime). Round robin uses at most
+/// [`RR_SLOTS`] of them.
+pub const MAX_SLOTS: usize = 65537;
+/// Slots weighted round robin lays backends out in: room for every backend of a full service
+/// at any weight to get its share within one slot.
+pub const RR_SLOTS: usize = 4096;
+/// Default Maglev table size (a prime, as Maglev needs).
+pub const MAGLEV_DEFAULT_SIZE: u32 = 65537;
 /// Backends per service.
 pub const MAX_SERVICE_BACKENDS: usize = 256;
 /// Highest backend weight.
@@ -99,7 +104,8 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 pub struct ServiceInfo {
     /// Index into the per-service maps; `< MAX_SERVICES`.
     pub id: u32,
-    /// Low 8 bits: the prefix length IPv6 sources share a rate-limit bucket by (0: 64).
+    /// Low 8 bits: the prefix length IPv6 sources share a rate-limit bucket by (0: 64);
+    /// [`SVC_MAGLEV`]: new flows pick their slot by [`flow_hash`], not the round-robin cursor.
     pub flags: u32,
     /// New flows per second allowed per source address; 0 = unlimited.
     pub rate_per_sec: u32,
@@ -107,6 +113,42 @@ pub struct ServiceInfo {
     pub burst: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
+
+/// [`ServiceInfo::flags`] bit: the service's set is a Maglev table (see `flow_hash`).
+pub const SVC_MAGLEV: u32 = 1 << 8;
+
+/// The hash a Maglev service picks a new flow's slot by (`slot = hash % len`): every balancer
+/// running this program gives a 5-tuple the same one, so all pick the same backend from the
+/// same table. Address words and ports mixed with murmur3's finalizer.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h: u32 = 0x9747_b28c ^ key.proto as u32;
+    let words = [
+        key.src[0],
+        key.src[1],
+        key.src[2],
+        key.src[3],
+        key.dst[0],
+        key.dst[1],
+        key.dst[2],
+        key.dst[3],
+        (key.sport as u32) << 16 | key.dport as u32,
+    ];
+    let mut i = 0;
+    while i < words.len() {
+        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= 36;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
 
 /// Key of [`MAP_VIPS`]: a VIP address, used to tell "malformed packet for us" from "not ours".
 #[repr(C)]

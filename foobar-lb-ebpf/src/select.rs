@@ -1,9 +1,11 @@
-//! Backend selection: the flow table first, then the service's round-robin cursor.
+//! Backend selection: the flow table first, then the service's slots (picked by the
+//! round-robin cursor, or by the flow's hash for Maglev services).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use foobar_lb_common::{
-    owner_service, prefix_mask, take_token, verdict, Backend, Bucket, FlowKey, FlowValue, RateKey,
-    ServiceInfo, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
+    flow_hash, owner_service, prefix_mask, take_token, verdict, Backend, Bucket, FlowKey,
+    FlowValue, RateKey, ServiceInfo, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
+    SVC_MAGLEV,
 };
 
 use crate::{
@@ -38,7 +40,7 @@ pub fn new_flow(svc: &ServiceInfo, key: &FlowKey, gen: u32) -> Result<(u32, Back
     if svc.rate_per_sec != 0 && !rate_ok(svc, key) {
         return Err(verdict::DROP_RATE_LIMIT);
     }
-    schedule(svc.id, key, gen)
+    schedule(svc, key, gen)
 }
 
 /// Token bucket per (service, source) for new flows. Buckets live in an LRU map, so a flood of
@@ -83,18 +85,27 @@ fn rate_ok(svc: &ServiceInfo, key: &FlowKey) -> bool {
 }
 
 #[inline(always)]
-fn schedule(service_id: u32, key: &FlowKey, gen: u32) -> Result<(u32, Backend), u32> {
+fn schedule(svc: &ServiceInfo, key: &FlowKey, gen: u32) -> Result<(u32, Backend), u32> {
+    let service_id = svc.id;
     let set = unsafe { BACKEND_SETS.get(service_id) }.ok_or(verdict::DROP_NO_BACKEND)?;
     let len = set.len as u64;
     if len == 0 || len > MAX_SLOTS as u64 {
         return Err(verdict::DROP_NO_BACKEND);
     }
-    let cursor = RR_CURSORS.get_ptr_mut(service_id).ok_or(verdict::ABORTED)?;
-    // One atomic fetch-add shared by all CPUs: M new flows over N slots give each M/N +/- 1.
-    let n = unsafe { fetch_add(cursor, 1) };
-    // `len <= MAX_SLOTS` (a power of two), so the mask changes nothing but proves the bound to
-    // the verifier; black_box keeps LLVM from deleting it as redundant.
-    let slot = (core::hint::black_box(n % len) as usize) & (MAX_SLOTS - 1);
+    let n = if svc.flags & SVC_MAGLEV != 0 {
+        // Maglev: the slot follows from the 5-tuple alone, the same on every balancer.
+        flow_hash(key) as u64
+    } else {
+        let cursor = RR_CURSORS.get_ptr_mut(service_id).ok_or(verdict::ABORTED)?;
+        // One atomic fetch-add shared by all CPUs: M new flows over N slots give each M/N +/- 1.
+        unsafe { fetch_add(cursor, 1) }
+    };
+    // `len <= MAX_SLOTS`, so this never fails, but it proves the bound to the verifier;
+    // black_box keeps LLVM from deleting it as redundant.
+    let slot = core::hint::black_box(n % len) as usize;
+    if slot >= MAX_SLOTS {
+        return Err(verdict::ABORTED);
+    }
     let id = set.slots[slot];
     let backend = match BACKENDS.get(id) {
         Some(b) if id != 0 && owner_service(b.owner) == service_id && b.state == BACKEND_ACTIVE => {

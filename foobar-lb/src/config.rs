@@ -151,6 +151,12 @@ pub struct ServiceConfig {
     /// Which backups serve when no primary is healthy.
     #[serde(default)]
     pub failover: Failover,
+    /// How new flows pick a backend.
+    #[serde(default)]
+    pub scheduler: SchedulerKind,
+    /// Maglev table size: a prime, at most 65537 (the default), at least 10 times the backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev_table_size: Option<u32>,
     #[serde(default)]
     pub health: HealthConfig,
     /// Per-source limit on new flows (TCP SYNs, new UDP flows).
@@ -188,6 +194,38 @@ impl ServiceConfig {
             })
             .unwrap_or((0, 0, DEFAULT_RATE_IPV6_PREFIX))
     }
+}
+
+/// `scheduler` of a service.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Weighted round robin (one cursor shared by all CPUs).
+    #[default]
+    Roundrobin,
+    /// Weighted Maglev consistent hashing: the same backends give the same choice on every
+    /// balancer, and a change of backends moves few flows.
+    Maglev,
+}
+
+impl ServiceConfig {
+    /// The scheduler the data plane runs for this service.
+    pub fn scheduler(&self) -> crate::schedule::Scheduler {
+        match self.scheduler {
+            SchedulerKind::Roundrobin => crate::schedule::Scheduler::RoundRobin,
+            SchedulerKind::Maglev => crate::schedule::Scheduler::Maglev {
+                table_size: self
+                    .maglev_table_size
+                    .unwrap_or(foobar_lb_common::MAGLEV_DEFAULT_SIZE),
+            },
+        }
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 /// `[firewall]`: see `crate::firewall` for the evaluation order.
@@ -581,6 +619,20 @@ impl Config {
                 if r.ipv6_prefix.is_some_and(|p| !(1..=128).contains(&p)) {
                     return Err(invalid(format!(
                         "{what}: rate_limit ipv6_prefix must be 1..=128 (64 by default)"
+                    )));
+                }
+            }
+            if let Some(m) = svc.maglev_table_size {
+                let min = (10 * svc.backends.len() as u32).max(101);
+                if !is_prime(m) || m > foobar_lb_common::MAX_SLOTS as u32 || m < min {
+                    return Err(invalid(format!(
+                        "{what}: maglev_table_size {m} must be a prime from {min} (10 per \
+                         backend) to 65537, e.g. 65537, 32749, 16381, 4093"
+                    )));
+                }
+                if svc.scheduler != SchedulerKind::Maglev {
+                    return Err(invalid(format!(
+                        "{what}: maglev_table_size is set but scheduler is not \"maglev\""
                     )));
                 }
             }
@@ -1032,6 +1084,38 @@ protocol = "udp"
         assert_eq!(again.services[1].rate_limit(), (5, 5, 64));
         assert_eq!(again.firewall.rules.len(), 1);
         assert_eq!(again.firewall.block.len(), 2);
+    }
+
+    #[test]
+    fn maglev_scheduler_and_its_table_size() {
+        let mg = GOOD.replacen("port = 80\n", "port = 80\nscheduler = \"maglev\"\n", 1);
+        let c = Config::parse(&mg).unwrap();
+        assert_eq!(
+            c.services[0].scheduler(),
+            crate::schedule::Scheduler::Maglev { table_size: 65537 }
+        );
+        let sized = mg.replacen(
+            "scheduler = \"maglev\"\n",
+            "scheduler = \"maglev\"\nmaglev_table_size = 4093\n",
+            1,
+        );
+        let c = Config::parse(&sized).unwrap();
+        assert_eq!(
+            c.services[0].scheduler(),
+            crate::schedule::Scheduler::Maglev { table_size: 4093 }
+        );
+        // Survives config-dump.
+        let again = Config::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.services[0].scheduler(), c.services[0].scheduler());
+        for bad in ["4096", "65539", "7"] {
+            let e = err(&sized.replace("4093", bad));
+            assert!(
+                e.contains("maglev_table_size") && e.contains("prime"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&sized.replace("scheduler = \"maglev\"\n", ""));
+        assert!(e.contains("scheduler is not"), "{e}");
     }
 
     #[test]

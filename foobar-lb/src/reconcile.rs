@@ -16,7 +16,10 @@ use foobar_lb_common::{
     MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
 };
 
-use crate::desired::{BackendState, Forwarding, Mac, ServiceSpec};
+use crate::{
+    desired::{BackendState, Forwarding, Mac, ServiceSpec},
+    schedule::Member,
+};
 
 /// What a pinned data plane holds, read back to adopt it.
 #[derive(Debug, Clone, Default)]
@@ -24,8 +27,8 @@ pub struct PinnedState {
     pub services: Vec<(ServiceKey, ServiceInfo)>,
     /// Backend entries in use (not unused), by id.
     pub backends: Vec<(u32, Backend)>,
-    /// Backend sets by service id.
-    pub sets: Vec<(u32, BackendSet)>,
+    /// The used slots of each backend set, by service id (a whole set is 256 KiB).
+    pub sets: Vec<(u32, Vec<u32>)>,
     /// Non-zero `ADMIN_*` bits by backend id.
     pub admin: Vec<(u32, u32)>,
 }
@@ -104,6 +107,8 @@ pub struct WrittenService {
     pub id: u32,
     pub key: ServiceKey,
     pub rate_limit: (u32, u32, u8),
+    /// The scheduler's `ServiceInfo::flags` bits last written.
+    pub sched_flags: u32,
     pub backends: BTreeMap<IpAddr, Written>,
     /// The round-robin slots last written (`None`: not known, so the next plan writes them).
     pub slots: Option<Vec<u32>>,
@@ -183,11 +188,12 @@ impl Reconciler {
                 id: info.id,
                 key: *key,
                 rate_limit: (info.rate_per_sec, info.burst, info.flags as u8),
+                sched_flags: info.flags & !0xff,
                 backends: BTreeMap::new(),
                 slots: sets
                     .iter()
                     .find(|(id, _)| *id == info.id)
-                    .map(|(_, set)| live_slots(set)),
+                    .map(|(_, slots)| slots.clone()),
             };
             for (id, b) in backends
                 .iter()
@@ -318,6 +324,7 @@ impl Reconciler {
                         id,
                         key: spec.key,
                         rate_limit: spec.rate_limit,
+                        sched_flags: spec.scheduler.flags(),
                         backends: BTreeMap::new(),
                         slots: None,
                     },
@@ -330,7 +337,7 @@ impl Reconciler {
             // 1. Backend entries, before any set names them. A backend leaving the active
             // state changes only after the set stops naming it (step 4): in between, a new
             // flow picking its slot would find it inactive and be dropped.
-            let mut slots_from: Vec<(u32, u32)> = Vec::new();
+            let mut slots_from: Vec<Member> = Vec::new();
             let mut deactivated: Vec<MapOp> = Vec::new();
             let mut no_id: Vec<IpAddr> = Vec::new();
             for b in &spec.backends {
@@ -408,7 +415,11 @@ impl Reconciler {
                     },
                 );
                 if b.state == BackendState::Active {
-                    slots_from.push((id, b.weight.max(1)));
+                    slots_from.push(Member {
+                        id,
+                        weight: b.weight.max(1),
+                        addr: b.addr,
+                    });
                 }
             }
             // Backends no longer wanted (or whose MAC became unknown).
@@ -435,7 +446,7 @@ impl Reconciler {
                 w.slots = Some(slots);
                 ops.push(MapOp::SetBackendSet {
                     service_id: w.id,
-                    set: Box::new(set),
+                    set,
                 });
             }
             // 3. Publish the service (or its new rate limit: one update of its value).
@@ -444,13 +455,15 @@ impl Reconciler {
                     key: spec.key.vip_key(),
                 });
             }
-            if new || w.rate_limit != spec.rate_limit {
+            let sched_flags = spec.scheduler.flags();
+            if new || w.rate_limit != spec.rate_limit || w.sched_flags != sched_flags {
                 w.rate_limit = spec.rate_limit;
+                w.sched_flags = sched_flags;
                 ops.push(MapOp::SetService {
                     key: spec.key,
                     info: ServiceInfo {
                         id: w.id,
-                        flags: spec.rate_limit.2 as u32,
+                        flags: spec.rate_limit.2 as u32 | sched_flags,
                         rate_per_sec: spec.rate_limit.0,
                         burst: spec.rate_limit.1,
                     },
@@ -531,7 +544,7 @@ fn entry(
 }
 
 /// The used part of a set's slots.
-fn live_slots(set: &BackendSet) -> Vec<u32> {
+pub fn live_slots(set: &BackendSet) -> Vec<u32> {
     set.slots[..(set.len as usize).min(MAX_SLOTS)].to_vec()
 }
 
@@ -790,7 +803,9 @@ mod tests {
         for op in &ops {
             match op {
                 MapOp::SetService { key, info } => services.push((*key, *info)),
-                MapOp::SetBackendSet { service_id, set } => sets.push((*service_id, **set)),
+                MapOp::SetBackendSet { service_id, set } => {
+                    sets.push((*service_id, live_slots(set)))
+                }
                 MapOp::SetBackend { id, backend } => {
                     backends.insert(*id, *backend);
                 }
@@ -832,7 +847,7 @@ mod tests {
     #[derive(Default)]
     struct Maps {
         services: BTreeMap<u32, (ServiceKey, ServiceInfo)>,
-        sets: BTreeMap<u32, BackendSet>,
+        sets: BTreeMap<u32, Vec<u32>>,
         backends: BTreeMap<u32, Backend>,
         admin: BTreeMap<u32, u32>,
     }
@@ -845,7 +860,7 @@ mod tests {
                         self.services.insert(info.id, (*key, *info));
                     }
                     MapOp::SetBackendSet { service_id, set } => {
-                        self.sets.insert(*service_id, **set);
+                        self.sets.insert(*service_id, live_slots(set));
                     }
                     MapOp::SetBackend { id, backend } => {
                         self.backends.insert(*id, *backend);
@@ -862,7 +877,7 @@ mod tests {
             PinnedState {
                 services: self.services.values().copied().collect(),
                 backends: self.backends.iter().map(|(i, b)| (*i, *b)).collect(),
-                sets: self.sets.iter().map(|(i, s)| (*i, *s)).collect(),
+                sets: self.sets.iter().map(|(i, s)| (*i, s.clone())).collect(),
                 admin: self
                     .admin
                     .iter()

@@ -858,3 +858,77 @@ fn the_flow_table_holds_its_configured_size_when_one_cpu_does_all_the_work() {
         "live flows were evicted before the table was full"
     );
 }
+
+/// A Maglev service of ten backends, listed in `order`.
+fn maglev_config(order: &[u32]) -> String {
+    let mut c = String::from(
+        "interfaces = [\"lo\"]\n\n[[service]]\nname = \"mg\"\nvip = \"10.0.0.100\"\nport = 80\n\
+         scheduler = \"maglev\"\nmaglev_table_size = 4093\n",
+    );
+    for i in order {
+        c += &format!("\n[[service.backend]]\naddress = \"10.0.1.{i}\"\n");
+    }
+    c
+}
+
+fn maglev_macs() -> Vec<(String, [u8; 6])> {
+    (1..=10)
+        .map(|i| (format!("10.0.1.{i}"), [0x02, 0, 0, 0, 1, i as u8]))
+        .collect()
+}
+
+#[test]
+fn maglev_picks_the_slot_of_the_flows_hash_the_same_on_every_balancer() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    use foobar_lb::schedule::{Member, Scheduler};
+    let macs = maglev_macs();
+    let macs: Vec<(&str, [u8; 6])> = macs.iter().map(|(a, m)| (a.as_str(), *m)).collect();
+    let one = Harness::new(&maglev_config(&(1..=10).collect::<Vec<_>>()), &macs);
+    // Another balancer, its backends listed (and so numbered) in the opposite order.
+    let other = Harness::new(&maglev_config(&(1..=10).rev().collect::<Vec<_>>()), &macs);
+    // The table the controller builds, from which the expected backend of each tuple follows.
+    let members: Vec<Member> = (1..=10)
+        .map(|i| {
+            let addr = format!("10.0.1.{i}");
+            Member {
+                id: one.backend_id("mg", &addr),
+                weight: 1,
+                addr: addr.parse().unwrap(),
+            }
+        })
+        .collect();
+    let table = Scheduler::Maglev { table_size: 4093 }.slots(&members);
+    let mut seen = std::collections::HashSet::new();
+    for port in 0..300u16 {
+        let syn = Pkt::tcp(CLIENT, 20000 + port, VIP, 80, TCP_SYN).build();
+        let key = foobar_lb_common::FlowKey {
+            src: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
+            dst: [u32::from_ne_bytes([10, 0, 0, 100]), 0, 0, 0],
+            sport: (20000 + port).to_be(),
+            dport: 80u16.to_be(),
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
+        let id = table.slots[(foobar_lb_common::flow_hash(&key) % 4093) as usize];
+        let addr = members.iter().find(|m| m.id == id).unwrap().addr;
+        let want = macs
+            .iter()
+            .find(|(a, _)| a.parse::<std::net::IpAddr>().unwrap() == addr)
+            .unwrap()
+            .1;
+        let a = one.run(&syn);
+        let b = other.run(&syn);
+        assert_eq!(a.action, foobar_lb_tests::harness::XDP_TX);
+        assert_eq!(
+            backend_mac_of(&a.out),
+            want,
+            "port {port}: not the table's backend"
+        );
+        assert_eq!(a.out, b.out, "port {port}: the two balancers disagree");
+        seen.insert(want);
+    }
+    assert_eq!(seen.len(), 10, "300 flows reach every backend");
+}

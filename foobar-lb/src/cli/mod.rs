@@ -11,6 +11,7 @@ use foobar_lb::{
 mod backend;
 mod check;
 mod fw;
+mod maglev;
 mod run;
 mod service;
 mod stats;
@@ -58,6 +59,9 @@ enum Command {
     Teardown(teardown::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
     Info,
+    /// Build Maglev tables for synthetic backends: build time, balance, flows moved when one
+    /// backend leaves (for sizing `maglev_table_size`; JSON).
+    MaglevStats(maglev::Args),
     /// Validate a configuration file without touching the kernel.
     CheckConfig {
         /// The TOML configuration file.
@@ -96,6 +100,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => check::run(&config),
+        Command::MaglevStats(args) => maglev::run(&args),
         Command::Info => match foobar_lb::dataplane::object_status() {
             Ok(route) => {
                 println!(

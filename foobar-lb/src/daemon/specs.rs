@@ -9,7 +9,6 @@ use crate::{
     config::{BackendConfig, Config, ServiceConfig},
     desired::{BackendSpec, Forwarding, Mac, ServiceSpec},
     pool::{self, Member},
-    schedule::Scheduler,
 };
 
 pub(super) fn service_key(s: &ServiceConfig) -> ServiceKey {
@@ -49,7 +48,7 @@ pub(super) fn service_specs(
                 name: s.name.clone(),
                 key: service_key(s),
                 rate_limit: s.rate_limit(),
-                scheduler: Scheduler::RoundRobin,
+                scheduler: s.scheduler(),
                 backends: s
                     .backends
                     .iter()

@@ -563,10 +563,17 @@ impl Dataplane {
         }
         let sets: HashMap<&MapData, u32, BackendSet> =
             HashMap::try_from(self.map(MAP_BACKEND_SETS)?).map_err(map_err(MAP_BACKEND_SETS))?;
-        let sets = sets
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(MAP_BACKEND_SETS))?;
+        // Only the used slots are kept: a whole set is 256 KiB.
+        let mut live = Vec::new();
+        for service_id in sets.keys() {
+            let service_id = service_id.map_err(map_err(MAP_BACKEND_SETS))?;
+            let set = Box::new(
+                sets.get(&service_id, 0)
+                    .map_err(map_err(MAP_BACKEND_SETS))?,
+            );
+            live.push((service_id, crate::reconcile::live_slots(&set)));
+        }
+        let sets = live;
         let map = self.map(MAP_BACKEND_ADMIN)?;
         let arr: Array<&MapData, u32> = Array::try_from(map).map_err(map_err(MAP_BACKEND_ADMIN))?;
         let mut admin = Vec::new();

@@ -12,6 +12,8 @@ use serde::Serialize;
 
 const SERVICES: usize = 16;
 const BACKENDS: usize = 64;
+/// This service (VIP 10.200.0.3) schedules by Maglev; the others by round robin.
+const MAGLEV_SERVICE: usize = 2;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -36,6 +38,9 @@ fn config() -> (String, Vec<(String, [u8; 6])>) {
             format!("10.200.0.{}", s + 1)
         };
         c += &format!("\n[[service]]\nname = \"s{s}\"\nvip = \"{vip}\"\nport = 80\n");
+        if s == MAGLEV_SERVICE {
+            c += "scheduler = \"maglev\"\n";
+        }
         for b in 0..BACKENDS {
             let addr = if v6 {
                 format!("fd00:201::{b:x}")
@@ -144,14 +149,16 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     // New flows: a repeated SYN would hit the flow table from its second run, so each SYN is
     // new (one run each) and the floor is measured the same way.
     println!("bench micro: timing {singles} new flows one run each...");
-    let (mut floors, mut syns) = (Vec::new(), Vec::new());
+    let (mut floors, mut syns, mut maglev) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..singles {
         floors.push(time_ns(floor.program(), &est4, 1));
         let src = format!("172.18.{}.{}", (i >> 8) & 255, i & 255);
         let syn = Pkt::tcp(&src, 5000, "10.200.0.2", 80, TCP_SYN).build();
         syns.push(time_ns(lb, &syn, 1));
+        let syn = Pkt::tcp(&src, 5000, "10.200.0.3", 80, TCP_SYN).build();
+        maglev.push(time_ns(lb, &syn, 1));
     }
-    let (single_floor, new_flow) = (median(floors), median(syns));
+    let (single_floor, new_flow, maglev) = (median(floors), median(syns), median(maglev));
     let single_method =
         format!("median of {singles} single runs, each a distinct SYN, interleaved with the floor");
     rows.push(Row {
@@ -166,6 +173,13 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         ns_per_packet: new_flow,
         ratio_to_floor: new_flow / single_floor,
         target_ratio: Some(8.0),
+        method: single_method.clone(),
+    });
+    rows.push(Row {
+        case: "new flow, Maglev service (hash pick + flow insert)".into(),
+        ns_per_packet: maglev,
+        ratio_to_floor: maglev / single_floor,
+        target_ratio: None,
         method: single_method,
     });
     drop(h);

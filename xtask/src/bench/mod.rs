@@ -71,7 +71,16 @@ pub fn run(args: Args) -> Result<()> {
             println!("  spread {k}: web1 {a}, web2 {b}");
         }
     }
-    let targets = targets::targets(&micro, &rows, &attack);
+    let maglev = maglev_stats(&bin)?;
+    let mut targets = targets::targets(&micro, &rows, &attack);
+    if let Some(ms) = maglev.get("build_ms").and_then(|v| v.as_f64()) {
+        targets.push(report::Target {
+            what: "Maglev table build, 1000 backends, 65537 slots (ms)".into(),
+            measured: ms,
+            target: "< 10".into(),
+            met: ms < 10.0,
+        });
+    }
     let r = report::Report {
         date: text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: text("hostname", &[]),
@@ -89,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
         e2e: rows,
         attack,
         health,
+        maglev: Some(maglev),
         targets,
     };
     let md = report::markdown(&r);
@@ -112,4 +122,19 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("bench: results in {}/{stem}.{{md,json,svg}}", dir.display());
     Ok(())
+}
+
+/// Maglev table figures from the release binary (`foobar-lb maglev-stats`).
+fn maglev_stats(bin: &std::path::Path) -> Result<serde_json::Value> {
+    println!("bench: Maglev table for 1000 backends...");
+    let out = Command::new(bin)
+        .args(["maglev-stats", "--backends", "1000"])
+        .output()
+        .context("run foobar-lb maglev-stats")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "foobar-lb maglev-stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }

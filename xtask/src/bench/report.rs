@@ -18,6 +18,8 @@ pub struct Report {
     pub e2e: Vec<e2e::Row>,
     pub attack: Vec<AttackRow>,
     pub health: Option<HealthCost>,
+    /// `foobar-lb maglev-stats` output (release build).
+    pub maglev: Option<serde_json::Value>,
     /// Ratios the issue sets as targets, computed from this run.
     pub targets: Vec<Target>,
 }
@@ -84,6 +86,18 @@ pub fn markdown(r: &Report) -> String {
         s += &format!(
             "\n## Health checking cost\n\n{} backends, {} every {} ms: the daemon used {:.1}% of one core over {:.0} s ({} of {} up).\n",
             h.backends, h.check, h.interval_ms, h.cpu_percent_of_one_core, h.seconds, h.backends_up, h.backends
+        );
+    }
+    if let Some(m) = &r.maglev {
+        let f = |k: &str| m.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        s += &format!(
+            "\n## Maglev (`foobar-lb maglev-stats`, release build)\n\n| backends | table | build ms | max/mean slots | min/mean slots | other slots moved when 1 leaves |\n|---:|---:|---:|---:|---:|---:|\n| {} | {} | {:.2} | {:.3} | {:.3} | {:.2}% |\n",
+            f("backends"),
+            f("table_size"),
+            f("build_ms"),
+            f("max_over_mean"),
+            f("min_over_mean"),
+            f("moved_when_one_removed") * 100.0
         );
     }
     s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
