@@ -225,7 +225,10 @@ impl ServiceConfig {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n.checked_rem(d) != Some(0))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| n.checked_rem(d) != Some(0))
 }
 
 /// `[firewall]`: see `crate::firewall` for the evaluation order.
