@@ -211,6 +211,7 @@ mod tests {
                 errors: 5,
             }],
             health: None,
+            maglev: None,
             targets: Vec::new(),
         };
         let md = markdown(&r);
