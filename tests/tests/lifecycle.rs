@@ -483,7 +483,19 @@ fn config_dump_keeps_every_runtime_change_and_a_restart_from_it_writes_nothing()
     ok(
         &daemon,
         &[
-            "service", "add", "alt", "--vip", VIP4, "--port", "8080", "--check", "none",
+            "service",
+            "add",
+            "alt",
+            "--vip",
+            VIP4,
+            "--port",
+            "8080",
+            "--check",
+            "none",
+            "--scheduler",
+            "maglev",
+            "--maglev-table-size",
+            "4093",
         ],
     );
     ok(&daemon, &["backend", "add", "alt", &w2]);
@@ -518,10 +530,9 @@ fn config_dump_keeps_every_runtime_change_and_a_restart_from_it_writes_nothing()
     assert!(b(&w1).drained && b(&w1).weight == 7);
     assert_eq!(b(&w2).role, foobar_lb::config::Role::Backup);
     assert_eq!(b(&w3).weight, 5);
-    assert!(parsed
-        .services
-        .iter()
-        .any(|s| s.name == "alt" && s.port == 8080));
+    assert!(parsed.services.iter().any(|s| s.name == "alt"
+        && s.port == 8080
+        && s.scheduler() == foobar_lb::schedule::Scheduler::Maglev { table_size: 4093 }));
     assert_eq!(parsed.firewall.rules.len(), 1);
     assert_eq!(parsed.firewall.block.len(), 2);
 

@@ -3,7 +3,7 @@ use std::{net::IpAddr, path::Path};
 use clap::Subcommand;
 use foobar_lb::{
     api::Request,
-    config::{CheckKind, Failover},
+    config::{CheckKind, Failover, SchedulerKind},
 };
 
 use super::call;
@@ -25,6 +25,12 @@ pub enum Command {
         /// Which backups serve when no primary is healthy.
         #[arg(long, value_enum, default_value = "first")]
         failover: Failover,
+        /// How new flows pick a backend.
+        #[arg(long, value_enum, default_value = "roundrobin")]
+        scheduler: SchedulerKind,
+        /// Maglev table size (a prime; default 65537).
+        #[arg(long, requires = "scheduler")]
+        maglev_table_size: Option<u32>,
     },
     /// Remove a service: its VIP:port traffic goes to the host stack again.
     Remove { name: String },
@@ -42,16 +48,23 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             protocol,
             check,
             failover,
-        } => Request::ServiceAdd {
-            service: serde_json::json!({
+            scheduler,
+            maglev_table_size,
+        } => {
+            let mut service = serde_json::json!({
                 "name": name,
                 "vip": vip,
                 "port": port,
                 "protocol": protocol,
                 "failover": failover,
+                "scheduler": scheduler,
                 "health": { "check": check },
-            }),
-        },
+            });
+            if let Some(m) = maglev_table_size {
+                service["maglev_table_size"] = m.into();
+            }
+            Request::ServiceAdd { service }
+        }
         Command::Remove { name } => Request::ServiceRemove { name },
     };
     let resp = call(socket, req).await?;
