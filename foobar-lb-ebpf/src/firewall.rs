@@ -22,7 +22,9 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 
 /// The firewall's control words (flags, live block-list buffer, generation), read once per
-/// packet.
+/// packet. The value may be read while userspace rewrites it in place; userspace publishes the
+/// flags and buffer before the generation that covers them (`fw_word_writes`), so whatever
+/// mix a packet reads, a new generation comes with the new flags and buffer.
 #[derive(Clone, Copy)]
 pub struct State {
     pub flags: u32,

@@ -406,3 +406,56 @@ fn too_many_prefix_lengths_are_refused_and_change_nothing() {
         &Expect::Drop(verdict::DROP_BLOCKLIST),
     );
 }
+
+/// Only a firewall change bumps the generation: the daemon writes the rules again on every
+/// configuration change, and established flows must not all meet the firewall again for a drain.
+#[test]
+fn only_firewall_changes_bump_the_generation() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    let rules = [rule(
+        Action::Allow,
+        "10.3.3.3",
+        RuleProtocol::Any,
+        "any",
+        "any",
+    )];
+    h.fw_rules(&rules);
+    let gen = h.dp.fw_generation().unwrap();
+    let ack = Pkt::tcp("10.3.3.3", 1000, VIP, 80, TCP_ACK).build();
+    h.check("flow admitted", &ack, &Expect::Tx(B1));
+    h.check("established: not evaluated again", &ack, &Expect::Tx(B1));
+    assert_eq!(h.rule_counters(1), vec![1]);
+    // What the daemon does for a drain: apply the services, write the same rules again.
+    h.set_state(
+        "www",
+        "10.0.0.11",
+        foobar_lb::desired::BackendState::Draining,
+    );
+    h.fw_rules(&rules);
+    h.vip_policy_drop(false);
+    assert_eq!(h.dp.fw_generation().unwrap(), gen, "no firewall change");
+    h.check("still established", &ack, &Expect::Tx(B1));
+    assert_eq!(
+        h.rule_counters(1),
+        vec![1],
+        "the flow was not checked again"
+    );
+    // A real change bumps it, once, and the flow meets the rules again.
+    let rules2 = [rule(
+        Action::Allow,
+        "10.3.0.0/16",
+        RuleProtocol::Any,
+        "any",
+        "any",
+    )];
+    h.fw_rules(&rules2);
+    assert_eq!(h.dp.fw_generation().unwrap(), gen.wrapping_add(1));
+    h.check("checked under the new rules", &ack, &Expect::Tx(B1));
+    assert_eq!(h.rule_counters(1), vec![2]);
+    h.fw_rules(&[]);
+    h.fw_rules(&[]);
+    assert_eq!(h.dp.fw_generation().unwrap(), gen.wrapping_add(2));
+}
