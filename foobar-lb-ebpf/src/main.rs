@@ -56,15 +56,26 @@ mod prog {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let (pkt, balance) = match parse(ctx) {
             Parsed::NotOurs => return pass,
-            // Unusable for balancing: drop it only if it was meant for one of our VIPs.
-            Parsed::Suspect {
-                family,
-                dst,
-                reason,
-            } => {
-                // Only a frame addressed to this interface is ours to judge.
-                return if is_vip(&dst, family) && local_iface(ctx).is_some() {
-                    Err(reason)
+            // Unusable for balancing: dropped if meant for one of our VIPs on this interface;
+            // anything else goes to the kernel, which may reassemble or deliver it, so it meets
+            // the firewall first (judged on what it shows: see `firewall::filter_rules_opaque`).
+            Parsed::Suspect { pkt, whole, reason } => {
+                let key = &pkt.key;
+                let vip = is_vip(&key.dst, key.family);
+                if vip && local_iface(ctx).is_some() {
+                    return Err(reason);
+                }
+                let fw = firewall::state();
+                if fw.flags != 0 {
+                    match (vip, whole) {
+                        (false, true) => firewall::filter_rules(fw, key, len)?,
+                        (false, false) => firewall::filter_rules_opaque(fw, key, len)?,
+                        (true, true) => firewall::filter(fw, key, len)?,
+                        (true, false) => firewall::filter_opaque(fw, key, len)?,
+                    }
+                }
+                return if vip {
+                    Ok((xdp_action::XDP_PASS, verdict::PASS_OTHER_HOST))
                 } else {
                     pass
                 };

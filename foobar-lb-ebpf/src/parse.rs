@@ -1,6 +1,10 @@
 //! Header parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (honouring IHL) or IPv6 (skipping
 //! common extension headers), then TCP or UDP ports. Every read is bounds-checked against
 //! `data_end`.
+//!
+//! What cannot be balanced (fragments, malformed headers, an IPv6 chain longer than the walk)
+//! still yields its addresses and as much of its L4 identity as is known, so the firewall can
+//! judge it (`Parsed::Suspect`): nothing reaches the host unjudged by being hard to parse.
 
 use core::mem;
 
@@ -16,9 +20,16 @@ use network_types::{
 pub enum Parsed {
     /// Not TCP/UDP over IP: not ours to judge, the kernel stack gets it untouched.
     NotOurs,
-    /// Unusable for balancing (malformed, truncated, fragmented): drop with `reason` if `dst`
-    /// is a VIP, pass otherwise.
-    Suspect { family: u8, dst: Addr, reason: u32 },
+    /// Unusable for balancing (malformed, truncated, fragmented, L4 header out of reach): drop
+    /// with `reason` if addressed to a VIP on this interface; otherwise the firewall judges it.
+    /// With `whole`, `pkt.key` has the real protocol and ports (a first fragment); without,
+    /// its ports are zero and unknown, and its protocol is [`PROTO_UNKNOWN`] where not even that
+    /// is known (see `firewall::filter_opaque`).
+    Suspect {
+        pkt: Packet,
+        whole: bool,
+        reason: u32,
+    },
     /// A complete 5-tuple.
     Flow(Packet),
     /// IP but neither TCP nor UDP (ICMP, ...): ports are zero. Firewall rules apply; never
@@ -51,12 +62,64 @@ impl Packet {
     }
 }
 
+/// `FlowKey::proto` of a suspect packet whose L4 protocol is unknown: a later IPv6 fragment
+/// (reassembly takes the protocol from the first), an extension chain longer than the walk, a
+/// malformed IP header. (Protocol 0 is IPv6 hop-by-hop options, never an L4 protocol.)
+pub const PROTO_UNKNOWN: u8 = 0;
+
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
 /// IPv4 flags+offset: "more fragments" bit and the 13-bit offset.
 const IPV4_MF_OFFSET_MASK: u16 = 0x3fff;
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+/// IPv6 extension headers that may come before the L4 header (RFC 8200's registry, less ESP
+/// and AH, which are judged as protocols of their own as in IPv4): a chain still holding one
+/// after the walk hides its L4 header.
+#[inline(always)]
+fn ipv6_ext(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_DSTOPTS
+            | 135
+            | 139
+            | 140
+            | 253
+            | 254
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn packet(
+    src: Addr,
+    dst: Addr,
+    family: u8,
+    proto: u8,
+    ports: (u16, u16, u8),
+    l3_off: usize,
+    l4_off: usize,
+) -> Packet {
+    Packet {
+        key: FlowKey {
+            src,
+            dst,
+            sport: ports.0,
+            dport: ports.1,
+            proto,
+            family,
+            _pad: [0; 2],
+        },
+        tcp_flags: ports.2,
+        l3_off: l3_off as u16,
+        l4_off: l4_off as u16,
+    }
+}
 
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
@@ -92,60 +155,44 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
-    // Too short to hold a destination address: cannot be judged as ours.
+    // Too short to hold a destination address: cannot be judged as ours (the kernel drops it).
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
         return Parsed::NotOurs;
     };
     let ip = unsafe { &*ip };
     let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    let suspect = |reason| Parsed::Suspect {
-        family: FAMILY_V4,
-        dst,
+    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    let proto = ip.proto;
+    let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
+    let l4 = offset + hdr_len;
+    let suspect = |proto, ports, whole, reason| Parsed::Suspect {
+        pkt: packet(src, dst, FAMILY_V4, proto, ports, offset, l4),
+        whole,
         reason,
     };
-    let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     let available = ctx.data_end() - ctx.data() - offset;
     if ip.vihl >> 4 != 4 || hdr_len < Ipv4Hdr::LEN || tot_len < hdr_len || tot_len > available {
-        return suspect(verdict::DROP_MALFORMED);
+        return suspect(PROTO_UNKNOWN, (0, 0, 0), false, verdict::DROP_MALFORMED);
     }
-    if u16::from_be_bytes(ip.frags) & IPV4_MF_OFFSET_MASK != 0 {
-        return suspect(verdict::DROP_FRAGMENT);
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & IPV4_MF_OFFSET_MASK != 0 {
+        // Fragments carry the protocol (all of a datagram's share it); only the first one can
+        // carry ports, and only if its L4 header is whole.
+        if frags & IPV4_OFFSET_MASK == 0 && (proto == PROTO_TCP || proto == PROTO_UDP) {
+            if let Some(p) = first_fragment_ports(ctx, l4, proto, tot_len - hdr_len) {
+                return suspect(proto, p, true, verdict::DROP_FRAGMENT);
+            }
+        }
+        let whole = frags & IPV4_OFFSET_MASK == 0 && proto != PROTO_TCP && proto != PROTO_UDP;
+        return suspect(proto, (0, 0, 0), whole, verdict::DROP_FRAGMENT);
     }
-    let proto = ip.proto;
-    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Parsed::Other(Packet {
-            key: FlowKey {
-                src,
-                dst,
-                sport: 0,
-                dport: 0,
-                proto,
-                family: FAMILY_V4,
-                _pad: [0; 2],
-            },
-            tcp_flags: 0,
-            l3_off: offset as u16,
-            l4_off: (offset + hdr_len) as u16,
-        });
+        return Parsed::Other(packet(src, dst, FAMILY_V4, proto, (0, 0, 0), offset, l4));
     }
-    match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
-        Some((sport, dport, flags)) => Parsed::Flow(Packet {
-            key: FlowKey {
-                src,
-                dst,
-                sport,
-                dport,
-                proto,
-                family: FAMILY_V4,
-                _pad: [0; 2],
-            },
-            tcp_flags: flags,
-            l3_off: offset as u16,
-            l4_off: (offset + hdr_len) as u16,
-        }),
-        None => suspect(verdict::DROP_MALFORMED),
+    match ports(ctx, l4, proto, tot_len - hdr_len) {
+        Some(p) => Parsed::Flow(packet(src, dst, FAMILY_V4, proto, p, offset, l4)),
+        None => suspect(proto, (0, 0, 0), false, verdict::DROP_MALFORMED),
     }
 }
 
@@ -156,18 +203,19 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
     };
     let ip = unsafe { &*ip };
     let dst = addr6(&ip.dst_addr);
-    let suspect = |reason| Parsed::Suspect {
-        family: FAMILY_V6,
-        dst,
+    let src = addr6(&ip.src_addr);
+    let mut l4 = offset + Ipv6Hdr::LEN;
+    let suspect = |proto, ports, l4, whole, reason| Parsed::Suspect {
+        pkt: packet(src, dst, FAMILY_V6, proto, ports, offset, l4),
+        whole,
         reason,
     };
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     let available = ctx.data_end() - ctx.data() - offset - Ipv6Hdr::LEN;
     if ip.vcf[0] >> 4 != 6 || payload_len > available {
-        return suspect(verdict::DROP_MALFORMED);
+        return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
     }
     let mut next = ip.next_hdr;
-    let mut l4 = offset + Ipv6Hdr::LEN;
     let mut ext_len = 0usize;
     // Skip up to three hop-by-hop / routing / destination-options headers (bounded loop).
     for _ in 0..3 {
@@ -175,7 +223,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
             break;
         }
         let Some(ext) = ptr_at::<[u8; 2]>(ctx, l4) else {
-            return suspect(verdict::DROP_MALFORMED);
+            return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
         };
         let ext = unsafe { *ext };
         next = ext[0];
@@ -183,45 +231,83 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
         l4 += len;
         ext_len += len;
     }
+    let mut fragment = false;
     if next == IPPROTO_FRAGMENT {
-        return suspect(verdict::DROP_FRAGMENT);
+        // (next header, reserved, offset << 3 | M): one 4-byte load.
+        let Some(frag) = ptr_at::<[u8; 4]>(ctx, l4) else {
+            return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
+        };
+        let frag = unsafe { *frag };
+        if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+            // A later fragment: its next-header field is not what reassembly uses.
+            return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_FRAGMENT);
+        }
+        fragment = true;
+        next = frag[0];
+        l4 += 8;
+        ext_len += 8;
+    }
+    let reason = if fragment {
+        verdict::DROP_FRAGMENT
+    } else {
+        verdict::DROP_EXT_HEADERS
+    };
+    if ipv6_ext(next) {
+        // More headers than walked: the L4 header is out of reach.
+        return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, reason);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
-        return Parsed::Other(Packet {
-            key: FlowKey {
-                src: addr6(&ip.src_addr),
-                dst,
-                sport: 0,
-                dport: 0,
-                proto: next,
-                family: FAMILY_V6,
-                _pad: [0; 2],
-            },
-            tcp_flags: 0,
-            l3_off: offset as u16,
-            l4_off: l4 as u16,
-        });
+        let pkt = packet(src, dst, FAMILY_V6, next, (0, 0, 0), offset, l4);
+        return if fragment {
+            Parsed::Suspect {
+                pkt,
+                whole: true,
+                reason,
+            }
+        } else {
+            Parsed::Other(pkt)
+        };
     }
     if ext_len > payload_len {
-        return suspect(verdict::DROP_MALFORMED);
+        return suspect(next, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
+    }
+    if fragment {
+        return match first_fragment_ports(ctx, l4, next, payload_len - ext_len) {
+            Some(p) => suspect(next, p, l4, true, reason),
+            None => suspect(next, (0, 0, 0), l4, false, reason),
+        };
     }
     match ports(ctx, l4, next, payload_len - ext_len) {
-        Some((sport, dport, flags)) => Parsed::Flow(Packet {
-            key: FlowKey {
-                src: addr6(&ip.src_addr),
-                dst,
-                sport,
-                dport,
-                proto: next,
-                family: FAMILY_V6,
-                _pad: [0; 2],
-            },
-            tcp_flags: flags,
-            l3_off: offset as u16,
-            l4_off: l4 as u16,
-        }),
-        None => suspect(verdict::DROP_MALFORMED),
+        Some(p) => Parsed::Flow(packet(src, dst, FAMILY_V6, next, p, offset, l4)),
+        None => suspect(next, (0, 0, 0), l4, false, verdict::DROP_MALFORMED),
     }
+}
+
+/// Ports of a first fragment's TCP or UDP header at `offset`, if its fixed part is whole in the
+/// fragment (`l4_len` bytes of payload). A UDP length covers the whole datagram, so it is not
+/// checked against this fragment; anything shorter hides its ports.
+#[inline(always)]
+fn first_fragment_ports(
+    ctx: &XdpContext,
+    offset: usize,
+    proto: u8,
+    l4_len: usize,
+) -> Option<(u16, u16, u8)> {
+    // The frame bounds check first, as in `ports`.
+    let (hdr, min) = if proto == PROTO_TCP {
+        (ptr_at::<[u8; 20]>(ctx, offset)? as *const [u8; 4], 20)
+    } else {
+        (ptr_at::<[u8; 8]>(ctx, offset)? as *const [u8; 4], 8)
+    };
+    if l4_len < min {
+        return None;
+    }
+    let hdr = unsafe { *hdr };
+    Some((
+        u16::from_ne_bytes([hdr[0], hdr[1]]),
+        u16::from_ne_bytes([hdr[2], hdr[3]]),
+        0,
+    ))
 }
 
 /// Ports (network byte order) and TCP flags of a TCP or UDP header at `offset`, if the header

@@ -39,6 +39,9 @@ pub struct Pkt {
     pub ip_options: Vec<u8>,
     /// IPv4 flags + fragment offset field.
     pub frag: u16,
+    /// IPv6 extension headers between the fixed header and the L4 header, in order: (type,
+    /// the header's bytes after its next-header byte). `build` chains the next-header fields.
+    pub v6_ext: Vec<(u8, Vec<u8>)>,
     pub l4: L4,
     pub payload: Vec<u8>,
 }
@@ -69,6 +72,7 @@ impl Pkt {
             dst: dst.parse().unwrap(),
             ip_options: Vec::new(),
             frag: 0,
+            v6_ext: Vec::new(),
             l4,
             payload: b"hello foobar".to_vec(),
         }
@@ -87,6 +91,22 @@ impl Pkt {
 
     pub fn frag(mut self, field: u16) -> Pkt {
         self.frag = field;
+        self
+    }
+
+    /// Appends an 8-byte IPv6 options header (`kind` 0 hop-by-hop or 60 destination options)
+    /// holding one PadN option.
+    pub fn v6_opts(mut self, kind: u8) -> Pkt {
+        self.v6_ext.push((kind, vec![0, 1, 4, 0, 0, 0, 0]));
+        self
+    }
+
+    /// Appends an IPv6 fragment header: `offset_flags` is the 16-bit field (offset in 8-byte
+    /// units << 3, M flag in bit 0), identification 0x0badcafe.
+    pub fn v6_frag(mut self, offset_flags: u16) -> Pkt {
+        let [hi, lo] = offset_flags.to_be_bytes();
+        self.v6_ext
+            .push((44, vec![0, hi, lo, 0x0b, 0xad, 0xca, 0xfe]));
         self
     }
 
@@ -154,10 +174,16 @@ impl Pkt {
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 f.extend(0x86ddu16.to_be_bytes());
                 f.extend([0x60, 0, 0, 0]);
-                f.extend((l4.len() as u16).to_be_bytes());
-                f.extend([proto, 64]);
+                let ext_len: usize = self.v6_ext.iter().map(|(_, b)| 1 + b.len()).sum();
+                f.extend(((ext_len + l4.len()) as u16).to_be_bytes());
+                let first = self.v6_ext.first().map_or(proto, |(k, _)| *k);
+                f.extend([first, 64]);
                 f.extend(s.octets());
                 f.extend(d.octets());
+                for (i, (_, body)) in self.v6_ext.iter().enumerate() {
+                    f.push(self.v6_ext.get(i + 1).map_or(proto, |(k, _)| *k));
+                    f.extend(body);
+                }
             }
             _ => panic!("mixed address families"),
         }
@@ -218,7 +244,7 @@ pub struct Decoded {
     pub ports: Option<(u16, u16)>,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: Option<u8>,
-    /// IP protocol (IPv6: the next header after the fixed header).
+    /// IP protocol (IPv6: the header after the options, routing and fragment headers).
     pub proto: Option<u8>,
     /// IPv4 total length or IPv6 payload length.
     pub ip_len: Option<u16>,
@@ -328,7 +354,18 @@ pub fn decode(f: &[u8]) -> Decoded {
             d.checksums_ok = true;
             d.ttl = Some(f[off + 7]);
             d.ip_len = Some(u16::from_be_bytes([f[off + 4], f[off + 5]]));
-            (IpAddr::from(s), IpAddr::from(t), f[off + 6], &f[off + 40..])
+            // Skip extension headers (options, routing, fragment) to the L4 header.
+            let (mut next, mut at) = (f[off + 6], off + 40);
+            while matches!(next, 0 | 43 | 44 | 60) && f.len() >= at + 8 {
+                let len = if next == 44 {
+                    8
+                } else {
+                    (f[at + 1] as usize + 1) * 8
+                };
+                next = f[at];
+                at = (at + len).min(f.len());
+            }
+            (IpAddr::from(s), IpAddr::from(t), next, &f[at..])
         }
         _ => return d,
     };
@@ -363,6 +400,10 @@ mod tests {
             Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN),
             Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).vlan(7),
             Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK),
+            Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK)
+                .v6_opts(0)
+                .v6_frag(1)
+                .v6_opts(60),
             Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN).options(&[1, 1, 1, 0]),
         ] {
             let d = decode(&p.build());

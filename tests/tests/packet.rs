@@ -401,6 +401,55 @@ fn malformed_and_fragmented_packets_to_a_vip_are_dropped() {
 }
 
 #[test]
+fn ipv6_fragments_and_long_extension_chains_to_a_vip_are_dropped() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let syn = Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN);
+    let fragment = Expect::Drop(verdict::DROP_FRAGMENT);
+    h.check("first fragment", &syn.clone().v6_frag(1).build(), &fragment);
+    h.check(
+        "later fragment",
+        &syn.clone().v6_frag(0x0010).build(),
+        &fragment,
+    );
+    h.check(
+        "hop-by-hop options, then a fragment",
+        &syn.clone().v6_opts(0).v6_frag(1).build(),
+        &fragment,
+    );
+    let chain = |p: Pkt, n: usize| (0..n).fold(p.v6_opts(0), |p, _| p.v6_opts(60));
+    let walked = chain(syn.clone(), 2);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..walked.clone()
+    };
+    h.check(
+        "three extension headers: balanced",
+        &walked.build(),
+        &Expect::Frame(out.build()),
+    );
+    h.check(
+        "four extension headers: the L4 header is out of reach",
+        &chain(syn.clone(), 3).build(),
+        &Expect::Drop(verdict::DROP_EXT_HEADERS),
+    );
+    h.check(
+        "eight, then a fragment header",
+        &chain(syn.clone(), 7).v6_frag(1).build(),
+        &Expect::Drop(verdict::DROP_EXT_HEADERS),
+    );
+    h.check(
+        "eight extension headers to a host address",
+        &chain(Pkt::tcp("fd00::1", 1000, "fd00::9", 80, TCP_SYN), 7).build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.dp.flow_count().unwrap(), 1);
+}
+
+#[test]
 fn empty_backend_set_drops_and_counts() {
     if !foobar_lb_tests::root_and_object() {
         return;
