@@ -59,8 +59,17 @@ mod prog {
             // Unusable for balancing: dropped if meant for one of our VIPs on this interface;
             // anything else goes to the kernel, which may reassemble or deliver it, so it meets
             // the firewall first (judged on what it shows: see `firewall::filter_rules_opaque`).
-            Parsed::Suspect { pkt, whole, reason } => {
-                let key = &pkt.key;
+            Parsed::Suspect {
+                family,
+                l3_off,
+                reason,
+            } => {
+                // The IP header is at 14, 18 or 22 (up to two VLAN tags).
+                let Some((key, whole)) = parse::suspect_view(ctx, family, l3_off as usize & 0x3f)
+                else {
+                    return pass;
+                };
+                let key = &key;
                 let vip = is_vip(&key.dst, key.family);
                 if vip && local_iface(ctx).is_some() {
                     return Err(reason);

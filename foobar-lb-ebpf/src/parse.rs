@@ -3,8 +3,8 @@
 //! `data_end`.
 //!
 //! What cannot be balanced (fragments, malformed headers, an IPv6 chain longer than the walk)
-//! still yields its addresses and as much of its L4 identity as is known, so the firewall can
-//! judge it (`Parsed::Suspect`): nothing reaches the host unjudged by being hard to parse.
+//! still shows the firewall its addresses and as much of its L4 identity as is known
+//! ([`suspect_view`]): nothing reaches the host unjudged by being hard to parse.
 
 use core::mem;
 
@@ -21,13 +21,12 @@ pub enum Parsed {
     /// Not TCP/UDP over IP: not ours to judge, the kernel stack gets it untouched.
     NotOurs,
     /// Unusable for balancing (malformed, truncated, fragmented, L4 header out of reach): drop
-    /// with `reason` if addressed to a VIP on this interface; otherwise the firewall judges it.
-    /// With `whole`, `pkt.key` has the real protocol and ports (a first fragment); without,
-    /// its ports are zero and unknown, and its protocol is [`PROTO_UNKNOWN`] where not even that
-    /// is known (see `firewall::filter_opaque`).
+    /// with `reason` if addressed to a VIP on this interface; otherwise the firewall judges
+    /// what it shows ([`suspect_view`]). Only the IP header's place is carried: the fast path
+    /// does not pay for assembling what only this slow path needs.
     Suspect {
-        pkt: Packet,
-        whole: bool,
+        family: u8,
+        l3_off: u16,
         reason: u32,
     },
     /// A complete 5-tuple.
@@ -62,9 +61,8 @@ impl Packet {
     }
 }
 
-/// `FlowKey::proto` of a suspect packet whose L4 protocol is unknown: a later IPv6 fragment
-/// (reassembly takes the protocol from the first), an extension chain longer than the walk, a
-/// malformed IP header. (Protocol 0 is IPv6 hop-by-hop options, never an L4 protocol.)
+/// `FlowKey::proto` in a [`suspect_view`] whose L4 protocol is unknown. (Protocol 0 is IPv6
+/// hop-by-hop options, never an L4 protocol.)
 pub const PROTO_UNKNOWN: u8 = 0;
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -92,33 +90,6 @@ fn ipv6_ext(next: u8) -> bool {
             | 253
             | 254
     )
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn packet(
-    src: Addr,
-    dst: Addr,
-    family: u8,
-    proto: u8,
-    ports: (u16, u16, u8),
-    l3_off: usize,
-    l4_off: usize,
-) -> Packet {
-    Packet {
-        key: FlowKey {
-            src,
-            dst,
-            sport: ports.0,
-            dport: ports.1,
-            proto,
-            family,
-            _pad: [0; 2],
-        },
-        tcp_flags: ports.2,
-        l3_off: l3_off as u16,
-        l4_off: l4_off as u16,
-    }
 }
 
 #[inline(always)]
@@ -155,44 +126,60 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
-    // Too short to hold a destination address: cannot be judged as ours (the kernel drops it).
+    // Too short to hold a destination address: cannot be judged as ours.
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
         return Parsed::NotOurs;
     };
     let ip = unsafe { &*ip };
     let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
-    let proto = ip.proto;
-    let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
-    let l4 = offset + hdr_len;
-    let suspect = |proto, ports, whole, reason| Parsed::Suspect {
-        pkt: packet(src, dst, FAMILY_V4, proto, ports, offset, l4),
-        whole,
+    let suspect = |reason| Parsed::Suspect {
+        family: FAMILY_V4,
+        l3_off: offset as u16,
         reason,
     };
+    let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     let available = ctx.data_end() - ctx.data() - offset;
     if ip.vihl >> 4 != 4 || hdr_len < Ipv4Hdr::LEN || tot_len < hdr_len || tot_len > available {
-        return suspect(PROTO_UNKNOWN, (0, 0, 0), false, verdict::DROP_MALFORMED);
+        return suspect(verdict::DROP_MALFORMED);
     }
-    let frags = u16::from_be_bytes(ip.frags);
-    if frags & IPV4_MF_OFFSET_MASK != 0 {
-        // Fragments carry the protocol (all of a datagram's share it); only the first one can
-        // carry ports, and only if its L4 header is whole.
-        if frags & IPV4_OFFSET_MASK == 0 && (proto == PROTO_TCP || proto == PROTO_UDP) {
-            if let Some(p) = first_fragment_ports(ctx, l4, proto, tot_len - hdr_len) {
-                return suspect(proto, p, true, verdict::DROP_FRAGMENT);
-            }
-        }
-        let whole = frags & IPV4_OFFSET_MASK == 0 && proto != PROTO_TCP && proto != PROTO_UDP;
-        return suspect(proto, (0, 0, 0), whole, verdict::DROP_FRAGMENT);
+    if u16::from_be_bytes(ip.frags) & IPV4_MF_OFFSET_MASK != 0 {
+        return suspect(verdict::DROP_FRAGMENT);
     }
+    let proto = ip.proto;
+    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Parsed::Other(packet(src, dst, FAMILY_V4, proto, (0, 0, 0), offset, l4));
+        return Parsed::Other(Packet {
+            key: FlowKey {
+                src,
+                dst,
+                sport: 0,
+                dport: 0,
+                proto,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            },
+            tcp_flags: 0,
+            l3_off: offset as u16,
+            l4_off: (offset + hdr_len) as u16,
+        });
     }
-    match ports(ctx, l4, proto, tot_len - hdr_len) {
-        Some(p) => Parsed::Flow(packet(src, dst, FAMILY_V4, proto, p, offset, l4)),
-        None => suspect(proto, (0, 0, 0), false, verdict::DROP_MALFORMED),
+    match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
+        Some((sport, dport, flags)) => Parsed::Flow(Packet {
+            key: FlowKey {
+                src,
+                dst,
+                sport,
+                dport,
+                proto,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            },
+            tcp_flags: flags,
+            l3_off: offset as u16,
+            l4_off: (offset + hdr_len) as u16,
+        }),
+        None => suspect(verdict::DROP_MALFORMED),
     }
 }
 
@@ -203,84 +190,167 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
     };
     let ip = unsafe { &*ip };
     let dst = addr6(&ip.dst_addr);
-    let src = addr6(&ip.src_addr);
-    let mut l4 = offset + Ipv6Hdr::LEN;
-    let suspect = |proto, ports, l4, whole, reason| Parsed::Suspect {
-        pkt: packet(src, dst, FAMILY_V6, proto, ports, offset, l4),
-        whole,
+    let suspect = |reason| Parsed::Suspect {
+        family: FAMILY_V6,
+        l3_off: offset as u16,
         reason,
     };
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     let available = ctx.data_end() - ctx.data() - offset - Ipv6Hdr::LEN;
     if ip.vcf[0] >> 4 != 6 || payload_len > available {
-        return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
+        return suspect(verdict::DROP_MALFORMED);
     }
-    let mut next = ip.next_hdr;
+    let Some((next, l4, ext_len)) = walk_v6(ctx, ip.next_hdr, offset + Ipv6Hdr::LEN) else {
+        return suspect(verdict::DROP_MALFORMED);
+    };
+    if next == IPPROTO_FRAGMENT {
+        return suspect(verdict::DROP_FRAGMENT);
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        if ipv6_ext(next) {
+            // More headers than walked: the L4 header is out of reach.
+            return suspect(verdict::DROP_EXT_HEADERS);
+        }
+        return Parsed::Other(Packet {
+            key: FlowKey {
+                src: addr6(&ip.src_addr),
+                dst,
+                sport: 0,
+                dport: 0,
+                proto: next,
+                family: FAMILY_V6,
+                _pad: [0; 2],
+            },
+            tcp_flags: 0,
+            l3_off: offset as u16,
+            l4_off: l4 as u16,
+        });
+    }
+    if ext_len > payload_len {
+        return suspect(verdict::DROP_MALFORMED);
+    }
+    match ports(ctx, l4, next, payload_len - ext_len) {
+        Some((sport, dport, flags)) => Parsed::Flow(Packet {
+            key: FlowKey {
+                src: addr6(&ip.src_addr),
+                dst,
+                sport,
+                dport,
+                proto: next,
+                family: FAMILY_V6,
+                _pad: [0; 2],
+            },
+            tcp_flags: flags,
+            l3_off: offset as u16,
+            l4_off: l4 as u16,
+        }),
+        None => suspect(verdict::DROP_MALFORMED),
+    }
+}
+
+/// Skips up to three hop-by-hop / routing / destination-options headers from `l4` (bounded
+/// loop): (next header, L4 offset, bytes skipped), `None` if one is cut.
+#[inline(always)]
+fn walk_v6(ctx: &XdpContext, mut next: u8, mut l4: usize) -> Option<(u8, usize, usize)> {
     let mut ext_len = 0usize;
-    // Skip up to three hop-by-hop / routing / destination-options headers (bounded loop).
     for _ in 0..3 {
         if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
             break;
         }
-        let Some(ext) = ptr_at::<[u8; 2]>(ctx, l4) else {
-            return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
-        };
-        let ext = unsafe { *ext };
+        let ext = unsafe { *ptr_at::<[u8; 2]>(ctx, l4)? };
         next = ext[0];
         let len = (ext[1] as usize + 1) * 8;
         l4 += len;
         ext_len += len;
     }
+    Some((next, l4, ext_len))
+}
+
+/// What a [`Parsed::Suspect`] packet shows the firewall, read again from its IP header at
+/// `l3_off` (slow path only): the key with its addresses, and whether its protocol and ports
+/// are the real ones (`true`: a first fragment whose TCP/UDP header is whole, or a fragment of
+/// a protocol without ports). Otherwise the ports are zero and unknown, and the protocol is
+/// [`PROTO_UNKNOWN`] where not even that is known: a later IPv6 fragment (reassembly takes the
+/// protocol from the first fragment), an IPv6 chain longer than the walk, a malformed IP header.
+/// IPv4 fragments keep their protocol: all fragments of a datagram share it.
+#[inline(always)]
+pub fn suspect_view(ctx: &XdpContext, family: u8, l3_off: usize) -> Option<(FlowKey, bool)> {
+    let key = |src, dst, proto, ports: Option<(u16, u16, u8)>| {
+        let (sport, dport, _) = ports.unwrap_or((0, 0, 0));
+        let k = FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family,
+            _pad: [0; 2],
+        };
+        Some((k, ports.is_some()))
+    };
+    let whole = Some((0, 0, 0));
+    if family == FAMILY_V4 {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
+        let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+        let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+        let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
+        let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+        let available = ctx.data_end() - ctx.data() - l3_off;
+        if ip.vihl >> 4 != 4 || hdr_len < Ipv4Hdr::LEN || tot_len < hdr_len || tot_len > available {
+            return key(src, dst, PROTO_UNKNOWN, None);
+        }
+        let proto = ip.proto;
+        let ported = proto == PROTO_TCP || proto == PROTO_UDP;
+        let frags = u16::from_be_bytes(ip.frags);
+        if frags & IPV4_MF_OFFSET_MASK == 0 || frags & IPV4_OFFSET_MASK != 0 {
+            // Not a fragment (its L4 header is malformed), or a later one: no ports.
+            return key(src, dst, proto, if ported { None } else { whole });
+        }
+        if !ported {
+            return key(src, dst, proto, whole);
+        }
+        let ports = first_fragment_ports(ctx, l3_off + hdr_len, proto, tot_len - hdr_len);
+        return key(src, dst, proto, ports);
+    }
+    let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off)? };
+    let src = addr6(&ip.src_addr);
+    let dst = addr6(&ip.dst_addr);
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let available = ctx.data_end() - ctx.data() - l3_off - Ipv6Hdr::LEN;
+    if ip.vcf[0] >> 4 != 6 || payload_len > available {
+        return key(src, dst, PROTO_UNKNOWN, None);
+    }
+    let Some((mut next, mut l4, mut ext_len)) = walk_v6(ctx, ip.next_hdr, l3_off + Ipv6Hdr::LEN)
+    else {
+        return key(src, dst, PROTO_UNKNOWN, None);
+    };
     let mut fragment = false;
     if next == IPPROTO_FRAGMENT {
         // (next header, reserved, offset << 3 | M): one 4-byte load.
         let Some(frag) = ptr_at::<[u8; 4]>(ctx, l4) else {
-            return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
+            return key(src, dst, PROTO_UNKNOWN, None);
         };
         let frag = unsafe { *frag };
         if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
-            // A later fragment: its next-header field is not what reassembly uses.
-            return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, verdict::DROP_FRAGMENT);
+            return key(src, dst, PROTO_UNKNOWN, None);
         }
         fragment = true;
         next = frag[0];
         l4 += 8;
         ext_len += 8;
     }
-    let reason = if fragment {
-        verdict::DROP_FRAGMENT
-    } else {
-        verdict::DROP_EXT_HEADERS
-    };
     if ipv6_ext(next) {
-        // More headers than walked: the L4 header is out of reach.
-        return suspect(PROTO_UNKNOWN, (0, 0, 0), l4, false, reason);
+        return key(src, dst, PROTO_UNKNOWN, None);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
-        let pkt = packet(src, dst, FAMILY_V6, next, (0, 0, 0), offset, l4);
-        return if fragment {
-            Parsed::Suspect {
-                pkt,
-                whole: true,
-                reason,
-            }
-        } else {
-            Parsed::Other(pkt)
-        };
+        return key(src, dst, next, whole);
     }
-    if ext_len > payload_len {
-        return suspect(next, (0, 0, 0), l4, false, verdict::DROP_MALFORMED);
+    if !fragment || ext_len > payload_len {
+        // A malformed L4 header.
+        return key(src, dst, next, None);
     }
-    if fragment {
-        return match first_fragment_ports(ctx, l4, next, payload_len - ext_len) {
-            Some(p) => suspect(next, p, l4, true, reason),
-            None => suspect(next, (0, 0, 0), l4, false, reason),
-        };
-    }
-    match ports(ctx, l4, next, payload_len - ext_len) {
-        Some(p) => Parsed::Flow(packet(src, dst, FAMILY_V6, next, p, offset, l4)),
-        None => suspect(next, (0, 0, 0), l4, false, verdict::DROP_MALFORMED),
-    }
+    let ports = first_fragment_ports(ctx, l4, next, payload_len - ext_len);
+    key(src, dst, next, ports)
 }
 
 /// Ports of a first fragment's TCP or UDP header at `offset`, if its fixed part is whole in the
