@@ -13,7 +13,7 @@ use crate::{
 /// Version of the pinned data plane's layout: bump it when a map's meaning changes without its
 /// sizes changing (a field reused, a state added). Written into [`MAP_META`] by the daemon that
 /// creates the maps; a daemon of another version refuses to adopt them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Kernel map types used here (`enum bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,7 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, u32>(MAP_BACKEND_ADMIN, Array, MAX_BACKENDS, 0, true),
     spec::<u32, u64>(MAP_RR_CURSORS, Array, MAX_SERVICES, 0, true),
     spec::<u32, Iface>(MAP_IFACES, Array, MAX_IFINDEX, 0, true),
+    spec::<VlanKey, u32>(MAP_IFACE_VLANS, Hash, MAX_IFACE_VLANS, 0, true),
     spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, 0, true),
     spec::<u32, u64>(MAP_VERDICT_STATS, PerCpuArray, verdict::COUNT, 0, true),
     spec::<u32, Counters>(MAP_SERVICE_STATS, PerCpuArray, MAX_SERVICES, 0, true),

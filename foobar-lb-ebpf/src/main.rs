@@ -24,12 +24,12 @@ mod stats;
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use foobar_lb_common::{
-        verdict, Iface, ServiceKey, VipKey, FAMILY_V4, FAMILY_V6, IFACE_ACTIVE, PROTO_TCP,
+        verdict, Iface, ServiceKey, VipKey, VlanKey, FAMILY_V4, FAMILY_V6, IFACE_ACTIVE, PROTO_TCP,
     };
 
     use crate::{
         firewall,
-        maps::{IFACES, SERVICES, VIPS},
+        maps::{IFACES, IFACE_VLANS, SERVICES, VIPS},
         parse::{self, parse, Packet, Parsed},
         rewrite, select, stats,
     };
@@ -71,7 +71,8 @@ mod prog {
                 };
                 let key = &key;
                 let vip = is_vip(&key.dst, key.family);
-                if vip && local_iface(ctx).is_some() {
+                let ours = receiver(ctx, l3_off);
+                if vip && ours.is_ok() {
                     return Err(reason);
                 }
                 let fw = firewall::state();
@@ -83,10 +84,9 @@ mod prog {
                         (true, false) => firewall::filter_opaque(fw, key, len)?,
                     }
                 }
-                return if vip {
-                    Ok((xdp_action::XDP_PASS, verdict::PASS_OTHER_HOST))
-                } else {
-                    pass
+                return match ours {
+                    Err(other) if vip => Ok((xdp_action::XDP_PASS, other)),
+                    _ => pass,
                 };
             }
             Parsed::Other(pkt) => (pkt, false),
@@ -102,13 +102,16 @@ mod prog {
             return pass;
         }
         // A VIP packet in a frame for another MAC (broadcast, multicast, a switch flooding
-        // another host's frame): never forwarded, but it still meets the firewall, since the
-        // kernel may deliver it to this host.
-        let Some(iface) = local_iface(ctx) else {
-            if fw.flags != 0 {
-                firewall::filter(fw, key, len)?;
+        // another host's frame) or in a VLAN this interface does not balance: never forwarded,
+        // but it still meets the firewall, since the kernel may deliver it to this host.
+        let iface = match receiver(ctx, pkt.l3_off) {
+            Ok(iface) => iface,
+            Err(other) => {
+                if fw.flags != 0 {
+                    firewall::filter(fw, key, len)?;
+                }
+                return Ok((xdp_action::XDP_PASS, other));
             }
-            return Ok((xdp_action::XDP_PASS, verdict::PASS_OTHER_HOST));
         };
         sanity(ctx, &pkt)?;
         if !balance {
@@ -200,7 +203,7 @@ mod prog {
     fn sanity(ctx: &XdpContext, pkt: &Packet) -> Result<(), u32> {
         let key = &pkt.key;
         if key.family == FAMILY_V4 {
-            // The IP header is at 14 or 18 (one VLAN tag); the mask tells the verifier so.
+            // The IP header is at 14, 18 or 22 (VLAN tags); the mask tells the verifier so.
             parse::ipv4_header_ok(ctx, pkt.l3_off as usize & 0x3f)?;
         }
         if key.proto == PROTO_TCP && !parse::tcp_flags_valid(pkt.tcp_flags) {
@@ -219,6 +222,32 @@ mod prog {
         }
         Ok(())
     }
+
+    /// The receiving interface, if this frame is for it to balance: addressed to its own MAC
+    /// (else `Err(PASS_OTHER_HOST)`), and untagged or tagged with a VLAN configured for it
+    /// (else `Err(PASS_OTHER_VLAN)`; a double-tagged frame never is). `l3_off` tells tagged
+    /// frames apart (14: untagged), so untagged ones pay one compare.
+    #[inline(always)]
+    fn receiver(ctx: &XdpContext, l3_off: u16) -> Result<&'static Iface, u32> {
+        let iface = local_iface(ctx).ok_or(verdict::PASS_OTHER_HOST)?;
+        if l3_off != ETH_LEN {
+            let vlan = match parse::vlan_id(ctx) {
+                Some(vlan) if l3_off == ETH_LEN + 4 => vlan,
+                _ => return Err(verdict::PASS_OTHER_VLAN),
+            };
+            let key = VlanKey {
+                ifindex: ctx.ingress_ifindex() as u32,
+                vlan,
+                _pad: 0,
+            };
+            if unsafe { IFACE_VLANS.get(key) }.is_none() {
+                return Err(verdict::PASS_OTHER_VLAN);
+            }
+        }
+        Ok(iface)
+    }
+
+    const ETH_LEN: u16 = 14;
 
     /// The receiving interface, if the frame is addressed to its own MAC (one array read and
     /// a 6-byte compare, as a 4-byte and a 2-byte word: byte-wise it costs 30 instructions).

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
     FlowValue, FwWords, Iface, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey, VipFilter,
-    VipKey, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_IFINDEX, MAX_RATE_SOURCES, MAX_RULES,
-    MAX_SERVICES, MAX_VIP_POLICY_IFACES,
+    VipKey, VlanKey, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX,
+    MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES, MAX_VIP_POLICY_IFACES,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller
@@ -50,6 +50,11 @@ pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 /// frames take it as their source MAC.
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
+
+/// (ifindex, VLAN id) of the VLANs whose tagged frames an interface balances; looked up only
+/// for tagged frames.
+#[map]
+pub static IFACE_VLANS: HashMap<VlanKey, u32> = HashMap::with_max_entries(MAX_IFACE_VLANS, 0);
 
 /// 5-tuple -> backend id: keeps every packet of a connection on one backend. One LRU shared by
 /// all CPUs: per-CPU lists (BPF_F_NO_COMMON_LRU) would give each CPU 1/ncpus of the capacity

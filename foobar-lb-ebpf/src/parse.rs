@@ -1,4 +1,4 @@
-//! Header parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (honouring IHL) or IPv6 (skipping
+//! Header parsing: Ethernet (+ up to two 802.1Q/802.1ad tags), IPv4 (honouring IHL) or IPv6 (skipping
 //! common extension headers), then TCP or UDP ports. Every read is bounds-checked against
 //! `data_end`.
 //!
@@ -102,18 +102,39 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
+fn vlan_tag(ether_type: u16) -> bool {
+    ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16
+}
+
+/// The VLAN id of a frame's (first) tag; callers know from the L3 offset that it has one.
+#[inline(always)]
+pub fn vlan_id(ctx: &XdpContext) -> Option<u16> {
+    // The tag control word is one 2-byte load at 14.
+    let tci = unsafe { *ptr_at::<u16>(ctx, EthHdr::LEN)? };
+    Some(u16::from_be(tci) & 0x0fff)
+}
+
+#[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::NotOurs;
     };
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut offset = EthHdr::LEN;
-    if ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16 {
+    if vlan_tag(ether_type) {
         let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
             return Parsed::NotOurs;
         };
         ether_type = unsafe { (*vlan).ether_type };
         offset += mem::size_of::<VlanHdr>();
+        // Double-tagged (QinQ): never balanced, but judged by the firewall like any frame.
+        if vlan_tag(ether_type) {
+            let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
+                return Parsed::NotOurs;
+            };
+            ether_type = unsafe { (*vlan).ether_type };
+            offset += mem::size_of::<VlanHdr>();
+        }
     }
     if ether_type == EtherType::Ipv4 as u16 {
         parse_v4(ctx, offset)

@@ -33,6 +33,8 @@ pub struct Pkt {
     pub eth_dst: Mac,
     pub eth_src: Mac,
     pub vlan: Option<u16>,
+    /// An 802.1ad service tag before `vlan` (double tagging, QinQ).
+    pub outer_vlan: Option<u16>,
     pub src: IpAddr,
     pub dst: IpAddr,
     /// IPv4 options (padded to 4 bytes by the caller).
@@ -68,6 +70,7 @@ impl Pkt {
             eth_dst: LB_MAC,
             eth_src: CLIENT_MAC,
             vlan: None,
+            outer_vlan: None,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             ip_options: Vec::new(),
@@ -80,6 +83,13 @@ impl Pkt {
 
     pub fn vlan(mut self, id: u16) -> Pkt {
         self.vlan = Some(id);
+        self
+    }
+
+    /// Double tagging: an 802.1ad service tag `outer`, then an 802.1Q tag `inner`.
+    pub fn qinq(mut self, outer: u16, inner: u16) -> Pkt {
+        self.outer_vlan = Some(outer);
+        self.vlan = Some(inner);
         self
     }
 
@@ -150,6 +160,10 @@ impl Pkt {
         let mut f = Vec::new();
         f.extend(self.eth_dst);
         f.extend(self.eth_src);
+        if let Some(id) = self.outer_vlan {
+            f.extend(0x88a8u16.to_be_bytes());
+            f.extend(id.to_be_bytes());
+        }
         if let Some(id) = self.vlan {
             f.extend(0x8100u16.to_be_bytes());
             f.extend(id.to_be_bytes());
@@ -323,6 +337,10 @@ pub fn decode(f: &[u8]) -> Decoded {
     }
     let mut off = 12;
     let mut et = u16::from_be_bytes([f[off], f[off + 1]]);
+    if et == 0x88a8 && f.len() >= off + 6 {
+        off += 4;
+        et = u16::from_be_bytes([f[off], f[off + 1]]);
+    }
     if et == 0x8100 {
         if f.len() < off + 6 {
             return d;
@@ -399,6 +417,7 @@ mod tests {
         for p in [
             Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN),
             Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).vlan(7),
+            Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).qinq(100, 7),
             Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK),
             Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK)
                 .v6_opts(0)

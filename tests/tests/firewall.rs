@@ -714,3 +714,58 @@ fn fragments_to_a_vip_in_another_hosts_frame_meet_the_firewall() {
         &DROP,
     );
 }
+
+/// Tagged frames meet the firewall like any other, whether the interface balances their VLAN
+/// (the firewall harness configures none) or not, with one tag or two.
+#[test]
+fn tagged_and_double_tagged_frames_meet_the_firewall() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    h.fw_rules(&[rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any")]);
+    h.blocklist("10.7.0.0/16\n");
+    let ssh = |dst: &str| Pkt::tcp("10.8.1.1", 1000, dst, 22, TCP_SYN);
+    h.check(
+        "double-tagged to a host address, port 22",
+        &ssh(HOST).qinq(100, 42).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged to the VIP, port 22",
+        &ssh(VIP).qinq(100, 42).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged later fragment to a host address",
+        &ssh(HOST).qinq(100, 42).frag(0x0010).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged IPv6 to port 22",
+        &Pkt::tcp("fd00:8::1", 1000, HOST6, 22, TCP_SYN)
+            .qinq(100, 42)
+            .build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged from a blocked source to the VIP",
+        &Pkt::tcp("10.7.1.1", 1000, VIP, 80, TCP_SYN)
+            .qinq(100, 42)
+            .build(),
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+    h.check(
+        "one tag, a VLAN not balanced here, port 22",
+        &ssh(VIP).vlan(42).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged to the VIP, port 80: the kernel's",
+        &Pkt::tcp("10.8.1.1", 1000, VIP, 80, TCP_SYN)
+            .qinq(100, 42)
+            .build(),
+        &Expect::PassAs(verdict::PASS_OTHER_VLAN),
+    );
+    assert_eq!(h.rule_counters(1), vec![5]);
+}

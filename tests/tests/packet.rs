@@ -11,6 +11,7 @@ use foobar_lb_tests::{
 
 const CONFIG: &str = r#"
 interfaces = ["lo"]
+vlans = { lo = [42, 5] }
 
 [[service]]
 name = "www"
@@ -232,6 +233,74 @@ fn vlan_tagged_frames_keep_their_tag() {
             .vlan(42)
             .build(),
         &Expect::Pass,
+    );
+    let v6 = Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN).vlan(5);
+    let out6 = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..v6.clone()
+    };
+    h.check("IPv6 in VLAN 5", &v6.build(), &Expect::Frame(out6.build()));
+}
+
+/// Only the VLANs configured for the interface are balanced: a VIP packet with another tag, or
+/// two tags, goes to the kernel untouched (after the firewall) and is counted.
+#[test]
+fn frames_of_other_vlans_pass_untouched() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let other = Expect::PassAs(verdict::PASS_OTHER_VLAN);
+    let syn = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN);
+    h.check("VLAN 43", &syn.clone().vlan(43).build(), &other);
+    h.check(
+        "VLAN 43, IPv6",
+        &Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN)
+            .vlan(43)
+            .build(),
+        &other,
+    );
+    h.check(
+        "priority tag (VLAN 0), not configured",
+        &syn.clone().vlan(0).build(),
+        &other,
+    );
+    h.check(
+        "the priority bits do not change the VLAN",
+        &syn.clone().vlan(0xe000 | 43).build(),
+        &other,
+    );
+    h.check(
+        "double-tagged, inner VLAN configured",
+        &syn.clone().qinq(42, 42).build(),
+        &other,
+    );
+    h.check(
+        "a fragment in VLAN 43 is not ours to drop",
+        &syn.clone().vlan(43).frag(0x2000).build(),
+        &other,
+    );
+    h.check(
+        "other VLAN, not a VIP",
+        &Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN)
+            .vlan(43)
+            .build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+    assert_eq!(h.service_counters("www").new_flows, 0);
+    // The priority bits of a configured VLAN's tag do not matter.
+    let prio = syn.clone().vlan(0xa000 | 42);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..prio.clone()
+    };
+    h.check(
+        "VLAN 42, priority 5",
+        &prio.build(),
+        &Expect::Frame(out.build()),
     );
 }
 

@@ -224,6 +224,8 @@ impl Daemon {
             let index = netdev::ifindex(&iface)?;
             let mac = netdev::mac(&iface)?;
             self.dataplane.set_interface(index, mac)?;
+            let vlans = self.config.vlans.get(&iface).map_or(&[][..], Vec::as_slice);
+            self.dataplane.set_vlans(index, vlans)?;
             let attached = self.dataplane.attach(&iface, mode)?;
             println!("foobar-lb: XDP attached to {iface} in {attached} mode");
         }
