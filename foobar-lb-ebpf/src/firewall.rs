@@ -52,45 +52,18 @@ pub fn state() -> State {
 /// Rules only, for traffic not addressed to a VIP.
 #[inline(always)]
 pub fn filter_rules(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    filter_rules_as::<false>(fw, key, bytes)
+    if fw.flags & FW_HAS_RULES != 0 && rules::<false>(key, bytes) == Some(ACTION_DROP) {
+        return Err(verdict::DROP_FW_RULE);
+    }
+    Ok(())
 }
 
 /// Rules, then the block list. `Err(reason)` if the packet must be dropped. `key` carries zero
 /// ports for non-TCP/UDP.
 #[inline(always)]
 pub fn filter(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    filter_as::<false>(fw, key, bytes)
-}
-
-/// [`filter_rules`] for a packet whose ports are unknown (a later fragment, an L4 header out
-/// of reach), and maybe its protocol too (`parse::PROTO_UNKNOWN`). Such a packet cannot prove
-/// it is not what a rule on ports or protocol describes, so a `drop` rule that needs either
-/// matches it, and an `allow` rule matches it only on fields it has (addresses, and a protocol
-/// it is known to carry): no fragmentation or header chain slips past a drop rule, and an
-/// allow rule on addresses still admits it.
-#[inline(always)]
-pub fn filter_rules_opaque(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    filter_rules_as::<true>(fw, key, bytes)
-}
-
-/// [`filter`] for a packet whose ports are unknown (see [`filter_rules_opaque`]).
-#[inline(always)]
-pub fn filter_opaque(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    filter_as::<true>(fw, key, bytes)
-}
-
-#[inline(always)]
-fn filter_rules_as<const OPAQUE: bool>(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    if fw.flags & FW_HAS_RULES != 0 && rules::<OPAQUE>(key, bytes) == Some(ACTION_DROP) {
-        return Err(verdict::DROP_FW_RULE);
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn filter_as<const OPAQUE: bool>(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
     if fw.flags & FW_HAS_RULES != 0 {
-        if let Some(action) = rules::<OPAQUE>(key, bytes) {
+        if let Some(action) = rules::<false>(key, bytes) {
             return if action == ACTION_DROP {
                 Err(verdict::DROP_FW_RULE)
             } else {
@@ -105,7 +78,42 @@ fn filter_as<const OPAQUE: bool>(fw: State, key: &FlowKey, bytes: u64) -> Result
     Ok(())
 }
 
-/// The action of the first matching rule, if any; counts the match.
+/// The check for an unbalanceable packet (main.rs): rules as [`filter_rules`] when `whole`
+/// (its protocol and ports are real); else for a packet whose ports are unknown (a later
+/// fragment, an L4 header out of reach), and maybe its protocol too (`parse::PROTO_UNKNOWN`).
+/// Such a packet cannot prove it is not what a rule on ports or protocol describes, so a
+/// `drop` rule that needs either matches it, and an `allow` rule matches it only on fields it
+/// has (addresses, and a protocol it is known to carry): no fragmentation or header chain
+/// slips past a drop rule, and an allow rule on addresses still admits it. Then the block list
+/// if `blocklist` (the packet is for a VIP).
+#[inline(always)]
+pub fn filter_suspect(
+    fw: State,
+    key: &FlowKey,
+    whole: bool,
+    blocklist: bool,
+    bytes: u64,
+) -> Result<(), u32> {
+    if fw.flags & FW_HAS_RULES != 0 {
+        let action = if whole {
+            rules::<false>(key, bytes)
+        } else {
+            rules::<true>(key, bytes)
+        };
+        match action {
+            Some(ACTION_DROP) => return Err(verdict::DROP_FW_RULE),
+            Some(_) => return Ok(()),
+            None => {}
+        }
+    }
+    if blocklist && fw.flags & FW_HAS_BLOCKLIST != 0 && blocked(fw.slot, key) {
+        return Err(verdict::DROP_BLOCKLIST);
+    }
+    Ok(())
+}
+
+/// The action of the first matching rule, if any; counts the match. `OPAQUE`: the packet's
+/// ports are unknown ([`matches_opaque`]).
 #[inline(always)]
 fn rules<const OPAQUE: bool>(key: &FlowKey, bytes: u64) -> Option<u8> {
     let set = unsafe { FW_RULES.get(0u32) }?;
@@ -155,7 +163,7 @@ fn matches(r: &Rule, key: &FlowKey, dport: u16) -> bool {
         && prefix_match(&key.dst, &r.dst, &r.dst_mask)
 }
 
-/// [`matches`] for a packet with unknown ports (see [`filter_rules_opaque`]).
+/// [`matches`] for a packet with unknown ports (see [`filter_suspect`]).
 #[inline(always)]
 fn matches_opaque(r: &Rule, key: &FlowKey) -> bool {
     if (r.family != 0 && r.family != key.family)

@@ -29,7 +29,7 @@ mod prog {
 
     use crate::{
         firewall,
-        maps::{IFACES, IFACE_VLANS, SERVICES, VIPS},
+        maps::{IFACES, IFACE_VLANS, SERVICES, SUSPECT_SCRATCH, VIPS},
         parse::{self, parse, Packet, Parsed},
         rewrite, select, stats,
     };
@@ -58,7 +58,7 @@ mod prog {
             Parsed::NotOurs => return pass,
             // Unusable for balancing: dropped if meant for one of our VIPs on this interface;
             // anything else goes to the kernel, which may reassemble or deliver it, so it meets
-            // the firewall first (judged on what it shows: see `firewall::filter_rules_opaque`).
+            // the firewall first (judged on what it shows: see `firewall::filter_suspect`).
             Parsed::Suspect {
                 family,
                 l3_off,
@@ -69,25 +69,33 @@ mod prog {
                 else {
                     return pass;
                 };
-                let key = &key;
                 let vip = is_vip(&key.dst, key.family);
                 let ours = receiver(ctx, l3_off);
                 if vip && ours.is_ok() {
                     return Err(reason);
                 }
-                let fw = firewall::state();
-                if fw.flags != 0 {
-                    match (vip, whole) {
-                        (false, true) => firewall::filter_rules(fw, key, len)?,
-                        (false, false) => firewall::filter_rules_opaque(fw, key, len)?,
-                        (true, true) => firewall::filter(fw, key, len)?,
-                        (true, false) => firewall::filter_opaque(fw, key, len)?,
-                    }
-                }
-                return match ours {
-                    Err(other) if vip => Ok((xdp_action::XDP_PASS, other)),
-                    _ => pass,
+                let pass_as = match ours {
+                    Err(other) if vip => other,
+                    _ => verdict::PASS,
                 };
+                let fw = firewall::state();
+                if fw.flags == 0 {
+                    return Ok((xdp_action::XDP_PASS, pass_as));
+                }
+                // Through the scratch map, so the firewall is verified once (see its doc).
+                let s = SUSPECT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+                let s = unsafe {
+                    (*s).key = key;
+                    (*s).flags = whole as u32 | (vip as u32) << 1;
+                    (*s).pass_as = pass_as;
+                    &*s
+                };
+                let flags = unsafe { core::ptr::read_volatile(&s.flags) };
+                let key = unsafe { core::ptr::read_volatile(&s.key) };
+                firewall::filter_suspect(fw, &key, flags & 1 != 0, flags & 2 != 0, len)?;
+                return Ok((xdp_action::XDP_PASS, unsafe {
+                    core::ptr::read_volatile(&s.pass_as)
+                }));
             }
             Parsed::Other(pkt) => (pkt, false),
             Parsed::Flow(pkt) => (pkt, true),
