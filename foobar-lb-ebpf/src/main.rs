@@ -128,6 +128,21 @@ mod prog {
                 firewall::filter(fw, key, len)?;
             }
             source_ok(key)?;
+            // An ICMP error about a balanced connection (fragmentation needed, packet too big,
+            // unreachable) belongs to the backend that sent the packet it quotes: path-MTU
+            // discovery of balanced connections depends on it. Other ICMP is the host's.
+            let icmp = if key.family == FAMILY_V4 {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            };
+            if key.proto == icmp {
+                if let Some(flow) = parse::icmp_error_flow(ctx, &pkt) {
+                    if let Some((id, backend, _)) = select::established(&flow) {
+                        return forward(ctx, &pkt, iface, backend.service_id, id, &backend, len);
+                    }
+                }
+            }
             // Neighbour discovery for a VIP is IPv6's ARP: the host must answer it whatever
             // the VIP policy, or neighbours lose the VIP.
             if key.family == FAMILY_V6 && key.proto == IPPROTO_ICMPV6 && parse::is_nd(ctx, &pkt) {
@@ -291,6 +306,7 @@ mod prog {
         Ok(())
     }
 
+    const IPPROTO_ICMP: u8 = 1;
     const IPPROTO_ICMPV6: u8 = 58;
 
     #[inline(always)]

@@ -447,6 +447,65 @@ pub fn is_nd(ctx: &XdpContext, pkt: &Packet) -> bool {
     }
 }
 
+/// For an ICMP error that path-MTU discovery and connection failure rely on (IPv4 destination
+/// unreachable, type 3, any code including fragmentation needed; ICMPv6 destination unreachable
+/// or packet too big, types 1 and 2): the flow-table key of the connection its embedded packet
+/// belongs to. That packet is one the VIP sent (a backend's reply, source = the VIP the error
+/// is addressed to), so the key is it reversed. `None` for other messages, an embedded packet
+/// of another address, protocol or family, or one cut short of its ports.
+#[inline(always)]
+pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
+    let key = &pkt.key;
+    // Bounded for the verifier: IPv4 headers end by 22 + 60; IPv6 ones as in `is_nd`.
+    let off = if key.family == FAMILY_V4 {
+        pkt.l4_off as usize & 0xff
+    } else {
+        pkt.l4_off as usize & 0x1fff
+    };
+    // Type and code in one 2-byte load (see `source_route`).
+    let kind = unsafe { (*ptr_at::<[u8; 2]>(ctx, off)?)[0] };
+    let (src, dst, proto, ports_off) = if key.family == FAMILY_V4 {
+        if kind != 3 {
+            return None;
+        }
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, off + 8)? };
+        let ihl = (ip.vihl & 0x0f) as usize * 4;
+        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+            return None;
+        }
+        (
+            [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+            [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
+            ip.proto,
+            off + 8 + ihl,
+        )
+    } else {
+        if kind != 1 && kind != 2 {
+            return None;
+        }
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, off + 8)? };
+        (
+            addr6(&ip.src_addr),
+            addr6(&ip.dst_addr),
+            ip.next_hdr,
+            off + 8 + Ipv6Hdr::LEN,
+        )
+    };
+    if (proto != PROTO_TCP && proto != PROTO_UDP) || src != key.dst {
+        return None;
+    }
+    let ports = unsafe { *ptr_at::<[u16; 2]>(ctx, ports_off)? };
+    Some(FlowKey {
+        src: dst,
+        dst: src,
+        sport: ports[1],
+        dport: ports[0],
+        proto,
+        family: key.family,
+        _pad: [0; 2],
+    })
+}
+
 /// TCP flag combinations Linux conntrack accepts in some state (`tcp_valid_flags`), PSH, ECE
 /// and CWR ignored: bit `f` set means flags `f` (FIN 1, SYN 2, RST 4, ACK 16, URG 32) are valid.
 const VALID_TCP_FLAGS: u64 = (1 << 0x02) // SYN

@@ -120,6 +120,27 @@ impl Pkt {
         self
     }
 
+    /// An ICMP error (ICMPv6 when the addresses are IPv6) from `src` to `dst`: `kind`, `code`,
+    /// the 4-byte field after the checksum (`rest`: the next-hop MTU of IPv4 "fragmentation
+    /// needed" in its low 16 bits, the MTU of ICMPv6 "packet too big"), then the quoted packet
+    /// `quoted` (an IP packet, from its IP header), with a valid checksum.
+    pub fn icmp_error(src: &str, dst: &str, kind: u8, code: u8, rest: u32, quoted: &[u8]) -> Pkt {
+        let mut p = Pkt::new(src, dst, L4::Other { proto: 1 });
+        let mut msg = vec![kind, code, 0, 0];
+        msg.extend(rest.to_be_bytes());
+        msg.extend(quoted);
+        let sum = match (p.src, p.dst) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => checksum(&msg, 0),
+            (s, d) => {
+                p.l4 = L4::Other { proto: 58 };
+                checksum(&msg, pseudo_sum(s, d, 58, msg.len()))
+            }
+        };
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        p.payload = msg;
+        p
+    }
+
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
         let mut b = Vec::new();
         let proto = match self.l4 {

@@ -518,6 +518,109 @@ fn ipv6_fragments_and_long_extension_chains_to_a_vip_are_dropped() {
     assert_eq!(h.dp.flow_count().unwrap(), 1);
 }
 
+/// ICMP errors about a balanced connection go to its backend, whole and unchanged but for the
+/// MACs, so path-MTU discovery works; any other ICMP goes to the host.
+#[test]
+fn icmp_errors_about_a_flow_go_to_its_backend() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    // Two connections, one per backend.
+    h.check(
+        "flow to B1",
+        &Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "flow to B2",
+        &Pkt::tcp(CLIENT, 1001, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B2),
+    );
+    // A router's error about the backend's reply (VIP:80 -> client): the IP header and the
+    // first 8 bytes of TCP, as RFC 792 quotes them.
+    let reply =
+        |dport: u16| Pkt::tcp(VIP, 80, CLIENT, dport, TCP_ACK).build()[14..14 + 28].to_vec();
+    let router = "10.0.0.254";
+    let to_backend = |p: Pkt, mac| {
+        Expect::Frame(
+            Pkt {
+                eth_dst: mac,
+                eth_src: LB_MAC,
+                ..p
+            }
+            .build(),
+        )
+    };
+    let frag_needed = Pkt::icmp_error(router, VIP, 3, 4, 1400, &reply(1001));
+    h.check(
+        "fragmentation needed, flow of B2",
+        &frag_needed.build(),
+        &to_backend(frag_needed.clone(), B2),
+    );
+    let unreachable = Pkt::icmp_error(router, VIP, 3, 1, 0, &reply(1000));
+    h.check(
+        "host unreachable, flow of B1",
+        &unreachable.build(),
+        &to_backend(unreachable.clone(), B1),
+    );
+    h.check(
+        "no such flow: the host's",
+        &Pkt::icmp_error(router, VIP, 3, 4, 1400, &reply(1002)).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "time exceeded: the host's",
+        &Pkt::icmp_error(router, VIP, 11, 0, 0, &reply(1000)).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "quoted packet cut before its ports",
+        &Pkt::icmp_error(router, VIP, 3, 4, 1400, &reply(1000)[..22]).build(),
+        &Expect::Pass,
+    );
+    // Quoting a packet from another address than the one the error is sent to.
+    let other_vip = Pkt::tcp("10.0.0.101", 80, CLIENT, 1000, TCP_ACK).build()[14..42].to_vec();
+    h.check(
+        "quoted source is not the addressed VIP",
+        &Pkt::icmp_error(router, VIP, 3, 4, 1400, &other_vip).build(),
+        &Expect::Pass,
+    );
+
+    // IPv6: packet too big and destination unreachable; the quote is as long as fits.
+    let c6 = "fd00::1";
+    h.check(
+        "v6 flow to B1",
+        &Pkt::tcp(c6, 1000, "fd00::100", 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    let reply6 = Pkt::tcp("fd00::100", 80, c6, 1000, TCP_ACK).build()[14..].to_vec();
+    let ptb = Pkt::icmp_error("fd00::fe", "fd00::100", 2, 0, 1280, &reply6);
+    h.check(
+        "packet too big, flow of B1",
+        &ptb.build(),
+        &to_backend(ptb.clone(), B1),
+    );
+    let unreach6 = Pkt::icmp_error("fd00::fe", "fd00::100", 1, 3, 0, &reply6);
+    h.check(
+        "v6 address unreachable, flow of B1",
+        &unreach6.build(),
+        &to_backend(unreach6.clone(), B1),
+    );
+    let other6 = Pkt::tcp("fd00::100", 80, c6, 1009, TCP_ACK).build()[14..].to_vec();
+    h.check(
+        "v6 no such flow",
+        &Pkt::icmp_error("fd00::fe", "fd00::100", 2, 0, 1280, &other6).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "echo request: the host's",
+        &Pkt::icmp_error("fd00::fe", "fd00::100", 128, 0, 0, &reply6).build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.backend_counters("www", "10.0.0.12").packets, 2);
+}
+
 #[test]
 fn empty_backend_set_drops_and_counts() {
     if !foobar_lb_tests::root_and_object() {
