@@ -1053,3 +1053,25 @@ fn the_flow_table_holds_its_configured_size_when_one_cpu_does_all_the_work() {
         "live flows were evicted before the table was full"
     );
 }
+
+/// The kernel verifies at most 1,000,000 instructions per program; every path that reaches a
+/// firewall loop costs tens of thousands. Keep well inside the budget, so that the next stage
+/// does not find the program unloadable (at the time of writing: about 260,000).
+#[test]
+fn the_program_stays_well_inside_the_verifiers_budget() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let info = h.dp.program().info().unwrap();
+    let Some(verified) = info.verified_instruction_count() else {
+        eprintln!("skipped: the kernel does not report verified instructions");
+        return;
+    };
+    println!("verified instructions: {verified}");
+    assert!(
+        verified < 500_000,
+        "the verifier processed {verified} instructions, over half its 1M budget: see \
+         DEVELOPING.md on keeping paths to the firewall few"
+    );
+}
