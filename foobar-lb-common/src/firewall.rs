@@ -30,6 +30,7 @@ pub const FW_IDX_FLAGS: u32 = 0;
 pub const FW_IDX_BLOCKLIST_SLOT: u32 = 1;
 /// Firewall generation, bumped by every rule or block-list change. A flow remembers the
 /// generation it was checked under; established flows skip the firewall until it changes.
+/// Only firewall changes bump it, and a bump is written after the words it covers.
 pub const FW_IDX_GEN: u32 = 2;
 pub const FW_FLAGS_LEN: usize = 4;
 pub type FwWords = [u32; FW_FLAGS_LEN];

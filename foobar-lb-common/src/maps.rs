@@ -13,6 +13,8 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_IFACES: &str = "IFACES";
 pub const MAP_BACKEND_ADMIN: &str = "BACKEND_ADMIN";
 pub const MAP_FLOW_CLOCK: &str = "FLOW_CLOCK";
+pub const MAP_IFACE_VLANS: &str = "IFACE_VLANS";
+pub const MAP_SUSPECT_SCRATCH: &str = "SUSPECT_SCRATCH";
 
 /// [`MAP_BACKEND_ADMIN`] bit: the operator drained this backend. Userspace state only (the
 /// program never reads it), pinned so a restarted daemon keeps the drain.
@@ -237,6 +239,34 @@ const _: () = assert!(core::mem::size_of::<Iface>() == 8);
 /// [`Iface::flags`]: the entry is set.
 pub const IFACE_ACTIVE: u16 = 1;
 
+/// Key of [`MAP_IFACE_VLANS`]: a VLAN whose tagged frames an interface balances (the value is
+/// unused). Frames with another tag, or two tags, are not balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VlanKey {
+    pub ifindex: u32,
+    /// The VLAN id (12 bits of the tag; 0: priority-tagged frames).
+    pub vlan: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<VlanKey>() == 8);
+
+/// Value of [`MAP_SUSPECT_SCRATCH`] (one per CPU, never read by userspace): what the program's
+/// path for unbalanceable packets hands its firewall check.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SuspectScratch {
+    pub key: FlowKey,
+    /// Bit 0: the key's protocol and ports are the real ones; bit 1: the block list applies.
+    pub flags: u32,
+    /// The verdict if the packet passes the firewall.
+    pub pass_as: u32,
+}
+const _: () = assert!(core::mem::size_of::<SuspectScratch>() == 48);
+
+/// (interface, VLAN) pairs [`MAP_IFACE_VLANS`] can hold.
+pub const MAX_IFACE_VLANS: u32 = 4096;
+
 /// Key of [`MAP_FLOWS`]: the 5-tuple as seen on the wire, including the VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -303,6 +333,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::Iface {}
+    unsafe impl aya::Pod for super::VlanKey {}
+    unsafe impl aya::Pod for super::SuspectScratch {}
     unsafe impl aya::Pod for super::super::stats::Counters {}
     unsafe impl aya::Pod for crate::firewall::Rule {}
     unsafe impl aya::Pod for crate::firewall::RuleSet {}

@@ -107,6 +107,9 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, u32>(MAP_FLOW_CLOCK, Array, 1, 0, true),
     spec::<u32, u64>(MAP_RR_CURSORS, Array, MAX_SERVICES, 0, true),
     spec::<u32, Iface>(MAP_IFACES, Array, MAX_IFINDEX, 0, true),
+    spec::<VlanKey, u32>(MAP_IFACE_VLANS, Hash, MAX_IFACE_VLANS, 0, true),
+    // Per-packet scratch: no state, so never pinned.
+    spec::<u32, SuspectScratch>(MAP_SUSPECT_SCRATCH, PerCpuArray, 1, 0, false),
     spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, 0, true),
     spec::<u32, u64>(MAP_VERDICT_STATS, PerCpuArray, verdict::COUNT, 0, true),
     spec::<u32, Counters>(MAP_SERVICE_STATS, PerCpuArray, MAX_SERVICES, 0, true),

@@ -41,8 +41,15 @@ pub mod verdict {
     /// For a VIP, TCP flags no connection state allows (NULL, SYN+FIN, XMAS, FIN without ACK,
     /// ...), as Linux conntrack judges them.
     pub const DROP_BAD_TCP_FLAGS: u32 = 16;
+    /// For a VIP, an IPv6 packet whose extension-header chain is longer than the parser walks
+    /// (three option/routing headers and a fragment header): its L4 header is unknown.
+    pub const DROP_EXT_HEADERS: u32 = 17;
+    /// For a VIP in a frame the interface does not balance for its VLAN tag (a VLAN not
+    /// configured for the interface, or two tags): passed to the kernel untouched after the
+    /// firewall, never forwarded.
+    pub const PASS_OTHER_VLAN: u32 = 18;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -63,6 +70,8 @@ pub mod verdict {
         "drop_source_route",
         "drop_martian",
         "drop_bad_tcp_flags",
+        "drop_ext_headers",
+        "pass_other_vlan",
     ];
 }
 

@@ -15,6 +15,7 @@ use crate::{
     maps::{
         BLOCKLIST4, BLOCKLIST6, BLOCK_LENS, FW_FLAGS, FW_RULES, RULE_STATS, VIP_FILTER, VIP_POLICY,
     },
+    parse::PROTO_UNKNOWN,
     stats,
 };
 
@@ -22,7 +23,9 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 
 /// The firewall's control words (flags, live block-list buffer, generation), read once per
-/// packet.
+/// packet. The value may be read while userspace rewrites it in place; userspace publishes the
+/// flags and buffer before the generation that covers them (`fw_word_writes`), so whatever
+/// mix a packet reads, a new generation comes with the new flags and buffer.
 #[derive(Clone, Copy)]
 pub struct State {
     pub flags: u32,
@@ -49,7 +52,7 @@ pub fn state() -> State {
 /// Rules only, for traffic not addressed to a VIP.
 #[inline(always)]
 pub fn filter_rules(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
-    if fw.flags & FW_HAS_RULES != 0 && rules(key, bytes) == Some(ACTION_DROP) {
+    if fw.flags & FW_HAS_RULES != 0 && rules::<false>(key, bytes) == Some(ACTION_DROP) {
         return Err(verdict::DROP_FW_RULE);
     }
     Ok(())
@@ -60,7 +63,7 @@ pub fn filter_rules(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
 #[inline(always)]
 pub fn filter(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
     if fw.flags & FW_HAS_RULES != 0 {
-        if let Some(action) = rules(key, bytes) {
+        if let Some(action) = rules::<false>(key, bytes) {
             return if action == ACTION_DROP {
                 Err(verdict::DROP_FW_RULE)
             } else {
@@ -75,9 +78,44 @@ pub fn filter(fw: State, key: &FlowKey, bytes: u64) -> Result<(), u32> {
     Ok(())
 }
 
-/// The action of the first matching rule, if any; counts the match.
+/// The check for an unbalanceable packet (main.rs): rules as [`filter_rules`] when `whole`
+/// (its protocol and ports are real); else for a packet whose ports are unknown (a later
+/// fragment, an L4 header out of reach), and maybe its protocol too (`parse::PROTO_UNKNOWN`).
+/// Such a packet cannot prove it is not what a rule on ports or protocol describes, so a
+/// `drop` rule that needs either matches it, and an `allow` rule matches it only on fields it
+/// has (addresses, and a protocol it is known to carry): no fragmentation or header chain
+/// slips past a drop rule, and an allow rule on addresses still admits it. Then the block list
+/// if `blocklist` (the packet is for a VIP).
 #[inline(always)]
-fn rules(key: &FlowKey, bytes: u64) -> Option<u8> {
+pub fn filter_suspect(
+    fw: State,
+    key: &FlowKey,
+    whole: bool,
+    blocklist: bool,
+    bytes: u64,
+) -> Result<(), u32> {
+    if fw.flags & FW_HAS_RULES != 0 {
+        let action = if whole {
+            rules::<false>(key, bytes)
+        } else {
+            rules::<true>(key, bytes)
+        };
+        match action {
+            Some(ACTION_DROP) => return Err(verdict::DROP_FW_RULE),
+            Some(_) => return Ok(()),
+            None => {}
+        }
+    }
+    if blocklist && fw.flags & FW_HAS_BLOCKLIST != 0 && blocked(fw.slot, key) {
+        return Err(verdict::DROP_BLOCKLIST);
+    }
+    Ok(())
+}
+
+/// The action of the first matching rule, if any; counts the match. `OPAQUE`: the packet's
+/// ports are unknown ([`matches_opaque`]).
+#[inline(always)]
+fn rules<const OPAQUE: bool>(key: &FlowKey, bytes: u64) -> Option<u8> {
     let set = unsafe { FW_RULES.get(0u32) }?;
     let len = set.len as usize;
     let dport = u16::from_be(key.dport);
@@ -86,7 +124,12 @@ fn rules(key: &FlowKey, bytes: u64) -> Option<u8> {
             break;
         }
         let r = &set.rules[i];
-        if matches(r, key, dport) {
+        let hit = if OPAQUE {
+            matches_opaque(r, key)
+        } else {
+            matches(r, key, dport)
+        };
+        if hit {
             stats::bump(RULE_STATS.get_ptr_mut(i as u32), bytes);
             return Some(r.action);
         }
@@ -118,6 +161,32 @@ fn matches(r: &Rule, key: &FlowKey, dport: u16) -> bool {
         && dport <= r.port_hi
         && prefix_match(&key.src, &r.src, &r.src_mask)
         && prefix_match(&key.dst, &r.dst, &r.dst_mask)
+}
+
+/// [`matches`] for a packet with unknown ports (see [`filter_suspect`]).
+#[inline(always)]
+fn matches_opaque(r: &Rule, key: &FlowKey) -> bool {
+    if (r.family != 0 && r.family != key.family)
+        || !prefix_match(&key.src, &r.src, &r.src_mask)
+        || !prefix_match(&key.dst, &r.dst, &r.dst_mask)
+    {
+        return false;
+    }
+    if r.proto == 0 {
+        // A rule on addresses alone (rules name ports only with a protocol).
+        return true;
+    }
+    let known = key.proto != PROTO_UNKNOWN;
+    let proto_ok = match r.proto {
+        PROTO_ICMP_ANY => key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6,
+        p => p == key.proto,
+    };
+    if known && !proto_ok {
+        return false;
+    }
+    // Exactly matched only with a known protocol and no port range; otherwise it may be what
+    // the rule describes, which is enough to drop it and not enough to allow it.
+    (known && r.port_lo == 0 && r.port_hi == u16::MAX) || r.action == ACTION_DROP
 }
 
 /// Whether the source is in the live block list: one hash lookup per distinct prefix length

@@ -24,13 +24,13 @@ mod stats;
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use foobar_lb_common::{
-        owner_service, verdict, Iface, ServiceKey, VipKey, FAMILY_V4, FAMILY_V6, FLOW_FIN,
+        owner_service, verdict, Iface, ServiceKey, VipKey, VlanKey, FAMILY_V4, FAMILY_V6, FLOW_FIN,
         FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, PROTO_TCP,
     };
 
     use crate::{
         firewall,
-        maps::{IFACES, SERVICES, VIPS},
+        maps::{IFACES, IFACE_VLANS, SERVICES, SUSPECT_SCRATCH, VIPS},
         parse::{self, parse, Packet, Parsed},
         rewrite, select, stats,
     };
@@ -57,18 +57,46 @@ mod prog {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let (pkt, balance) = match parse(ctx) {
             Parsed::NotOurs => return pass,
-            // Unusable for balancing: drop it only if it was meant for one of our VIPs.
+            // Unusable for balancing: dropped if meant for one of our VIPs on this interface;
+            // anything else goes to the kernel, which may reassemble or deliver it, so it meets
+            // the firewall first (judged on what it shows: see `firewall::filter_suspect`).
             Parsed::Suspect {
                 family,
-                dst,
+                l3_off,
                 reason,
             } => {
-                // Only a frame addressed to this interface is ours to judge.
-                return if is_vip(&dst, family) && local_iface(ctx).is_some() {
-                    Err(reason)
-                } else {
-                    pass
+                // The IP header is at 14, 18 or 22 (up to two VLAN tags).
+                let Some((key, whole)) = parse::suspect_view(ctx, family, l3_off as usize & 0x3f)
+                else {
+                    return pass;
                 };
+                let vip = is_vip(&key.dst, key.family);
+                let ours = receiver(ctx, l3_off);
+                if vip && ours.is_ok() {
+                    return Err(reason);
+                }
+                let pass_as = match ours {
+                    Err(other) if vip => other,
+                    _ => verdict::PASS,
+                };
+                let fw = firewall::state();
+                if fw.flags == 0 {
+                    return Ok((xdp_action::XDP_PASS, pass_as));
+                }
+                // Through the scratch map, so the firewall is verified once (see its doc).
+                let s = SUSPECT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+                let s = unsafe {
+                    (*s).key = key;
+                    (*s).flags = whole as u32 | (vip as u32) << 1;
+                    (*s).pass_as = pass_as;
+                    &*s
+                };
+                let flags = unsafe { core::ptr::read_volatile(&s.flags) };
+                let key = unsafe { core::ptr::read_volatile(&s.key) };
+                firewall::filter_suspect(fw, &key, flags & 1 != 0, flags & 2 != 0, len)?;
+                return Ok((xdp_action::XDP_PASS, unsafe {
+                    core::ptr::read_volatile(&s.pass_as)
+                }));
             }
             Parsed::Other(pkt) => (pkt, false),
             Parsed::Flow(pkt) => (pkt, true),
@@ -83,13 +111,16 @@ mod prog {
             return pass;
         }
         // A VIP packet in a frame for another MAC (broadcast, multicast, a switch flooding
-        // another host's frame): never forwarded, but it still meets the firewall, since the
-        // kernel may deliver it to this host.
-        let Some(iface) = local_iface(ctx) else {
-            if fw.flags != 0 {
-                firewall::filter(fw, key, len)?;
+        // another host's frame) or in a VLAN this interface does not balance: never forwarded,
+        // but it still meets the firewall, since the kernel may deliver it to this host.
+        let iface = match receiver(ctx, pkt.l3_off) {
+            Ok(iface) => iface,
+            Err(other) => {
+                if fw.flags != 0 {
+                    firewall::filter(fw, key, len)?;
+                }
+                return Ok((xdp_action::XDP_PASS, other));
             }
-            return Ok((xdp_action::XDP_PASS, verdict::PASS_OTHER_HOST));
         };
         sanity(ctx, &pkt)?;
         if !balance {
@@ -98,6 +129,29 @@ mod prog {
                 firewall::filter(fw, key, len)?;
             }
             source_ok(key)?;
+            // An ICMP error about a balanced connection (fragmentation needed, packet too big,
+            // unreachable) belongs to the backend that sent the packet it quotes: path-MTU
+            // discovery of balanced connections depends on it. Other ICMP is the host's.
+            let icmp = if key.family == FAMILY_V4 {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            };
+            if key.proto == icmp {
+                if let Some(flow) = parse::icmp_error_flow(ctx, &pkt) {
+                    if let Some((id, backend, _)) = select::established(&flow) {
+                        return forward(
+                            ctx,
+                            &pkt,
+                            iface,
+                            owner_service(backend.owner),
+                            id,
+                            &backend,
+                            len,
+                        );
+                    }
+                }
+            }
             // Neighbour discovery for a VIP is IPv6's ARP: the host must answer it whatever
             // the VIP policy, or neighbours lose the VIP.
             if key.family == FAMILY_V6 && key.proto == IPPROTO_ICMPV6 && parse::is_nd(ctx, &pkt) {
@@ -185,7 +239,7 @@ mod prog {
     fn sanity(ctx: &XdpContext, pkt: &Packet) -> Result<(), u32> {
         let key = &pkt.key;
         if key.family == FAMILY_V4 {
-            // The IP header is at 14 or 18 (one VLAN tag); the mask tells the verifier so.
+            // The IP header is at 14, 18 or 22 (VLAN tags); the mask tells the verifier so.
             parse::ipv4_header_ok(ctx, pkt.l3_off as usize & 0x3f)?;
         }
         if key.proto == PROTO_TCP && !parse::tcp_flags_valid(pkt.tcp_flags) {
@@ -204,6 +258,32 @@ mod prog {
         }
         Ok(())
     }
+
+    /// The receiving interface, if this frame is for it to balance: addressed to its own MAC
+    /// (else `Err(PASS_OTHER_HOST)`), and untagged or tagged with a VLAN configured for it
+    /// (else `Err(PASS_OTHER_VLAN)`; a double-tagged frame never is). `l3_off` tells tagged
+    /// frames apart (14: untagged), so untagged ones pay one compare.
+    #[inline(always)]
+    fn receiver(ctx: &XdpContext, l3_off: u16) -> Result<&'static Iface, u32> {
+        let iface = local_iface(ctx).ok_or(verdict::PASS_OTHER_HOST)?;
+        if l3_off != ETH_LEN {
+            let vlan = match parse::vlan_id(ctx) {
+                Some(vlan) if l3_off == ETH_LEN + 4 => vlan,
+                _ => return Err(verdict::PASS_OTHER_VLAN),
+            };
+            let key = VlanKey {
+                ifindex: ctx.ingress_ifindex() as u32,
+                vlan,
+                _pad: 0,
+            };
+            if unsafe { IFACE_VLANS.get(key) }.is_none() {
+                return Err(verdict::PASS_OTHER_VLAN);
+            }
+        }
+        Ok(iface)
+    }
+
+    const ETH_LEN: u16 = 14;
 
     /// The receiving interface, if the frame is addressed to its own MAC (one array read and
     /// a 6-byte compare, as a 4-byte and a 2-byte word: byte-wise it costs 30 instructions).
@@ -239,6 +319,7 @@ mod prog {
         Ok(())
     }
 
+    const IPPROTO_ICMP: u8 = 1;
     const IPPROTO_ICMPV6: u8 = 58;
 
     #[inline(always)]

@@ -1,6 +1,10 @@
-//! Header parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (honouring IHL) or IPv6 (skipping
+//! Header parsing: Ethernet (+ up to two 802.1Q/802.1ad tags), IPv4 (honouring IHL) or IPv6 (skipping
 //! common extension headers), then TCP or UDP ports. Every read is bounds-checked against
 //! `data_end`.
+//!
+//! What cannot be balanced (fragments, malformed headers, an IPv6 chain longer than the walk)
+//! still shows the firewall its addresses and as much of its L4 identity as is known
+//! ([`suspect_view`]): nothing reaches the host unjudged by being hard to parse.
 
 use core::mem;
 
@@ -16,9 +20,15 @@ use network_types::{
 pub enum Parsed {
     /// Not TCP/UDP over IP: not ours to judge, the kernel stack gets it untouched.
     NotOurs,
-    /// Unusable for balancing (malformed, truncated, fragmented): drop with `reason` if `dst`
-    /// is a VIP, pass otherwise.
-    Suspect { family: u8, dst: Addr, reason: u32 },
+    /// Unusable for balancing (malformed, truncated, fragmented, L4 header out of reach): drop
+    /// with `reason` if addressed to a VIP on this interface; otherwise the firewall judges
+    /// what it shows ([`suspect_view`]). Only the IP header's place is carried: the fast path
+    /// does not pay for assembling what only this slow path needs.
+    Suspect {
+        family: u8,
+        l3_off: u16,
+        reason: u32,
+    },
     /// A complete 5-tuple.
     Flow(Packet),
     /// IP but neither TCP nor UDP (ICMP, ...): ports are zero. Firewall rules apply; never
@@ -59,12 +69,36 @@ impl Packet {
     }
 }
 
+/// `FlowKey::proto` in a [`suspect_view`] whose L4 protocol is unknown. (Protocol 0 is IPv6
+/// hop-by-hop options, never an L4 protocol.)
+pub const PROTO_UNKNOWN: u8 = 0;
+
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
 /// IPv4 flags+offset: "more fragments" bit and the 13-bit offset.
 const IPV4_MF_OFFSET_MASK: u16 = 0x3fff;
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+/// IPv6 extension headers that may come before the L4 header (RFC 8200's registry, less ESP
+/// and AH, which are judged as protocols of their own as in IPv4): a chain still holding one
+/// after the walk hides its L4 header.
+#[inline(always)]
+fn ipv6_ext(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_DSTOPTS
+            | 135
+            | 139
+            | 140
+            | 253
+            | 254
+    )
+}
 
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
@@ -76,18 +110,39 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
+fn vlan_tag(ether_type: u16) -> bool {
+    ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16
+}
+
+/// The VLAN id of a frame's (first) tag; callers know from the L3 offset that it has one.
+#[inline(always)]
+pub fn vlan_id(ctx: &XdpContext) -> Option<u16> {
+    // The tag control word is one 2-byte load at 14.
+    let tci = unsafe { *ptr_at::<u16>(ctx, EthHdr::LEN)? };
+    Some(u16::from_be(tci) & 0x0fff)
+}
+
+#[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::NotOurs;
     };
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut offset = EthHdr::LEN;
-    if ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16 {
+    if vlan_tag(ether_type) {
         let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
             return Parsed::NotOurs;
         };
         ether_type = unsafe { (*vlan).ether_type };
         offset += mem::size_of::<VlanHdr>();
+        // Double-tagged (QinQ): never balanced, but judged by the firewall like any frame.
+        if vlan_tag(ether_type) {
+            let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
+                return Parsed::NotOurs;
+            };
+            ether_type = unsafe { (*vlan).ether_type };
+            offset += mem::size_of::<VlanHdr>();
+        }
     }
     if ether_type == EtherType::Ipv4 as u16 {
         parse_v4(ctx, offset)
@@ -108,7 +163,7 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
     let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
     let suspect = |reason| Parsed::Suspect {
         family: FAMILY_V4,
-        dst,
+        l3_off: offset as u16,
         reason,
     };
     let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
@@ -166,7 +221,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
     let dst = addr6(&ip.dst_addr);
     let suspect = |reason| Parsed::Suspect {
         family: FAMILY_V6,
-        dst,
+        l3_off: offset as u16,
         reason,
     };
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
@@ -174,27 +229,17 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
     if ip.vcf[0] >> 4 != 6 || payload_len > available {
         return suspect(verdict::DROP_MALFORMED);
     }
-    let mut next = ip.next_hdr;
-    let mut l4 = offset + Ipv6Hdr::LEN;
-    let mut ext_len = 0usize;
-    // Skip up to three hop-by-hop / routing / destination-options headers (bounded loop).
-    for _ in 0..3 {
-        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
-            break;
-        }
-        let Some(ext) = ptr_at::<[u8; 2]>(ctx, l4) else {
-            return suspect(verdict::DROP_MALFORMED);
-        };
-        let ext = unsafe { *ext };
-        next = ext[0];
-        let len = (ext[1] as usize + 1) * 8;
-        l4 += len;
-        ext_len += len;
-    }
+    let Some((next, l4, ext_len)) = walk_v6(ctx, ip.next_hdr, offset + Ipv6Hdr::LEN) else {
+        return suspect(verdict::DROP_MALFORMED);
+    };
     if next == IPPROTO_FRAGMENT {
         return suspect(verdict::DROP_FRAGMENT);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
+        if ipv6_ext(next) {
+            // More headers than walked: the L4 header is out of reach.
+            return suspect(verdict::DROP_EXT_HEADERS);
+        }
         return Parsed::Other(Packet {
             key: FlowKey {
                 src: addr6(&ip.src_addr),
@@ -230,6 +275,138 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
         }),
         None => suspect(verdict::DROP_MALFORMED),
     }
+}
+
+/// Skips up to three hop-by-hop / routing / destination-options headers from `l4` (bounded
+/// loop): (next header, L4 offset, bytes skipped), `None` if one is cut.
+#[inline(always)]
+fn walk_v6(ctx: &XdpContext, mut next: u8, mut l4: usize) -> Option<(u8, usize, usize)> {
+    let mut ext_len = 0usize;
+    for _ in 0..3 {
+        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
+            break;
+        }
+        let ext = unsafe { *ptr_at::<[u8; 2]>(ctx, l4)? };
+        next = ext[0];
+        let len = (ext[1] as usize + 1) * 8;
+        l4 += len;
+        ext_len += len;
+    }
+    Some((next, l4, ext_len))
+}
+
+/// What a [`Parsed::Suspect`] packet shows the firewall, read again from its IP header at
+/// `l3_off` (slow path only): the key with its addresses, and whether its protocol and ports
+/// are the real ones (`true`: a first fragment whose TCP/UDP header is whole, or a fragment of
+/// a protocol without ports). Otherwise the ports are zero and unknown, and the protocol is
+/// [`PROTO_UNKNOWN`] where not even that is known: a later IPv6 fragment (reassembly takes the
+/// protocol from the first fragment), an IPv6 chain longer than the walk, a malformed IP header.
+/// IPv4 fragments keep their protocol: all fragments of a datagram share it.
+#[inline(always)]
+pub fn suspect_view(ctx: &XdpContext, family: u8, l3_off: usize) -> Option<(FlowKey, bool)> {
+    let key = |src, dst, proto, ports: Option<(u16, u16, u8)>| {
+        let (sport, dport, _) = ports.unwrap_or((0, 0, 0));
+        let k = FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family,
+            _pad: [0; 2],
+        };
+        Some((k, ports.is_some()))
+    };
+    let whole = Some((0, 0, 0));
+    if family == FAMILY_V4 {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
+        let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+        let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+        let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
+        let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+        let available = ctx.data_end() - ctx.data() - l3_off;
+        if ip.vihl >> 4 != 4 || hdr_len < Ipv4Hdr::LEN || tot_len < hdr_len || tot_len > available {
+            return key(src, dst, PROTO_UNKNOWN, None);
+        }
+        let proto = ip.proto;
+        let ported = proto == PROTO_TCP || proto == PROTO_UDP;
+        let frags = u16::from_be_bytes(ip.frags);
+        if frags & IPV4_MF_OFFSET_MASK == 0 || frags & IPV4_OFFSET_MASK != 0 {
+            // Not a fragment (its L4 header is malformed), or a later one: no ports.
+            return key(src, dst, proto, if ported { None } else { whole });
+        }
+        if !ported {
+            return key(src, dst, proto, whole);
+        }
+        let ports = first_fragment_ports(ctx, l3_off + hdr_len, proto, tot_len - hdr_len);
+        return key(src, dst, proto, ports);
+    }
+    let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off)? };
+    let src = addr6(&ip.src_addr);
+    let dst = addr6(&ip.dst_addr);
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let available = ctx.data_end() - ctx.data() - l3_off - Ipv6Hdr::LEN;
+    if ip.vcf[0] >> 4 != 6 || payload_len > available {
+        return key(src, dst, PROTO_UNKNOWN, None);
+    }
+    let Some((mut next, mut l4, mut ext_len)) = walk_v6(ctx, ip.next_hdr, l3_off + Ipv6Hdr::LEN)
+    else {
+        return key(src, dst, PROTO_UNKNOWN, None);
+    };
+    let mut fragment = false;
+    if next == IPPROTO_FRAGMENT {
+        // (next header, reserved, offset << 3 | M): one 4-byte load.
+        let Some(frag) = ptr_at::<[u8; 4]>(ctx, l4) else {
+            return key(src, dst, PROTO_UNKNOWN, None);
+        };
+        let frag = unsafe { *frag };
+        if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+            return key(src, dst, PROTO_UNKNOWN, None);
+        }
+        fragment = true;
+        next = frag[0];
+        l4 += 8;
+        ext_len += 8;
+    }
+    if ipv6_ext(next) {
+        return key(src, dst, PROTO_UNKNOWN, None);
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return key(src, dst, next, whole);
+    }
+    if !fragment || ext_len > payload_len {
+        // A malformed L4 header.
+        return key(src, dst, next, None);
+    }
+    let ports = first_fragment_ports(ctx, l4, next, payload_len - ext_len);
+    key(src, dst, next, ports)
+}
+
+/// Ports of a first fragment's TCP or UDP header at `offset`, if its fixed part is whole in the
+/// fragment (`l4_len` bytes of payload). A UDP length covers the whole datagram, so it is not
+/// checked against this fragment; anything shorter hides its ports.
+#[inline(always)]
+fn first_fragment_ports(
+    ctx: &XdpContext,
+    offset: usize,
+    proto: u8,
+    l4_len: usize,
+) -> Option<(u16, u16, u8)> {
+    // The frame bounds check first, as in `ports`.
+    let (hdr, min) = if proto == PROTO_TCP {
+        (ptr_at::<[u8; 20]>(ctx, offset)? as *const [u8; 4], 20)
+    } else {
+        (ptr_at::<[u8; 8]>(ctx, offset)? as *const [u8; 4], 8)
+    };
+    if l4_len < min {
+        return None;
+    }
+    let hdr = unsafe { *hdr };
+    Some((
+        u16::from_ne_bytes([hdr[0], hdr[1]]),
+        u16::from_ne_bytes([hdr[2], hdr[3]]),
+        0,
+    ))
 }
 
 /// Ports (network byte order) and TCP flags of a TCP or UDP header at `offset`, if the header
@@ -276,6 +453,65 @@ pub fn is_nd(ctx: &XdpContext, pkt: &Packet) -> bool {
         Some(p) => (133..=137).contains(&unsafe { (*p)[0] }),
         None => false,
     }
+}
+
+/// For an ICMP error that path-MTU discovery and connection failure rely on (IPv4 destination
+/// unreachable, type 3, any code including fragmentation needed; ICMPv6 destination unreachable
+/// or packet too big, types 1 and 2): the flow-table key of the connection its embedded packet
+/// belongs to. That packet is one the VIP sent (a backend's reply, source = the VIP the error
+/// is addressed to), so the key is it reversed. `None` for other messages, an embedded packet
+/// of another address, protocol or family, or one cut short of its ports.
+#[inline(always)]
+pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
+    let key = &pkt.key;
+    // Bounded for the verifier: IPv4 headers end by 22 + 60; IPv6 ones as in `is_nd`.
+    let off = if key.family == FAMILY_V4 {
+        pkt.l4_off as usize & 0xff
+    } else {
+        pkt.l4_off as usize & 0x1fff
+    };
+    // Type and code in one 2-byte load (see `source_route`).
+    let kind = unsafe { (*ptr_at::<[u8; 2]>(ctx, off)?)[0] };
+    let (src, dst, proto, ports_off) = if key.family == FAMILY_V4 {
+        if kind != 3 {
+            return None;
+        }
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, off + 8)? };
+        let ihl = (ip.vihl & 0x0f) as usize * 4;
+        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+            return None;
+        }
+        (
+            [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+            [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
+            ip.proto,
+            off + 8 + ihl,
+        )
+    } else {
+        if kind != 1 && kind != 2 {
+            return None;
+        }
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, off + 8)? };
+        (
+            addr6(&ip.src_addr),
+            addr6(&ip.dst_addr),
+            ip.next_hdr,
+            off + 8 + Ipv6Hdr::LEN,
+        )
+    };
+    if (proto != PROTO_TCP && proto != PROTO_UDP) || src != key.dst {
+        return None;
+    }
+    let ports = unsafe { *ptr_at::<[u16; 2]>(ctx, ports_off)? };
+    Some(FlowKey {
+        src: dst,
+        dst: src,
+        sport: ports[1],
+        dport: ports[0],
+        proto,
+        family: key.family,
+        _pad: [0; 2],
+    })
 }
 
 /// TCP flag combinations Linux conntrack accepts in some state (`tcp_valid_flags`), PSH, ECE

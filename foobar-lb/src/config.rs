@@ -3,7 +3,7 @@
 //! [`Config::check_host`].
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -109,6 +109,10 @@ pub struct Config {
     /// Flow table capacity; the least recently used flows are evicted beyond it.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// Interface -> VLAN ids whose tagged frames are balanced there. Untagged frames always
+    /// are; frames with another tag (or two tags) go to the kernel after the firewall.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vlans: BTreeMap<String, Vec<u16>>,
     #[serde(default)]
     pub firewall: FirewallConfig,
     #[serde(default, rename = "service")]
@@ -601,6 +605,33 @@ impl Config {
                 )));
             }
         }
+        let mut pairs = 0;
+        for (iface, ids) in &self.vlans {
+            if !self.interfaces.contains(iface) {
+                return Err(invalid(format!(
+                    "vlans names {iface:?}, which is not in `interfaces`"
+                )));
+            }
+            let mut seen = HashSet::new();
+            for &id in ids {
+                if id > 4094 {
+                    return Err(invalid(format!(
+                        "vlans.{iface}: VLAN id {id} is out of range 0..=4094 (0: \
+                         priority-tagged frames)"
+                    )));
+                }
+                if !seen.insert(id) {
+                    return Err(invalid(format!("vlans.{iface}: VLAN {id} is listed twice")));
+                }
+            }
+            pairs += ids.len();
+        }
+        if pairs > foobar_lb_common::MAX_IFACE_VLANS as usize {
+            return Err(invalid(format!(
+                "vlans lists {pairs} VLANs in all; at most {} fit",
+                foobar_lb_common::MAX_IFACE_VLANS
+            )));
+        }
         if !(1024..=1 << 26).contains(&self.flow_table_size) {
             return Err(invalid(format!(
                 "flow_table_size {} is out of range 1024..=67108864",
@@ -1050,10 +1081,26 @@ protocol = "udp"
     }
 
     #[test]
+    fn vlans_per_interface() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.vlans.is_empty(), "untagged only by default");
+        assert!(!c.to_toml().unwrap().contains("vlans"));
+        let text = GOOD.replace(
+            "interfaces = [\"eth0\"]\n",
+            "interfaces = [\"eth0\"]\nvlans = { eth0 = [10, 20] }\n",
+        );
+        assert_eq!(Config::parse(&text).unwrap().vlans["eth0"], [10, 20]);
+        assert!(err(&text.replace("eth0 = [", "eth1 = [")).contains("\"eth1\", which is not in"));
+        assert!(err(&text.replace("20]", "4095]")).contains("VLAN id 4095 is out of range"));
+        assert!(err(&text.replace("20]", "10]")).contains("VLAN 10 is listed twice"));
+    }
+
+    #[test]
     fn dumps_a_config_that_parses_back_the_same() {
         let text = format!(
             "{}\n[firewall]\nblocklists = [\"/tmp/x\"]\nblock = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nvip_policy = {{ eth0 = \"drop\" }}\n\n[[firewall.rule]]\naction = \"drop\"\nsource = \"192.0.2.0/24\"\n",
             GOOD.replace("address = \"10.0.0.12\"", "address = \"10.0.0.12\"\nrole = \"backup\"\nweight = 3")
+                .replace("interfaces = [\"eth0\"]\n", "interfaces = [\"eth0\"]\nvlans = { eth0 = [0, 42] }\n")
         )
         .replace("protocol = \"udp\"", "protocol = \"udp\"\nrate_limit = { per_source = 5 }\n\
                   health = { check = \"https\", fastinter_ms = 500, timeout_ms = 400, downinter_ms = 9000, \
@@ -1087,6 +1134,7 @@ protocol = "udp"
         assert_eq!(again.services[1].rate_limit(), (5, 5, 64));
         assert_eq!(again.firewall.rules.len(), 1);
         assert_eq!(again.firewall.block.len(), 2);
+        assert_eq!(again.vlans["eth0"], [0, 42]);
     }
 
     #[test]

@@ -81,6 +81,9 @@ impl Harness {
         // BPF_PROG_TEST_RUN reports loopback (ifindex 1) as the ingress interface; test frames
         // are addressed to LB_MAC, as a client's would be to the balancer's interface.
         h.dp.set_interface(1, crate::packet::LB_MAC).unwrap();
+        // The config's VLANs of "lo" are those of that interface.
+        let vlans = h.config.vlans.get("lo").cloned().unwrap_or_default();
+        h.dp.set_vlans(1, &vlans).unwrap();
         h.apply(&h.desired());
         h
     }

@@ -33,12 +33,17 @@ pub struct Pkt {
     pub eth_dst: Mac,
     pub eth_src: Mac,
     pub vlan: Option<u16>,
+    /// An 802.1ad service tag before `vlan` (double tagging, QinQ).
+    pub outer_vlan: Option<u16>,
     pub src: IpAddr,
     pub dst: IpAddr,
     /// IPv4 options (padded to 4 bytes by the caller).
     pub ip_options: Vec<u8>,
     /// IPv4 flags + fragment offset field.
     pub frag: u16,
+    /// IPv6 extension headers between the fixed header and the L4 header, in order: (type,
+    /// the header's bytes after its next-header byte). `build` chains the next-header fields.
+    pub v6_ext: Vec<(u8, Vec<u8>)>,
     pub l4: L4,
     pub payload: Vec<u8>,
 }
@@ -65,10 +70,12 @@ impl Pkt {
             eth_dst: LB_MAC,
             eth_src: CLIENT_MAC,
             vlan: None,
+            outer_vlan: None,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             ip_options: Vec::new(),
             frag: 0,
+            v6_ext: Vec::new(),
             l4,
             payload: b"hello foobar".to_vec(),
         }
@@ -76,6 +83,13 @@ impl Pkt {
 
     pub fn vlan(mut self, id: u16) -> Pkt {
         self.vlan = Some(id);
+        self
+    }
+
+    /// Double tagging: an 802.1ad service tag `outer`, then an 802.1Q tag `inner`.
+    pub fn qinq(mut self, outer: u16, inner: u16) -> Pkt {
+        self.outer_vlan = Some(outer);
+        self.vlan = Some(inner);
         self
     }
 
@@ -88,6 +102,43 @@ impl Pkt {
     pub fn frag(mut self, field: u16) -> Pkt {
         self.frag = field;
         self
+    }
+
+    /// Appends an 8-byte IPv6 options header (`kind` 0 hop-by-hop or 60 destination options)
+    /// holding one PadN option.
+    pub fn v6_opts(mut self, kind: u8) -> Pkt {
+        self.v6_ext.push((kind, vec![0, 1, 4, 0, 0, 0, 0]));
+        self
+    }
+
+    /// Appends an IPv6 fragment header: `offset_flags` is the 16-bit field (offset in 8-byte
+    /// units << 3, M flag in bit 0), identification 0x0badcafe.
+    pub fn v6_frag(mut self, offset_flags: u16) -> Pkt {
+        let [hi, lo] = offset_flags.to_be_bytes();
+        self.v6_ext
+            .push((44, vec![0, hi, lo, 0x0b, 0xad, 0xca, 0xfe]));
+        self
+    }
+
+    /// An ICMP error (ICMPv6 when the addresses are IPv6) from `src` to `dst`: `kind`, `code`,
+    /// the 4-byte field after the checksum (`rest`: the next-hop MTU of IPv4 "fragmentation
+    /// needed" in its low 16 bits, the MTU of ICMPv6 "packet too big"), then the quoted packet
+    /// `quoted` (an IP packet, from its IP header), with a valid checksum.
+    pub fn icmp_error(src: &str, dst: &str, kind: u8, code: u8, rest: u32, quoted: &[u8]) -> Pkt {
+        let mut p = Pkt::new(src, dst, L4::Other { proto: 1 });
+        let mut msg = vec![kind, code, 0, 0];
+        msg.extend(rest.to_be_bytes());
+        msg.extend(quoted);
+        let sum = match (p.src, p.dst) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => checksum(&msg, 0),
+            (s, d) => {
+                p.l4 = L4::Other { proto: 58 };
+                checksum(&msg, pseudo_sum(s, d, 58, msg.len()))
+            }
+        };
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        p.payload = msg;
+        p
     }
 
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
@@ -130,6 +181,10 @@ impl Pkt {
         let mut f = Vec::new();
         f.extend(self.eth_dst);
         f.extend(self.eth_src);
+        if let Some(id) = self.outer_vlan {
+            f.extend(0x88a8u16.to_be_bytes());
+            f.extend(id.to_be_bytes());
+        }
         if let Some(id) = self.vlan {
             f.extend(0x8100u16.to_be_bytes());
             f.extend(id.to_be_bytes());
@@ -154,10 +209,16 @@ impl Pkt {
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 f.extend(0x86ddu16.to_be_bytes());
                 f.extend([0x60, 0, 0, 0]);
-                f.extend((l4.len() as u16).to_be_bytes());
-                f.extend([proto, 64]);
+                let ext_len: usize = self.v6_ext.iter().map(|(_, b)| 1 + b.len()).sum();
+                f.extend(((ext_len + l4.len()) as u16).to_be_bytes());
+                let first = self.v6_ext.first().map_or(proto, |(k, _)| *k);
+                f.extend([first, 64]);
                 f.extend(s.octets());
                 f.extend(d.octets());
+                for (i, (_, body)) in self.v6_ext.iter().enumerate() {
+                    f.push(self.v6_ext.get(i + 1).map_or(proto, |(k, _)| *k));
+                    f.extend(body);
+                }
             }
             _ => panic!("mixed address families"),
         }
@@ -218,7 +279,7 @@ pub struct Decoded {
     pub ports: Option<(u16, u16)>,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: Option<u8>,
-    /// IP protocol (IPv6: the next header after the fixed header).
+    /// IP protocol (IPv6: the header after the options, routing and fragment headers).
     pub proto: Option<u8>,
     /// IPv4 total length or IPv6 payload length.
     pub ip_len: Option<u16>,
@@ -297,6 +358,10 @@ pub fn decode(f: &[u8]) -> Decoded {
     }
     let mut off = 12;
     let mut et = u16::from_be_bytes([f[off], f[off + 1]]);
+    if et == 0x88a8 && f.len() >= off + 6 {
+        off += 4;
+        et = u16::from_be_bytes([f[off], f[off + 1]]);
+    }
     if et == 0x8100 {
         if f.len() < off + 6 {
             return d;
@@ -328,7 +393,18 @@ pub fn decode(f: &[u8]) -> Decoded {
             d.checksums_ok = true;
             d.ttl = Some(f[off + 7]);
             d.ip_len = Some(u16::from_be_bytes([f[off + 4], f[off + 5]]));
-            (IpAddr::from(s), IpAddr::from(t), f[off + 6], &f[off + 40..])
+            // Skip extension headers (options, routing, fragment) to the L4 header.
+            let (mut next, mut at) = (f[off + 6], off + 40);
+            while matches!(next, 0 | 43 | 44 | 60) && f.len() >= at + 8 {
+                let len = if next == 44 {
+                    8
+                } else {
+                    (f[at + 1] as usize + 1) * 8
+                };
+                next = f[at];
+                at = (at + len).min(f.len());
+            }
+            (IpAddr::from(s), IpAddr::from(t), next, &f[at..])
         }
         _ => return d,
     };
@@ -362,7 +438,12 @@ mod tests {
         for p in [
             Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN),
             Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).vlan(7),
+            Pkt::udp("10.0.0.1", 1000, "10.0.0.100", 53).qinq(100, 7),
             Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK),
+            Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_ACK)
+                .v6_opts(0)
+                .v6_frag(1)
+                .v6_opts(60),
             Pkt::tcp("10.0.0.1", 1000, "10.0.0.100", 80, TCP_SYN).options(&[1, 1, 1, 0]),
         ] {
             let d = decode(&p.build());

@@ -406,3 +406,366 @@ fn too_many_prefix_lengths_are_refused_and_change_nothing() {
         &Expect::Drop(verdict::DROP_BLOCKLIST),
     );
 }
+
+/// Only a firewall change bumps the generation: the daemon writes the rules again on every
+/// configuration change, and established flows must not all meet the firewall again for a drain.
+#[test]
+fn only_firewall_changes_bump_the_generation() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    let rules = [rule(
+        Action::Allow,
+        "10.3.3.3",
+        RuleProtocol::Any,
+        "any",
+        "any",
+    )];
+    h.fw_rules(&rules);
+    let gen = h.dp.fw_generation().unwrap();
+    let ack = Pkt::tcp("10.3.3.3", 1000, VIP, 80, TCP_ACK).build();
+    h.check("flow admitted", &ack, &Expect::Tx(B1));
+    h.check("established: not evaluated again", &ack, &Expect::Tx(B1));
+    assert_eq!(h.rule_counters(1), vec![1]);
+    // What the daemon does for a drain: apply the services, write the same rules again.
+    h.set_state(
+        "www",
+        "10.0.0.11",
+        foobar_lb::desired::BackendState::Draining,
+    );
+    h.fw_rules(&rules);
+    h.vip_policy_drop(false);
+    assert_eq!(h.dp.fw_generation().unwrap(), gen, "no firewall change");
+    h.check("still established", &ack, &Expect::Tx(B1));
+    assert_eq!(
+        h.rule_counters(1),
+        vec![1],
+        "the flow was not checked again"
+    );
+    // A real change bumps it, once, and the flow meets the rules again.
+    let rules2 = [rule(
+        Action::Allow,
+        "10.3.0.0/16",
+        RuleProtocol::Any,
+        "any",
+        "any",
+    )];
+    h.fw_rules(&rules2);
+    assert_eq!(h.dp.fw_generation().unwrap(), gen.wrapping_add(1));
+    h.check("checked under the new rules", &ack, &Expect::Tx(B1));
+    assert_eq!(h.rule_counters(1), vec![2]);
+    h.fw_rules(&[]);
+    h.fw_rules(&[]);
+    assert_eq!(h.dp.fw_generation().unwrap(), gen.wrapping_add(2));
+}
+
+/// A host address on the balancer's segment (not a VIP): rules are all that guard it.
+const HOST: &str = "10.0.0.9";
+const HOST6: &str = "fd00::9";
+
+/// An IPv4 frame cut to `len` bytes with its total length and header checksum fixed.
+fn cut_v4(f: &[u8], len: usize) -> Vec<u8> {
+    let mut g = f[..len].to_vec();
+    g[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+    g[24..26].copy_from_slice(&[0, 0]);
+    let sum = foobar_lb_tests::packet::checksum(&g[14..34], 0);
+    g[24..26].copy_from_slice(&sum.to_be_bytes());
+    g
+}
+
+/// Fragments cannot slip past a port rule: a first fragment with its whole L4 header is judged
+/// on its ports; a later fragment (no ports) or a first fragment too short to hold its L4
+/// header is dropped by any rule that needs ports, unless an earlier allow rule matches it on
+/// its addresses alone.
+#[test]
+fn ipv4_fragments_to_a_host_address_meet_port_rules() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    h.fw_rules(&[rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any")]);
+    h.dp.reset_rule_counters().unwrap();
+    let ssh = Pkt::tcp("10.8.1.1", 1000, HOST, 22, TCP_SYN);
+    let web = Pkt::tcp("10.8.1.1", 1000, HOST, 80, TCP_SYN);
+    h.check(
+        "first fragment to port 22",
+        &ssh.clone().frag(0x2000).build(),
+        &DROP,
+    );
+    h.check(
+        "first fragment to port 80",
+        &web.clone().frag(0x2000).build(),
+        &Expect::Pass,
+    );
+    // A later fragment's payload is data, whatever it looks like: here a TCP header to 80.
+    let later = web.clone().frag(0x0010).build();
+    h.check("later TCP fragment", &later, &DROP);
+    h.check(
+        "last TCP fragment",
+        &web.clone().frag(0x2010).build(),
+        &DROP,
+    );
+    h.check(
+        "later UDP fragment: the rule is for TCP",
+        &Pkt::udp("10.8.1.1", 1000, HOST, 53).frag(0x0010).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "tiny first fragment (8 bytes of TCP header)",
+        &cut_v4(&web.clone().frag(0x2000).build(), 14 + 20 + 8),
+        &DROP,
+    );
+    h.check("not fragmented, port 80", &web.build(), &Expect::Pass);
+    assert_eq!(h.rule_counters(1), vec![4]);
+
+    // An allow rule on addresses alone admits later fragments; one on ports cannot.
+    h.fw_rules(&[
+        rule(
+            Action::Allow,
+            "10.8.0.0/16",
+            RuleProtocol::Any,
+            "any",
+            "any",
+        ),
+        rule(Action::Allow, "any", RuleProtocol::Tcp, "80", "any"),
+        rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any"),
+    ]);
+    h.dp.reset_rule_counters().unwrap();
+    h.check("allowed source", &later, &Expect::Pass);
+    let other = Pkt::tcp("10.7.1.1", 1000, HOST, 80, TCP_SYN)
+        .frag(0x0010)
+        .build();
+    h.check(
+        "port allow rule cannot vouch for a later fragment",
+        &other,
+        &DROP,
+    );
+    h.check(
+        "first fragment to 80 from elsewhere: the port rule allows it",
+        &Pkt::tcp("10.7.1.1", 1000, HOST, 80, TCP_SYN)
+            .frag(0x2000)
+            .build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.rule_counters(3), vec![1, 1, 1]);
+    // A rule on the protocol alone judges later fragments of that protocol exactly.
+    h.fw_rules(&[rule(Action::Drop, "any", RuleProtocol::Udp, "any", "any")]);
+    h.dp.reset_rule_counters().unwrap();
+    h.check("later TCP fragment, UDP rule", &later, &Expect::Pass);
+    h.check(
+        "later UDP fragment, UDP rule",
+        &Pkt::udp("10.8.1.1", 1000, HOST, 53).frag(0x0010).build(),
+        &DROP,
+    );
+}
+
+/// IPv6 fragments: a later fragment's next-header field is not what reassembly uses, so it is
+/// judged with neither protocol nor ports.
+#[test]
+fn ipv6_fragments_to_a_host_address_meet_port_rules() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    h.fw_rules(&[rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any")]);
+    h.dp.reset_rule_counters().unwrap();
+    let ssh = Pkt::tcp("fd00:8::1", 1000, HOST6, 22, TCP_SYN);
+    let web = Pkt::tcp("fd00:8::1", 1000, HOST6, 80, TCP_SYN);
+    h.check(
+        "first fragment to port 22",
+        &ssh.clone().v6_frag(1).build(),
+        &DROP,
+    );
+    h.check(
+        "first fragment to port 80",
+        &web.clone().v6_frag(1).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "options, then a first fragment to port 22",
+        &ssh.clone().v6_opts(0).v6_frag(1).build(),
+        &DROP,
+    );
+    let later = Pkt::udp("fd00:8::1", 1000, HOST6, 53).v6_frag(0x0010);
+    h.check("later fragment claiming UDP", &later.build(), &DROP);
+    h.check(
+        "atomic fragment (offset 0, no more) to port 80",
+        &web.clone().v6_frag(0).build(),
+        &Expect::Pass,
+    );
+    h.fw_rules(&[
+        rule(
+            Action::Allow,
+            "fd00:8::/32",
+            RuleProtocol::Any,
+            "any",
+            "any",
+        ),
+        rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any"),
+    ]);
+    h.dp.reset_rule_counters().unwrap();
+    h.check("allowed source", &later.build(), &Expect::Pass);
+    let mut elsewhere = later.clone();
+    elsewhere.src = "fd00:7::1".parse().unwrap();
+    h.check("other source", &elsewhere.build(), &DROP);
+    assert_eq!(h.rule_counters(2), vec![1, 1]);
+}
+
+/// An IPv6 chain longer than the parser walks hides the L4 header: rules that need ports or a
+/// protocol drop it (allow rules need to match on addresses alone), and to a VIP it is dropped
+/// as unbalanceable.
+#[test]
+fn long_ipv6_extension_chains_meet_port_rules() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    h.fw_rules(&[
+        rule(Action::Allow, "any", RuleProtocol::Tcp, "80", "any"),
+        rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any"),
+    ]);
+    h.dp.reset_rule_counters().unwrap();
+    let chain = |p: Pkt, n: usize| (0..n).fold(p.v6_opts(0), |p, _| p.v6_opts(60));
+    let ssh = Pkt::tcp("fd00:8::1", 1000, HOST6, 22, TCP_SYN);
+    h.check(
+        "3 headers: walked, port 22",
+        &chain(ssh.clone(), 2).build(),
+        &DROP,
+    );
+    h.check(
+        "3 headers: walked, port 80",
+        &chain(Pkt::tcp("fd00:8::1", 1000, HOST6, 80, TCP_SYN), 2).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "8 headers before port 22",
+        &chain(ssh.clone(), 7).build(),
+        &DROP,
+    );
+    h.check(
+        "8 headers before port 80: the port allow rule cannot see it",
+        &chain(Pkt::tcp("fd00:8::1", 1000, HOST6, 80, TCP_SYN), 7).build(),
+        &DROP,
+    );
+    h.check(
+        "8 headers and a fragment header",
+        &chain(ssh.clone(), 7).v6_frag(1).build(),
+        &DROP,
+    );
+    assert_eq!(h.rule_counters(2), vec![1, 4]);
+    h.fw_rules(&[
+        rule(
+            Action::Allow,
+            "fd00:8::/32",
+            RuleProtocol::Any,
+            "any",
+            "any",
+        ),
+        rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any"),
+    ]);
+    h.dp.reset_rule_counters().unwrap();
+    h.check(
+        "allowed on its source",
+        &chain(ssh.clone(), 7).build(),
+        &Expect::Pass,
+    );
+    h.fw_rules(&[]);
+    h.dp.reset_rule_counters().unwrap();
+    h.check("no rules", &chain(ssh.clone(), 7).build(), &Expect::Pass);
+}
+
+/// A VIP packet in a frame for another MAC goes to the kernel: fragments and hidden L4 headers
+/// meet the rules and the block list there like anything else.
+#[test]
+fn fragments_to_a_vip_in_another_hosts_frame_meet_the_firewall() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    h.fw_rules(&[rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any")]);
+    h.dp.reset_rule_counters().unwrap();
+    h.blocklist("10.7.0.0/16\n");
+    let flooded = |p: Pkt| {
+        Pkt {
+            eth_dst: [0x02, 0, 0, 0, 0, 0x77],
+            ..p
+        }
+        .build()
+    };
+    h.check(
+        "later fragment",
+        &flooded(Pkt::tcp("10.8.1.1", 1000, VIP, 80, TCP_ACK).frag(0x0010)),
+        &DROP,
+    );
+    h.check(
+        "later UDP fragment from a blocked source",
+        &flooded(Pkt::udp("10.7.1.1", 1000, VIP, 53).frag(0x0010)),
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+    h.check(
+        "later UDP fragment",
+        &flooded(Pkt::udp("10.8.1.1", 1000, VIP, 53).frag(0x0010)),
+        &Expect::PassAs(verdict::PASS_OTHER_HOST),
+    );
+    h.check(
+        "IPv6 later fragment",
+        &flooded(Pkt::udp("fd00:8::1", 1000, "fd00::100", 53).v6_frag(0x0010)),
+        &DROP,
+    );
+}
+
+/// Tagged frames meet the firewall like any other, whether the interface balances their VLAN
+/// (the firewall harness configures none) or not, with one tag or two.
+#[test]
+fn tagged_and_double_tagged_frames_meet_the_firewall() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    h.fw_rules(&[rule(Action::Drop, "any", RuleProtocol::Tcp, "22", "any")]);
+    h.blocklist("10.7.0.0/16\n");
+    let ssh = |dst: &str| Pkt::tcp("10.8.1.1", 1000, dst, 22, TCP_SYN);
+    h.check(
+        "double-tagged to a host address, port 22",
+        &ssh(HOST).qinq(100, 42).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged to the VIP, port 22",
+        &ssh(VIP).qinq(100, 42).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged later fragment to a host address",
+        &ssh(HOST).qinq(100, 42).frag(0x0010).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged IPv6 to port 22",
+        &Pkt::tcp("fd00:8::1", 1000, HOST6, 22, TCP_SYN)
+            .qinq(100, 42)
+            .build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged from a blocked source to the VIP",
+        &Pkt::tcp("10.7.1.1", 1000, VIP, 80, TCP_SYN)
+            .qinq(100, 42)
+            .build(),
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+    h.check(
+        "one tag, a VLAN not balanced here, port 22",
+        &ssh(VIP).vlan(42).build(),
+        &DROP,
+    );
+    h.check(
+        "double-tagged to the VIP, port 80: the kernel's",
+        &Pkt::tcp("10.8.1.1", 1000, VIP, 80, TCP_SYN)
+            .qinq(100, 42)
+            .build(),
+        &Expect::PassAs(verdict::PASS_OTHER_VLAN),
+    );
+    assert_eq!(h.rule_counters(1), vec![5]);
+}

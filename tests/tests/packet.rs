@@ -11,6 +11,7 @@ use foobar_lb_tests::{
 
 const CONFIG: &str = r#"
 interfaces = ["lo"]
+vlans = { lo = [42, 5] }
 
 [[service]]
 name = "www"
@@ -233,6 +234,74 @@ fn vlan_tagged_frames_keep_their_tag() {
             .build(),
         &Expect::Pass,
     );
+    let v6 = Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN).vlan(5);
+    let out6 = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..v6.clone()
+    };
+    h.check("IPv6 in VLAN 5", &v6.build(), &Expect::Frame(out6.build()));
+}
+
+/// Only the VLANs configured for the interface are balanced: a VIP packet with another tag, or
+/// two tags, goes to the kernel untouched (after the firewall) and is counted.
+#[test]
+fn frames_of_other_vlans_pass_untouched() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let other = Expect::PassAs(verdict::PASS_OTHER_VLAN);
+    let syn = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN);
+    h.check("VLAN 43", &syn.clone().vlan(43).build(), &other);
+    h.check(
+        "VLAN 43, IPv6",
+        &Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN)
+            .vlan(43)
+            .build(),
+        &other,
+    );
+    h.check(
+        "priority tag (VLAN 0), not configured",
+        &syn.clone().vlan(0).build(),
+        &other,
+    );
+    h.check(
+        "the priority bits do not change the VLAN",
+        &syn.clone().vlan(0xe000 | 43).build(),
+        &other,
+    );
+    h.check(
+        "double-tagged, inner VLAN configured",
+        &syn.clone().qinq(42, 42).build(),
+        &other,
+    );
+    h.check(
+        "a fragment in VLAN 43 is not ours to drop",
+        &syn.clone().vlan(43).frag(0x2000).build(),
+        &other,
+    );
+    h.check(
+        "other VLAN, not a VIP",
+        &Pkt::tcp(CLIENT, 1000, "10.0.0.9", 80, TCP_SYN)
+            .vlan(43)
+            .build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.dp.flow_count().unwrap(), 0);
+    assert_eq!(h.service_counters("www").new_flows, 0);
+    // The priority bits of a configured VLAN's tag do not matter.
+    let prio = syn.clone().vlan(0xa000 | 42);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..prio.clone()
+    };
+    h.check(
+        "VLAN 42, priority 5",
+        &prio.build(),
+        &Expect::Frame(out.build()),
+    );
 }
 
 #[test]
@@ -398,6 +467,158 @@ fn malformed_and_fragmented_packets_to_a_vip_are_dropped() {
         .frag(0x2000)
         .build();
     h.check("fragment for another host", &other, &Expect::Pass);
+}
+
+#[test]
+fn ipv6_fragments_and_long_extension_chains_to_a_vip_are_dropped() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let syn = Pkt::tcp("fd00::1", 1000, "fd00::100", 80, TCP_SYN);
+    let fragment = Expect::Drop(verdict::DROP_FRAGMENT);
+    h.check("first fragment", &syn.clone().v6_frag(1).build(), &fragment);
+    h.check(
+        "later fragment",
+        &syn.clone().v6_frag(0x0010).build(),
+        &fragment,
+    );
+    h.check(
+        "hop-by-hop options, then a fragment",
+        &syn.clone().v6_opts(0).v6_frag(1).build(),
+        &fragment,
+    );
+    let chain = |p: Pkt, n: usize| (0..n).fold(p.v6_opts(0), |p, _| p.v6_opts(60));
+    let walked = chain(syn.clone(), 2);
+    let out = Pkt {
+        eth_dst: B1,
+        eth_src: LB_MAC,
+        ..walked.clone()
+    };
+    h.check(
+        "three extension headers: balanced",
+        &walked.build(),
+        &Expect::Frame(out.build()),
+    );
+    h.check(
+        "four extension headers: the L4 header is out of reach",
+        &chain(syn.clone(), 3).build(),
+        &Expect::Drop(verdict::DROP_EXT_HEADERS),
+    );
+    h.check(
+        "eight, then a fragment header",
+        &chain(syn.clone(), 7).v6_frag(1).build(),
+        &Expect::Drop(verdict::DROP_EXT_HEADERS),
+    );
+    h.check(
+        "eight extension headers to a host address",
+        &chain(Pkt::tcp("fd00::1", 1000, "fd00::9", 80, TCP_SYN), 7).build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.dp.flow_count().unwrap(), 1);
+}
+
+/// ICMP errors about a balanced connection go to its backend, whole and unchanged but for the
+/// MACs, so path-MTU discovery works; any other ICMP goes to the host.
+#[test]
+fn icmp_errors_about_a_flow_go_to_its_backend() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    // Two connections, one per backend.
+    h.check(
+        "flow to B1",
+        &Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    h.check(
+        "flow to B2",
+        &Pkt::tcp(CLIENT, 1001, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B2),
+    );
+    // A router's error about the backend's reply (VIP:80 -> client): the IP header and the
+    // first 8 bytes of TCP, as RFC 792 quotes them.
+    let reply =
+        |dport: u16| Pkt::tcp(VIP, 80, CLIENT, dport, TCP_ACK).build()[14..14 + 28].to_vec();
+    let router = "10.0.0.254";
+    let to_backend = |p: Pkt, mac| {
+        Expect::Frame(
+            Pkt {
+                eth_dst: mac,
+                eth_src: LB_MAC,
+                ..p
+            }
+            .build(),
+        )
+    };
+    let frag_needed = Pkt::icmp_error(router, VIP, 3, 4, 1400, &reply(1001));
+    h.check(
+        "fragmentation needed, flow of B2",
+        &frag_needed.build(),
+        &to_backend(frag_needed.clone(), B2),
+    );
+    let unreachable = Pkt::icmp_error(router, VIP, 3, 1, 0, &reply(1000));
+    h.check(
+        "host unreachable, flow of B1",
+        &unreachable.build(),
+        &to_backend(unreachable.clone(), B1),
+    );
+    h.check(
+        "no such flow: the host's",
+        &Pkt::icmp_error(router, VIP, 3, 4, 1400, &reply(1002)).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "time exceeded: the host's",
+        &Pkt::icmp_error(router, VIP, 11, 0, 0, &reply(1000)).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "quoted packet cut before its ports",
+        &Pkt::icmp_error(router, VIP, 3, 4, 1400, &reply(1000)[..22]).build(),
+        &Expect::Pass,
+    );
+    // Quoting a packet from another address than the one the error is sent to.
+    let other_vip = Pkt::tcp("10.0.0.101", 80, CLIENT, 1000, TCP_ACK).build()[14..42].to_vec();
+    h.check(
+        "quoted source is not the addressed VIP",
+        &Pkt::icmp_error(router, VIP, 3, 4, 1400, &other_vip).build(),
+        &Expect::Pass,
+    );
+
+    // IPv6: packet too big and destination unreachable; the quote is as long as fits.
+    let c6 = "fd00::1";
+    h.check(
+        "v6 flow to B1",
+        &Pkt::tcp(c6, 1000, "fd00::100", 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    let reply6 = Pkt::tcp("fd00::100", 80, c6, 1000, TCP_ACK).build()[14..].to_vec();
+    let ptb = Pkt::icmp_error("fd00::fe", "fd00::100", 2, 0, 1280, &reply6);
+    h.check(
+        "packet too big, flow of B1",
+        &ptb.build(),
+        &to_backend(ptb.clone(), B1),
+    );
+    let unreach6 = Pkt::icmp_error("fd00::fe", "fd00::100", 1, 3, 0, &reply6);
+    h.check(
+        "v6 address unreachable, flow of B1",
+        &unreach6.build(),
+        &to_backend(unreach6.clone(), B1),
+    );
+    let other6 = Pkt::tcp("fd00::100", 80, c6, 1009, TCP_ACK).build()[14..].to_vec();
+    h.check(
+        "v6 no such flow",
+        &Pkt::icmp_error("fd00::fe", "fd00::100", 2, 0, 1280, &other6).build(),
+        &Expect::Pass,
+    );
+    h.check(
+        "echo request: the host's",
+        &Pkt::icmp_error("fd00::fe", "fd00::100", 128, 0, 0, &reply6).build(),
+        &Expect::Pass,
+    );
+    assert_eq!(h.backend_counters("www", "10.0.0.12").packets, 2);
 }
 
 #[test]
@@ -931,4 +1152,26 @@ fn maglev_picks_the_slot_of_the_flows_hash_the_same_on_every_balancer() {
         seen.insert(want);
     }
     assert_eq!(seen.len(), 10, "300 flows reach every backend");
+}
+
+/// The kernel verifies at most 1,000,000 instructions per program; every path that reaches a
+/// firewall loop costs tens of thousands. Keep well inside the budget, so that the next stage
+/// does not find the program unloadable (at the time of writing: about 260,000).
+#[test]
+fn the_program_stays_well_inside_the_verifiers_budget() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let info = h.dp.program().info().unwrap();
+    let Some(verified) = info.verified_instruction_count() else {
+        eprintln!("skipped: the kernel does not report verified instructions");
+        return;
+    };
+    println!("verified instructions: {verified}");
+    assert!(
+        verified < 500_000,
+        "the verifier processed {verified} instructions, over half its 1M budget: see \
+         DEVELOPING.md on keeping paths to the firewall few"
+    );
 }

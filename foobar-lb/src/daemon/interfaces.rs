@@ -14,10 +14,28 @@ impl Daemon {
         let index = netdev::ifindex(iface)?;
         let mac = netdev::mac(iface)?;
         self.dataplane.set_interface(index, mac)?;
+        let vlans = self.vlans_of(iface).to_vec();
+        self.dataplane.set_vlans(index, &vlans)?;
         let attached = self.dataplane.attach(iface, self.xdp_mode)?;
         println!("foobar-lb: XDP attached to {iface} in {attached} mode");
         self.attached.insert(iface.to_owned(), Some((index, mac)));
         Ok(())
+    }
+
+    /// The VLANs whose tagged frames `iface` balances.
+    fn vlans_of(&self, iface: &str) -> &[u16] {
+        self.config.vlans.get(iface).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Writes every attached interface's VLAN list (after a reload changed them).
+    pub(super) fn write_vlans(&mut self) {
+        for (iface, at) in self.attached.clone() {
+            let Some((index, _)) = at else { continue };
+            let vlans = self.vlans_of(&iface).to_vec();
+            if let Err(e) = self.dataplane.set_vlans(index, &vlans) {
+                log::error!("cannot write {iface}'s VLANs: {e}");
+            }
+        }
     }
 
     /// An adopted data plane may be attached to interfaces a previous configuration named:
@@ -31,6 +49,7 @@ impl Daemon {
                 Ok(()) => {
                     if let Ok(index) = netdev::ifindex(&iface) {
                         let _ = self.dataplane.clear_interface(index);
+                        let _ = self.dataplane.set_vlans(index, &[]);
                     }
                     println!("foobar-lb: XDP detached from {iface} (no longer in `interfaces`)");
                 }

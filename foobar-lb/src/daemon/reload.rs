@@ -79,6 +79,7 @@ impl Daemon {
                 }
             }
         }
+        self.write_vlans();
         if let Err(e) = self.apply_firewall() {
             log::error!("writing VIP policies after a reload failed: {e:#}");
         }
@@ -155,6 +156,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.firewall.vip_policy != new.firewall.vip_policy {
         out.push("VIP policy changed".into());
+    }
+    if old.vlans != new.vlans {
+        out.push("VLANs changed".into());
     }
     out
 }

@@ -19,12 +19,18 @@ impl Dataplane {
         arr.get(&0, 0).map_err(map_err(MAP_FW_FLAGS))
     }
 
-    /// Changes the firewall control words (the daemon is their only writer).
+    /// The firewall generation the data plane runs under (see `FW_IDX_GEN`).
+    pub fn fw_generation(&self) -> Result<u32, DataplaneError> {
+        Ok(self.fw_words()?[FW_IDX_GEN as usize])
+    }
+
+    /// Changes the firewall control words (the daemon is their only writer), in the order
+    /// [`fw_word_writes`] gives.
     fn update_fw_words(&mut self, f: impl FnOnce(&mut FwWords)) -> Result<(), DataplaneError> {
-        let mut w = self.fw_words()?;
-        let before = w;
-        f(&mut w);
-        if w != before {
+        let before = self.fw_words()?;
+        let mut after = before;
+        f(&mut after);
+        for w in fw_word_writes(before, after) {
             self.array::<FwWords>(MAP_FW_FLAGS)?
                 .set(0, w, 0)
                 .map_err(map_err(MAP_FW_FLAGS))?;
@@ -40,8 +46,14 @@ impl Dataplane {
         })
     }
 
-    /// Replaces the whole rule list in one map update, then switches rule evaluation on or off.
+    /// Replaces the whole rule list in one map update, then switches rule evaluation on or off
+    /// and bumps the generation. The same list again changes nothing: the daemon writes the rules
+    /// on every configuration change (a drain, a new service), and a needless bump would send
+    /// every established flow through the firewall again.
     pub fn set_rules(&mut self, set: &RuleSet) -> Result<(), DataplaneError> {
+        if self.rules_live(set)? {
+            return Ok(());
+        }
         if set.len > 0 {
             self.hash::<u32, RuleSet>(MAP_FW_RULES)?
                 .insert(0, set, 0)
@@ -49,6 +61,18 @@ impl Dataplane {
         }
         self.set_fw_flag(FW_HAS_RULES, set.len > 0)?;
         self.bump_fw_generation()
+    }
+
+    /// Whether `set` is what the data plane already evaluates (an empty list: rules are off).
+    fn rules_live(&self, set: &RuleSet) -> Result<bool, DataplaneError> {
+        let on = self.fw_words()?[FW_IDX_FLAGS as usize] & FW_HAS_RULES != 0;
+        if set.len == 0 || !on {
+            return Ok(set.len == 0 && !on);
+        }
+        let map = self.map(MAP_FW_RULES)?;
+        let live: HashMap<&MapData, u32, RuleSet> =
+            HashMap::try_from(map).map_err(map_err(MAP_FW_RULES))?;
+        Ok(live.get(&0, 0).is_ok_and(|l| l == *set))
     }
 
     pub fn reset_rule_counters(&mut self) -> Result<(), DataplaneError> {
@@ -196,6 +220,27 @@ impl Dataplane {
     }
 }
 
+/// The writes that take the control words from `before` to `after`, in order.
+///
+/// An array value is updated in place (the kernel copies it with `memcpy`), so a packet may read
+/// the words half-written. A change that bumps the generation is therefore published in two
+/// writes: first the new flags and live buffer under the old generation, then the generation.
+/// A packet that reads the new generation thus reads the new flags and buffer whatever the copy
+/// order, and a flow is never recorded as checked under a generation whose rules and block list
+/// it did not meet (a packet that read the old generation only gets its flow checked again).
+pub fn fw_word_writes(before: FwWords, after: FwWords) -> Vec<FwWords> {
+    let mut writes = Vec::new();
+    let mut staged = after;
+    staged[FW_IDX_GEN as usize] = before[FW_IDX_GEN as usize];
+    if staged != before {
+        writes.push(staged);
+    }
+    if after != staged {
+        writes.push(after);
+    }
+    writes
+}
+
 /// The distinct prefix lengths of a list per family, longest first, with their masks.
 fn prefix_lens(nets: &[ipnet::IpNet]) -> Result<PrefixLens, DataplaneError> {
     let mut out = PrefixLens::default();
@@ -232,4 +277,47 @@ fn prefix_lens(nets: &[ipnet::IpNet]) -> Result<PrefixLens, DataplaneError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use foobar_lb_common::FW_FLAGS_LEN;
+
+    use super::*;
+
+    const GEN: usize = FW_IDX_GEN as usize;
+
+    /// Every intermediate state a packet may read carries either the old generation (its flow
+    /// is checked again later) or the final flags and buffer.
+    #[test]
+    fn a_new_generation_is_never_published_before_the_words_it_covers() {
+        let before: FwWords = [FW_HAS_RULES, 0, 7, 0];
+        let cases: [FwWords; 4] = [
+            [FW_HAS_RULES | FW_HAS_BLOCKLIST, 1, 8, 0], // block list loaded: all three change
+            [FW_HAS_RULES, 0, 8, 0],                    // rules replaced: generation only
+            [0, 0, 7, 0],                               // a stage switched off, no bump
+            before,                                     // nothing
+        ];
+        for after in cases {
+            let writes = fw_word_writes(before, after);
+            if after == before {
+                assert!(writes.is_empty());
+                continue;
+            }
+            assert_eq!(writes.last(), Some(&after), "{after:?}");
+            let mut seen = before;
+            for w in &writes {
+                // A write changes either the generation or the other words, never both.
+                let gen_changed = w[GEN] != seen[GEN];
+                let rest_changed = (0..FW_FLAGS_LEN).any(|i| i != GEN && w[i] != seen[i]);
+                assert!(!(gen_changed && rest_changed), "{before:?} -> {w:?}");
+                if w[GEN] != before[GEN] {
+                    let mut final_rest = after;
+                    final_rest[GEN] = w[GEN];
+                    assert_eq!(*w, final_rest, "new generation with old words");
+                }
+                seen = *w;
+            }
+        }
+    }
 }

@@ -32,10 +32,11 @@ use foobar_lb_common::{
     flow_age, flow_time,
     registry::{pinned_maps, Meta},
     verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, Iface, ServiceInfo, ServiceKey,
-    VipKey, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, LAYOUT_VERSION, MAP_BACKENDS,
-    MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_FLOW_CLOCK, MAP_IFACES,
-    MAP_META, MAP_SERVICES, MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAX_BACKENDS,
-    MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS, PROG_NAME,
+    VipKey, VlanKey, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, LAYOUT_VERSION,
+    MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS,
+    MAP_FLOW_CLOCK, MAP_IFACES, MAP_IFACE_VLANS, MAP_META, MAP_SERVICES, MAP_SERVICE_STATS,
+    MAP_VERDICT_STATS, MAP_VIPS, MAX_BACKENDS, MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS,
+    PROG_NAME,
 };
 
 use crate::{
@@ -504,6 +505,30 @@ impl Dataplane {
         self.array::<Iface>(MAP_IFACES)?
             .set(ifindex, Iface::default(), 0)
             .map_err(map_err(MAP_IFACES))
+    }
+
+    /// Sets the VLANs whose tagged frames interface `ifindex` balances (untagged frames always
+    /// are): the new ones are added before those no longer listed are removed.
+    pub fn set_vlans(&mut self, ifindex: u32, vlans: &[u16]) -> Result<(), DataplaneError> {
+        let mut map = self.hash::<VlanKey, u32>(MAP_IFACE_VLANS)?;
+        let key = |vlan| VlanKey {
+            ifindex,
+            vlan,
+            _pad: 0,
+        };
+        for &vlan in vlans {
+            map.insert(key(vlan), 1, 0)
+                .map_err(map_err(MAP_IFACE_VLANS))?;
+        }
+        let stale: Vec<VlanKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex && !vlans.contains(&k.vlan))
+            .collect();
+        for k in &stale {
+            map.remove(k).map_err(map_err(MAP_IFACE_VLANS))?;
+        }
+        Ok(())
     }
 
     /// Verdict counters summed over CPUs, in `verdict::NAMES` order.
