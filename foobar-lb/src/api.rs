@@ -168,8 +168,8 @@ pub struct BackendStats {
     /// Data-plane state: `active` (takes new flows), `draining` (keeps its flows), `down`
     /// (flows move), `unresolved` (MAC unknown: not in the data plane).
     pub state: String,
-    /// Open connections on this backend: flow-table entries without a FIN or RST seen (UDP
-    /// flows count until the flow table evicts them).
+    /// Open connections on this backend: flow-table entries seen within their idle timeout
+    /// and not reset (see README, the FLOWS column).
     pub flows: u64,
     /// Forwarded packets and bytes per second over the last 2 s sampling interval.
     #[serde(default)]
@@ -193,7 +193,13 @@ pub struct ServiceStats {
 pub struct StatsSnapshot {
     /// (verdict name, packets), in the data plane's verdict order.
     pub verdicts: Vec<(String, u64)>,
+    /// Open flows in all (see the FLOWS column).
     pub flows: usize,
+    /// Flow-table entries (open or not) at the last count, and the configured capacity.
+    #[serde(default)]
+    pub flow_table_entries: u64,
+    #[serde(default)]
+    pub flow_table_size: u32,
     pub services: Vec<ServiceStats>,
     #[serde(default)]
     pub firewall: FirewallStats,

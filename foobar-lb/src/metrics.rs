@@ -123,7 +123,7 @@ pub fn render(s: &StatsSnapshot) -> String {
     let be_active = gauge(
         &mut reg,
         "backend_active_flows",
-        "Open connections per backend (flows without FIN/RST seen)",
+        "Open connections per backend (seen within their idle timeout, not reset)",
     );
     let be_up = gauge(
         &mut reg,
@@ -193,8 +193,22 @@ pub fn render(s: &StatsSnapshot) -> String {
     blocked
         .get_or_create(&vec![])
         .set(s.firewall.blocklist_prefixes as f64);
-    let flows = gauge(&mut reg, "flows", "Entries in the flow table");
+    let flows = gauge(&mut reg, "flows", "Open flows in all services");
     flows.get_or_create(&vec![]).set(s.flows as f64);
+    let entries = gauge(
+        &mut reg,
+        "flow_table_entries",
+        "Entries in the flow table, open or not (LRU: the oldest are evicted when full)",
+    );
+    entries
+        .get_or_create(&vec![])
+        .set(s.flow_table_entries as f64);
+    let size = gauge(
+        &mut reg,
+        "flow_table_size",
+        "Flows the table is sized for (flow_table_size)",
+    );
+    size.get_or_create(&vec![]).set(s.flow_table_size as f64);
     let writes = counter(
         &mut reg,
         "map_writes",

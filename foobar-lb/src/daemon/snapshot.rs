@@ -104,6 +104,8 @@ impl Daemon {
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
             flows: flows.values().sum::<u64>() as usize,
+            flow_table_entries: self.flow_counts.entries(),
+            flow_table_size: self.config.flow_table_size,
             services,
             map_writes: self.dataplane.map_writes(),
         })

@@ -657,14 +657,19 @@ impl Dataplane {
                 }
             })
             .map_err(DataplaneError::Thread)?;
-        let (latest, stop) = (counts.latest.clone(), counts.stop.clone());
+        let (latest, entries, stop) = (
+            counts.latest.clone(),
+            counts.entries.clone(),
+            counts.stop.clone(),
+        );
         std::thread::Builder::new()
             .name("flow-counter".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    let counts = open_flows_per_backend(&flows, &backends, &reader);
+                    let (counts, total) = open_flows_per_backend(&flows, &backends, &reader);
                     *latest.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(counts);
+                    entries.store(total, Ordering::Relaxed);
                     std::thread::sleep(every.max(start.elapsed()));
                 }
             })
@@ -682,7 +687,7 @@ impl Dataplane {
             Array::try_from(self.map(MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?;
         let clock: Array<&MapData, u32> =
             Array::try_from(self.map(MAP_FLOW_CLOCK)?).map_err(map_err(MAP_FLOW_CLOCK))?;
-        Ok(open_flows_per_backend(&flows, &backends, &clock))
+        Ok(open_flows_per_backend(&flows, &backends, &clock).0)
     }
 
     /// A descriptor of its own on an array map, for a thread that outlives this borrow.
@@ -740,12 +745,12 @@ pub fn flow_now() -> u32 {
 
 /// Open flows per backend id: entries that [`flow_is_open`] and whose backend id still has
 /// the owner word (service and generation) the flow was scheduled with, so entries left by a
-/// removed backend are never credited to the one that reuses its id.
+/// removed backend are never credited to the one that reuses its id. Also: all entries.
 fn open_flows_per_backend<F, B, C>(
     flows: &HashMap<F, FlowKey, FlowValue>,
     backends: &Array<B, Backend>,
     clock: &Array<C, u32>,
-) -> std::collections::HashMap<u32, u64>
+) -> (std::collections::HashMap<u32, u64>, u64)
 where
     F: std::borrow::Borrow<MapData>,
     B: std::borrow::Borrow<MapData>,
@@ -757,13 +762,15 @@ where
     // The clock the program stamps flows with (0 where no daemon keeps it, as in tests).
     let now = clock.get(&0, 0).unwrap_or(0);
     let mut counts = std::collections::HashMap::new();
+    let mut entries = 0;
     for (k, v) in flows.iter().flatten() {
+        entries += 1;
         let current = owners.get(v.backend_id as usize).copied();
         if current == Some(v.owner) && flow_is_open(&k, &v, now) {
             *counts.entry(v.backend_id).or_default() += 1;
         }
     }
-    counts
+    (counts, entries)
 }
 
 /// Open flows per backend id, as last counted by the walker thread of
@@ -771,6 +778,7 @@ where
 #[derive(Default)]
 pub struct FlowCounts {
     latest: Arc<Mutex<Arc<std::collections::HashMap<u32, u64>>>>,
+    entries: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -780,6 +788,11 @@ impl FlowCounts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Entries in the flow table at the last walk, open or not (for "table near full").
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
     }
 }
 
