@@ -492,6 +492,8 @@ mod tests {
         StatsSnapshot {
             verdicts: vec![("tx".into(), 7)],
             flows: 3,
+            flow_table_entries: 5,
+            flow_table_size: 1024,
             services: vec![],
             firewall: FirewallStats {
                 rules: vec![RuleStats {
