@@ -80,7 +80,7 @@ fn the_dashboard_and_the_alert_rules_name_only_metrics_foobar_lb_exports() {
     assert!(panels.len() >= 8);
     for p in panels {
         assert!(
-            !p["targets"].as_array().map_or(true, Vec::is_empty),
+            p["targets"].as_array().is_some_and(|t| !t.is_empty()),
             "panel {} has no query",
             p["title"]
         );
