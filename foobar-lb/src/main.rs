@@ -7,8 +7,8 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = cli::Cli::parse();
+    foobar_lb::logging::init(args.log_format());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

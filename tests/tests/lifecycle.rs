@@ -593,3 +593,66 @@ fn a_reload_that_changes_health_settings_restarts_the_checks_with_them() {
     ok(&daemon, &["reload"]);
     assert!(eventually(Duration::from_secs(10), || health(&daemon) == ["up", "up"]));
 }
+
+#[test]
+fn json_logs_carry_the_fields_an_operator_filters_on() {
+    let Some(topo) = topology("jl", 2) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start_with(
+        &topo.lb,
+        &config,
+        &socket,
+        &["--detach-on-exit", "--log-format", "json"],
+    )
+    .unwrap();
+    ok(&daemon, &["backend", "drain", "www", &web4(2)]);
+    topo.stop_web(1).unwrap();
+    let events = || -> Vec<serde_json::Value> {
+        daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let down = |evs: &[serde_json::Value]| {
+        evs.iter()
+            .find(|e| e["event"] == "health" && e["state"] == "down")
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || down(&events()).is_some()),
+        "no health event:\n{}",
+        daemon.log_text()
+    );
+    let evs = events();
+    let d = down(&evs).unwrap();
+    assert_eq!(d["service"], "www");
+    assert_eq!(d["backend"], web4(1));
+    assert_eq!(d["level"], "WARN");
+    assert!(
+        d["reason"].as_str().unwrap_or("").contains("refused"),
+        "{d}"
+    );
+    let api = evs
+        .iter()
+        .find(|e| e["event"] == "api")
+        .expect("an api event");
+    assert!(
+        api["change"]
+            .as_str()
+            .unwrap_or("")
+            .contains("drained backend"),
+        "{api}"
+    );
+    // Every log line is JSON; only the daemon's own stdout notices are not.
+    let text = daemon.log_text();
+    for l in text.lines().filter(|l| !l.starts_with("foobar-lb:")) {
+        assert!(l.starts_with('{'), "a log line that is not JSON: {l}");
+    }
+}

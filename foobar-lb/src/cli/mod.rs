@@ -28,8 +28,23 @@ pub struct Cli {
           default_value_t = api::DEFAULT_CLIENT_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    /// Log lines as text, or one JSON object per line (for log pipelines).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "FOOBAR_LB_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: foobar_lb::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    pub fn log_format(&self) -> foobar_lb::logging::LogFormat {
+        self.log_format
+    }
 }
 
 #[derive(Subcommand)]

@@ -74,6 +74,7 @@ impl Daemon {
         self.dataplane.load_blocklist(nets)?;
         self.blocklist = nets.to_vec();
         log::info!(
+            event = "firewall", blocklist_prefixes = nets.len() as u64;
             "block list: {} prefixes live (loaded in {} ms)",
             nets.len(),
             start.elapsed().as_millis()

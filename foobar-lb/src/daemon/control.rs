@@ -149,10 +149,14 @@ impl Daemon {
         };
         match result {
             Ok(msg) => {
-                log::info!("control: {msg}");
+                log::info!(event = "api", change = msg.as_str(); "control: {msg}");
                 Response::message(msg)
             }
-            Err(e) => Response::error(format!("{e:#}")),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                log::info!(event = "api_refused", reason = reason.as_str(); "control: refused: {reason}");
+                Response::error(reason)
+            }
         }
     }
 
@@ -177,6 +181,11 @@ impl Daemon {
             return Err(e.context("the data plane refused the change; nothing changed"));
         }
         if rules_changed {
+            log::info!(
+                event = "firewall", rules = self.config.firewall.rules.len() as u64;
+                "firewall rules now: {}",
+                self.config.firewall.rules.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            );
             // Counters are per position: a changed list starts them afresh rather than letting
             // a rule inherit another's numbers.
             self.dataplane.reset_rule_counters()?;

@@ -85,8 +85,16 @@ impl Daemon {
         if let Some(up) = rt.health.observe(ok, rise, fall) {
             let (svc, addr) = &ev.key;
             match &ev.result {
-                Ok(l) => log::info!("{svc}/{addr} is UP (check passed in {} ms)", l.as_millis()),
-                Err(reason) => log::warn!("{svc}/{addr} is DOWN ({reason})"),
+                Ok(l) => log::info!(
+                    event = "health", service = svc.as_str(), backend:% = addr, state = "up",
+                    latency_ms = l.as_millis() as u64;
+                    "{svc}/{addr} is UP (check passed in {} ms)", l.as_millis()
+                ),
+                Err(reason) => log::warn!(
+                    event = "health", service = svc.as_str(), backend:% = addr, state = "down",
+                    reason:% = reason;
+                    "{svc}/{addr} is DOWN ({reason})"
+                ),
             }
             if up {
                 self.learn_mac(*addr);

@@ -149,21 +149,21 @@ impl Daemon {
                 _ = sigint.recv() => return,
                 _ = sigterm.recv() => return,
                 _ = sighup.recv() => match self.reload() {
-                    Ok(msg) => log::info!("SIGHUP: {msg}"),
-                    Err(e) => log::error!("SIGHUP: {e:#}"),
+                    Ok(msg) => log::info!(event = "reload", change = msg.as_str(); "SIGHUP: {msg}"),
+                    Err(e) => log::error!(event = "reload_refused", reason:% = format!("{e:#}"); "SIGHUP: {e:#}"),
                 },
                 Some((req, reply)) = api.recv() => {
                     let _ = reply.send(self.handle(req));
                 }
                 Some(ev) = events.recv() => {
                     if let Err(e) = self.on_health(ev) {
-                        log::error!("applying a health change failed: {e:#}");
+                        log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "applying a health change failed: {e:#}");
                     }
                 }
                 _ = refresh.tick() => {
                     if self.retry {
                         if let Err(e) = self.apply() {
-                            log::error!("retrying the map writes failed: {e:#}");
+                            log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "retrying the map writes failed: {e:#}");
                         }
                     }
                     self.watch_interfaces();
