@@ -656,3 +656,65 @@ fn json_logs_carry_the_fields_an_operator_filters_on() {
         assert!(l.starts_with('{'), "a log line that is not JSON: {l}");
     }
 }
+
+#[test]
+fn stats_rate_and_status_watch_follow_the_traffic() {
+    let Some(topo) = topology("sr", 2) else {
+        return;
+    };
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
+        .unwrap();
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let ka = keepalive_client(&topo.client, 40);
+    thread::sleep(Duration::from_millis(300));
+    let out = daemon.cli(&["stats", "--rate", "--interval", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let www = &r["services"][0];
+    assert_eq!(www["name"], "www");
+    // 10 requests/s on one connection: a few packets per request, all on one backend.
+    let pps = www["packets"].as_f64().unwrap();
+    assert!(pps >= 5.0, "{r}");
+    let busy: Vec<f64> = www["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(busy.iter().filter(|p| **p > 0.0).count(), 1, "{r}");
+    assert!(
+        r["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v[0] == "tx"),
+        "{r}"
+    );
+    let out = daemon.cli(&[
+        "status",
+        "--watch",
+        "--count",
+        "3",
+        "--interval",
+        "0.2",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let lines: Vec<&[u8]> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in lines {
+        let s: foobar_lb::api::StatsSnapshot = serde_json::from_slice(l).unwrap();
+        assert_eq!(s.services.len(), 2);
+    }
+    keepalive_result(ka);
+}

@@ -9,6 +9,122 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Per-second rates over `--interval` instead of totals (`stats`).
+    #[arg(long)]
+    rate: bool,
+    /// Print again every `--interval` (`status`; Ctrl-C stops, or `--count`).
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between the two samples of `--rate`, or between `--watch` updates.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    interval: f64,
+    /// With `--watch`: stop after this many updates.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
+}
+
+/// Per-second rates between two snapshots.
+#[derive(Debug, serde::Serialize, PartialEq)]
+pub struct Rates {
+    pub seconds: f64,
+    /// (service, packets/s, bytes/s, new flows/s), then its backends the same way.
+    pub services: Vec<ServiceRate>,
+    /// (verdict, packets/s), only those that moved.
+    pub verdicts: Vec<(String, f64)>,
+}
+
+#[derive(Debug, serde::Serialize, PartialEq)]
+pub struct ServiceRate {
+    pub name: String,
+    pub packets: f64,
+    pub bytes: f64,
+    pub new_flows: f64,
+    pub backends: Vec<(String, f64, f64, f64)>,
+}
+
+/// Rates from `a` to `b`, `dt` seconds apart. Services and backends are matched by name and
+/// address; a counter that went backwards (the service was removed and added again) counts
+/// from zero.
+pub fn rates(a: &StatsSnapshot, b: &StatsSnapshot, dt: f64) -> Rates {
+    let per = |x: u64, y: u64| {
+        if y >= x {
+            (y - x) as f64 / dt
+        } else {
+            y as f64 / dt
+        }
+    };
+    let services = b
+        .services
+        .iter()
+        .map(|sb| {
+            let sa = a.services.iter().find(|s| s.name == sb.name);
+            let c = |f: fn(&foobar_lb::api::CounterView) -> u64| {
+                per(sa.map_or(0, |s| f(&s.counters)), f(&sb.counters))
+            };
+            ServiceRate {
+                name: sb.name.clone(),
+                packets: c(|v| v.packets),
+                bytes: c(|v| v.bytes),
+                new_flows: c(|v| v.new_flows),
+                backends: sb
+                    .backends
+                    .iter()
+                    .map(|bb| {
+                        let ba =
+                            sa.and_then(|s| s.backends.iter().find(|x| x.address == bb.address));
+                        let c = |f: fn(&foobar_lb::api::CounterView) -> u64| {
+                            per(ba.map_or(0, |x| f(&x.counters)), f(&bb.counters))
+                        };
+                        (
+                            bb.address.clone(),
+                            c(|v| v.packets),
+                            c(|v| v.bytes),
+                            c(|v| v.new_flows),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let verdicts = b
+        .verdicts
+        .iter()
+        .map(|(name, n)| (name.clone(), per(a.verdict(name), *n)))
+        .filter(|(_, r)| *r > 0.0)
+        .collect();
+    Rates {
+        seconds: dt,
+        services,
+        verdicts,
+    }
+}
+
+fn render_rates(r: &Rates) -> String {
+    let mut out = format!(
+        "{:<28} {:>12} {:>14} {:>12}   (per second, over {:.1} s)\n",
+        "SERVICE / BACKEND", "PACKETS/S", "BYTES/S", "NEW FLOWS/S", r.seconds
+    );
+    for s in &r.services {
+        out += &format!(
+            "{:<28} {:>12.1} {:>14.1} {:>12.1}\n",
+            s.name, s.packets, s.bytes, s.new_flows
+        );
+        for (addr, p, b, f) in &s.backends {
+            out += &format!("  {addr:<26} {p:>12.1} {b:>14.1} {f:>12.1}\n");
+        }
+    }
+    out += "verdicts/s:";
+    for (name, v) in &r.verdicts {
+        out += &format!("  {name} {v:.1}");
+    }
+    out + "\n"
 }
 
 async fn snapshot(socket: &Path) -> anyhow::Result<StatsSnapshot> {
@@ -19,6 +135,38 @@ async fn snapshot(socket: &Path) -> anyhow::Result<StatsSnapshot> {
 }
 
 pub async fn run(socket: &Path, args: Args, status: bool) -> anyhow::Result<()> {
+    let every = std::time::Duration::from_secs_f64(args.interval);
+    if args.rate {
+        let start = std::time::Instant::now();
+        let a = snapshot(socket).await?;
+        tokio::time::sleep(every).await;
+        let b = snapshot(socket).await?;
+        let r = rates(&a, &b, start.elapsed().as_secs_f64());
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{}", render_rates(&r));
+        }
+        return Ok(());
+    }
+    if args.watch {
+        let mut n = 0;
+        loop {
+            let s = snapshot(socket).await?;
+            if args.json {
+                // One object per line: easy to follow with jq.
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                // Clear the screen and print from the top, as `watch` does.
+                print!("\x1b[2J\x1b[H{}", render_status(&s));
+            }
+            n += 1;
+            if args.count.is_some_and(|c| n >= c) {
+                return Ok(());
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
     let s = snapshot(socket).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -171,4 +319,43 @@ fn render_stats(s: &StatsSnapshot) -> String {
         out += &format!("  {name:<18} {n:>12}\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(packets: u64, verdict_tx: u64) -> StatsSnapshot {
+        serde_json::from_value(serde_json::json!({
+            "verdicts": [["tx", verdict_tx], ["drop_blocklist", 5]],
+            "flows": 0,
+            "services": [{
+                "name": "www", "vip": "10.0.0.100", "port": 80, "protocol": "tcp",
+                "counters": {"packets": packets, "bytes": packets * 100, "new_flows": packets / 10},
+                "backends": [{
+                    "address": "10.0.0.11", "role": "primary", "weight": 1, "mac": null,
+                    "health": "up", "last_error": null, "check_latency_ms": null,
+                    "drained": false, "state": "active", "flows": 0,
+                    "counters": {"packets": packets, "bytes": packets * 100, "new_flows": packets / 10}
+                }]
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rates_are_deltas_per_second_and_idle_verdicts_are_left_out() {
+        let r = rates(&snap(1000, 1000), &snap(3000, 3000), 2.0);
+        assert_eq!(r.services[0].packets, 1000.0);
+        assert_eq!(r.services[0].bytes, 100_000.0);
+        assert_eq!(r.services[0].new_flows, 100.0);
+        assert_eq!(
+            r.services[0].backends[0],
+            ("10.0.0.11".into(), 1000.0, 100_000.0, 100.0)
+        );
+        assert_eq!(r.verdicts, vec![("tx".to_string(), 1000.0)]);
+        // A counter that restarted (service re-added) counts from zero, never negative.
+        let r = rates(&snap(3000, 3000), &snap(500, 3500), 1.0);
+        assert_eq!(r.services[0].packets, 500.0);
+    }
 }
