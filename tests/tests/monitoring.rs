@@ -117,3 +117,106 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         );
     }
 }
+
+/// A Prometheus server (Debian package `prometheus`) in the load balancer's namespace,
+/// scraping the daemon every second; killed with the namespace.
+fn start_prometheus(topo: &foobar_lb_tests::netns::Topology) -> PathBuf {
+    let dir = topo.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("prometheus.yml");
+    std::fs::write(
+        &conf,
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: foobar-lb\n    static_configs:\n      - targets: ['127.0.0.1:9641']\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    topo.lb
+        .cmd("prometheus")
+        .arg(format!("--config.file={}", conf.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .args(["--web.listen-address=127.0.0.1:9090", "--log.level=warn"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    dir
+}
+
+/// `query` through Prometheus' HTTP API, from the load balancer's namespace: the result vector.
+fn prom_query(topo: &foobar_lb_tests::netns::Topology, query: &str) -> Vec<serde_json::Value> {
+    let out = topo
+        .lb
+        .cmd("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "2",
+            "-G",
+            "http://127.0.0.1:9090/api/v1/query",
+        ])
+        .arg("--data-urlencode")
+        .arg(format!("query={query}"))
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_and_sees_the_traffic() {
+    use foobar_lb_tests::{
+        daemon::Daemon,
+        netns::{Topology, VIP4},
+        traffic::try_get,
+    };
+    use std::time::{Duration, Instant};
+    if !foobar_lb_tests::root_object_and_binary() {
+        return;
+    }
+    let topo = Topology::new("pm", 2).expect("topology");
+    for i in 1..=2 {
+        topo.start_web(i).unwrap();
+    }
+    let socket = topo.dir.join("control.sock");
+    let config = topo.write_config("generic", &socket).unwrap();
+    let _daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let dir = start_prometheus(&topo);
+    for _ in 0..20 {
+        try_get(&topo.client, &format!("http://{VIP4}/")).expect("a request");
+    }
+    // Prometheus has the series once it scraped after the traffic (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let flows = loop {
+        let r = prom_query(&topo, "foobar_lb_service_new_flows_total{service=\"www\"}");
+        let v = r
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok());
+        if v == Some(20.0) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw 20 new flows (last {r:?}); its log:\n{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(flows[0]["metric"]["job"], "foobar-lb");
+    // Per backend: round robin split the 20 flows 10/10.
+    let per_backend = prom_query(&topo, "foobar_lb_backend_new_flows_total{service=\"www\"}");
+    let counts: Vec<String> = per_backend
+        .iter()
+        .filter_map(|s| s["value"][1].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(counts, ["10", "10"], "{per_backend:?}");
+    // The scrape target is healthy in Prometheus' own view.
+    let up = prom_query(&topo, "up{job=\"foobar-lb\"}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+}
