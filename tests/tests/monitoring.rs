@@ -118,9 +118,19 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     }
 }
 
+/// A child process killed and reaped when this is dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Prometheus server (Debian package `prometheus`) in the load balancer's namespace,
-/// scraping the daemon every second; killed with the namespace.
-fn start_prometheus(topo: &foobar_lb_tests::netns::Topology) -> PathBuf {
+/// scraping the daemon every second: its directory and process.
+fn start_prometheus(topo: &foobar_lb_tests::netns::Topology) -> (PathBuf, Reaped) {
     let dir = topo.dir.join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("prometheus.yml");
@@ -131,7 +141,8 @@ fn start_prometheus(topo: &foobar_lb_tests::netns::Topology) -> PathBuf {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    topo.lb
+    let child = topo
+        .lb
         .cmd("prometheus")
         .arg(format!("--config.file={}", conf.display()))
         .arg(format!(
@@ -143,7 +154,7 @@ fn start_prometheus(topo: &foobar_lb_tests::netns::Topology) -> PathBuf {
         .stderr(log)
         .spawn()
         .expect("start prometheus");
-    dir
+    (dir, Reaped(child))
 }
 
 /// `query` through Prometheus' HTTP API, from the load balancer's namespace: the result vector.
@@ -186,7 +197,7 @@ fn a_real_prometheus_scrapes_the_daemon_and_sees_the_traffic() {
     let socket = topo.dir.join("control.sock");
     let config = topo.write_config("generic", &socket).unwrap();
     let _daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
-    let dir = start_prometheus(&topo);
+    let (dir, _prometheus) = start_prometheus(&topo);
     for _ in 0..20 {
         try_get(&topo.client, &format!("http://{VIP4}/")).expect("a request");
     }
