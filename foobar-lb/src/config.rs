@@ -103,9 +103,13 @@ pub struct Config {
     /// and a new daemon adopts it.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
-    /// Prometheus metrics endpoint (`host:port`); empty string disables it.
+    /// Prometheus metrics endpoint and stats page (`host:port`); empty string disables it.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
+    /// Allows drain, undrain and weight changes from the stats page to requests bearing it
+    /// (`Authorization: Bearer ...`); absent, the page is read-only. 16 to 128 visible ASCII.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     /// Flow table capacity; the least recently used flows are evicted beyond it.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
@@ -591,6 +595,14 @@ impl Config {
                 "metrics_address {:?} is not host:port (e.g. \"127.0.0.1:9641\"); \"\" disables it",
                 self.metrics_address
             )));
+        }
+        if let Some(t) = &self.admin_token {
+            if !(16..=128).contains(&t.len()) || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "admin_token must be 16 to 128 visible ASCII characters (e.g. from \
+                     `openssl rand -hex 16`)",
+                ));
+            }
         }
         if self.interfaces.is_empty() {
             return Err(invalid(

@@ -16,3 +16,4 @@ pub mod netdev;
 pub mod pool;
 pub mod reconcile;
 pub mod schedule;
+pub mod stats_page;

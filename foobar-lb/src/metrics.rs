@@ -337,6 +337,8 @@ impl Snapshots {
 struct Shared {
     snapshots: Snapshots,
     readiness: Readiness,
+    /// Changes from the stats page need it; `None`: the page is read-only.
+    admin_token: Option<String>,
 }
 
 type Reply = hyper::Response<Full<Bytes>>;
@@ -353,8 +355,18 @@ fn unavailable(why: impl std::fmt::Display) -> Reply {
     reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n"))
 }
 
-/// Answers one request: `/metrics`, `/ready` or `/live` (GET or HEAD).
+/// Answers one request: `/metrics`, `/ready`, `/live`, the stats page (`/`) and its
+/// `/api/stats` (GET or HEAD), and the page's changes (`POST /api/backend`).
 async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> Reply {
+    if req.method() == Method::POST && req.uri().path() == "/api/backend" {
+        if let Err(why) = shared.readiness.check() {
+            return unavailable(why);
+        }
+        let (status, body) =
+            crate::stats_page::admin(req, shared.admin_token.as_deref(), &shared.snapshots.daemon)
+                .await;
+        return reply(status, TEXT, body);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET or HEAD\n".into());
         r.headers_mut()
@@ -381,6 +393,24 @@ async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> Reply {
                 Err(why) => unavailable(why),
             }
         }
+        "/" | "/stats" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::stats_page::PAGE.to_string(),
+        ),
+        "/api/stats" => {
+            if let Err(why) = shared.readiness.check() {
+                return unavailable(why);
+            }
+            match shared.snapshots.get().await {
+                Ok(s) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string(&*s).unwrap_or_default(),
+                ),
+                Err(why) => unavailable(why),
+            }
+        }
         "/ready" => match shared.readiness.check() {
             Ok(()) => reply(StatusCode::OK, TEXT, "ready\n".into()),
             Err(why) => unavailable(why),
@@ -397,7 +427,7 @@ async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> Reply {
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "try /metrics, /ready or /live\n".into(),
+            "try /metrics, /ready, /live, or / (the stats page)\n".into(),
         ),
     }
 }
@@ -431,13 +461,19 @@ impl Throttled {
 
 /// Serves the endpoint until the daemon stops. `/metrics` and `/live` ask the daemon's main
 /// task for a snapshot over `daemon`; `/ready` reads `readiness`.
-pub async fn serve(listener: TcpListener, daemon: DaemonSender, readiness: Readiness) {
+pub async fn serve(
+    listener: TcpListener,
+    daemon: DaemonSender,
+    readiness: Readiness,
+    admin_token: Option<String>,
+) {
     let shared = Arc::new(Shared {
         snapshots: Snapshots {
             daemon,
             last: Mutex::new(None),
         },
         readiness,
+        admin_token,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (mut accept_errors, mut refused) = (Throttled::new(), Throttled::new());
@@ -557,7 +593,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (daemon, asked) = fake_daemon(delay);
         let readiness = Readiness::default();
-        tokio::spawn(serve(listener, daemon, readiness.clone()));
+        tokio::spawn(serve(listener, daemon, readiness.clone(), None));
         (addr, readiness, asked)
     }
 

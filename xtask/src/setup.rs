@@ -20,9 +20,10 @@ const PACKAGES: &[&str] = &[
     // kill, sysctl, pgrep: the tests and the demo use them; not on a minimal Debian.
     "procps",
 ];
-/// What only `cargo xtask test` needs: `promtool` (package `prometheus`, about 19 MB; its
-/// service is not started on install) checks the metrics exposition.
-const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// What only `cargo xtask test` needs: `promtool` and the Prometheus server (package
+/// `prometheus`, about 19 MB; its service is not started on install) check the metrics and the
+/// alert rules; headless Chromium (package `chromium`) renders the stats page.
+const TEST_PACKAGES: &[&str] = &["prometheus", "chromium"];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";

@@ -103,6 +103,9 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     if old.flow_table_size != new.flow_table_size {
         return Some("flow_table_size");
     }
+    if old.admin_token != new.admin_token {
+        return Some("admin_token");
+    }
     None
 }
 

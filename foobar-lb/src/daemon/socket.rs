@@ -54,8 +54,13 @@ pub(super) async fn serve_metrics(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    println!("foobar-lb: metrics on http://{addr}/metrics (and /ready, /live)");
-    tokio::spawn(metrics::serve(listener, api, readiness));
+    println!("foobar-lb: stats page on http://{addr}/, metrics on http://{addr}/metrics (and /ready, /live)");
+    tokio::spawn(metrics::serve(
+        listener,
+        api,
+        readiness,
+        config.admin_token.clone(),
+    ));
     Ok(())
 }
 
