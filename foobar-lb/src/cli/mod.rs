@@ -57,6 +57,9 @@ enum Command {
     Reload,
     /// Detach the program and remove the pinned data plane a daemon left behind.
     Teardown(teardown::Args),
+    /// Exit 0 when the daemon answers and XDP is attached on every configured interface;
+    /// exit 1 with the reason otherwise (for keepalived's `track_script`).
+    Ready,
     /// Show how this binary was built; fails if it lacks its XDP program.
     Info,
     /// Build Maglev tables for synthetic backends: build time, balance, flows moved when one
@@ -92,6 +95,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ConfigDump => {
             let resp = call(&socket, Request::ConfigDump).await?;
             print!("{}", resp.message.unwrap_or_default());
+            Ok(())
+        }
+        Command::Ready => {
+            let resp = call(&socket, Request::Ready).await?;
+            println!("{}", resp.message.unwrap_or_default());
             Ok(())
         }
         Command::Reload => {
