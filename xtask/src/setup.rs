@@ -21,8 +21,10 @@ const PACKAGES: &[&str] = &[
     "procps",
 ];
 /// What only `cargo xtask test` needs: `promtool` (package `prometheus`, about 19 MB; its
-/// service is not started on install) checks the metrics exposition.
-const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// service is not started on install) checks the metrics exposition; `keepalived` (about
+/// 1.5 MB, not started on install either) moves the VIP in the active-passive pair tests,
+/// run per namespace with the test's own files.
+const TEST_PACKAGES: &[&str] = &["prometheus", "keepalived"];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";
