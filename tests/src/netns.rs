@@ -571,9 +571,14 @@ impl Topology {
     /// Attaches the XDP_PASS program to the load balancer's bridge port, so frames the load
     /// balancer sends with XDP_TX in native mode are delivered. Keep the value alive.
     pub fn attach_lb_peer_pass(&self) -> Result<foobar_lb::dataplane::AuxProgram> {
+        self.attach_peer_pass("lb")
+    }
+
+    /// The same for bridge port `port` (`lb<host>` for a load balancer from [`Self::add_lb`]).
+    pub fn attach_peer_pass(&self, port: &str) -> Result<foobar_lb::dataplane::AuxProgram> {
         in_netns(&self.bridge.name, || {
             let mut p = foobar_lb::dataplane::AuxProgram::pass()?;
-            p.attach("lb", foobar_lb::config::XdpMode::Native)?;
+            p.attach(port, foobar_lb::config::XdpMode::Native)?;
             Ok(p)
         })
     }

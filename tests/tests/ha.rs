@@ -12,7 +12,6 @@ use std::{
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -22,15 +21,14 @@ use std::{
 };
 
 use foobar_lb_tests::{
-    daemon::{cli, Daemon},
-    netns::{spawn_in_netns, tcp_counter, web4, Netns, Topology, VIP4, VIP6},
+    daemon::{bin, cli, Daemon},
+    netns::{spawn_in_netns, tcp_counter, Netns, Topology, VIP4, VIP6},
+    pair::{
+        holds, write_keepalived_config, write_node_config, Keepalived, NODE_A, NODE_B, NODE_B_HOST,
+    },
     root_object_and_binary,
     traffic::http::{self, Download, KeepAlive},
 };
-
-const NODE_A: &str = "10.111.0.2";
-const NODE_B: &str = "10.111.0.3";
-const ROUTER_ID: &str = "51";
 
 fn vip() -> SocketAddr {
     format!("{VIP4}:80").parse().unwrap()
@@ -47,17 +45,6 @@ fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
         thread::sleep(Duration::from_millis(20));
     }
     start.elapsed()
-}
-
-/// Whether `ns` holds `addr` on eth0.
-fn holds(ns: &Netns, addr: &str) -> bool {
-    ns.ip(&["addr", "show", "dev", "eth0"])
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .any(|w| w.split('/').next() == Some(addr))
-        })
-        .unwrap_or(false)
 }
 
 /// One node of the pair: its namespace, daemon config, socket and pin directory.
@@ -109,128 +96,8 @@ impl Node {
         }
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
         let d = self.start();
-        let k = Keepalived::start(&ns, &self.keepalived_conf);
+        let k = Keepalived::start(&ns, &self.keepalived_conf).unwrap();
         (d, k)
-    }
-}
-
-fn write_node_config(
-    topo: &Topology,
-    name: &str,
-    pin_dir: &Path,
-    scheduler: &str,
-) -> (PathBuf, PathBuf) {
-    let socket = topo.dir.join(format!("{name}.sock"));
-    let mut c = format!(
-        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\n\
-         pin_dir = \"{}\"\nmetrics_address = \"127.0.0.1:9641\"\n\n\
-         [[service]]\nname = \"www\"\nvip = \"{VIP4}\"\nport = 80\nscheduler = \"{scheduler}\"\n\
-         [service.health]\ninterval_ms = 1000\n",
-        socket.display(),
-        pin_dir.display()
-    );
-    for i in 1..=topo.webs.len() {
-        c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", web4(i));
-    }
-    let path = topo.dir.join(format!("{name}.toml"));
-    fs::write(&path, c).unwrap();
-    (path, socket)
-}
-
-/// keepalived in a namespace, in the foreground, VRRP only, with its own pid files and log
-/// (never the host's /etc/keepalived). Stopped on drop.
-struct Keepalived {
-    child: Option<Child>,
-    vrrp_pid: PathBuf,
-    log: PathBuf,
-    /// Where this run's lines start in the log (a restarted node appends to the same file).
-    offset: usize,
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, conf: &Path) -> Keepalived {
-        let base = conf.with_extension("");
-        let base = base.to_str().unwrap();
-        let log = PathBuf::from(format!("{base}.keepalived.log"));
-        let vrrp_pid = PathBuf::from(format!("{base}.vrrp.pid"));
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let offset = out.metadata().unwrap().len() as usize;
-        let child = ns
-            .cmd("keepalived")
-            .args([
-                "--dont-fork",
-                "--log-console",
-                "--log-detail",
-                "--no-syslog",
-                "--vrrp",
-            ])
-            .arg("--use-file")
-            .arg(conf)
-            .arg("--pid")
-            .arg(format!("{base}.keepalived.pid"))
-            .arg("--vrrp_pid")
-            .arg(&vrrp_pid)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start keepalived (`cargo xtask setup` installs it for the tests)");
-        Keepalived {
-            child: Some(child),
-            vrrp_pid,
-            log,
-            offset,
-        }
-    }
-
-    /// This run's log.
-    fn log_text(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        text.get(self.offset..).unwrap_or_default().to_owned()
-    }
-
-    /// How many times the log says the instance entered `state` (MASTER, BACKUP, FAULT).
-    fn entered(&self, state: &str) -> usize {
-        self.log_text()
-            .matches(&format!("Entering {state} STATE"))
-            .count()
-    }
-
-    /// SIGKILL to the parent and its VRRP child (no clean-up: the VIP stays where it was).
-    fn kill(&mut self) {
-        let vrrp = fs::read_to_string(&self.vrrp_pid).unwrap_or_default();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Ok(pid) = vrrp.trim().parse::<u32>() {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.kill();
     }
 }
 
@@ -263,38 +130,13 @@ fn pair(tag: &str, scheduler: &str) -> Pair {
         fs::write(topo.dir.join(format!("web{i}/long")), &long).unwrap();
     }
     topo.release_lb_vips().unwrap();
-    let b_index = topo.add_lb(3).unwrap();
-    let (a_config, a_socket) = write_node_config(&topo, "a", &topo.pin_dir(), scheduler);
+    let b_index = topo.add_lb(NODE_B_HOST).unwrap();
+    let (a_config, a_socket) =
+        write_node_config(&topo, "a", &topo.pin_dir(), scheduler, "generic").unwrap();
     let b_pin = topo.lbs[b_index].pin_dir.clone();
-    let (b_config, b_socket) = write_node_config(&topo, "b", &b_pin, scheduler);
+    let (b_config, b_socket) = write_node_config(&topo, "b", &b_pin, scheduler, "generic").unwrap();
     let keepalived_conf = |name: &str, socket: &Path, peer: &str, prio: &str| {
-        let out = cli(&[
-            "--socket",
-            socket.to_str().unwrap(),
-            "keepalived-config",
-            "--interface",
-            "eth0",
-            "--vip",
-            VIP4,
-            "--vip",
-            VIP6,
-            "--peer",
-            peer,
-            "--priority",
-            prio,
-            "--router-id",
-            ROUTER_ID,
-            "--advert-ms",
-            "200",
-        ]);
-        assert!(
-            out.status.success(),
-            "keepalived-config: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = topo.dir.join(format!("{name}.keepalived.conf"));
-        fs::write(&path, &out.stdout).unwrap();
-        path
+        write_keepalived_config(&topo, &bin(), name, socket, peer, prio).unwrap()
     };
     let a = Node {
         ns: topo.lb.name.clone(),
@@ -490,8 +332,8 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     let mut db = p.b.start();
     wait_backends_up(&da);
     wait_backends_up(&db);
-    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf);
-    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf);
+    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     // The higher priority (A) wins the first election; B stays backup.
     let elected = wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
     wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
@@ -523,15 +365,17 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
 
     // 2. A restarts: it adopts its pinned data plane (writing nothing), becomes ready, and
     // stays backup (nopreempt) although its priority is higher: no connection moves.
+    let restarting = Instant::now();
     let (da, ka) = p.a.restart();
     assert_eq!(
         da.stats().map_writes,
         0,
         "the restarted daemon rewrote its maps"
     );
-    let rejoined = wait_for("restarted A enters BACKUP", 30, || {
+    wait_for("restarted A enters BACKUP", 30, || {
         ka.entered("BACKUP") >= 1
     });
+    let rejoined = restarting.elapsed();
     // Ten advertisement intervals: a preempting node would have taken the VIP by now.
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(2) {
@@ -728,8 +572,8 @@ fn with_round_robin_a_takeover_resets_connections() {
     let db = p.b.start();
     wait_backends_up(&da);
     wait_backends_up(&db);
-    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf);
-    let _kb = Keepalived::start(&b_ns, &p.b.keepalived_conf);
+    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let _kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
     let load = Load::start(&p.topo.client, 16, false);
     load.wait_progress("load running through A", 5);
@@ -772,8 +616,8 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
     let db = p.b.start();
     wait_backends_up(&da);
     wait_backends_up(&db);
-    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf);
-    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf);
+    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
     wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
