@@ -162,6 +162,14 @@ impl Keepalived {
             .count()
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the VRRP child: a stopped one sends no adverts
+    /// and changes nothing, as a frozen node.
+    pub fn signal_vrrp(&self, signal: &str) -> Result<()> {
+        let pid = fs::read_to_string(&self.vrrp_pid)?;
+        crate::netns::run(Command::new("kill").args([&format!("-{signal}"), pid.trim()]))?;
+        Ok(())
+    }
+
     /// SIGKILL to the parent and its VRRP child (no clean-up: the VIPs stay where they were).
     pub fn kill(&mut self) {
         let vrrp = fs::read_to_string(&self.vrrp_pid).unwrap_or_default();

@@ -674,3 +674,76 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
         verdicts(&da)
     );
 }
+
+/// Split brain as VRRP makes it: node A's keepalived freezes (SIGSTOP to its VRRP process, as
+/// a stalled host), so its adverts stop while it keeps the VIP; B becomes MASTER too, and both
+/// hold the VIP, B announcing it. When A resumes, its higher-priority adverts send B back to
+/// BACKUP. Under load, nothing fails or
+/// moves: both nodes send each connection to the same backend.
+#[test]
+fn split_brain_from_a_frozen_master_misroutes_nothing() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let p = pair("hb", "maglev");
+    let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
+    let da = p.a.start();
+    let db = p.b.start();
+    wait_backends_up(&da);
+    wait_backends_up(&db);
+    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
+    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
+    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
+    let load = Load::start(&p.topo.client, 8, false);
+    load.wait_progress("load running through A", 5);
+
+    ka.signal_vrrp("STOP").unwrap();
+    let split = wait_for("both nodes hold the VIP", 15, || {
+        holds(&b_ns, VIP4) && holds(&a_ns, VIP4)
+    });
+    let b0 = db.stats().services[0].counters.packets;
+    load.wait_progress("load running during the split", 30);
+    // Still split: the load ran with both nodes announcing the VIP.
+    assert!(
+        holds(&a_ns, VIP4) && holds(&b_ns, VIP4),
+        "the split ended by itself"
+    );
+    let neigh = p.topo.client.ip(&["neigh", "show", VIP4]).unwrap();
+    let b_forwarded = db.stats().services[0].counters.packets - b0;
+    ka.signal_vrrp("CONT").unwrap();
+    let healed = wait_for("B gives the VIP up", 15, || !holds(&b_ns, VIP4));
+    assert!(holds(&a_ns, VIP4), "A lost the VIP");
+    load.wait_progress("load running after the split", 10);
+
+    let result = load.finish();
+    let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
+    for (i, k) in result.keepalive.iter().enumerate() {
+        assert!(
+            k.error.is_none(),
+            "keep-alive connection {i}: {:?}",
+            k.error
+        );
+        assert!(
+            k.answers.iter().all(|a| *a == k.answers[0]),
+            "connection {i} moved: {:?}",
+            k.answers
+        );
+    }
+    let failed: Vec<_> = result
+        .new_conns
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(resets, 0);
+    eprintln!(
+        "figures: A frozen -> both MASTER after {split:?}; B forwarded {b_forwarded} \
+         packets during the split (client's entry: {}); A resumed -> B BACKUP after {healed:?}; \
+         {} new connections, 0 failed, 0 resets; B verdicts {}",
+        String::from_utf8_lossy(&neigh.stdout).trim(),
+        result.new_conns.len(),
+        verdicts(&db)
+    );
+}
