@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{web4, Netns, Topology, VIP4, VIP6};
+use crate::netns::{web4, web6, Netns, Topology, VIP4, VIP6};
 
 pub const NODE_A: &str = "10.111.0.2";
 pub const NODE_B: &str = "10.111.0.3";
@@ -31,8 +31,8 @@ pub fn holds(ns: &Netns, addr: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Writes `<dir>/<name>.toml`: one IPv4 service `www` on the VIP, port 80, every web server a
-/// backend, with `scheduler`; returns (config, control socket).
+/// Writes `<dir>/<name>.toml`: services `www` (IPv4) and `www6` (IPv6) on the VIPs, port 80,
+/// every web server a backend, with `scheduler`; returns (config, control socket).
 pub fn write_node_config(
     topo: &Topology,
     name: &str,
@@ -43,14 +43,21 @@ pub fn write_node_config(
     let socket = topo.dir.join(format!("{name}.sock"));
     let mut c = format!(
         "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n\
-         pin_dir = \"{}\"\nmetrics_address = \"127.0.0.1:9641\"\n\n\
-         [[service]]\nname = \"www\"\nvip = \"{VIP4}\"\nport = 80\nscheduler = \"{scheduler}\"\n\
-         [service.health]\ninterval_ms = 1000\n",
+         pin_dir = \"{}\"\nmetrics_address = \"127.0.0.1:9641\"\n",
         socket.display(),
         pin_dir.display()
     );
-    for i in 1..=topo.webs.len() {
-        c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", web4(i));
+    for (service, vip, web) in [
+        ("www", VIP4, web4 as fn(usize) -> String),
+        ("www6", VIP6, web6),
+    ] {
+        c += &format!(
+            "\n[[service]]\nname = \"{service}\"\nvip = \"{vip}\"\nport = 80\n\
+             scheduler = \"{scheduler}\"\n[service.health]\ninterval_ms = 1000\n"
+        );
+        for i in 1..=topo.webs.len() {
+            c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", web(i));
+        }
     }
     let path = topo.dir.join(format!("{name}.toml"));
     fs::write(&path, c)?;

@@ -22,7 +22,7 @@ use std::{
 
 use foobar_lb_tests::{
     daemon::{bin, cli, Daemon},
-    netns::{spawn_in_netns, tcp_counter, Netns, Topology, VIP4, VIP6},
+    netns::{spawn_in_netns, tcp_counter, Netns, Topology, LB6, VIP4, VIP6},
     pair::{
         holds, write_keepalived_config, write_node_config, Keepalived, NODE_A, NODE_B, NODE_B_HOST,
     },
@@ -30,8 +30,18 @@ use foobar_lb_tests::{
     traffic::http::{self, Download, KeepAlive},
 };
 
-fn vip() -> SocketAddr {
-    format!("{VIP4}:80").parse().unwrap()
+/// The service address for load stream `i`: IPv4 for even `i`, IPv6 for odd.
+fn vip(i: usize) -> SocketAddr {
+    if i & 1 == 0 {
+        format!("{VIP4}:80").parse().unwrap()
+    } else {
+        format!("[{VIP6}]:80").parse().unwrap()
+    }
+}
+
+/// Packets a node forwarded, over all its services.
+fn forwarded(d: &Daemon) -> u64 {
+    d.stats().services.iter().map(|s| s.counters.packets).sum()
 }
 
 /// Waits (bounded) until `cond` holds; panics with `what` after `secs`.
@@ -49,6 +59,8 @@ fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
 
 /// One node of the pair: its namespace, daemon config, socket and pin directory.
 struct Node {
+    /// Its own IPv6 address on eth0, with prefix length.
+    addr6: String,
     ns: String,
     config: PathBuf,
     socket: PathBuf,
@@ -95,6 +107,9 @@ impl Node {
             let _ = ns.ip(&["addr", "del", &a, "dev", "eth0"]);
         }
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+        // Linux drops IPv6 addresses when a link goes down; a booting host configures its own
+        // again (without it, this node's checks could not reach the IPv6 backends).
+        let _ = ns.ip(&["addr", "add", &self.addr6, "dev", "eth0", "nodad"]);
         let d = self.start();
         let k = Keepalived::start(&ns, &self.keepalived_conf).unwrap();
         (d, k)
@@ -139,12 +154,14 @@ fn pair(tag: &str, scheduler: &str) -> Pair {
         write_keepalived_config(&topo, &bin(), name, socket, peer, prio).unwrap()
     };
     let a = Node {
+        addr6: format!("{LB6}/64"),
         ns: topo.lb.name.clone(),
         keepalived_conf: keepalived_conf("a", &a_socket, NODE_B, "150"),
         config: a_config,
         socket: a_socket,
     };
     let b = Node {
+        addr6: format!("fd00:f00b::{NODE_B_HOST}/64"),
         ns: topo.lbs[b_index].ns.name.clone(),
         keepalived_conf: keepalived_conf("b", &b_socket, NODE_A, "100"),
         config: b_config,
@@ -156,9 +173,10 @@ fn pair(tag: &str, scheduler: &str) -> Pair {
 /// Waits until every backend of the daemon is up.
 fn wait_backends_up(d: &Daemon) {
     wait_for("all backends up", 30, || {
-        d.stats().services[0]
-            .backends
+        d.stats()
+            .services
             .iter()
+            .flat_map(|s| &s.backends)
             .all(|b| b.health == "up")
     });
 }
@@ -188,10 +206,10 @@ impl Load {
         let new_answers = Arc::new(AtomicUsize::new(0));
         let download_bytes = Arc::new(AtomicUsize::new(0));
         let keepalive = (0..keepalive_conns)
-            .map(|_| {
+            .map(|i| {
                 let (stop, n) = (stop.clone(), keepalive_answers.clone());
                 spawn_in_netns(&client.name, move || {
-                    http::keepalive(vip(), Duration::from_millis(50), 5000, &stop, &n)
+                    http::keepalive(vip(i), Duration::from_millis(50), 5000, &stop, &n)
                 })
             })
             .collect();
@@ -202,7 +220,7 @@ impl Load {
                 // Bounded in count as well as by `stop`.
                 while !stop.load(Ordering::Relaxed) && out.len() < 5000 {
                     let t = Instant::now();
-                    let r = http::get(vip(), "/");
+                    let r = http::get(vip(out.len()), "/");
                     if r.is_ok() {
                         n.fetch_add(1, Ordering::Relaxed);
                     }
@@ -215,7 +233,7 @@ impl Load {
         let download = download.then(|| {
             let progress = download_bytes.clone();
             spawn_in_netns(&client.name, move || {
-                http::slow_download(vip(), LONG_PATH, 256 << 10, progress)
+                http::slow_download(vip(0), LONG_PATH, 256 << 10, progress)
             })
         });
         Load {
@@ -284,7 +302,7 @@ fn ready_answers_for_keepalived_and_keepalived_config_refuses_bad_pairs() {
     let (code, text) = p.a.ready();
     assert_eq!(
         (code, text.as_str()),
-        (0, "ready: XDP attached to eth0; 1 service(s)")
+        (0, "ready: XDP attached to eth0; 2 service(s)")
     );
     // The interface gone (the veth pair deleted from the bridge's side): not ready until it
     // returns and is attached again.
@@ -359,7 +377,12 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     load.wait_progress("load running through B", 20);
     let b_stats = db.stats();
     assert!(
-        b_stats.services[0].counters.packets > 0,
+        b_stats
+            .services
+            .iter()
+            .map(|s| s.counters.packets)
+            .sum::<u64>()
+            > 0,
         "B forwarded nothing: the load did not move to it"
     );
 
@@ -479,6 +502,19 @@ fn split_brain_both_nodes_forward_each_connection_to_the_same_backend() {
     for ns in [&a_ns, &b_ns] {
         ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "eth0"])
             .unwrap();
+        // Deprecated, as keepalived adds it (README, "Direct server return").
+        let v6 = format!("{VIP6}/128");
+        let args = [
+            "addr",
+            "add",
+            &v6,
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ];
+        ns.ip(&args).unwrap();
     }
     let mac = |ns: &Netns| {
         let out = ns.ip(&["-br", "link", "show", "dev", "eth0"]).unwrap();
@@ -490,27 +526,25 @@ fn split_brain_both_nodes_forward_each_connection_to_the_same_backend() {
     };
     let macs = [mac(&a_ns), mac(&b_ns)];
     let flip = |i: usize| {
-        p.topo
-            .client
-            .ip(&[
+        for vip in [VIP4, VIP6] {
+            let mac = &macs[i % 2];
+            let args = [
                 "neigh",
                 "replace",
-                VIP4,
+                vip,
                 "lladdr",
-                &macs[i % 2],
+                mac,
                 "dev",
                 "eth0",
                 "nud",
                 "permanent",
-            ])
-            .unwrap();
+            ];
+            p.topo.client.ip(&args).unwrap();
+        }
     };
     flip(0);
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
-    let (a0, b0) = (
-        da.stats().services[0].counters.packets,
-        db.stats().services[0].counters.packets,
-    );
+    let (a0, b0) = (forwarded(&da), forwarded(&db));
     let load = Load::start(&p.topo.client, 8, false);
     load.wait_progress("load running", 5);
     for i in 1..=40 {
@@ -520,10 +554,7 @@ fn split_brain_both_nodes_forward_each_connection_to_the_same_backend() {
     load.wait_progress("load running after the flips", 5);
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
-    let (a1, b1) = (
-        da.stats().services[0].counters.packets,
-        db.stats().services[0].counters.packets,
-    );
+    let (a1, b1) = (forwarded(&da), forwarded(&db));
     assert!(
         a1 - a0 > 100 && b1 - b0 > 100,
         "both nodes forwarded: A {} B {}",
@@ -703,7 +734,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
     let split = wait_for("both nodes hold the VIP", 15, || {
         holds(&b_ns, VIP4) && holds(&a_ns, VIP4)
     });
-    let b0 = db.stats().services[0].counters.packets;
+    let b0 = forwarded(&db);
     load.wait_progress("load running during the split", 30);
     // Still split: the load ran with both nodes announcing the VIP.
     assert!(
@@ -711,7 +742,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
         "the split ended by itself"
     );
     let neigh = p.topo.client.ip(&["neigh", "show", VIP4]).unwrap();
-    let b_forwarded = db.stats().services[0].counters.packets - b0;
+    let b_forwarded = forwarded(&db) - b0;
     ka.signal_vrrp("CONT").unwrap();
     let healed = wait_for("B gives the VIP up", 15, || !holds(&b_ns, VIP4));
     assert!(holds(&a_ns, VIP4), "A lost the VIP");
