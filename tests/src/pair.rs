@@ -147,7 +147,7 @@ impl Keepalived {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .context("cannot start keepalived (`cargo xtask setup` installs it for the tests)")?;
+            .context("cannot start keepalived (`cargo xtask test` installs it; or `apt-get install keepalived`)")?;
         Ok(Keepalived {
             child: Some(child),
             vrrp_pid,
