@@ -6,6 +6,7 @@
 //! | cmd | fields | answer |
 //! |---|---|---|
 //! | `stats` | | `snapshot` |
+//! | `ready` | | `message`; refused with the reason when a configured interface has no XDP attached |
 //! | `config_dump` | | `message`: the running configuration as TOML |
 //! | `backend_add` | `service`, `address`, `role`?, `weight`? | `message` |
 //! | `backend_remove` / `backend_drain` / `backend_undrain` | `service`, `address` | `message` |
@@ -41,6 +42,11 @@ use crate::config::{Role, ServiceConfig};
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Stats,
+    /// Whether this node can carry the VIPs (keepalived's `track_script` asks through
+    /// `foobar-lb ready`). Only the main loop answers, and it runs only once the maps are
+    /// written and XDP is attached (what `/ready` means); it answers `ok` when every configured
+    /// interface has the program attached, and refuses with the reason otherwise.
+    Ready,
     /// The running configuration (runtime changes included) as TOML, in `message`.
     ConfigDump,
     BackendAdd {

@@ -9,6 +9,7 @@ pub mod desired;
 pub mod firewall;
 pub mod health;
 pub mod health_replies;
+pub mod keepalived;
 pub mod logging;
 pub mod metrics;
 pub mod neighbor;

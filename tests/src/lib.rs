@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod pair;
 pub mod traffic;
 
 /// Whether a test that needs the kernel (root) and the built XDP program can run here.

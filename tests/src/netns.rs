@@ -270,6 +270,8 @@ pub struct Topology {
     pub webs: Vec<Netns>,
     /// More clients added with [`Topology::add_client`].
     pub extra: Vec<Netns>,
+    /// More load balancers added with [`Topology::add_lb`], each with its own pin directory.
+    pub lbs: Vec<ExtraLb>,
     /// nginx started after this is set logs requests to `<dir>/web<i>.access` (benchmarks
     /// count them to check the spread).
     pub access_log: bool,
@@ -327,6 +329,7 @@ impl Topology {
             lb,
             webs: web_ns,
             extra: Vec::new(),
+            lbs: Vec::new(),
             access_log: false,
             bridge,
         };
@@ -402,6 +405,56 @@ impl Topology {
         run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
         self.extra.push(ns);
         Ok(self.extra.len() - 1)
+    }
+
+    /// Adds another load balancer namespace at 10.111.0.<host> / fd00:f00b::<host>, set up as
+    /// `lb` is but without the VIPs (whoever should hold them adds them, e.g. keepalived), with
+    /// a pin directory of its own (a prefix of its own, so a killed run's is swept too).
+    /// Returns its index in `lbs`.
+    pub fn add_lb(&mut self, host: u8) -> Result<usize> {
+        let role = format!("lb{host}");
+        let ns = Netns::new(&format!("{}{role}", self.prefix))?;
+        let lb = ExtraLb {
+            ns,
+            pin_dir: PathBuf::from(format!("{TEST_PIN_ROOT}/{}", unique_prefix("lb"))),
+        };
+        self.bridge.ip(&[
+            "link",
+            "add",
+            &role,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &lb.ns.name,
+        ])?;
+        self.bridge
+            .ip(&["link", "set", &role, "master", "br0", "up"])?;
+        lb.ns.ip(&["link", "set", "eth0", "up"])?;
+        for key in ["all", "default", "eth0"] {
+            lb.ns
+                .sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        lb.ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        for a in [
+            format!("10.111.0.{host}/24"),
+            format!("fd00:f00b::{host}/64"),
+        ] {
+            lb.ns.ip(&["addr", "add", &a, "dev", "eth0", "nodad"])?;
+        }
+        self.lbs.push(lb);
+        Ok(self.lbs.len() - 1)
+    }
+
+    /// Removes the VIPs from `lb`'s interface (for a pair whose VIPs keepalived moves).
+    pub fn release_lb_vips(&self) -> Result<()> {
+        self.lb
+            .ip(&["addr", "del", &format!("{VIP4}/32"), "dev", "eth0"])?;
+        self.lb
+            .ip(&["addr", "del", &format!("{VIP6}/128"), "dev", "eth0"])?;
+        Ok(())
     }
 
     pub fn web(&self, i: usize) -> &Netns {
@@ -495,11 +548,22 @@ impl Topology {
     }
 }
 
+/// A load balancer added with [`Topology::add_lb`].
+pub struct ExtraLb {
+    pub ns: Netns,
+    /// Where its daemon pins its data plane (torn down with the topology).
+    pub pin_dir: PathBuf,
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
         // Pins of a daemon that was killed or left the data plane running.
         let _ = foobar_lb::dataplane::teardown(&self.pin_dir());
+        for lb in &self.lbs {
+            let _ = foobar_lb::dataplane::teardown(&lb.pin_dir);
+            let _ = fs::remove_dir(&lb.pin_dir);
+        }
     }
 }
 
@@ -507,9 +571,14 @@ impl Topology {
     /// Attaches the XDP_PASS program to the load balancer's bridge port, so frames the load
     /// balancer sends with XDP_TX in native mode are delivered. Keep the value alive.
     pub fn attach_lb_peer_pass(&self) -> Result<foobar_lb::dataplane::AuxProgram> {
+        self.attach_peer_pass("lb")
+    }
+
+    /// The same for bridge port `port` (`lb<host>` for a load balancer from [`Self::add_lb`]).
+    pub fn attach_peer_pass(&self, port: &str) -> Result<foobar_lb::dataplane::AuxProgram> {
         in_netns(&self.bridge.name, || {
             let mut p = foobar_lb::dataplane::AuxProgram::pass()?;
-            p.attach("lb", foobar_lb::config::XdpMode::Native)?;
+            p.attach(port, foobar_lb::config::XdpMode::Native)?;
             Ok(p)
         })
     }
@@ -531,6 +600,40 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Re
         .join()
         .expect("netns thread panicked")
     })
+}
+
+/// Spawns `f` on a thread that has entered network namespace `name` (for load that runs while
+/// the test does other things); the thread panics if it cannot enter it.
+pub fn spawn_in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+        // SAFETY: a valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+}
+
+/// A counter of the `Tcp:` line of `/proc/net/snmp` in `ns` (e.g. `EstabResets`, `OutRsts`).
+pub fn tcp_counter(ns: &Netns, name: &str) -> Result<u64> {
+    let out = run(ns.cmd("cat").arg("/proc/net/snmp"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        bail!("no Tcp lines in /proc/net/snmp of {}", ns.name);
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no Tcp counter {name} in /proc/net/snmp"))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `cargo xtask run`: foobar-lb in front of two nginx web servers, in network namespaces that
-//! play www.foobar.com. Ctrl-C stops it and removes everything it created.
+//! play www.foobar.com. `--ha`: two balancer nodes and keepalived moving the VIP between them.
+//! Ctrl-C stops it and removes everything it created.
 
 use std::{
     process::{Command, Stdio},
@@ -20,9 +21,16 @@ pub struct Args {
     /// XDP attach mode: generic was measured faster on veth; native is what real NICs want.
     #[arg(long, default_value = "generic", value_parser = ["auto", "native", "generic"])]
     xdp_mode: String,
+    /// An active-passive pair: two balancer nodes (Maglev) and keepalived moving the VIP
+    /// (VRRPv3, 200 ms adverts, tracking `foobar-lb ready`).
+    #[arg(long)]
+    ha: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.ha {
+        return run_pair(args);
+    }
     setup::run()?;
     let bin = build::release()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -79,5 +87,141 @@ pub fn run(args: Args) -> Result<()> {
     if let Err(e) = result {
         bail!("{e}");
     }
+    Ok(())
+}
+
+/// `cargo xtask run --ha`: nodes A (the topology's `lb`) and B, both running foobar-lb with the
+/// same Maglev service, keepalived in each with the configuration `foobar-lb keepalived-config`
+/// prints. The daemons' and keepalived's output goes to files (named at start), so the
+/// terminal stays readable while the user kills and restarts nodes.
+fn run_pair(args: Args) -> Result<()> {
+    use foobar_lb_tests::pair::{
+        holds, write_keepalived_config, write_node_config, Keepalived, NODE_A, NODE_B, NODE_B_HOST,
+    };
+    setup::run()?;
+    setup::install(&["keepalived"])?;
+    let bin = build::release()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    println!(
+        "demo: creating network namespaces (client, balancer nodes A and B, web1, web2, bridge)..."
+    );
+    let mut topo = Topology::new("demo", 2)?;
+    topo.start_web(1)?;
+    topo.start_web(2)?;
+    topo.release_lb_vips()?;
+    let b = topo.add_lb(NODE_B_HOST)?;
+    let _pass = [
+        topo.attach_lb_peer_pass()?,
+        topo.attach_peer_pass(&format!("lb{NODE_B_HOST}"))?,
+    ];
+    let b_pin = topo.lbs[b].pin_dir.clone();
+    let nodes = [
+        ("a", topo.lb.name.clone(), topo.pin_dir(), NODE_B, "150"),
+        ("b", topo.lbs[b].ns.name.clone(), b_pin, NODE_A, "100"),
+    ];
+    let mut daemons = Vec::new();
+    let mut keepalived = Vec::new();
+    let mut lines = Vec::new();
+    for (name, ns, pin_dir, peer, priority) in &nodes {
+        let (config, socket) = write_node_config(&topo, name, pin_dir, "maglev", &args.xdp_mode)?;
+        let log = topo.dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let netns = foobar_lb_tests::netns::Netns::attach(ns);
+        let child = netns
+            .cmd(bin.to_str().unwrap())
+            .args(["run", "--detach-on-exit", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start foobar-lb")?;
+        daemons.push((name.to_uppercase(), child));
+        // The node can take the VIP once its daemon is ready (keepalived would wait anyway).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !Command::new(&bin)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("ready")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "node {name}'s daemon is not ready after 60 s: see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let conf = write_keepalived_config(&topo, &bin, name, &socket, peer, priority)?;
+        let k = Keepalived::start(&netns, &conf)?;
+        let n = name.to_uppercase();
+        lines.push(format!(
+            "  node {n}: namespace {ns}, priority {priority}\n    \
+             foobar-lb log {}, keepalived log {}\n    \
+             {} --socket {} ready\n    \
+             restart its daemon: nsenter --net=/run/netns/{ns} {} run --config {} &",
+            log.display(),
+            k.log.display(),
+            bin.display(),
+            socket.display(),
+            bin.display(),
+            config.display(),
+        ));
+        keepalived.push(k);
+    }
+    let a_ns = foobar_lb_tests::netns::Netns::attach(&topo.lb.name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !holds(&a_ns, VIP4) {
+        if std::time::Instant::now() > deadline {
+            bail!("node A did not take the VIP within 30 s: see its keepalived log");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = &topo.client.name;
+    let (a, b) = (&nodes[0].1, &nodes[1].1);
+    println!(
+        "\ndemo: www.foobar.com is {VIP4} (and [{VIP6}]), port 80, served by an active-passive \
+         pair; node A holds the VIP.\n\n{}\n\nTry, in another terminal:\n\
+         \n  while sleep 0.2; do ip netns exec {c} curl -s -m 5 http://{VIP4}/; done   # keep it running\
+         \n  ip -n {a} -br addr show eth0; ip -n {b} -br addr show eth0             # who holds the VIP\
+         \n  ip -n {a} link set eth0 down     # A fails: B takes the VIP within a second, no request fails\
+         \n  ip -n {a} link set eth0 up       # A returns as backup (nopreempt): the VIP stays on B\
+         \n  kill -9 <daemon pid>             # a dead daemon fails `foobar-lb ready`: its node gives the VIP up\
+         \n\nCtrl-C stops the demo and removes the namespaces.\n",
+        lines.join("\n")
+    );
+    for (name, child) in &daemons {
+        println!("demo: node {name}'s daemon is pid {}", child.id());
+    }
+    let mut reported = vec![false; daemons.len()];
+    while !stop.load(Ordering::SeqCst) {
+        for (i, (name, child)) in daemons.iter_mut().enumerate() {
+            if !reported[i] {
+                if let Some(status) = child.try_wait()? {
+                    println!("demo: node {name}'s daemon exited ({status})");
+                    reported[i] = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(keepalived);
+    for (_, child) in &mut daemons {
+        if child.try_wait()?.is_none() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+    drop(topo);
+    println!("demo: stopped; namespaces removed");
     Ok(())
 }

@@ -11,6 +11,7 @@ use foobar_lb::{
 mod backend;
 mod check;
 mod fw;
+mod keepalived;
 mod maglev;
 mod run;
 mod service;
@@ -72,6 +73,12 @@ enum Command {
     Reload,
     /// Detach the program and remove the pinned data plane a daemon left behind.
     Teardown(teardown::Args),
+    /// Exit 0 when the daemon answers and XDP is attached on every configured interface;
+    /// exit 1 with the reason otherwise (keepalived's `track_script`, see `keepalived-config`).
+    Ready,
+    /// Print the keepalived.conf of one node of an active-passive pair: VRRP by unicast to
+    /// the peer, sub-second adverts, the VIPs tracking `foobar-lb ready`.
+    KeepalivedConfig(keepalived::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
     Info,
     /// Build Maglev tables for synthetic backends: build time, balance, flows moved when one
@@ -109,6 +116,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", resp.message.unwrap_or_default());
             Ok(())
         }
+        Command::Ready => {
+            let resp = call(&socket, Request::Ready).await?;
+            println!("{}", resp.message.unwrap_or_default());
+            Ok(())
+        }
+        Command::KeepalivedConfig(args) => keepalived::run(&socket, args),
         Command::Reload => {
             let resp = call(&socket, Request::Reload).await?;
             println!("{}", resp.message.unwrap_or_default());

@@ -26,6 +26,13 @@ impl Daemon {
                     Err(e) => Response::error(format!("{e:#}")),
                 }
             }
+            // Asked every second by keepalived: answered without a log line.
+            Request::Ready => {
+                return match self.readiness() {
+                    Ok(msg) => Response::message(msg),
+                    Err(why) => Response::error(why),
+                }
+            }
             Request::ConfigDump => {
                 return match self.config.to_toml() {
                     Ok(t) => Response {

@@ -38,6 +38,32 @@ impl Daemon {
         }
     }
 
+    /// What `foobar-lb ready` answers. The main loop runs only after the first write and
+    /// attach, so answering at all means the data plane is written; on top of that, every
+    /// configured interface must have the program attached now (a device that disappeared
+    /// cannot carry the VIPs until it returns and is attached again).
+    pub(super) fn readiness(&self) -> std::result::Result<String, String> {
+        let detached: Vec<&str> = self
+            .config
+            .interfaces
+            .iter()
+            .filter(|i| !matches!(self.attached.get(*i), Some(Some(_))))
+            .map(String::as_str)
+            .collect();
+        if !detached.is_empty() {
+            return Err(format!(
+                "not ready: XDP is not attached to {} (device gone? it is attached again \
+                 within 2 s of its return)",
+                detached.join(", ")
+            ));
+        }
+        Ok(format!(
+            "ready: XDP attached to {}; {} service(s)",
+            self.config.interfaces.join(", "),
+            self.config.services.len()
+        ))
+    }
+
     /// An adopted data plane may be attached to interfaces a previous configuration named:
     /// those attachments are removed, so the program runs only where this configuration says.
     pub(super) fn detach_unconfigured(&mut self) {

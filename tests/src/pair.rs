@@ -1,0 +1,212 @@
+//! An active-passive pair on the test topology, for `tests/tests/ha.rs` and `cargo xtask run
+//! --ha`: node A is the topology's `lb` (10.111.0.2) without its static VIPs, node B one
+//! added with [`Topology::add_lb`] (10.111.0.3); both run foobar-lb with the same services,
+//! and keepalived (its configuration printed by `foobar-lb keepalived-config`) moves the VIPs.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{web4, web6, Netns, Topology, VIP4, VIP6};
+
+pub const NODE_A: &str = "10.111.0.2";
+pub const NODE_B: &str = "10.111.0.3";
+/// Host part of node B's address, for [`Topology::add_lb`].
+pub const NODE_B_HOST: u8 = 3;
+pub const ROUTER_ID: &str = "51";
+
+/// Whether `ns` holds `addr` on eth0.
+pub fn holds(ns: &Netns, addr: &str) -> bool {
+    ns.ip(&["addr", "show", "dev", "eth0"])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w.split('/').next() == Some(addr))
+        })
+        .unwrap_or(false)
+}
+
+/// Writes `<dir>/<name>.toml`: services `www` (IPv4) and `www6` (IPv6) on the VIPs, port 80,
+/// every web server a backend, with `scheduler`; returns (config, control socket).
+pub fn write_node_config(
+    topo: &Topology,
+    name: &str,
+    pin_dir: &Path,
+    scheduler: &str,
+    xdp_mode: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let socket = topo.dir.join(format!("{name}.sock"));
+    let mut c = format!(
+        "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n\
+         pin_dir = \"{}\"\nmetrics_address = \"127.0.0.1:9641\"\n",
+        socket.display(),
+        pin_dir.display()
+    );
+    for (service, vip, web) in [
+        ("www", VIP4, web4 as fn(usize) -> String),
+        ("www6", VIP6, web6),
+    ] {
+        c += &format!(
+            "\n[[service]]\nname = \"{service}\"\nvip = \"{vip}\"\nport = 80\n\
+             scheduler = \"{scheduler}\"\n[service.health]\ninterval_ms = 1000\n"
+        );
+        for i in 1..=topo.webs.len() {
+            c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", web(i));
+        }
+    }
+    let path = topo.dir.join(format!("{name}.toml"));
+    fs::write(&path, c)?;
+    Ok((path, socket))
+}
+
+/// Runs `BIN --socket SOCKET keepalived-config ...` for a node whose peer is `peer` (both
+/// VIPs, advert 200 ms) and writes the output to `<dir>/<name>.keepalived.conf`.
+pub fn write_keepalived_config(
+    topo: &Topology,
+    bin: &Path,
+    name: &str,
+    socket: &Path,
+    peer: &str,
+    priority: &str,
+) -> Result<PathBuf> {
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(socket)
+        .args([
+            "keepalived-config",
+            "--interface",
+            "eth0",
+            "--vip",
+            VIP4,
+            "--vip",
+            VIP6,
+            "--peer",
+            peer,
+            "--priority",
+            priority,
+            "--router-id",
+            ROUTER_ID,
+            "--advert-ms",
+            "200",
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "keepalived-config failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = topo.dir.join(format!("{name}.keepalived.conf"));
+    fs::write(&path, &out.stdout)?;
+    Ok(path)
+}
+
+/// keepalived in a namespace, in the foreground, VRRP only, with its own pid files and log
+/// next to its configuration (never the host's /etc/keepalived). Stopped on drop.
+pub struct Keepalived {
+    child: Option<Child>,
+    vrrp_pid: PathBuf,
+    pub log: PathBuf,
+    /// Where this run's lines start in the log (a restarted node appends to the same file).
+    offset: usize,
+}
+
+impl Keepalived {
+    pub fn start(ns: &Netns, conf: &Path) -> Result<Keepalived> {
+        let base = conf.with_extension("");
+        let base = base.to_string_lossy();
+        let log = PathBuf::from(format!("{base}.log"));
+        let vrrp_pid = PathBuf::from(format!("{base}.vrrp.pid"));
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let offset = out.metadata()?.len() as usize;
+        let child = ns
+            .cmd("keepalived")
+            .args([
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--no-syslog",
+                "--vrrp",
+            ])
+            .arg("--use-file")
+            .arg(conf)
+            .arg("--pid")
+            .arg(format!("{base}.pid"))
+            .arg("--vrrp_pid")
+            .arg(&vrrp_pid)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start keepalived (`cargo xtask test` installs it; or `apt-get install keepalived`)")?;
+        Ok(Keepalived {
+            child: Some(child),
+            vrrp_pid,
+            log,
+            offset,
+        })
+    }
+
+    /// This run's log.
+    pub fn log_text(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.get(self.offset..).unwrap_or_default().to_owned()
+    }
+
+    /// How many times this run entered `state` (MASTER, BACKUP, FAULT).
+    pub fn entered(&self, state: &str) -> usize {
+        self.log_text()
+            .matches(&format!("Entering {state} STATE"))
+            .count()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the VRRP child: a stopped one sends no adverts
+    /// and changes nothing, as a frozen node.
+    pub fn signal_vrrp(&self, signal: &str) -> Result<()> {
+        let pid = fs::read_to_string(&self.vrrp_pid)?;
+        crate::netns::run(Command::new("kill").args([&format!("-{signal}"), pid.trim()]))?;
+        Ok(())
+    }
+
+    /// SIGKILL to the parent and its VRRP child (no clean-up: the VIPs stay where they were).
+    pub fn kill(&mut self) {
+        let vrrp = fs::read_to_string(&self.vrrp_pid).unwrap_or_default();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(pid) = vrrp.trim().parse::<u32>() {
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill();
+    }
+}
