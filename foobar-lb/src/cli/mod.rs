@@ -17,6 +17,7 @@ mod run;
 mod service;
 mod stats;
 mod teardown;
+mod top;
 
 #[derive(Parser)]
 #[command(name = "foobar-lb", version, about = "XDP Layer-4 load balancer")]
@@ -56,6 +57,8 @@ enum Command {
     Status(stats::Args),
     /// Per-service, per-backend and per-verdict counters.
     Stats(stats::Args),
+    /// A live terminal view of every backend, busiest first (q quits, s switches the sort).
+    Top(top::Args),
     /// Add, remove, drain or list backends of a running daemon.
     #[command(subcommand)]
     Backend(backend::Command),
@@ -107,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Status(args) => stats::run(&socket, args, true).await,
         Command::Stats(args) => stats::run(&socket, args, false).await,
+        Command::Top(args) => top::run(&socket, args).await,
         Command::Backend(cmd) => backend::run(&socket, cmd).await,
         Command::Service(cmd) => service::run(&socket, cmd).await,
         Command::Fw(cmd) => fw::run(&socket, cmd).await,

@@ -127,7 +127,7 @@ fn render_rates(r: &Rates) -> String {
     out + "\n"
 }
 
-async fn snapshot(socket: &Path) -> anyhow::Result<StatsSnapshot> {
+pub async fn snapshot(socket: &Path) -> anyhow::Result<StatsSnapshot> {
     call(socket, Request::Stats)
         .await?
         .stats
