@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod harness;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod traffic;
