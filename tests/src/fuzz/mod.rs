@@ -1,0 +1,403 @@
+//! Differential fuzzing: random and mutated frames through the real XDP program
+//! (BPF_PROG_TEST_RUN) and through the reference model ([`crate::model`]), compared on the
+//! action, the one verdict counter that moved, and the output frame.
+//!
+//! Deterministic: frame `i` of a run with seed `s` is drawn from its own PRNG stream
+//! ([`rng::Rng::for_frame`]), so (seed, index) names it. The program's flow table carries
+//! state from earlier frames; the model learns the same flows from the program's output.
+
+pub mod mutate;
+pub mod rng;
+pub mod seeds;
+pub mod world;
+
+use std::collections::BTreeMap;
+
+use foobar_lb_common::verdict;
+
+use crate::{
+    harness::{action_name, Harness},
+    model::{self, known_bugs::KNOWN_PROGRAM_BUGS, Action, Expected, Model, Provisioned},
+    packet::LB_MAC,
+};
+use rng::Rng;
+use world::World;
+
+/// The program's flow-table size in fuzz runs; the program is reloaded (empty table) once
+/// the model counts [`FLOWS_BEFORE_RELOAD`] flows, so the LRU never evicts one.
+pub const FLOW_TABLE: u32 = 262_144;
+pub const FLOWS_BEFORE_RELOAD: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub frames: u64,
+    pub seed: u64,
+    /// Stop after this many disagreements (known program bugs not counted).
+    pub max_disagreements: usize,
+}
+
+/// One generated frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub index: u64,
+    pub class: &'static str,
+    pub mutations: Vec<&'static str>,
+    pub bytes: Vec<u8>,
+}
+
+/// Frame `index` of a run seeded with `seed`: a seed frame, mutated three times in five.
+pub fn frame(seed: u64, index: u64, world: &World) -> Frame {
+    let mut rng = Rng::for_frame(seed, index);
+    let s = seeds::seed(&mut rng, world);
+    let mut bytes = s.frame;
+    let mutations = if rng.chance(60) {
+        mutate::mutate(&mut rng, &mut bytes, &s.layout)
+    } else {
+        Vec::new()
+    };
+    bytes.truncate(mutate::MAX_FRAME);
+    Frame {
+        index,
+        class: s.class,
+        mutations,
+        bytes,
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClassStats {
+    pub frames: u64,
+    pub agreed: u64,
+    pub known_bug: u64,
+    pub disagreed: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub frames: u64,
+    pub agreed: u64,
+    pub by_class: BTreeMap<&'static str, ClassStats>,
+    /// Frames per expected verdict (what the run exercised).
+    pub by_verdict: BTreeMap<&'static str, u64>,
+    /// Per known program bug: frames, and the report of the first.
+    pub known_bugs: BTreeMap<&'static str, (u64, String)>,
+    pub disagreements: Vec<String>,
+    pub reloads: u64,
+}
+
+impl Stats {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} frames: {} agreed, {} known program bug, {} disagreements ({} program reloads)\n",
+            self.frames,
+            self.agreed,
+            self.known_bugs.values().map(|(n, _)| n).sum::<u64>(),
+            self.disagreements.len(),
+            self.reloads
+        );
+        s += "  by class (frames / agreed / known bug / disagreed):\n";
+        for (c, st) in &self.by_class {
+            s += &format!(
+                "    {c:<16} {:>9} {:>9} {:>7} {:>7}\n",
+                st.frames, st.agreed, st.known_bug, st.disagreed
+            );
+        }
+        s += "  by expected verdict:\n";
+        for (v, n) in &self.by_verdict {
+            s += &format!("    {v:<20} {n:>9}\n");
+        }
+        for (id, (n, _)) in &self.known_bugs {
+            s += &format!("  known program bug {id}: {n} frames\n");
+        }
+        s
+    }
+}
+
+/// The program, provisioned with [`world`]'s state, and the model of the same state.
+pub struct Fuzzer {
+    pub h: Harness,
+    pub model: Model,
+    last: Vec<u64>,
+}
+
+impl Fuzzer {
+    /// Loads the program (needs root and the built object) and provisions it.
+    pub fn new() -> Fuzzer {
+        let macs = world::macs();
+        let macs: Vec<(&str, crate::packet::Mac)> =
+            macs.iter().map(|(a, m)| (a.as_str(), *m)).collect();
+        let mut h = Harness::with_flow_table(world::CONFIG, &macs, FLOW_TABLE);
+        let mut desired = h.desired();
+        for &(svc, addr, state) in world::STATES {
+            let s = desired.iter_mut().find(|s| s.name == svc).expect("service");
+            let b = s
+                .backends
+                .iter_mut()
+                .find(|b| b.addr.to_string() == addr)
+                .expect("backend");
+            b.state = state;
+        }
+        h.apply(&desired);
+        let rules = world::rules();
+        h.fw_rules(&rules);
+        h.blocklist(world::BLOCKLIST);
+        h.vip_policy_drop(true);
+        let mut model = Model::new(Provisioned::new(LB_MAC, &h.config, &desired));
+        model.set_firewall(model::Firewall {
+            rules: rules
+                .iter()
+                .map(model::firewall::Rule::from_config)
+                .collect(),
+            blocklist: world::BLOCKLIST
+                .lines()
+                .map(|l| l.parse().expect("prefix"))
+                .collect(),
+            vip_policy_drop: true,
+        });
+        let last = h.verdicts();
+        Fuzzer { h, model, last }
+    }
+
+    /// Runs one frame through both; `Ok` if they agree, else which known bug explains the
+    /// difference (`Err(Some(id))`) or a report of a new disagreement (`Err(None)` with text).
+    pub fn check(&mut self, seed: u64, f: &Frame) -> Result<Expected, (Option<usize>, String)> {
+        let expected = self.model.expect(&f.bytes);
+        let o = self.h.run(&f.bytes);
+        let now = self.h.verdicts();
+        let moved: Vec<(usize, u64)> = now
+            .iter()
+            .zip(&self.last)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| (i, a - b))
+            .collect();
+        self.last = now;
+        let iface = self.model.state.iface_mac;
+        let result = match agrees(&expected, o.action, &moved, &f.bytes, &o.out, iface) {
+            Ok(()) => Ok(expected.clone()),
+            Err(why) => {
+                let known = KNOWN_PROGRAM_BUGS.iter().position(|bug| {
+                    let e = self.model.expect_with(&f.bytes, bug.quirks);
+                    agrees(&e, o.action, &moved, &f.bytes, &o.out, iface).is_ok()
+                });
+                Err((
+                    known,
+                    report(
+                        seed,
+                        f,
+                        &expected,
+                        &why,
+                        o.action,
+                        &moved,
+                        &o.out,
+                        &self.model,
+                    ),
+                ))
+            }
+        };
+        // Learn from what the program did, whatever the verdict.
+        let effect_of = match &result {
+            Err((Some(i), _)) => self
+                .model
+                .expect_with(&f.bytes, KNOWN_PROGRAM_BUGS[*i].quirks),
+            _ => expected,
+        };
+        self.model.observe(&effect_of, o.action, &o.out);
+        result
+    }
+}
+
+impl Default for Fuzzer {
+    fn default() -> Fuzzer {
+        Fuzzer::new()
+    }
+}
+
+/// Whether the program's outcome is the expected one; else what differs.
+pub fn agrees(
+    e: &Expected,
+    action: u32,
+    moved: &[(usize, u64)],
+    frame: &[u8],
+    out: &[u8],
+    iface: crate::packet::Mac,
+) -> Result<(), String> {
+    let mut why = Vec::new();
+    if action != e.action.xdp() {
+        why.push(format!(
+            "action {} (expected {})",
+            action_name(action),
+            action_name(e.action.xdp())
+        ));
+    }
+    if moved != [(e.verdict as usize, 1)] {
+        why.push(format!(
+            "counters moved {} (expected {} +1)",
+            moved_names(moved),
+            verdict::NAMES[e.verdict as usize]
+        ));
+    }
+    match e.action {
+        Action::Pass | Action::Drop => {
+            if out != frame {
+                why.push("frame modified".into());
+            }
+        }
+        Action::Tx => {
+            if out.len() != frame.len() || out.len() < 14 {
+                why.push(format!(
+                    "output length {} (input {})",
+                    out.len(),
+                    frame.len()
+                ));
+            } else {
+                if out[6..12] != iface {
+                    why.push("source MAC is not the interface's".into());
+                }
+                if out[12..] != frame[12..] {
+                    why.push("bytes after the MACs changed".into());
+                }
+                if !e.allowed.iter().any(|m| out[0..6] == *m) {
+                    why.push(format!(
+                        "sent to {} (allowed: {})",
+                        crate::packet::mac_str(&out[0..6]),
+                        e.allowed
+                            .iter()
+                            .map(|m| crate::packet::mac_str(m))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
+fn moved_names(moved: &[(usize, u64)]) -> String {
+    let v: Vec<String> = moved
+        .iter()
+        .map(|(i, n)| format!("{} +{n}", verdict::NAMES.get(*i).unwrap_or(&"?")))
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// A frame decoded by etherparse (lax: it decodes as far as the bytes allow).
+pub fn decoded(frame: &[u8]) -> String {
+    match etherparse::LaxPacketHeaders::from_ethernet(frame) {
+        Ok(p) => format!(
+            "link: {:?}\n      vlan: {:?}\n      net: {:?}\n      transport: {:?}\n      payload: {} bytes{}",
+            p.link,
+            p.link_exts,
+            p.net,
+            p.transport,
+            p.payload.slice().len(),
+            p.stop_err
+                .map(|(e, layer)| format!("\n      stopped at {layer:?}: {e}"))
+                .unwrap_or_default()
+        ),
+        Err(e) => format!("undecodable: {e}"),
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    seed: u64,
+    f: &Frame,
+    e: &Expected,
+    why: &str,
+    action: u32,
+    moved: &[(usize, u64)],
+    out: &[u8],
+    m: &Model,
+) -> String {
+    let parsed = model::decode::parse(&f.bytes);
+    let flow = match &parsed {
+        model::decode::Parsed::Flow(p) => format!("{:?}", m.flows.get(&p.key)),
+        _ => "-".into(),
+    };
+    format!(
+        "DISAGREEMENT seed={seed} frame={} class={} mutations={:?}\n  \
+         differs: {why}\n  \
+         expected: {} counted {} to {:?}\n  \
+         program:  {} counted {}\n  \
+         model's parse: {parsed:?}\n  model's flow entry: {flow}\n  \
+         input  ({} bytes): {}\n      {}\n  \
+         output ({} bytes): {}\n      {}\n",
+        f.index,
+        f.class,
+        f.mutations,
+        action_name(e.action.xdp()),
+        verdict::NAMES[e.verdict as usize],
+        e.allowed
+            .iter()
+            .map(|m| crate::packet::mac_str(m))
+            .collect::<Vec<_>>(),
+        action_name(action),
+        moved_names(moved),
+        f.bytes.len(),
+        hex(&f.bytes),
+        decoded(&f.bytes),
+        out.len(),
+        hex(out),
+        decoded(out),
+    )
+}
+
+/// Runs `opts.frames` frames; `progress` is called every 100,000 frames.
+pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
+    let world = World::new();
+    let mut fz = Fuzzer::new();
+    let mut st = Stats::default();
+    for i in 0..opts.frames {
+        if fz.model.flows.len() >= FLOWS_BEFORE_RELOAD {
+            // An empty table again, so the program's LRU never evicts a flow the model keeps.
+            drop(fz);
+            fz = Fuzzer::new();
+            st.reloads += 1;
+        }
+        let f = frame(opts.seed, i, &world);
+        let class = st.by_class.entry(f.class).or_default();
+        class.frames += 1;
+        st.frames += 1;
+        match fz.check(opts.seed, &f) {
+            Ok(e) => {
+                class.agreed += 1;
+                st.agreed += 1;
+                let name = match e.effect {
+                    model::Effect::NewFlow { .. } => "tx (new flow)",
+                    model::Effect::Known { .. } => "tx (known flow)",
+                    model::Effect::None => verdict::NAMES[e.verdict as usize],
+                };
+                *st.by_verdict.entry(name).or_default() += 1;
+            }
+            Err((Some(bug), text)) => {
+                class.known_bug += 1;
+                let entry = st
+                    .known_bugs
+                    .entry(KNOWN_PROGRAM_BUGS[bug].id)
+                    .or_insert((0, text));
+                entry.0 += 1;
+            }
+            Err((None, text)) => {
+                class.disagreed += 1;
+                st.disagreements.push(text);
+                if st.disagreements.len() >= opts.max_disagreements {
+                    break;
+                }
+            }
+        }
+        if (i + 1) % 100_000 == 0 {
+            progress(&st);
+        }
+    }
+    st
+}
