@@ -48,6 +48,10 @@ pub fn run(args: Args) -> Result<()> {
     for d in &st.disagreements {
         println!("\n{d}");
     }
+    println!("\nstate changes during the run:");
+    for e in &st.events {
+        println!("  {e}");
+    }
     for (id, (n, first)) in &st.known_bugs {
         let bug = KNOWN_PROGRAM_BUGS.iter().find(|b| b.id == *id).unwrap();
         println!(

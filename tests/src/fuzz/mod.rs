@@ -83,16 +83,19 @@ pub struct Stats {
     pub known_bugs: BTreeMap<&'static str, (u64, String)>,
     pub disagreements: Vec<String>,
     pub reloads: u64,
+    /// Changes made to the provisioned state during the run.
+    pub events: Vec<String>,
 }
 
 impl Stats {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} frames: {} agreed, {} known program bug, {} disagreements ({} program reloads)\n",
+            "{} frames: {} agreed, {} known program bug, {} disagreements ({} state changes, {} program reloads)\n",
             self.frames,
             self.agreed,
             self.known_bugs.values().map(|(n, _)| n).sum::<u64>(),
             self.disagreements.len(),
+            self.events.len(),
             self.reloads
         );
         s += "  by class (frames / agreed / known bug / disagreed):\n";
@@ -118,7 +121,14 @@ pub struct Fuzzer {
     pub h: Harness,
     pub model: Model,
     last: Vec<u64>,
+    /// What is provisioned now (events change it).
+    desired: Vec<foobar_lb::desired::ServiceSpec>,
+    rules: Vec<foobar_lb::firewall::RuleConfig>,
+    blocklist: Vec<String>,
 }
+
+/// A change to the provisioned state every [`EVENT_EVERY`] frames (half-way between).
+pub const EVENT_EVERY: u64 = 20_000;
 
 impl Fuzzer {
     /// Loads the program (needs root and the built object) and provisions it.
@@ -155,7 +165,94 @@ impl Fuzzer {
             vip_policy_drop: true,
         });
         let last = h.verdicts();
-        Fuzzer { h, model, last }
+        Fuzzer {
+            h,
+            model,
+            last,
+            desired,
+            rules,
+            blocklist: world::BLOCKLIST.lines().map(String::from).collect(),
+        }
+    }
+
+    fn firewall(&self) -> model::Firewall {
+        model::Firewall {
+            rules: self
+                .rules
+                .iter()
+                .map(model::firewall::Rule::from_config)
+                .collect(),
+            blocklist: self
+                .blocklist
+                .iter()
+                .map(|l| l.parse().expect("prefix"))
+                .collect(),
+            vip_policy_drop: true,
+        }
+    }
+
+    /// Changes the provisioned state, in the program as the daemon would and in the model:
+    /// a backend's state, a firewall rule removed or restored, a block-list prefix added or
+    /// removed (each firewall change moves the generation established flows are checked
+    /// against). Returns what changed.
+    pub fn event(&mut self, rng: &mut Rng) -> String {
+        use foobar_lb::desired::BackendState::*;
+        match rng.below(3) {
+            0 => {
+                let pairs: Vec<(usize, usize)> = self
+                    .desired
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(s, spec)| (0..spec.backends.len()).map(move |b| (s, b)))
+                    .collect();
+                let &(s, b) = rng.pick(&pairs);
+                let state = *rng.pick(&[Active, Active, Draining, Down]);
+                self.desired[s].backends[b].state = state;
+                self.h.apply(&self.desired);
+                let (name, addr) = (&self.desired[s].name, self.desired[s].backends[b].addr);
+                let svc = self
+                    .model
+                    .state
+                    .services
+                    .iter_mut()
+                    .find(|m| &m.name == name)
+                    .expect("service");
+                let mb = svc
+                    .backends
+                    .iter_mut()
+                    .find(|m| m.addr == addr)
+                    .expect("backend");
+                mb.state = state;
+                format!("backend {name}/{addr} -> {state:?}")
+            }
+            1 => {
+                let all = world::rules();
+                let what = if self.rules.len() == all.len() {
+                    let i = rng.below(all.len());
+                    self.rules.remove(i);
+                    format!("rule {} removed", i + 1)
+                } else {
+                    self.rules = all;
+                    "rules restored".to_string()
+                };
+                self.h.fw_rules(&self.rules);
+                self.model.set_firewall(self.firewall());
+                what
+            }
+            _ => {
+                let prefix = rng.pick(world::TOGGLED_BLOCKS).to_string();
+                let what = if let Some(i) = self.blocklist.iter().position(|p| *p == prefix) {
+                    self.blocklist.remove(i);
+                    format!("block list: {prefix} removed")
+                } else {
+                    self.blocklist.push(prefix.clone());
+                    format!("block list: {prefix} added")
+                };
+                self.h.blocklist(&self.blocklist.join("\n"));
+                self.model.set_firewall(self.firewall());
+                what
+            }
+        }
     }
 
     /// Runs one frame through both; `Ok` if they agree, else which known bug explains the
@@ -363,6 +460,11 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
             drop(fz);
             fz = Fuzzer::new();
             st.reloads += 1;
+        }
+        if i % EVENT_EVERY == EVENT_EVERY / 2 {
+            let mut rng = Rng::for_frame(opts.seed ^ 0x5eed_e7e7, i);
+            let what = fz.event(&mut rng);
+            st.events.push(format!("frame {i}: {what}"));
         }
         let f = frame(opts.seed, i, &world);
         let class = st.by_class.entry(f.class).or_default();

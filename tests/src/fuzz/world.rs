@@ -158,6 +158,10 @@ pub fn rules() -> Vec<RuleConfig> {
 pub const BLOCKLIST: &str =
     "203.0.113.0/24\n10.99.0.0/16\n192.0.2.0/24\nfd00:dead::/48\n2001:db8:bad::/48\n";
 
+/// Prefixes fuzz events add to and remove from the block list: each blocks a client that
+/// otherwise gets through, so established flows meet the change.
+pub const TOGGLED_BLOCKS: &[&str] = &["10.1.0.0/16", "2001:db8::/64", "172.16.5.5/32"];
+
 /// Address and port pools for frames.
 pub struct World {
     pub vips4: Vec<IpAddr>,

@@ -361,3 +361,25 @@ fn prefilter_collisions() {
     let buggy = m.expect_with(&fin, known_bugs::KNOWN_PROGRAM_BUGS[0].quirks);
     assert_eq!((buggy.action, buggy.verdict), drop_(DROP_NO_FLOW));
 }
+
+/// README: a VIP packet in a frame for another MAC is passed as `pass_other_host`, malformed
+/// or fragmented ones too; the program (a known bug) counts those `pass`.
+#[test]
+fn unusable_vip_packets_for_another_mac() {
+    let m = model();
+    let frag = Pkt {
+        eth_dst: [0xff; 6],
+        ..Pkt::udp(CLIENT, 1000, VIP, 53).frag(0x2000)
+    }
+    .build();
+    assert_eq!(av(&m, &frag), (Action::Pass, PASS_OTHER_HOST));
+    let buggy = m.expect_with(&frag, known_bugs::KNOWN_PROGRAM_BUGS[1].quirks);
+    assert_eq!((buggy.action, buggy.verdict), PASS_);
+    // Not a VIP: the kernel's, counted pass.
+    let other = Pkt {
+        eth_dst: [0xff; 6],
+        ..Pkt::udp(CLIENT, 1000, "10.0.0.9", 53).frag(0x2000)
+    }
+    .build();
+    assert_eq!(av(&m, &other), PASS_);
+}

@@ -99,11 +99,20 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
         Parsed::NotIp => return Expected::pass(verdict::PASS, "not-ip"),
         Parsed::Suspect { dst, reason } => {
             // No 5-tuple to judge: dropped (counted with its reason) only when it was sent
-            // to this interface for a VIP; anything else is the kernel's.
-            return if st.is_vip(dst) && to_us {
-                Expected::drop(reason, "suspect")
-            } else {
-                Expected::pass(verdict::PASS, "suspect")
+            // to this interface for a VIP; a VIP packet in a frame for another MAC is passed
+            // as `pass_other_host`; anything else is the kernel's. None meets the firewall
+            // today (see `pending::SUSPECT_FRAMES_MEET_RULES`).
+            const _: () = assert!(
+                !pending::SUSPECT_FRAMES_MEET_RULES,
+                "model the rules for unparseable frames here (firewall::Rule::matches with \
+                 ports_known = false) before turning this on"
+            );
+            return match (st.is_vip(dst), to_us) {
+                (true, true) => Expected::drop(reason, "suspect"),
+                (true, false) if !quirks.suspect_other_host_counted_pass => {
+                    Expected::pass(verdict::PASS_OTHER_HOST, "suspect")
+                }
+                _ => Expected::pass(verdict::PASS, "suspect"),
             };
         }
         Parsed::Flow(p) => (p, true),
