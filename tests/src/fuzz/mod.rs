@@ -13,7 +13,7 @@ pub mod world;
 
 use std::collections::BTreeMap;
 
-use foobar_lb_common::verdict;
+use foobar_lb_common::{verdict, Counters};
 
 use crate::{
     harness::{action_name, Harness},
@@ -85,16 +85,22 @@ pub struct Stats {
     pub reloads: u64,
     /// Changes made to the provisioned state during the run.
     pub events: Vec<String>,
+    /// Flow-table and counter comparisons made.
+    pub checkpoints: u64,
+    /// What the last one compared.
+    pub last_checkpoint: String,
 }
 
 impl Stats {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} frames: {} agreed, {} known program bug, {} disagreements ({} state changes, {} program reloads)\n",
+            "{} frames: {} agreed, {} known program bug, {} disagreements ({} flow-table and \
+             counter checkpoints, {} state changes, {} program reloads)\n",
             self.frames,
             self.agreed,
             self.known_bugs.values().map(|(n, _)| n).sum::<u64>(),
             self.disagreements.len(),
+            self.checkpoints,
             self.events.len(),
             self.reloads
         );
@@ -112,6 +118,7 @@ impl Stats {
         for (id, (n, _)) in &self.known_bugs {
             s += &format!("  known program bug {id}: {n} frames\n");
         }
+        s += &format!("  last checkpoint compared {}\n", self.last_checkpoint);
         s
     }
 }
@@ -125,6 +132,11 @@ pub struct Fuzzer {
     desired: Vec<foobar_lb::desired::ServiceSpec>,
     rules: Vec<foobar_lb::firewall::RuleConfig>,
     blocklist: Vec<String>,
+    /// Counters the program must show, as the model predicts them: per service and backend
+    /// (model indexes), per rule position.
+    services_acc: Vec<Counters>,
+    backends_acc: Vec<Vec<Counters>>,
+    rules_acc: Vec<Counters>,
 }
 
 /// A change to the provisioned state every [`EVENT_EVERY`] frames (half-way between).
@@ -152,27 +164,29 @@ impl Fuzzer {
         h.fw_rules(&rules);
         h.blocklist(world::BLOCKLIST);
         h.vip_policy_drop(true);
-        let mut model = Model::new(Provisioned::new(LB_MAC, &h.config, &desired));
-        model.set_firewall(model::Firewall {
-            rules: rules
-                .iter()
-                .map(model::firewall::Rule::from_config)
-                .collect(),
-            blocklist: world::BLOCKLIST
-                .lines()
-                .map(|l| l.parse().expect("prefix"))
-                .collect(),
-            vip_policy_drop: true,
-        });
+        let model = Model::new(Provisioned::new(LB_MAC, &h.config, &desired));
         let last = h.verdicts();
-        Fuzzer {
+        let mut fz = Fuzzer {
             h,
             model,
             last,
             desired,
-            rules,
             blocklist: world::BLOCKLIST.lines().map(String::from).collect(),
-        }
+            services_acc: Vec::new(),
+            backends_acc: Vec::new(),
+            rules_acc: vec![Counters::default(); rules.len()],
+            rules,
+        };
+        fz.services_acc = vec![Counters::default(); fz.model.state.services.len()];
+        fz.backends_acc = fz
+            .model
+            .state
+            .services
+            .iter()
+            .map(|s| vec![Counters::default(); s.backends.len()])
+            .collect();
+        fz.model.set_firewall(fz.firewall());
+        fz
     }
 
     fn firewall(&self) -> model::Firewall {
@@ -236,6 +250,13 @@ impl Fuzzer {
                     "rules restored".to_string()
                 };
                 self.h.fw_rules(&self.rules);
+                // Rule counters are per position: they restart with the list, as the daemon
+                // restarts them.
+                self.h
+                    .dp
+                    .reset_rule_counters()
+                    .expect("reset rule counters");
+                self.rules_acc = vec![Counters::default(); self.rules.len()];
                 self.model.set_firewall(self.firewall());
                 what
             }
@@ -300,7 +321,114 @@ impl Fuzzer {
             _ => expected,
         };
         self.model.observe(&effect_of, o.action, &o.out);
+        self.count(&effect_of, o.action, f.bytes.len() as u64);
         result
+    }
+
+    /// Adds a frame to the counters the program must show.
+    fn count(&mut self, e: &Expected, action: u32, bytes: u64) {
+        if let Some(i) = e.rule_hit {
+            self.rules_acc[i].packets += 1;
+            self.rules_acc[i].bytes += bytes;
+        }
+        if action != crate::harness::XDP_TX {
+            return;
+        }
+        let (key, new) = match e.effect {
+            model::Effect::NewFlow { key, .. } => (key, true),
+            model::Effect::Known { key, .. } => (key, false),
+            model::Effect::None => return,
+        };
+        let Some(flow) = self.model.flows.get(&key) else {
+            return;
+        };
+        for c in [
+            &mut self.services_acc[flow.service],
+            &mut self.backends_acc[flow.service][flow.backend],
+        ] {
+            c.packets += 1;
+            c.bytes += bytes;
+            c.new_flows += new as u64;
+        }
+    }
+
+    /// Compares what only accumulates: the flow table (keys, backends, closing), the service,
+    /// backend and rule counters. Returns what differs.
+    pub fn checkpoint(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let services = &self.model.state.services;
+        let id_of = |s: usize, b: usize| {
+            self.h
+                .backend_id(&services[s].name, &services[s].backends[b].addr.to_string())
+        };
+        let mut ids = std::collections::HashMap::new();
+        for (s, svc) in services.iter().enumerate() {
+            for b in 0..svc.backends.len() {
+                ids.insert(id_of(s, b), (s, b));
+            }
+        }
+        let program = program_flows(&self.h);
+        if program.len() != self.model.flows.len() {
+            problems.push(format!(
+                "flow table holds {} flows, the model {}",
+                program.len(),
+                self.model.flows.len()
+            ));
+        }
+        for (key, id, closing) in &program {
+            match self.model.flows.get(key) {
+                None => problems.push(format!("flow {key:?} in the program only")),
+                Some(f) => {
+                    if ids.get(id) != Some(&(f.service, f.backend)) || f.closing != *closing {
+                        problems.push(format!(
+                            "flow {key:?}: program backend id {id} closing {closing}, model                              {}/{} closing {}",
+                            services[f.service].name,
+                            services[f.service].backends[f.backend].addr,
+                            f.closing
+                        ));
+                    }
+                }
+            }
+        }
+        for (s, svc) in services.iter().enumerate() {
+            let got = self.h.service_counters(&svc.name);
+            if got != self.services_acc[s] {
+                problems.push(format!(
+                    "service {} counters {got:?}, model {:?}",
+                    svc.name, self.services_acc[s]
+                ));
+            }
+            for (b, backend) in svc.backends.iter().enumerate() {
+                let got = self
+                    .h
+                    .backend_counters(&svc.name, &backend.addr.to_string());
+                if got != self.backends_acc[s][b] {
+                    problems.push(format!(
+                        "backend {}/{} counters {got:?}, model {:?}",
+                        svc.name, backend.addr, self.backends_acc[s][b]
+                    ));
+                }
+            }
+        }
+        let rules = self
+            .h
+            .dp
+            .rule_counters(self.rules.len())
+            .expect("rule counters");
+        for (i, (got, want)) in rules.iter().zip(&self.rules_acc).enumerate() {
+            if (got.packets, got.bytes) != (want.packets, want.bytes) {
+                problems.push(format!(
+                    "rule {} counted {} packets / {} bytes, model {} / {}",
+                    i + 1,
+                    got.packets,
+                    got.bytes,
+                    want.packets,
+                    want.bytes
+                ));
+            }
+        }
+        problems.truncate(20);
+        problems
     }
 }
 
@@ -456,10 +584,14 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
     let mut st = Stats::default();
     for i in 0..opts.frames {
         if fz.model.flows.len() >= FLOWS_BEFORE_RELOAD {
+            checkpoint(&fz, &mut st, opts.seed, i);
             // An empty table again, so the program's LRU never evicts a flow the model keeps.
             drop(fz);
             fz = Fuzzer::new();
             st.reloads += 1;
+        }
+        if i > 0 && i % CHECKPOINT_EVERY == 0 {
+            checkpoint(&fz, &mut st, opts.seed, i);
         }
         if i % EVENT_EVERY == EVENT_EVERY / 2 {
             let mut rng = Rng::for_frame(opts.seed ^ 0x5eed_e7e7, i);
@@ -501,5 +633,80 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
             progress(&st);
         }
     }
+    if st.disagreements.len() < opts.max_disagreements {
+        let frames = st.frames;
+        checkpoint(&fz, &mut st, opts.seed, frames);
+    }
     st
+}
+
+/// Flow table and counters are compared every this many frames (and at the end).
+pub const CHECKPOINT_EVERY: u64 = 10_000;
+
+fn checkpoint(fz: &Fuzzer, st: &mut Stats, seed: u64, before: u64) {
+    st.checkpoints += 1;
+    st.last_checkpoint = format!(
+        "{} flows, {} forwarded packets over {} services, {} rule matches",
+        fz.model.flows.len(),
+        fz.services_acc.iter().map(|c| c.packets).sum::<u64>(),
+        fz.services_acc.len(),
+        fz.rules_acc.iter().map(|c| c.packets).sum::<u64>()
+    );
+    let problems = fz.checkpoint();
+    if !problems.is_empty() {
+        st.disagreements.push(format!(
+            "DISAGREEMENT seed={seed} checkpoint before frame {before} (flows and counters \
+             since the last one, {CHECKPOINT_EVERY} frames):\n  {}\n",
+            problems.join("\n  ")
+        ));
+    }
+}
+
+/// The program's flow table, read through the map's kernel id (the controller's `Dataplane`
+/// offers counts only): (key, backend id, closing).
+pub fn program_flows(h: &Harness) -> Vec<(model::FlowKey, u32, bool)> {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
+    use foobar_lb_common::{FlowKey, FlowValue, FAMILY_V4};
+    let ids =
+        h.dp.program()
+            .info()
+            .expect("program info")
+            .map_ids()
+            .expect("map ids")
+            .unwrap_or_default();
+    let id = ids
+        .into_iter()
+        .find(|&id| MapInfo::from_id(id).is_ok_and(|i| i.name_as_str() == Some("FLOWS")))
+        .expect("the program uses FLOWS");
+    let map = Map::from_map_data(MapData::from_id(id).expect("FLOWS by id")).expect("map");
+    let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(map).expect("FLOWS is a hash map");
+    let addr = |w: [u32; 4], family: u8| -> std::net::IpAddr {
+        if family == FAMILY_V4 {
+            std::net::Ipv4Addr::from(w[0].to_ne_bytes()).into()
+        } else {
+            let mut b = [0u8; 16];
+            for (i, x) in w.iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(&x.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(b).into()
+        }
+    };
+    flows
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            (
+                model::FlowKey {
+                    src: addr(k.src, k.family),
+                    dst: addr(k.dst, k.family),
+                    sport: u16::from_be(k.sport),
+                    dport: u16::from_be(k.dport),
+                    proto: k.proto,
+                },
+                v.backend_id,
+                v.closing != 0,
+            )
+        })
+        .collect()
 }

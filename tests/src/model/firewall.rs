@@ -87,8 +87,13 @@ pub enum RuleVerdict {
 }
 
 impl Firewall {
+    /// Position of the first rule that matches (its counter counts the packet).
+    pub fn first_match(&self, k: &FlowKey, ports_known: bool) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(k, ports_known))
+    }
+
     pub fn rules(&self, k: &FlowKey, ports_known: bool) -> RuleVerdict {
-        match self.rules.iter().find(|r| r.matches(k, ports_known)) {
+        match self.first_match(k, ports_known).map(|i| &self.rules[i]) {
             Some(r) if r.drop => RuleVerdict::Drop,
             Some(_) => RuleVerdict::Allow,
             None => RuleVerdict::NoMatch,

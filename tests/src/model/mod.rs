@@ -182,11 +182,17 @@ impl Model {
                     );
                 }
             }
-            Effect::Known { key, closes } => {
+            Effect::Known {
+                key,
+                closes,
+                rechecked,
+            } => {
                 let gen = self.fw_gen;
                 if let Some(f) = self.flows.get_mut(&key) {
                     f.closing |= closes;
-                    f.fw_gen = gen;
+                    if rechecked {
+                        f.fw_gen = gen;
+                    }
                 }
             }
         }

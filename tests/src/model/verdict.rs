@@ -4,6 +4,8 @@
 //! VIP policy); TCP/UDP (firewall, flow table, FIN/RST without a flow, martians, service,
 //! backends).
 
+use std::cell::Cell;
+
 use foobar_lb_common::verdict;
 
 use super::{
@@ -41,10 +43,13 @@ pub enum Effect {
         key: FlowKey,
         service: usize,
     },
-    /// A packet of a known flow; `closes` if it is a FIN or RST.
+    /// A packet of a known flow; `closes` if it is a FIN or RST; `rechecked` if it met the
+    /// firewall again (a change since the flow was last checked), which records the current
+    /// generation in the flow.
     Known {
         key: FlowKey,
         closes: bool,
+        rechecked: bool,
     },
 }
 
@@ -58,6 +63,9 @@ pub struct Expected {
     pub effect: Effect,
     /// What the frame was, for summaries: "v4/tcp", "v6/other", "suspect", "not-ip".
     pub class: &'static str,
+    /// The firewall rule (position) that matched, if the rules were evaluated and one did:
+    /// its counter counts the frame.
+    pub rule_hit: Option<usize>,
 }
 
 impl Expected {
@@ -68,6 +76,7 @@ impl Expected {
             allowed: Vec::new(),
             effect: Effect::None,
             class,
+            rule_hit: None,
         }
     }
 
@@ -93,6 +102,13 @@ fn class_of(p: &Packet) -> &'static str {
 }
 
 pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
+    let hit = Cell::new(None);
+    let mut e = judge_frame(m, f, quirks, &hit);
+    e.rule_hit = hit.get();
+    e
+}
+
+fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -> Expected {
     let st = &m.state;
     let to_us = f.len() >= 6 && f[0..6] == st.iface_mac;
     let (p, balance) = match decode::parse(f) {
@@ -121,6 +137,15 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
     let class = class_of(&p);
     let k = &p.key;
     let fw = &st.firewall;
+    // Every evaluation of the rules goes through these (at most one per frame).
+    let filter = |k: &FlowKey| {
+        hit.set(fw.first_match(k, true));
+        fw.filter(k)
+    };
+    let rules_only = |k: &FlowKey| {
+        hit.set(fw.first_match(k, true));
+        fw.rules_only(k)
+    };
     let or = |r: Result<(), u32>, e: Expected| match r {
         Ok(()) => e,
         Err(v) => Expected::drop(v, class),
@@ -130,18 +155,11 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
     // the block list too, and nothing else changes.
     let collides = !vip && st.prefilter(k.dst);
     if !(vip || quirks.prefilter_collision_is_vip && collides) {
-        let r = if collides {
-            fw.filter(k)
-        } else {
-            fw.rules_only(k)
-        };
+        let r = if collides { filter(k) } else { rules_only(k) };
         return or(r, Expected::pass(verdict::PASS, class));
     }
     if !to_us {
-        return or(
-            fw.filter(k),
-            Expected::pass(verdict::PASS_OTHER_HOST, class),
-        );
+        return or(filter(k), Expected::pass(verdict::PASS_OTHER_HOST, class));
     }
     if let Some(vid) = p.vlan {
         if !pending::vlan_balanced(vid) {
@@ -172,7 +190,7 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
         }
     };
     if !balance {
-        let r = fw.filter(k).and_then(|()| source_ok(k));
+        let r = filter(k).and_then(|()| source_ok(k));
         if r.is_ok() && decode::is_nd(f, &p) {
             // IPv6's ARP: never the VIP policy's to drop.
             return Expected::pass(verdict::PASS, class);
@@ -184,7 +202,7 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
     }
     // TCP SYNs meet the firewall first; other packets of a flow once per firewall generation.
     if p.syn() {
-        if let Err(v) = fw.filter(k) {
+        if let Err(v) = filter(k) {
             return Expected::drop(v, class);
         }
     }
@@ -198,8 +216,11 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
         // A SYN on a closed connection's tuple opens a new one, scheduled anew.
         let reopened = p.syn() && flow.closing;
         if serves && !reopened {
-            if !p.syn() && flow.fw_gen != m.fw_gen {
-                if let Err(v) = fw.filter(k) {
+            // A SYN met the firewall above already (and leaves the flow's generation as it
+            // was, as the program does).
+            let rechecked = !p.syn() && flow.fw_gen != m.fw_gen;
+            if rechecked {
+                if let Err(v) = filter(k) {
                     return Expected::drop(v, class);
                 }
             }
@@ -210,13 +231,15 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
                 effect: Effect::Known {
                     key: *k,
                     closes: p.fin(),
+                    rechecked,
                 },
                 class,
+                rule_hit: None,
             };
         }
     }
     if !p.syn() {
-        if let Err(v) = fw.filter(k) {
+        if let Err(v) = filter(k) {
             return Expected::drop(v, class);
         }
     }
@@ -239,5 +262,6 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
         allowed,
         effect: Effect::NewFlow { key: *k, service },
         class,
+        rule_hit: None,
     }
 }
