@@ -14,14 +14,16 @@ fn program_and_model_agree_on_20000_frames() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    // A small reload threshold, so the reload path (checkpoint, fresh program and model) runs.
     let st = fuzz::run(
         &fuzz::Options {
-            frames,
-            seed: 1,
             max_disagreements: 5,
+            flows_before_reload: 300,
+            ..fuzz::Options::new(frames, 1)
         },
         |_| {},
     );
+    assert!(st.reloads > 0 && st.checkpoints > 0, "{}", st.summary());
     println!("{}", st.summary());
     for (id, (n, first)) in &st.known_bugs {
         println!("known program bug {id} ({n} frames), first:\n{first}");

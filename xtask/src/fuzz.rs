@@ -31,9 +31,8 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let st = fuzz::run(
         &fuzz::Options {
-            frames: args.frames,
-            seed: args.seed,
             max_disagreements: args.max_disagreements,
+            ..fuzz::Options::new(args.frames, args.seed)
         },
         |st| {
             println!(

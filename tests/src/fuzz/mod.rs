@@ -34,6 +34,20 @@ pub struct Options {
     pub seed: u64,
     /// Stop after this many disagreements (known program bugs not counted).
     pub max_disagreements: usize,
+    /// Reload the program (an empty flow table, the world's state) once the model counts this
+    /// many flows; at most [`FLOWS_BEFORE_RELOAD`].
+    pub flows_before_reload: usize,
+}
+
+impl Options {
+    pub fn new(frames: u64, seed: u64) -> Options {
+        Options {
+            frames,
+            seed,
+            max_disagreements: 10,
+            flows_before_reload: FLOWS_BEFORE_RELOAD,
+        }
+    }
 }
 
 /// One generated frame.
@@ -583,7 +597,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
     let mut fz = Fuzzer::new();
     let mut st = Stats::default();
     for i in 0..opts.frames {
-        if fz.model.flows.len() >= FLOWS_BEFORE_RELOAD {
+        if fz.model.flows.len() >= opts.flows_before_reload.min(FLOWS_BEFORE_RELOAD) {
             checkpoint(&fz, &mut st, opts.seed, i);
             // An empty table again, so the program's LRU never evicts a flow the model keeps.
             drop(fz);
