@@ -14,11 +14,13 @@ fn program_and_model_agree_on_20000_frames() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    // A small reload threshold, so the reload path (checkpoint, fresh program and model) runs.
+    // A small reload threshold, so the reload path (checkpoint, fresh program and model) runs,
+    // and state changes ten times as often as in long runs.
     let st = fuzz::run(
         &fuzz::Options {
             max_disagreements: 5,
             flows_before_reload: 300,
+            event_every: 2_000,
             ..fuzz::Options::new(frames, 1)
         },
         |_| {},

@@ -37,6 +37,8 @@ pub struct Options {
     /// Reload the program (an empty flow table, the world's state) once the model counts this
     /// many flows; at most [`FLOWS_BEFORE_RELOAD`].
     pub flows_before_reload: usize,
+    /// A change to the provisioned state every this many frames (half-way between).
+    pub event_every: u64,
 }
 
 impl Options {
@@ -46,6 +48,7 @@ impl Options {
             seed,
             max_disagreements: 10,
             flows_before_reload: FLOWS_BEFORE_RELOAD,
+            event_every: EVENT_EVERY,
         }
     }
 }
@@ -151,9 +154,14 @@ pub struct Fuzzer {
     services_acc: Vec<Counters>,
     backends_acc: Vec<Vec<Counters>>,
     rules_acc: Vec<Counters>,
+    /// Backends removed by events: (service index, its spec), to add back.
+    removed: Vec<(usize, foobar_lb::desired::BackendSpec)>,
+    /// Every backend id the program has been given, with the backend (service index,
+    /// backend index, incarnation) it named.
+    ids: std::collections::HashMap<u32, (usize, usize, u32)>,
 }
 
-/// A change to the provisioned state every [`EVENT_EVERY`] frames (half-way between).
+/// By default, a change to the provisioned state every this many frames.
 pub const EVENT_EVERY: u64 = 20_000;
 
 impl Fuzzer {
@@ -190,7 +198,16 @@ impl Fuzzer {
             backends_acc: Vec::new(),
             rules_acc: vec![Counters::default(); rules.len()],
             rules,
+            removed: Vec::new(),
+            ids: std::collections::HashMap::new(),
         };
+        for (spec, svc) in fz.desired.iter().zip(&fz.model.state.services) {
+            assert_eq!(
+                spec.name, svc.name,
+                "model services in the desired state's order"
+            );
+        }
+        fz.record_ids();
         fz.services_acc = vec![Counters::default(); fz.model.state.services.len()];
         fz.backends_acc = fz
             .model
@@ -201,6 +218,18 @@ impl Fuzzer {
             .collect();
         fz.model.set_firewall(fz.firewall());
         fz
+    }
+
+    /// Notes the ids the program now gives the backends present.
+    fn record_ids(&mut self) {
+        for (s, svc) in self.model.state.services.iter().enumerate() {
+            for (b, backend) in svc.backends.iter().enumerate() {
+                if !backend.removed {
+                    let id = self.h.backend_id(&svc.name, &backend.addr.to_string());
+                    self.ids.insert(id, (s, b, backend.incarnation));
+                }
+            }
+        }
     }
 
     fn firewall(&self) -> model::Firewall {
@@ -220,12 +249,43 @@ impl Fuzzer {
     }
 
     /// Changes the provisioned state, in the program as the daemon would and in the model:
-    /// a backend's state, a firewall rule removed or restored, a block-list prefix added or
-    /// removed (each firewall change moves the generation established flows are checked
-    /// against). Returns what changed.
+    /// a backend's state, a backend removed or added back, a firewall rule removed or
+    /// restored, a block-list prefix added or removed (each firewall change moves the
+    /// generation established flows are checked against). Returns what changed.
     pub fn event(&mut self, rng: &mut Rng) -> String {
         use foobar_lb::desired::BackendState::*;
-        match rng.below(3) {
+        match rng.below(4) {
+            3 => {
+                let what = if !self.removed.is_empty() && rng.chance(50) {
+                    let (s, spec) = self.removed.remove(rng.below(self.removed.len()));
+                    let addr = spec.addr;
+                    self.desired[s].backends.push(spec);
+                    let b = self.model_backend(s, addr);
+                    self.model.state.services[s].backends[b].removed = false;
+                    // A new id, its counters reset.
+                    self.backends_acc[s][b] = Counters::default();
+                    format!("backend {}/{addr} added back", self.desired[s].name)
+                } else {
+                    let pairs: Vec<(usize, usize)> = self
+                        .desired
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(s, spec)| (0..spec.backends.len()).map(move |b| (s, b)))
+                        .collect();
+                    let &(s, i) = rng.pick(&pairs);
+                    let spec = self.desired[s].backends.remove(i);
+                    let b = self.model_backend(s, spec.addr);
+                    let mb = &mut self.model.state.services[s].backends[b];
+                    mb.removed = true;
+                    mb.incarnation += 1;
+                    let what = format!("backend {}/{} removed", self.desired[s].name, spec.addr);
+                    self.removed.push((s, spec));
+                    what
+                };
+                self.h.apply(&self.desired);
+                self.record_ids();
+                what
+            }
             0 => {
                 let pairs: Vec<(usize, usize)> = self
                     .desired
@@ -237,6 +297,7 @@ impl Fuzzer {
                 let state = *rng.pick(&[Active, Active, Draining, Down]);
                 self.desired[s].backends[b].state = state;
                 self.h.apply(&self.desired);
+                self.record_ids();
                 let (name, addr) = (&self.desired[s].name, self.desired[s].backends[b].addr);
                 let svc = self
                     .model
@@ -339,6 +400,15 @@ impl Fuzzer {
         result
     }
 
+    /// Index in the model's service `s` of the backend at `addr`.
+    fn model_backend(&self, s: usize, addr: std::net::IpAddr) -> usize {
+        self.model.state.services[s]
+            .backends
+            .iter()
+            .position(|b| b.addr == addr)
+            .expect("backend")
+    }
+
     /// Adds a frame to the counters the program must show.
     fn count(&mut self, e: &Expected, action: u32, bytes: u64) {
         if let Some(i) = e.rule_hit {
@@ -371,16 +441,6 @@ impl Fuzzer {
     pub fn checkpoint(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let services = &self.model.state.services;
-        let id_of = |s: usize, b: usize| {
-            self.h
-                .backend_id(&services[s].name, &services[s].backends[b].addr.to_string())
-        };
-        let mut ids = std::collections::HashMap::new();
-        for (s, svc) in services.iter().enumerate() {
-            for b in 0..svc.backends.len() {
-                ids.insert(id_of(s, b), (s, b));
-            }
-        }
         let program = program_flows(&self.h);
         if program.len() != self.model.flows.len() {
             problems.push(format!(
@@ -393,11 +453,13 @@ impl Fuzzer {
             match self.model.flows.get(key) {
                 None => problems.push(format!("flow {key:?} in the program only")),
                 Some(f) => {
-                    if ids.get(id) != Some(&(f.service, f.backend)) || f.closing != *closing {
+                    let want = (f.service, f.backend, f.incarnation);
+                    if self.ids.get(id) != Some(&want) || f.closing != *closing {
                         problems.push(format!(
-                            "flow {key:?}: program backend id {id} closing {closing}, model                              {}/{} closing {}",
+                            "flow {key:?}: program backend id {id} closing {closing}, model {}/{} (incarnation {}) closing {}",
                             services[f.service].name,
                             services[f.service].backends[f.backend].addr,
+                            f.incarnation,
                             f.closing
                         ));
                     }
@@ -412,7 +474,7 @@ impl Fuzzer {
                     svc.name, self.services_acc[s]
                 ));
             }
-            for (b, backend) in svc.backends.iter().enumerate() {
+            for (b, backend) in svc.backends.iter().enumerate().filter(|(_, b)| !b.removed) {
                 let got = self
                     .h
                     .backend_counters(&svc.name, &backend.addr.to_string());
@@ -607,7 +669,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
         if i > 0 && i % CHECKPOINT_EVERY == 0 {
             checkpoint(&fz, &mut st, opts.seed, i);
         }
-        if i % EVENT_EVERY == EVENT_EVERY / 2 {
+        if i % opts.event_every == opts.event_every / 2 {
             let mut rng = Rng::for_frame(opts.seed ^ 0x5eed_e7e7, i);
             let what = fz.event(&mut rng);
             st.events.push(format!("frame {i}: {what}"));

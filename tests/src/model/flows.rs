@@ -13,8 +13,9 @@ use super::decode::FlowKey;
 pub struct Flow {
     /// Index of the service in [`super::Provisioned::services`].
     pub service: usize,
-    /// Index of the backend in that service's list.
+    /// Index of the backend in that service's list, and its incarnation then.
     pub backend: usize,
+    pub incarnation: u32,
     /// A FIN or RST was forwarded: a SYN on the tuple opens a new connection.
     pub closing: bool,
     /// Firewall generation the flow was last checked under.

@@ -34,6 +34,19 @@ pub struct Backend {
     /// `None`: not written to the data plane (MAC unknown), never chosen.
     pub mac: Option<Mac>,
     pub state: BackendState,
+    /// Removed from the configuration (kept here so indexes stay put).
+    pub removed: bool,
+    /// Bumped when the backend is removed: a flow given to an earlier incarnation does not
+    /// follow it back when it is added again (the data plane gives it a new id), it is
+    /// scheduled anew.
+    pub incarnation: u32,
+}
+
+impl Backend {
+    /// Takes new flows.
+    pub fn active(&self) -> bool {
+        !self.removed && self.state == BackendState::Active
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +63,7 @@ impl Service {
     pub fn new_flow_macs(&self) -> Vec<Mac> {
         self.backends
             .iter()
-            .filter(|b| b.state == BackendState::Active)
+            .filter(|b| b.active())
             .filter_map(|b| b.mac)
             .collect()
     }
@@ -86,6 +99,8 @@ impl Provisioned {
                             addr: b.addr,
                             mac: b.mac,
                             state: b.state,
+                            removed: false,
+                            incarnation: 0,
                         })
                         .collect(),
                 }
@@ -169,13 +184,14 @@ impl Model {
                 if let Some(backend) = svc
                     .backends
                     .iter()
-                    .position(|b| b.mac == Some(mac) && b.state == BackendState::Active)
+                    .position(|b| b.mac == Some(mac) && b.active())
                 {
                     self.flows.insert(
                         key,
                         flows::Flow {
                             service,
                             backend,
+                            incarnation: svc.backends[backend].incarnation,
                             closing: false,
                             fw_gen: self.fw_gen,
                         },

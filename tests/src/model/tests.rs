@@ -27,6 +27,8 @@ fn service(name: &str, vip: &str, port: u16, proto: u8, backends: &[(&str, Mac)]
                 addr: a.parse().unwrap(),
                 mac: Some(*m),
                 state: BackendState::Active,
+                removed: false,
+                incarnation: 0,
             })
             .collect(),
     }
@@ -123,6 +125,21 @@ fn draining_and_down_backends_take_no_new_flows() {
     );
     m.state.services[0].backends[0].state = BackendState::Down;
     assert_eq!(av(&m, &new), drop_(DROP_NO_BACKEND));
+}
+
+#[test]
+fn a_flow_does_not_follow_a_removed_backend_back() {
+    let mut m = model();
+    let ack = Pkt::tcp(CLIENT, 2, VIP, 80, TCP_ACK).build();
+    forward(&mut m, &ack, B2);
+    let b2 = &mut m.state.services[0].backends[1];
+    b2.removed = true;
+    b2.incarnation += 1;
+    assert_eq!(m.expect(&ack).allowed, vec![B1]);
+    m.state.services[0].backends[1].removed = false;
+    let e = m.expect(&ack);
+    assert_eq!(e.allowed, vec![B1, B2], "scheduled anew");
+    assert!(matches!(e.effect, Effect::NewFlow { .. }));
 }
 
 #[test]

@@ -209,10 +209,15 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
     if let Some(flow) = m.flows.get(k) {
         let svc = &st.services[flow.service];
         let b = &svc.backends[flow.backend];
-        let serves = matches!(
-            b.state,
-            foobar_lb::desired::BackendState::Active | foobar_lb::desired::BackendState::Draining
-        );
+        // Its backend still serves (active or draining) and is the one it was given: not
+        // down, not removed since.
+        let serves = !b.removed
+            && b.incarnation == flow.incarnation
+            && matches!(
+                b.state,
+                foobar_lb::desired::BackendState::Active
+                    | foobar_lb::desired::BackendState::Draining
+            );
         // A SYN on a closed connection's tuple opens a new one, scheduled anew.
         let reopened = p.syn() && flow.closing;
         if serves && !reopened {
