@@ -249,12 +249,13 @@ impl Fuzzer {
     }
 
     /// Changes the provisioned state, in the program as the daemon would and in the model:
-    /// a backend's state, a backend removed or added back, a firewall rule removed or
-    /// restored, a block-list prefix added or removed (each firewall change moves the
-    /// generation established flows are checked against). Returns what changed.
+    /// a backend's state, a backend removed or added back, a firewall rule (or all) removed or
+    /// restored, a block-list prefix added or removed or the list emptied or restored (each
+    /// rule or block-list change moves the generation established flows are checked
+    /// against), the VIP policy switched. Returns what changed.
     pub fn event(&mut self, rng: &mut Rng) -> String {
         use foobar_lb::desired::BackendState::*;
-        match rng.below(4) {
+        match rng.below(6) {
             3 => {
                 let what = if !self.removed.is_empty() && rng.chance(50) {
                     let (s, spec) = self.removed.remove(rng.below(self.removed.len()));
@@ -316,7 +317,11 @@ impl Fuzzer {
             }
             1 => {
                 let all = world::rules();
-                let what = if self.rules.len() == all.len() {
+                let what = if self.rules.len() == all.len() && rng.chance(25) {
+                    // No rules: the program's rule stage is switched off.
+                    self.rules.clear();
+                    "all rules removed".to_string()
+                } else if self.rules.len() == all.len() {
                     let i = rng.below(all.len());
                     self.rules.remove(i);
                     format!("rule {} removed", i + 1)
@@ -335,9 +340,26 @@ impl Fuzzer {
                 self.model.set_firewall(self.firewall());
                 what
             }
+            4 => {
+                // Not a firewall generation change: the policy concerns traffic of no service,
+                // so no flow's admission depends on it.
+                let drop = !self.model.state.firewall.vip_policy_drop;
+                self.h.vip_policy_drop(drop);
+                self.model.state.firewall.vip_policy_drop = drop;
+                format!("VIP policy {}", if drop { "drop" } else { "allow" })
+            }
             _ => {
                 let prefix = rng.pick(world::TOGGLED_BLOCKS).to_string();
-                let what = if let Some(i) = self.blocklist.iter().position(|p| *p == prefix) {
+                let what = if rng.chance(15) {
+                    // An empty list: the program's block-list stage is switched off.
+                    let was = std::mem::take(&mut self.blocklist);
+                    if was.is_empty() {
+                        self.blocklist = world::BLOCKLIST.lines().map(String::from).collect();
+                        "block list restored".to_string()
+                    } else {
+                        "block list emptied".to_string()
+                    }
+                } else if let Some(i) = self.blocklist.iter().position(|p| *p == prefix) {
                     self.blocklist.remove(i);
                     format!("block list: {prefix} removed")
                 } else {

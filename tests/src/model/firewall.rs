@@ -87,6 +87,11 @@ pub enum RuleVerdict {
 }
 
 impl Firewall {
+    /// Whether any stage is configured (rules, block list, a VIP policy of drop).
+    pub fn any(&self) -> bool {
+        !self.rules.is_empty() || !self.blocklist.is_empty() || self.vip_policy_drop
+    }
+
     /// Position of the first rule that matches (its counter counts the packet).
     pub fn first_match(&self, k: &FlowKey, ports_known: bool) -> Option<usize> {
         self.rules.iter().position(|r| r.matches(k, ports_known))

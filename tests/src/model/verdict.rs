@@ -223,7 +223,9 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
         if serves && !reopened {
             // A SYN met the firewall above already (and leaves the flow's generation as it
             // was, as the program does).
-            let rechecked = !p.syn() && flow.fw_gen != m.fw_gen;
+            // With no stage configured at all the firewall is skipped (the flow keeps its
+            // generation).
+            let rechecked = fw.any() && !p.syn() && flow.fw_gen != m.fw_gen;
             if rechecked {
                 if let Err(v) = filter(k) {
                     return Expected::drop(v, class);
