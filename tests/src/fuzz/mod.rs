@@ -102,6 +102,8 @@ pub struct Stats {
     pub reloads: u64,
     /// Changes made to the provisioned state during the run.
     pub events: Vec<String>,
+    /// Frames per mutation applied ("none": the seed as built).
+    pub by_mutation: BTreeMap<&'static str, u64>,
     /// Flow-table and counter comparisons made.
     pub checkpoints: u64,
     /// What the last one compared.
@@ -132,6 +134,12 @@ impl Stats {
         for (v, n) in &self.by_verdict {
             s += &format!("    {v:<20} {n:>9}\n");
         }
+        s += "  mutations applied:\n   ";
+        for (m, n) in &self.by_mutation {
+            s += &format!(" {m} {n},");
+        }
+        s.pop();
+        s += "\n";
         for (id, (n, _)) in &self.known_bugs {
             s += &format!("  known program bug {id}: {n} frames\n");
         }
@@ -697,6 +705,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
             st.events.push(format!("frame {i}: {what}"));
         }
         let f = frame(opts.seed, i, &world);
+        if f.mutations.is_empty() {
+            *st.by_mutation.entry("none").or_default() += 1;
+        }
+        for m in &f.mutations {
+            *st.by_mutation.entry(m).or_default() += 1;
+        }
         let class = st.by_class.entry(f.class).or_default();
         class.frames += 1;
         st.frames += 1;
