@@ -224,6 +224,8 @@ impl Fuzzer {
             .iter()
             .map(|s| vec![Counters::default(); s.backends.len()])
             .collect();
+        // The world's VIP policy is drop (set on the program above).
+        fz.model.state.firewall.vip_policy_drop = true;
         fz.model.set_firewall(fz.firewall());
         fz
     }
@@ -252,7 +254,7 @@ impl Fuzzer {
                 .iter()
                 .map(|l| l.parse().expect("prefix"))
                 .collect(),
-            vip_policy_drop: true,
+            vip_policy_drop: self.model.state.firewall.vip_policy_drop,
         }
     }
 
