@@ -86,6 +86,11 @@ impl Provisioned {
             .services
             .iter()
             .map(|s| {
+                assert!(
+                    s.rate_limit.is_none(),
+                    "service {}: the model has no token bucket; provision no rate limit",
+                    s.name
+                );
                 let spec = specs.iter().find(|p| p.name == s.name).expect("spec");
                 Service {
                     name: s.name.clone(),

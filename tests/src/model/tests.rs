@@ -7,7 +7,7 @@ use foobar_lb::{
 };
 use foobar_lb_common::verdict::*;
 
-use super::*;
+use super::{firewall::Rule, *};
 use crate::packet::{Pkt, L4, LB_MAC, TCP_ACK, TCP_SYN};
 
 const B1: Mac = [2, 0, 0, 0, 0, 0x11];
@@ -64,7 +64,6 @@ fn rule(action: Act, source: &str, protocol: RuleProtocol, port: &str, dst: &str
         destination: dst.into(),
     })
 }
-use firewall::Rule;
 
 fn av(m: &Model, f: &[u8]) -> (Action, u32) {
     let e = m.expect(f);
