@@ -127,7 +127,7 @@ fn get(f: &[u8], at: usize, bytes: usize) -> u32 {
         .fold(0u32, |acc, &b| (acc << 8) | b as u32)
 }
 
-/// Rewrites one header field: (offset, width in bytes, mask of bits to change).
+/// Rewrites one header field, picked from (name, offset, width in bytes) of the layout.
 fn field(rng: &mut Rng, f: &mut [u8], l: &Layout) -> &'static str {
     let mut fields: Vec<(&'static str, usize, usize)> =
         vec![("ether-type", l.ether_type, 2), ("dst-mac", 5, 1)];
