@@ -164,9 +164,9 @@ pub struct Fuzzer {
     rules_acc: Vec<Counters>,
     /// Backends removed by events: (service index, its spec), to add back.
     removed: Vec<(usize, foobar_lb::desired::BackendSpec)>,
-    /// Every backend id the program has been given, with the backend (service index,
-    /// backend index, incarnation) it named.
-    ids: std::collections::HashMap<u32, (usize, usize, u32)>,
+    /// Every (backend id, owner word) the program has been given, with the backend (service
+    /// index, backend index, incarnation) it named: ids are reused, owner words are not.
+    ids: std::collections::HashMap<(u32, u32), (usize, usize, u32)>,
 }
 
 /// By default, a change to the provisioned state every this many frames.
@@ -235,8 +235,10 @@ impl Fuzzer {
         for (s, svc) in self.model.state.services.iter().enumerate() {
             for (b, backend) in svc.backends.iter().enumerate() {
                 if !backend.removed {
-                    let id = self.h.backend_id(&svc.name, &backend.addr.to_string());
-                    self.ids.insert(id, (s, b, backend.incarnation));
+                    let addr = backend.addr.to_string();
+                    let id = self.h.backend_id(&svc.name, &addr);
+                    let owner = self.h.backend_owner(&svc.name, &addr);
+                    self.ids.insert((id, owner), (s, b, backend.incarnation));
                 }
             }
         }
@@ -452,7 +454,7 @@ impl Fuzzer {
         }
         let (key, new) = match e.effect {
             model::Effect::NewFlow { key, .. } => (key, true),
-            model::Effect::Known { key, .. } => (key, false),
+            model::Effect::Known { key, .. } | model::Effect::IcmpError { key } => (key, false),
             model::Effect::None => return,
         };
         let Some(flow) = self.model.flows.get(&key) else {
@@ -468,7 +470,7 @@ impl Fuzzer {
         }
     }
 
-    /// Compares what only accumulates: the flow table (keys, backends, closing), the service,
+    /// Compares what only accumulates: the flow table (keys, backends, FIN/RST), the service,
     /// backend and rule counters. Returns what differs.
     pub fn checkpoint(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -481,18 +483,21 @@ impl Fuzzer {
                 self.model.flows.len()
             ));
         }
-        for (key, id, closing) in &program {
+        for (key, id, owner, fin, rst) in &program {
             match self.model.flows.get(key) {
                 None => problems.push(format!("flow {key:?} in the program only")),
                 Some(f) => {
                     let want = (f.service, f.backend, f.incarnation);
-                    if self.ids.get(id) != Some(&want) || f.closing != *closing {
+                    if self.ids.get(&(*id, *owner)) != Some(&want) || (f.fin, f.rst) != (*fin, *rst)
+                    {
                         problems.push(format!(
-                            "flow {key:?}: program backend id {id} closing {closing}, model {}/{} (incarnation {}) closing {}",
+                            "flow {key:?}: program backend id {id} owner {owner:#x} fin {fin} \
+                             rst {rst}, model {}/{} (incarnation {}) fin {} rst {}",
                             services[f.service].name,
                             services[f.service].backends[f.backend].addr,
                             f.incarnation,
-                            f.closing
+                            f.fin,
+                            f.rst
                         ));
                     }
                 }
@@ -723,6 +728,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Stats)) -> Stats {
                 let name = match e.effect {
                     model::Effect::NewFlow { .. } => "tx (new flow)",
                     model::Effect::Known { .. } => "tx (known flow)",
+                    model::Effect::IcmpError { .. } => "tx (ICMP error)",
                     model::Effect::None => verdict::NAMES[e.verdict as usize],
                 };
                 *st.by_verdict.entry(name).or_default() += 1;
@@ -777,8 +783,8 @@ fn checkpoint(fz: &Fuzzer, st: &mut Stats, seed: u64, before: u64) {
 }
 
 /// The program's flow table, read through the map's kernel id (the controller's `Dataplane`
-/// offers counts only): (key, backend id, closing).
-pub fn program_flows(h: &Harness) -> Vec<(model::FlowKey, u32, bool)> {
+/// offers counts only): (key, backend id, owner word, FIN seen, RST seen).
+pub fn program_flows(h: &Harness) -> Vec<(model::FlowKey, u32, u32, bool, bool)> {
     use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
     use foobar_lb_common::{FlowKey, FlowValue, FAMILY_V4, FLOW_FIN, FLOW_RST};
     let ids =
@@ -819,7 +825,9 @@ pub fn program_flows(h: &Harness) -> Vec<(model::FlowKey, u32, bool)> {
                     proto: k.proto,
                 },
                 v.backend_id,
-                v.seen & (FLOW_FIN | FLOW_RST) != 0,
+                v.owner,
+                v.seen & FLOW_FIN != 0,
+                v.seen & FLOW_RST != 0,
             )
         })
         .collect()

@@ -8,7 +8,7 @@ use foobar_lb::firewall::{Action, RuleConfig, RuleProtocol};
 use foobar_lb_common::{verdict, FAMILY_V4, FAMILY_V6};
 use ipnet::IpNet;
 
-use super::decode::{FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use super::decode::{FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROTO_UNKNOWN};
 
 /// One rule, read from its configuration text (not from the controller's compiled form).
 #[derive(Debug, Clone)]
@@ -49,24 +49,51 @@ impl Rule {
         }
     }
 
-    /// Whether the rule matches. `ports_known` is false where the packet's ports cannot be
-    /// read (see `pending::SUSPECT_FRAMES_MEET_RULES`): a port condition then counts as met.
-    pub fn matches(&self, k: &FlowKey, ports_known: bool) -> bool {
+    fn family_and_addresses_ok(&self, k: &FlowKey) -> bool {
         let in_net = |net: &Option<IpNet>, a: IpAddr| net.is_none_or(|n| n.contains(&a));
         // A prefix of one family makes the rule that family's only.
         let family_ok = [self.src, self.dst]
             .iter()
             .flatten()
             .all(|n| n.addr().is_ipv4() == k.dst.is_ipv4());
-        let proto_ok = match self.protocol {
+        family_ok && in_net(&self.src, k.src) && in_net(&self.dst, k.dst)
+    }
+
+    fn protocol_ok(&self, proto: u8) -> bool {
+        match self.protocol {
             RuleProtocol::Any => true,
-            RuleProtocol::Tcp => k.proto == PROTO_TCP,
-            RuleProtocol::Udp => k.proto == PROTO_UDP,
+            RuleProtocol::Tcp => proto == PROTO_TCP,
+            RuleProtocol::Udp => proto == PROTO_UDP,
             // Either ICMP, whatever the family (as the data plane compares protocol numbers).
-            RuleProtocol::Icmp => k.proto == PROTO_ICMP || k.proto == PROTO_ICMPV6,
-        };
-        let port_ok = !ports_known || (self.ports.0..=self.ports.1).contains(&k.dport);
-        family_ok && proto_ok && port_ok && in_net(&self.src, k.src) && in_net(&self.dst, k.dst)
+            RuleProtocol::Icmp => proto == PROTO_ICMP || proto == PROTO_ICMPV6,
+        }
+    }
+
+    /// Whether the rule matches a packet whose protocol and ports are known.
+    pub fn matches(&self, k: &FlowKey) -> bool {
+        self.family_and_addresses_ok(k)
+            && self.protocol_ok(k.proto)
+            && (self.ports.0..=self.ports.1).contains(&k.dport)
+    }
+
+    /// Whether the rule matches a packet whose ports are unknown, and maybe its protocol
+    /// (`PROTO_UNKNOWN`): README "Packet handling": a `drop` rule on ports or protocol that the
+    /// packet may fall under matches it; an `allow` rule only on fields it has (its addresses,
+    /// a known protocol with no port range).
+    pub fn matches_unknown_ports(&self, k: &FlowKey) -> bool {
+        if !self.family_and_addresses_ok(k) {
+            return false;
+        }
+        if self.protocol == RuleProtocol::Any {
+            // Rules name ports only with a protocol: a rule on addresses alone.
+            return true;
+        }
+        let known = k.proto != PROTO_UNKNOWN;
+        if known && !self.protocol_ok(k.proto) {
+            return false;
+        }
+        let all_ports = self.ports == (0, u16::MAX);
+        (known && all_ports) || self.drop
     }
 }
 
@@ -92,13 +119,20 @@ impl Firewall {
         !self.rules.is_empty() || !self.blocklist.is_empty() || self.vip_policy_drop
     }
 
-    /// Position of the first rule that matches (its counter counts the packet).
-    pub fn first_match(&self, k: &FlowKey, ports_known: bool) -> Option<usize> {
-        self.rules.iter().position(|r| r.matches(k, ports_known))
+    /// Position of the first rule that matches (its counter counts the packet); `whole`:
+    /// the packet's protocol and ports are known.
+    pub fn first_match(&self, k: &FlowKey, whole: bool) -> Option<usize> {
+        self.rules.iter().position(|r| {
+            if whole {
+                r.matches(k)
+            } else {
+                r.matches_unknown_ports(k)
+            }
+        })
     }
 
-    pub fn rules(&self, k: &FlowKey, ports_known: bool) -> RuleVerdict {
-        match self.first_match(k, ports_known).map(|i| &self.rules[i]) {
+    pub fn rules(&self, k: &FlowKey, whole: bool) -> RuleVerdict {
+        match self.first_match(k, whole).map(|i| &self.rules[i]) {
             Some(r) if r.drop => RuleVerdict::Drop,
             Some(_) => RuleVerdict::Allow,
             None => RuleVerdict::NoMatch,
@@ -107,18 +141,22 @@ impl Firewall {
 
     /// Rules only (traffic not for a VIP).
     pub fn rules_only(&self, k: &FlowKey) -> Result<(), u32> {
-        match self.rules(k, true) {
-            RuleVerdict::Drop => Err(verdict::DROP_FW_RULE),
-            _ => Ok(()),
-        }
+        self.judge(k, true, false)
     }
 
     /// Rules, then the block list (an allow rule skips the block list).
     pub fn filter(&self, k: &FlowKey) -> Result<(), u32> {
-        match self.rules(k, true) {
+        self.judge(k, true, true)
+    }
+
+    /// Rules (on known or unknown ports, `whole`), then the block list if `blocklist`.
+    pub fn judge(&self, k: &FlowKey, whole: bool, blocklist: bool) -> Result<(), u32> {
+        match self.rules(k, whole) {
             RuleVerdict::Drop => Err(verdict::DROP_FW_RULE),
             RuleVerdict::Allow => Ok(()),
-            RuleVerdict::NoMatch if self.blocked(k.src) => Err(verdict::DROP_BLOCKLIST),
+            RuleVerdict::NoMatch if blocklist && self.blocked(k.src) => {
+                Err(verdict::DROP_BLOCKLIST)
+            }
             RuleVerdict::NoMatch => Ok(()),
         }
     }

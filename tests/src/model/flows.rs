@@ -1,5 +1,5 @@
 //! The flow table as the model keeps it: which backend a flow was given (learned from the
-//! program's output on the flow's first forwarded packet), whether it was seen closing, and
+//! program's output on the flow's first forwarded packet), whether it was seen closing (FIN, RST), and
 //! the firewall generation it was last checked under.
 //!
 //! Unlike the program's LRU table the model never evicts: a run must keep fewer flows than
@@ -16,10 +16,19 @@ pub struct Flow {
     /// Index of the backend in that service's list, and its incarnation then.
     pub backend: usize,
     pub incarnation: u32,
-    /// A FIN or RST was forwarded: a SYN on the tuple opens a new connection.
-    pub closing: bool,
+    /// A FIN, an RST was forwarded (the entry's `FLOW_FIN`, `FLOW_RST`): either makes a SYN
+    /// on the tuple open a new connection.
+    pub fin: bool,
+    pub rst: bool,
     /// Firewall generation the flow was last checked under.
     pub fw_gen: u32,
+}
+
+impl Flow {
+    /// Seen closing (FIN or RST).
+    pub fn closing(&self) -> bool {
+        self.fin || self.rst
+    }
 }
 
 #[derive(Debug, Clone, Default)]

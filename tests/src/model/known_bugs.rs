@@ -10,19 +10,15 @@ pub struct Quirks {
     /// A destination that is not a VIP but shares a VIP's prefilter bit is handled as VIP
     /// traffic in everything but the exact-set lookups: VIP sanity checks (IPv4 checksum,
     /// source route, TCP flags), martian sources, FIN/RST without a flow (`drop_no_flow`), and
-    /// `pass_other_host` for frames to other MACs. README: such an address "also gets the
-    /// block list", nothing more; the host's own traffic is the host's.
+    /// `pass_other_host` / `pass_other_vlan` for frames to other MACs or VLANs. README: such
+    /// an address "also gets the block list", nothing more; the host's own traffic is the
+    /// host's.
     pub prefilter_collision_is_vip: bool,
-    /// A VIP packet the parser cannot use (malformed, truncated, fragmented) in a frame for
-    /// another MAC is counted `pass`. README: a VIP packet in a broadcast, multicast or other
-    /// host's frame is passed as `pass_other_host`.
-    pub suspect_other_host_counted_pass: bool,
 }
 
 impl Quirks {
     pub const NONE: Quirks = Quirks {
         prefilter_collision_is_vip: false,
-        suspect_other_host_counted_pass: false,
     };
 }
 
@@ -32,24 +28,12 @@ pub struct KnownBug {
     pub quirks: Quirks,
 }
 
-pub const KNOWN_PROGRAM_BUGS: &[KnownBug] = &[
-    KnownBug {
-        id: "prefilter-collision",
-        summary: "a non-VIP destination sharing a VIP's prefilter bit is judged as VIP \
-                  traffic (checksum/flags/martian/no-flow drops, pass_other_host) instead of \
-                  only also meeting the block list",
-        quirks: Quirks {
-            prefilter_collision_is_vip: true,
-            ..Quirks::NONE
-        },
+pub const KNOWN_PROGRAM_BUGS: &[KnownBug] = &[KnownBug {
+    id: "prefilter-collision",
+    summary: "a non-VIP destination sharing a VIP's prefilter bit is judged as VIP \
+                  traffic (checksum/flags/martian/no-flow drops, pass_other_host/vlan) \
+                  instead of only also meeting the block list",
+    quirks: Quirks {
+        prefilter_collision_is_vip: true,
     },
-    KnownBug {
-        id: "suspect-other-host-counted-pass",
-        summary: "a malformed or fragmented VIP packet in a frame for another MAC is counted \
-                  pass, not pass_other_host",
-        quirks: Quirks {
-            suspect_other_host_counted_pass: true,
-            ..Quirks::NONE
-        },
-    },
-];
+}];

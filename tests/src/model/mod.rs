@@ -1,26 +1,29 @@
 //! A reference model of the data plane in plain Rust: given the provisioned state (services,
-//! backends and their states, firewall rules, block list, VIP policy, the interface's MAC) and
-//! a frame, the XDP action, the one verdict counter that must move, and for forwarded frames
-//! the set of backend MACs the frame may go to (every other byte but the source MAC, which
-//! becomes the interface's, unchanged).
+//! backends and their states, firewall rules, block list, VIP policy, the interface's MAC and
+//! VLANs) and a frame, the XDP action, the one verdict counter that must move, and for
+//! forwarded frames the set of backend MACs the frame may go to (every other byte but the
+//! source MAC, which becomes the interface's, unchanged).
 //!
 //! It states README's policy ("Packet handling", "Firewall", "Counters"), mirroring the
 //! program's parser where the README leaves a choice to it. Where the program is known to
 //! differ from that policy, [`known_bugs`] says how, so a comparison can tell a known program
-//! bug from a new disagreement. Decisions that another change is about to move live in
-//! [`pending`].
+//! bug from a new disagreement.
 
 pub mod checks;
 pub mod decode;
 pub mod firewall;
 pub mod flows;
 pub mod known_bugs;
-pub mod pending;
 pub mod verdict;
 
-use std::net::IpAddr;
+use std::{cell::RefCell, net::IpAddr};
 
-use foobar_lb::{config::Config, desired::BackendState, desired::ServiceSpec};
+use foobar_lb::{
+    config::Config,
+    desired::BackendState,
+    desired::ServiceSpec,
+    schedule::{Member, Scheduler},
+};
 
 use crate::packet::Mac;
 pub use decode::FlowKey;
@@ -34,6 +37,8 @@ pub struct Backend {
     /// `None`: not written to the data plane (MAC unknown), never chosen.
     pub mac: Option<Mac>,
     pub state: BackendState,
+    /// Its weight (Maglev tables depend on it).
+    pub weight: u32,
     /// Removed from the configuration (kept here so indexes stay put).
     pub removed: bool,
     /// Bumped when the backend is removed: a flow given to an earlier incarnation does not
@@ -55,17 +60,79 @@ pub struct Service {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
+    pub scheduler: Scheduler,
     pub backends: Vec<Backend>,
+    /// The Maglev table of the active backends it was built for (see [`Service::maglev`]).
+    pub maglev: MaglevCache,
+}
+
+/// A Maglev table as backend indexes, and the (index, address, weight) of the members it was
+/// built from: rebuilt when they change.
+#[derive(Clone, Default)]
+pub struct MaglevCache(RefCell<Option<(Vec<MaglevMember>, Vec<usize>)>>);
+
+/// (backend index, address, weight).
+type MaglevMember = (usize, IpAddr, u32);
+
+impl std::fmt::Debug for MaglevCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaglevCache")
+    }
 }
 
 impl Service {
-    /// MACs a new flow may be given: the active backends'.
-    pub fn new_flow_macs(&self) -> Vec<Mac> {
+    /// MACs a new flow with key `k` may be given: the active backends' (round robin: the
+    /// shared cursor decides, which the model leaves to the program), or exactly the one its
+    /// hash picks from the Maglev table (`slot = flow_hash % table size`).
+    pub fn new_flow_macs(&self, k: &FlowKey) -> Vec<Mac> {
+        if let Scheduler::Maglev { .. } = self.scheduler {
+            return self
+                .maglev(k)
+                .and_then(|b| self.backends[b].mac)
+                .into_iter()
+                .collect();
+        }
         self.backends
             .iter()
             .filter(|b| b.active())
             .filter_map(|b| b.mac)
             .collect()
+    }
+
+    /// For a Maglev service: the backend (index) the table built by the controller's own
+    /// scheduler from the active backends gives `k`.
+    pub fn maglev(&self, k: &FlowKey) -> Option<usize> {
+        let members: Vec<MaglevMember> = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.active() && b.mac.is_some())
+            .map(|(i, b)| (i, b.addr, b.weight))
+            .collect();
+        let mut cache = self.maglev.0.borrow_mut();
+        if cache.as_ref().is_none_or(|(m, _)| *m != members) {
+            // Ids are labels in the table: index + 1 names backend `index`.
+            let ms: Vec<Member> = members
+                .iter()
+                .map(|&(i, addr, weight)| Member {
+                    id: i as u32 + 1,
+                    weight: weight.max(1),
+                    addr,
+                })
+                .collect();
+            let set = self.scheduler.slots(&ms);
+            let table = set.slots[..set.len as usize]
+                .iter()
+                .map(|&id| id as usize - 1)
+                .collect();
+            *cache = Some((members, table));
+        }
+        let (_, table) = cache.as_ref().expect("built above");
+        if table.is_empty() {
+            return None;
+        }
+        let slot = foobar_lb_common::flow_hash(&k.wire()) as usize % table.len();
+        Some(table[slot])
     }
 }
 
@@ -74,13 +141,16 @@ impl Service {
 pub struct Provisioned {
     /// The receiving interface's MAC.
     pub iface_mac: Mac,
+    /// VLANs whose tagged frames the interface balances (untagged ones always are).
+    pub vlans: Vec<u16>,
     pub services: Vec<Service>,
     pub firewall: Firewall,
 }
 
 impl Provisioned {
-    /// Services and backend states as the harness applied them: `config` names the services,
-    /// `specs` (the desired state written to the maps) the backends' states and MACs.
+    /// Services and backend states as the harness applied them: `config` names the services
+    /// and the VLANs of "lo" (the harness's interface), `specs` (the desired state written to
+    /// the maps) the backends' states, weights and MACs, and the schedulers.
     pub fn new(iface_mac: Mac, config: &Config, specs: &[ServiceSpec]) -> Provisioned {
         let services = config
             .services
@@ -97,6 +167,7 @@ impl Provisioned {
                     vip: s.vip,
                     port: s.port,
                     proto: s.protocol.number(),
+                    scheduler: spec.scheduler,
                     backends: spec
                         .backends
                         .iter()
@@ -104,15 +175,18 @@ impl Provisioned {
                             addr: b.addr,
                             mac: b.mac,
                             state: b.state,
+                            weight: b.weight,
                             removed: false,
                             incarnation: 0,
                         })
                         .collect(),
+                    maglev: MaglevCache::default(),
                 }
             })
             .collect();
         Provisioned {
             iface_mac,
+            vlans: config.vlans.get("lo").cloned().unwrap_or_default(),
             services,
             firewall: Firewall::default(),
         }
@@ -156,6 +230,17 @@ impl Model {
         }
     }
 
+    /// The flow `k` in the table, if its backend still serves it (active or draining, and the
+    /// one it was given: not removed since), with that backend.
+    pub fn serving(&self, k: &FlowKey) -> Option<(&flows::Flow, &Backend)> {
+        let flow = self.flows.get(k)?;
+        let b = &self.state.services[flow.service].backends[flow.backend];
+        let serves = !b.removed
+            && b.incarnation == flow.incarnation
+            && matches!(b.state, BackendState::Active | BackendState::Draining);
+        serves.then_some((flow, b))
+    }
+
     /// Replaces the firewall (rules, block list, VIP policy): established flows are checked
     /// again on their next packet.
     pub fn set_firewall(&mut self, fw: Firewall) {
@@ -174,7 +259,7 @@ impl Model {
     }
 
     /// Takes in what the program did with a frame: a forwarded new flow's backend (read from
-    /// the output's destination MAC), a forwarded FIN/RST marking its flow closing, a firewall
+    /// the output's destination MAC), a forwarded FIN or RST marked in its flow, a firewall
     /// check recorded. Follows the program's actual action, so the model's flow table stays
     /// the program's even after a disagreement.
     pub fn observe(&mut self, e: &Expected, action: u32, out: &[u8]) {
@@ -182,7 +267,7 @@ impl Model {
             return;
         }
         match e.effect {
-            Effect::None => {}
+            Effect::None | Effect::IcmpError { .. } => {}
             Effect::NewFlow { key, service } => {
                 let mac: Mac = out[0..6].try_into().unwrap();
                 let svc = &self.state.services[service];
@@ -197,7 +282,8 @@ impl Model {
                             service,
                             backend,
                             incarnation: svc.backends[backend].incarnation,
-                            closing: false,
+                            fin: false,
+                            rst: false,
                             fw_gen: self.fw_gen,
                         },
                     );
@@ -205,12 +291,14 @@ impl Model {
             }
             Effect::Known {
                 key,
-                closes,
+                fin,
+                rst,
                 rechecked,
             } => {
                 let gen = self.fw_gen;
                 if let Some(f) = self.flows.get_mut(&key) {
-                    f.closing |= closes;
+                    f.fin |= fin;
+                    f.rst |= rst;
                     if rechecked {
                         f.fw_gen = gen;
                     }

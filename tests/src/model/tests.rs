@@ -21,16 +21,19 @@ fn service(name: &str, vip: &str, port: u16, proto: u8, backends: &[(&str, Mac)]
         vip: vip.parse().unwrap(),
         port,
         proto,
+        scheduler: Default::default(),
         backends: backends
             .iter()
             .map(|(a, m)| Backend {
                 addr: a.parse().unwrap(),
                 mac: Some(*m),
                 state: BackendState::Active,
+                weight: 1,
                 removed: false,
                 incarnation: 0,
             })
             .collect(),
+        maglev: Default::default(),
     }
 }
 
@@ -39,6 +42,7 @@ fn model() -> Model {
     let two = [("10.0.0.11", B1), ("10.0.0.12", B2)];
     Model::new(Provisioned {
         iface_mac: LB_MAC,
+        vlans: vec![5, 42],
         services: vec![
             service("www", VIP, 80, 6, &two),
             service("dns", VIP, 53, 17, &two),
@@ -379,7 +383,7 @@ fn prefilter_collisions() {
 }
 
 /// README: a VIP packet in a frame for another MAC is passed as `pass_other_host`, malformed
-/// or fragmented ones too; the program (a known bug) counts those `pass`.
+/// or fragmented ones too.
 #[test]
 fn unusable_vip_packets_for_another_mac() {
     let m = model();
@@ -389,8 +393,6 @@ fn unusable_vip_packets_for_another_mac() {
     }
     .build();
     assert_eq!(av(&m, &frag), (Action::Pass, PASS_OTHER_HOST));
-    let buggy = m.expect_with(&frag, known_bugs::KNOWN_PROGRAM_BUGS[1].quirks);
-    assert_eq!((buggy.action, buggy.verdict), PASS_);
     // Not a VIP: the kernel's, counted pass.
     let other = Pkt {
         eth_dst: [0xff; 6],
@@ -398,4 +400,147 @@ fn unusable_vip_packets_for_another_mac() {
     }
     .build();
     assert_eq!(av(&m, &other), PASS_);
+}
+
+/// README "Packet handling", VLANs: a tagged frame is balanced only in a VLAN listed for the
+/// interface; another VLAN or two tags: the firewall, then `pass_other_vlan`.
+#[test]
+fn vlans_outside_the_allow_list_and_qinq_are_passed() {
+    let mut m = model();
+    let syn = || Pkt::tcp(CLIENT, 7000, VIP, 80, TCP_SYN);
+    assert_eq!(av(&m, &syn().vlan(42).build()).0, Action::Tx);
+    let other_vlan = (Action::Pass, PASS_OTHER_VLAN);
+    assert_eq!(av(&m, &syn().vlan(7).build()), other_vlan);
+    assert_eq!(av(&m, &syn().qinq(5, 42).build()), other_vlan);
+    // Not a VIP: the host's, counted pass whatever the tag.
+    let host = Pkt::tcp(CLIENT, 7000, "10.0.0.9", 80, TCP_SYN);
+    assert_eq!(av(&m, &host.vlan(7).build()), PASS_);
+    // A fragment for a VIP in another VLAN: passed, not dropped.
+    let frag = Pkt::udp(CLIENT, 1000, VIP, 53).frag(0x2000).vlan(7).build();
+    assert_eq!(av(&m, &frag), other_vlan);
+    let frag = Pkt::udp(CLIENT, 1000, VIP, 53).frag(0x2000).vlan(5).build();
+    assert_eq!(av(&m, &frag), drop_(DROP_FRAGMENT));
+    // The firewall still judges them.
+    m.set_firewall(Firewall {
+        blocklist: vec!["10.0.0.0/24".parse().unwrap()],
+        ..Firewall::default()
+    });
+    assert_eq!(av(&m, &syn().qinq(5, 42).build()), drop_(DROP_BLOCKLIST));
+    assert_eq!(av(&m, &syn().vlan(7).build()), drop_(DROP_BLOCKLIST));
+}
+
+/// README "Packet handling", fragments and chains: what cannot be balanced meets the rules on
+/// what it shows: a `drop` rule on ports matches when the ports are unknown, an `allow` rule
+/// only on the fields the packet has.
+#[test]
+fn fragments_and_long_chains_meet_the_rules() {
+    let mut m = model();
+    m.set_firewall(Firewall {
+        rules: vec![
+            rule(Act::Allow, "10.5.5.0/24", RuleProtocol::Any, "any", "any"),
+            rule(Act::Drop, "any", RuleProtocol::Tcp, "22", "any"),
+            rule(Act::Allow, "10.6.0.0/16", RuleProtocol::Udp, "any", "any"),
+            rule(Act::Drop, "10.6.0.0/16", RuleProtocol::Any, "any", "any"),
+        ],
+        blocklist: vec!["10.8.0.0/16".parse().unwrap()],
+        vip_policy_drop: false,
+    });
+    let host = "10.0.0.9";
+    let tcp = |src: &str, dport, frag| Pkt::tcp(src, 1000, host, dport, TCP_ACK).frag(frag).build();
+    // A first fragment with its TCP header: judged on its port.
+    assert_eq!(av(&m, &tcp(CLIENT, 22, 0x2000)), drop_(DROP_FW_RULE));
+    assert_eq!(av(&m, &tcp(CLIENT, 80, 0x2000)), PASS_);
+    // A later fragment: the port rule may apply, so it does.
+    assert_eq!(av(&m, &tcp(CLIENT, 80, 0x0010)), drop_(DROP_FW_RULE));
+    assert_eq!(m.expect(&tcp(CLIENT, 80, 0x0010)).rule_hit, Some(1));
+    // ...unless an allow rule on addresses comes first.
+    assert_eq!(av(&m, &tcp("10.5.5.5", 80, 0x0010)), PASS_);
+    // A UDP allow rule with no port range matches a later UDP fragment (protocol known).
+    let udp = |frag| Pkt::udp("10.6.1.1", 1000, host, 53).frag(frag).build();
+    assert_eq!(av(&m, &udp(0x0010)), PASS_);
+    assert_eq!(m.expect(&udp(0x0010)).rule_hit, Some(2));
+    // A later IPv6 fragment shows no protocol: the UDP allow rule cannot match it.
+    let v6 = Pkt::udp("fd00::5", 1000, "fd00::9", 53)
+        .v6_frag(0x0010)
+        .build();
+    assert_eq!(
+        m.expect(&v6).rule_hit,
+        Some(1),
+        "drop tcp port 22 may apply"
+    );
+    // The block list only for VIPs.
+    let blocked = |dst: &str| {
+        Pkt::tcp("10.8.1.1", 1, dst, 80, TCP_ACK)
+            .frag(0x0010)
+            .build()
+    };
+    assert_eq!(av(&m, &blocked(host)), drop_(DROP_FW_RULE));
+    m.state.firewall.rules.clear();
+    assert_eq!(av(&m, &blocked(host)), PASS_);
+    let mut other_mac = Pkt::tcp("10.8.1.1", 1, VIP, 80, TCP_ACK).frag(0x0010);
+    other_mac.eth_dst = [0xff; 6];
+    assert_eq!(av(&m, &other_mac.build()), drop_(DROP_BLOCKLIST));
+    // A chain longer than the walk: dropped for a VIP (drop_ext_headers), the host's else.
+    let chain = |dst: &str| {
+        Pkt::tcp("fd00::1", 1000, dst, 80, TCP_SYN)
+            .v6_opts(0)
+            .v6_opts(60)
+            .v6_opts(60)
+            .v6_opts(60)
+            .build()
+    };
+    assert_eq!(av(&m, &chain("fd00::100")), drop_(DROP_EXT_HEADERS));
+    assert_eq!(av(&m, &chain("fd00::9")), PASS_);
+}
+
+/// README "Packet handling", ICMP errors: one quoting a packet a VIP sent on a known
+/// connection goes to that connection's backend; other ICMP is the host's.
+#[test]
+fn icmp_errors_quoting_a_known_flow_go_to_its_backend() {
+    let mut m = model();
+    let syn = Pkt::tcp("10.2.2.2", 5555, VIP, 80, TCP_SYN).build();
+    forward(&mut m, &syn, B2);
+    // The backend's reply, as it left (source the VIP).
+    let reply = Pkt::tcp(VIP, 80, "10.2.2.2", 5555, 0x12).build();
+    let quoted = &reply[14..14 + 28];
+    let err = Pkt::icmp_error("10.9.9.1", VIP, 3, 4, 1400, quoted).build();
+    let e = m.expect(&err);
+    assert_eq!((e.action, e.allowed.clone()), (Action::Tx, vec![B2]));
+    assert!(matches!(e.effect, Effect::IcmpError { .. }));
+    // Another code, the same answer; echo requests and unknown flows are the host's.
+    let err = Pkt::icmp_error("10.9.9.1", VIP, 3, 1, 0, quoted).build();
+    assert_eq!(m.expect(&err).action, Action::Tx);
+    let err = Pkt::icmp_error("10.9.9.1", VIP, 11, 0, 0, quoted).build();
+    assert_eq!(av(&m, &err), PASS_);
+    let other = Pkt::tcp(VIP, 80, "10.2.2.2", 5556, 0x12).build();
+    let err = Pkt::icmp_error("10.9.9.1", VIP, 3, 4, 1400, &other[14..42]).build();
+    assert_eq!(av(&m, &err), PASS_);
+    // IPv6 packet too big.
+    let syn6 = Pkt::tcp("fd00::7", 5555, "fd00::100", 80, TCP_SYN).build();
+    forward(&mut m, &syn6, B1);
+    let reply6 = Pkt::tcp("fd00::100", 80, "fd00::7", 5555, 0x12).build();
+    let err6 = Pkt::icmp_error("fd00::99", "fd00::100", 2, 0, 1280, &reply6[14..14 + 48]);
+    let e = m.expect(&err6.build());
+    assert_eq!((e.action, e.allowed), (Action::Tx, vec![B1]));
+}
+
+/// A Maglev service: the model names the one backend the flow's hash picks, and it is the
+/// same for the same flow whatever else happened.
+#[test]
+fn maglev_services_pick_by_the_flows_hash() {
+    let mut m = model();
+    m.state.services[0].scheduler = foobar_lb::schedule::Scheduler::Maglev { table_size: 251 };
+    let mut seen = std::collections::HashSet::new();
+    for port in 1000..1100 {
+        let f = Pkt::tcp(CLIENT, port, VIP, 80, TCP_SYN).build();
+        let e = m.expect(&f);
+        assert_eq!(e.allowed.len(), 1);
+        assert_eq!(m.expect(&f).allowed, e.allowed, "stable");
+        seen.insert(e.allowed[0]);
+    }
+    assert_eq!(seen.len(), 2, "both backends take flows");
+    // One backend down: every flow goes to the other.
+    m.state.services[0].backends[0].state = BackendState::Down;
+    let f = Pkt::tcp(CLIENT, 1000, VIP, 80, TCP_SYN).build();
+    assert_eq!(m.expect(&f).allowed, vec![B2]);
 }

@@ -1,8 +1,9 @@
-//! The sequence a frame goes through, as README states it: not IP or not parseable; not for a
-//! VIP (rules only); a VIP in a frame for another MAC (firewall, then passed as
-//! `pass_other_host`); VIP sanity; other protocols (firewall, martians, neighbour discovery,
-//! VIP policy); TCP/UDP (firewall, flow table, FIN/RST without a flow, martians, service,
-//! backends).
+//! The sequence a frame goes through, as README states it: not IP; not balanceable (dropped
+//! for a VIP in a frame the interface balances, else the firewall on what it shows); not for
+//! a VIP (rules only); a VIP in a frame for another MAC or VLAN (firewall, then passed as
+//! `pass_other_host` / `pass_other_vlan`); VIP sanity; other protocols (firewall, martians,
+//! ICMP errors of known flows, neighbour discovery, VIP policy); TCP/UDP (firewall, flow
+//! table, FIN/RST without a flow, martians, service, backends).
 
 use std::cell::Cell;
 
@@ -10,9 +11,9 @@ use foobar_lb_common::verdict;
 
 use super::{
     checks,
-    decode::{self, FlowKey, Packet, Parsed, PROTO_TCP},
+    decode::{self, FlowKey, Packet, Parsed, Tags, PROTO_TCP},
     known_bugs::Quirks,
-    pending, Model,
+    Model,
 };
 use crate::packet::Mac;
 
@@ -43,13 +44,19 @@ pub enum Effect {
         key: FlowKey,
         service: usize,
     },
-    /// A packet of a known flow; `closes` if it is a FIN or RST; `rechecked` if it met the
-    /// firewall again (a change since the flow was last checked), which records the current
-    /// generation in the flow.
+    /// A packet of a known flow; `fin` / `rst` if it carries them (the flow entry keeps
+    /// them); `rechecked` if it met the firewall again (a change since the flow was last
+    /// checked), which records the current generation in the flow.
     Known {
         key: FlowKey,
-        closes: bool,
+        fin: bool,
+        rst: bool,
         rechecked: bool,
+    },
+    /// An ICMP error quoting the known flow `key`, sent to its backend (the flow entry is
+    /// left as it was).
+    IcmpError {
+        key: FlowKey,
     },
 }
 
@@ -110,25 +117,37 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
 
 fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -> Expected {
     let st = &m.state;
+    let fw = &st.firewall;
     let to_us = f.len() >= 6 && f[0..6] == st.iface_mac;
+    // Whether the interface balances this frame: its own MAC, untagged or in a VLAN listed
+    // for it (never double-tagged); else the verdict a VIP packet in it is passed with.
+    let receiver = |tags: Tags| {
+        if !to_us {
+            return Err(verdict::PASS_OTHER_HOST);
+        }
+        match tags {
+            Tags::None => Ok(()),
+            Tags::One(vid) if st.vlans.contains(&vid) => Ok(()),
+            _ => Err(verdict::PASS_OTHER_VLAN),
+        }
+    };
     let (p, balance) = match decode::parse(f) {
         Parsed::NotIp => return Expected::pass(verdict::PASS, "not-ip"),
-        Parsed::Suspect { dst, reason } => {
-            // No 5-tuple to judge: dropped (counted with its reason) only when it was sent
-            // to this interface for a VIP; a VIP packet in a frame for another MAC is passed
-            // as `pass_other_host`; anything else is the kernel's. None meets the firewall
-            // today (see `pending::SUSPECT_FRAMES_MEET_RULES`).
-            const _: () = assert!(
-                !pending::SUSPECT_FRAMES_MEET_RULES,
-                "model the rules for unparseable frames here (firewall::Rule::matches with \
-                 ports_known = false) before turning this on"
-            );
-            return match (st.is_vip(dst), to_us) {
-                (true, true) => Expected::drop(reason, "suspect"),
-                (true, false) if !quirks.suspect_other_host_counted_pass => {
-                    Expected::pass(verdict::PASS_OTHER_HOST, "suspect")
-                }
-                _ => Expected::pass(verdict::PASS, "suspect"),
+        Parsed::Suspect(s) => {
+            // No 5-tuple to balance: dropped (counted with its reason) when it is for a VIP
+            // in a frame the interface balances. Anything else goes to the kernel, which may
+            // reassemble it, so it meets the rules on what it shows (and the block list if for
+            // a VIP); a VIP packet is passed as `pass_other_host` / `pass_other_vlan`.
+            let vip = st.is_vip(s.key.dst);
+            let pass_as = match receiver(s.tags) {
+                Ok(()) if vip => return Expected::drop(s.reason, "suspect"),
+                Err(other) if vip => other,
+                _ => verdict::PASS,
+            };
+            hit.set(fw.first_match(&s.key, s.whole));
+            return match fw.judge(&s.key, s.whole, vip) {
+                Ok(()) => Expected::pass(pass_as, "suspect"),
+                Err(v) => Expected::drop(v, "suspect"),
             };
         }
         Parsed::Flow(p) => (p, true),
@@ -136,7 +155,6 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
     };
     let class = class_of(&p);
     let k = &p.key;
-    let fw = &st.firewall;
     // Every evaluation of the rules goes through these (at most one per frame).
     let filter = |k: &FlowKey| {
         hit.set(fw.first_match(k, true));
@@ -158,13 +176,8 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
         let r = if collides { filter(k) } else { rules_only(k) };
         return or(r, Expected::pass(verdict::PASS, class));
     }
-    if !to_us {
-        return or(filter(k), Expected::pass(verdict::PASS_OTHER_HOST, class));
-    }
-    if let Some(vid) = p.vlan {
-        if !pending::vlan_balanced(vid) {
-            return Expected::pass(verdict::PASS, class);
-        }
+    if let Err(other) = receiver(p.tags) {
+        return or(filter(k), Expected::pass(other, class));
     }
     // Sanity of VIP traffic.
     if k.dst.is_ipv4() {
@@ -190,15 +203,27 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
         }
     };
     if !balance {
-        let r = filter(k).and_then(|()| source_ok(k));
-        if r.is_ok() && decode::is_nd(f, &p) {
+        if let Err(v) = filter(k).and_then(|()| source_ok(k)) {
+            return Expected::drop(v, class);
+        }
+        // An ICMP error quoting a connection in the flow table goes to its backend.
+        if let Some(key) = decode::icmp_error_flow(f, &p) {
+            if let Some((_, b)) = m.serving(&key) {
+                return Expected {
+                    action: Action::Tx,
+                    verdict: verdict::TX,
+                    allowed: b.mac.into_iter().collect(),
+                    effect: Effect::IcmpError { key },
+                    class,
+                    rule_hit: None,
+                };
+            }
+        }
+        if decode::is_nd(f, &p) {
             // IPv6's ARP: never the VIP policy's to drop.
             return Expected::pass(verdict::PASS, class);
         }
-        return or(
-            r.and_then(|()| vip_policy(k)),
-            Expected::pass(verdict::PASS, class),
-        );
+        return or(vip_policy(k), Expected::pass(verdict::PASS, class));
     }
     // TCP SYNs meet the firewall first; other packets of a flow once per firewall generation.
     if p.syn() {
@@ -206,25 +231,14 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
             return Expected::drop(v, class);
         }
     }
-    if let Some(flow) = m.flows.get(k) {
-        let svc = &st.services[flow.service];
-        let b = &svc.backends[flow.backend];
-        // Its backend still serves (active or draining) and is the one it was given: not
-        // down, not removed since.
-        let serves = !b.removed
-            && b.incarnation == flow.incarnation
-            && matches!(
-                b.state,
-                foobar_lb::desired::BackendState::Active
-                    | foobar_lb::desired::BackendState::Draining
-            );
-        // A SYN on a closed connection's tuple opens a new one, scheduled anew.
-        let reopened = p.syn() && flow.closing;
-        if serves && !reopened {
+    if let Some((flow, b)) = m.serving(k) {
+        // A SYN on a closed connection's tuple (FIN or RST seen) opens a new one, scheduled
+        // anew.
+        let reopened = p.syn() && flow.closing();
+        if !reopened {
             // A SYN met the firewall above already (and leaves the flow's generation as it
-            // was, as the program does).
-            // With no stage configured at all the firewall is skipped (the flow keeps its
-            // generation).
+            // was, as the program does). With no stage configured at all the firewall is
+            // skipped (the flow keeps its generation).
             let rechecked = fw.any() && !p.syn() && flow.fw_gen != m.fw_gen;
             if rechecked {
                 if let Err(v) = filter(k) {
@@ -237,7 +251,8 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
                 allowed: b.mac.into_iter().collect(),
                 effect: Effect::Known {
                     key: *k,
-                    closes: p.fin(),
+                    fin: p.tcp_flags & 0x01 != 0,
+                    rst: p.tcp_flags & 0x04 != 0,
                     rechecked,
                 },
                 class,
@@ -259,7 +274,7 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
     let Some(service) = st.service(k) else {
         return or(vip_policy(k), Expected::pass(verdict::PASS, class));
     };
-    let allowed = st.services[service].new_flow_macs();
+    let allowed = st.services[service].new_flow_macs(k);
     if allowed.is_empty() {
         return Expected::drop(verdict::DROP_NO_BACKEND, class);
     }
