@@ -89,11 +89,10 @@ address = "10.0.0.11"
     );
 }
 
-/// Known program bug `suspect-other-host-counted-pass`, as a fixture: README counts a VIP
-/// packet in a frame for another MAC as `pass_other_host`; a fragmented or malformed one is
-/// counted `pass` today. Un-ignore when fixed.
+/// Once known program bug `suspect-other-host-counted-pass`, found by the fuzzer: README
+/// counts a VIP packet in a frame for another MAC as `pass_other_host`, a fragmented or
+/// malformed one too (fixed with the suspect path's firewall check, 9bcdfb4).
 #[test]
-#[ignore = "known program bug suspect-other-host-counted-pass (see model::known_bugs)"]
 fn an_unusable_vip_packet_in_a_frame_for_another_mac_counts_as_pass_other_host() {
     use foobar_lb_common::verdict;
     use foobar_lb_tests::{
