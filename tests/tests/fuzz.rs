@@ -41,11 +41,10 @@ fn program_and_model_agree_on_20000_frames() {
     assert_eq!(st.frames, frames);
 }
 
-/// Known program bug `prefilter-collision`, as a fixture: a host address (not a VIP) whose
-/// VIP-prefilter bit is a VIP's is judged as VIP traffic. README: such an address "also gets
-/// the block list"; the host's own traffic is otherwise the host's. Un-ignore when fixed.
+/// Once known program bug `prefilter-collision`, found by the fuzzer: a host address (not a
+/// VIP) whose VIP-prefilter bit is a VIP's was judged as VIP traffic. README: such an address
+/// "also gets the block list"; the host's own traffic is otherwise the host's.
 #[test]
-#[ignore = "known program bug prefilter-collision (see model::known_bugs)"]
 fn a_host_address_sharing_a_vips_prefilter_bit_is_not_judged_as_a_vip() {
     use foobar_lb_common::verdict;
     use foobar_lb_tests::{
@@ -55,7 +54,7 @@ fn a_host_address_sharing_a_vips_prefilter_bit_is_not_judged_as_a_vip() {
     if !foobar_lb_tests::root_and_object() {
         return;
     }
-    let h = Harness::new(
+    let mut h = Harness::new(
         r#"
 interfaces = ["lo"]
 [[service]]
@@ -70,14 +69,30 @@ address = "10.0.0.11"
     let vip: std::net::IpAddr = "10.0.0.100".parse().unwrap();
     let host = fuzz::world::prefilter_collision("10.0.1.0".parse().unwrap(), &[vip]).to_string();
     println!("{host} shares 10.0.0.100's prefilter bit");
-    // The host's own connection closing: the program drops it (drop_no_flow).
+    // The host's own connection closing (was drop_no_flow).
     let fin = Pkt::tcp("10.0.0.1", 40000, &host, 22, 0x11).build();
     h.check("FIN to the host", &fin, &Expect::Pass);
-    // A bad checksum to the host is the host's to judge (drop_bad_checksum today).
+    let rst = Pkt::tcp("10.0.0.1", 40000, &host, 22, 0x04).build();
+    h.check("RST to the host", &rst, &Expect::Pass);
+    // A bad checksum, bad flags, a martian source: the host's to judge (were dropped).
     let mut bad = Pkt::tcp("10.0.0.1", 40000, &host, 22, TCP_SYN).build();
     bad[24] ^= 0x40;
     h.check("bad checksum to the host", &bad, &Expect::Pass);
-    // Not a VIP packet: counted `pass`, not `pass_other_host`.
+    let null = Pkt::tcp("10.0.0.1", 40000, &host, 22, 0).build();
+    h.check("no TCP flags to the host", &null, &Expect::Pass);
+    let lo = Pkt::tcp("127.0.0.1", 40000, &host, 22, TCP_SYN).build();
+    h.check("loopback source to the host", &lo, &Expect::Pass);
+    let icmp = Pkt::new(
+        "127.0.0.1",
+        &host,
+        foobar_lb_tests::packet::L4::Other { proto: 1 },
+    );
+    h.check(
+        "ICMP from a martian to the host",
+        &icmp.build(),
+        &Expect::Pass,
+    );
+    // Not a VIP packet: counted `pass`, not `pass_other_host` / `pass_other_vlan`.
     let other = Pkt {
         eth_dst: [0xff; 6],
         ..Pkt::tcp("10.0.0.1", 40000, &host, 22, TCP_SYN)
@@ -87,6 +102,22 @@ address = "10.0.0.11"
         &other.build(),
         &Expect::PassAs(verdict::PASS),
     );
+    let tagged = Pkt::tcp("10.0.0.1", 40000, &host, 22, TCP_SYN).vlan(7);
+    h.check(
+        "frame to the host in a VLAN not balanced",
+        &tagged.build(),
+        &Expect::PassAs(verdict::PASS),
+    );
+    // What README says it does get: the block list, as a VIP would.
+    h.blocklist("10.9.0.0/16");
+    let blocked = Pkt::tcp("10.9.1.1", 40000, &host, 22, 0x10).build();
+    h.check(
+        "blocked source to the host",
+        &blocked,
+        &Expect::Drop(verdict::DROP_BLOCKLIST),
+    );
+    let elsewhere = Pkt::tcp("10.9.1.1", 40000, "10.0.0.9", 22, 0x10).build();
+    h.check("blocked source to another host", &elsewhere, &Expect::Pass);
 }
 
 /// Once known program bug `suspect-other-host-counted-pass`, found by the fuzzer: README

@@ -3,23 +3,20 @@
 //! comparison that disagrees with the model re-judges the frame with each bug's quirk: when
 //! the program's outcome is exactly that prediction, the frame is reported under the bug
 //! (never counted as passing); otherwise it is a new disagreement.
+//!
+//! None today. Fixed ones, each with its fixture in `tests/tests/fuzz.rs`:
+//! - `prefilter-collision`: a non-VIP destination sharing a VIP's prefilter bit was judged as
+//!   VIP traffic (checksum, flags, martian and no-flow drops, `pass_other_host`/`vlan`);
+//! - `suspect-other-host-counted-pass`: a malformed or fragmented VIP packet in a frame for
+//!   another MAC was counted `pass`, not `pass_other_host`.
 
-/// Deviations the model can reproduce.
+/// Deviations the model can reproduce: a field per known bug, read by `verdict.rs` where the
+/// program departs from README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Quirks {
-    /// A destination that is not a VIP but shares a VIP's prefilter bit is handled as VIP
-    /// traffic in everything but the exact-set lookups: VIP sanity checks (IPv4 checksum,
-    /// source route, TCP flags), martian sources, FIN/RST without a flow (`drop_no_flow`), and
-    /// `pass_other_host` / `pass_other_vlan` for frames to other MACs or VLANs. README: such
-    /// an address "also gets the block list", nothing more; the host's own traffic is the
-    /// host's.
-    pub prefilter_collision_is_vip: bool,
-}
+pub struct Quirks {}
 
 impl Quirks {
-    pub const NONE: Quirks = Quirks {
-        prefilter_collision_is_vip: false,
-    };
+    pub const NONE: Quirks = Quirks {};
 }
 
 pub struct KnownBug {
@@ -28,12 +25,4 @@ pub struct KnownBug {
     pub quirks: Quirks,
 }
 
-pub const KNOWN_PROGRAM_BUGS: &[KnownBug] = &[KnownBug {
-    id: "prefilter-collision",
-    summary: "a non-VIP destination sharing a VIP's prefilter bit is judged as VIP \
-                  traffic (checksum/flags/martian/no-flow drops, pass_other_host/vlan) \
-                  instead of only also meeting the block list",
-    quirks: Quirks {
-        prefilter_collision_is_vip: true,
-    },
-}];
+pub const KNOWN_PROGRAM_BUGS: &[KnownBug] = &[];

@@ -368,18 +368,38 @@ fn established_flows_meet_a_changed_firewall_on_their_next_packet() {
 }
 
 /// A host address the prefilter cannot tell from a VIP: README says it only also meets the
-/// block list; the program (a known bug) judges it as VIP traffic.
+/// block list (once known program bug prefilter-collision: it was judged as VIP traffic).
 #[test]
 fn prefilter_collisions() {
-    let m = model();
+    let mut m = model();
     let host = (0..=u32::MAX)
         .map(|i| std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
         .find(|a| !m.state.is_vip(*a) && m.state.prefilter(*a))
-        .unwrap();
-    let fin = Pkt::tcp(CLIENT, 1000, &host.to_string(), 22, 0x11).build();
+        .unwrap()
+        .to_string();
+    let fin = Pkt::tcp(CLIENT, 1000, &host, 22, 0x11).build();
     assert_eq!(av(&m, &fin), PASS_);
-    let buggy = m.expect_with(&fin, known_bugs::KNOWN_PROGRAM_BUGS[0].quirks);
-    assert_eq!((buggy.action, buggy.verdict), drop_(DROP_NO_FLOW));
+    let mut bad = Pkt::tcp(CLIENT, 1000, &host, 22, TCP_SYN).build();
+    bad[24] ^= 0x40;
+    assert_eq!(av(&m, &bad), PASS_);
+    let martian = Pkt::tcp("127.0.0.1", 1000, &host, 22, TCP_SYN).build();
+    assert_eq!(av(&m, &martian), PASS_);
+    let flooded = Pkt {
+        eth_dst: [0xff; 6],
+        ..Pkt::tcp(CLIENT, 1000, &host, 22, TCP_SYN)
+    };
+    assert_eq!(av(&m, &flooded.build()), PASS_);
+    m.set_firewall(Firewall {
+        blocklist: vec!["10.0.0.0/24".parse().unwrap()],
+        ..Firewall::default()
+    });
+    assert_eq!(av(&m, &fin), drop_(DROP_BLOCKLIST));
+    let other = Pkt::tcp(CLIENT, 1000, "10.0.0.9", 22, 0x11).build();
+    assert_eq!(
+        av(&m, &other),
+        PASS_,
+        "no block list for other host addresses"
+    );
 }
 
 /// README: a VIP packet in a frame for another MAC is passed as `pass_other_host`, malformed

@@ -115,7 +115,7 @@ pub fn judge(m: &Model, f: &[u8], quirks: Quirks) -> Expected {
     e
 }
 
-fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -> Expected {
+fn judge_frame(m: &Model, f: &[u8], _quirks: Quirks, hit: &Cell<Option<usize>>) -> Expected {
     let st = &m.state;
     let fw = &st.firewall;
     let to_us = f.len() >= 6 && f[0..6] == st.iface_mac;
@@ -172,7 +172,7 @@ fn judge_frame(m: &Model, f: &[u8], quirks: Quirks, hit: &Cell<Option<usize>>) -
     // The prefilter cannot tell this address from a VIP: README documents that it then meets
     // the block list too, and nothing else changes.
     let collides = !vip && st.prefilter(k.dst);
-    if !(vip || quirks.prefilter_collision_is_vip && collides) {
+    if !vip {
         let r = if collides { filter(k) } else { rules_only(k) };
         return or(r, Expected::pass(verdict::PASS, class));
     }
