@@ -1,6 +1,7 @@
 //! Mutations of a seed frame: truncation at each layer boundary and at random points, bit
 //! flips, field rewrites (lengths, checksums, flags, offsets, protocol numbers, ports,
-//! addresses, EtherTypes, VLAN ids, extension-header lengths), inserted and appended bytes;
+//! addresses, EtherTypes, VLAN ids, extension-header lengths and kinds, the packet an ICMP
+//! error quotes), inserted and appended bytes;
 //! after some of them the IPv4 header checksum is made right again, so the mutated header
 //! reaches the checks behind it.
 
@@ -38,6 +39,10 @@ fn one(rng: &mut Rng, f: &mut Vec<u8>, l: &Layout) -> &'static str {
             }
             for &e in &l.exts {
                 cuts.extend([e, e + 1, e + 2, e + 8]);
+            }
+            if let Some((q, v6)) = l.quoted {
+                let ports = q + if v6 { 40 } else { 20 };
+                cuts.extend([q, q + 1, q + 12, q + 20, ports, ports + 2, ports + 4]);
             }
             if let Some((l4, _)) = l.l4 {
                 cuts.extend([
@@ -168,8 +173,24 @@ fn field(rng: &mut Rng, f: &mut [u8], l: &Layout) -> &'static str {
         match proto {
             6 => fields.extend([("tcp-doff", l4 + 12, 1), ("tcp-flags", l4 + 13, 1)]),
             17 => fields.extend([("udp-len", l4 + 4, 2), ("udp-checksum", l4 + 6, 2)]),
-            _ => fields.push(("icmp-type", l4, 1)),
+            _ => fields.extend([("icmp-type", l4, 1), ("icmp-code", l4 + 1, 1)]),
         }
+    }
+    if let Some((q, v6)) = l.quoted {
+        let (src, dst, proto, ports) = if v6 {
+            (q + 8, q + 24, q + 6, q + 40)
+        } else {
+            (q + 12, q + 16, q + 9, q + 20)
+        };
+        let n = if v6 { 16 } else { 4 };
+        fields.extend([
+            ("quoted-version", q, 1),
+            ("quoted-src", src + rng.below(n), 1),
+            ("quoted-dst", dst + rng.below(n), 1),
+            ("quoted-proto", proto, 1),
+            ("quoted-sport", ports, 2),
+            ("quoted-dport", ports + 2, 2),
+        ]);
     }
     let &(name, at, bytes) = rng.pick(&fields);
     let old = get(f, at, bytes);
@@ -186,9 +207,26 @@ fn field(rng: &mut Rng, f: &mut [u8], l: &Layout) -> &'static str {
             old ^ 1,
             random & 0xffff,
         ]),
-        "ip4-proto" | "ip6-next" | "ext-next" => {
-            *rng.pick(&[6, 17, 1, 58, 0, 43, 44, 60, 51, 59, random & 0xff])
-        }
+        "ip4-proto" | "ip6-next" | "ext-next" | "quoted-proto" => *rng.pick(&[
+            6,
+            17,
+            1,
+            58,
+            0,
+            43,
+            44,
+            60,
+            51,
+            59,
+            135,
+            139,
+            253,
+            random & 0xff,
+        ]),
+        // VLANs the interface balances (0, 42, 100) and others.
+        "vlan-tci" => (old & 0xf000) | *rng.pick(&[0, 42, 100, 7, 4095, random & 0xfff]),
+        "icmp-type" => *rng.pick(&[3, 1, 2, 0, 8, 11, 128, 135, random & 0xff]),
+        "quoted-version" => (*rng.pick(&[4u32, 6, 4, 6, 0]) << 4) | rng.below(16) as u32,
         "ip4-version-ihl" => (*rng.pick(&[4u32, 4, 4, 6, 5, 0]) << 4) | rng.below(16) as u32,
         "ip6-version" => (*rng.pick(&[6u32, 6, 4, 0]) << 4) | (old & 0x0f),
         "tcp-doff" => ((rng.below(16) as u32) << 4) | (old & 0x0f),

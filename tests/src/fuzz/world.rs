@@ -1,7 +1,8 @@
 //! The provisioned state the fuzzer runs against, and the address and port pools its frames
-//! draw from: several services (IPv4 and IPv6, TCP and UDP), many backends with draining and
-//! down ones, services with no usable backend, firewall rules with allow/drop and ports, a
-//! block list with an allow-rule exception, and the VIP policy `drop` on the interface.
+//! draw from: several services (IPv4 and IPv6, TCP and UDP, round robin and Maglev), many
+//! backends with draining and down ones, services with no usable backend, firewall rules with
+//! allow/drop, ports and protocols, a block list with an allow-rule exception, the VIP policy
+//! `drop` and a VLAN allow-list on the interface.
 
 use std::net::IpAddr;
 
@@ -14,6 +15,7 @@ use crate::{model::firewall::filter_bit, packet::Mac};
 
 pub const CONFIG: &str = r#"
 interfaces = ["lo"]
+vlans = { lo = [0, 42, 100] }
 
 [[service]]
 name = "www"
@@ -107,6 +109,36 @@ vip = "fd00::102"
 port = 443
 [[service.backend]]
 address = "fd00::31"
+
+[[service]]
+name = "mag"
+vip = "10.0.0.104"
+port = 8443
+scheduler = "maglev"
+[[service.backend]]
+address = "10.0.0.51"
+[[service.backend]]
+address = "10.0.0.52"
+weight = 2
+[[service.backend]]
+address = "10.0.0.53"
+[[service.backend]]
+address = "10.0.0.54"
+weight = 3
+
+[[service]]
+name = "mag6"
+vip = "fd00::104"
+port = 8443
+protocol = "udp"
+scheduler = "maglev"
+maglev_table_size = 1021
+[[service.backend]]
+address = "fd00::51"
+[[service.backend]]
+address = "fd00::52"
+[[service.backend]]
+address = "fd00::53"
 "#;
 
 /// Backends set to a state other than the config's after provisioning.
@@ -115,6 +147,7 @@ pub const STATES: &[(&str, &str, BackendState)] = &[
     ("api", "10.0.0.45", BackendState::Down),
     ("api", "10.0.0.46", BackendState::Draining),
     ("gone6", "fd00::31", BackendState::Down),
+    ("mag", "10.0.0.53", BackendState::Draining),
 ];
 
 /// Every backend's MAC: unique, so the output frame names the backend.
@@ -152,6 +185,9 @@ pub fn rules() -> Vec<RuleConfig> {
         rule(Drop, "any", Tcp, "8000-8100", "10.0.0.9"),
         rule(Allow, "203.0.113.128/25", Tcp, "443", "any"),
         rule(Drop, "any", Udp, "5000-5999", "fd00::/16"),
+        // A protocol without ports: matches fragments of known protocol either way.
+        rule(Allow, "100.64.0.0/10", Udp, "any", "any"),
+        rule(Drop, "172.16.0.0/12", Udp, "any", "10.0.0.10"),
     ]
 }
 
@@ -200,8 +236,8 @@ pub fn prefilter_collision(start: IpAddr, vips: &[IpAddr]) -> IpAddr {
 
 impl World {
     pub fn new() -> World {
-        let vips4 = addrs(&["10.0.0.100", "10.0.0.101", "10.0.0.102"]);
-        let vips6 = addrs(&["fd00::100", "fd00::102"]);
+        let vips4 = addrs(&["10.0.0.100", "10.0.0.101", "10.0.0.102", "10.0.0.104"]);
+        let vips6 = addrs(&["fd00::100", "fd00::102", "fd00::104"]);
         let all: Vec<IpAddr> = vips4.iter().chain(&vips6).copied().collect();
         let mut hosts4 = addrs(&["10.0.0.9", "10.0.0.10", "10.0.0.103"]);
         hosts4.push(prefilter_collision("10.0.1.0".parse().unwrap(), &all));
@@ -241,7 +277,7 @@ impl World {
                 "255.255.255.255",
             ]),
             martians6: addrs(&["::1", "::", "ff02::1", "::ffff:10.0.0.1"]),
-            ports: vec![80, 53, 443, 22, 23, 8080, 8050, 5353, 0, 65535],
+            ports: vec![80, 53, 443, 8443, 22, 23, 8080, 8050, 5353, 0, 65535],
             services: foobar_lb::config::Config::parse(CONFIG)
                 .expect("fuzz config")
                 .services
