@@ -53,8 +53,55 @@ mod prog {
     /// Returns (XDP action, verdict counter index); `Err` carries a drop reason.
     #[inline(always)]
     fn try_lb(ctx: &XdpContext) -> Result<(u32, u32), u32> {
-        let pass = Ok((xdp_action::XDP_PASS, verdict::PASS));
         let len = (ctx.data_end() - ctx.data()) as u64;
+        let judged = judge(ctx, len)?;
+        if judged.1 != FIREWALL_THEN_PASS {
+            return Ok(judged);
+        }
+        // One firewall check for every packet the kernel gets after the firewall alone, on
+        // what `firewall_then_pass` left in the scratch map: read back (volatile), the values
+        // are unknown to the verifier, so the many ways here are verified once (see its doc).
+        let s = SUSPECT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+        let flags = unsafe { core::ptr::read_volatile(&(*s).flags) };
+        let key = unsafe { core::ptr::read_volatile(&(*s).key) };
+        let fw = firewall::state();
+        firewall::filter_suspect(fw, &key, flags & 1 != 0, flags & 2 != 0, len)?;
+        Ok((xdp_action::XDP_PASS, unsafe {
+            core::ptr::read_volatile(&(*s).pass_as)
+        }))
+    }
+
+    /// [`judge`]'s verdict for a packet [`try_lb`] still runs through the firewall.
+    const FIREWALL_THEN_PASS: u32 = u32::MAX;
+
+    /// Hands a packet that goes to the kernel to [`try_lb`]'s firewall check: rules on `key`
+    /// (`whole`: its protocol and ports are real; else see `firewall::filter_suspect`), then
+    /// the block list if `blocklist`; passed as `pass_as` if they let it through.
+    #[inline(always)]
+    fn firewall_then_pass(
+        fw: firewall::State,
+        key: &foobar_lb_common::FlowKey,
+        whole: bool,
+        blocklist: bool,
+        pass_as: u32,
+    ) -> Result<(u32, u32), u32> {
+        if fw.flags == 0 {
+            return Ok((xdp_action::XDP_PASS, pass_as));
+        }
+        let s = SUSPECT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+        unsafe {
+            (*s).key = *key;
+            (*s).flags = whole as u32 | (blocklist as u32) << 1;
+            (*s).pass_as = pass_as;
+        }
+        Ok((xdp_action::XDP_PASS, FIREWALL_THEN_PASS))
+    }
+
+    /// The verdict for a packet, but for the firewall check of those passed to the kernel
+    /// after it ([`FIREWALL_THEN_PASS`]).
+    #[inline(always)]
+    fn judge(ctx: &XdpContext, len: u64) -> Result<(u32, u32), u32> {
+        let pass = Ok((xdp_action::XDP_PASS, verdict::PASS));
         let (pkt, balance) = match parse(ctx) {
             Parsed::NotOurs => return pass,
             // Unusable for balancing: dropped if meant for one of our VIPs on this interface;
@@ -79,24 +126,7 @@ mod prog {
                     Err(other) if vip => other,
                     _ => verdict::PASS,
                 };
-                let fw = firewall::state();
-                if fw.flags == 0 {
-                    return Ok((xdp_action::XDP_PASS, pass_as));
-                }
-                // Through the scratch map, so the firewall is verified once (see its doc).
-                let s = SUSPECT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
-                let s = unsafe {
-                    (*s).key = key;
-                    (*s).flags = whole as u32 | (vip as u32) << 1;
-                    (*s).pass_as = pass_as;
-                    &*s
-                };
-                let flags = unsafe { core::ptr::read_volatile(&s.flags) };
-                let key = unsafe { core::ptr::read_volatile(&s.key) };
-                firewall::filter_suspect(fw, &key, flags & 1 != 0, flags & 2 != 0, len)?;
-                return Ok((xdp_action::XDP_PASS, unsafe {
-                    core::ptr::read_volatile(&s.pass_as)
-                }));
+                return firewall_then_pass(firewall::state(), &key, whole, vip, pass_as);
             }
             Parsed::Other(pkt) => (pkt, false),
             Parsed::Flow(pkt) => (pkt, true),
@@ -110,25 +140,40 @@ mod prog {
             }
             return pass;
         }
+        // Past the prefilter, the destination may still be another address sharing a VIP's
+        // bit: the exact VIP set is asked only where a VIP-only verdict would follow (a frame
+        // for another MAC or VLAN, a failed sanity check, FIN/RST of no flow, a martian
+        // source, the VIP policy), so a VIP's established flow pays nothing more. Such an
+        // address gets the rules and the block list (README "Firewall"), then the kernel.
+        //
         // A VIP packet in a frame for another MAC (broadcast, multicast, a switch flooding
         // another host's frame) or in a VLAN this interface does not balance: never forwarded,
         // but it still meets the firewall, since the kernel may deliver it to this host.
         let iface = match receiver(ctx, pkt.l3_off) {
             Ok(iface) => iface,
             Err(other) => {
-                if fw.flags != 0 {
-                    firewall::filter(fw, key, len)?;
-                }
-                return Ok((xdp_action::XDP_PASS, other));
+                let pass_as = if in_vips(&key.dst, key.family) {
+                    other
+                } else {
+                    verdict::PASS
+                };
+                return firewall_then_pass(fw, key, true, true, pass_as);
             }
         };
-        sanity(ctx, &pkt)?;
+        if let Err(reason) = sanity(ctx, &pkt) {
+            if in_vips(&key.dst, key.family) {
+                return Err(reason);
+            }
+            return firewall_then_pass(fw, key, true, true, verdict::PASS);
+        }
         if !balance {
             // ICMP and other protocols to a VIP: firewall, then the VIP policy.
             if fw.flags != 0 {
                 firewall::filter(fw, key, len)?;
             }
-            source_ok(key)?;
+            if let Err(reason) = source_ok(key) {
+                return vip_drop(key, reason);
+            }
             // An ICMP error about a balanced connection (fragmentation needed, packet too big,
             // unreachable) belongs to the backend that sent the packet it quotes: path-MTU
             // discovery of balanced connections depends on it. Other ICMP is the host's.
@@ -193,9 +238,11 @@ mod prog {
         // A FIN or RST of no known connection (its entry evicted, or never there) must not
         // create a flow, and no backend knows it either.
         if pkt.fin() {
-            return Err(verdict::DROP_NO_FLOW);
+            return vip_drop(key, verdict::DROP_NO_FLOW);
         }
-        source_ok(key)?;
+        if let Err(reason) = source_ok(key) {
+            return vip_drop(key, reason);
+        }
         let service = ServiceKey {
             vip: key.dst,
             port: key.dport,
@@ -246,6 +293,18 @@ mod prog {
             return Err(verdict::DROP_BAD_TCP_FLAGS);
         }
         Ok(())
+    }
+
+    /// A drop only VIP traffic gets (`reason`), for a destination the prefilter let through
+    /// and that has met the firewall: passed instead if it is not in the exact VIP set (an
+    /// address sharing a VIP's prefilter bit is the host's). Only a drop pays the lookup.
+    #[inline(always)]
+    fn vip_drop(key: &foobar_lb_common::FlowKey, reason: u32) -> Result<(u32, u32), u32> {
+        if in_vips(&key.dst, key.family) {
+            Err(reason)
+        } else {
+            Ok((xdp_action::XDP_PASS, verdict::PASS))
+        }
     }
 
     /// Sources no flow may start from: martians, and any VIP (LAND-style spoofing). Checked

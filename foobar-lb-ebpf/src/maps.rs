@@ -61,9 +61,11 @@ pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 #[map]
 pub static IFACE_VLANS: HashMap<VlanKey, u32> = HashMap::with_max_entries(MAX_IFACE_VLANS, 0);
 
-/// Scratch for main.rs's path for unbalanceable packets: values stored here and read back
-/// (volatile) are unknown to the verifier, so the dozens of ways a packet becomes suspect
-/// (family, VLAN tags, parse outcome) reach one firewall check in one state, verified once
+/// Scratch for main.rs's firewall check of packets passed to the kernel after the firewall
+/// alone (unbalanceable ones, VIP packets in frames for another MAC or VLAN, addresses sharing
+/// a VIP's prefilter bit): values stored here and read back (volatile) are unknown to the
+/// verifier, so the dozens of ways there (family, VLAN tags, parse outcome, receiver, sanity
+/// checks) reach one firewall check in one state, verified once
 /// instead of once per way (which took the program from 160k to 860k verified instructions,
 /// near the kernel's 1M limit).
 #[map]

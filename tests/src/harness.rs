@@ -171,6 +171,13 @@ impl Harness {
         self.reconciler.services()[service].backends[&addr.parse().unwrap()].id
     }
 
+    /// The backend's owner word (service id and the id's generation), as its entry and the
+    /// flow entries scheduled to it hold it.
+    pub fn backend_owner(&self, service: &str, addr: &str) -> u32 {
+        let svc = &self.reconciler.services()[service];
+        foobar_lb_common::owner(svc.id, svc.backends[&addr.parse().unwrap()].generation)
+    }
+
     pub fn backend_counters(&self, service: &str, addr: &str) -> Counters {
         self.dp
             .backend_counters(self.backend_id(service, addr))

@@ -2,7 +2,9 @@
 //! provisioned through the controller's own map-writing code, and network-namespace guards.
 
 pub mod daemon;
+pub mod fuzz;
 pub mod harness;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pair;

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | run | bench`.
+//! Developer tasks: `cargo xtask setup | build | lint | test | fuzz | run | bench`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -29,6 +30,9 @@ enum Command {
     Test(test::Args),
     /// Benchmarks: per-packet cost and side-by-side end-to-end runs (results/ folder).
     Bench(bench::Args),
+    /// Differential fuzzing: random and mutated frames through the XDP program and the
+    /// reference model, which must agree (as root).
+    Fuzz(fuzz::Args),
     /// Run foobar-lb on a demo topology of network namespaces playing www.foobar.com.
     Run(demo::Args),
 }
@@ -45,6 +49,10 @@ fn main() -> Result<()> {
         Command::Run(args) => {
             ensure_object()?;
             demo::run(args)
+        }
+        Command::Fuzz(args) => {
+            ensure_object()?;
+            fuzz::run(args)
         }
         Command::Bench(args) => {
             setup::run()?;
