@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | lint | test | fuzz | run | bench`.
+//! Developer tasks: `cargo xtask setup | build | lint | test | fuzz | run | bench | package`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -8,6 +8,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod lint;
+mod package;
 mod setup;
 mod test;
 
@@ -35,6 +36,8 @@ enum Command {
     Fuzz(fuzz::Args),
     /// Run foobar-lb on a demo topology of network namespaces playing www.foobar.com.
     Run(demo::Args),
+    /// Build a Debian package (binary, systemd unit, default config, man page, completions).
+    Package,
 }
 
 fn main() -> Result<()> {
@@ -53,6 +56,10 @@ fn main() -> Result<()> {
         Command::Fuzz(args) => {
             ensure_object()?;
             fuzz::run(args)
+        }
+        Command::Package => {
+            setup::run()?;
+            package::run().map(|_| ())
         }
         Command::Bench(args) => {
             setup::run()?;

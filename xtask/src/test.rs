@@ -28,9 +28,13 @@ pub fn run(args: Args) -> Result<()> {
         &mut cargo(&["build", "-p", "foobar-lb"]),
     )?;
     let bin = workspace_root().join("target/debug/foobar-lb");
+    // The Debian package of this very binary, for the install/purge test.
+    let deb = crate::package::build(&bin, &workspace_root().join("target/debian-test"))?;
     println!("test: host unit tests, packet tests (BPF_PROG_TEST_RUN), netns end-to-end tests");
     let mut cmd = cargo(&["test", "--workspace", "--exclude", "foobar-lb-ebpf"]);
-    cmd.env("FOOBAR_LB_BIN", &bin).arg("--");
+    cmd.env("FOOBAR_LB_BIN", &bin)
+        .env("FOOBAR_LB_DEB", &deb)
+        .arg("--");
     if let Some(f) = &args.filter {
         cmd.arg(f);
     }

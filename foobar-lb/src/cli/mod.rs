@@ -87,6 +87,13 @@ enum Command {
     /// Build Maglev tables for synthetic backends: build time, balance, flows moved when one
     /// backend leaves (for sizing `maglev_table_size`; JSON).
     MaglevStats(maglev::Args),
+    /// Print a shell completion script (for packaging: bash, zsh, fish, ...).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Manpage,
     /// Validate a configuration file without touching the kernel.
     CheckConfig {
         /// The TOML configuration file.
@@ -132,6 +139,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => check::run(&config),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "foobar-lb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::MaglevStats(args) => maglev::run(&args),
         Command::Info => match foobar_lb::dataplane::object_status() {
             Ok(route) => {
