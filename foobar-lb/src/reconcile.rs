@@ -207,7 +207,7 @@ impl Reconciler {
                 };
                 // A mode this build does not know: treat the id as retired, so the next plan
                 // writes the backend afresh under a new id.
-                let Some(forwarding) = Forwarding::from_wire(b.fwd_mode) else {
+                let Some(forwarding) = Forwarding::from_wire(b.fwd_mode, b.port) else {
                     continue;
                 };
                 ws.backends.insert(
@@ -455,7 +455,12 @@ impl Reconciler {
                     key: spec.key.vip_key(),
                 });
             }
-            let sched_flags = spec.scheduler.flags();
+            let sched_flags = spec.scheduler.flags()
+                | if spec.nat {
+                    foobar_lb_common::SVC_NAT
+                } else {
+                    0
+                };
             if new || w.rate_limit != spec.rate_limit || w.sched_flags != sched_flags {
                 w.rate_limit = spec.rate_limit;
                 w.sched_flags = sched_flags;
@@ -534,6 +539,8 @@ fn entry(
         mac,
         family,
         fwd_mode: forwarding.wire(),
+        port: forwarding.wire_port(),
+        _pad: [0; 6],
         owner,
         state: match state {
             BackendState::Active => BACKEND_ACTIVE,
@@ -560,6 +567,7 @@ mod tests {
             key: ServiceKey::new("10.0.0.100".parse().unwrap(), 80, PROTO_TCP),
             rate_limit: (0, 0, 64),
             scheduler: Default::default(),
+            nat: false,
             backends: backends
                 .iter()
                 .map(|&(a, m, state)| BackendSpec {

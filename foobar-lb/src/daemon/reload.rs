@@ -103,6 +103,13 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     if old.flow_table_size != new.flow_table_size {
         return Some("flow_table_size");
     }
+    if old.nat_table_size != new.nat_table_size {
+        return Some("nat_table_size");
+    }
+    // Read by the NAT sweeper thread, started once.
+    if old.nat != new.nat {
+        return Some("nat.timeouts");
+    }
     None
 }
 
