@@ -21,8 +21,9 @@ const PACKAGES: &[&str] = &[
     "procps",
 ];
 /// What only `cargo xtask test` needs: `promtool` (package `prometheus`, about 19 MB; its
-/// service is not started on install) checks the metrics exposition.
-const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// service is not started on install) checks the metrics exposition; `socat` is the real UDP
+/// server behind a NAT service (tests/tests/nat_e2e.rs).
+const TEST_PACKAGES: &[&str] = &["prometheus", "socat"];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";
