@@ -106,13 +106,13 @@ mod prog {
         };
         let key = &pkt.key;
         let fw = firewall::state();
-        // Not for a VIP (one array read proves it), or maybe a NAT backend's reply (to a
-        // client, whatever its address looks like): only the firewall rules apply.
-        if nat::maybe_reply(key) || !firewall::maybe_vip(&key.dst, key.family) {
+        // Not for a VIP (one array read proves it): only the firewall rules apply. A NAT
+        // backend's reply to a client is such a packet (see nat.rs).
+        if !firewall::maybe_vip(&key.dst, key.family) {
             if fw.flags != 0 {
                 firewall::filter_rules(fw, key, len)?;
             }
-            if let Some(v) = nat::reply(ctx, &pkt) {
+            if let Some(v) = nat::reply(ctx, &pkt, fw) {
                 return v;
             }
             return pass;
