@@ -187,7 +187,9 @@ impl Default for NatTimeouts {
 }
 
 /// `forwarding` of a service: how packets reach its backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardingKind {
     /// Direct server return: backends hold the VIP and answer clients themselves.
@@ -1305,5 +1307,57 @@ protocol = "udp"
             "{e}"
         );
         assert_eq!(e.matches("unknown field").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn nat_services_translate_ports_and_keep_through_config_dump() {
+        let nat = GOOD
+            .replacen(
+                "port = 80\n\n[[service.backend]]",
+                "port = 80\nforwarding = \"nat\"\n\n[[service.backend]]",
+                1,
+            )
+            .replace(
+                "address = \"10.0.0.12\"\nport = 80",
+                "address = \"10.0.0.12\"\nport = 8080",
+            );
+        // The same port change under direct server return is refused, naming the fix.
+        let dsr = nat.replace("forwarding = \"nat\"\n", "");
+        let e = err(&dsr);
+        assert!(e.contains("8080") && e.contains("nat"), "{e}");
+        let text =
+            format!("nat_table_size = 4096\n{nat}\n[nat.timeouts]\ntcp_established = 3600\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.services[0].forwarding, ForwardingKind::Nat);
+        assert_eq!(c.services[1].forwarding, ForwardingKind::Dsr);
+        assert_eq!(c.nat_table_size, 4096);
+        assert_eq!(c.nat.timeouts.tcp_established, 3600);
+        assert_eq!(c.nat.timeouts.tcp_syn, NatTimeouts::default().tcp_syn);
+        let dumped = c.to_toml().unwrap();
+        let again = Config::parse(&dumped).unwrap();
+        assert_eq!(again.to_toml().unwrap(), dumped);
+        assert_eq!(again.services[0].forwarding, ForwardingKind::Nat);
+        assert_eq!(again.services[0].backends[1].port, Some(8080));
+        assert_eq!(again.nat, c.nat);
+        // DSR services dump without the field, as before.
+        assert!(!Config::parse(GOOD)
+            .unwrap()
+            .to_toml()
+            .unwrap()
+            .contains("forwarding"));
+        for (bad, what) in [
+            ("nat_table_size = 10\n", "nat_table_size"),
+            ("[nat.timeouts]\nudp = 0\n", "nat.timeouts.udp"),
+        ] {
+            let t = if bad.starts_with('[') {
+                format!("{nat}\n{bad}")
+            } else {
+                format!("{bad}{nat}")
+            };
+            let e = err(&t);
+            assert!(e.contains(what), "{bad}: {e}");
+        }
+        let e = err(&nat.replace("port = 8080", "port = 0"));
+        assert!(e.contains("port 0"), "{e}");
     }
 }

@@ -195,6 +195,18 @@ pub fn render(s: &StatsSnapshot) -> String {
         .set(s.firewall.blocklist_prefixes as f64);
     let flows = gauge(&mut reg, "flows", "Entries in the flow table");
     flows.get_or_create(&vec![]).set(s.flows as f64);
+    let nat = gauge(
+        &mut reg,
+        "nat_connections",
+        "NAT connections tracked (as of the sweeper's last walk)",
+    );
+    nat.get_or_create(&vec![]).set(s.nat.connections as f64);
+    let nat_size = gauge(
+        &mut reg,
+        "nat_table_size",
+        "NAT connections the tables can hold (nat_table_size)",
+    );
+    nat_size.get_or_create(&vec![]).set(s.nat.table_size as f64);
     let writes = counter(
         &mut reg,
         "map_writes",
@@ -489,6 +501,10 @@ mod tests {
                 ..Default::default()
             },
             map_writes: 2,
+            nat: crate::api::NatStats {
+                connections: 5,
+                table_size: 1024,
+            },
         }
     }
 

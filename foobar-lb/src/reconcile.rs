@@ -786,6 +786,39 @@ mod tests {
     }
 
     #[test]
+    fn nat_backends_carry_their_port_and_a_new_port_gets_a_new_id() {
+        let nat = |port| {
+            let mut s = spec("www", &[("10.0.0.11", 11, Active)]);
+            s.nat = true;
+            s.backends[0].forwarding = Forwarding::Nat { port };
+            s
+        };
+        let mut r = Reconciler::default();
+        let ops = r.plan(&[nat(8080)]).unwrap();
+        let backend = ops
+            .iter()
+            .find_map(|o| match o {
+                MapOp::SetBackend { backend, .. } => Some(*backend),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(backend.fwd_mode, foobar_lb_common::FWD_NAT);
+        assert_eq!(backend.port.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(
+            Forwarding::from_wire(backend.fwd_mode, backend.port),
+            Some(Forwarding::Nat { port: 8080 })
+        );
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, MapOp::SetService { info, .. }
+            if info.flags & foobar_lb_common::SVC_NAT != 0)));
+        let old = r.services()["www"].backends.values().next().unwrap().id;
+        r.plan(&[nat(8081)]).unwrap();
+        let new = r.services()["www"].backends.values().next().unwrap().id;
+        assert_ne!(old, new, "forwarding fields of an id in use never change");
+    }
+
+    #[test]
     fn removed_service_is_unpublished_first() {
         let mut r = Reconciler::default();
         r.plan(&[spec("www", &[("10.0.0.11", 11, Active)])])

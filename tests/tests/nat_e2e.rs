@@ -105,7 +105,50 @@ fn round_robin(mode: &str, tag: &str) {
     assert!(st.verdict("tx_nat_reply") > 0, "replies were translated");
     let www = st.services.iter().find(|x| x.name == "www").unwrap();
     assert_eq!(www.counters.new_flows, n as u64 + 1);
+    // `flows` lists the tracked connections (all closed or closing: within tcp_closing).
+    let flows = flows_of(&s.daemon, &[]);
+    assert_eq!(flows.total, n + 10 + 1, "{flows:?}");
+    for r in &flows.rows {
+        assert_eq!((r.conn.vip.1, r.conn.backend.1), (80, 8080), "{r:?}");
+        assert!(r.service == "www" || r.service == "www6", "{r:?}");
+        assert!(
+            matches!(
+                r.conn.state,
+                foobar_lb::dataplane::NatState::Closing | foobar_lb::dataplane::NatState::Closed
+            ),
+            "{r:?}"
+        );
+    }
+    let six = flows_of(&s.daemon, &["--service", "www6", "--limit", "3"]);
+    assert_eq!((six.total, six.rows.len()), (10, 3));
+    let web1 = flows_of(&s.daemon, &["--backend", "10.111.0.11"]);
+    assert!(web1
+        .rows
+        .iter()
+        .all(|r| r.conn.backend.0.to_string() == "10.111.0.11"));
+    // The sweeper's count, in the stats and the metrics (it walks every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.daemon.stats().nat.connections != flows.total as u64 {
+        assert!(Instant::now() < deadline, "{:?}", s.daemon.stats().nat);
+        thread::sleep(Duration::from_millis(200));
+    }
     assert_no_drops(&s.daemon);
+}
+
+/// `foobar-lb flows --json ARGS` (with `--limit 1000` unless ARGS give one).
+fn flows_of(d: &Daemon, args: &[&str]) -> foobar_lb::api::FlowsAnswer {
+    let mut v = vec!["flows", "--json"];
+    if !args.contains(&"--limit") {
+        v.extend(["--limit", "1000"]);
+    }
+    v.extend_from_slice(args);
+    let out = d.cli(&v);
+    assert!(
+        out.status.success(),
+        "flows failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("flows JSON")
 }
 
 #[test]
@@ -293,4 +336,46 @@ fn nat_entries(topo: &Topology) -> usize {
     let map: aya::maps::HashMap<_, foobar_lb_common::FlowKey, foobar_lb_common::NatFwd> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
     map.keys().filter(Result::is_ok).count()
+}
+
+#[test]
+fn a_nat_service_added_at_run_time_translates_to_the_given_port() {
+    let Some(s) = setup("na", "generic", "") else {
+        return;
+    };
+    let ok = |args: &[&str]| {
+        let out = s.daemon.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&[
+        "service",
+        "add",
+        "alt",
+        "--vip",
+        VIP4,
+        "--port",
+        "81",
+        "--forwarding",
+        "nat",
+    ]);
+    ok(&["backend", "add", "alt", "10.111.0.12", "--port", "8080"]);
+    // Served once its first health check (TCP to 8080) passes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let url = format!("http://{VIP4}:81/");
+    loop {
+        match foobar_lb_tests::traffic::try_get(&s.topo.client, &url) {
+            Ok(body) if body == "web2" => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let dump = String::from_utf8(s.daemon.cli(&["config-dump"]).stdout).unwrap();
+    assert!(
+        dump.contains("forwarding = \"nat\"") && dump.contains("port = 8080"),
+        "{dump}"
+    );
 }

@@ -10,6 +10,7 @@ use foobar_lb::{
 
 mod backend;
 mod check;
+mod flows;
 mod fw;
 mod maglev;
 mod run;
@@ -40,6 +41,8 @@ enum Command {
     Status(stats::Args),
     /// Per-service, per-backend and per-verdict counters.
     Stats(stats::Args),
+    /// Tracked NAT connections (client, VIP, backend, state, idle time), like `conntrack -L`.
+    Flows(flows::Args),
     /// Add, remove, drain or list backends of a running daemon.
     #[command(subcommand)]
     Backend(backend::Command),
@@ -85,6 +88,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Status(args) => stats::run(&socket, args, true).await,
         Command::Stats(args) => stats::run(&socket, args, false).await,
+        Command::Flows(args) => flows::run(&socket, args).await,
         Command::Backend(cmd) => backend::run(&socket, cmd).await,
         Command::Service(cmd) => service::run(&socket, cmd).await,
         Command::Fw(cmd) => fw::run(&socket, cmd).await,

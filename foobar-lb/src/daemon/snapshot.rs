@@ -106,6 +106,10 @@ impl Daemon {
             flows: flows.values().sum::<u64>() as usize,
             services,
             map_writes: self.dataplane.map_writes(),
+            nat: api::NatStats {
+                connections: self.nat_sweeper.as_ref().map_or(0, |s| s.tracked()),
+                table_size: self.config.nat_table_size,
+            },
         })
     }
 

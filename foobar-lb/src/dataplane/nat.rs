@@ -247,14 +247,16 @@ impl Dataplane {
                 .map_err(map_err(MAP_NAT_REV))?;
         let sweeper = NatSweeper::default();
         let (stop, swept) = (sweeper.stop.clone(), sweeper.swept.clone());
+        let tracked = sweeper.tracked.clone();
         let mut tables = Tables { fwd, rev };
         std::thread::Builder::new()
             .name("nat-sweeper".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    let n = tables.sweep(&timeouts, flow_now(), &stop);
+                    let (seen, n) = tables.sweep(&timeouts, flow_now(), &stop);
                     swept.fetch_add(n, Ordering::Relaxed);
+                    tracked.store(seen.saturating_sub(n), Ordering::Relaxed);
                     std::thread::sleep(every.max(start.elapsed()));
                 }
             })
@@ -279,7 +281,7 @@ impl Dataplane {
             rev: HashMap::try_from(aya::maps::Map::HashMap(self.own(MAP_NAT_REV)?))
                 .map_err(map_err(MAP_NAT_REV))?,
         };
-        Ok(tables.sweep(timeouts, now, &AtomicBool::new(false)))
+        Ok(tables.sweep(timeouts, now, &AtomicBool::new(false)).1)
     }
 }
 
@@ -293,8 +295,8 @@ struct Tables {
 }
 
 impl Tables {
-    /// Deletes expired pairs; returns how many connections it forgot.
-    fn sweep(&mut self, t: &NatTimeouts, now: u32, stop: &AtomicBool) -> u64 {
+    /// Deletes expired pairs; returns (connections looked at, connections forgotten).
+    fn sweep(&mut self, t: &NatTimeouts, now: u32, stop: &AtomicBool) -> (u64, u64) {
         // The keys first: deleting while walking with get_next_key restarts the walk.
         let keys: Vec<FlowKey> = self.fwd.keys().filter_map(Result::ok).collect();
         let mut forgotten = 0;
@@ -332,7 +334,7 @@ impl Tables {
                 let _ = self.rev.remove(&rk);
             }
         }
-        forgotten
+        (keys.len() as u64, forgotten)
     }
 
     /// Whether the connection of `k` is expired (`None`: gone meanwhile).
@@ -354,12 +356,18 @@ impl Tables {
 pub struct NatSweeper {
     stop: Arc<AtomicBool>,
     swept: Arc<AtomicU64>,
+    tracked: Arc<AtomicU64>,
 }
 
 impl NatSweeper {
     /// Connections forgotten so far.
     pub fn swept(&self) -> u64 {
         self.swept.load(Ordering::Relaxed)
+    }
+
+    /// Connections tracked after the last sweep (at most 2 s old).
+    pub fn tracked(&self) -> u64 {
+        self.tracked.load(Ordering::Relaxed)
     }
 }
 
