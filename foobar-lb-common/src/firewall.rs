@@ -39,6 +39,11 @@ pub type FwWords = [u32; FW_FLAGS_LEN];
 pub const FW_HAS_RULES: u32 = 1;
 pub const FW_HAS_BLOCKLIST: u32 = 2;
 pub const FW_HAS_VIP_POLICY: u32 = 4;
+/// Not a firewall stage: some service forwards by NAT, so traffic not for a VIP may be a
+/// backend's reply to translate (`MAP_NAT_SRC_FILTER`, then `MAP_NAT_REV`). Kept in this word
+/// because every packet reads it already: without NAT services the reply check costs one bit
+/// test.
+pub const FW_HAS_NAT: u32 = 8;
 
 pub const ACTION_ALLOW: u8 = 1;
 pub const ACTION_DROP: u8 = 2;

@@ -15,6 +15,10 @@ pub const MAP_BACKEND_ADMIN: &str = "BACKEND_ADMIN";
 pub const MAP_FLOW_CLOCK: &str = "FLOW_CLOCK";
 pub const MAP_IFACE_VLANS: &str = "IFACE_VLANS";
 pub const MAP_SUSPECT_SCRATCH: &str = "SUSPECT_SCRATCH";
+pub const MAP_NAT_FWD: &str = "NAT_FWD";
+pub const MAP_NAT_REV: &str = "NAT_REV";
+pub const MAP_NAT_SRC_FILTER: &str = "NAT_SRC_FILTER";
+pub const MAP_NAT_SCRATCH: &str = "NAT_SCRATCH";
 
 /// [`MAP_BACKEND_ADMIN`] bit: the operator drained this backend. Userspace state only (the
 /// program never reads it), pinned so a restarted daemon keeps the drain.
@@ -118,6 +122,9 @@ const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 
 /// [`ServiceInfo::flags`] bit: the service's set is a Maglev table (see `flow_hash`).
 pub const SVC_MAGLEV: u32 = 1 << 8;
+/// [`ServiceInfo::flags`] bit: the service forwards by destination NAT ([`FWD_NAT`]): its new
+/// flows are tracked in [`MAP_NAT_FWD`] / [`MAP_NAT_REV`], never in [`MAP_FLOWS`].
+pub const SVC_NAT: u32 = 1 << 9;
 
 /// The hash a Maglev service picks a new flow's slot by (`slot = hash % len`): every balancer
 /// running this program gives a 5-tuple the same one, so all pick the same backend from the
@@ -197,6 +204,10 @@ pub const BACKEND_DOWN: u32 = 3;
 /// Forwarding modes in [`Backend::fwd_mode`].
 /// Direct server return: only the Ethernet header changes; the backend answers the client.
 pub const FWD_DSR: u8 = 0;
+/// Destination NAT (LVS "NAT", one arm): the destination address and port become the
+/// backend's ([`Backend::port`]); the backend routes its replies through the balancer, which
+/// translates their source back to the VIP (see [`NatFwd`], [`NatRev`]).
+pub const FWD_NAT: u8 = 1;
 
 /// Value of [`MAP_BACKENDS`], indexed by backend id.
 ///
@@ -217,8 +228,12 @@ pub struct Backend {
     pub owner: u32,
     /// One of the `BACKEND_*` states.
     pub state: u32,
+    /// [`FWD_NAT`]: the port the destination port becomes, network byte order (0 in other
+    /// modes).
+    pub port: u16,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 /// Interfaces the program can be attached to are indexed by ifindex in [`MAP_IFACES`], below
 /// this bound (an array read per packet is cheaper than a hash lookup).
@@ -263,6 +278,19 @@ pub struct SuspectScratch {
     pub pass_as: u32,
 }
 const _: () = assert!(core::mem::size_of::<SuspectScratch>() == 48);
+
+/// Value of [`MAP_NAT_SCRATCH`] (one per CPU, never read by userspace): the parsed packet as
+/// the NAT paths read it back (see the map's doc in the program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatScratch {
+    pub key: FlowKey,
+    pub l3_off: u16,
+    pub l4_off: u16,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<NatScratch>() == 48);
 
 /// (interface, VLAN) pairs [`MAP_IFACE_VLANS`] can hold.
 pub const MAX_IFACE_VLANS: u32 = 4096;
@@ -322,6 +350,75 @@ pub const fn flow_age(now: u32, then: u32) -> u32 {
     now.wrapping_sub(then) & FLOW_TIME_MASK
 }
 
+/// NAT connection tracking capacity compiled into the object; the controller sets the real one
+/// at load time (`nat_table_size`). Both NAT maps have it: one pair of entries per connection.
+pub const MAX_NAT: u32 = 1 << 18;
+/// Default `nat_table_size`.
+pub const DEFAULT_NAT: u32 = 1 << 18;
+
+/// Value of [`MAP_NAT_FWD`], keyed by the client's 5-tuple as it reaches the balancer
+/// (client -> VIP:vport, a [`FlowKey`]): where the connection was sent. The entry is never
+/// evicted (a plain hash map): the userspace sweeper deletes it, with its [`NatRev`] pair,
+/// when its idle timeout for its state passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatFwd {
+    /// The backend address the destination became (wire order, as [`Addr`]).
+    pub backend_addr: Addr,
+    pub backend_id: u32,
+    /// The backend's [`owner`] word when the flow was scheduled (see [`FlowValue::owner`]).
+    pub owner: u32,
+    /// Firewall generation the flow was last checked under.
+    pub fw_gen: u32,
+    /// The client side's last packet ([`FLOW_TIME_MASK`] bits) and its FIN ([`FLOW_FIN`]) and
+    /// RST ([`FLOW_RST`]), as [`FlowValue::seen`]. Written by client -> backend packets only.
+    pub seen: u32,
+    /// The port the destination port became, network byte order.
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<NatFwd>() == 40);
+
+/// Value of [`MAP_NAT_REV`], keyed by the reply's 5-tuple as the backend sends it
+/// (backend:bport -> client:cport, a [`FlowKey`]): what its source becomes and where it goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatRev {
+    /// The VIP the reply's source address becomes.
+    pub vip: Addr,
+    /// The source MAC of the client's first frame (its router, or the client on the segment):
+    /// on one arm the reply's next hop, so no FIB lookup is needed.
+    pub client_mac: [u8; 6],
+    /// The port the reply's source port becomes (the service port), network byte order.
+    pub vport: u16,
+    /// Interface the client's frames came in on (one arm: the replies' too).
+    pub ifindex: u32,
+    /// The backend side's last packet and FIN/RST, as [`NatFwd::seen`]; written by
+    /// backend -> client packets only. [`NAT_REPLIED`] once a reply has been translated.
+    pub seen: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatRev>() == 32);
+
+/// [`NatRev::seen`] bit: the backend has answered (TCP: the connection is established; UDP: a
+/// stream). It takes one bit of the time, which still wraps only after ~18 years.
+pub const NAT_REPLIED: u32 = 1 << 29;
+/// [`NatRev::seen`] bits holding the time.
+pub const NAT_TIME_MASK: u32 = NAT_REPLIED - 1;
+
+/// The [`MAP_NAT_REV`] key of the replies of a connection `fwd` tracks for client flow `key`.
+#[inline(always)]
+pub fn nat_reply_key(key: &FlowKey, fwd: &NatFwd) -> FlowKey {
+    FlowKey {
+        src: fwd.backend_addr,
+        dst: key.src,
+        sport: fwd.backend_port,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding; any bit pattern is valid.
@@ -335,6 +432,9 @@ mod pod {
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::VlanKey {}
     unsafe impl aya::Pod for super::SuspectScratch {}
+    unsafe impl aya::Pod for super::NatFwd {}
+    unsafe impl aya::Pod for super::NatRev {}
+    unsafe impl aya::Pod for super::NatScratch {}
     unsafe impl aya::Pod for super::super::stats::Counters {}
     unsafe impl aya::Pod for crate::firewall::Rule {}
     unsafe impl aya::Pod for crate::firewall::RuleSet {}

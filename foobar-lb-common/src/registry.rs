@@ -7,13 +7,13 @@
 use core::mem::size_of;
 
 use crate::{
-    firewall::*, maps::*, stats::verdict, Counters, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
+    firewall::*, maps::*, stats::verdict, Counters, MAX_BACKENDS, MAX_FLOWS, MAX_NAT, MAX_SERVICES,
 };
 
 /// Version of the pinned data plane's layout: bump it when a map's meaning changes without its
 /// sizes changing (a field reused, a state added). Written into [`MAP_META`] by the daemon that
 /// creates the maps; a daemon of another version refuses to adopt them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Kernel map types used here (`enum bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,8 @@ pub struct MapSpec {
     pub kind: MapKind,
     pub key_size: u32,
     pub value_size: u32,
-    /// As compiled into the object; [`MAP_FLOWS`] is resized at load time (`flow_table_size`).
+    /// As compiled into the object; [`MAP_FLOWS`] is resized at load time (`flow_table_size`),
+    /// [`MAP_NAT_FWD`] and [`MAP_NAT_REV`] too (`nat_table_size`).
     pub max_entries: u32,
     pub flags: u32,
     /// Pinned maps carry state across daemon restarts; the others belong to one process.
@@ -111,6 +112,13 @@ pub const MAPS: &[MapSpec] = &[
     // Per-packet scratch: no state, so never pinned.
     spec::<u32, SuspectScratch>(MAP_SUSPECT_SCRATCH, PerCpuArray, 1, 0, false),
     spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, 0, true),
+    // NAT connection tracking: plain hash maps (a tracked connection is never evicted),
+    // resized at load time (`nat_table_size`).
+    spec::<FlowKey, NatFwd>(MAP_NAT_FWD, Hash, MAX_NAT, 0, true),
+    spec::<FlowKey, NatRev>(MAP_NAT_REV, Hash, MAX_NAT, 0, true),
+    spec::<u32, VipFilter>(MAP_NAT_SRC_FILTER, Array, 1, 0, true),
+    // Per-packet scratch: no state, so never pinned.
+    spec::<u32, NatScratch>(MAP_NAT_SCRATCH, PerCpuArray, 1, 0, false),
     spec::<u32, u64>(MAP_VERDICT_STATS, PerCpuArray, verdict::COUNT, 0, true),
     spec::<u32, Counters>(MAP_SERVICE_STATS, PerCpuArray, MAX_SERVICES, 0, true),
     spec::<u32, Counters>(MAP_BACKEND_STATS, PerCpuArray, MAX_BACKENDS, 0, true),

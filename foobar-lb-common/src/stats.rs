@@ -48,8 +48,18 @@ pub mod verdict {
     /// configured for the interface, or two tags): passed to the kernel untouched after the
     /// firewall, never forwarded.
     pub const PASS_OTHER_VLAN: u32 = 18;
+    /// A NAT service's new flow whose reply 5-tuple (backend:port -> client:port) another
+    /// tracked connection already has: two VIPs translated to the same backend port, reached
+    /// from the same client port. Dropped: its replies could not be told apart.
+    pub const DROP_NAT_COLLISION: u32 = 19;
+    /// A NAT service's new flow when the NAT connection table is full (`nat_table_size`):
+    /// tracked connections are never evicted to make room.
+    pub const DROP_NAT_TABLE_FULL: u32 = 20;
+    /// A backend's reply to a NAT connection, translated back to the VIP and sent to the
+    /// client (XDP_TX).
+    pub const TX_NAT_REPLY: u32 = 21;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -72,6 +82,9 @@ pub mod verdict {
         "drop_bad_tcp_flags",
         "drop_ext_headers",
         "pass_other_vlan",
+        "drop_nat_collision",
+        "drop_nat_table_full",
+        "tx_nat_reply",
     ];
 }
 

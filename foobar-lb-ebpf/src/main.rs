@@ -12,6 +12,8 @@ mod firewall;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod rewrite;
@@ -25,12 +27,13 @@ mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use foobar_lb_common::{
         owner_service, verdict, Iface, ServiceKey, VipKey, VlanKey, FAMILY_V4, FAMILY_V6, FLOW_FIN,
-        FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, PROTO_TCP,
+        FLOW_RST, FLOW_TIME_MASK, FW_HAS_NAT, IFACE_ACTIVE, PROTO_TCP, SVC_NAT,
     };
 
     use crate::{
         firewall,
         maps::{IFACES, IFACE_VLANS, SERVICES, SUSPECT_SCRATCH, VIPS},
+        nat,
         parse::{self, parse, Packet, Parsed},
         rewrite, select, stats,
     };
@@ -133,10 +136,14 @@ mod prog {
         };
         let key = &pkt.key;
         let fw = firewall::state();
-        // Not for a VIP (one array read proves it): only the firewall rules apply.
+        // Not for a VIP (one array read proves it): only the firewall rules apply. A NAT
+        // backend's reply to a client is such a packet (see nat.rs).
         if !firewall::maybe_vip(&key.dst, key.family) {
             if fw.flags != 0 {
                 firewall::filter_rules(fw, key, len)?;
+            }
+            if let Some(v) = nat::reply(ctx, &pkt, fw) {
+                return v;
             }
             return pass;
         }
@@ -232,6 +239,13 @@ mod prog {
                 return forward(ctx, &pkt, iface, service_id, id, &backend, len);
             }
         }
+        // A tracked NAT connection (see nat.rs), looked up only after the DSR table missed.
+        if fw.flags & FW_HAS_NAT != 0 {
+            if let Some((id, backend)) = nat::established(&pkt, fw, checked, len)? {
+                let service_id = owner_service(backend.owner);
+                return forward(ctx, &pkt, iface, service_id, id, &backend, len);
+            }
+        }
         if fw.flags != 0 && !checked {
             firewall::filter(fw, key, len)?;
         }
@@ -262,6 +276,9 @@ mod prog {
                 );
             }
         })?;
+        if svc.flags & SVC_NAT != 0 {
+            nat::open(ctx, &pkt, id, &backend, gen)?;
+        }
         forward(ctx, &pkt, iface, svc.id, id, &backend, len)
     }
 
@@ -323,7 +340,7 @@ mod prog {
     /// (else `Err(PASS_OTHER_VLAN)`; a double-tagged frame never is). `l3_off` tells tagged
     /// frames apart (14: untagged), so untagged ones pay one compare.
     #[inline(always)]
-    fn receiver(ctx: &XdpContext, l3_off: u16) -> Result<&'static Iface, u32> {
+    pub(crate) fn receiver(ctx: &XdpContext, l3_off: u16) -> Result<&'static Iface, u32> {
         let iface = local_iface(ctx).ok_or(verdict::PASS_OTHER_HOST)?;
         if l3_off != ETH_LEN {
             let vlan = match parse::vlan_id(ctx) {

@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
-    FlowValue, FwWords, Iface, PrefixLens, RateKey, RuleSet, ServiceInfo, ServiceKey,
-    SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS,
-    MAX_IFACE_VLANS, MAX_IFINDEX, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES, MAX_VIP_POLICY_IFACES,
+    FlowValue, FwWords, Iface, NatFwd, NatRev, NatScratch, PrefixLens, RateKey, RuleSet,
+    ServiceInfo, ServiceKey, SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS, MAX_BLOCKED,
+    MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
+    MAX_VIP_POLICY_IFACES,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller
@@ -76,6 +77,28 @@ pub static SUSPECT_SCRATCH: PerCpuArray<SuspectScratch> = PerCpuArray::with_max_
 /// and evict live flows of a busy CPU early.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// NAT connections by the client's 5-tuple (see `NatFwd`). Plain hash maps, preallocated: a
+/// tracked connection is never evicted (the controller's sweeper removes idle ones), and an
+/// insert never allocates on the packet path.
+#[map]
+pub static NAT_FWD: HashMap<FlowKey, NatFwd> = HashMap::with_max_entries(MAX_NAT, 0);
+
+/// NAT connections by their replies' 5-tuple (see `NatRev`).
+#[map]
+pub static NAT_REV: HashMap<FlowKey, NatRev> = HashMap::with_max_entries(MAX_NAT, 0);
+
+/// Bloom-style prefilter over the addresses of NAT backends (`vip_filter_bit`), so traffic
+/// that is not for a VIP pays one array read, not a hash lookup, to prove it is no reply.
+#[map]
+pub static NAT_SRC_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
+
+/// Scratch for the NAT paths (nat.rs): the parsed packet stored here and read back (volatile)
+/// is unknown to the verifier, so the dozens of parse outcomes that reach a NAT path (family,
+/// VLAN tags, protocol, header lengths) converge on one state, verified once instead of once
+/// each (as `SUSPECT_SCRATCH` does for the firewall).
+#[map]
+pub static NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::COUNT, 0);

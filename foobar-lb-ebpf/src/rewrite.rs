@@ -3,7 +3,9 @@
 //! change L3/L4 fields lives in `foobar_lb_common::csum` (host-tested).
 
 use aya_ebpf::programs::XdpContext;
-use foobar_lb_common::{verdict, Backend, Iface, FWD_DSR};
+use foobar_lb_common::{
+    csum, verdict, Addr, Backend, Iface, FAMILY_V4, FWD_DSR, FWD_NAT, PROTO_UDP,
+};
 use network_types::eth::EthHdr;
 
 use crate::parse::Packet;
@@ -13,27 +15,106 @@ use crate::parse::Packet;
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
-    _pkt: &Packet,
+    pkt: &Packet,
     iface: &Iface,
     backend: &Backend,
 ) -> Result<(), u32> {
     match backend.fwd_mode {
-        FWD_DSR => direct_server_return(ctx, &iface.mac, &backend.mac),
+        FWD_DSR => set_macs(ctx, &backend.mac, &iface.mac),
+        // Destination NAT: the connection is tracked (`nat::open`) before its first packet
+        // gets here.
+        FWD_NAT => crate::nat::forward(ctx, pkt, iface, backend),
         _ => Err(verdict::ABORTED),
     }
 }
 
-/// Direct server return (LVS "DR"): the backend holds the VIP on loopback and answers the client
-/// itself, so only the Ethernet header changes and no checksum needs touching.
-///
-/// The frame leaves (XDP_TX: out of the interface it came in on) with that interface's MAC as
-/// its source, so switches learn the load balancer's port for it.
+/// Which end of the packet a NAT translation rewrites.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Destination address and port (client -> backend).
+    Dst,
+    /// Source address and port (the backend's reply -> client).
+    Src,
+}
+
+/// Replaces one side's address (`old` -> `new`) and port (network order) and updates the IPv4
+/// header checksum and the TCP/UDP checksum incrementally (RFC 1624: the pseudo-header covers
+/// the addresses). An IPv4 UDP checksum of zero means "none" and stays zero; a computed zero
+/// is sent as 0xffff (RFC 768). Only TCP and UDP reach here (the parser's `Flow`).
 #[inline(always)]
-fn direct_server_return(
+pub fn translate(
     ctx: &XdpContext,
-    own_mac: &[u8; 6],
-    backend_mac: &[u8; 6],
+    pkt: &Packet,
+    side: Side,
+    old: &Addr,
+    new: &Addr,
+    old_port: u16,
+    new_port: u16,
 ) -> Result<(), u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // The IP header is at 14, 18 or 22; the L4 header within the IPv6 walk's reach. The masks
+    // tell the verifier so (offsets from the stack are otherwise unbounded).
+    let l3 = start + (pkt.l3_off as usize & 0x3f);
+    let l4 = start + (pkt.l4_off as usize & 0x1fff);
+    let v4 = pkt.key.family == FAMILY_V4;
+    let udp = pkt.key.proto == PROTO_UDP;
+    if l4 + 8 > end {
+        return Err(verdict::ABORTED);
+    }
+    let check_at = if udp {
+        l4 + 6
+    } else {
+        if l4 + 20 > end {
+            return Err(verdict::ABORTED);
+        }
+        l4 + 16
+    };
+    let port_at = if side == Side::Dst { l4 + 2 } else { l4 };
+    // SAFETY: every access below is within [start, end) (checked here and above); packet
+    // loads and stores need no alignment where XDP runs (the verifier enforces it if they did).
+    unsafe {
+        if v4 {
+            if l3 + 20 > end {
+                return Err(verdict::ABORTED);
+            }
+            let addr_at = if side == Side::Dst { l3 + 16 } else { l3 + 12 };
+            let ip_check = (l3 + 10) as *mut u16;
+            *ip_check = csum::replace32(*ip_check, old[0], new[0]);
+            *(addr_at as *mut u32) = new[0];
+        } else {
+            if l3 + 40 > end {
+                return Err(verdict::ABORTED);
+            }
+            let a = (if side == Side::Dst { l3 + 24 } else { l3 + 8 }) as *mut u32;
+            *a = new[0];
+            *a.add(1) = new[1];
+            *a.add(2) = new[2];
+            *a.add(3) = new[3];
+        }
+        *(port_at as *mut u16) = new_port;
+        let check = check_at as *mut u16;
+        let c = *check;
+        // An IPv4 UDP checksum of 0 means none was computed: it stays so.
+        if !(udp && v4 && c == 0) {
+            let words = if v4 { 1 } else { 4 };
+            let mut c = csum::replace_addr(c, old, new, words);
+            c = csum::replace16(c, old_port, new_port);
+            if udp && c == 0 {
+                c = 0xffff;
+            }
+            *check = c;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the frame's destination MAC to `dst` and its source to `src` (the interface's own, so
+/// switches learn the load balancer's port for it). Used by direct server return (LVS "DR"),
+/// where the backend holds the VIP and answers the client itself, so only the Ethernet header
+/// changes and no checksum needs touching, and by NAT after its translation.
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), u32> {
     let start = ctx.data();
     if start + EthHdr::LEN > ctx.data_end() {
         return Err(verdict::ABORTED);
@@ -44,7 +125,7 @@ fn direct_server_return(
     // SAFETY: the 14-byte Ethernet header is in bounds (checked above).
     unsafe {
         let p = start as *mut u8;
-        let (own, to) = (own_mac.as_ptr(), backend_mac.as_ptr());
+        let (own, to) = (src.as_ptr(), dst.as_ptr());
         *(p as *mut u32) = *(to as *const u32);
         *(p.add(4) as *mut u16) = *(to.add(4) as *const u16);
         *(p.add(6) as *mut u32) = *(own as *const u32);

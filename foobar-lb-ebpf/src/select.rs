@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use foobar_lb_common::{
     flow_hash, owner_service, prefix_mask, take_token, verdict, Backend, Bucket, FlowKey,
     FlowValue, RateKey, ServiceInfo, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V6, MAX_SLOTS,
-    SVC_MAGLEV,
+    SVC_MAGLEV, SVC_NAT,
 };
 
 use crate::{
@@ -113,17 +113,20 @@ fn schedule(svc: &ServiceInfo, key: &FlowKey, gen: u32) -> Result<(u32, Backend)
         }
         _ => return Err(verdict::DROP_BAD_SLOT),
     };
-    // BPF_ANY: a concurrent insert of the same flow on another CPU is harmless.
-    let _ = FLOWS.insert(
-        key,
-        FlowValue {
-            backend_id: id,
-            fw_gen: gen,
-            seen: flow_now(),
-            owner: backend.owner,
-        },
-        0,
-    );
+    // BPF_ANY: a concurrent insert of the same flow on another CPU is harmless. NAT services
+    // track their connections in their own tables (`nat::open`), never in the LRU.
+    if svc.flags & SVC_NAT == 0 {
+        let _ = FLOWS.insert(
+            key,
+            FlowValue {
+                backend_id: id,
+                fw_gen: gen,
+                seen: flow_now(),
+                owner: backend.owner,
+            },
+            0,
+        );
+    }
     stats::count_new_flow(service_id, id);
     Ok((id, backend))
 }

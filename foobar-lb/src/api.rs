@@ -8,7 +8,7 @@
 //! | `stats` | | `snapshot` |
 //! | `ready` | | `message`; refused with the reason when a configured interface has no XDP attached |
 //! | `config_dump` | | `message`: the running configuration as TOML |
-//! | `backend_add` | `service`, `address`, `role`?, `weight`? | `message` |
+//! | `backend_add` | `service`, `address`, `role`?, `weight`?, `port`? | `message` |
 //! | `backend_remove` / `backend_drain` / `backend_undrain` | `service`, `address` | `message` |
 //! | `backend_set` | `service`, `address`, `weight`?, `role`? (at least one) | `message` |
 //! | `service_add` | `service` (a `[[service]]` table as JSON) | `message` |
@@ -16,6 +16,7 @@
 //! | `fw_add` | `rule` (a `[[firewall.rule]]` table as JSON), `position`? | `message` |
 //! | `fw_remove` | `index` (1-based) | `message` |
 //! | `fw_load` | `name` (what messages call the list, e.g. its file name), `text` (the list) | `message` |
+//! | `flows` | `service`?, `backend`?, `limit`? | `flows`: tracked NAT connections |
 //!
 //! Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A refused change changes nothing.
 //!
@@ -56,6 +57,9 @@ pub enum Request {
         role: Option<Role>,
         #[serde(default)]
         weight: Option<u32>,
+        /// The backend's port (NAT services translate to it).
+        #[serde(default)]
+        port: Option<u16>,
     },
     BackendRemove {
         service: String,
@@ -103,6 +107,33 @@ pub enum Request {
     /// Read the config file again and apply the difference (as SIGHUP does); the answer lists
     /// what changed.
     Reload,
+    /// Tracked NAT connections, optionally of one service and/or backend address, at most
+    /// `limit` of them (default 100; `total` says how many matched).
+    Flows {
+        #[serde(default)]
+        service: Option<String>,
+        #[serde(default)]
+        backend: Option<IpAddr>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// Answer of `flows`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlowsAnswer {
+    /// Connections that matched (`rows` holds at most the limit of them).
+    pub total: usize,
+    pub rows: Vec<FlowRow>,
+}
+
+/// One tracked NAT connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowRow {
+    /// The service of its backend (`?` if the backend id is no longer one of a service).
+    pub service: String,
+    #[serde(flatten)]
+    pub conn: crate::dataplane::NatConn,
 }
 
 /// A service as the CLI sends it (same fields as a `[[service]]` table).
@@ -122,6 +153,8 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowsAnswer>,
 }
 
 impl Response {
@@ -213,6 +246,17 @@ pub struct StatsSnapshot {
     /// with the pinned state makes none).
     #[serde(default)]
     pub map_writes: u64,
+    #[serde(default)]
+    pub nat: NatStats,
+}
+
+/// NAT connection tracking, for `status` and the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NatStats {
+    /// Connections tracked, as of the sweeper's last walk (every 2 s).
+    pub connections: u64,
+    /// `nat_table_size`: connections the tables can hold.
+    pub table_size: u32,
 }
 
 impl StatsSnapshot {

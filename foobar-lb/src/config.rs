@@ -113,6 +113,13 @@ pub struct Config {
     /// Flow table capacity; the least recently used flows are evicted beyond it.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// NAT connection table capacity (services with `forwarding = "nat"`): connections are
+    /// never evicted; a new one is dropped when the table is full.
+    #[serde(default = "default_nat_table_size")]
+    pub nat_table_size: u32,
+    /// `[nat]`: idle timeouts of tracked NAT connections.
+    #[serde(default)]
+    pub nat: NatConfig,
     /// Interface -> VLAN ids whose tagged frames are balanced there. Untagged frames always
     /// are; frames with another tag (or two tags) go to the kernel after the firewall.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -133,6 +140,73 @@ fn default_metrics_address() -> String {
 
 fn default_flow_table_size() -> u32 {
     foobar_lb_common::DEFAULT_FLOWS
+}
+
+fn default_nat_table_size() -> u32 {
+    foobar_lb_common::DEFAULT_NAT
+}
+
+/// `[nat]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatConfig {
+    #[serde(default)]
+    pub timeouts: NatTimeouts,
+}
+
+/// `[nat.timeouts]`: how long (seconds) a tracked NAT connection may stay idle in each state
+/// before the sweeper forgets it. Conntrack-like states, judged from the TCP flags seen in
+/// each direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatTimeouts {
+    /// TCP, the backend has not answered yet (conntrack's SYN_SENT is 120).
+    pub tcp_syn: u32,
+    /// TCP, both sides have spoken, no FIN or RST: longer than Linux's default keepalive
+    /// time (7200 s) plus its probes, so an idle connection kept alive is never forgotten,
+    /// and short enough that the connections of vanished clients do not fill the table for
+    /// days (conntrack's 5 days; IPVS's 900 s cuts idle keepalive connections).
+    pub tcp_established: u32,
+    /// TCP, a FIN seen in either direction (conntrack's FIN_WAIT/TIME_WAIT are 120).
+    pub tcp_closing: u32,
+    /// TCP, a RST seen (conntrack's CLOSE is 10).
+    pub tcp_closed: u32,
+    /// UDP, no answer yet (conntrack's 30).
+    pub udp: u32,
+    /// UDP, answered: a stream (conntrack's 120).
+    pub udp_stream: u32,
+}
+
+impl Default for NatTimeouts {
+    fn default() -> NatTimeouts {
+        NatTimeouts {
+            tcp_syn: 60,
+            tcp_established: 7440,
+            tcp_closing: 120,
+            tcp_closed: 10,
+            udp: 30,
+            udp_stream: 120,
+        }
+    }
+}
+
+/// `forwarding` of a service: how packets reach its backends.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingKind {
+    /// Direct server return: backends hold the VIP and answer clients themselves.
+    #[default]
+    Dsr,
+    /// Destination NAT (one arm): the balancer rewrites the destination to the backend's
+    /// address and port, and the replies' source back to the VIP; backends route their
+    /// replies through the balancer.
+    Nat,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 pub fn default_control_socket() -> PathBuf {
@@ -156,6 +230,9 @@ pub struct ServiceConfig {
     pub port: u16,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
+    /// How packets reach the backends (default: direct server return).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub forwarding: ForwardingKind,
     /// Which backups serve when no primary is healthy.
     #[serde(default)]
     pub failover: Failover,
@@ -540,7 +617,8 @@ fn default_protocol() -> Protocol {
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub address: IpAddr,
-    /// Direct server return keeps the destination port, so this may only repeat the service's.
+    /// The backend's port: with `forwarding = "nat"` the destination port becomes it; direct
+    /// server return keeps the destination port, so there it may only repeat the service's.
     pub port: Option<u16>,
     #[serde(default)]
     pub role: Role,
@@ -644,6 +722,27 @@ impl Config {
                 foobar_lb_common::MAX_IFACE_VLANS
             )));
         }
+        if !(1024..=1 << 24).contains(&self.nat_table_size) {
+            return Err(invalid(format!(
+                "nat_table_size {} is out of range 1024..=16777216",
+                self.nat_table_size
+            )));
+        }
+        let t = &self.nat.timeouts;
+        for (name, v) in [
+            ("tcp_syn", t.tcp_syn),
+            ("tcp_established", t.tcp_established),
+            ("tcp_closing", t.tcp_closing),
+            ("tcp_closed", t.tcp_closed),
+            ("udp", t.udp),
+            ("udp_stream", t.udp_stream),
+        ] {
+            if !(1..=864_000).contains(&v) {
+                return Err(invalid(format!(
+                    "nat.timeouts.{name} = {v} is out of range 1..=864000 seconds"
+                )));
+            }
+        }
         if !(1024..=1 << 26).contains(&self.flow_table_size) {
             return Err(invalid(format!(
                 "flow_table_size {} is out of range 1024..=67108864",
@@ -736,10 +835,17 @@ impl Config {
                         b.address
                     )));
                 }
-                if b.port.is_some_and(|p| p != svc.port) {
+                if b.port == Some(0) {
+                    return Err(invalid(format!(
+                        "{what}: backend {} port 0 is not a valid port",
+                        b.address
+                    )));
+                }
+                if svc.forwarding == ForwardingKind::Dsr && b.port.is_some_and(|p| p != svc.port) {
                     return Err(invalid(format!(
                         "{what}: backend {} port {} differs from the service port {}: direct \
-                         server return forwards without changing the port",
+                         server return forwards without changing the port (forwarding = \"nat\" \
+                         translates it)",
                         b.address,
                         b.port.unwrap_or_default(),
                         svc.port
@@ -1213,5 +1319,57 @@ protocol = "udp"
             "{e}"
         );
         assert_eq!(e.matches("unknown field").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn nat_services_translate_ports_and_keep_through_config_dump() {
+        let nat = GOOD
+            .replacen(
+                "port = 80\n\n[[service.backend]]",
+                "port = 80\nforwarding = \"nat\"\n\n[[service.backend]]",
+                1,
+            )
+            .replace(
+                "address = \"10.0.0.12\"\nport = 80",
+                "address = \"10.0.0.12\"\nport = 8080",
+            );
+        // The same port change under direct server return is refused, naming the fix.
+        let dsr = nat.replace("forwarding = \"nat\"\n", "");
+        let e = err(&dsr);
+        assert!(e.contains("8080") && e.contains("nat"), "{e}");
+        let text =
+            format!("nat_table_size = 4096\n{nat}\n[nat.timeouts]\ntcp_established = 3600\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.services[0].forwarding, ForwardingKind::Nat);
+        assert_eq!(c.services[1].forwarding, ForwardingKind::Dsr);
+        assert_eq!(c.nat_table_size, 4096);
+        assert_eq!(c.nat.timeouts.tcp_established, 3600);
+        assert_eq!(c.nat.timeouts.tcp_syn, NatTimeouts::default().tcp_syn);
+        let dumped = c.to_toml().unwrap();
+        let again = Config::parse(&dumped).unwrap();
+        assert_eq!(again.to_toml().unwrap(), dumped);
+        assert_eq!(again.services[0].forwarding, ForwardingKind::Nat);
+        assert_eq!(again.services[0].backends[1].port, Some(8080));
+        assert_eq!(again.nat, c.nat);
+        // DSR services dump without the field, as before.
+        assert!(!Config::parse(GOOD)
+            .unwrap()
+            .to_toml()
+            .unwrap()
+            .contains("forwarding"));
+        for (bad, what) in [
+            ("nat_table_size = 10\n", "nat_table_size"),
+            ("[nat.timeouts]\nudp = 0\n", "nat.timeouts.udp"),
+        ] {
+            let t = if bad.starts_with('[') {
+                format!("{nat}\n{bad}")
+            } else {
+                format!("{bad}{nat}")
+            };
+            let e = err(&t);
+            assert!(e.contains(what), "{bad}: {e}");
+        }
+        let e = err(&nat.replace("port = 8080", "port = 0"));
+        assert!(e.contains("port 0"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use foobar_lb_common::{ServiceKey, FWD_DSR};
+use foobar_lb_common::{ServiceKey, FWD_DSR, FWD_NAT};
 
 use crate::schedule::Scheduler;
 
@@ -24,13 +24,17 @@ pub enum BackendState {
     Down,
 }
 
-/// How packets reach a backend. Direct server return is the only mode so far; each mode has
-/// its rewrite in `foobar-lb-ebpf/src/rewrite.rs`, chosen per packet by the backend entry.
+/// How packets reach a backend. Each mode has its rewrite in `foobar-lb-ebpf/src/rewrite.rs`,
+/// chosen per packet by the backend entry. Every field here is part of the entry: a change
+/// gives the backend a new id (`reconcile`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Forwarding {
     /// Only the destination MAC changes; the backend holds the VIP and answers the client.
     #[default]
     Dsr,
+    /// Destination NAT to the backend's address and `port`; replies come back through the
+    /// balancer, which tracks the connection.
+    Nat { port: u16 },
 }
 
 impl Forwarding {
@@ -38,12 +42,28 @@ impl Forwarding {
     pub fn wire(self) -> u8 {
         match self {
             Forwarding::Dsr => FWD_DSR,
+            Forwarding::Nat { .. } => FWD_NAT,
         }
     }
 
-    /// The mode a pinned backend entry was written with, if this build knows it.
-    pub fn from_wire(mode: u8) -> Option<Forwarding> {
-        (mode == FWD_DSR).then_some(Forwarding::Dsr)
+    /// `Backend::port` (network order): the translated port, 0 without NAT.
+    pub fn wire_port(self) -> u16 {
+        match self {
+            Forwarding::Dsr => 0,
+            Forwarding::Nat { port } => port.to_be(),
+        }
+    }
+
+    /// The mode a pinned backend entry was written with (`port` as stored, network order), if
+    /// this build knows it.
+    pub fn from_wire(mode: u8, port: u16) -> Option<Forwarding> {
+        match mode {
+            FWD_DSR => Some(Forwarding::Dsr),
+            FWD_NAT => Some(Forwarding::Nat {
+                port: u16::from_be(port),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -69,5 +89,7 @@ pub struct ServiceSpec {
     pub rate_limit: (u32, u32, u8),
     /// How new flows are spread over the active backends.
     pub scheduler: Scheduler,
+    /// The service forwards by NAT (`SVC_NAT`): its flows are tracked in the NAT tables.
+    pub nat: bool,
     pub backends: Vec<BackendSpec>,
 }

@@ -209,6 +209,18 @@ pub fn render(s: &StatsSnapshot) -> String {
         "Flows the table is sized for (flow_table_size)",
     );
     size.get_or_create(&vec![]).set(s.flow_table_size as f64);
+    let nat = gauge(
+        &mut reg,
+        "nat_connections",
+        "NAT connections tracked (as of the sweeper's last walk)",
+    );
+    nat.get_or_create(&vec![]).set(s.nat.connections as f64);
+    let nat_size = gauge(
+        &mut reg,
+        "nat_table_size",
+        "NAT connections the tables can hold (nat_table_size)",
+    );
+    nat_size.get_or_create(&vec![]).set(s.nat.table_size as f64);
     let writes = counter(
         &mut reg,
         "map_writes",
@@ -541,6 +553,10 @@ mod tests {
                 ..Default::default()
             },
             map_writes: 2,
+            nat: crate::api::NatStats {
+                connections: 5,
+                table_size: 1024,
+            },
         }
     }
 

@@ -207,7 +207,7 @@ impl Reconciler {
                 };
                 // A mode this build does not know: treat the id as retired, so the next plan
                 // writes the backend afresh under a new id.
-                let Some(forwarding) = Forwarding::from_wire(b.fwd_mode) else {
+                let Some(forwarding) = Forwarding::from_wire(b.fwd_mode, b.port) else {
                     continue;
                 };
                 ws.backends.insert(
@@ -455,7 +455,12 @@ impl Reconciler {
                     key: spec.key.vip_key(),
                 });
             }
-            let sched_flags = spec.scheduler.flags();
+            let sched_flags = spec.scheduler.flags()
+                | if spec.nat {
+                    foobar_lb_common::SVC_NAT
+                } else {
+                    0
+                };
             if new || w.rate_limit != spec.rate_limit || w.sched_flags != sched_flags {
                 w.rate_limit = spec.rate_limit;
                 w.sched_flags = sched_flags;
@@ -534,6 +539,8 @@ fn entry(
         mac,
         family,
         fwd_mode: forwarding.wire(),
+        port: forwarding.wire_port(),
+        _pad: [0; 6],
         owner,
         state: match state {
             BackendState::Active => BACKEND_ACTIVE,
@@ -560,6 +567,7 @@ mod tests {
             key: ServiceKey::new("10.0.0.100".parse().unwrap(), 80, PROTO_TCP),
             rate_limit: (0, 0, 64),
             scheduler: Default::default(),
+            nat: false,
             backends: backends
                 .iter()
                 .map(|&(a, m, state)| BackendSpec {
@@ -775,6 +783,39 @@ mod tests {
         let new_id = r.services()["www"].backends.values().next().unwrap().id;
         assert_ne!(new_id, 1);
         assert!(ops.iter().any(|o| matches!(o, MapOp::SetBackend { id, backend } if *id == new_id && backend.mac[5] == 99)));
+    }
+
+    #[test]
+    fn nat_backends_carry_their_port_and_a_new_port_gets_a_new_id() {
+        let nat = |port| {
+            let mut s = spec("www", &[("10.0.0.11", 11, Active)]);
+            s.nat = true;
+            s.backends[0].forwarding = Forwarding::Nat { port };
+            s
+        };
+        let mut r = Reconciler::default();
+        let ops = r.plan(&[nat(8080)]).unwrap();
+        let backend = ops
+            .iter()
+            .find_map(|o| match o {
+                MapOp::SetBackend { backend, .. } => Some(*backend),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(backend.fwd_mode, foobar_lb_common::FWD_NAT);
+        assert_eq!(backend.port.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(
+            Forwarding::from_wire(backend.fwd_mode, backend.port),
+            Some(Forwarding::Nat { port: 8080 })
+        );
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, MapOp::SetService { info, .. }
+            if info.flags & foobar_lb_common::SVC_NAT != 0)));
+        let old = r.services()["www"].backends.values().next().unwrap().id;
+        r.plan(&[nat(8081)]).unwrap();
+        let new = r.services()["www"].backends.values().next().unwrap().id;
+        assert_ne!(old, new, "forwarding fields of an id in use never change");
     }
 
     #[test]

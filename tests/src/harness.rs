@@ -48,6 +48,8 @@ pub enum Expect {
     Frame(Vec<u8>),
     /// XDP_DROP counted under this verdict index.
     Drop(u32),
+    /// XDP_TX of exactly this frame, counted under this verdict index (a NAT reply).
+    FrameAs(Vec<u8>, u32),
 }
 
 pub struct Outcome {
@@ -62,6 +64,11 @@ impl Harness {
     }
 
     pub fn with_flow_table(config_toml: &str, macs: &[(&str, Mac)], flows: u32) -> Harness {
+        Harness::with_tables(config_toml, macs, flows, 65536)
+    }
+
+    /// With a flow table of `flows` and NAT tables of `nat` entries each.
+    pub fn with_tables(config_toml: &str, macs: &[(&str, Mac)], flows: u32, nat: u32) -> Harness {
         assert!(
             crate::root_and_object(),
             "call `if !foobar_lb_tests::root_and_object() {{ return; }}` first in this test"
@@ -69,6 +76,7 @@ impl Harness {
         let config = Config::parse(config_toml).expect("test config is valid");
         let dp = Dataplane::load(&LoadOptions {
             flow_table_size: flows,
+            nat_table_size: nat,
             pin_dir: None,
         })
         .expect("load the XDP program");
@@ -198,6 +206,7 @@ impl Harness {
             Expect::PassAs(reason) => (XDP_PASS, *reason),
             Expect::Tx(_) | Expect::Frame(_) => (XDP_TX, verdict::TX),
             Expect::Drop(reason) => (XDP_DROP, *reason),
+            Expect::FrameAs(_, reason) => (XDP_TX, *reason),
         };
         let input = crate::packet::decode(frame);
         let output = if o.out.len() >= 14 {
@@ -237,7 +246,7 @@ impl Harness {
                 want[6..12].copy_from_slice(&crate::packet::LB_MAC);
                 assert_frame(&o.out, &want, &ctx());
             }
-            Expect::Frame(want) => assert_frame(&o.out, want, &ctx()),
+            Expect::Frame(want) | Expect::FrameAs(want, _) => assert_frame(&o.out, want, &ctx()),
         }
         o
     }

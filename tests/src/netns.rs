@@ -636,6 +636,59 @@ pub fn tcp_counter(ns: &Netns, name: &str) -> Result<u64> {
         .with_context(|| format!("no Tcp counter {name} in /proc/net/snmp"))
 }
 
+impl Topology {
+    /// Makes the web servers NAT backends: no VIP on `lo`, ARP sysctls back to Linux's
+    /// defaults, and replies to the clients routed through the load balancer. The clients share
+    /// the backends' segment here, so a host route (/32, /128) stands in for what a real NAT
+    /// backend has: its default route via the balancer.
+    pub fn nat_backends(&self) -> Result<()> {
+        for web in &self.webs {
+            web.ip(&["addr", "del", &format!("{VIP4}/32"), "dev", "lo"])?;
+            web.ip(&["addr", "del", &format!("{VIP6}/128"), "dev", "lo"])?;
+            web.sysctl("net.ipv4.conf.all.arp_ignore", "0")?;
+            web.sysctl("net.ipv4.conf.all.arp_announce", "0")?;
+            web.ip(&["route", "add", &format!("{CLIENT4}/32"), "via", LB4])?;
+            web.ip(&["-6", "route", "add", "fd00:f00b::1/128", "via", LB6])?;
+        }
+        Ok(())
+    }
+
+    /// A daemon config with NAT services: `www` (VIP4:80) and `www6` (VIP6:80) over every web
+    /// server at `port`, and `extra` appended (e.g. `[nat.timeouts]`, more services).
+    pub fn write_nat_config(
+        &self,
+        xdp_mode: &str,
+        socket: &Path,
+        port: u16,
+        extra: &str,
+    ) -> Result<PathBuf> {
+        let mut c = format!(
+            "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n\
+             pin_dir = \"{}\"\n",
+            socket.display(),
+            self.pin_dir().display()
+        );
+        for (name, vip, addr) in [
+            ("www", VIP4, web4 as fn(usize) -> String),
+            ("www6", VIP6, web6),
+        ] {
+            c += &format!(
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\nforwarding = \"nat\"\n"
+            );
+            for i in 1..=self.webs.len() {
+                c += &format!(
+                    "\n[[service.backend]]\naddress = \"{}\"\nport = {port}\n",
+                    addr(i)
+                );
+            }
+        }
+        c += extra;
+        let path = self.dir.join("foobar-lb.toml");
+        fs::write(&path, c)?;
+        Ok(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,8 @@ pub struct Pkt {
     pub v6_ext: Vec<(u8, Vec<u8>)>,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// UDP over IPv4 sent without a checksum (the field zero, as RFC 768 allows).
+    pub udp_no_checksum: bool,
 }
 
 impl Pkt {
@@ -78,6 +80,7 @@ impl Pkt {
             v6_ext: Vec::new(),
             l4,
             payload: b"hello foobar".to_vec(),
+            udp_no_checksum: false,
         }
     }
 
@@ -169,7 +172,7 @@ impl Pkt {
             L4::Other { proto } => proto,
         };
         b.extend(&self.payload);
-        if proto == 6 || proto == 17 {
+        if proto == 6 || (proto == 17 && !self.udp_no_checksum) {
             let sum = l4_checksum(self.src, self.dst, proto, &b);
             let at = if proto == 6 { 16 } else { 6 };
             b[at..at + 2].copy_from_slice(&sum.to_be_bytes());
@@ -424,7 +427,9 @@ pub fn decode(f: &[u8]) -> Decoded {
             u16::from_be_bytes([l4[0], l4[1]]),
             u16::from_be_bytes([l4[2], l4[3]]),
         ));
-        d.checksums_ok &= checksum(l4, pseudo_sum(src, dst, proto, l4.len())) == 0;
+        // IPv4 UDP without a checksum (zero) is valid; IPv6 UDP must carry one.
+        let none = proto == 17 && src.is_ipv4() && l4[6] == 0 && l4[7] == 0;
+        d.checksums_ok &= none || checksum(l4, pseudo_sum(src, dst, proto, l4.len())) == 0;
     }
     d
 }

@@ -726,6 +726,7 @@ fn teardown_removes_only_what_foobar_lb_pinned_and_refuses_other_directories() {
     let ours = PinDir::new("td");
     let dp = Dataplane::load(&LoadOptions {
         flow_table_size: 4096,
+        nat_table_size: 4096,
         pin_dir: Some(ours.0.clone()),
     })
     .expect("load the data plane");

@@ -24,8 +24,9 @@ const PACKAGES: &[&str] = &[
 /// `prometheus`, about 19 MB; its service is not started on install) check the metrics and the
 /// alert rules; headless Chromium (package `chromium`) renders the stats page; `keepalived`
 /// (about 1.5 MB, not started on install either) moves the VIP in the active-passive pair
-/// tests, run per namespace with the test's own files.
-const TEST_PACKAGES: &[&str] = &["prometheus", "chromium", "keepalived"];
+/// tests, run per namespace with the test's own files; `socat` is the real UDP server behind
+/// a NAT service (tests/tests/nat_e2e.rs).
+const TEST_PACKAGES: &[&str] = &["prometheus", "chromium", "keepalived", "socat"];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";

@@ -17,6 +17,10 @@ pub enum Command {
         /// Share of new flows among healthy peers of the same role (1..=256).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
         weight: Option<u32>,
+        /// The backend's port: a NAT service translates the service port to it (default: the
+        /// service port; direct server return accepts only that).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Remove a backend: its flows move to the others on their next packet.
     Remove { service: String, address: IpAddr },
@@ -47,11 +51,13 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             address,
             backup,
             weight,
+            port,
         } => Request::BackendAdd {
             service,
             address,
             role: Some(if backup { Role::Backup } else { Role::Primary }),
             weight,
+            port,
         },
         Command::Remove { service, address } => Request::BackendRemove { service, address },
         Command::Set {

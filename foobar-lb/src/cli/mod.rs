@@ -10,6 +10,7 @@ use foobar_lb::{
 
 mod backend;
 mod check;
+mod flows;
 mod fw;
 mod keepalived;
 mod maglev;
@@ -59,6 +60,8 @@ enum Command {
     Stats(stats::Args),
     /// A live terminal view of every backend, busiest first (q quits, s switches the sort).
     Top(top::Args),
+    /// Tracked NAT connections (client, VIP, backend, state, idle time), like `conntrack -L`.
+    Flows(flows::Args),
     /// Add, remove, drain or list backends of a running daemon.
     #[command(subcommand)]
     Backend(backend::Command),
@@ -118,6 +121,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => stats::run(&socket, args, true).await,
         Command::Stats(args) => stats::run(&socket, args, false).await,
         Command::Top(args) => top::run(&socket, args).await,
+        Command::Flows(args) => flows::run(&socket, args).await,
         Command::Backend(cmd) => backend::run(&socket, cmd).await,
         Command::Service(cmd) => service::run(&socket, cmd).await,
         Command::Fw(cmd) => fw::run(&socket, cmd).await,

@@ -3,7 +3,7 @@ use std::{net::IpAddr, path::Path};
 use clap::Subcommand;
 use foobar_lb::{
     api::Request,
-    config::{CheckKind, Failover, SchedulerKind},
+    config::{CheckKind, Failover, ForwardingKind, SchedulerKind},
 };
 
 use super::call;
@@ -31,6 +31,9 @@ pub enum Command {
         /// Maglev table size (a prime; default 65537).
         #[arg(long, requires = "scheduler")]
         maglev_table_size: Option<u32>,
+        /// How packets reach the backends: dsr (direct server return) or nat.
+        #[arg(long, value_enum, default_value = "dsr")]
+        forwarding: ForwardingKind,
     },
     /// Remove a service: its VIP:port traffic goes to the host stack again.
     Remove { name: String },
@@ -50,6 +53,7 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             failover,
             scheduler,
             maglev_table_size,
+            forwarding,
         } => {
             let mut service = serde_json::json!({
                 "name": name,
@@ -58,6 +62,7 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
                 "protocol": protocol,
                 "failover": failover,
                 "scheduler": scheduler,
+                "forwarding": forwarding,
                 "health": { "check": check },
             });
             if let Some(m) = maglev_table_size {

@@ -33,6 +33,20 @@ impl Daemon {
                     Err(why) => Response::error(why),
                 }
             }
+            Request::Flows {
+                service,
+                backend,
+                limit,
+            } => {
+                return match self.flows(service.as_deref(), backend, limit.unwrap_or(100)) {
+                    Ok(f) => Response {
+                        ok: true,
+                        flows: Some(f),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(format!("{e:#}")),
+                }
+            }
             Request::ConfigDump => {
                 return match self.config.to_toml() {
                     Ok(t) => Response {
@@ -48,11 +62,12 @@ impl Daemon {
                 address,
                 role,
                 weight,
+                port,
             } => self.change(|c| {
                 let svc = find_service(c, &service)?;
                 svc.backends.push(BackendConfig {
                     address,
-                    port: None,
+                    port,
                     role: role.unwrap_or_default(),
                     weight: weight.unwrap_or(1),
                     drained: false,
@@ -261,4 +276,41 @@ fn find_service<'a>(c: &'a mut Config, name: &str) -> Result<&'a mut ServiceConf
 
 fn unknown_backend(service: &str, address: IpAddr) -> String {
     format!("service {service:?} has no backend {address}: `foobar-lb backend list` shows them")
+}
+
+impl Daemon {
+    /// Tracked NAT connections matching the filters, sorted by client, at most `limit`.
+    fn flows(
+        &self,
+        service: Option<&str>,
+        backend: Option<IpAddr>,
+        limit: usize,
+    ) -> Result<api::FlowsAnswer> {
+        if let Some(name) = service {
+            if !self.config.services.iter().any(|s| s.name == name) {
+                bail!("unknown service {name:?}: `foobar-lb service list` shows them");
+            }
+        }
+        let names: std::collections::HashMap<u32, &str> = self
+            .reconciler
+            .services()
+            .iter()
+            .flat_map(|(name, w)| w.backends.values().map(move |b| (b.id, name.as_str())))
+            .collect();
+        let mut rows: Vec<api::FlowRow> = self
+            .dataplane
+            .nat_connections()?
+            .into_iter()
+            .map(|conn| api::FlowRow {
+                service: names.get(&conn.backend_id).unwrap_or(&"?").to_string(),
+                conn,
+            })
+            .filter(|r| service.is_none_or(|s| r.service == s))
+            .filter(|r| backend.is_none_or(|b| r.conn.backend.0 == b))
+            .collect();
+        rows.sort_by_key(|r| (r.conn.client, r.conn.vip));
+        let total = rows.len();
+        rows.truncate(limit);
+        Ok(api::FlowsAnswer { total, rows })
+    }
 }

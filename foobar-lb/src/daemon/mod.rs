@@ -104,6 +104,8 @@ struct Daemon {
     retry: bool,
     /// Open flows per backend, counted off this task (see `Dataplane::spawn_flow_counter`).
     flow_counts: dataplane::FlowCounts,
+    /// Forgets idle NAT connections on a thread of its own (stops when dropped).
+    nat_sweeper: Option<dataplane::NatSweeper>,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }

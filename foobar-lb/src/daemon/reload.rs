@@ -106,6 +106,13 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     if old.admin_token != new.admin_token {
         return Some("admin_token");
     }
+    if old.nat_table_size != new.nat_table_size {
+        return Some("nat_table_size");
+    }
+    // Read by the NAT sweeper thread, started once.
+    if old.nat != new.nat {
+        return Some("nat.timeouts");
+    }
     None
 }
 

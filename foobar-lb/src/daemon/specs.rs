@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr};
 use foobar_lb_common::{ServiceKey, ADMIN_DRAINED, ADMIN_HEALTH_DOWN};
 
 use crate::{
-    config::{BackendConfig, Config, ServiceConfig},
+    config::{BackendConfig, Config, ForwardingKind, ServiceConfig},
     desired::{BackendSpec, Forwarding, Mac, ServiceSpec},
     pool::{self, Member},
 };
@@ -49,6 +49,7 @@ pub(super) fn service_specs(
                 key: service_key(s),
                 rate_limit: s.rate_limit(),
                 scheduler: s.scheduler(),
+                nat: s.forwarding == ForwardingKind::Nat,
                 backends: s
                     .backends
                     .iter()
@@ -59,7 +60,12 @@ pub(super) fn service_specs(
                         mac: macs.get(&b.address).copied(),
                         state,
                         weight: b.weight,
-                        forwarding: Forwarding::Dsr,
+                        forwarding: match s.forwarding {
+                            ForwardingKind::Dsr => Forwarding::Dsr,
+                            ForwardingKind::Nat => Forwarding::Nat {
+                                port: b.port.unwrap_or(s.port),
+                            },
+                        },
                         admin: if drained { ADMIN_DRAINED } else { 0 }
                             | if healthy { 0 } else { ADMIN_HEALTH_DOWN },
                     })

@@ -31,6 +31,8 @@ use crate::{
 /// How often open flows are counted for `status` and metrics (more rarely when a walk of the
 /// table takes longer).
 const FLOW_COUNT_EVERY: Duration = Duration::from_millis(500);
+/// How often the NAT sweeper walks the connection table (at most; a long walk waits as long).
+const NAT_SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// At most this many health checks run at once, however many backends there are.
 const MAX_CONCURRENT_CHECKS: usize = 64;
@@ -62,6 +64,13 @@ pub(super) async fn start(
     if d.dataplane.adopted() {
         d.take_over_pinned_state();
     }
+    // NAT: the reply prefilter from the backends pinned (none on a fresh start), and the
+    // sweeper, which resumes forgetting idle connections of an adopted table.
+    d.dataplane.refresh_nat_filter()?;
+    d.nat_sweeper = Some(
+        d.dataplane
+            .spawn_nat_sweeper(d.config.nat.timeouts, NAT_SWEEP_EVERY)?,
+    );
     d.init_firewall()?;
     for w in
         crate::health_replies::conflicts(&d.config, &crate::health_replies::ReplyView::of_host())
@@ -84,6 +93,7 @@ pub(super) async fn start(
 fn load_dataplane(config: &Config) -> Result<(Dataplane, Reconciler)> {
     let mut dataplane = Dataplane::load(&LoadOptions {
         flow_table_size: config.flow_table_size,
+        nat_table_size: config.nat_table_size,
         pin_dir: Some(config.pin_dir.clone()),
     })?;
     let reconciler = if dataplane.adopted() {
@@ -157,6 +167,7 @@ impl Daemon {
             xdp_mode: XdpMode::Auto,
             attached: Default::default(),
             blocklist: Vec::new(),
+            nat_sweeper: None,
         };
         (d, events)
     }

@@ -4,9 +4,11 @@
 
 mod aux;
 mod firewall;
+mod nat;
 mod pins;
 
 pub use aux::{object, object_status, AuxProgram};
+pub use nat::{nat_expired, nat_idle, nat_state, NatConn, NatState, NatSweeper};
 use pins::{check_layout_version, check_pinned_layouts, ensure_bpffs};
 pub use pins::{teardown, Teardown};
 
@@ -137,6 +139,15 @@ pub enum DataplaneError {
         configured: u32,
         fix: String,
     },
+    #[error(
+        "the pinned NAT connection table holds {pinned} connections but nat_table_size is \
+         {configured}: set it back, or {fix}"
+    )]
+    NatTableSize {
+        pinned: u32,
+        configured: u32,
+        fix: String,
+    },
     #[error("block list of {len} prefixes: at most {MAX_BLOCKED}")]
     BlocklistTooLong { len: usize },
     #[error(
@@ -188,6 +199,8 @@ pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub struct LoadOptions {
     /// Capacity of the flow table (LRU: the least recently used flows are evicted when full).
     pub flow_table_size: u32,
+    /// Capacity of each NAT connection table (never evicted).
+    pub nat_table_size: u32,
     /// Pin maps and links here (a bpffs directory) so they outlive the process, and reuse what
     /// is already pinned there. `None`: everything goes when the `Dataplane` drops.
     pub pin_dir: Option<PathBuf>,
@@ -212,12 +225,14 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         let flow_entries = flow_map_entries(opts.flow_table_size)?;
         loader.map_max_entries(MAP_FLOWS, flow_entries);
+        loader.map_max_entries(foobar_lb_common::MAP_NAT_FWD, opts.nat_table_size);
+        loader.map_max_entries(foobar_lb_common::MAP_NAT_REV, opts.nat_table_size);
         let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             adopted = dir.join(MAP_SERVICES).exists();
             if adopted {
-                check_pinned_layouts(dir, opts.flow_table_size, flow_entries)?;
+                check_pinned_layouts(dir, opts.flow_table_size, flow_entries, opts.nat_table_size)?;
             }
             for spec in pinned_maps() {
                 loader.map_pin_path(spec.name, dir.join(spec.name));
@@ -433,6 +448,7 @@ impl Dataplane {
     /// Executes planned operations in order. Each is one map update, so the data plane always
     /// sees a consistent state (see `reconcile`).
     pub fn execute(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        self.prepare_nat(ops)?;
         for op in ops {
             self.writes += 1;
             match op {

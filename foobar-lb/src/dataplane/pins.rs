@@ -88,9 +88,11 @@ fn teardown_fix(dir: &Path) -> String {
 /// What a pinned map must match: the registry entry, with the flow table at its configured
 /// size. aya reuses a pinned map without comparing it to the object's definition, so the daemon
 /// compares first.
-fn expected(spec: &MapSpec, flow_entries: u32) -> [(&'static str, u32); 5] {
+fn expected(spec: &MapSpec, flow_entries: u32, nat_entries: u32) -> [(&'static str, u32); 5] {
     let max_entries = if spec.name == MAP_FLOWS {
         flow_entries
+    } else if is_nat_table(spec.name) {
+        nat_entries
     } else {
         spec.max_entries
     };
@@ -106,10 +108,15 @@ fn expected(spec: &MapSpec, flow_entries: u32) -> [(&'static str, u32); 5] {
 /// Refuses to adopt pinned maps that this build does not share in every registry field (an
 /// older or newer foobar-lb), or a flow table of another size: reusing them would misread their
 /// contents. The layout version is checked after loading, from [`foobar_lb_common::MAP_META`].
+fn is_nat_table(name: &str) -> bool {
+    name == foobar_lb_common::MAP_NAT_FWD || name == foobar_lb_common::MAP_NAT_REV
+}
+
 pub(super) fn check_pinned_layouts(
     dir: &Path,
     flow_table_size: u32,
     flow_entries: u32,
+    nat_table_size: u32,
 ) -> Result<(), DataplaneError> {
     for spec in pinned_maps() {
         let path = dir.join(spec.name);
@@ -128,7 +135,8 @@ pub(super) fn check_pinned_layouts(
             info.max_entries(),
             info.map_flags(),
         ];
-        for ((field, want), got) in expected(spec, flow_entries).into_iter().zip(found) {
+        let want = expected(spec, flow_entries, nat_table_size);
+        for ((field, want), got) in want.into_iter().zip(found) {
             if want == got {
                 continue;
             }
@@ -136,6 +144,13 @@ pub(super) fn check_pinned_layouts(
                 return Err(DataplaneError::FlowTableSize {
                     pinned: got.saturating_sub(flow_entries - flow_table_size),
                     configured: flow_table_size,
+                    fix: teardown_fix(dir),
+                });
+            }
+            if is_nat_table(spec.name) && field == "max_entries" {
+                return Err(DataplaneError::NatTableSize {
+                    pinned: got,
+                    configured: nat_table_size,
                     fix: teardown_fix(dir),
                 });
             }
