@@ -249,6 +249,13 @@ mod prog {
         if fw.flags != 0 && !checked {
             firewall::filter(fw, key, len)?;
         }
+        // A NAT backend's reply to a client whose address shares a VIP's prefilter bit comes
+        // this way (the prefilter could not prove it no VIP); the exact VIP set can.
+        if fw.flags & FW_HAS_NAT != 0 && !in_vips(&key.dst, key.family) {
+            if let Some(v) = nat::reply(ctx, &pkt, fw) {
+                return v;
+            }
+        }
         // A FIN or RST of no known connection (its entry evicted, or never there) must not
         // create a flow, and no backend knows it either.
         if pkt.fin() {

@@ -89,10 +89,8 @@ fn maybe_backend(src: &Addr, family: u8) -> bool {
 /// it is translated back (source -> VIP:vport, destination MAC -> the client's next hop,
 /// source MAC -> ours) and sent out (one arm: the interface it came in on). `None`: not one.
 ///
-/// Called only where the VIP prefilter proved the destination no VIP: a client whose address
-/// shares a VIP's prefilter bit takes the VIP path, where its replies are not translated yet
-/// (the non-VIP judgement of such addresses is being reworked on another branch; its
-/// not-a-VIP outcome must reach this call too).
+/// Called where the destination is proved no VIP: by the prefilter, or (for a client whose
+/// address shares a VIP's prefilter bit) by the exact VIP set after both flow tables missed.
 #[inline(always)]
 pub fn reply(
     ctx: &XdpContext,

@@ -31,7 +31,14 @@ pub fn run(args: Args) -> Result<()> {
     // The Debian package of this very binary, for the install/purge test.
     let deb = crate::package::build(&bin, &workspace_root().join("target/debian-test"))?;
     println!("test: host unit tests, packet tests (BPF_PROG_TEST_RUN), netns end-to-end tests");
-    let mut cmd = cargo(&["test", "--workspace", "--exclude", "foobar-lb-ebpf"]);
+    // Every test binary runs even after a failure, so one run shows every failure.
+    let mut cmd = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "foobar-lb-ebpf",
+        "--no-fail-fast",
+    ]);
     cmd.env("FOOBAR_LB_BIN", &bin)
         .env("FOOBAR_LB_DEB", &deb)
         .arg("--");

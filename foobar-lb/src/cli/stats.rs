@@ -289,6 +289,12 @@ fn render_status(s: &StatsSnapshot) -> String {
             );
         }
     }
+    if s.nat.connections > 0 {
+        out += &format!(
+            "NAT connections tracked: {} of {} (`foobar-lb flows` lists them)\n",
+            s.nat.connections, s.nat.table_size
+        );
+    }
     out
 }
 

@@ -19,18 +19,21 @@ pub enum PeerKind {
     MinimalXdp(XdpMode),
     FoobarLb(XdpMode),
     NftablesDnat,
+    /// foobar-lb with `forwarding = "nat"` (port 80 to 80): the same work as nftables DNAT.
+    FoobarLbNat(XdpMode),
     Haproxy,
 }
 
 impl PeerKind {
     /// In the order the bench runs them.
-    pub const ALL: [PeerKind; 7] = [
+    pub const ALL: [PeerKind; 8] = [
         PeerKind::NoLoadBalancer,
         PeerKind::MinimalXdp(XdpMode::Generic),
         PeerKind::FoobarLb(XdpMode::Generic),
         PeerKind::MinimalXdp(XdpMode::Native),
         PeerKind::FoobarLb(XdpMode::Native),
         PeerKind::NftablesDnat,
+        PeerKind::FoobarLbNat(XdpMode::Generic),
         PeerKind::Haproxy,
     ];
 
@@ -40,6 +43,7 @@ impl PeerKind {
             PeerKind::MinimalXdp(m) => format!("minimal XDP (fixed MAC) [{}]", mode_name(m)),
             PeerKind::FoobarLb(m) => format!("foobar-lb [{}]", mode_name(m)),
             PeerKind::NftablesDnat => "nftables DNAT (numgen inc mod 2)".into(),
+            PeerKind::FoobarLbNat(m) => format!("foobar-lb NAT [{}]", mode_name(m)),
             PeerKind::Haproxy => "HAProxy (TCP, roundrobin)".into(),
         }
     }
@@ -61,6 +65,15 @@ impl PeerKind {
                     Ok(p)
                 })?;
                 Peer::XdpMin(prog)
+            }
+            PeerKind::FoobarLbNat(mode) => {
+                let socket = topo.dir.join("control.sock");
+                let cfg = topo.write_nat_config(mode_name(mode), &socket, 80, "")?;
+                // As for nftables: the backends answer the client through the balancer.
+                for w in &topo.webs {
+                    w.ip(&["route", "replace", &format!("{src}/32"), "via", LB4])?;
+                }
+                Peer::FoobarLb(Daemon::start(&topo.lb, &cfg, &socket)?)
             }
             PeerKind::Haproxy => start_haproxy(topo)?,
             PeerKind::NftablesDnat => {
@@ -190,6 +203,7 @@ mod tests {
                 "minimal XDP (fixed MAC) [native]",
                 "foobar-lb [native]",
                 "nftables DNAT (numgen inc mod 2)",
+                "foobar-lb NAT [generic]",
                 "HAProxy (TCP, roundrobin)",
             ]
         );
