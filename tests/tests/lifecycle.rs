@@ -1,9 +1,11 @@
 //! The daemon's life around the data plane: listeners bound before XDP is attached, interfaces
-//! followed as the configuration and the devices change, SIGHUP reloads, and a block list
-//! loaded at run time that `config-dump` keeps. Loops are bounded; namespaces, processes and
-//! pins are removed by guards.
+//! followed as the configuration and the devices change, SIGHUP reloads, config-dump keeping
+//! every runtime change (a block list loaded at run time too), rules that would drop health
+//! check replies, JSON logs, `stats --rate` and `status --watch`. Loops are bounded;
+//! namespaces, processes and pins are removed by guards.
 
 use std::{
+    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -28,6 +30,17 @@ fn topology(tag: &str, webs: usize) -> Option<Topology> {
         topo.start_web(i).unwrap();
     }
     Some(topo)
+}
+
+/// [`topology`] with a daemon config over its first `backends` web servers (HTTP checks every
+/// 200 ms): (topology, control socket, config file).
+fn with_config(tag: &str, webs: usize, backends: usize) -> Option<(Topology, PathBuf, PathBuf)> {
+    let topo = topology(tag, webs)?;
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), backends)
+        .unwrap();
+    Some((topo, socket, config))
 }
 
 /// Whether an XDP program is attached to `dev` in `ns`.
@@ -206,13 +219,9 @@ fn recreate_lb_eth0(topo: &Topology) {
 
 #[test]
 fn a_device_deleted_and_created_again_gets_the_program_again_and_is_balanced() {
-    let Some(topo) = topology("rc", 2) else {
+    let Some((topo, socket, config)) = with_config("rc", 2, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     assert!(get(&topo).is_ok_and(|b| b.starts_with("web")));
     recreate_lb_eth0(&topo);
@@ -244,13 +253,9 @@ fn a_device_deleted_and_created_again_gets_the_program_again_and_is_balanced() {
 
 #[test]
 fn sighup_applies_the_config_file_as_a_difference_and_refuses_a_bad_one_whole() {
-    let Some(topo) = topology("hu", 3) else {
+    let Some((topo, socket, config)) = with_config("hu", 3, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     let ka = keepalive_client(&topo.client, 40);
     thread::sleep(Duration::from_millis(500));
@@ -327,13 +332,9 @@ fn sighup_applies_the_config_file_as_a_difference_and_refuses_a_bad_one_whole() 
 
 #[test]
 fn a_block_list_loaded_at_run_time_survives_config_dump_and_restart() {
-    let Some(topo) = topology("bl", 1) else {
+    let Some((topo, socket, config)) = with_config("bl", 1, 1) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 1)
-        .unwrap();
     let mut daemon = Daemon::start_with(&topo.lb, &config, &socket, &[]).unwrap();
     assert_eq!(get(&topo).as_deref(), Ok("web1"));
     let list = topo.dir.join("blocked.txt");
@@ -368,13 +369,9 @@ fn a_block_list_loaded_at_run_time_survives_config_dump_and_restart() {
 
 #[test]
 fn a_rule_that_drops_health_check_replies_is_reported_with_the_fix() {
-    let Some(topo) = topology("hr", 2) else {
+    let Some((topo, socket, config)) = with_config("hr", 2, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     // A rule meant for clients that also covers web1's replies to the balancer's checks.
     let web1 = web4(1);
@@ -466,13 +463,9 @@ fn ok(daemon: &Daemon, args: &[&str]) {
 
 #[test]
 fn config_dump_keeps_every_runtime_change_and_a_restart_from_it_writes_nothing() {
-    let Some(topo) = topology("cd", 3) else {
+    let Some((topo, socket, config)) = with_config("cd", 3, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let mut daemon = Daemon::start_with(&topo.lb, &config, &socket, &[]).unwrap();
     let (w1, w2, w3) = (web4(1), web4(2), web4(3));
     // One change of every kind the API offers.
@@ -556,13 +549,9 @@ fn config_dump_keeps_every_runtime_change_and_a_restart_from_it_writes_nothing()
 
 #[test]
 fn a_reload_that_changes_health_settings_restarts_the_checks_with_them() {
-    let Some(topo) = topology("rh", 2) else {
+    let Some((topo, socket, config)) = with_config("rh", 2, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     let text = std::fs::read_to_string(&config).unwrap();
     let health = |d: &Daemon| -> Vec<String> {
@@ -596,13 +585,9 @@ fn a_reload_that_changes_health_settings_restarts_the_checks_with_them() {
 
 #[test]
 fn json_logs_carry_the_fields_an_operator_filters_on() {
-    let Some(topo) = topology("jl", 2) else {
+    let Some((topo, socket, config)) = with_config("jl", 2, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let daemon = Daemon::start_with(
         &topo.lb,
         &config,
@@ -660,13 +645,9 @@ fn json_logs_carry_the_fields_an_operator_filters_on() {
 
 #[test]
 fn stats_rate_and_status_watch_follow_the_traffic() {
-    let Some(topo) = topology("sr", 2) else {
+    let Some((topo, socket, config)) = with_config("sr", 2, 2) else {
         return;
     };
-    let socket = topo.dir.join("control.sock");
-    let config = topo
-        .write_config_with("generic", &socket, HEALTH, &|_| String::new(), 2)
-        .unwrap();
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     let ka = keepalive_client(&topo.client, 40);
     thread::sleep(Duration::from_millis(300));
