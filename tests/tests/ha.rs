@@ -199,6 +199,36 @@ struct LoadResult {
     download: Option<Result<Download, String>>,
 }
 
+impl LoadResult {
+    /// Nothing failed: every keep-alive connection answered throughout, always from the same
+    /// backend, and every new connection was answered.
+    fn assert_nothing_lost(&self) {
+        for (i, k) in self.keepalive.iter().enumerate() {
+            assert!(
+                k.error.is_none(),
+                "keep-alive connection {i}: {:?}",
+                k.error
+            );
+            assert!(
+                k.answers.iter().all(|a| *a == k.answers[0]),
+                "keep-alive connection {i} changed backends: {:?}",
+                k.answers
+            );
+        }
+        let failed: Vec<_> = self
+            .new_conns
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} new connections failed: {failed:?}",
+            failed.len(),
+            self.new_conns.len()
+        );
+    }
+}
+
 impl Load {
     fn start(client: &Netns, keepalive_conns: usize, download: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
@@ -421,29 +451,7 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
 
     // Nothing failed, nothing reset, every keep-alive connection stayed on its backend.
-    for (i, k) in result.keepalive.iter().enumerate() {
-        assert!(
-            k.error.is_none(),
-            "keep-alive connection {i}: {:?}",
-            k.error
-        );
-        assert!(
-            k.answers.iter().all(|a| *a == k.answers[0]),
-            "keep-alive connection {i} changed backends: {:?}",
-            k.answers
-        );
-    }
-    let failed: Vec<_> = result
-        .new_conns
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} new connections failed: {failed:?}",
-        failed.len(),
-        result.new_conns.len()
-    );
+    result.assert_nothing_lost();
     let Download {
         body,
         started,
@@ -561,24 +569,7 @@ fn split_brain_both_nodes_forward_each_connection_to_the_same_backend() {
         a1 - a0,
         b1 - b0
     );
-    for (i, k) in result.keepalive.iter().enumerate() {
-        assert!(
-            k.error.is_none(),
-            "keep-alive connection {i}: {:?}",
-            k.error
-        );
-        assert!(
-            k.answers.iter().all(|a| *a == k.answers[0]),
-            "connection {i} moved: {:?}",
-            k.answers
-        );
-    }
-    let failed: Vec<_> = result
-        .new_conns
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    result.assert_nothing_lost();
     assert_eq!(resets, 0);
     eprintln!(
         "figures: 40 flips; A forwarded {} packets, B {}; {} keep-alive requests on 8 connections and {} new connections, 0 failed, 0 resets",
@@ -678,24 +669,7 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
     load.wait_progress("load running through B after A's daemon returned", 5);
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
-    for (i, k) in result.keepalive.iter().enumerate() {
-        assert!(
-            k.error.is_none(),
-            "keep-alive connection {i}: {:?}",
-            k.error
-        );
-        assert!(
-            k.answers.iter().all(|a| *a == k.answers[0]),
-            "connection {i} moved: {:?}",
-            k.answers
-        );
-    }
-    let failed: Vec<_> = result
-        .new_conns
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    result.assert_nothing_lost();
     assert_eq!(resets, 0);
     eprintln!(
         "figures: daemon killed -> VIP on B after {handover:?} (track_script interval 1 s, \
@@ -750,24 +724,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
 
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
-    for (i, k) in result.keepalive.iter().enumerate() {
-        assert!(
-            k.error.is_none(),
-            "keep-alive connection {i}: {:?}",
-            k.error
-        );
-        assert!(
-            k.answers.iter().all(|a| *a == k.answers[0]),
-            "connection {i} moved: {:?}",
-            k.answers
-        );
-    }
-    let failed: Vec<_> = result
-        .new_conns
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    result.assert_nothing_lost();
     assert_eq!(resets, 0);
     eprintln!(
         "figures: A frozen -> both MASTER after {split:?}; B forwarded {b_forwarded} \
