@@ -130,7 +130,8 @@ pub fn parse_prefix(s: &str) -> Result<Option<IpNet>, FirewallError> {
         .map_err(|_| FirewallError::BadPrefix { text: s.to_owned() })
 }
 
-fn parse_ports(s: &str) -> Result<(u16, u16), FirewallError> {
+/// A rule's destination ports: one, a range, or `any` (0..=65535).
+pub(crate) fn parse_ports(s: &str) -> Result<(u16, u16), FirewallError> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("any") {
         return Ok((0, u16::MAX));

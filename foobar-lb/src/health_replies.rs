@@ -13,7 +13,7 @@ use ipnet::IpNet;
 
 use crate::{
     config::{CheckKind, Config},
-    firewall::{parse_prefix, Action, RuleConfig, RuleProtocol},
+    firewall::{parse_ports, parse_prefix, Action, RuleConfig, RuleProtocol},
 };
 
 /// Linux's default `net.ipv4.ip_local_port_range` (it also governs IPv6).
@@ -140,24 +140,13 @@ fn reply_match(
         RuleProtocol::Any | RuleProtocol::Tcp => {}
         RuleProtocol::Udp | RuleProtocol::Icmp => return None,
     }
-    let (lo, hi) = ports(&r.port)?;
+    let (lo, hi) = parse_ports(&r.port).ok()?;
     let (elo, ehi) = view.ephemeral;
     if hi < elo || lo > ehi {
         return None;
     }
     all &= lo <= elo && hi >= ehi;
     Some(if all { Match::All } else { Match::Some })
-}
-
-fn ports(s: &str) -> Option<(u16, u16)> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("any") {
-        return Some((0, u16::MAX));
-    }
-    match s.split_once('-') {
-        Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
-        None => s.parse().ok().map(|p| (p, p)),
-    }
 }
 
 fn ephemeral_range() -> (u16, u16) {

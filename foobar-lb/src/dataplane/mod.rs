@@ -646,13 +646,7 @@ impl Dataplane {
         let own = MapData::from_id(id).map_err(map_err(MAP_FLOWS))?;
         let flows: HashMap<MapData, FlowKey, FlowValue> =
             HashMap::try_from(aya::maps::Map::LruHashMap(own)).map_err(map_err(MAP_FLOWS))?;
-        let aya::maps::Map::Array(data) = self.map(MAP_BACKENDS)? else {
-            return Err(DataplaneError::Missing(MAP_BACKENDS));
-        };
-        let id = data.info().map_err(map_err(MAP_BACKENDS))?.id();
-        let own = MapData::from_id(id).map_err(map_err(MAP_BACKENDS))?;
-        let backends: Array<MapData, Backend> =
-            Array::try_from(aya::maps::Map::Array(own)).map_err(map_err(MAP_BACKENDS))?;
+        let backends = self.own_array::<Backend>(MAP_BACKENDS)?;
         let mut clock = self.own_array::<u32>(MAP_FLOW_CLOCK)?;
         let reader = self.own_array::<u32>(MAP_FLOW_CLOCK)?;
         // The clock is right before the first flow is stamped, then kept right by a thread of
