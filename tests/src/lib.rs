@@ -8,6 +8,7 @@ pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pair;
+pub mod site;
 pub mod traffic;
 
 /// Whether a test that needs the kernel (root) and the built XDP program can run here.

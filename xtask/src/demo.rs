@@ -1,6 +1,8 @@
-//! `cargo xtask run`: foobar-lb in front of two nginx web servers, in network namespaces that
-//! play www.foobar.com. `--ha`: two balancer nodes and keepalived moving the VIP between them.
-//! Ctrl-C stops it and removes everything it created.
+//! `cargo xtask run`: the whole www.foobar.com site in network namespaces (tests/src/site):
+//! a balancer pair, two servers with nginx (HTTPS), the application and MariaDB replication,
+//! Prometheus. `--check` walks the user's journey through it and exits. `--basic`: foobar-lb
+//! alone in front of two nginx pages; `--ha`: only the balancer pair. Ctrl-C stops it and
+//! removes everything it created.
 
 use std::{
     process::{Command, Stdio},
@@ -23,13 +25,23 @@ pub struct Args {
     xdp_mode: String,
     /// An active-passive pair: two balancer nodes (Maglev) and keepalived moving the VIP
     /// (VRRPv3, 200 ms adverts, tracking `foobar-lb ready`).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["basic", "check"])]
     ha: bool,
+    /// Only foobar-lb in front of two nginx pages (no pair, databases or TLS).
+    #[arg(long, conflicts_with = "check")]
+    basic: bool,
+    /// Bring the site up headless, walk a user's journey through it, print each step and
+    /// exit: non-zero if any step fails.
+    #[arg(long)]
+    check: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     if args.ha {
         return run_pair(args);
+    }
+    if !args.basic {
+        return run_site(args);
     }
     setup::run()?;
     let bin = build::release()?;
@@ -87,6 +99,76 @@ pub fn run(args: Args) -> Result<()> {
     if let Err(e) = result {
         bail!("{e}");
     }
+    Ok(())
+}
+
+/// The whole site; with `--check`, the journey, then everything is removed.
+fn run_site(args: Args) -> Result<()> {
+    use foobar_lb_tests::site::{journey, pki::SITE_NAME, Options, Site, DB_WRITE_VIP, WEB_VIP};
+    setup::run()?;
+    setup::install(setup::SITE_PACKAGES)?;
+    let bin = build::release()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let say = |line: &str| println!("site: {line}");
+    let opts = Options {
+        bin: bin.clone(),
+        xdp_mode: args.xdp_mode.clone(),
+    };
+    let mut site = Site::start(&opts, &say)?;
+    if args.check {
+        let result = journey::run(&mut site, &say);
+        if result.is_err() {
+            for node in &site.nodes {
+                println!("site: node {}'s log: {}", node.name, node.log.display());
+                if let Ok(text) = std::fs::read_to_string(&node.log) {
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    for line in tail.into_iter().rev() {
+                        println!("  {line}");
+                    }
+                }
+            }
+        }
+        drop(site);
+        println!("site: stopped; namespaces removed");
+        return result;
+    }
+    let c = &site.client().name;
+    let ops = &site.ops().name;
+    let ca = site.pki.ca.display();
+    let curl = format!(
+        "ip netns exec {c} curl --cacert {ca} --resolve {SITE_NAME}:443:{WEB_VIP} --resolve {SITE_NAME}:80:{WEB_VIP}"
+    );
+    let (a, b) = (&site.nodes[0], &site.nodes[1]);
+    println!(
+        "\nsite: www.foobar.com is up at {WEB_VIP}. The demo CA is {ca}. Try, in another terminal:\n\
+         \n  {curl} https://{SITE_NAME}/                  # the guest book: which server, which database\
+         \n  {curl} -d 'hello' https://{SITE_NAME}/api/entries   # sign it (through the write VIP)\
+         \n  {curl} -sI http://{SITE_NAME}/                # 301 to HTTPS\
+         \n  ip netns exec {c} mariadb -h {DB_WRITE_VIP} -u app -papp-secret   # refused: the database VIPs serve the servers only\
+         \n  ip netns exec {ops} curl http://{}:9641/        # the stats page (monitoring host only); Prometheus: http://10.111.0.5:9090\
+         \n  {bin} --socket {} status                        # node A (B: --socket {})\
+         \n  kill $(cat {}/web1/nginx.pid)                   # web1's nginx stops: new requests go to web2\
+         \n  ip -n {} link set eth0 down                      # node A fails: node B takes the VIPs\
+         \n\nLogs: node A {}, node B {}. Ctrl-C stops the site and removes everything.\n",
+        a.addr,
+        a.socket.display(),
+        b.socket.display(),
+        site.topo.dir.display(),
+        a.ns,
+        a.log.display(),
+        b.log.display(),
+        bin = bin.display(),
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(site);
+    println!("site: stopped; namespaces removed");
     Ok(())
 }
 
