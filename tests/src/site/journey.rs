@@ -266,7 +266,7 @@ fn https_spread(site: &mut Site) -> Result<String> {
             .or_insert(0) += 1;
     }
     ensure!(
-        served.get("web1").is_some() && served.get("web2").is_some(),
+        served.contains_key("web1") && served.contains_key("web2"),
         "{n} requests all served by one server: {served:?}"
     );
     // Without the demo CA the certificate is not trusted: the chain is real.

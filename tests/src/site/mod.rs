@@ -103,6 +103,17 @@ impl Drop for Node {
     }
 }
 
+/// Where and how a balancer node runs.
+struct NodeSpec {
+    name: &'static str,
+    ns: String,
+    addr: &'static str,
+    snat: &'static str,
+    pin_dir: PathBuf,
+    peer: &'static str,
+    priority: &'static str,
+}
+
 /// The running site. Dropping it stops everything and removes the namespaces and files.
 pub struct Site {
     // Drop order is field order: balancers, monitoring, servers, then the network.
@@ -166,34 +177,35 @@ impl Site {
             topo,
         };
         let specs = [
-            (
-                "a",
-                site.topo.lb.name.clone(),
-                "10.111.0.2",
-                "10.111.0.252",
-                site.topo.pin_dir(),
-                "10.111.0.3",
-                "150",
-            ),
-            (
-                "b",
-                site.topo.lbs[b].ns.name.clone(),
-                "10.111.0.3",
-                "10.111.0.253",
-                site.topo.lbs[b].pin_dir.clone(),
-                "10.111.0.2",
-                "100",
-            ),
+            NodeSpec {
+                name: "a",
+                ns: site.topo.lb.name.clone(),
+                addr: "10.111.0.2",
+                snat: "10.111.0.252",
+                pin_dir: site.topo.pin_dir(),
+                peer: "10.111.0.3",
+                priority: "150",
+            },
+            NodeSpec {
+                name: "b",
+                ns: site.topo.lbs[b].ns.name.clone(),
+                addr: "10.111.0.3",
+                snat: "10.111.0.253",
+                pin_dir: site.topo.lbs[b].pin_dir.clone(),
+                peer: "10.111.0.2",
+                priority: "100",
+            },
         ];
-        for (name, ns, addr, snat, pin_dir, peer, priority) in specs {
+        for spec in &specs {
             say(&format!(
-                "balancer node {}: foobar-lb, then keepalived (priority {priority})",
-                name.to_uppercase()
+                "balancer node {}: foobar-lb, then keepalived (priority {})",
+                spec.name.to_uppercase(),
+                spec.priority
             ));
-            let node = site.start_node(opts, name, &ns, addr, snat, &pin_dir, &check_writable)?;
+            let node = site.start_node(opts, spec, &check_writable)?;
             site.nodes.push(node);
             let node = site.nodes.last_mut().unwrap();
-            let conf = dir.join(format!("{name}.keepalived.conf"));
+            let conf = dir.join(format!("{}.keepalived.conf", spec.name));
             fs::write(
                 &conf,
                 keepalived_config(
@@ -201,12 +213,12 @@ impl Site {
                     &node.socket,
                     "eth0",
                     &[WEB_VIP, DB_WRITE_VIP, DB_READ_VIP],
-                    peer,
-                    priority,
+                    spec.peer,
+                    spec.priority,
                     ROUTER_ID,
                 )?,
             )?;
-            node.keepalived = Some(Keepalived::start(&Netns::attach(&ns), &conf)?);
+            node.keepalived = Some(Keepalived::start(&Netns::attach(&spec.ns), &conf)?);
         }
         say("monitoring: Prometheus on the monitoring host scraping both nodes");
         site.prometheus = Some(site.start_prometheus()?);
@@ -215,16 +227,15 @@ impl Site {
         Ok(site)
     }
 
-    fn start_node(
-        &self,
-        opts: &Options,
-        name: &'static str,
-        ns: &str,
-        addr: &'static str,
-        snat: &'static str,
-        pin_dir: &Path,
-        check_writable: &Path,
-    ) -> Result<Node> {
+    fn start_node(&self, opts: &Options, spec: &NodeSpec, check_writable: &Path) -> Result<Node> {
+        let NodeSpec {
+            name,
+            ns,
+            addr,
+            snat,
+            pin_dir,
+            ..
+        } = spec;
         let netns = Netns::attach(ns);
         // The node's own source address for full NAT (the database VIPs).
         netns.ip(&["addr", "add", &format!("{snat}/32"), "dev", "eth0", "nodad"])?;
