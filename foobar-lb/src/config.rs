@@ -126,8 +126,24 @@ pub struct Config {
     pub vlans: BTreeMap<String, Vec<u16>>,
     #[serde(default)]
     pub firewall: FirewallConfig,
+    /// `[announce]`: routes to this node's VIPs for a BGP daemon to announce (active-active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[announce]`: while this node serves, every service VIP is an address (/32, /128) on
+/// `interface`, where a BGP daemon on the node (BIRD's `protocol direct`) picks it up and
+/// announces it to the routers; `foobar-lb node drain` withdraws them all.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// A dummy interface of the host's (`ip link add lbvips type dummy`), not one XDP runs on.
+    pub interface: String,
+    /// Withdrawn by the operator (`foobar-lb node drain` sets it; config-dump keeps it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 pub fn default_pin_dir() -> PathBuf {
@@ -716,6 +732,25 @@ impl Config {
             }
             pairs += ids.len();
         }
+        if let Some(a) = &self.announce {
+            let name = &a.interface;
+            let valid = (1..16).contains(&name.len())
+                && !name.contains(['/', ' ', ':'])
+                && name != "."
+                && name != "..";
+            if !valid {
+                return Err(invalid(format!(
+                    "announce.interface {name:?} is not an interface name (1 to 15 characters, \
+                     no '/', ':' or spaces)"
+                )));
+            }
+            if self.interfaces.contains(name) {
+                return Err(invalid(format!(
+                    "announce.interface {name:?} is also in `interfaces`: announce on an \
+                     interface of its own (e.g. `ip link add lbvips type dummy`)"
+                )));
+            }
+        }
         if pairs > foobar_lb_common::MAX_IFACE_VLANS as usize {
             return Err(invalid(format!(
                 "vlans lists {pairs} VLANs in all; at most {} fit",
@@ -1211,6 +1246,24 @@ protocol = "udp"
         assert!(err(&text.replace("eth0 = [", "eth1 = [")).contains("\"eth1\", which is not in"));
         assert!(err(&text.replace("20]", "4095]")).contains("VLAN id 4095 is out of range"));
         assert!(err(&text.replace("20]", "10]")).contains("VLAN 10 is listed twice"));
+    }
+
+    #[test]
+    fn announce_names_an_interface_of_its_own_and_keeps_a_drain() {
+        let text = format!("{GOOD}\n[announce]\ninterface = \"lbvips\"\n");
+        let c = Config::parse(&text).unwrap();
+        let a = c.announce.as_ref().unwrap();
+        assert_eq!((a.interface.as_str(), a.drained), ("lbvips", false));
+        assert!(!c.to_toml().unwrap().contains("drained"));
+        let drained = format!("{text}drained = true\n");
+        let dumped = Config::parse(&drained).unwrap().to_toml().unwrap();
+        assert!(Config::parse(&dumped).unwrap().announce.unwrap().drained);
+        assert!(err(&text.replace("lbvips", "eth0")).contains("also in `interfaces`"));
+        assert!(err(&text.replace("lbvips", "a/b")).contains("is not an interface name"));
+        assert!(
+            err(&text.replace("lbvips", "sixteen-chars-xx")).contains("is not an interface name")
+        );
+        assert!(err(&format!("{text}bogus = 1\n")).contains("bogus"));
     }
 
     #[test]

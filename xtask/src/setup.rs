@@ -26,7 +26,7 @@ const PACKAGES: &[&str] = &[
 /// (about 1.5 MB, not started on install either) moves the VIP in the active-passive pair
 /// tests, run per namespace with the test's own files; `socat` is the real UDP server behind
 /// a NAT service (tests/tests/nat_e2e.rs).
-const TEST_PACKAGES: &[&str] = &["prometheus", "chromium", "keepalived", "socat"];
+const TEST_PACKAGES: &[&str] = &["prometheus", "chromium", "keepalived", "socat", "bird2"];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";

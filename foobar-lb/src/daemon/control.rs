@@ -47,6 +47,12 @@ impl Daemon {
                     Err(e) => Response::error(format!("{e:#}")),
                 }
             }
+            Request::NodeDrain | Request::NodeUndrain => {
+                return match self.node_drain(matches!(req, Request::NodeDrain)) {
+                    Ok(msg) => Response::message(msg),
+                    Err(e) => Response::error(format!("{e:#}")),
+                }
+            }
             Request::ConfigDump => {
                 return match self.config.to_toml() {
                     Ok(t) => Response {
