@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod fuzz;
 pub mod harness;
+pub mod mariadb;
 pub mod model;
 pub mod netns;
 pub mod packet;
