@@ -762,4 +762,92 @@ fn external_check_makes_the_write_vip_follow_the_writable_mariadb() {
         "{}",
         d.log_text()
     );
+    // From the CLI: a program that is not there is refused; a mysql check with its user is
+    // taken and kept by config-dump.
+    let out = d.cli(&[
+        "service",
+        "add",
+        "db-other",
+        "--vip",
+        VIP4,
+        "--port",
+        "3307",
+        "--check",
+        "external",
+        "--check-command",
+        "/nonexistent/db-writable",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("health command \"/nonexistent/db-writable\" cannot be used"),
+        "{err}"
+    );
+    let out = d.cli(&[
+        "service",
+        "add",
+        "db-read",
+        "--vip",
+        VIP4,
+        "--port",
+        "3308",
+        "--check",
+        "mysql",
+        "--mysql-user",
+        "haproxy_check",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&d.cli(&["config-dump"]).stdout).into_owned();
+    assert!(
+        dump.contains("check = \"mysql\"\n") && dump.contains("mysql_user = \"haproxy_check\"\n"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&format!("command = [\"{}\"]", script.display())),
+        "{dump}"
+    );
+}
+
+#[test]
+fn check_config_refuses_an_external_check_whose_program_is_missing() {
+    if !foobar_lb_tests::binary() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("foobar-lb-ext-cc-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("foobar-lb.toml");
+    let write = |program: &str| {
+        fs::write(
+            &config,
+            format!(
+                "interfaces = [\"lo\"]\n[[service]]\nname = \"db\"\nvip = \"10.0.0.100\"\n\
+                 port = 3306\nhealth = {{ check = \"external\", command = [\"{program}\", \"x\"] }}\n\
+                 [[service.backend]]\naddress = \"10.0.0.11\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("/bin/true");
+    let out = foobar_lb_tests::daemon::cli(&["check-config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    write("/nonexistent/db-writable");
+    let out = foobar_lb_tests::daemon::cli(&["check-config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "service \"db\": health command \"/nonexistent/db-writable\" cannot be used: No such \
+             file or directory"
+        ),
+        "{err}"
+    );
 }
