@@ -107,6 +107,10 @@ pub enum Request {
     /// Read the config file again and apply the difference (as SIGHUP does); the answer lists
     /// what changed.
     Reload,
+    /// Withdraw this node's VIPs from `[announce]` (routers stop sending it new flows).
+    NodeDrain,
+    /// Announce them again.
+    NodeUndrain,
     /// Tracked NAT connections, optionally of one service and/or backend address, at most
     /// `limit` of them (default 100; `total` says how many matched).
     Flows {
@@ -248,6 +252,19 @@ pub struct StatsSnapshot {
     pub map_writes: u64,
     #[serde(default)]
     pub nat: NatStats,
+    /// `[announce]`, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStats>,
+}
+
+/// What this node announces (active-active), for `status` and the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceStats {
+    pub interface: String,
+    /// Withdrawn by `node drain`.
+    pub drained: bool,
+    /// The VIPs on the interface now (what the BGP daemon announces).
+    pub announced: Vec<String>,
 }
 
 /// NAT connection tracking, for `status` and the metrics.

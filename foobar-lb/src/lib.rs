@@ -2,6 +2,7 @@
 //! reconciliation of desired state into map writes, and the control API.
 
 pub mod api;
+pub mod bird;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -221,6 +221,16 @@ pub fn render(s: &StatsSnapshot) -> String {
         "NAT connections the tables can hold (nat_table_size)",
     );
     nat_size.get_or_create(&vec![]).set(s.nat.table_size as f64);
+    if let Some(a) = &s.announce {
+        let announced = gauge(
+            &mut reg,
+            "vips_announced",
+            "VIPs this node announces now ([announce]; 0 while drained or not ready)",
+        );
+        announced
+            .get_or_create(&vec![])
+            .set(a.announced.len() as f64);
+    }
     let writes = counter(
         &mut reg,
         "map_writes",
@@ -557,6 +567,7 @@ mod tests {
                 connections: 5,
                 table_size: 1024,
             },
+            announce: None,
         }
     }
 

@@ -2,8 +2,11 @@
 //! provisioned through the controller's own map-writing code, and network-namespace guards.
 
 pub mod daemon;
+pub mod ecmp;
 pub mod fuzz;
 pub mod harness;
+pub mod load;
+pub mod mariadb;
 pub mod model;
 pub mod netns;
 pub mod packet;

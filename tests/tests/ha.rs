@@ -9,52 +9,26 @@
 //! shows it, which is why the pair is documented and tested with Maglev).
 
 use std::{
-    fs,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
 
 use foobar_lb_tests::{
     daemon::{bin, cli, Daemon},
-    netns::{spawn_in_netns, tcp_counter, Netns, Topology, LB6, VIP4, VIP6},
+    load::{start_webs_with_long_file, wait_backends_up, wait_for, Load},
+    netns::{tcp_counter, Netns, Topology, LB6, VIP4, VIP6},
     pair::{
         holds, write_keepalived_config, write_node_config, Keepalived, NODE_A, NODE_B, NODE_B_HOST,
     },
     root_object_and_binary,
-    traffic::http::{self, Download, KeepAlive},
+    traffic::http::Download,
 };
-
-/// The service address for load stream `i`: IPv4 for even `i`, IPv6 for odd.
-fn vip(i: usize) -> SocketAddr {
-    if i & 1 == 0 {
-        format!("{VIP4}:80").parse().unwrap()
-    } else {
-        format!("[{VIP6}]:80").parse().unwrap()
-    }
-}
 
 /// Packets a node forwarded, over all its services.
 fn forwarded(d: &Daemon) -> u64 {
     d.stats().services.iter().map(|s| s.counters.packets).sum()
-}
-
-/// Waits (bounded) until `cond` holds; panics with `what` after `secs`.
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "not within {secs} s: {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 /// One node of the pair: its namespace, daemon config, socket and pin directory.
@@ -126,24 +100,9 @@ struct Pair {
     long: Vec<u8>,
 }
 
-const LONG_PATH: &str = "/long";
-
 fn pair(tag: &str, scheduler: &str) -> Pair {
     let mut topo = Topology::new(tag, 2).unwrap();
-    // Pseudo-random, the same on both web servers: a wrong byte anywhere shows.
-    let mut x: u32 = 0x1234_5678;
-    let long: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    for i in 1..=2 {
-        topo.start_web(i).unwrap();
-        fs::write(topo.dir.join(format!("web{i}/long")), &long).unwrap();
-    }
+    let long = start_webs_with_long_file(&topo);
     topo.release_lb_vips().unwrap();
     let b_index = topo.add_lb(NODE_B_HOST).unwrap();
     let (a_config, a_socket) =
@@ -168,142 +127,6 @@ fn pair(tag: &str, scheduler: &str) -> Pair {
         socket: b_socket,
     };
     Pair { topo, a, b, long }
-}
-
-/// Waits until every backend of the daemon is up.
-fn wait_backends_up(d: &Daemon) {
-    wait_for("all backends up", 30, || {
-        d.stats()
-            .services
-            .iter()
-            .flat_map(|s| &s.backends)
-            .all(|b| b.health == "up")
-    });
-}
-
-/// The load the takeover must not disturb: keep-alive connections, new connections, and one
-/// slow download, all from the client namespace, until `stop`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    keepalive_answers: Arc<AtomicUsize>,
-    new_answers: Arc<AtomicUsize>,
-    download_bytes: Arc<AtomicUsize>,
-    keepalive: Vec<thread::JoinHandle<KeepAlive>>,
-    new_conns: thread::JoinHandle<Vec<(Duration, Result<String, String>)>>,
-    download: Option<thread::JoinHandle<Result<Download, String>>>,
-}
-
-struct LoadResult {
-    keepalive: Vec<KeepAlive>,
-    new_conns: Vec<(Duration, Result<String, String>)>,
-    download: Option<Result<Download, String>>,
-}
-
-impl LoadResult {
-    /// Nothing failed: every keep-alive connection answered throughout, always from the same
-    /// backend, and every new connection was answered.
-    fn assert_nothing_lost(&self) {
-        for (i, k) in self.keepalive.iter().enumerate() {
-            assert!(
-                k.error.is_none(),
-                "keep-alive connection {i}: {:?}",
-                k.error
-            );
-            assert!(
-                k.answers.iter().all(|a| *a == k.answers[0]),
-                "keep-alive connection {i} changed backends: {:?}",
-                k.answers
-            );
-        }
-        let failed: Vec<_> = self
-            .new_conns
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().err())
-            .collect();
-        assert!(
-            failed.is_empty(),
-            "{} of {} new connections failed: {failed:?}",
-            failed.len(),
-            self.new_conns.len()
-        );
-    }
-}
-
-impl Load {
-    fn start(client: &Netns, keepalive_conns: usize, download: bool) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let keepalive_answers = Arc::new(AtomicUsize::new(0));
-        let new_answers = Arc::new(AtomicUsize::new(0));
-        let download_bytes = Arc::new(AtomicUsize::new(0));
-        let keepalive = (0..keepalive_conns)
-            .map(|i| {
-                let (stop, n) = (stop.clone(), keepalive_answers.clone());
-                spawn_in_netns(&client.name, move || {
-                    http::keepalive(vip(i), Duration::from_millis(50), 5000, &stop, &n)
-                })
-            })
-            .collect();
-        let new_conns = {
-            let (stop, n) = (stop.clone(), new_answers.clone());
-            spawn_in_netns(&client.name, move || {
-                let mut out = Vec::new();
-                // Bounded in count as well as by `stop`.
-                while !stop.load(Ordering::Relaxed) && out.len() < 5000 {
-                    let t = Instant::now();
-                    let r = http::get(vip(out.len()), "/");
-                    if r.is_ok() {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
-                    out.push((t.elapsed(), r));
-                    thread::sleep(Duration::from_millis(20));
-                }
-                out
-            })
-        };
-        let download = download.then(|| {
-            let progress = download_bytes.clone();
-            spawn_in_netns(&client.name, move || {
-                http::slow_download(vip(0), LONG_PATH, 256 << 10, progress)
-            })
-        });
-        Load {
-            stop,
-            keepalive_answers,
-            new_answers,
-            download_bytes,
-            keepalive,
-            new_conns,
-            download,
-        }
-    }
-
-    /// Waits until every kind of load made `n` more answers (keep-alive: per connection).
-    fn wait_progress(&self, what: &str, n: usize) {
-        let (k0, n0) = (
-            self.keepalive_answers.load(Ordering::Relaxed),
-            self.new_answers.load(Ordering::Relaxed),
-        );
-        let per = self.keepalive.len().max(1);
-        wait_for(what, 60, || {
-            self.keepalive_answers.load(Ordering::Relaxed) >= k0 + n * per
-                && self.new_answers.load(Ordering::Relaxed) >= n0 + n
-        });
-    }
-
-    fn finish(self) -> LoadResult {
-        // The download ends by itself; the rest when told.
-        let download = self.download.map(|d| d.join().unwrap());
-        self.stop.store(true, Ordering::Relaxed);
-        LoadResult {
-            keepalive: self
-                .keepalive
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .collect(),
-            new_conns: self.new_conns.join().unwrap(),
-            download,
-        }
-    }
 }
 
 /// Counters of a node's data plane worth reporting (drops, and what each verdict counted).

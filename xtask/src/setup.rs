@@ -25,7 +25,11 @@ const PACKAGES: &[&str] = &[
 /// alert rules; headless Chromium (package `chromium`) renders the stats page; `keepalived`
 /// (about 1.5 MB, not started on install either) moves the VIP in the active-passive pair
 /// tests, run per namespace with the test's own files; `socat` is the real UDP server behind
-/// a NAT service (tests/tests/nat_e2e.rs).
+/// a NAT service (tests/tests/nat_e2e.rs); `mariadb-server` and `mariadb-client` are the real
+/// database the `mysql` and `external` health checks are tested against (tests/src/mariadb.rs
+/// starts it per namespace; nothing is started on install here); `bird2` speaks BGP in the
+/// active-active tests (tests/tests/ecmp.rs);
+/// `python3-pymysql` and `openssl` serve the site (tests/tests/site.rs).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "chromium",
@@ -33,6 +37,7 @@ const TEST_PACKAGES: &[&str] = &[
     "socat",
     "mariadb-server",
     "mariadb-client",
+    "bird2",
     "python3-pymysql",
     "openssl",
 ];

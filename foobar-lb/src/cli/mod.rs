@@ -9,11 +9,13 @@ use foobar_lb::{
 };
 
 mod backend;
+mod bird;
 mod check;
 mod flows;
 mod fw;
 mod keepalived;
 mod maglev;
+mod node;
 mod run;
 mod service;
 mod stats;
@@ -85,6 +87,13 @@ enum Command {
     /// Print the keepalived.conf of one node of an active-passive pair: VRRP by unicast to
     /// the peer, sub-second adverts, the VIPs tracking `foobar-lb ready`.
     KeepalivedConfig(keepalived::Args),
+    /// Withdraw (drain) or announce again (undrain) this node's VIPs (`[announce]`,
+    /// active-active behind ECMP routers).
+    #[command(subcommand)]
+    Node(node::Command),
+    /// Print the bird.conf of one node of an active-active group: BGP to the routers,
+    /// announcing the VIPs the daemon keeps on the `[announce]` interface, BFD.
+    BirdConfig(bird::Args),
     /// Show how this binary was built; fails if it lacks its XDP program.
     Info,
     /// Build Maglev tables for synthetic backends: build time, balance, flows moved when one
@@ -137,6 +146,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::KeepalivedConfig(args) => keepalived::run(&socket, args),
+        Command::Node(cmd) => node::run(&socket, cmd).await,
+        Command::BirdConfig(args) => bird::run(args),
         Command::Reload => {
             let resp = call(&socket, Request::Reload).await?;
             println!("{}", resp.message.unwrap_or_default());

@@ -295,6 +295,20 @@ fn render_status(s: &StatsSnapshot) -> String {
             s.nat.connections, s.nat.table_size
         );
     }
+    if let Some(a) = &s.announce {
+        out += &match (a.drained, a.announced.is_empty()) {
+            (true, _) => format!("node: drained (no VIP announced on {})\n", a.interface),
+            (false, true) => format!(
+                "node: announcing nothing on {} (not ready: see `foobar-lb ready`)\n",
+                a.interface
+            ),
+            (false, false) => format!(
+                "node: announcing {} on {}\n",
+                a.announced.join(", "),
+                a.interface
+            ),
+        };
+    }
     out
 }
 

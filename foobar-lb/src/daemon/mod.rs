@@ -8,6 +8,7 @@
 //! `socket` (control socket and metrics listener), then this module's main loop, which hands
 //! messages to `health_events`, `control` and `macs`; `apply` writes the result.
 
+mod announce;
 mod apply;
 mod control;
 mod health_events;
@@ -125,6 +126,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         tokio::signal::unix::signal(SignalKind::hangup())?,
     ];
     readiness.set_ready();
+    d.sync_announcements();
     d.main_loop(&mut events, &mut api, signals).await;
     readiness.set_stopping();
     let _ = std::fs::remove_file(&socket);
@@ -150,12 +152,21 @@ impl Daemon {
             tokio::select! {
                 _ = sigint.recv() => return,
                 _ = sigterm.recv() => return,
-                _ = sighup.recv() => match self.reload() {
-                    Ok(msg) => log::info!(event = "reload", change = msg.as_str(); "SIGHUP: {msg}"),
-                    Err(e) => log::error!(event = "reload_refused", reason:% = format!("{e:#}"); "SIGHUP: {e:#}"),
-                },
+                _ = sighup.recv() => {
+                    match self.reload() {
+                        Ok(msg) => log::info!(event = "reload", change = msg.as_str(); "SIGHUP: {msg}"),
+                        Err(e) => log::error!(event = "reload_refused", reason:% = format!("{e:#}"); "SIGHUP: {e:#}"),
+                    }
+                    self.sync_announcements();
+                }
                 Some((req, reply)) = api.recv() => {
+                    // Read-only requests (asked every second by keepalived and scrapers) change
+                    // nothing to announce.
+                    let changes = !matches!(req, Request::Stats | Request::Ready | Request::Flows { .. } | Request::ConfigDump);
                     let _ = reply.send(self.handle(req));
+                    if changes {
+                        self.sync_announcements();
+                    }
                 }
                 Some(ev) = events.recv() => {
                     if let Err(e) = self.on_health(ev) {
@@ -169,6 +180,7 @@ impl Daemon {
                         }
                     }
                     self.watch_interfaces();
+                    self.sync_announcements();
                     if let Err(e) = self.refresh_neighbors() {
                         log::warn!("neighbour refresh failed: {e:#}");
                     }
@@ -221,8 +233,16 @@ fn raise_fd_limit() {
 
 /// Drops the daemon (closing its map and program handles) and then either unpins the data
 /// plane or leaves it forwarding for the next daemon to adopt.
-fn shutdown(d: Daemon, detach: bool) -> Result<()> {
+fn shutdown(mut d: Daemon, detach: bool) -> Result<()> {
     let pin_dir = d.config.pin_dir.clone();
+    // Routers move the flows to other nodes before this one stops forwarding them.
+    if detach && d.withdraw_announcements() {
+        println!(
+            "foobar-lb: VIPs withdrawn; forwarding {} s more while the routers move the flows",
+            announce::WITHDRAW_GRACE.as_secs()
+        );
+        std::thread::sleep(announce::WITHDRAW_GRACE);
+    }
     drop(d);
     if detach {
         dataplane::teardown(&pin_dir)?;

@@ -113,6 +113,10 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     if old.nat != new.nat {
         return Some("nat.timeouts");
     }
+    // `drained` is the operator's runtime state (`node drain`); the interface needs a restart.
+    if old.announce.as_ref().map(|a| &a.interface) != new.announce.as_ref().map(|a| &a.interface) {
+        return Some("announce.interface");
+    }
     None
 }
 

@@ -108,6 +108,7 @@ impl Daemon {
             flow_table_size: self.config.flow_table_size,
             services,
             map_writes: self.dataplane.map_writes(),
+            announce: self.announce_stats(),
             nat: api::NatStats {
                 connections: self.nat_sweeper.as_ref().map_or(0, |s| s.tracked()),
                 table_size: self.config.nat_table_size,

@@ -47,6 +47,9 @@ pub(super) async fn start(
 ) -> Result<(Daemon, mpsc::Receiver<HealthEvent>, PinDirLock)> {
     let config = Config::load(config_path)?;
     config.check_host()?;
+    if let Some(a) = &config.announce {
+        super::announce::check_interface(&a.interface)?;
+    }
     let mode = opts.xdp_mode.unwrap_or(config.xdp_mode);
     // Before anything touches the data plane: one daemon per pin directory, whatever its socket.
     let lock = lock_pin_dir(&config.pin_dir)?;

@@ -1,16 +1,15 @@
-//! MariaDB on each server (Debian's `mariadb-server`): the primary on server 1, a replica of it
-//! on server 2 (GTID replication), each with its own data directory under the site's files.
+//! MariaDB on each server (tests/src/mariadb.rs starts it): the primary on server 1, a replica
+//! of it on server 2 (GTID replication, read-only), binary logs on both so the replica can be
+//! promoted.
 
 use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::netns::{run, Netns};
+use crate::{mariadb::MariaDb, netns::Netns};
 
 /// The application's account (SELECT, INSERT on `foobar`), as app.py has it.
 pub const APP_USER: &str = "app";
@@ -19,88 +18,39 @@ pub const CHECK_USER: &str = "check";
 const REPL_USER: &str = "repl";
 const REPL_PASSWORD: &str = "repl-secret";
 
-/// One running MariaDB server; killed on drop.
+/// One server of the pair; stopped on drop.
 pub struct Db {
     pub server_id: u32,
-    pub dir: PathBuf,
-    pub socket: PathBuf,
-    child: Option<Child>,
+    pub server: MariaDb,
 }
 
 impl Db {
-    /// Initialises `dir` and starts mariadbd in `ns` on `bind:3306`. `server_id` 1 is the
-    /// primary; others start read-only. Waits until it answers (bounded).
+    /// Starts server `server_id` in `ns` on `bind:3306`; 1 is the primary, others start
+    /// read-only.
     pub fn start(ns: &Netns, dir: &Path, server_id: u32, bind: &str) -> Result<Db> {
-        fs::create_dir_all(dir)?;
-        let data = dir.join("data");
-        run(Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--skip-test-db"])
-            .arg(format!("--datadir={}", data.display()))
-            .stdout(Stdio::null()))
-        .context("mariadb-install-db failed (Debian package mariadb-server)")?;
-        let socket = dir.join("mysqld.sock");
-        let log = fs::File::create(dir.join("mysqld.log"))?;
-        let mut cmd = ns.cmd("mariadbd");
-        cmd.args(["--no-defaults", "--user=root", "--port=3306"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
-            .arg(format!("--bind-address={bind}"))
-            .arg(format!("--server-id={server_id}"))
-            .arg(format!("--log-bin={}", dir.join("binlog").display()))
-            .arg(format!("--relay-log={}", dir.join("relay").display()))
-            .args([
-                "--binlog-format=ROW",
-                "--log-slave-updates",
-                "--skip-name-resolve",
-                "--innodb-buffer-pool-size=16M",
-                "--max-connections=200",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let id = format!("--server-id={server_id}");
+        let binlog = format!("--log-bin={}", dir.join("binlog").display());
+        let relay = format!("--relay-log={}", dir.join("relay").display());
+        let mut extra = vec![
+            id.as_str(),
+            binlog.as_str(),
+            relay.as_str(),
+            "--binlog-format=ROW",
+            "--log-slave-updates",
+            "--max-connections=200",
+        ];
         if server_id != 1 {
-            cmd.arg("--read-only");
+            extra.push("--read-only");
         }
-        let child = cmd.spawn().context("cannot start mariadbd")?;
-        let mut db = Db {
+        Ok(Db {
             server_id,
-            dir: dir.to_owned(),
-            socket,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while db.sql("SELECT 1").is_err() {
-            if let Some(status) = db.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!(
-                    "mariadbd (server {server_id}) exited ({status}): see {}",
-                    dir.join("mysqld.log").display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("mariadbd (server {server_id}) does not answer after 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(db)
+            server: MariaDb::start(ns, dir, bind, 3306, &extra, &[])?,
+        })
     }
 
     /// Runs `sql` as root over the server's socket: the rows, tab-separated.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        let out = Command::new("mariadb")
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-u", "root", "-N", "-B", "-e", sql])
-            .output()
-            .context("cannot run the mariadb client (Debian package mariadb-client)")?;
-        if !out.status.success() {
-            bail!(
-                "server {}: {sql}: {}",
-                self.server_id,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        self.server.sql(sql)
     }
 
     /// Primary: the replication account, then the schema and accounts, which replicate.
@@ -154,17 +104,8 @@ impl Db {
         Ok(())
     }
 
-    /// Stops the server (SIGKILL, as a crash; InnoDB recovers on a next start).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        self.kill();
+    /// Stops the server (a clean shutdown).
+    pub fn stop(&mut self) {
+        self.server.stop();
     }
 }

@@ -328,6 +328,7 @@ fn firewall(site: &mut Site) -> Result<String> {
         ns.cmd("mariadb")
             .args([
                 "--no-defaults",
+                "--skip-ssl",
                 "-h",
                 DB_WRITE_VIP,
                 "-u",
@@ -503,7 +504,7 @@ fn db_switchover(site: &mut Site) -> Result<String> {
     let pos = site.dbs[0].sql("SELECT @@gtid_binlog_pos")?;
     site.dbs[1].wait_for("SELECT @@gtid_slave_pos", &pos, Duration::from_secs(15))?;
     site.dbs[1].promote()?;
-    site.dbs[0].kill();
+    site.dbs[0].stop();
     let token = format!("after-switchover-{}", std::process::id());
     let mut tries = 0;
     wait("a write lands on db2", Duration::from_secs(20), || {

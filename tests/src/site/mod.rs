@@ -415,7 +415,7 @@ fn run_chmod(path: &Path) -> Result<()> {
 /// so the VIP follows the server an operator promoted.
 const CHECK_WRITABLE: &str = "#!/bin/sh\n\
 # foobar-lb external check: exit 0 while this MariaDB server is writable.\n\
-ro=$(mariadb --no-defaults -h \"$FOOBAR_LB_BACKEND_ADDR\" -P \"$FOOBAR_LB_BACKEND_PORT\" \\\n\
+ro=$(mariadb --no-defaults --skip-ssl -h \"$FOOBAR_LB_BACKEND_ADDR\" -P \"$FOOBAR_LB_BACKEND_PORT\" \\\n\
   -u check --connect-timeout=1 -N -B -e 'SELECT @@global.read_only') || exit 1\n\
 [ \"$ro\" = 0 ] || { echo \"read_only = $ro\"; exit 1; }\n";
 
