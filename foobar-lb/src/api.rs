@@ -248,6 +248,21 @@ pub struct StatsSnapshot {
     pub map_writes: u64,
     #[serde(default)]
     pub nat: NatStats,
+    #[serde(default)]
+    pub netlink: NetlinkStats,
+}
+
+/// Kernel events the daemon read (neighbour and link changes), for the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetlinkStats {
+    /// Neighbour messages about configured backends' addresses.
+    pub neighbour_events: u64,
+    /// Link messages about configured interfaces.
+    pub link_events: u64,
+    /// Messages about other addresses and interfaces, dropped on arrival.
+    pub ignored_events: u64,
+    /// Times the kernel dropped events (receive buffer full) and the tables were read again.
+    pub resyncs: u64,
 }
 
 /// NAT connection tracking, for `status` and the metrics.

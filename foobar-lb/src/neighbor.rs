@@ -321,6 +321,9 @@ pub struct Filter {
 pub struct Batch {
     pub neighbours: HashMap<IpAddr, Neighbour>,
     pub links: HashMap<String, Link>,
+    /// Interfaces deleted since the last take (a deletion followed by a re-creation leaves
+    /// only the new device in `links`).
+    pub deleted: HashSet<String>,
     /// The kernel dropped events (receive buffer overflow): read the tables again.
     pub resync: bool,
 }
@@ -334,6 +337,9 @@ impl Batch {
                 true
             }
             Event::Link(l) if filter.interfaces.contains(&l.name) => {
+                if l.removed {
+                    self.deleted.insert(l.name.clone());
+                }
                 self.links.insert(l.name.clone(), l);
                 true
             }
@@ -701,9 +707,29 @@ mod tests {
             }),
             &filter
         ));
+        // A deletion stays known after the device's re-creation in the same batch.
+        assert!(batch.add(
+            Event::Link(Link {
+                ifindex: 4,
+                name: "eth0".into(),
+                up: false,
+                removed: true
+            }),
+            &filter
+        ));
+        assert!(batch.add(
+            Event::Link(Link {
+                ifindex: 5,
+                name: "eth0".into(),
+                up: true,
+                removed: false
+            }),
+            &filter
+        ));
         assert_eq!(batch.neighbours.len(), 1);
+        assert!(batch.deleted.contains("eth0"));
         assert_eq!(batch.neighbours[&A].mac, Some([2, 0, 0, 0, 0, 99]));
-        assert_eq!(batch.links["eth0"].ifindex, 4);
+        assert_eq!(batch.links["eth0"].ifindex, 5);
     }
 
     #[test]

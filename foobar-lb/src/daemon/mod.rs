@@ -43,13 +43,18 @@ use crate::{
     dataplane::{self, Dataplane},
     desired::Mac,
     health::HealthState,
-    metrics,
+    metrics, neighbor,
     reconcile::Reconciler,
 };
 use health_events::HealthEvent;
 
-/// How often the neighbour table is read again (new backends, MAC changes).
-const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
+/// The housekeeping tick: failed map writes retried, unresolved backends asked for again (their
+/// answers arrive as neighbour events), counter samples for rates.
+const TICK: Duration = Duration::from_secs(2);
+
+/// The fallback for kernel events: the neighbour table and the interfaces are read in full this
+/// often (events drive the normal case; this covers what a lost event would leave wrong).
+const NETLINK_FALLBACK: Duration = Duration::from_secs(30);
 
 pub struct RunOptions {
     /// Overrides the config's `xdp_mode`.
@@ -85,6 +90,12 @@ struct Daemon {
     dataplane: Dataplane,
     reconciler: Reconciler,
     macs: HashMap<IpAddr, Mac>,
+    /// Backends whose neighbour entry was last seen FAILED (logged once per failure).
+    neighbour_failed: std::collections::HashSet<IpAddr>,
+    /// The kernel's neighbour and link events, filtered to the configuration.
+    netlink: neighbor::Watcher,
+    /// Configured interfaces' last state seen in a link event (up: IFF_UP and a carrier).
+    links_up: HashMap<String, bool>,
     backends: HashMap<BackendKey, BackendRuntime>,
     events: mpsc::Sender<HealthEvent>,
     checks: Arc<Semaphore>,
@@ -141,12 +152,16 @@ impl Daemon {
         api: &mut mpsc::Receiver<ApiCall>,
         [mut sigint, mut sigterm, mut sighup]: [Signal; 3],
     ) {
-        let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
+        let mut refresh = tokio::time::interval(TICK);
         // After a stall, wait a full period instead of firing missed ticks back to back: rate
         // samples taken microseconds apart would show zero.
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        let mut fallback = tokio::time::interval(NETLINK_FALLBACK);
+        fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        fallback.tick().await;
         loop {
+            let netlink = self.netlink.changed();
             tokio::select! {
                 _ = sigint.recv() => return,
                 _ = sigterm.recv() => return,
@@ -162,16 +177,20 @@ impl Daemon {
                         log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "applying a health change failed: {e:#}");
                     }
                 }
+                _ = netlink => self.on_netlink(),
+                _ = fallback.tick() => {
+                    self.watch_interfaces();
+                    if let Err(e) = self.refresh_neighbors() {
+                        log::warn!("neighbour refresh failed: {e:#}");
+                    }
+                }
                 _ = refresh.tick() => {
                     if self.retry {
                         if let Err(e) = self.apply() {
                             log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "retrying the map writes failed: {e:#}");
                         }
                     }
-                    self.watch_interfaces();
-                    if let Err(e) = self.refresh_neighbors() {
-                        log::warn!("neighbour refresh failed: {e:#}");
-                    }
+                    self.poke_unresolved();
                     if let Err(e) = self.sample_rates() {
                         log::warn!("reading counters failed: {e:#}");
                     }
