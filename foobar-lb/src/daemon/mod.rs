@@ -204,37 +204,26 @@ impl Daemon {
 /// metrics endpoint's connections all take descriptors, and a service manager's usual soft
 /// limit (1024) is low for that. Failure is logged; the daemon runs with what it has.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(lim) => lim,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            return;
+        }
     };
-    // SAFETY: a valid rlimit out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        log::warn!(
-            "cannot read the open-file limit: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
     // An unlimited hard limit still stops at the kernel's nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let want = lim.rlim_max.min(nr_open);
-    if lim.rlim_cur >= want {
+    let want = hard.min(nr_open);
+    if soft >= want {
         return;
     }
-    let old = lim.rlim_cur;
-    lim.rlim_cur = want;
-    // SAFETY: a valid rlimit; the soft limit stays within the hard one.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        log::warn!(
-            "cannot raise the open-file limit from {old} to {want}: {}",
-            std::io::Error::last_os_error()
-        );
-    } else {
-        log::info!("open-file limit raised from {old} to {want}");
+    match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+        Ok(()) => log::info!("open-file limit raised from {soft} to {want}"),
+        Err(e) => log::warn!("cannot raise the open-file limit from {soft} to {want}: {e}"),
     }
 }
 
