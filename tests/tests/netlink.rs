@@ -1,10 +1,11 @@
 //! The daemon follows the kernel's neighbour and link events: a backend that changes its MAC
 //! (and says so with a gratuitous ARP / unsolicited neighbour advertisement) is written with
 //! the new one at once, and a load-balancer interface deleted and created again is attached
-//! again on its link event. Both are asserted through the daemon's event counters and log
-//! lines, not timing alone; the times are printed. The daemon's fallback re-read of the tables
-//! is 30 s, so only events can meet the bounds here. Loops are bounded; namespaces, processes
-//! and pins are removed by guards.
+//! again on its link event; a flood of neighbour messages about other addresses is dropped
+//! without slowing the API or the checks. The first two are asserted through the daemon's
+//! event counters and log lines, not timing alone; the times are printed. The daemon's
+//! fallback re-read of the tables is 30 s, so only events can meet the bounds here. Loops are
+//! bounded; namespaces, processes and pins are removed by guards.
 
 use std::{
     path::PathBuf,
@@ -181,4 +182,63 @@ fn a_recreated_interface_is_attached_again_from_its_link_event() {
         "the VIP did not answer through the new device:\n{}",
         daemon.log_text()
     );
+}
+
+#[test]
+fn a_flood_of_foreign_neighbour_events_leaves_the_api_and_checks_alone() {
+    let Some((topo, socket, config)) = with_config("nf", 1) else {
+        return;
+    };
+    let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let before = daemon.stats().netlink;
+    let mac = written_mac(&daemon, "www", &web4(1)).expect("web1's MAC");
+    // 300 neighbours that are no backend, each rewritten 60 times (18,000 messages in about a
+    // second): a busy segment's churn. Few entries, so the kernel's table (its thresholds are
+    // shared by every namespace) stays far from its limits; they go with the namespace.
+    let batch = topo.dir.join("neigh.batch");
+    let mut lines = String::new();
+    for round in 0..60u32 {
+        for i in 0..300u32 {
+            lines += &format!(
+                "neigh replace 10.112.{}.{} lladdr 02:aa:00:{:02x}:{:02x}:{:02x} dev eth0 nud stale\n",
+                i / 250,
+                i % 250 + 1,
+                round,
+                i / 256,
+                i % 256
+            );
+        }
+    }
+    std::fs::write(&batch, lines).unwrap();
+    let started = Instant::now();
+    let flood = {
+        let mut cmd = topo.lb.cmd("ip");
+        cmd.args(["-batch"]).arg(&batch);
+        thread::spawn(move || cmd.output().map(|o| o.status.success()))
+    };
+    // Meanwhile the API answers and the backend stays up.
+    let mut slowest = Duration::ZERO;
+    while !flood.is_finished() {
+        let t = Instant::now();
+        let stats = daemon.stats();
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(stats.services[0].backends[0].health, "up", "{stats:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(flood.join().unwrap().unwrap(), "ip -batch failed");
+    let took = started.elapsed();
+    let after = daemon.stats().netlink;
+    println!(
+        "flood of {took:?}: slowest stats answer {slowest:?}; before {before:?}, after {after:?}"
+    );
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // The messages were read and dropped (or, past the socket's buffer, answered by one
+    // resync), none taken for a backend's.
+    assert!(
+        after.ignored_events - before.ignored_events >= 1000 || after.resyncs > before.resyncs,
+        "{after:?}"
+    );
+    // The backend's MAC is untouched and it still serves.
+    assert_eq!(written_mac(&daemon, "www", &web4(1)), Some(mac));
+    assert!(try_get(&topo.client, &format!("http://{VIP4}/")).is_ok_and(|b| b == "web1"));
 }
