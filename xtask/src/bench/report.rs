@@ -18,6 +18,8 @@ pub struct Report {
     pub e2e: Vec<e2e::Row>,
     pub attack: Vec<AttackRow>,
     pub health: Option<HealthCost>,
+    /// The active node of a pair crashes under load (`failover.rs`).
+    pub failover: Vec<super::failover::Row>,
     /// `foobar-lb maglev-stats` output (release build).
     pub maglev: Option<serde_json::Value>,
     /// Ratios the issue sets as targets, computed from this run.
@@ -30,6 +32,27 @@ pub struct Target {
     pub measured: f64,
     pub target: String,
     pub met: bool,
+}
+
+impl Report {
+    /// A report with only the failover table (`bench --failover-only`).
+    pub fn failover_only(failover: Vec<super::failover::Row>, quick: bool) -> Report {
+        Report {
+            date: String::new(),
+            machine: String::new(),
+            kernel: String::new(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_average_before: String::new(),
+            quick,
+            micro: Vec::new(),
+            e2e: Vec::new(),
+            attack: Vec::new(),
+            health: None,
+            failover,
+            maglev: None,
+            targets: Vec::new(),
+        }
+    }
 }
 
 pub fn markdown(r: &Report) -> String {
@@ -53,6 +76,28 @@ pub fn markdown(r: &Report) -> String {
             m.target_ratio.map(|t| format!("≤ {t}")).unwrap_or_default(),
             m.method
         );
+    }
+    if !r.failover.is_empty() {
+        s += "\n## Failover (keepalived pair, the active node crashes under load)\n\n\
+              | balancer | new connections failed | keep-alive connections lost | resets | 4 MiB download | takeover ms |\n\
+              |---|---:|---:|---:|---|---:|\n";
+        for f in &r.failover {
+            s += &format!(
+                "| {} | {} of {} | {} of {} | {} | {} | {:.0} |\n",
+                f.balancer.label(),
+                f.new_failed,
+                f.new_connections,
+                f.keepalive_lost,
+                f.keepalive_connections,
+                f.resets,
+                if f.download_intact {
+                    "intact"
+                } else {
+                    "broken"
+                },
+                f.takeover_ms
+            );
+        }
     }
     if !r.e2e.is_empty() {
         s += "\n## End to end (wrk, client → balancer → 2 nginx)\n\n| peer | mode | req/s | p50 ms | p99 ms | errors | web1 | web2 |\n|---|---|---:|---:|---:|---:|---:|---:|\n";
@@ -210,6 +255,7 @@ mod tests {
                 flood_drops_per_sec: 20.0,
                 errors: 5,
             }],
+            failover: Vec::new(),
             health: None,
             maglev: None,
             targets: Vec::new(),
