@@ -397,8 +397,28 @@ pub enum CheckKind {
     Tls,
     /// A TLS handshake, then the `http` check's GET over it.
     Https,
+    /// The MySQL/MariaDB server greeting (HAProxy's `option mysql-check`); with `mysql_user`,
+    /// a login as that user with an empty password, then `COM_QUIT`.
+    Mysql,
+    /// Runs `command` (HAProxy's `external-check`): exit status 0 is a success.
+    External,
     /// No checks: backends are always considered healthy.
     None,
+}
+
+impl CheckKind {
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Tls => "tls",
+            CheckKind::Https => "https",
+            CheckKind::Mysql => "mysql",
+            CheckKind::External => "external",
+            CheckKind::None => "none",
+        }
+    }
 }
 
 /// Health checks of one service's backends (HAProxy `check inter/rise/fall` semantics).
@@ -437,6 +457,14 @@ pub struct HealthConfig {
     /// Interface through which link-local IPv6 backends (`fe80::/10`) are checked: the scope
     /// of their address. Required when a checked backend is link-local.
     pub interface: Option<String>,
+    /// `mysql` checks: log in as this user (empty password), then quit, so the server does
+    /// not count each check as an aborted connection. Without it the check reads the
+    /// greeting and closes.
+    pub mysql_user: Option<String>,
+    /// `external` checks: the program (an absolute path) and its arguments, run without a
+    /// shell.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 /// HAProxy's `on-marked-down`: by default a backend marked down keeps its established
@@ -468,9 +496,14 @@ impl Default for HealthConfig {
             sni: None,
             source: None,
             interface: None,
+            mysql_user: None,
+            command: Vec::new(),
         }
     }
 }
+
+/// Longest `mysql_user` (MariaDB's limit on user names).
+pub const MYSQL_USER_MAX: usize = 80;
 
 impl HealthConfig {
     /// The accepted status range.
@@ -572,7 +605,7 @@ impl HealthConfig {
                     "{what}: health interface {ifname:?} is not a valid interface name"
                 )));
             }
-        } else if self.check != CheckKind::None {
+        } else if !matches!(self.check, CheckKind::None | CheckKind::External) {
             if let Some(b) = svc.backends.iter().find(|b| is_link_local_v6(b.address)) {
                 return Err(invalid(format!(
                     "{what}: backend {} is link-local: set health.interface to the interface \
@@ -581,6 +614,7 @@ impl HealthConfig {
                 )));
             }
         }
+        self.validate_kind_fields(what)?;
         if self.rise == 0 || self.fall == 0 || self.rise > 100 || self.fall > 100 {
             return Err(invalid(format!(
                 "{what}: health rise and fall must be 1..=100"
@@ -598,6 +632,109 @@ impl HealthConfig {
         self.status_range()
             .map_err(|e| invalid(format!("{what}: {e}")))?;
         Ok(())
+    }
+}
+
+impl HealthConfig {
+    /// Settings that mean something only for some check kinds are refused with the others,
+    /// rather than silently ignored.
+    fn validate_kind_fields(&self, what: &str) -> Result<(), ConfigError> {
+        let kind = self.check.name();
+        let only = |field: &str, kinds: &str| {
+            invalid(format!(
+                "{what}: health {field} is only for check = {kinds} (check is {kind:?})"
+            ))
+        };
+        if self.mysql_user.is_some() && self.check != CheckKind::Mysql {
+            return Err(only("mysql_user", "\"mysql\""));
+        }
+        if !self.command.is_empty() && self.check != CheckKind::External {
+            return Err(only("command", "\"external\""));
+        }
+        let http_like = matches!(
+            self.check,
+            CheckKind::Tcp | CheckKind::Http | CheckKind::Tls | CheckKind::Https | CheckKind::None
+        );
+        if !http_like {
+            let d = HealthConfig::default();
+            for (field, set) in [
+                ("path", self.path != d.path),
+                ("status", self.status != d.status),
+                ("host", self.host.is_some()),
+                ("sni", self.sni.is_some()),
+            ] {
+                if set {
+                    return Err(only(field, "\"http\", \"https\" or \"tls\""));
+                }
+            }
+        }
+        if self.check == CheckKind::External {
+            for (field, set) in [
+                ("source", self.source.is_some()),
+                ("interface", self.interface.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(format!(
+                        "{what}: health {field} has no effect with check = \"external\" (the \
+                         command makes its own connections)"
+                    )));
+                }
+            }
+        }
+        if let Some(user) = &self.mysql_user {
+            if user.is_empty()
+                || user.len() > MYSQL_USER_MAX
+                || !user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            {
+                return Err(invalid(format!(
+                    "{what}: health mysql_user {user:?} must be 1 to {MYSQL_USER_MAX} of \
+                     A-Z a-z 0-9 _ . -"
+                )));
+            }
+        }
+        if self.check == CheckKind::External {
+            let Some(program) = self.command.first() else {
+                return Err(invalid(format!(
+                    "{what}: check = \"external\" needs command = [\"/path/to/program\", \
+                     \"arg\", ...]"
+                )));
+            };
+            if !Path::new(program).is_absolute() {
+                return Err(invalid(format!(
+                    "{what}: health command {program:?} must be an absolute path (it runs \
+                     without a shell or a PATH search)"
+                )));
+            }
+            if let Some(bad) = self.command.iter().find(|a| a.contains('\0')) {
+                return Err(invalid(format!(
+                    "{what}: health command argument {bad:?} holds a NUL byte"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host-side part of the check's settings: an external check's program is an
+    /// executable file here.
+    pub fn check_host(&self, what: &str) -> Result<(), ConfigError> {
+        if self.check != CheckKind::External {
+            return Ok(());
+        }
+        let Some(program) = self.command.first() else {
+            return Ok(());
+        };
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(program) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+            Ok(_) => Err(invalid(format!(
+                "{what}: health command {program:?} is not an executable file"
+            ))),
+            Err(e) => Err(invalid(format!(
+                "{what}: health command {program:?} cannot be used: {e}"
+            ))),
+        }
     }
 }
 
@@ -918,6 +1055,9 @@ impl Config {
         for name in &self.interfaces {
             crate::netdev::ifindex(name)?;
         }
+        for svc in &self.services {
+            svc.health.check_host(&format!("service {:?}", svc.name))?;
+        }
         self.blocklist()?;
         Ok(())
     }
@@ -1209,6 +1349,141 @@ protocol = "udp"
             "protocol = \"udp\"\nhealth = { check = \"none\" }\n",
         );
         Config::parse(&unchecked).unwrap();
+    }
+
+    #[test]
+    fn mysql_and_external_checks_take_only_their_own_fields() {
+        let with = |health: &str| {
+            GOOD.replace(
+                "port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"",
+                &format!(
+                    "port = 3306\n[service.health]\n{health}\n\n[[service.backend]]\naddress = \"10.0.0.11\""
+                ),
+            )
+            .replace("address = \"10.0.0.12\"\nport = 80", "address = \"10.0.0.12\"")
+        };
+        let c = Config::parse(&with("check = \"mysql\"\nmysql_user = \"haproxy_check\"")).unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(
+            (h.check, h.mysql_user.as_deref()),
+            (CheckKind::Mysql, Some("haproxy_check"))
+        );
+        Config::parse(&with("check = \"mysql\"")).unwrap();
+        let ext = "check = \"external\"\ncommand = [\"/usr/local/bin/db-writable\", \"--port\", \"3306\"]";
+        let c = Config::parse(&with(ext)).unwrap();
+        assert_eq!(
+            c.services[0].health.command,
+            ["/usr/local/bin/db-writable", "--port", "3306"]
+        );
+        // Both survive config-dump.
+        for text in [
+            with("check = \"mysql\"\nmysql_user = \"haproxy_check\""),
+            with(ext),
+        ] {
+            let c = Config::parse(&text).unwrap();
+            let dumped = c.to_toml().unwrap();
+            let again = Config::parse(&dumped).unwrap_or_else(|e| panic!("{}\n{dumped}", shown(e)));
+            assert_eq!(again.services[0].health, c.services[0].health);
+            assert_eq!(again.to_toml().unwrap(), dumped);
+        }
+        // Other kinds dump neither field.
+        let dumped = Config::parse(GOOD).unwrap().to_toml().unwrap();
+        assert!(
+            !dumped.contains("mysql_user") && !dumped.contains("command"),
+            "{dumped}"
+        );
+        for (health, msg) in [
+            (
+                "check = \"tcp\"\nmysql_user = \"x\"",
+                "health mysql_user is only for check = \"mysql\" (check is \"tcp\")",
+            ),
+            (
+                "check = \"mysql\"\ncommand = [\"/bin/true\"]",
+                "health command is only for check = \"external\" (check is \"mysql\")",
+            ),
+            (
+                "check = \"mysql\"\nmysql_user = \"\"",
+                "health mysql_user \"\" must be 1 to 80 of A-Z a-z 0-9 _ . -",
+            ),
+            (
+                "check = \"mysql\"\nmysql_user = \"a'b\"",
+                "health mysql_user \"a'b\" must be",
+            ),
+            ("check = \"mysql\"\nmysql_user = \"a b\"", "must be 1 to 80"),
+            (
+                &format!("check = \"mysql\"\nmysql_user = \"{}\"", "u".repeat(81)),
+                "must be 1 to 80",
+            ),
+            (
+                "check = \"mysql\"\npath = \"/health\"",
+                "health path is only for check = \"http\", \"https\" or \"tls\"",
+            ),
+            (
+                "check = \"external\"\ncommand = [\"/bin/true\"]\nhost = \"db\"",
+                "health host is only",
+            ),
+            (
+                "check = \"mysql\"\nsni = \"db.example\"",
+                "health sni is only",
+            ),
+            (
+                "check = \"mysql\"\nstatus = \"200\"",
+                "health status is only",
+            ),
+            (
+                "check = \"external\"",
+                "check = \"external\" needs command = [\"/path/to/program\"",
+            ),
+            ("check = \"external\"\ncommand = []", "needs command"),
+            (
+                "check = \"external\"\ncommand = [\"db-writable\"]",
+                "health command \"db-writable\" must be an absolute path",
+            ),
+            (
+                "check = \"external\"\ncommand = [\"/bin/true\"]\nsource = \"10.0.0.2\"",
+                "health source has no effect with check = \"external\"",
+            ),
+        ] {
+            let e = err(&with(health));
+            assert!(e.contains(msg), "{health}: {e}");
+            assert!(e.starts_with("service \"www\": "), "{health}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_external_checks_program_must_be_an_executable_file_here() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("foobar-lb-ext-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("check.sh");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        let text = |program: &Path| {
+            GOOD.replace(
+                "port = 80\n\n[[service.backend]]\naddress = \"10.0.0.11\"",
+                &format!(
+                    "port = 80\nhealth = {{ check = \"external\", command = [{:?}] }}\n\n[[service.backend]]\naddress = \"10.0.0.11\"",
+                    program.display().to_string()
+                ),
+            )
+        };
+        let host_err = |program: &Path| {
+            let c = Config::parse(&text(program)).unwrap();
+            c.services[0]
+                .health
+                .check_host("service \"www\"")
+                .err()
+                .map(shown)
+        };
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = host_err(&script).unwrap();
+        assert!(e.ends_with("check.sh\" is not an executable file"), "{e}");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(host_err(&script), None);
+        let e = host_err(&dir).unwrap();
+        assert!(e.contains("is not an executable file"), "a directory: {e}");
+        let e = host_err(&dir.join("missing")).unwrap();
+        assert!(e.contains("missing\" cannot be used: No such file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

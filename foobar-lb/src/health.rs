@@ -1,5 +1,5 @@
 //! Health checking: the rise/fall state machine and the check schedule (pure), the TCP / HTTP /
-//! TLS probes, and the loop that runs one backend's checks.
+//! TLS / MySQL probes and external commands, and the loop that runs one backend's checks.
 
 use std::{
     future::Future,
@@ -171,6 +171,12 @@ pub struct Probe {
     pub path: String,
     pub status: (u16, u16),
     pub timeout: Duration,
+    /// `mysql` checks: the user that logs in (empty password); `None` reads the greeting only.
+    pub mysql_user: Option<String>,
+    /// `external` checks: program and arguments.
+    pub command: Vec<String>,
+    /// `external` checks: the `FOOBAR_LB_*` variables the command gets.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Probe {
@@ -191,6 +197,13 @@ impl Probe {
             path: h.path.clone(),
             status: h.status_range().expect("validated"),
             timeout: Duration::from_millis(h.timeout_ms),
+            mysql_user: h.mysql_user.clone(),
+            command: h.command.clone(),
+            env: if h.check == CheckKind::External {
+                external::env(svc, b, port)
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -252,6 +265,26 @@ pub enum CheckError {
     /// An HTTP status outside the accepted range.
     #[error("status {0}")]
     Status(u16),
+    /// A MySQL error packet: the server's error code and message (e.g. 1129: host blocked,
+    /// 1040: too many connections, 1045: access denied).
+    #[error("MySQL error {code}: {message}")]
+    Mysql { code: u16, message: String },
+    /// Bytes that are not the MySQL protocol, or an answer the check cannot go on from.
+    #[error("MySQL: {0}")]
+    MysqlProtocol(String),
+    /// An external check's command could not be started.
+    #[error("cannot run {program}: {error}")]
+    Spawn {
+        program: String,
+        error: std::io::Error,
+    },
+    /// An external check's command ended with a failure: how, and the first line of what it
+    /// wrote (stderr, else stdout).
+    #[error("command {status}{}", if output.is_empty() { String::new() } else { format!(": {output}") })]
+    Command { status: String, output: String },
+    /// An external check's command outlived `timeout_ms`: its process group was killed.
+    #[error("command timed out after {} ms (process group killed)", .0.as_millis())]
+    CommandTimeout(Duration),
     /// This host could not run the check (out of file descriptors, buffers or ports; the
     /// source address is not ours; the interface is gone): the result says nothing about the
     /// backend and does not count.
@@ -301,6 +334,12 @@ fn classify(
 /// Runs one check: `Ok(latency)` or why it failed.
 pub async fn check(p: &Probe) -> Result<Duration, CheckError> {
     let start = Instant::now();
+    if p.kind == CheckKind::External {
+        // Bounded by its own timeout, which also kills what the command started.
+        return external::run(&p.command, &p.env, p.timeout)
+            .await
+            .map(|()| start.elapsed());
+    }
     match tokio::time::timeout(p.timeout, run(p)).await {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(reason)) => Err(reason),
@@ -350,7 +389,9 @@ async fn run(p: &Probe) -> Result<(), CheckError> {
             Ok(())
         }
         CheckKind::Http => http_get(&mut { stream }, p).await,
+        CheckKind::Mysql => mysql::check(&mut { stream }, p.mysql_user.as_deref()).await,
         CheckKind::Tcp | CheckKind::None => Ok(()),
+        CheckKind::External => unreachable!("external checks connect nowhere: see `check`"),
     }
 }
 
@@ -470,6 +511,25 @@ mod tls {
     }
 }
 
+/// Text from the network or a command made fit for one log line: valid UTF-8 (lossy),
+/// control characters as spaces, at most `max` characters.
+fn one_line(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push_str("...");
+    }
+    out.trim().to_owned()
+}
+
+pub mod mysql;
+
+pub mod external;
+
 /// `HTTP/1.1 503 Service Unavailable` -> 503.
 pub fn parse_status(resp: &[u8]) -> Option<u16> {
     let line = resp.split(|&b| b == b'\n').next()?;
@@ -511,6 +571,9 @@ mod tests {
             path: "/".into(),
             status: (200, 399),
             timeout: Duration::from_secs(2),
+            mysql_user: None,
+            command: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -971,6 +1034,372 @@ mod tests {
         let err = check(&p).await.unwrap_err();
         assert!(matches!(err, CheckError::Refused), "{err:?}");
         assert_eq!(err.to_string(), "connection refused");
+    }
+
+    /// A MySQL packet: length, sequence id, payload.
+    fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        p.push(seq);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A fake MySQL server on loopback. Connection n writes `script[n].0` raw, then for each
+    /// of `script[n].1` reads one packet and writes that answer raw, then reads until the
+    /// client closes (a script whose greeting ends in [`CLOSE`] closes its side first). Returns its address and, per connection, the packets it received
+    /// (payloads, in order).
+    async fn fake_mysql(
+        script: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    ) -> (SocketAddr, Arc<Mutex<Vec<Vec<Vec<u8>>>>>) {
+        use tokio::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            for (greeting, answers) in script {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut got = Vec::new();
+                let close = greeting.ends_with(CLOSE);
+                let greeting = greeting.strip_suffix(CLOSE).unwrap_or(&greeting);
+                let _ = s.write_all(greeting).await;
+                if close {
+                    let _ = s.shutdown().await;
+                }
+                for answer in answers {
+                    match mysql::read_packet(&mut s).await {
+                        Ok((_, p)) => got.push(p),
+                        Err(_) => break,
+                    }
+                    let _ = s.write_all(&answer).await;
+                }
+                while let Ok((_, p)) = mysql::read_packet(&mut s).await {
+                    got.push(p);
+                }
+                seen2.lock().unwrap().push(got);
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Ends a fake server's greeting: close after it.
+    const CLOSE: &[u8] = b"<close>";
+
+    fn mysql_probe(target: SocketAddr, user: Option<&str>) -> Probe {
+        Probe {
+            kind: CheckKind::Mysql,
+            mysql_user: user.map(str::to_owned),
+            timeout: Duration::from_millis(500),
+            ..probe_of(target)
+        }
+    }
+
+    const GREETING: &[u8] = b"\x0a5.5.5-10.11.19-MariaDB\x00\x05\x00\x00\x00abcdefgh\x00\xfe\xf7\
+        \x08\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x1d\x00\x00\x00ijklmnopqrst\x00\
+        mysql_native_password\x00";
+
+    #[tokio::test]
+    async fn mysql_check_reads_the_greeting_and_logs_in_then_quits() {
+        let ok = pkt(2, b"\x00\x00\x00\x02\x00\x00\x00");
+        let (addr, seen) = fake_mysql(vec![
+            // Greeting only: nothing is sent.
+            (pkt(0, GREETING), vec![]),
+            // Login accepted.
+            (pkt(0, GREETING), vec![ok.clone()]),
+            // Login refused.
+            (
+                pkt(0, GREETING),
+                vec![pkt(
+                    2,
+                    b"\xff\x15\x04#28000Access denied for user 'nobody'@'10.0.0.2'",
+                )],
+            ),
+            // Authentication switch to the native plugin: completed with the empty password.
+            (
+                pkt(0, GREETING),
+                vec![
+                    pkt(2, b"\xfemysql_native_password\x00abcdefghijklmnopqrst\x00"),
+                    pkt(4, b"\x00\x00\x00\x02\x00\x00\x00"),
+                ],
+            ),
+            // Authentication switch to a plugin that needs a password: down, saying so.
+            (pkt(0, GREETING), vec![pkt(2, b"\xfeclient_ed25519\x00abc")]),
+        ])
+        .await;
+        check(&mysql_probe(addr, None)).await.unwrap();
+        let user = Some("haproxy_check");
+        check(&mysql_probe(addr, user)).await.unwrap();
+        let e = check(&mysql_probe(addr, Some("nobody"))).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MySQL error 1045: Access denied for user 'nobody'@'10.0.0.2'"
+        );
+        check(&mysql_probe(addr, user)).await.unwrap();
+        let e = check(&mysql_probe(addr, user))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("MySQL: the server asks for authentication plugin \"client_ed25519\""),
+            "{e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen[0],
+            Vec::<Vec<u8>>::new(),
+            "greeting only: nothing sent"
+        );
+        // The login, then COM_QUIT.
+        assert_eq!(seen[1].len(), 2, "{:?}", seen[1]);
+        assert!(seen[1][0][32..].starts_with(b"haproxy_check\x00\x00"));
+        assert_eq!(seen[1][1], [0x01], "COM_QUIT");
+        assert_eq!(seen[2].len(), 1, "no COM_QUIT after a refused login");
+        assert_eq!(
+            seen[3].len(),
+            3,
+            "login, empty answer to the switch, COM_QUIT"
+        );
+        assert!(seen[3][1].is_empty());
+        assert_eq!(seen[3][2], [0x01]);
+        assert_eq!(seen[4].len(), 1, "no answer to a switch it cannot complete");
+    }
+
+    #[tokio::test]
+    async fn mysql_check_fails_on_error_packets_garbage_truncation_and_silence() {
+        let blocked = b"\xffi\x04Host '10.111.0.2' is blocked because of many connection \
+            errors; unblock with 'mariadb-admin flush-hosts'";
+        let (addr, _) = fake_mysql(vec![
+            (pkt(0, blocked), vec![]),
+            (pkt(0, b"\xff\x10\x04Too many connections"), vec![]),
+            (b"HTTP/1.0 400 Bad Request\r\n\r\n".to_vec(), vec![]),
+            // A header announcing 100 bytes, 10 sent, then the end.
+            ([&pkt(0, GREETING)[..14], CLOSE].concat(), vec![]),
+            // A length no greeting has.
+            (b"\xff\xff\xff\x00".to_vec(), vec![]),
+            // Nothing at all: the check times out.
+            (Vec::new(), vec![]),
+            // A greeting, then silence after the login.
+            (pkt(0, GREETING), vec![Vec::new()]),
+        ])
+        .await;
+        let p = mysql_probe(addr, None);
+        let e = check(&p).await.unwrap_err();
+        assert!(matches!(e, CheckError::Mysql { code: 1129, .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "MySQL error 1129: Host '10.111.0.2' is blocked because of many connection errors; \
+             unblock with 'mariadb-admin flush-hosts'"
+        );
+        assert_eq!(
+            check(&p).await.unwrap_err().to_string(),
+            "MySQL error 1040: Too many connections"
+        );
+        let e = check(&p).await.unwrap_err().to_string();
+        // "HTTP": a 4-byte header of length 0x505448, more than a check reads.
+        assert!(e.contains("more than the 16384 a check reads"), "{e}");
+        let e = check(&p).await.unwrap_err().to_string();
+        assert_eq!(e, "MySQL: connection closed in the middle of a packet");
+        let e = check(&p).await.unwrap_err().to_string();
+        assert!(e.starts_with("MySQL: packet of 16777215 bytes"), "{e}");
+        let e = check(&p).await.unwrap_err();
+        assert!(matches!(e, CheckError::Timeout(_)), "{e:?}");
+        let e = check(&mysql_probe(addr, Some("haproxy_check")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "timeout after 500 ms");
+    }
+
+    /// A directory for scripts, removed on drop.
+    struct Scripts(std::path::PathBuf);
+
+    impl Scripts {
+        fn new(tag: &str) -> Scripts {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "foobar-lb-health-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scripts(dir)
+        }
+
+        /// An executable `/bin/sh` script named `name` holding `body`.
+        fn script(&self, name: &str, body: &str) -> String {
+            use std::os::unix::fs::PermissionsExt;
+            let path = self.0.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for Scripts {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn external_probe(command: &[&str], timeout_ms: u64) -> Probe {
+        Probe {
+            kind: CheckKind::External,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_millis(timeout_ms),
+            ..probe_of("127.0.0.1:9".parse().unwrap())
+        }
+    }
+
+    /// Whether process `pid` is gone (or a zombie: dead, waiting for its new parent).
+    fn dead(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(st) => st
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    fn wait_dead(pid: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if dead(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn external_check_passes_on_exit_0_and_fails_with_the_first_line_of_output() {
+        let s = Scripts::new("exit");
+        let ok = s.script("ok", "exit 0");
+        assert!(check(&external_probe(&[&ok], 2000)).await.is_ok());
+        let fail = s.script(
+            "fail",
+            "echo 'to stdout'\necho '' >&2\necho \"read_only is $1\" >&2\necho more >&2\nexit 3",
+        );
+        let e = check(&external_probe(&[&fail, "ON"], 2000))
+            .await
+            .unwrap_err();
+        assert!(!e.is_local());
+        assert_eq!(
+            e.to_string(),
+            "command exited with status 3: read_only is ON"
+        );
+        let quiet = s.script("quiet", "echo 'only stdout'\nexit 1");
+        assert_eq!(
+            check(&external_probe(&[&quiet], 2000))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "command exited with status 1: only stdout"
+        );
+        let silent = s.script("silent", "kill -9 $$");
+        assert_eq!(
+            check(&external_probe(&[&silent], 2000))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "command killed by signal 9"
+        );
+        // Megabytes of output: read and dropped; one bounded line in the reason.
+        let chatty = s.script(
+            "chatty",
+            "head -c 3000000 /dev/zero | tr '\\0' x\nhead -c 3000000 /dev/zero | tr '\\0' y >&2\nexit 1",
+        );
+        let e = check(&external_probe(&[&chatty], 5000))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("command exited with status 1: {}...", "y".repeat(200))
+        );
+        // A program that cannot be started: a failure naming it, not a local error.
+        let e = check(&external_probe(&["/nonexistent/check"], 2000))
+            .await
+            .unwrap_err();
+        assert!(!e.is_local(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "cannot run /nonexistent/check: No such file or directory (os error 2)"
+        );
+    }
+
+    #[tokio::test]
+    async fn external_check_gets_the_backend_in_its_environment_and_path_only() {
+        let s = Scripts::new("env");
+        let out = s.0.join("env.out");
+        let prog = s.script("env", &format!("env | sort > {}", out.display()));
+        std::env::set_var("FOOBAR_LB_TEST_SECRET", "not for the check");
+        let svc = service(
+            &format!("check = \"external\"\ncommand = [\"{prog}\"]\nport = 3307"),
+            "10.0.0.11",
+        );
+        let p = Probe::new(&svc, &svc.backends[0]);
+        check(&p).await.unwrap();
+        let env = std::fs::read_to_string(&out).unwrap();
+        let vars: Vec<&str> = env
+            .lines()
+            .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="))
+            .collect();
+        let path = format!("PATH={}", std::env::var("PATH").unwrap());
+        assert_eq!(
+            vars,
+            [
+                "FOOBAR_LB_BACKEND=10.0.0.11",
+                "FOOBAR_LB_BACKEND_ADDR=10.0.0.11",
+                "FOOBAR_LB_BACKEND_PORT=3307",
+                "FOOBAR_LB_SERVICE=s",
+                "FOOBAR_LB_VIP=10.0.0.100",
+                "FOOBAR_LB_VIP_PORT=80",
+                path.as_str(),
+            ],
+            "{env}"
+        );
+    }
+
+    #[tokio::test]
+    async fn external_check_timeout_kills_the_process_group() {
+        let s = Scripts::new("timeout");
+        let pids = s.0.join("pids");
+        let prog = s.script(
+            "slow",
+            &format!("sleep 30 &\necho $$ $! > {}\nwait", pids.display()),
+        );
+        let start = Instant::now();
+        let e = check(&external_probe(&[&prog], 300)).await.unwrap_err();
+        assert!(matches!(e, CheckError::CommandTimeout(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "command timed out after 300 ms (process group killed)"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        let text = std::fs::read_to_string(&pids).unwrap();
+        let (shell, sleep) = text.trim().split_once(' ').unwrap();
+        assert!(wait_dead(shell), "the command {shell} still runs");
+        assert!(wait_dead(sleep), "its child sleep {sleep} still runs");
+        // A check dropped while it runs (its backend removed) kills the group too.
+        let _ = std::fs::remove_file(&pids);
+        let probe = external_probe(&[&prog], 10_000);
+        let task = tokio::spawn(async move { check(&probe).await });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !pids.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        let _ = task.await;
+        let text = std::fs::read_to_string(&pids).unwrap();
+        let (shell, sleep) = text.trim().split_once(' ').unwrap();
+        assert!(wait_dead(shell) && wait_dead(sleep), "{shell} {sleep}");
     }
 
     #[test]

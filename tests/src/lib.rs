@@ -6,6 +6,7 @@ pub mod ecmp;
 pub mod fuzz;
 pub mod harness;
 pub mod load;
+pub mod mariadb;
 pub mod model;
 pub mod netns;
 pub mod packet;

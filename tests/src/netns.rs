@@ -152,8 +152,8 @@ fn left_over(name: &str) -> Option<&str> {
 /// Where test topologies pin their data planes.
 pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/foobar-lb-test";
 
-/// Removes what killed test runs left: nginx and foobar-lb processes started from their
-/// files, their network namespaces (and anything still running in them), their pin
+/// Removes what killed test runs left: nginx, mariadbd and foobar-lb processes started from
+/// their files, their network namespaces (and anything still running in them), their pin
 /// directories under [`TEST_PIN_ROOT`] and their temporary directories. Only names from
 /// [`unique_prefix`] whose creating process is gone are touched. Returns what was swept.
 pub fn sweep_leftovers() -> Vec<String> {
@@ -210,7 +210,7 @@ fn leftover_entries(dir: &Path, suffix: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// nginx and foobar-lb processes whose command line names a left-over run's files
+/// nginx, mariadbd and foobar-lb processes whose command line names a left-over run's files
 /// (`/tmp/<prefix>-files/...`), and their children (nginx workers).
 fn leftover_processes() -> Vec<(u32, String)> {
     let mut found: Vec<(u32, String)> = Vec::new();
@@ -221,7 +221,7 @@ fn leftover_processes() -> Vec<(u32, String)> {
         };
         let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         let comm = comm.trim();
-        if comm != "nginx" && comm != "foobar-lb" {
+        if !matches!(comm, "nginx" | "foobar-lb" | "mariadbd") {
             continue;
         }
         let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();

@@ -14,7 +14,8 @@ use std::{
 use foobar_lb::api::{BackendStats, StatsSnapshot};
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{run, web4, web6, Netns, Topology, LB6, VIP4, VIP6},
+    mariadb::MariaDb,
+    netns::{run, web4, web6, Netns, Topology, CLIENT4, LB4, LB6, VIP4, VIP6},
     root_object_and_binary,
     traffic::try_get_within,
 };
@@ -537,5 +538,316 @@ fn a_weight_3_backend_gets_three_times_the_new_flows_of_a_weight_1_backend() {
         (flows(&web4(1)), flows(&web4(2))),
         (w1, w2),
         "the data plane's counters agree"
+    );
+}
+
+/// MariaDB in web server `i` on its address, port 3306, with `extra` server options; the
+/// check user `haproxy_check` (no password, no privileges) created. Its `/etc/hosts` names
+/// the load balancer, so MariaDB keeps per-host error counts for it (see tests/src/mariadb.rs).
+fn start_mariadb(topo: &Topology, i: usize, extra: &[&str]) -> MariaDb {
+    let db = MariaDb::start(
+        topo.web(i),
+        &topo.dir.join(format!("db{i}")),
+        &web4(i),
+        3306,
+        extra,
+        &[(LB4, "lb"), (CLIENT4, "client"), (&web4(i), "db")],
+    )
+    .expect("start MariaDB");
+    db.sql("CREATE USER 'haproxy_check'@'%'").unwrap();
+    db
+}
+
+/// `foobar-lb status --json` of `d`.
+fn status(d: &Daemon) -> StatsSnapshot {
+    let out = d.cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Waits until `status --json` shows `(address, health, state)` for every backend of
+/// `service` in `want` (20 s at most); the snapshot then.
+fn wait_status(d: &Daemon, service: &str, want: &[(&str, &str, &str)]) -> StatsSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(d);
+        let seen: Vec<(String, String, String, Option<String>)> = want
+            .iter()
+            .map(|(a, _, _)| {
+                let b = backend(&st, service, a);
+                (
+                    a.to_string(),
+                    b.health.clone(),
+                    b.state.clone(),
+                    b.last_error.clone(),
+                )
+            })
+            .collect();
+        if seen.iter().zip(want).all(|(s, w)| s.1 == w.1 && s.2 == w.2) {
+            return st;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{service}: wanted {want:?} within 20 s, saw {seen:?}\n{}",
+                d.log_text()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The daemon's config with one service `db` on VIP4:3306 over web server 1 and `health`.
+fn write_db_config(topo: &Topology, health: &str) -> PathBuf {
+    let socket = topo.dir.join("control.sock");
+    let text = format!(
+        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\n\
+         pin_dir = \"{}\"\nmetrics_address = \"\"\n\n[[service]]\nname = \"db\"\n\
+         vip = \"{VIP4}\"\nport = 3306\n[service.health]\n{health}\n\
+         [[service.backend]]\naddress = \"{}\"\n",
+        socket.display(),
+        topo.pin_dir().display(),
+        web4(1),
+    );
+    let config = topo.dir.join("foobar-lb.toml");
+    fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn mysql_check_with_a_user_does_not_get_the_balancer_blocked_by_mariadb() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let topo = Topology::new("hm", 1).expect("topology");
+    let mut db = start_mariadb(&topo, 1, &["--max-connect-errors=5"]);
+    let w1 = web4(1);
+    // 5 checks a second: more than max_connect_errors within two seconds.
+    let fast = "interval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 1\ncheck = \"mysql\"";
+    let with_user = format!("{fast}\nmysql_user = \"haproxy_check\"");
+    let config = write_db_config(&topo, &with_user);
+    let d = Daemon::start(&topo.lb, &config, &topo.dir.join("control.sock")).unwrap();
+    wait_health(&d, &[("db", &w1)], "up");
+    let aborted = db.status("Aborted_connects").unwrap();
+    thread::sleep(Duration::from_secs(3));
+    // Well over 10 checks: each logged in and quit, so none counts as an aborted connection,
+    // the balancer is not blocked, and another client from its address still gets in.
+    let st = wait_health(&d, &[("db", &w1)], "up");
+    assert_eq!(backend(&st, "db", &w1).last_error, None);
+    assert_eq!(db.status("Aborted_connects").unwrap(), aborted);
+    let out = db.client(&topo.lb, "haproxy_check", "SELECT 1");
+    assert!(
+        out.status.success(),
+        "a client from the balancer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without mysql_user (reloaded: checks restart with the new settings) each check reads the
+    // greeting and closes: MariaDB counts it as a connection error and after
+    // max_connect_errors blocks the balancer's address, for every client there (HAProxy's
+    // warning about mysql-check without a user).
+    write_db_config(&topo, fast);
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let st = wait_health(&d, &[("db", &w1)], "down");
+    let err = backend(&st, "db", &w1)
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        err.starts_with(&format!(
+            "MySQL error 1129: Host '{LB4}' is blocked because of many connection errors"
+        )),
+        "{err}"
+    );
+    assert!(db.status("Aborted_connects").unwrap() >= aborted + 5);
+    let out = db.client(&topo.lb, "haproxy_check", "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1129"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // With the user again and the block lifted, the backend comes back up.
+    write_db_config(&topo, &with_user);
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    db.sql("FLUSH HOSTS").unwrap();
+    wait_health(&d, &[("db", &w1)], "up");
+
+    // The server stops: down, the connection refused.
+    db.stop();
+    assert!(!db.running());
+    let st = wait_health(&d, &[("db", &w1)], "down");
+    assert_eq!(
+        backend(&st, "db", &w1).last_error.as_deref(),
+        Some("connection refused")
+    );
+}
+
+#[test]
+fn external_check_makes_the_write_vip_follow_the_writable_mariadb() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let topo = Topology::new("hx", 2).expect("topology");
+    let db1 = start_mariadb(&topo, 1, &[]);
+    let db2 = start_mariadb(&topo, 2, &[]);
+    // The replica starts read-only.
+    db2.sql("SET GLOBAL read_only = 1").unwrap();
+    // Up only while the server at FOOBAR_LB_BACKEND_ADDR:FOOBAR_LB_BACKEND_PORT is writable.
+    let script = topo.dir.join("db-writable");
+    fs::write(
+        &script,
+        "#!/bin/sh\n\
+         ro=$(mariadb --no-defaults --skip-ssl --connect-timeout=2 -h \"$FOOBAR_LB_BACKEND_ADDR\" \
+         -P \"$FOOBAR_LB_BACKEND_PORT\" -u haproxy_check -N -B -e 'SELECT @@read_only' 2>&1) \
+         || { echo \"cannot ask $FOOBAR_LB_BACKEND: $ro\" >&2; exit 2; }\n\
+         [ \"$ro\" = 0 ] || { echo \"$FOOBAR_LB_BACKEND is read-only (read_only = $ro)\" >&2; exit 1; }\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let socket = topo.dir.join("control.sock");
+    let text = format!(
+        "interfaces = [\"eth0\"]\nxdp_mode = \"generic\"\ncontrol_socket = \"{}\"\n\
+         pin_dir = \"{}\"\nmetrics_address = \"\"\n\n[[service]]\nname = \"db-write\"\n\
+         vip = \"{VIP4}\"\nport = 3306\n[service.health]\ncheck = \"external\"\n\
+         command = [\"{}\"]\ninterval_ms = 500\ntimeout_ms = 450\nrise = 1\nfall = 1\n\
+         [[service.backend]]\naddress = \"{}\"\n\
+         [[service.backend]]\naddress = \"{}\"\nrole = \"backup\"\n",
+        socket.display(),
+        topo.pin_dir().display(),
+        script.display(),
+        web4(1),
+        web4(2),
+    );
+    let config = topo.dir.join("foobar-lb.toml");
+    fs::write(&config, text).unwrap();
+    let d = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let (w1, w2) = (web4(1), web4(2));
+    // A backend marked down keeps its established connections (on_marked_down = "keep"):
+    // the data plane shows it draining.
+    let st = wait_status(
+        &d,
+        "db-write",
+        &[(&w1, "up", "active"), (&w2, "down", "draining")],
+    );
+    assert_eq!(
+        backend(&st, "db-write", &w2).last_error.as_deref(),
+        Some(format!("command exited with status 1: {w2} is read-only (read_only = 1)").as_str())
+    );
+    // An operator promotes the replica: the write VIP follows.
+    db1.sql("SET GLOBAL read_only = 1").unwrap();
+    db2.sql("SET GLOBAL read_only = 0").unwrap();
+    let st = wait_status(
+        &d,
+        "db-write",
+        &[(&w1, "down", "draining"), (&w2, "up", "active")],
+    );
+    assert_eq!(
+        backend(&st, "db-write", &w1).last_error.as_deref(),
+        Some(format!("command exited with status 1: {w1} is read-only (read_only = 1)").as_str())
+    );
+    assert!(
+        d.log_text().contains(&format!(
+            "db-write/{w1} is DOWN (command exited with status 1"
+        )),
+        "{}",
+        d.log_text()
+    );
+    // From the CLI: a program that is not there is refused; a mysql check with its user is
+    // taken and kept by config-dump.
+    let out = d.cli(&[
+        "service",
+        "add",
+        "db-other",
+        "--vip",
+        VIP4,
+        "--port",
+        "3307",
+        "--check",
+        "external",
+        "--check-command",
+        "/nonexistent/db-writable",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("health command \"/nonexistent/db-writable\" cannot be used"),
+        "{err}"
+    );
+    let out = d.cli(&[
+        "service",
+        "add",
+        "db-read",
+        "--vip",
+        VIP4,
+        "--port",
+        "3308",
+        "--check",
+        "mysql",
+        "--mysql-user",
+        "haproxy_check",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&d.cli(&["config-dump"]).stdout).into_owned();
+    assert!(
+        dump.contains("check = \"mysql\"\n") && dump.contains("mysql_user = \"haproxy_check\"\n"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&format!("command = [\"{}\"]", script.display())),
+        "{dump}"
+    );
+}
+
+#[test]
+fn check_config_refuses_an_external_check_whose_program_is_missing() {
+    if !foobar_lb_tests::binary() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("foobar-lb-ext-cc-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("foobar-lb.toml");
+    let write = |program: &str| {
+        fs::write(
+            &config,
+            format!(
+                "interfaces = [\"lo\"]\n[[service]]\nname = \"db\"\nvip = \"10.0.0.100\"\n\
+                 port = 3306\nhealth = {{ check = \"external\", command = [\"{program}\", \"x\"] }}\n\
+                 [[service.backend]]\naddress = \"10.0.0.11\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("/bin/true");
+    let out = foobar_lb_tests::daemon::cli(&["check-config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    write("/nonexistent/db-writable");
+    let out = foobar_lb_tests::daemon::cli(&["check-config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "service \"db\": health command \"/nonexistent/db-writable\" cannot be used: No such \
+             file or directory"
+        ),
+        "{err}"
     );
 }

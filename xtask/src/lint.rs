@@ -25,6 +25,7 @@ pub fn run() -> Result<()> {
         ]),
     )?;
     // Debian's clippy-driver matches Debian's rustc, which has the BPF `core`.
+    let target = crate::build::target_dir().join("bpf-clippy");
     let mut ebpf = cargo(&[
         "check",
         "--release",
@@ -33,7 +34,7 @@ pub fn run() -> Result<()> {
         "--target",
         "bpfel-unknown-none",
         "--target-dir",
-        "target/bpf-clippy",
+        target.to_str().expect("UTF-8 target directory"),
     ]);
     ebpf.env("RUSTC", "/usr/bin/rustc")
         .env("RUSTC_WORKSPACE_WRAPPER", "/usr/bin/clippy-driver")

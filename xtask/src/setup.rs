@@ -25,8 +25,19 @@ const PACKAGES: &[&str] = &[
 /// alert rules; headless Chromium (package `chromium`) renders the stats page; `keepalived`
 /// (about 1.5 MB, not started on install either) moves the VIP in the active-passive pair
 /// tests, run per namespace with the test's own files; `socat` is the real UDP server behind
-/// a NAT service (tests/tests/nat_e2e.rs).
-const TEST_PACKAGES: &[&str] = &["prometheus", "chromium", "keepalived", "socat", "bird2"];
+/// a NAT service (tests/tests/nat_e2e.rs); `mariadb-server` and `mariadb-client` are the real
+/// database the `mysql` and `external` health checks are tested against (tests/src/mariadb.rs
+/// starts it per namespace; nothing is started on install here); `bird2` speaks BGP in the
+/// active-active tests (tests/tests/ecmp.rs).
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "chromium",
+    "keepalived",
+    "socat",
+    "mariadb-server",
+    "mariadb-client",
+    "bird2",
+];
 /// bpf-linker goes where root's PATH on Debian already looks (`~/.cargo/bin`, cargo's default,
 /// is not on it), so the build script finds it without anyone editing PATH.
 const BPF_LINKER_ROOT: &str = "/usr/local";

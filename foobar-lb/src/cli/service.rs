@@ -22,6 +22,13 @@ pub enum Command {
         /// Health check kind.
         #[arg(long, value_enum, default_value = "tcp")]
         check: CheckKind,
+        /// `--check mysql`: log in as this user (empty password), then quit.
+        #[arg(long)]
+        mysql_user: Option<String>,
+        /// `--check external`: the program (absolute path), then each argument, one
+        /// `--check-command` each: `--check-command /usr/local/bin/db-writable --check-command 3306`.
+        #[arg(long = "check-command", value_name = "ARG")]
+        check_command: Vec<String>,
         /// Which backups serve when no primary is healthy.
         #[arg(long, value_enum, default_value = "first")]
         failover: Failover,
@@ -50,6 +57,8 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             port,
             protocol,
             check,
+            mysql_user,
+            check_command,
             failover,
             scheduler,
             maglev_table_size,
@@ -65,6 +74,12 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
                 "forwarding": forwarding,
                 "health": { "check": check },
             });
+            if let Some(u) = mysql_user {
+                service["health"]["mysql_user"] = u.into();
+            }
+            if !check_command.is_empty() {
+                service["health"]["command"] = check_command.into();
+            }
             if let Some(m) = maglev_table_size {
                 service["maglev_table_size"] = m.into();
             }

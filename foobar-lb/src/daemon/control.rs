@@ -120,7 +120,13 @@ impl Daemon {
             Request::BackendUndrain { service, address } => {
                 self.set_drained(&service, address, false)
             }
-            Request::ServiceAdd { service } => match api::parse_service(&service) {
+            Request::ServiceAdd { service } => match api::parse_service(&service).and_then(|svc| {
+                // An external check's program must exist here, as at load and reload.
+                svc.health
+                    .check_host(&format!("service {:?}", svc.name))
+                    .map(|()| svc)
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(svc) => self.change(|c| {
                     let msg = format!("added service {}", svc.name);
                     c.services.push(svc);
