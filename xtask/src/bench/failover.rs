@@ -130,17 +130,30 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
             }
         };
         let conf = topo.dir.join(format!("{name}.keepalived.conf"));
-        // The IPv4 VIP only: the load is IPv4 (HAProxy binds one address here).
-        fs::write(
-            &conf,
-            keepalived_config(&script_bin, &socket, "eth0", &[VIP4], peer, prio, "53")?,
-        )?;
+        // The IPv4 VIP only: the load is IPv4 (HAProxy binds one address here). The same
+        // configuration for both balancers; for HAProxy its tracked script replaces
+        // `foobar-lb ready`.
+        let text = keepalived_config(&bin(), &socket, "eth0", &[VIP4], peer, prio, "53")?;
+        let text = text.replace(
+            &format!("script \"{} ready", bin().display()),
+            &format!("script \"{} ready", script_bin.display()),
+        );
+        fs::write(&conf, text)?;
         running.push(node);
         keepalived.push(Keepalived::start(&netns, &conf)?);
     }
     let a_ns = Netns::attach(&nodes[0].1);
     let b_ns = Netns::attach(&nodes[1].1);
-    wait_for("node A holds the VIP", 60, || holds(&a_ns, VIP4));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !holds(&a_ns, VIP4) {
+        if Instant::now() > deadline {
+            bail!(
+                "node A does not hold the VIP after 60 s; its keepalived says:\n{}",
+                keepalived[0].log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Backends up on the foobar-lb nodes before the load starts.
     std::thread::sleep(Duration::from_secs(3));
     let resets_before = tcp_counter(&topo.client, "EstabResets")?;
@@ -213,8 +226,10 @@ fn start_haproxy(topo: &Topology, ns: &Netns, name: &str) -> Result<(Child, std:
         .spawn()
         .context("cannot start haproxy")?;
     // keepalived runs `<script> --socket S ready --timeout 1`: this one ignores the arguments
-    // and checks that this node's HAProxy runs.
-    let check = topo.dir.join(format!("{name}.haproxy-alive"));
+    // and checks that this node's HAProxy runs. Next to the binary: keepalived's script
+    // security refuses a script under a world-writable directory such as /tmp.
+    let dir = bin().parent().context("binary directory")?.to_owned();
+    let check = dir.join(format!("bench-haproxy-alive-{name}"));
     fs::write(
         &check,
         format!("#!/bin/sh\nkill -0 {} 2>/dev/null\n", child.id()),

@@ -38,9 +38,9 @@ impl Report {
     /// A report with only the failover table (`bench --failover-only`).
     pub fn failover_only(failover: Vec<super::failover::Row>, quick: bool) -> Report {
         Report {
-            date: String::new(),
-            machine: String::new(),
-            kernel: String::new(),
+            date: super::text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            machine: super::text("hostname", &[]),
+            kernel: super::text("uname", &["-r"]),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load_average_before: String::new(),
             quick,
@@ -66,7 +66,9 @@ pub fn markdown(r: &Report) -> String {
         r.load_average_before,
         if r.quick { " — **quick run: figures not meaningful**" } else { "" }
     );
-    s += "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n| case | ns/packet | x floor | target | method |\n|---|---:|---:|---:|---|\n";
+    if !r.micro.is_empty() {
+        s += "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n| case | ns/packet | x floor | target | method |\n|---|---:|---:|---:|---|\n";
+    }
     for m in &r.micro {
         s += &format!(
             "| {} | {:.1} | {:.2} | {} | {} |\n",
@@ -145,7 +147,9 @@ pub fn markdown(r: &Report) -> String {
             f("moved_when_one_removed") * 100.0
         );
     }
-    s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
+    if !r.targets.is_empty() {
+        s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
+    }
     for t in &r.targets {
         s += &format!(
             "| {} | {:.2} | {} | {} |\n",
