@@ -74,23 +74,46 @@ pub fn write_keepalived_config(
     peer: &str,
     priority: &str,
 ) -> Result<PathBuf> {
-    let out = Command::new(bin)
-        .arg("--socket")
+    let conf = keepalived_config(
+        bin,
+        socket,
+        "eth0",
+        &[VIP4, VIP6],
+        peer,
+        priority,
+        ROUTER_ID,
+    )?;
+    let path = topo.dir.join(format!("{name}.keepalived.conf"));
+    fs::write(&path, conf)?;
+    Ok(path)
+}
+
+/// What `BIN --socket SOCKET keepalived-config` prints for a node on `interface` serving
+/// `vips` with peer `peer` (adverts every 200 ms).
+pub fn keepalived_config(
+    bin: &Path,
+    socket: &Path,
+    interface: &str,
+    vips: &[&str],
+    peer: &str,
+    priority: &str,
+    router_id: &str,
+) -> Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket")
         .arg(socket)
+        .args(["keepalived-config", "--interface", interface]);
+    for vip in vips {
+        cmd.args(["--vip", vip]);
+    }
+    let out = cmd
         .args([
-            "keepalived-config",
-            "--interface",
-            "eth0",
-            "--vip",
-            VIP4,
-            "--vip",
-            VIP6,
             "--peer",
             peer,
             "--priority",
             priority,
             "--router-id",
-            ROUTER_ID,
+            router_id,
             "--advert-ms",
             "200",
         ])
@@ -102,9 +125,7 @@ pub fn write_keepalived_config(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let path = topo.dir.join(format!("{name}.keepalived.conf"));
-    fs::write(&path, &out.stdout)?;
-    Ok(path)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// keepalived in a namespace, in the foreground, VRRP only, with its own pid files and log
