@@ -255,6 +255,21 @@ pub struct StatsSnapshot {
     /// `[announce]`, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceStats>,
+    #[serde(default)]
+    pub netlink: NetlinkStats,
+}
+
+/// Kernel events the daemon read (neighbour and link changes), for the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetlinkStats {
+    /// Neighbour messages about configured backends' addresses.
+    pub neighbour_events: u64,
+    /// Link messages about configured interfaces.
+    pub link_events: u64,
+    /// Messages about other addresses and interfaces, dropped on arrival.
+    pub ignored_events: u64,
+    /// Times the kernel dropped events (receive buffer full) and the tables were read again.
+    pub resyncs: u64,
 }
 
 /// What this node announces (active-active), for `status` and the metrics.

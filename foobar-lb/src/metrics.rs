@@ -237,6 +237,32 @@ pub fn render(s: &StatsSnapshot) -> String {
         "Service and backend map writes by this daemon (0 after a restart that changed nothing)",
     );
     writes.get_or_create(&vec![]).inc_by(s.map_writes);
+    for (name, help, value) in [
+        (
+            "neighbour_events",
+            "Kernel neighbour (ARP/NDP) messages about configured backends' addresses",
+            s.netlink.neighbour_events,
+        ),
+        (
+            "link_events",
+            "Kernel link messages about configured interfaces",
+            s.netlink.link_events,
+        ),
+        (
+            "netlink_ignored_events",
+            "Kernel neighbour and link messages about other addresses or interfaces",
+            s.netlink.ignored_events,
+        ),
+        (
+            "netlink_resyncs",
+            "Kernel events lost to a full receive buffer, answered by reading the tables again",
+            s.netlink.resyncs,
+        ),
+    ] {
+        counter(&mut reg, name, help)
+            .get_or_create(&vec![])
+            .inc_by(value);
+    }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
@@ -568,6 +594,12 @@ mod tests {
                 table_size: 1024,
             },
             announce: None,
+            netlink: crate::api::NetlinkStats {
+                neighbour_events: 3,
+                link_events: 4,
+                ignored_events: 5,
+                resyncs: 6,
+            },
         }
     }
 
@@ -592,6 +624,19 @@ mod tests {
         ));
         assert!(text.contains("# TYPE foobar_lb_flows gauge\nfoobar_lb_flows{} 3.0\n"));
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn kernel_event_counters_are_exported() {
+        let text = render(&snapshot("drop"));
+        for line in [
+            "foobar_lb_neighbour_events_total{} 3",
+            "foobar_lb_link_events_total{} 4",
+            "foobar_lb_netlink_ignored_events_total{} 5",
+            "foobar_lb_netlink_resyncs_total{} 6",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 
     /// A daemon stand-in answering `stats` requests; counts them.

@@ -500,6 +500,51 @@ impl Topology {
         run(Command::new("kill").arg(pid.trim())).map(|_| ())
     }
 
+    /// Deletes the load balancer's eth0 and creates it again (a new device with a new MAC), with
+    /// its addresses, as a network manager recreating a device would.
+    pub fn recreate_lb_eth0(&self) -> Result<()> {
+        self.bridge.ip(&["link", "del", "lb"])?;
+        self.bridge.ip(&[
+            "link",
+            "add",
+            "lb",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.lb.name,
+        ])?;
+        self.bridge
+            .ip(&["link", "set", "lb", "master", "br0", "up"])?;
+        let lb = &self.lb;
+        lb.ip(&["link", "set", "eth0", "up"])?;
+        lb.sysctl("net.ipv4.conf.eth0.rp_filter", "0")?;
+        for a in [
+            format!("{LB4}/24"),
+            format!("{LB6}/64"),
+            format!("{VIP4}/32"),
+        ] {
+            lb.ip(&["addr", "add", &a, "dev", "eth0", "nodad"])?;
+        }
+        lb.ip(&[
+            "addr",
+            "add",
+            &format!("{VIP6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
+        // The VIP's MAC changed: neighbours learn it again at once instead of after a timeout.
+        for ns in std::iter::once(&self.client).chain(&self.webs) {
+            ns.ip(&["neigh", "flush", "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
     /// Where this topology's daemon pins its data plane.
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(format!("{TEST_PIN_ROOT}/{}", self.prefix))

@@ -13,7 +13,7 @@ use std::{
 
 use foobar_lb_tests::{
     daemon::{bin, Daemon},
-    netns::{run, web4, Netns, Topology, CLIENT4, LB4, LB6, VIP4, VIP6},
+    netns::{run, web4, Netns, Topology, CLIENT4, VIP4},
     root_object_and_binary,
     traffic::{keepalive_client, keepalive_result, try_get},
 };
@@ -169,54 +169,6 @@ fn an_interface_dropped_from_the_config_is_detached_on_restart_and_on_reload() {
     assert!(daemon.stop());
 }
 
-/// Deletes the load balancer's eth0 and creates it again (a new device with a new MAC), with
-/// its addresses, as a network manager recreating a device would.
-fn recreate_lb_eth0(topo: &Topology) {
-    topo.bridge.ip(&["link", "del", "lb"]).unwrap();
-    topo.bridge
-        .ip(&[
-            "link",
-            "add",
-            "lb",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &topo.lb.name,
-        ])
-        .unwrap();
-    topo.bridge
-        .ip(&["link", "set", "lb", "master", "br0", "up"])
-        .unwrap();
-    let lb = &topo.lb;
-    lb.ip(&["link", "set", "eth0", "up"]).unwrap();
-    lb.sysctl("net.ipv4.conf.eth0.rp_filter", "0").unwrap();
-    for a in [
-        format!("{LB4}/24"),
-        format!("{LB6}/64"),
-        format!("{VIP4}/32"),
-    ] {
-        lb.ip(&["addr", "add", &a, "dev", "eth0", "nodad"]).unwrap();
-    }
-    lb.ip(&[
-        "addr",
-        "add",
-        &format!("{VIP6}/128"),
-        "dev",
-        "eth0",
-        "nodad",
-        "preferred_lft",
-        "0",
-    ])
-    .unwrap();
-    // The VIP's MAC changed: neighbours learn it again at once instead of after a timeout.
-    for ns in std::iter::once(&topo.client).chain(&topo.webs) {
-        ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
-    }
-}
-
 #[test]
 fn a_device_deleted_and_created_again_gets_the_program_again_and_is_balanced() {
     let Some((topo, socket, config)) = with_config("rc", 2, 2) else {
@@ -224,7 +176,7 @@ fn a_device_deleted_and_created_again_gets_the_program_again_and_is_balanced() {
     };
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     assert!(get(&topo).is_ok_and(|b| b.starts_with("web")));
-    recreate_lb_eth0(&topo);
+    topo.recreate_lb_eth0().unwrap();
     // No web server runs on the load balancer: only XDP, forwarding to the backends, answers.
     assert!(
         eventually(Duration::from_secs(15), || has_xdp(&topo.lb, "eth0")),

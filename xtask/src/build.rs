@@ -14,8 +14,9 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace root) when
-/// set, as cargo itself reads it, else `target/` in the workspace.
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set (relative to the workspace root, as
+/// cargo reads it there), else `target/`. Machines that share one checkout between builds
+/// point it elsewhere, and the binaries must be found where cargo put them.
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => workspace_root().join(dir),

@@ -82,7 +82,7 @@ pub fn build(bin: &std::path::Path, out: &std::path::Path) -> Result<PathBuf> {
         format!(
             "Package: foobar-lb\nVersion: {version}\nArchitecture: {arch}\n\
              Maintainer: foobar-lb developers <foobar-lb@localhost>\n\
-             Installed-Size: {size_kb}\nDepends: libc6, iproute2\nSection: net\nPriority: optional\n\
+             Installed-Size: {size_kb}\nDepends: libc6\nSection: net\nPriority: optional\n\
              Description: XDP layer-4 load balancer with health checks and a firewall\n \
              foobar-lb balances TCP and UDP services in the kernel's XDP hook (direct server\n \
              return, round robin or Maglev), health-checks the backends, enforces firewall\n \

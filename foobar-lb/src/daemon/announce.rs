@@ -5,11 +5,21 @@
 //! (`foobar-lb node drain`), not ready (XDP missing on an interface) or stopping with
 //! `--detach-on-exit`. A daemon that dies leaves them: its pinned data plane still forwards.
 //!
-//! The interface is the daemon's: host addresses on it that are not wanted are removed.
+//! The interface is the daemon's: host addresses on it that are not wanted are removed. The
+//! addresses are read and changed over rtnetlink (RTM_GETADDR, RTM_NEWADDR, RTM_DELADDR).
 
-use std::{collections::BTreeSet, net::IpAddr, process::Command, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::Daemon;
 
@@ -20,9 +30,7 @@ pub(super) const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
 /// Fails with the fix when `[announce]` names an interface this host does not have.
 pub(super) fn check_interface(name: &str) -> Result<()> {
     // By index, in this network namespace (/sys may be another namespace's mount).
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: a valid NUL-terminated string.
-    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+    if ifindex(name).is_err() {
         bail!(
             "announce.interface {name:?} does not exist: create it (`ip link add {name} type \
              dummy && ip link set {name} up`) or remove [announce]"
@@ -31,55 +39,127 @@ pub(super) fn check_interface(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The host addresses (/32, /128, global scope) on `iface`.
-fn host_addresses(iface: &str) -> Result<BTreeSet<IpAddr>> {
-    let out = Command::new("ip")
-        .args(["-j", "addr", "show", "dev", iface])
-        .output()
-        .context("cannot run `ip` (package iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip addr show dev {iface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// One rtnetlink request (`flags` besides REQUEST): the messages answered, until the dump's
+/// end or the acknowledgement; a kernel error is returned as the OS error it carries.
+fn request(payload: RouteNetlinkMessage, flags: u16) -> std::io::Result<Vec<RouteNetlinkMessage>> {
+    let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = 1;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let mut out = Vec::new();
+    // Bounded: a dump of one interface's addresses ends in a few datagrams.
+    for _ in 0..1024 {
+        let (data, _) = sock.recv_from_full()?;
+        let mut rest = &data[..];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len < 16 || len > rest.len() {
+                break;
+            }
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                // An ACK is an error message with no code.
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+                        None => Ok(out),
+                    }
+                }
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                _ => {}
+            }
+            rest = &rest[((len + 3) & !3).min(rest.len())..];
+        }
     }
-    parse_host_addresses(&out.stdout)
+    Err(std::io::Error::other("rtnetlink answer did not end"))
 }
 
-fn parse_host_addresses(json: &[u8]) -> Result<BTreeSet<IpAddr>> {
-    let links: serde_json::Value = serde_json::from_slice(json).context("ip -j addr output")?;
+fn ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => bail!("interface {iface} does not exist"),
+        i => Ok(i),
+    }
+}
+
+/// The host addresses (/32, /128, global scope) on `iface`.
+fn host_addresses(iface: &str) -> Result<BTreeSet<IpAddr>> {
+    let index = ifindex(iface)?;
+    let answer = request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_DUMP,
+    )
+    .with_context(|| format!("reading the addresses of {iface}"))?;
     let mut set = BTreeSet::new();
-    for link in links.as_array().into_iter().flatten() {
-        for a in link["addr_info"].as_array().into_iter().flatten() {
-            let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
-                continue;
-            };
-            let Ok(ip) = local.parse::<IpAddr>() else {
-                continue;
-            };
-            let host = if ip.is_ipv4() { 32 } else { 128 };
-            if len == host && a["scope"].as_str() == Some("global") {
-                set.insert(ip);
+    for m in answer {
+        if let RouteNetlinkMessage::NewAddress(a) = m {
+            if a.header.index == index {
+                set.extend(host_address(&a));
             }
         }
     }
     Ok(set)
 }
 
-fn ip_addr(op: &str, vip: IpAddr, iface: &str) -> Result<()> {
-    let prefix = if vip.is_ipv4() { 32 } else { 128 };
-    let mut cmd = Command::new("ip");
-    cmd.args(["addr", op, &format!("{vip}/{prefix}"), "dev", iface]);
-    if vip.is_ipv6() && op == "add" {
-        cmd.arg("nodad");
+/// The address of `a` if it is a global host address (/32 or /128).
+fn host_address(a: &AddressMessage) -> Option<IpAddr> {
+    let ip = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    // IPv6 addresses carry only IFA_ADDRESS.
+    let ip = ip.or_else(|| {
+        a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    let host = if ip.is_ipv4() { 32 } else { 128 };
+    (a.header.prefix_len == host && a.header.scope == AddressScope::Universe).then_some(ip)
+}
+
+/// Adds (`add`) or removes `vip` as a host address of `iface`.
+fn change_address(add: bool, vip: IpAddr, iface: &str) -> Result<()> {
+    let mut m = AddressMessage::default();
+    m.header.index = ifindex(iface)?;
+    m.header.family = if vip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    m.header.prefix_len = if vip.is_ipv4() { 32 } else { 128 };
+    m.header.scope = AddressScope::Universe;
+    if vip.is_ipv6() {
+        // No duplicate address detection: the VIP is shared with the other nodes by design.
+        m.header.flags = AddressHeaderFlags::Nodad;
     }
-    let out = cmd.output().context("cannot run `ip` (package iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip addr {op} {vip}/{prefix} dev {iface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    m.attributes.push(AddressAttribute::Local(vip));
+    m.attributes.push(AddressAttribute::Address(vip));
+    let (payload, flags) = if add {
+        (
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    } else {
+        (RouteNetlinkMessage::DelAddress(m), NLM_F_ACK)
+    };
+    request(payload, flags).with_context(|| {
+        format!(
+            "{} {vip} {} {iface}",
+            if add { "adding" } else { "removing" },
+            if add { "to" } else { "from" }
+        )
+    })?;
     Ok(())
 }
 
@@ -158,11 +238,11 @@ impl Daemon {
 fn sync(iface: &str, want: &BTreeSet<IpAddr>) -> Result<()> {
     let have = host_addresses(iface)?;
     for vip in want.difference(&have) {
-        ip_addr("add", *vip, iface)?;
+        change_address(true, *vip, iface)?;
         log::info!(event = "announce", vip:% = vip, interface = iface; "announcing {vip} on {iface}");
     }
     for vip in have.difference(want) {
-        ip_addr("del", *vip, iface)?;
+        change_address(false, *vip, iface)?;
         log::info!(event = "withdraw", vip:% = vip, interface = iface; "withdrew {vip} from {iface}");
     }
     Ok(())
@@ -172,19 +252,39 @@ fn sync(iface: &str, want: &BTreeSet<IpAddr>) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn addr(ip: &str, len: u8, scope: AddressScope) -> AddressMessage {
+        let ip: IpAddr = ip.parse().unwrap();
+        let mut m = AddressMessage::default();
+        m.header.prefix_len = len;
+        m.header.scope = scope;
+        // IPv4 carries IFA_LOCAL, IPv6 only IFA_ADDRESS.
+        m.attributes.push(if ip.is_ipv4() {
+            AddressAttribute::Local(ip)
+        } else {
+            AddressAttribute::Address(ip)
+        });
+        m
+    }
+
     #[test]
     fn only_global_host_addresses_count_as_announced() {
-        let json = br#"[{"ifname":"lbvips","addr_info":[
-            {"family":"inet","local":"10.0.0.100","prefixlen":32,"scope":"global"},
-            {"family":"inet","local":"10.0.1.1","prefixlen":24,"scope":"global"},
-            {"family":"inet6","local":"fd00::100","prefixlen":128,"scope":"global"},
-            {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"},
-            {"family":"inet6","local":"::1","prefixlen":128,"scope":"host"}]}]"#;
-        let got: Vec<String> = parse_host_addresses(json)
-            .unwrap()
-            .iter()
-            .map(IpAddr::to_string)
-            .collect();
-        assert_eq!(got, ["10.0.0.100", "fd00::100"]);
+        let got: Vec<Option<IpAddr>> = [
+            addr("10.0.0.100", 32, AddressScope::Universe),
+            addr("10.0.1.1", 24, AddressScope::Universe),
+            addr("fd00::100", 128, AddressScope::Universe),
+            addr("fe80::1", 64, AddressScope::Link),
+            addr("::1", 128, AddressScope::Host),
+        ]
+        .iter()
+        .map(host_address)
+        .collect();
+        let want: Vec<Option<IpAddr>> = vec![
+            Some("10.0.0.100".parse().unwrap()),
+            None,
+            Some("fd00::100".parse().unwrap()),
+            None,
+            None,
+        ];
+        assert_eq!(got, want);
     }
 }

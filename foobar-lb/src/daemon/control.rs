@@ -224,6 +224,8 @@ impl Daemon {
             // a rule inherit another's numbers.
             self.dataplane.reset_rule_counters()?;
         }
+        self.netlink
+            .set_filter(super::macs::netlink_filter(&self.config));
         // Forget runtime state (and stop checks) of backends that are gone.
         let live: HashSet<BackendKey> = self
             .config

@@ -1,6 +1,7 @@
 //! The interfaces XDP runs on: attached at start, detached from interfaces the configuration
 //! no longer names, and attached again when a device is deleted and created anew (its XDP
-//! attachment went with the old device).
+//! attachment went with the old device): on the kernel's link events, and on the fallback
+//! timer.
 
 use anyhow::Result;
 
@@ -53,7 +54,7 @@ impl Daemon {
         if !detached.is_empty() {
             return Err(format!(
                 "not ready: XDP is not attached to {} (device gone? it is attached again \
-                 within 2 s of its return)",
+                 as soon as it returns)",
                 detached.join(", ")
             ));
         }
@@ -84,9 +85,9 @@ impl Daemon {
         }
     }
 
-    /// Called on the refresh timer: notices a configured interface that disappeared, came back
+    /// Called on link events and on the fallback timer: notices a configured interface that disappeared, came back
     /// as a new device (new ifindex) or changed its MAC, and attaches or updates accordingly.
-    /// Failures are logged and tried again on the next tick.
+    /// Failures are logged and tried again on the next event or fallback tick.
     pub(super) fn watch_interfaces(&mut self) {
         for iface in self.config.interfaces.clone() {
             let was = self.attached.get(&iface).copied().flatten();

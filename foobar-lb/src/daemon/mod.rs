@@ -44,13 +44,18 @@ use crate::{
     dataplane::{self, Dataplane},
     desired::Mac,
     health::HealthState,
-    metrics,
+    metrics, neighbor,
     reconcile::Reconciler,
 };
 use health_events::HealthEvent;
 
-/// How often the neighbour table is read again (new backends, MAC changes).
-const NEIGHBOR_REFRESH: Duration = Duration::from_secs(2);
+/// The housekeeping tick: failed map writes retried, unresolved backends asked for again (their
+/// answers arrive as neighbour events), counter samples for rates.
+const TICK: Duration = Duration::from_secs(2);
+
+/// The fallback for kernel events: the neighbour table and the interfaces are read in full this
+/// often (events drive the normal case; this covers what a lost event would leave wrong).
+const NETLINK_FALLBACK: Duration = Duration::from_secs(30);
 
 pub struct RunOptions {
     /// Overrides the config's `xdp_mode`.
@@ -86,6 +91,12 @@ struct Daemon {
     dataplane: Dataplane,
     reconciler: Reconciler,
     macs: HashMap<IpAddr, Mac>,
+    /// Backends whose neighbour entry was last seen FAILED (logged once per failure).
+    neighbour_failed: std::collections::HashSet<IpAddr>,
+    /// The kernel's neighbour and link events, filtered to the configuration.
+    netlink: neighbor::Watcher,
+    /// Configured interfaces' last state seen in a link event (up: IFF_UP and a carrier).
+    links_up: HashMap<String, bool>,
     backends: HashMap<BackendKey, BackendRuntime>,
     events: mpsc::Sender<HealthEvent>,
     checks: Arc<Semaphore>,
@@ -143,12 +154,16 @@ impl Daemon {
         api: &mut mpsc::Receiver<ApiCall>,
         [mut sigint, mut sigterm, mut sighup]: [Signal; 3],
     ) {
-        let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
+        let mut refresh = tokio::time::interval(TICK);
         // After a stall, wait a full period instead of firing missed ticks back to back: rate
         // samples taken microseconds apart would show zero.
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        let mut fallback = tokio::time::interval(NETLINK_FALLBACK);
+        fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        fallback.tick().await;
         loop {
+            let netlink = self.netlink.changed();
             tokio::select! {
                 _ = sigint.recv() => return,
                 _ = sigterm.recv() => return,
@@ -173,17 +188,21 @@ impl Daemon {
                         log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "applying a health change failed: {e:#}");
                     }
                 }
+                _ = netlink => self.on_netlink(),
+                _ = fallback.tick() => {
+                    self.watch_interfaces();
+                    if let Err(e) = self.refresh_neighbors() {
+                        log::warn!("neighbour refresh failed: {e:#}");
+                    }
+                }
                 _ = refresh.tick() => {
                     if self.retry {
                         if let Err(e) = self.apply() {
                             log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "retrying the map writes failed: {e:#}");
                         }
                     }
-                    self.watch_interfaces();
+                    self.poke_unresolved();
                     self.sync_announcements();
-                    if let Err(e) = self.refresh_neighbors() {
-                        log::warn!("neighbour refresh failed: {e:#}");
-                    }
                     if let Err(e) = self.sample_rates() {
                         log::warn!("reading counters failed: {e:#}");
                     }
@@ -197,37 +216,26 @@ impl Daemon {
 /// metrics endpoint's connections all take descriptors, and a service manager's usual soft
 /// limit (1024) is low for that. Failure is logged; the daemon runs with what it has.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(lim) => lim,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            return;
+        }
     };
-    // SAFETY: a valid rlimit out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        log::warn!(
-            "cannot read the open-file limit: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
     // An unlimited hard limit still stops at the kernel's nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let want = lim.rlim_max.min(nr_open);
-    if lim.rlim_cur >= want {
+    let want = hard.min(nr_open);
+    if soft >= want {
         return;
     }
-    let old = lim.rlim_cur;
-    lim.rlim_cur = want;
-    // SAFETY: a valid rlimit; the soft limit stays within the hard one.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        log::warn!(
-            "cannot raise the open-file limit from {old} to {want}: {}",
-            std::io::Error::last_os_error()
-        );
-    } else {
-        log::info!("open-file limit raised from {old} to {want}");
+    match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+        Ok(()) => log::info!("open-file limit raised from {soft} to {want}"),
+        Err(e) => log::warn!("cannot raise the open-file limit from {soft} to {want}: {e}"),
     }
 }
 

@@ -113,6 +113,17 @@ impl Daemon {
                 connections: self.nat_sweeper.as_ref().map_or(0, |s| s.tracked()),
                 table_size: self.config.nat_table_size,
             },
+            netlink: {
+                let c = self.netlink.counts();
+                let n =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                api::NetlinkStats {
+                    neighbour_events: n(&c.neighbour),
+                    link_events: n(&c.link),
+                    ignored_events: n(&c.ignored),
+                    resyncs: n(&c.resyncs),
+                }
+            },
         })
     }
 

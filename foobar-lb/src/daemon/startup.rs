@@ -58,10 +58,13 @@ pub(super) async fn start(
     // start with nothing attached or pinned.
     socket::serve_metrics(&config, metrics.0.clone(), metrics.1).await?;
     socket::serve(&config, metrics.0).await?;
+    // Subscribed before the first dump, so no change falls between the two.
+    let netlink = crate::neighbor::Watcher::spawn(macs::netlink_filter(&config))?;
     let macs = macs::resolve_all(&config).await?;
     let (dataplane, reconciler) = load_dataplane(&config)?;
     let flow_counts = dataplane.spawn_flow_counter(FLOW_COUNT_EVERY)?;
-    let (mut d, mut events) = Daemon::new(config, dataplane, reconciler, macs, flow_counts);
+    let (mut d, mut events) =
+        Daemon::new(config, dataplane, reconciler, (macs, netlink), flow_counts);
     d.config_path = config_path.to_owned();
     d.xdp_mode = mode;
     if d.dataplane.adopted() {
@@ -149,7 +152,7 @@ impl Daemon {
         config: Config,
         dataplane: Dataplane,
         reconciler: Reconciler,
-        macs: HashMap<IpAddr, Mac>,
+        (macs, netlink): (HashMap<IpAddr, Mac>, crate::neighbor::Watcher),
         flow_counts: dataplane::FlowCounts,
     ) -> (Self, mpsc::Receiver<HealthEvent>) {
         let (events_tx, events) = mpsc::channel::<HealthEvent>(1024);
@@ -158,6 +161,9 @@ impl Daemon {
             dataplane,
             reconciler,
             macs,
+            neighbour_failed: Default::default(),
+            netlink,
+            links_up: HashMap::new(),
             backends: HashMap::new(),
             events: events_tx,
             checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),

@@ -185,16 +185,9 @@ pub(super) fn check_layout_version(dir: &Path, pinned: u32) -> Result<(), Datapl
     })
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
 fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` exists on a bpffs, mounting one at /sys/fs/bpf if that is where it goes and
@@ -203,18 +196,14 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let sys = Path::new("/sys/fs/bpf");
     if dir.starts_with(sys) && !is_bpffs(sys) {
         let _ = std::fs::create_dir_all(sys);
-        let ok = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        } == 0;
-        if !ok {
-            return Err(DataplaneError::MountBpffs(std::io::Error::last_os_error()));
-        }
+        nix::mount::mount(
+            Some("bpf"),
+            sys,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| DataplaneError::MountBpffs(e.into()))?;
         log::info!("mounted bpffs at /sys/fs/bpf");
     }
     std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinIo {

@@ -9,6 +9,7 @@ use crate::build::workspace_root;
 
 mod attack;
 mod e2e;
+mod failover;
 mod health_cost;
 mod micro;
 mod peers;
@@ -25,6 +26,9 @@ pub struct Args {
     /// Only the per-packet (BPF_PROG_TEST_RUN) part.
     #[arg(long)]
     micro_only: bool,
+    /// Only the failover table (a keepalived pair's active node crashes under load).
+    #[arg(long, conflicts_with = "micro_only")]
+    failover_only: bool,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 8)]
     seconds: u32,
@@ -49,6 +53,12 @@ pub fn run(args: Args) -> Result<()> {
     let _ = Command::new("pkill").args(["-x", "haproxy"]).status();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("bench: load average before: {}", load.trim());
+    if args.failover_only {
+        let rows = failover::run(args.quick)?;
+        let r = report::Report::failover_only(rows, args.quick);
+        println!("\n{}", report::markdown(&r));
+        return Ok(());
+    }
     let micro = micro::run(args.quick)?;
     for m in &micro {
         println!(
@@ -57,6 +67,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let (mut rows, mut attack, mut health) = (Vec::new(), Vec::new(), None);
+    let mut failover = Vec::new();
     if !args.micro_only {
         let settings = wrk::Settings {
             seconds: if args.quick { 1 } else { args.seconds },
@@ -70,6 +81,8 @@ pub fn run(args: Args) -> Result<()> {
         for (k, (a, b)) in e2e::spread(&rows) {
             println!("  spread {k}: web1 {a}, web2 {b}");
         }
+        drop(topo);
+        failover = failover::run(args.quick)?;
     }
     let maglev = maglev_stats(&bin)?;
     let mut targets = targets::targets(&micro, &rows, &attack);
@@ -98,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         e2e: rows,
         attack,
         health,
+        failover,
         maglev: Some(maglev),
         targets,
     };

@@ -18,6 +18,8 @@ pub struct Report {
     pub e2e: Vec<e2e::Row>,
     pub attack: Vec<AttackRow>,
     pub health: Option<HealthCost>,
+    /// The active node of a pair crashes under load (`failover.rs`).
+    pub failover: Vec<super::failover::Row>,
     /// `foobar-lb maglev-stats` output (release build).
     pub maglev: Option<serde_json::Value>,
     /// Ratios the issue sets as targets, computed from this run.
@@ -32,6 +34,27 @@ pub struct Target {
     pub met: bool,
 }
 
+impl Report {
+    /// A report with only the failover table (`bench --failover-only`).
+    pub fn failover_only(failover: Vec<super::failover::Row>, quick: bool) -> Report {
+        Report {
+            date: super::text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            machine: super::text("hostname", &[]),
+            kernel: super::text("uname", &["-r"]),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_average_before: String::new(),
+            quick,
+            micro: Vec::new(),
+            e2e: Vec::new(),
+            attack: Vec::new(),
+            health: None,
+            failover,
+            maglev: None,
+            targets: Vec::new(),
+        }
+    }
+}
+
 pub fn markdown(r: &Report) -> String {
     let mut s =
         format!(
@@ -43,7 +66,9 @@ pub fn markdown(r: &Report) -> String {
         r.load_average_before,
         if r.quick { " — **quick run: figures not meaningful**" } else { "" }
     );
-    s += "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n| case | ns/packet | x floor | target | method |\n|---|---:|---:|---:|---|\n";
+    if !r.micro.is_empty() {
+        s += "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n| case | ns/packet | x floor | target | method |\n|---|---:|---:|---:|---|\n";
+    }
     for m in &r.micro {
         s += &format!(
             "| {} | {:.1} | {:.2} | {} | {} |\n",
@@ -53,6 +78,28 @@ pub fn markdown(r: &Report) -> String {
             m.target_ratio.map(|t| format!("≤ {t}")).unwrap_or_default(),
             m.method
         );
+    }
+    if !r.failover.is_empty() {
+        s += "\n## Failover (keepalived pair, the active node crashes under load)\n\n\
+              | balancer | new connections failed | keep-alive connections lost | resets | 4 MiB download | takeover ms |\n\
+              |---|---:|---:|---:|---|---:|\n";
+        for f in &r.failover {
+            s += &format!(
+                "| {} | {} of {} | {} of {} | {} | {} | {:.0} |\n",
+                f.balancer.label(),
+                f.new_failed,
+                f.new_connections,
+                f.keepalive_lost,
+                f.keepalive_connections,
+                f.resets,
+                if f.download_intact {
+                    "intact"
+                } else {
+                    "broken"
+                },
+                f.takeover_ms
+            );
+        }
     }
     if !r.e2e.is_empty() {
         s += "\n## End to end (wrk, client → balancer → 2 nginx)\n\n| peer | mode | req/s | p50 ms | p99 ms | errors | web1 | web2 |\n|---|---|---:|---:|---:|---:|---:|---:|\n";
@@ -100,7 +147,9 @@ pub fn markdown(r: &Report) -> String {
             f("moved_when_one_removed") * 100.0
         );
     }
-    s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
+    if !r.targets.is_empty() {
+        s += "\n## Targets (ratios from this run)\n\n| what | measured | target | met |\n|---|---:|---|---|\n";
+    }
     for t in &r.targets {
         s += &format!(
             "| {} | {:.2} | {} | {} |\n",
@@ -210,6 +259,7 @@ mod tests {
                 flood_drops_per_sec: 20.0,
                 errors: 5,
             }],
+            failover: Vec::new(),
             health: None,
             maglev: None,
             targets: Vec::new(),
