@@ -30,15 +30,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use foobar_lb_common::{
-    nat_reply_key, verdict, vip_filter_bit, Addr, Backend, FlowKey, Iface, NatFwd,
-    NatRev, VipKey, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, FLOW_FIN, FLOW_RST,
-    FLOW_TIME_MASK, FWD_FULLNAT, FW_HAS_NAT, FW_HAS_SNAT, MAX_SNAT_ADDRS, NAT_FULL, NAT_REPLIED,
-    NAT_TIME_MASK, PROTO_TCP, PROTO_UDP, SNAT_PORT_TRIES, VIP_FILTER_WORDS,
+    nat_reply_key, verdict, vip_filter_bit, Addr, Backend, FlowKey, Iface, NatFwd, NatRev, VipKey,
+    BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FWD_FULLNAT,
+    FW_HAS_NAT, FW_HAS_SNAT, MAX_SNAT_ADDRS, NAT_FULL, NAT_REPLIED, NAT_TIME_MASK, PROTO_TCP,
+    PROTO_UDP, SNAT_PORT_TRIES, VIP_FILTER_WORDS,
 };
 
 use crate::{
     firewall,
-    maps::{BACKENDS, IFACES, NAT_FWD, NAT_REV, NAT_SCRATCH, NAT_SRC_FILTER, SNAT_ADDRS, SNAT_POOLS},
+    maps::{
+        BACKENDS, IFACES, NAT_FWD, NAT_REV, NAT_SCRATCH, NAT_SRC_FILTER, SNAT_ADDRS, SNAT_POOLS,
+    },
     parse::Packet,
     rewrite::{self, Side},
     select::flow_now,
@@ -263,7 +265,8 @@ pub fn established(
         let _ = NAT_FWD.remove(key);
         return Ok(None);
     };
-    let (fw_gen, seen, full, backend_id) = (f.fw_gen, f.seen, f.flags & NAT_FULL != 0, f.backend_id);
+    let (fw_gen, seen, full, backend_id) =
+        (f.fw_gen, f.seen, f.flags & NAT_FULL != 0, f.backend_id);
     if full {
         let s = NAT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
         // SAFETY: this CPU's scratch element (see `normalize`); a map-to-map copy.
@@ -299,12 +302,7 @@ pub fn open(
     // (its values unknown to the verifier, and no copy on the stack).
     let (fwd, rev, rkey, key) = unsafe {
         (*s).key = pkt.key;
-        (
-            &mut (*s).conn,
-            &mut (*s).rev,
-            &mut (*s).rkey,
-            &(*s).key,
-        )
+        (&mut (*s).conn, &mut (*s).rev, &mut (*s).rkey, &(*s).key)
     };
     fwd.backend_addr = backend.addr;
     fwd.backend_id = id;

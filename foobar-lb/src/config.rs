@@ -218,7 +218,10 @@ pub struct PortRange {
 }
 
 /// Default `snat_ports`.
-pub const DEFAULT_SNAT_PORTS: PortRange = PortRange { lo: 1024, hi: 65535 };
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange {
+    lo: 1024,
+    hi: 65535,
+};
 
 impl TryFrom<String> for PortRange {
     type Error = String;
