@@ -14,6 +14,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (shared machines point
+/// several worktrees at one), else `target/` in the workspace root.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => workspace_root().join(d),
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// `cargo ARGS` in the workspace root.
 pub fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO"));
@@ -36,7 +45,7 @@ pub fn release() -> Result<PathBuf> {
         "build foobar-lb (release; the build script compiles the XDP program)",
         &mut cargo(&["build", "--release", "-p", "foobar-lb"]),
     )?;
-    let bin = workspace_root().join("target/release/foobar-lb");
+    let bin = target_dir().join("release/foobar-lb");
     check_has_program(&bin)?;
     Ok(bin)
 }

@@ -12,7 +12,7 @@ use crate::build::workspace_root;
 /// Builds the package of the release binary; returns its path.
 pub fn run() -> Result<PathBuf> {
     let bin = crate::build::release()?;
-    build(&bin, &workspace_root().join("target/debian"))
+    build(&bin, &crate::build::target_dir().join("debian"))
 }
 
 /// Builds the package of `bin` in `out` (the tests package the debug binary they test).

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    build::{cargo, step, workspace_root},
+    build::{cargo, step, target_dir},
     setup,
 };
 
@@ -27,9 +27,9 @@ pub fn run(args: Args) -> Result<()> {
         "build foobar-lb (debug)",
         &mut cargo(&["build", "-p", "foobar-lb"]),
     )?;
-    let bin = workspace_root().join("target/debug/foobar-lb");
+    let bin = target_dir().join("debug/foobar-lb");
     // The Debian package of this very binary, for the install/purge test.
-    let deb = crate::package::build(&bin, &workspace_root().join("target/debian-test"))?;
+    let deb = crate::package::build(&bin, &target_dir().join("debian-test"))?;
     println!("test: host unit tests, packet tests (BPF_PROG_TEST_RUN), netns end-to-end tests");
     // Every test binary runs even after a failure, so one run shows every failure.
     let mut cmd = cargo(&[
