@@ -287,6 +287,9 @@ pub fn established(
 /// packet: the reverse entry first (`BPF_NOEXIST`: a reply 5-tuple already in use is a
 /// collision), then the forward one. The caller then forwards the packet as any other
 /// (`rewrite::forward`). The entries are built in the NAT scratch, not on the stack.
+// The entries are passed to the map helpers by reference into the scratch (`&*rkey`): the
+// by-value form clippy suggests copies them onto the stack first, which has no room for them.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn open(
     ctx: &XdpContext,
@@ -358,6 +361,9 @@ pub fn open(
 /// hash, each claimed by inserting the reverse entry with `BPF_NOEXIST`), then the FIB lookup
 /// of the backend from that address; the forward entry last. The connection stays in the
 /// scratch (`conn`) for [`forward_full`].
+// The entries are passed to the map helpers by reference into the scratch (`&*rkey`): the
+// by-value form clippy suggests copies them onto the stack first, which has no room for them.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn open_full(
     ctx: &XdpContext,

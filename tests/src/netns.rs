@@ -730,7 +730,9 @@ impl Topology {
             ("www", VIP4, web4 as fn(usize) -> String),
             ("www6", VIP6, web6),
         ] {
-            c += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n{forwarding}");
+            c += &format!(
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n{forwarding}"
+            );
             for i in 1..=self.webs.len() {
                 c += &format!(
                     "\n[[service.backend]]\naddress = \"{}\"\nport = {port}\n",

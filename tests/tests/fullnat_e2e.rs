@@ -31,7 +31,10 @@ fn setup(tag: &str) -> Option<Setup> {
             .unwrap();
         // No route beyond the subnet: the client (10.111.0.1) is on it, the SNAT address too.
         let routes = String::from_utf8(topo.web(i).ip(&["route", "show"]).unwrap().stdout).unwrap();
-        assert!(!routes.contains("default") && !routes.contains("via"), "{routes}");
+        assert!(
+            !routes.contains("default") && !routes.contains("via"),
+            "{routes}"
+        );
     }
     let socket = topo.dir.join("control.sock");
     let config = topo
@@ -98,7 +101,10 @@ fn fullnat_round_robin_download_and_hairpin() {
     let flows: foobar_lb::api::FlowsAnswer = serde_json::from_slice(&out.stdout).unwrap();
     assert!(flows.total >= 2 * n + 20, "{}", flows.total);
     for r in &flows.rows {
-        let (addr, port) = r.conn.snat.expect("full-NAT connections list their SNAT endpoint");
+        let (addr, port) = r
+            .conn
+            .snat
+            .expect("full-NAT connections list their SNAT endpoint");
         assert!(
             addr.to_string() == SNAT4 || addr.to_string() == SNAT6,
             "{r:?}"
