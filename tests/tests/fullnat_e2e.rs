@@ -116,3 +116,73 @@ fn fullnat_round_robin_download_and_hairpin() {
     assert!(text.contains("snat"), "{text}");
     assert_no_drops(&s.daemon);
 }
+
+#[test]
+fn a_fullnat_service_added_at_run_time_serves_and_is_dumped() {
+    let Some(s) = setup("fa") else {
+        return;
+    };
+    let ok = |args: &[&str]| {
+        let out = s.daemon.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Refused without a SNAT address of the VIP's family, with the reason.
+    let out = s.daemon.cli(&[
+        "service",
+        "add",
+        "alt",
+        "--vip",
+        VIP4,
+        "--port",
+        "81",
+        "--forwarding",
+        "fullnat",
+        "--snat",
+        SNAT6,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs an IPv4 address in snat"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&[
+        "service",
+        "add",
+        "alt",
+        "--vip",
+        VIP4,
+        "--port",
+        "81",
+        "--forwarding",
+        "fullnat",
+        "--snat",
+        SNAT4,
+        "--snat-ports",
+        "1024-65535",
+    ]);
+    ok(&["backend", "add", "alt", "10.111.0.12", "--port", "8080"]);
+    // Served once its first health check passes; from web1 too (no route anywhere).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for client in [&s.topo.client, s.topo.web(1)] {
+        loop {
+            match foobar_lb_tests::traffic::try_get(client, &format!("http://{VIP4}:81/")) {
+                Ok(body) if body == "web2" => break,
+                other => assert!(Instant::now() < deadline, "{other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let dump = String::from_utf8(s.daemon.cli(&["config-dump"]).stdout).unwrap();
+    assert!(
+        dump.contains("forwarding = \"fullnat\"")
+            && dump.contains(&format!("snat = [\"{SNAT4}\"]"))
+            && dump.contains("snat_ports = \"1024-65535\""),
+        "{dump}"
+    );
+    assert_no_drops(&s.daemon);
+}
