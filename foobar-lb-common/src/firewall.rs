@@ -44,6 +44,9 @@ pub const FW_HAS_VIP_POLICY: u32 = 4;
 /// because every packet reads it already: without NAT services the reply check costs one bit
 /// test.
 pub const FW_HAS_NAT: u32 = 8;
+/// Not a firewall stage: some service uses full NAT, so traffic to a SNAT address
+/// (`MAP_SNAT_ADDRS`) that is no tracked reply is dropped inside the SNAT port range.
+pub const FW_HAS_SNAT: u32 = 16;
 
 pub const ACTION_ALLOW: u8 = 1;
 pub const ACTION_DROP: u8 = 2;

@@ -19,6 +19,8 @@ pub const MAP_NAT_FWD: &str = "NAT_FWD";
 pub const MAP_NAT_REV: &str = "NAT_REV";
 pub const MAP_NAT_SRC_FILTER: &str = "NAT_SRC_FILTER";
 pub const MAP_NAT_SCRATCH: &str = "NAT_SCRATCH";
+pub const MAP_SNAT_POOLS: &str = "SNAT_POOLS";
+pub const MAP_SNAT_ADDRS: &str = "SNAT_ADDRS";
 
 /// [`MAP_BACKEND_ADMIN`] bit: the operator drained this backend. Userspace state only (the
 /// program never reads it), pinned so a restarted daemon keeps the drain.
@@ -208,6 +210,11 @@ pub const FWD_DSR: u8 = 0;
 /// backend's ([`Backend::port`]); the backend routes its replies through the balancer, which
 /// translates their source back to the VIP (see [`NatFwd`], [`NatRev`]).
 pub const FWD_NAT: u8 = 1;
+/// Full NAT (LVS "FULLNAT"): as [`FWD_NAT`], and the source becomes a balancer-owned SNAT
+/// address and an allocated port ([`SnatPool`]), so the backend answers the balancer whatever
+/// its routes (and a backend can be a client of its own service). The service has [`SVC_NAT`]
+/// set too: its connections are tracked in the same maps, marked [`NAT_FULL`].
+pub const FWD_FULLNAT: u8 = 2;
 
 /// Value of [`MAP_BACKENDS`], indexed by backend id.
 ///
@@ -289,8 +296,17 @@ pub struct NatScratch {
     pub l4_off: u16,
     pub tcp_flags: u8,
     pub _pad: [u8; 3],
+    /// The full-NAT connection this packet belongs to, for its rewrite (`nat::forward_full`):
+    /// written by the lookup or the open that found or made it. Also where a new connection's
+    /// entries and FIB lookup are built (`nat::open`): the program's 512-byte stack cannot
+    /// hold them beside the rest.
+    pub conn: NatFwd,
+    pub rev: NatRev,
+    pub rkey: FlowKey,
+    /// A `struct bpf_fib_lookup` (64 bytes).
+    pub fib: [u32; 16],
 }
-const _: () = assert!(core::mem::size_of::<NatScratch>() == 48);
+const _: () = assert!(core::mem::size_of::<NatScratch>() == 280);
 
 /// (interface, VLAN) pairs [`MAP_IFACE_VLANS`] can hold.
 pub const MAX_IFACE_VLANS: u32 = 4096;
@@ -375,29 +391,52 @@ pub struct NatFwd {
     pub seen: u32,
     /// The port the destination port became, network byte order.
     pub backend_port: u16,
-    pub _pad: [u8; 6],
+    /// [`NAT_FULL`]: the port the source port became (network order); else 0.
+    pub snat_port: u16,
+    /// [`NAT_FULL`]: the interface the backend's next hop is on (from the FIB lookup at open).
+    pub ifindex: u32,
+    /// [`NAT_FULL`]: the address the source became (the SNAT address).
+    pub snat_addr: Addr,
+    /// [`NAT_FULL`]: the next hop's MAC (the backend, or its router) and the egress
+    /// interface's own, as the FIB lookup at open gave them.
+    pub next_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// [`NAT_FULL`] or 0.
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatFwd>() == 40);
+const _: () = assert!(core::mem::size_of::<NatFwd>() == 72);
+
+/// [`NatFwd::flags`], [`NatRev::flags`]: a full-NAT connection ([`FWD_FULLNAT`]).
+pub const NAT_FULL: u32 = 1;
 
 /// Value of [`MAP_NAT_REV`], keyed by the reply's 5-tuple as the backend sends it
-/// (backend:bport -> client:cport, a [`FlowKey`]): what its source becomes and where it goes.
+/// (backend:bport -> client:cport for NAT, backend:bport -> snat:sport for full NAT, a
+/// [`FlowKey`]): what its addresses become and where it goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatRev {
     /// The VIP the reply's source address becomes.
     pub vip: Addr,
     /// The source MAC of the client's first frame (its router, or the client on the segment):
-    /// on one arm the reply's next hop, so no FIB lookup is needed.
+    /// the reply's next hop, so no FIB lookup is needed.
     pub client_mac: [u8; 6],
     /// The port the reply's source port becomes (the service port), network byte order.
     pub vport: u16,
-    /// Interface the client's frames came in on (one arm: the replies' too).
+    /// Interface the client's frames came in on: the replies leave by it.
     pub ifindex: u32,
     /// The backend side's last packet and FIN/RST, as [`NatFwd::seen`]; written by
     /// backend -> client packets only. [`NAT_REPLIED`] once a reply has been translated.
     pub seen: u32,
+    /// [`NAT_FULL`]: the client the reply's destination becomes (else unused: the reply is
+    /// already addressed to it).
+    pub client: Addr,
+    /// [`NAT_FULL`]: the client's port the destination port becomes, network order.
+    pub cport: u16,
+    pub _pad: u16,
+    /// [`NAT_FULL`] or 0.
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatRev>() == 32);
+const _: () = assert!(core::mem::size_of::<NatRev>() == 56);
 
 /// [`NatRev::seen`] bit: the backend has answered (TCP: the connection is established; UDP: a
 /// stream). It takes one bit of the time, which still wraps only after ~18 years.
@@ -405,18 +444,50 @@ pub const NAT_REPLIED: u32 = 1 << 29;
 /// [`NatRev::seen`] bits holding the time.
 pub const NAT_TIME_MASK: u32 = NAT_REPLIED - 1;
 
-/// The [`MAP_NAT_REV`] key of the replies of a connection `fwd` tracks for client flow `key`.
+/// The [`MAP_NAT_REV`] key of the replies of a connection `fwd` tracks for client flow `key`:
+/// to the client (NAT), or to the SNAT address and port (full NAT).
 #[inline(always)]
 pub fn nat_reply_key(key: &FlowKey, fwd: &NatFwd) -> FlowKey {
+    let full = fwd.flags & NAT_FULL != 0;
     FlowKey {
         src: fwd.backend_addr,
-        dst: key.src,
+        dst: if full { fwd.snat_addr } else { key.src },
         sport: fwd.backend_port,
-        dport: key.sport,
+        dport: if full { fwd.snat_port } else { key.sport },
         proto: key.proto,
         family: key.family,
         _pad: [0; 2],
     }
+}
+
+/// SNAT addresses a full-NAT service may use per address family.
+pub const MAX_SNAT_ADDRS: usize = 8;
+/// Candidate source ports a new full-NAT connection tries before it is dropped
+/// (`drop_snat_exhausted`).
+pub const SNAT_PORT_TRIES: u32 = 8;
+/// (SNAT address) entries [`MAP_SNAT_ADDRS`] can hold.
+pub const MAX_SNAT_ENTRIES: u32 = 1024;
+
+/// Value of [`MAP_SNAT_POOLS`], indexed by service id: the source addresses and port range a
+/// full-NAT service's new connections take. Only the service's address family (its backends')
+/// is stored. Replaced in one update; a connection keeps the address and port it got.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatPool {
+    /// Addresses in `addrs` (0: the service is not full NAT, its new flows are dropped).
+    pub count: u32,
+    /// The source port range, host order, inclusive.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub addrs: [Addr; MAX_SNAT_ADDRS],
+}
+const _: () = assert!(core::mem::size_of::<SnatPool>() == 8 + 16 * MAX_SNAT_ADDRS);
+
+/// Value of [`MAP_SNAT_ADDRS`] (keyed by [`VipKey`]): the SNAT port range of that address,
+/// `lo | hi << 16` (host order). A TCP/UDP packet to the address with a destination port in
+/// it and no tracked connection is dropped (`drop_snat_stray`); other ports are the host's.
+pub fn snat_range(lo: u16, hi: u16) -> u32 {
+    lo as u32 | (hi as u32) << 16
 }
 
 #[cfg(feature = "user")]
@@ -435,6 +506,7 @@ mod pod {
     unsafe impl aya::Pod for super::NatFwd {}
     unsafe impl aya::Pod for super::NatRev {}
     unsafe impl aya::Pod for super::NatScratch {}
+    unsafe impl aya::Pod for super::SnatPool {}
     unsafe impl aya::Pod for super::super::stats::Counters {}
     unsafe impl aya::Pod for crate::firewall::Rule {}
     unsafe impl aya::Pod for crate::firewall::RuleSet {}

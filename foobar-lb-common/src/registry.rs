@@ -13,7 +13,7 @@ use crate::{
 /// Version of the pinned data plane's layout: bump it when a map's meaning changes without its
 /// sizes changing (a field reused, a state added). Written into [`MAP_META`] by the daemon that
 /// creates the maps; a daemon of another version refuses to adopt them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Kernel map types used here (`enum bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +119,9 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, VipFilter>(MAP_NAT_SRC_FILTER, Array, 1, 0, true),
     // Per-packet scratch: no state, so never pinned.
     spec::<u32, NatScratch>(MAP_NAT_SCRATCH, PerCpuArray, 1, 0, false),
+    // Full NAT: each service's source addresses and ports, and every SNAT address's range.
+    spec::<u32, SnatPool>(MAP_SNAT_POOLS, Array, MAX_SERVICES, 0, true),
+    spec::<VipKey, u32>(MAP_SNAT_ADDRS, Hash, MAX_SNAT_ENTRIES, 0, true),
     spec::<u32, u64>(MAP_VERDICT_STATS, PerCpuArray, verdict::COUNT, 0, true),
     spec::<u32, Counters>(MAP_SERVICE_STATS, PerCpuArray, MAX_SERVICES, 0, true),
     spec::<u32, Counters>(MAP_BACKEND_STATS, PerCpuArray, MAX_BACKENDS, 0, true),

@@ -58,8 +58,21 @@ pub mod verdict {
     /// A backend's reply to a NAT connection, translated back to the VIP and sent to the
     /// client (XDP_TX).
     pub const TX_NAT_REPLY: u32 = 21;
+    /// A full-NAT service's new flow for which none of the candidate source ports
+    /// (`SNAT_PORT_TRIES`, from the flow's hash) was free towards its backend: the SNAT
+    /// addresses or port range are too few for the connections to that backend.
+    pub const DROP_SNAT_EXHAUSTED: u32 = 22;
+    /// TCP/UDP to a SNAT address, on a port inside its SNAT range, that is no tracked
+    /// connection's reply: nothing on the host may use those ports.
+    pub const DROP_SNAT_STRAY: u32 = 23;
+    /// A full-NAT service's new flow whose backend (or its router) has no neighbour entry on
+    /// the balancer (the FIB lookup's `NO_NEIGH`): the controller's health checks keep it.
+    pub const DROP_FIB_NO_NEIGH: u32 = 24;
+    /// A full-NAT service's new flow with no route to its backend from the SNAT address, or
+    /// forwarding disabled on the receiving interface (any other FIB lookup failure).
+    pub const DROP_FIB_NO_ROUTE: u32 = 25;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 26;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -85,6 +98,10 @@ pub mod verdict {
         "drop_nat_collision",
         "drop_nat_table_full",
         "tx_nat_reply",
+        "drop_snat_exhausted",
+        "drop_snat_stray",
+        "drop_fib_no_neigh",
+        "drop_fib_no_route",
     ];
 }
 

@@ -284,7 +284,7 @@ mod prog {
             }
         })?;
         if svc.flags & SVC_NAT != 0 {
-            nat::open(ctx, &pkt, id, &backend, gen)?;
+            nat::open(ctx, &pkt, svc.id, id, &backend, gen)?;
         }
         forward(ctx, &pkt, iface, svc.id, id, &backend, len)
     }
@@ -300,8 +300,8 @@ mod prog {
         len: u64,
     ) -> Result<(u32, u32), u32> {
         stats::count_forward(service_id, backend_id, len);
-        rewrite::forward(ctx, pkt, iface, backend)?;
-        Ok((xdp_action::XDP_TX, verdict::TX))
+        let action = rewrite::forward(ctx, pkt, iface, backend)?;
+        Ok((action, verdict::TX))
     }
 
     /// Checks every packet to a VIP must pass, as a hardened host judges them; only VIP

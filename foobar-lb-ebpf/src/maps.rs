@@ -10,9 +10,9 @@ use aya_ebpf::{
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
     FlowValue, FwWords, Iface, NatFwd, NatRev, NatScratch, PrefixLens, RateKey, RuleSet,
-    ServiceInfo, ServiceKey, SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS, MAX_BLOCKED,
-    MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES,
-    MAX_VIP_POLICY_IFACES,
+    ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS,
+    MAX_BLOCKED, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES,
+    MAX_SERVICES, MAX_SNAT_ENTRIES, MAX_VIP_POLICY_IFACES,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller
@@ -99,6 +99,14 @@ pub static NAT_SRC_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 /// each (as `SUSPECT_SCRATCH` does for the firewall).
 #[map]
 pub static NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Service id -> the source addresses and port range of a full-NAT service's new connections.
+#[map]
+pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Every SNAT address in use -> its port range (`snat_range`): strays inside it are dropped.
+#[map]
+pub static SNAT_ADDRS: HashMap<VipKey, u32> = HashMap::with_max_entries(MAX_SNAT_ENTRIES, 0);
 
 #[map]
 pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::COUNT, 0);

@@ -13,17 +13,34 @@
 //! 5-tuple already tracked (a collision) or a full table drops the packet, counted, before
 //! anything is sent. Each direction writes only its own entry (time and FIN/RST bits), so the
 //! two CPUs handling the two directions never write the same cache line.
+//!
+//! Full NAT (`FWD_FULLNAT`, entries marked `NAT_FULL`) uses the same maps and paths: the
+//! source also becomes a SNAT address of the service's pool (`SNAT_POOLS`, picked by the flow
+//! hash) and a port allocated at open by inserting the reverse entry (backend:bport ->
+//! snat:sport) with `BPF_NOEXIST` for up to `SNAT_PORT_TRIES` candidate ports, so two
+//! connections never share a reply 5-tuple. The backend's next hop comes from one FIB lookup
+//! at open, kept in the forward entry: a connection's packets then cost no helper call, and
+//! the next hop of a connection does not change under it (a moved backend is a new
+//! connection's business). The reply's destination becomes the client again, and it leaves
+//! by the client's interface to the MAC the client's first frame came from, as for NAT.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_NOEXIST},
+    programs::XdpContext,
+    EbpfContext,
+};
 use foobar_lb_common::{
-    nat_reply_key, verdict, vip_filter_bit, Addr, Backend, Iface, NatFwd, NatRev, BACKEND_ACTIVE,
-    BACKEND_DRAINING, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FW_HAS_NAT, NAT_REPLIED, NAT_TIME_MASK,
-    VIP_FILTER_WORDS,
+    nat_reply_key, verdict, vip_filter_bit, Addr, Backend, FlowKey, Iface, NatFwd, NatRev, VipKey,
+    BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FWD_FULLNAT,
+    FW_HAS_NAT, FW_HAS_SNAT, MAX_SNAT_ADDRS, NAT_FULL, NAT_REPLIED, NAT_TIME_MASK, PROTO_TCP,
+    PROTO_UDP, SNAT_PORT_TRIES, VIP_FILTER_WORDS,
 };
 
 use crate::{
     firewall,
-    maps::{BACKENDS, NAT_FWD, NAT_REV, NAT_SCRATCH, NAT_SRC_FILTER},
+    maps::{
+        BACKENDS, IFACES, NAT_FWD, NAT_REV, NAT_SCRATCH, NAT_SRC_FILTER, SNAT_ADDRS, SNAT_POOLS,
+    },
     parse::Packet,
     rewrite::{self, Side},
     select::flow_now,
@@ -74,6 +91,42 @@ pub fn forward(
     rewrite::set_macs(ctx, &backend.mac, &iface.mac)
 }
 
+/// `rewrite::forward`'s full-NAT arm: destination -> backend address and port, source -> the
+/// connection's SNAT address and port, MACs -> the next hop's and the egress interface's, as
+/// the connection in the scratch (written by [`established`] or [`open`] for this packet)
+/// holds them; out of the interface the FIB lookup chose.
+#[inline(always)]
+pub fn forward_full(ctx: &XdpContext, pkt: &Packet) -> Result<u32, u32> {
+    let pkt = normalize(pkt).ok_or(verdict::ABORTED)?;
+    let s = NAT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+    // SAFETY: this CPU's scratch element (see `normalize`); read in place, not copied (stack).
+    let c = unsafe { &(*s).conn };
+    if c.flags & NAT_FULL == 0 {
+        return Err(verdict::ABORTED);
+    }
+    let k = &pkt.key;
+    rewrite::translate(
+        ctx,
+        &pkt,
+        Side::Dst,
+        &k.dst,
+        &c.backend_addr,
+        k.dport,
+        c.backend_port,
+    )?;
+    rewrite::translate(
+        ctx,
+        &pkt,
+        Side::Src,
+        &k.src,
+        &c.snat_addr,
+        k.sport,
+        c.snat_port,
+    )?;
+    rewrite::set_macs(ctx, &c.next_mac, &c.src_mac)?;
+    Ok(rewrite::out_by(ctx, c.ifindex))
+}
+
 /// Whether `src` may be a NAT backend's address: a clear filter bit proves it is not.
 #[inline(always)]
 fn maybe_backend(src: &Addr, family: u8) -> bool {
@@ -98,13 +151,43 @@ pub fn reply(
     fw: firewall::State,
 ) -> Option<Result<(u32, u32), u32>> {
     // Without NAT services this costs one bit test of a word already read.
-    if fw.flags & FW_HAS_NAT == 0 || !maybe_backend(&pkt.key.src, pkt.key.family) {
+    if fw.flags & FW_HAS_NAT == 0 {
+        return None;
+    }
+    let backend = maybe_backend(&pkt.key.src, pkt.key.family);
+    let snat = fw.flags & FW_HAS_SNAT != 0;
+    if !backend && !snat {
         return None;
     }
     let pkt = normalize(pkt)?;
-    let rev = NAT_REV.get_ptr_mut(pkt.key)?;
-    let iface = crate::prog::receiver(ctx, pkt.l3_off).ok()?;
-    Some(reply_tx(ctx, &pkt, iface, rev))
+    if backend {
+        if let Some(rev) = NAT_REV.get_ptr_mut(pkt.key) {
+            let iface = crate::prog::receiver(ctx, pkt.l3_off).ok()?;
+            return Some(reply_tx(ctx, &pkt, iface, rev));
+        }
+    }
+    if snat {
+        return stray(&pkt.key).map(Err);
+    }
+    None
+}
+
+/// `DROP_SNAT_STRAY` for TCP or UDP to a SNAT address on a port of its range (no tracked
+/// connection's reply, or [`reply`] would have taken it): such a port belongs to the
+/// balancer's connections, never to the host. Other ports of the address are the host's.
+#[inline(always)]
+fn stray(key: &FlowKey) -> Option<u32> {
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return None;
+    }
+    let addr = VipKey {
+        addr: key.dst,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    let range = unsafe { SNAT_ADDRS.get(addr) }.copied()?;
+    let port = u16::from_be(key.dport) as u32;
+    (port >= range & 0xffff && port <= range >> 16).then_some(verdict::DROP_SNAT_STRAY)
 }
 
 #[inline(always)]
@@ -117,21 +200,31 @@ fn reply_tx(
     // SAFETY: a live element of a preallocated hash map; the sweeper may delete it meanwhile,
     // and the slot then holds another connection's values at worst for this one packet, as
     // with any preallocated map (see the sweeper's race note in the controller).
-    let r = unsafe { *rev };
+    let r = unsafe { &*rev };
     let next = (r.seen & (FLOW_FIN | FLOW_RST))
         | NAT_REPLIED
         | pkt.closing_bits()
         | (flow_now() & NAT_TIME_MASK);
-    if next != r.seen {
+    let (seen, full, ifindex) = (r.seen, r.flags & NAT_FULL != 0, r.ifindex);
+    if next != seen {
         unsafe { (*rev).seen = next };
     }
     let k = &pkt.key;
     rewrite::translate(ctx, pkt, Side::Src, &k.src, &r.vip, k.sport, r.vport)?;
-    rewrite::set_macs(ctx, &r.client_mac, &iface.mac)?;
-    Ok((
-        aya_ebpf::bindings::xdp_action::XDP_TX,
-        verdict::TX_NAT_REPLY,
-    ))
+    if !full {
+        rewrite::set_macs(ctx, &r.client_mac, &iface.mac)?;
+        return Ok((xdp_action::XDP_TX, verdict::TX_NAT_REPLY));
+    }
+    // Full NAT: the destination (SNAT address and port) becomes the client again, and the
+    // reply leaves by the client's interface.
+    rewrite::translate(ctx, pkt, Side::Dst, &k.dst, &r.client, k.dport, r.cport)?;
+    let own = if ifindex == ctx.ingress_ifindex() as u32 {
+        &iface.mac
+    } else {
+        &IFACES.get(ifindex).ok_or(verdict::ABORTED)?.mac
+    };
+    rewrite::set_macs(ctx, &r.client_mac, own)?;
+    Ok((rewrite::out_by(ctx, ifindex), verdict::TX_NAT_REPLY))
 }
 
 /// The backend of a tracked NAT connection, if this client packet belongs to one whose
@@ -152,8 +245,8 @@ pub fn established(
     let Some(fwd) = NAT_FWD.get_ptr_mut(key) else {
         return Ok(None);
     };
-    // SAFETY: a live element of a preallocated hash map (see `reply`).
-    let f = unsafe { *fwd };
+    // SAFETY: a live element of a preallocated hash map (see `reply`); read in place.
+    let f = unsafe { &*fwd };
     let serving = match BACKENDS.get(f.backend_id) {
         Some(b)
             if b.owner == f.owner && (b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING) =>
@@ -162,7 +255,7 @@ pub fn established(
         }
         _ => None,
     };
-    let rkey = nat_reply_key(key, &f);
+    let rkey = nat_reply_key(key, f);
     // Either side's FIN or RST closed it (a SYN retransmitted before the answer is no reopening).
     let reopened = pkt.syn()
         && (f.seen & (FLOW_FIN | FLOW_RST) != 0
@@ -172,46 +265,68 @@ pub fn established(
         let _ = NAT_FWD.remove(key);
         return Ok(None);
     };
-    if fw.flags != 0 && !checked && f.fw_gen != fw.gen {
+    let (fw_gen, seen, full, backend_id) =
+        (f.fw_gen, f.seen, f.flags & NAT_FULL != 0, f.backend_id);
+    if full {
+        let s = NAT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+        // SAFETY: this CPU's scratch element (see `normalize`); a map-to-map copy.
+        unsafe { (*s).conn = *fwd };
+    }
+    if fw.flags != 0 && !checked && fw_gen != fw.gen {
         firewall::filter(fw, key, len)?;
         unsafe { (*fwd).fw_gen = fw.gen };
     }
-    let next = (f.seen & !FLOW_TIME_MASK) | pkt.closing_bits() | flow_now();
-    if next != f.seen {
+    let next = (seen & !FLOW_TIME_MASK) | pkt.closing_bits() | flow_now();
+    if next != seen {
         unsafe { (*fwd).seen = next };
     }
-    Ok(Some((f.backend_id, backend)))
+    Ok(Some((backend_id, backend)))
 }
 
-/// Tracks a new connection to `backend` (id `id`), scheduled for this packet: the reverse
-/// entry first (`BPF_NOEXIST`: a reply 5-tuple already in use is a collision), then the
-/// forward one. The caller then forwards the packet as any other (`rewrite::forward`).
+/// Tracks a new connection to `backend` (id `id`) of service `service_id`, scheduled for this
+/// packet: the reverse entry first (`BPF_NOEXIST`: a reply 5-tuple already in use is a
+/// collision), then the forward one. The caller then forwards the packet as any other
+/// (`rewrite::forward`). The entries are built in the NAT scratch, not on the stack.
+// The entries are passed to the map helpers by reference into the scratch (`&*rkey`): the
+// by-value form clippy suggests copies them onto the stack first, which has no room for them.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn open(
     ctx: &XdpContext,
     pkt: &Packet,
+    service_id: u32,
     id: u32,
     backend: &Backend,
     gen: u32,
 ) -> Result<(), u32> {
-    let key = &pkt.key;
     let now = flow_now();
-    let fwd = NatFwd {
-        backend_addr: backend.addr,
-        backend_id: id,
-        owner: backend.owner,
-        fw_gen: gen,
-        seen: now | pkt.closing_bits(),
-        backend_port: backend.port,
-        _pad: [0; 6],
+    let s = NAT_SCRATCH.get_ptr_mut(0).ok_or(verdict::ABORTED)?;
+    // SAFETY: this CPU's scratch element (see `normalize`). The key is read from there too
+    // (its values unknown to the verifier, and no copy on the stack).
+    let (fwd, rev, rkey, key) = unsafe {
+        (*s).key = pkt.key;
+        (&mut (*s).conn, &mut (*s).rev, &mut (*s).rkey, &(*s).key)
     };
-    let mut rev = NatRev {
-        vip: key.dst,
-        client_mac: [0; 6],
-        vport: key.dport,
-        ifindex: ctx.ingress_ifindex() as u32,
-        seen: now & NAT_TIME_MASK,
-    };
+    fwd.backend_addr = backend.addr;
+    fwd.backend_id = id;
+    fwd.owner = backend.owner;
+    fwd.fw_gen = gen;
+    fwd.seen = now | pkt.closing_bits();
+    fwd.backend_port = backend.port;
+    fwd.snat_port = 0;
+    fwd.ifindex = 0;
+    fwd.snat_addr = [0; 4];
+    fwd.next_mac = [0; 6];
+    fwd.src_mac = [0; 6];
+    fwd.flags = 0;
+    rev.vip = key.dst;
+    rev.vport = key.dport;
+    rev.ifindex = ctx.ingress_ifindex() as u32;
+    rev.seen = now & NAT_TIME_MASK;
+    rev.client = [0; 4];
+    rev.cport = 0;
+    rev._pad = 0;
+    rev.flags = 0;
     let start = ctx.data();
     if start + 12 > ctx.data_end() {
         return Err(verdict::ABORTED);
@@ -223,17 +338,152 @@ pub fn open(
         *(m as *mut u32) = *((start + 6) as *const u32);
         *(m.add(4) as *mut u16) = *((start + 10) as *const u16);
     }
-    let rkey = nat_reply_key(key, &fwd);
-    if let Err(e) = NAT_REV.insert(rkey, rev, BPF_NOEXIST as u64) {
+    if backend.fwd_mode == FWD_FULLNAT {
+        return open_full(ctx, key, service_id, fwd, rev, rkey, s);
+    }
+    *rkey = nat_reply_key(key, fwd);
+    if let Err(e) = NAT_REV.insert(&*rkey, &*rev, BPF_NOEXIST as u64) {
         return Err(if e == -EEXIST {
             verdict::DROP_NAT_COLLISION
         } else {
             verdict::DROP_NAT_TABLE_FULL
         });
     }
-    if NAT_FWD.insert(key, fwd, 0).is_err() {
-        let _ = NAT_REV.remove(rkey);
+    if NAT_FWD.insert(key, &*fwd, 0).is_err() {
+        let _ = NAT_REV.remove(&*rkey);
         return Err(verdict::DROP_NAT_TABLE_FULL);
     }
+    Ok(())
+}
+
+/// [`open`] for full NAT: a SNAT address from the service's pool (by the flow hash), a
+/// source port whose reply 5-tuple is free (up to `SNAT_PORT_TRIES` candidates from the
+/// hash, each claimed by inserting the reverse entry with `BPF_NOEXIST`), then the FIB lookup
+/// of the backend from that address; the forward entry last. The connection stays in the
+/// scratch (`conn`) for [`forward_full`].
+// The entries are passed to the map helpers by reference into the scratch (`&*rkey`): the
+// by-value form clippy suggests copies them onto the stack first, which has no room for them.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn open_full(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    service_id: u32,
+    fwd: &mut NatFwd,
+    rev: &mut NatRev,
+    rkey: &mut FlowKey,
+    s: *mut foobar_lb_common::NatScratch,
+) -> Result<(), u32> {
+    let pool = SNAT_POOLS.get(service_id).ok_or(verdict::ABORTED)?;
+    let n = pool.count;
+    let (lo, hi) = (pool.port_lo as u32, pool.port_hi as u32);
+    if n == 0 || hi < lo {
+        return Err(verdict::DROP_SNAT_EXHAUSTED);
+    }
+    let h = snat_hash(key);
+    fwd.snat_addr = pool.addrs[(h % n) as usize & (MAX_SNAT_ADDRS - 1)];
+    fwd.flags = NAT_FULL;
+    rev.client = key.src;
+    rev.cport = key.sport;
+    rev.flags = NAT_FULL;
+    let span = hi - lo + 1;
+    let seed = h.rotate_left(16);
+    let mut i = 0;
+    loop {
+        if i == SNAT_PORT_TRIES {
+            return Err(verdict::DROP_SNAT_EXHAUSTED);
+        }
+        // An odd step: with a span of 2 or more, consecutive candidates differ.
+        let port = lo + seed.wrapping_add(i.wrapping_mul(7919)) % span;
+        fwd.snat_port = (port as u16).to_be();
+        *rkey = nat_reply_key(key, fwd);
+        match NAT_REV.insert(&*rkey, &*rev, BPF_NOEXIST as u64) {
+            Ok(()) => break,
+            Err(e) if e == -EEXIST => {}
+            Err(_) => return Err(verdict::DROP_NAT_TABLE_FULL),
+        }
+        i += 1;
+    }
+    // SAFETY: this CPU's scratch element; the FIB parameters take its 64 bytes there.
+    let fib = unsafe { &mut *((*s).fib.as_mut_ptr() as *mut bpf_fib_lookup) };
+    if let Err(reason) = next_hop(ctx, key, fwd, fib) {
+        let _ = NAT_REV.remove(&*rkey);
+        return Err(reason);
+    }
+    if NAT_FWD.insert(key, &*fwd, 0).is_err() {
+        let _ = NAT_REV.remove(&*rkey);
+        return Err(verdict::DROP_NAT_TABLE_FULL);
+    }
+    Ok(())
+}
+
+/// The client 5-tuple's hash that picks a connection's SNAT address and candidate ports
+/// (murmur3's finalizer over the words folded together: registers only, no array on the
+/// stack, unlike `flow_hash`).
+#[inline(always)]
+fn snat_hash(key: &FlowKey) -> u32 {
+    let mut h = key.src[0]
+        ^ key.src[1].rotate_left(5)
+        ^ key.src[2].rotate_left(11)
+        ^ key.src[3].rotate_left(17)
+        ^ key.dst[0].rotate_left(23)
+        ^ key.dst[3].rotate_left(29)
+        ^ ((key.sport as u32) << 16 | key.dport as u32)
+        ^ key.proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// The kernel's FIB lookup from the SNAT address to the backend (as the translated packet
+/// will be routed), from the receiving interface: fills `fwd`'s egress interface and MACs.
+/// No neighbour entry: `DROP_FIB_NO_NEIGH` (the lookup does not resolve one; the controller's
+/// health checks keep the backends' entries); any other failure: `DROP_FIB_NO_ROUTE`.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    fwd: &mut NatFwd,
+    p: &mut bpf_fib_lookup,
+) -> Result<(), u32> {
+    // SAFETY: a plain C struct; all-zero is its "no options" value (set in place: no stack).
+    unsafe { core::ptr::write_bytes(p as *mut bpf_fib_lookup, 0, 1) };
+    p.l4_protocol = key.proto;
+    p.sport = fwd.snat_port;
+    p.dport = fwd.backend_port;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if key.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = fwd.snat_addr[0];
+        p.__bindgen_anon_4.ipv4_dst = fwd.backend_addr[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = fwd.snat_addr;
+        p.__bindgen_anon_4.ipv6_dst = fwd.backend_addr;
+    }
+    // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size passed (map memory).
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(
+            ctx.as_ptr(),
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            verdict::DROP_FIB_NO_NEIGH
+        } else {
+            verdict::DROP_FIB_NO_ROUTE
+        });
+    }
+    fwd.ifindex = p.ifindex;
+    fwd.next_mac = p.dmac;
+    fwd.src_mac = p.smac;
     Ok(())
 }

@@ -2,29 +2,46 @@
 //! every forwarded packet (new and established flows alike). Checksum arithmetic for modes that
 //! change L3/L4 fields lives in `foobar_lb_common::csum` (host-tested).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use foobar_lb_common::{
-    csum, verdict, Addr, Backend, Iface, FAMILY_V4, FWD_DSR, FWD_NAT, PROTO_UDP,
+    csum, verdict, Addr, Backend, Iface, FAMILY_V4, FWD_DSR, FWD_FULLNAT, FWD_NAT, PROTO_UDP,
 };
 use network_types::eth::EthHdr;
 
 use crate::parse::Packet;
 
-/// Rewrites the frame for `backend`. A mode this program does not know is never guessed at:
-/// the packet is aborted (counted) rather than sent somewhere wrong.
+/// Rewrites the frame for `backend`; returns the XDP action that sends it (XDP_TX, or
+/// XDP_REDIRECT for a full-NAT backend reached through another interface). A mode this
+/// program does not know is never guessed at: the packet is aborted (counted) rather than
+/// sent somewhere wrong.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     pkt: &Packet,
     iface: &Iface,
     backend: &Backend,
-) -> Result<(), u32> {
+) -> Result<u32, u32> {
     match backend.fwd_mode {
-        FWD_DSR => set_macs(ctx, &backend.mac, &iface.mac),
+        FWD_DSR => set_macs(ctx, &backend.mac, &iface.mac).map(|_| xdp_action::XDP_TX),
         // Destination NAT: the connection is tracked (`nat::open`) before its first packet
         // gets here.
-        FWD_NAT => crate::nat::forward(ctx, pkt, iface, backend),
+        FWD_NAT => crate::nat::forward(ctx, pkt, iface, backend).map(|_| xdp_action::XDP_TX),
+        // Full NAT: the connection (`nat::open` or `nat::established`) left its addresses,
+        // ports and next hop in the NAT scratch.
+        FWD_FULLNAT => crate::nat::forward_full(ctx, pkt),
         _ => Err(verdict::ABORTED),
+    }
+}
+
+/// The action that sends a rewritten frame out of `ifindex`: XDP_TX on the interface it came
+/// in on, else XDP_REDIRECT (the helper's answer: XDP_ABORTED if it refuses the index).
+#[inline(always)]
+pub fn out_by(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: a helper call with scalar arguments.
+        unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
     }
 }
 

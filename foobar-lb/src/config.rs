@@ -219,6 +219,57 @@ pub enum ForwardingKind {
     /// address and port, and the replies' source back to the VIP; backends route their
     /// replies through the balancer.
     Nat,
+    /// Full NAT: as `nat`, and the source becomes one of the service's `snat` addresses and a
+    /// port of `snat_ports`, so backends answer the balancer with no route through it (and a
+    /// backend can be a client of its own service); they see the SNAT address, not the client.
+    Fullnat,
+}
+
+/// `snat_ports` of a full-NAT service: an inclusive range of source ports, written "LO-HI".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// Default `snat_ports`.
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange {
+    lo: 1024,
+    hi: 65535,
+};
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<PortRange, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let bad = || format!("port range {s:?} is not LO-HI with 1 <= LO <= HI <= 65535");
+        let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        format!("{}-{}", r.lo, r.hi)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.lo, self.hi)
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -249,6 +300,16 @@ pub struct ServiceConfig {
     /// How packets reach the backends (default: direct server return).
     #[serde(default, skip_serializing_if = "is_default")]
     pub forwarding: ForwardingKind,
+    /// `forwarding = "fullnat"`: the source addresses connections to backends take (at least
+    /// one of the backends' family; several of a family are spread by the client's hash).
+    /// Addresses of the balancer's own, answered for on the backends' segment, and used for
+    /// nothing else is the expectation (see README "Full NAT").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat: Vec<IpAddr>,
+    /// `forwarding = "fullnat"`: the source ports, "LO-HI" (default 1024-65535). TCP/UDP to a
+    /// SNAT address on these ports is the balancer's: untracked packets there are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_ports: Option<PortRange>,
     /// Which backups serve when no primary is healthy.
     #[serde(default)]
     pub failover: Failover,
@@ -283,6 +344,11 @@ pub struct RateLimit {
 pub const DEFAULT_RATE_IPV6_PREFIX: u8 = 64;
 
 impl ServiceConfig {
+    /// The source port range of a full-NAT service.
+    pub fn snat_ports(&self) -> PortRange {
+        self.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS)
+    }
+
     /// (rate, burst, IPv6 source prefix length) for the data plane; (0, 0, _) when unlimited.
     pub fn rate_limit(&self) -> (u32, u32, u8) {
         self.rate_limit
@@ -1024,6 +1090,7 @@ impl Config {
                     )));
                 }
             }
+            self.validate_snat(&what, svc)?;
         }
         if self.services.len() > foobar_lb_common::MAX_SERVICES as usize {
             return Err(invalid(format!(
@@ -1041,6 +1108,75 @@ impl Config {
                 "{backends} backends in all services, at most {ids} (the data plane's backend \
                  table)"
             )));
+        }
+        Ok(())
+    }
+
+    /// `snat` and `snat_ports`: only with full NAT, where an address of the backends' family is
+    /// required; no SNAT address may be a VIP or a backend (replies to it would be taken for
+    /// that), nor listed twice, and one address used by several services has one port range.
+    fn validate_snat(&self, what: &str, svc: &ServiceConfig) -> Result<(), ConfigError> {
+        if svc.forwarding != ForwardingKind::Fullnat {
+            if !svc.snat.is_empty() || svc.snat_ports.is_some() {
+                return Err(invalid(format!(
+                    "{what}: snat and snat_ports apply only to forwarding = \"fullnat\""
+                )));
+            }
+            return Ok(());
+        }
+        let family = |a: &IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+        if !svc.snat.iter().any(|a| a.is_ipv4() == svc.vip.is_ipv4()) {
+            return Err(invalid(format!(
+                "{what}: forwarding = \"fullnat\" needs an {} address in snat (the source of \
+                 connections to its backends)",
+                family(&svc.vip)
+            )));
+        }
+        let per_family = |v4: bool| svc.snat.iter().filter(|a| a.is_ipv4() == v4).count();
+        if per_family(true) > foobar_lb_common::MAX_SNAT_ADDRS
+            || per_family(false) > foobar_lb_common::MAX_SNAT_ADDRS
+        {
+            return Err(invalid(format!(
+                "{what}: at most {} snat addresses per address family",
+                foobar_lb_common::MAX_SNAT_ADDRS
+            )));
+        }
+        let mut seen = HashSet::new();
+        for a in &svc.snat {
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                return Err(invalid(format!(
+                    "{what}: snat address {a} must be a unicast, non-loopback address"
+                )));
+            }
+            if !seen.insert(a) {
+                return Err(invalid(format!("{what}: snat address {a} is listed twice")));
+            }
+            for other in &self.services {
+                if other.vip == *a {
+                    return Err(invalid(format!(
+                        "{what}: snat address {a} is the VIP of service {:?}",
+                        other.name
+                    )));
+                }
+                if other.backends.iter().any(|b| b.address == *a) {
+                    return Err(invalid(format!(
+                        "{what}: snat address {a} is a backend of service {:?}",
+                        other.name
+                    )));
+                }
+                if other.forwarding == ForwardingKind::Fullnat
+                    && other.snat.contains(a)
+                    && other.snat_ports() != svc.snat_ports()
+                {
+                    return Err(invalid(format!(
+                        "{what}: snat address {a} has snat_ports {} here and {} in service {:?}: \
+                         one address, one range",
+                        svc.snat_ports(),
+                        other.snat_ports(),
+                        other.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -1699,5 +1835,65 @@ protocol = "udp"
         }
         let e = err(&nat.replace("port = 8080", "port = 0"));
         assert!(e.contains("port 0"), "{e}");
+    }
+
+    #[test]
+    fn fullnat_services_need_snat_addresses_and_keep_them_through_config_dump() {
+        let full = GOOD.replacen(
+            "port = 80\n\n[[service.backend]]",
+            "port = 80\nforwarding = \"fullnat\"\nsnat = [\"10.0.0.250\", \"fd00::250\"]\n\
+             snat_ports = \"20000-29999\"\n\n[[service.backend]]",
+            1,
+        );
+        let c = Config::parse(&full).unwrap();
+        assert_eq!(c.services[0].forwarding, ForwardingKind::Fullnat);
+        assert_eq!(c.services[0].snat.len(), 2);
+        assert_eq!(
+            c.services[0].snat_ports(),
+            PortRange {
+                lo: 20000,
+                hi: 29999
+            }
+        );
+        assert_eq!(c.services[1].snat_ports(), DEFAULT_SNAT_PORTS);
+        let dumped = c.to_toml().unwrap();
+        assert!(dumped.contains("forwarding = \"fullnat\""), "{dumped}");
+        assert!(dumped.contains("snat_ports = \"20000-29999\""), "{dumped}");
+        let again = Config::parse(&dumped).unwrap();
+        assert_eq!(again.to_toml().unwrap(), dumped);
+        assert_eq!(again.services[0].snat, c.services[0].snat);
+        // Refusals, each naming the problem.
+        for (from, to, what) in [
+            (
+                "snat = [\"10.0.0.250\", \"fd00::250\"]",
+                "snat = [\"fd00::250\"]",
+                "needs an IPv4 address in snat",
+            ),
+            (
+                "snat = [\"10.0.0.250\", \"fd00::250\"]",
+                "snat = [\"10.0.0.100\"]",
+                "is the VIP of service \"www\"",
+            ),
+            (
+                "snat = [\"10.0.0.250\", \"fd00::250\"]",
+                "snat = [\"10.0.0.12\"]",
+                "is a backend of service \"www\"",
+            ),
+            (
+                "snat = [\"10.0.0.250\", \"fd00::250\"]",
+                "snat = [\"10.0.0.250\", \"10.0.0.250\"]",
+                "listed twice",
+            ),
+            ("\"20000-29999\"", "\"29999-20000\"", "not LO-HI"),
+            ("\"20000-29999\"", "\"0-100\"", "not LO-HI"),
+            (
+                "forwarding = \"fullnat\"\n",
+                "forwarding = \"nat\"\n",
+                "only to forwarding = \"fullnat\"",
+            ),
+        ] {
+            let e = err(&full.replace(from, to));
+            assert!(e.contains(what), "{to}: {e}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use foobar_lb_common::{ServiceKey, FWD_DSR, FWD_NAT};
+use foobar_lb_common::{ServiceKey, FWD_DSR, FWD_FULLNAT, FWD_NAT};
 
 use crate::schedule::Scheduler;
 
@@ -35,6 +35,9 @@ pub enum Forwarding {
     /// Destination NAT to the backend's address and `port`; replies come back through the
     /// balancer, which tracks the connection.
     Nat { port: u16 },
+    /// Full NAT: as `Nat`, and the source becomes a SNAT address and port of the service's
+    /// pool ([`Snat`]); replies come back to the balancer by the backend's own routes.
+    FullNat { port: u16 },
 }
 
 impl Forwarding {
@@ -43,6 +46,7 @@ impl Forwarding {
         match self {
             Forwarding::Dsr => FWD_DSR,
             Forwarding::Nat { .. } => FWD_NAT,
+            Forwarding::FullNat { .. } => FWD_FULLNAT,
         }
     }
 
@@ -50,7 +54,7 @@ impl Forwarding {
     pub fn wire_port(self) -> u16 {
         match self {
             Forwarding::Dsr => 0,
-            Forwarding::Nat { port } => port.to_be(),
+            Forwarding::Nat { port } | Forwarding::FullNat { port } => port.to_be(),
         }
     }
 
@@ -60,6 +64,9 @@ impl Forwarding {
         match mode {
             FWD_DSR => Some(Forwarding::Dsr),
             FWD_NAT => Some(Forwarding::Nat {
+                port: u16::from_be(port),
+            }),
+            FWD_FULLNAT => Some(Forwarding::FullNat {
                 port: u16::from_be(port),
             }),
             _ => None,
@@ -89,7 +96,18 @@ pub struct ServiceSpec {
     pub rate_limit: (u32, u32, u8),
     /// How new flows are spread over the active backends.
     pub scheduler: Scheduler,
-    /// The service forwards by NAT (`SVC_NAT`): its flows are tracked in the NAT tables.
+    /// The service forwards by NAT or full NAT (`SVC_NAT`): its flows are tracked in the NAT
+    /// tables.
     pub nat: bool,
+    /// Full NAT: the source addresses (of the VIP's family) and ports of its connections.
+    pub snat: Option<Snat>,
     pub backends: Vec<BackendSpec>,
+}
+
+/// A full-NAT service's source addresses (the backends' family only) and port range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snat {
+    pub addrs: Vec<IpAddr>,
+    /// Inclusive, host order.
+    pub ports: (u16, u16),
 }

@@ -11,13 +11,13 @@ use std::{
 };
 
 use foobar_lb_common::{
-    encode_addr, owner, owner_generation, owner_service, Backend, BackendSet, ServiceInfo,
-    ServiceKey, VipKey, ADMIN_RETIRED_SHIFT, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
-    MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS,
+    encode_addr, owner, owner_generation, owner_service, snat_range, Backend, BackendSet,
+    ServiceInfo, ServiceKey, SnatPool, VipKey, ADMIN_RETIRED_SHIFT, BACKEND_ACTIVE, BACKEND_DOWN,
+    BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SNAT_ADDRS,
 };
 
 use crate::{
-    desired::{BackendState, Forwarding, Mac, ServiceSpec},
+    desired::{BackendState, Forwarding, Mac, ServiceSpec, Snat},
     schedule::Member,
 };
 
@@ -31,6 +31,8 @@ pub struct PinnedState {
     pub sets: Vec<(u32, Vec<u32>)>,
     /// Non-zero `ADMIN_*` bits by backend id.
     pub admin: Vec<(u32, u32)>,
+    /// The SNAT address set (address, `snat_range`).
+    pub snat_addrs: Vec<(IpAddr, u32)>,
 }
 
 /// One map write. The data plane executes them in order.
@@ -70,6 +72,17 @@ pub enum MapOp {
     },
     RemoveBackendSet {
         service_id: u32,
+    },
+    /// A full-NAT service's source addresses and ports; written before its service entry or
+    /// backends can open a connection.
+    SetSnatPool {
+        service_id: u32,
+        pool: Box<SnatPool>,
+    },
+    /// Every SNAT address in use with its port range (`snat_range`): the whole set, replacing
+    /// the one in the map (strays to them are dropped, `FW_HAS_SNAT` follows non-emptiness).
+    SetSnatAddrs {
+        addrs: Vec<(IpAddr, u32)>,
     },
 }
 
@@ -112,6 +125,8 @@ pub struct WrittenService {
     pub backends: BTreeMap<IpAddr, Written>,
     /// The round-robin slots last written (`None`: not known, so the next plan writes them).
     pub slots: Option<Vec<u32>>,
+    /// Full NAT: the SNAT pool last written (`None`: none, or not known).
+    pub snat: Option<SnatPool>,
 }
 
 /// Id allocator handing out the id freed longest ago, so a recycled backend id is not reused
@@ -139,6 +154,8 @@ pub struct Reconciler {
     /// The next retirement's sequence number (kept with retired ids in `BACKEND_ADMIN`, so a
     /// restarted daemon reuses them in the same oldest-first order).
     retire_seq: u32,
+    /// The SNAT addresses and ranges last written (`None`: not known, after adoption).
+    snat_addrs: Option<Vec<(IpAddr, u32)>>,
 }
 
 impl Default for Reconciler {
@@ -150,6 +167,8 @@ impl Default for Reconciler {
             backend_ids: Ids::new(1, MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
             retire_seq: 1,
+            // New maps hold none.
+            snat_addrs: Some(Vec::new()),
         }
     }
 }
@@ -172,8 +191,12 @@ impl Reconciler {
             backends,
             sets,
             admin,
+            snat_addrs,
         } = pinned;
         let mut r = Reconciler::default();
+        let mut snat_addrs = snat_addrs.clone();
+        snat_addrs.sort();
+        r.snat_addrs = Some(snat_addrs);
         // Every id ever written keeps its generation, so the next use of it gets a new one.
         for (id, b) in backends {
             r.generations[*id as usize] = owner_generation(b.owner);
@@ -194,6 +217,7 @@ impl Reconciler {
                     .iter()
                     .find(|(id, _)| *id == info.id)
                     .map(|(_, slots)| slots.clone()),
+                snat: None,
             };
             for (id, b) in backends
                 .iter()
@@ -327,11 +351,22 @@ impl Reconciler {
                         sched_flags: spec.scheduler.flags(),
                         backends: BTreeMap::new(),
                         slots: None,
+                        snat: None,
                     },
                 );
                 ops.push(MapOp::ResetServiceStats { id });
             }
             let w = self.services.get_mut(&spec.name).expect("inserted above");
+            // 0. A full-NAT service's SNAT pool, before anything can open a connection.
+            if let Some(pool) = spec.snat.as_ref().map(snat_pool) {
+                if w.snat != Some(pool) {
+                    w.snat = Some(pool);
+                    ops.push(MapOp::SetSnatPool {
+                        service_id: w.id,
+                        pool: Box::new(pool),
+                    });
+                }
+            }
             let mut stale: Vec<(IpAddr, Written)> = Vec::new();
 
             // 1. Backend entries, before any set names them. A backend leaving the active
@@ -491,8 +526,39 @@ impl Reconciler {
             self.retire_seq = (self.retire_seq % RETIRE_SEQ_MAX) + 1;
         }
         self.backend_ids.free.extend(retired);
+        // The SNAT addresses of all full-NAT services, for the stray check.
+        let mut addrs: Vec<(IpAddr, u32)> = desired
+            .iter()
+            .filter_map(|s| s.snat.as_ref())
+            .flat_map(|n| {
+                n.addrs
+                    .iter()
+                    .map(|a| (*a, snat_range(n.ports.0, n.ports.1)))
+            })
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        if self.snat_addrs.as_ref() != Some(&addrs) {
+            self.snat_addrs = Some(addrs.clone());
+            ops.push(MapOp::SetSnatAddrs { addrs });
+        }
         Ok(ops)
     }
+}
+
+/// The data plane's pool for a full-NAT service.
+fn snat_pool(snat: &Snat) -> SnatPool {
+    let mut pool = SnatPool {
+        count: 0,
+        port_lo: snat.ports.0,
+        port_hi: snat.ports.1,
+        addrs: [[0; 4]; MAX_SNAT_ADDRS],
+    };
+    for (slot, a) in pool.addrs.iter_mut().zip(&snat.addrs) {
+        *slot = encode_addr(*a).0;
+        pool.count += 1;
+    }
+    pool
 }
 
 /// Marks a backend down (its flows move on their next packet) and frees its id. Only the state
@@ -568,6 +634,7 @@ mod tests {
             rate_limit: (0, 0, 64),
             scheduler: Default::default(),
             nat: false,
+            snat: None,
             backends: backends
                 .iter()
                 .map(|&(a, m, state)| BackendSpec {
@@ -858,6 +925,7 @@ mod tests {
             backends: backends.into_iter().collect(),
             sets,
             admin: Vec::new(),
+            snat_addrs: Vec::new(),
         };
         let names = vec![("www".to_string(), desired[0].key)];
         let mut adopted = Reconciler::adopt(&names, &pinned);
@@ -925,6 +993,7 @@ mod tests {
                     .filter(|(_, f)| **f != 0)
                     .map(|(i, f)| (*i, *f))
                     .collect(),
+                snat_addrs: Vec::new(),
             }
         }
     }

@@ -20,6 +20,9 @@ pub const VIP6: &str = "fd00:f00b::100";
 pub const CLIENT4: &str = "10.111.0.1";
 pub const LB4: &str = "10.111.0.2";
 pub const LB6: &str = "fd00:f00b::2";
+/// The balancer's SNAT addresses in full-NAT topologies ([`Topology::fullnat_setup`]).
+pub const SNAT4: &str = "10.111.0.250";
+pub const SNAT6: &str = "fd00:f00b::250";
 
 /// Address of web server `i` (1-based).
 pub fn web4(i: usize) -> String {
@@ -687,14 +690,46 @@ impl Topology {
     /// the backends' segment here, so a host route (/32, /128) stands in for what a real NAT
     /// backend has: its default route via the balancer.
     pub fn nat_backends(&self) -> Result<()> {
+        self.plain_backends()?;
+        for web in &self.webs {
+            web.ip(&["route", "add", &format!("{CLIENT4}/32"), "via", LB4])?;
+            web.ip(&["-6", "route", "add", "fd00:f00b::1/128", "via", LB6])?;
+        }
+        Ok(())
+    }
+
+    /// Undoes the direct-server-return setup of the web servers (VIPs on lo, ARP sysctls at
+    /// their defaults): hosts that know nothing of the balancer.
+    pub fn plain_backends(&self) -> Result<()> {
         for web in &self.webs {
             web.ip(&["addr", "del", &format!("{VIP4}/32"), "dev", "lo"])?;
             web.ip(&["addr", "del", &format!("{VIP6}/128"), "dev", "lo"])?;
             web.sysctl("net.ipv4.conf.all.arp_ignore", "0")?;
             web.sysctl("net.ipv4.conf.all.arp_announce", "0")?;
-            web.ip(&["route", "add", &format!("{CLIENT4}/32"), "via", LB4])?;
-            web.ip(&["-6", "route", "add", "fd00:f00b::1/128", "via", LB6])?;
         }
+        Ok(())
+    }
+
+    /// Full NAT: plain backends with no route beyond their subnet; the balancer owns the SNAT
+    /// addresses ([`SNAT4`], [`SNAT6`]: it answers ARP/ND for them) and forwards (the FIB
+    /// lookup requires it on the receiving interface).
+    pub fn fullnat_setup(&self) -> Result<()> {
+        self.plain_backends()?;
+        self.lb
+            .ip(&["addr", "add", &format!("{SNAT4}/32"), "dev", "eth0"])?;
+        // Deprecated, so the balancer's own connections (health checks) never pick it.
+        self.lb.ip(&[
+            "addr",
+            "add",
+            &format!("{SNAT6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
+        self.lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        self.lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         Ok(())
     }
 
@@ -705,6 +740,29 @@ impl Topology {
         xdp_mode: &str,
         socket: &Path,
         port: u16,
+        extra: &str,
+    ) -> Result<PathBuf> {
+        self.write_translating_config(xdp_mode, socket, port, "forwarding = \"nat\"\n", extra)
+    }
+
+    /// As [`Topology::write_nat_config`] with `forwarding = "fullnat"` and the SNAT addresses.
+    pub fn write_fullnat_config(
+        &self,
+        xdp_mode: &str,
+        socket: &Path,
+        port: u16,
+        extra: &str,
+    ) -> Result<PathBuf> {
+        let fwd = format!("forwarding = \"fullnat\"\nsnat = [\"{SNAT4}\", \"{SNAT6}\"]\n");
+        self.write_translating_config(xdp_mode, socket, port, &fwd, extra)
+    }
+
+    fn write_translating_config(
+        &self,
+        xdp_mode: &str,
+        socket: &Path,
+        port: u16,
+        forwarding: &str,
         extra: &str,
     ) -> Result<PathBuf> {
         let mut c = format!(
@@ -718,7 +776,7 @@ impl Topology {
             ("www6", VIP6, web6),
         ] {
             c += &format!(
-                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\nforwarding = \"nat\"\n"
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\n{forwarding}"
             );
             for i in 1..=self.webs.len() {
                 c += &format!(
@@ -732,6 +790,33 @@ impl Topology {
         fs::write(&path, c)?;
         Ok(path)
     }
+
+    /// Writes a file of `mib` MiB of varied bytes as `/<name>` on every web server; returns
+    /// its SHA-256.
+    pub fn big_file(&self, name: &str, mib: usize) -> Result<String> {
+        let mut data = Vec::with_capacity(mib << 20);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while data.len() < mib << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        for i in 1..=self.webs.len() {
+            fs::write(self.dir.join(format!("web{i}")).join(name), &data)?;
+        }
+        sha256(&self.dir.join("web1").join(name))
+    }
+}
+
+/// The SHA-256 of a file, by `sha256sum`.
+pub fn sha256(path: &Path) -> Result<String> {
+    let out = run(Command::new("sha256sum").arg(path))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 #[cfg(test)]

@@ -256,3 +256,56 @@ pub mod http {
         })
     }
 }
+
+/// One GET on a new connection (3 s limit); panics on failure.
+pub fn get(client: &Netns, url: &str) -> String {
+    try_get_within(client, url, 3).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Bodies of `n` GETs of `url`, each on a new connection, counted.
+pub fn tally(client: &Netns, url: &str, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..n {
+        *seen.entry(get(client, url)).or_default() += 1;
+    }
+    seen
+}
+
+/// `n` answers split evenly (within one) between web1 and web2, and nothing else.
+pub fn assert_even(seen: &std::collections::HashMap<String, usize>, n: usize) {
+    for web in ["web1", "web2"] {
+        let got = seen.get(web).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(n / 2) <= 1,
+            "{web} answered {got} of {n}: {seen:?}"
+        );
+    }
+    assert_eq!(seen.values().sum::<usize>(), n, "{seen:?}");
+}
+
+/// No packet was dropped or aborted for a reason the program counts.
+pub fn assert_no_drops(d: &crate::daemon::Daemon) {
+    let st = d.stats();
+    let drops: Vec<(String, u64)> = st
+        .verdicts
+        .iter()
+        .filter(|(name, n)| *n > 0 && (name.starts_with("drop_") || name == "aborted"))
+        .cloned()
+        .collect();
+    assert!(drops.is_empty(), "drops: {drops:?}");
+}
+
+/// Downloads `url` in `client` into `out` (60 s limit) and returns the file's SHA-256.
+pub fn download_sha256(client: &Netns, url: &str, out: &std::path::Path) -> String {
+    crate::netns::run(client.cmd("curl").args([
+        "-sS",
+        "-g",
+        "--max-time",
+        "60",
+        "-o",
+        out.to_str().unwrap(),
+        url,
+    ]))
+    .unwrap_or_else(|e| panic!("download {url}: {e}"));
+    crate::netns::sha256(out).unwrap()
+}

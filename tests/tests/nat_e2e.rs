@@ -4,17 +4,18 @@
 //! removed by its guard on every exit path.
 
 use std::{
-    collections::HashMap,
-    process::{Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{run, Netns, Topology, VIP4, VIP6},
+    netns::{sha256, Topology, VIP4, VIP6},
     root_object_and_binary,
-    traffic::{keepalive_client, keepalive_result},
+    traffic::{
+        assert_even, assert_no_drops, download_sha256, keepalive_client, keepalive_result, tally,
+    },
 };
 
 struct Setup {
@@ -44,45 +45,6 @@ fn setup(tag: &str, mode: &str, extra: &str) -> Option<Setup> {
         _pass: pass,
         topo,
     })
-}
-
-fn get(client: &Netns, url: &str) -> String {
-    let out = run(client
-        .cmd("curl")
-        .args(["-sS", "-g", "--max-time", "3", url]))
-    .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn tally(client: &Netns, url: &str, n: usize) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for _ in 0..n {
-        *seen.entry(get(client, url)).or_default() += 1;
-    }
-    seen
-}
-
-fn assert_even(seen: &HashMap<String, usize>, n: usize) {
-    for web in ["web1", "web2"] {
-        let got = seen.get(web).copied().unwrap_or(0);
-        assert!(
-            got.abs_diff(n / 2) <= 1,
-            "{web} answered {got} of {n}: {seen:?}"
-        );
-    }
-    assert_eq!(seen.values().sum::<usize>(), n, "{seen:?}");
-}
-
-/// No packet was dropped or aborted for a reason the program counts.
-fn assert_no_drops(d: &Daemon) {
-    let st = d.stats();
-    let drops: Vec<(String, u64)> = st
-        .verdicts
-        .iter()
-        .filter(|(name, n)| *n > 0 && (name.starts_with("drop_") || name == "aborted"))
-        .cloned()
-        .collect();
-    assert!(drops.is_empty(), "drops: {drops:?}");
 }
 
 fn round_robin(mode: &str, tag: &str) {
@@ -161,53 +123,22 @@ fn nat_round_robin_and_keepalive_native_mode() {
     round_robin("native", "nn");
 }
 
-fn sha256(path: &std::path::Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path)).unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// Writes a 48 MiB file of varied bytes as `/big48` on both web servers; returns its path.
-fn big_file(topo: &Topology) -> std::path::PathBuf {
-    let mut data = Vec::with_capacity(48 << 20);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while data.len() < 48 << 20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    for i in 1..=2 {
-        std::fs::write(topo.dir.join(format!("web{i}")).join("big48"), &data).unwrap();
-    }
-    topo.dir.join("web1").join("big48")
-}
-
 #[test]
 fn nat_large_downloads_arrive_intact_over_both_families() {
     let Some(s) = setup("nb", "generic", "") else {
         return;
     };
-    let want = sha256(&big_file(&s.topo));
+    let want = s.topo.big_file("big48", 48).unwrap();
     for url in [
         format!("http://{VIP4}/big48"),
         format!("http://[{VIP6}]/big48"),
     ] {
         let out = s.topo.dir.join("download");
-        run(s.topo.client.cmd("curl").args([
-            "-sS",
-            "-g",
-            "--max-time",
-            "60",
-            "-o",
-            out.to_str().unwrap(),
-            &url,
-        ]))
-        .unwrap();
-        assert_eq!(sha256(&out), want, "{url}: content differs");
+        assert_eq!(
+            download_sha256(&s.topo.client, &url, &out),
+            want,
+            "{url}: content differs"
+        );
     }
     assert_no_drops(&s.daemon);
 }
@@ -272,7 +203,7 @@ fn nat_connections_survive_a_daemon_restart() {
     let Some(mut s) = setup("nr", "generic", extra) else {
         return;
     };
-    let want = sha256(&big_file(&s.topo));
+    let want = s.topo.big_file("big48", 48).unwrap();
     // A download at 8 MB/s (about 6 s), and the daemon SIGKILLed and started again in its
     // middle: the pinned NAT tables carry the connection.
     let out = s.topo.dir.join("download");
@@ -305,7 +236,7 @@ fn nat_connections_survive_a_daemon_restart() {
         "download across the restart failed: {}",
         String::from_utf8_lossy(&done.stderr)
     );
-    assert_eq!(sha256(&out), want);
+    assert_eq!(sha256(&out).unwrap(), want);
     assert!(
         s.daemon
             .log_text()

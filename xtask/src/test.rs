@@ -27,9 +27,21 @@ pub fn run(args: Args) -> Result<()> {
         "build foobar-lb (debug)",
         &mut cargo(&["build", "-p", "foobar-lb"]),
     )?;
-    let bin = target_dir().join("debug/foobar-lb");
+    // The tests run a private copy (and package it privately): a target directory shared
+    // with other worktrees may get their foobar-lb built into it while these tests run. Not
+    // under /tmp: keepalived refuses to run a track script from a world-writable directory.
+    let private = target_dir().join(format!("xtask-test-{}", std::process::id()));
+    std::fs::create_dir_all(&private)?;
+    let bin = private.join("foobar-lb");
+    std::fs::copy(target_dir().join("debug/foobar-lb"), &bin)?;
+    let result = run_tests(&args, &bin);
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+fn run_tests(args: &Args, bin: &std::path::Path) -> Result<()> {
     // The Debian package of this very binary, for the install/purge test.
-    let deb = crate::package::build(&bin, &target_dir().join("debian-test"))?;
+    let deb = crate::package::build(bin, &bin.with_file_name("debian-test"))?;
     println!("test: host unit tests, packet tests (BPF_PROG_TEST_RUN), netns end-to-end tests");
     // Every test binary runs even after a failure, so one run shows every failure.
     let mut cmd = cargo(&[
@@ -39,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
         "foobar-lb-ebpf",
         "--no-fail-fast",
     ]);
-    cmd.env("FOOBAR_LB_BIN", &bin)
+    cmd.env("FOOBAR_LB_BIN", bin)
         .env("FOOBAR_LB_DEB", &deb)
         .arg("--");
     if let Some(f) = &args.filter {

@@ -59,8 +59,13 @@ fn render(f: &FlowsAnswer) -> String {
             17 => "udp".to_string(),
             p => p.to_string(),
         };
+        // Full NAT: the source the backend sees, between the VIP and the backend.
+        let snat = c
+            .snat
+            .map(|s| format!("snat {:<24} ", endpoint(s)))
+            .unwrap_or_default();
         out += &format!(
-            "{proto:<4} {:<12} client {:<24} vip {:<24} backend {:<24} idle {:>5}s service {}\n",
+            "{proto:<4} {:<12} client {:<24} vip {:<24} {snat}backend {:<24} idle {:>5}s service {}\n",
             c.state.name(),
             endpoint(c.client),
             endpoint(c.vip),

@@ -3,7 +3,7 @@ use std::{net::IpAddr, path::Path};
 use clap::Subcommand;
 use foobar_lb::{
     api::Request,
-    config::{CheckKind, Failover, ForwardingKind, SchedulerKind},
+    config::{CheckKind, Failover, ForwardingKind, PortRange, SchedulerKind},
 };
 
 use super::call;
@@ -38,9 +38,16 @@ pub enum Command {
         /// Maglev table size (a prime; default 65537).
         #[arg(long, requires = "scheduler")]
         maglev_table_size: Option<u32>,
-        /// How packets reach the backends: dsr (direct server return) or nat.
+        /// How packets reach the backends: dsr (direct server return), nat or fullnat.
         #[arg(long, value_enum, default_value = "dsr")]
         forwarding: ForwardingKind,
+        /// With --forwarding fullnat: a source address of connections to backends (repeat for
+        /// more; at least one of the VIP's family).
+        #[arg(long)]
+        snat: Vec<IpAddr>,
+        /// With --forwarding fullnat: the source ports, LO-HI (default 1024-65535).
+        #[arg(long)]
+        snat_ports: Option<PortRange>,
     },
     /// Remove a service: its VIP:port traffic goes to the host stack again.
     Remove { name: String },
@@ -63,6 +70,8 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             scheduler,
             maglev_table_size,
             forwarding,
+            snat,
+            snat_ports,
         } => {
             let mut service = serde_json::json!({
                 "name": name,
@@ -82,6 +91,12 @@ pub async fn run(socket: &Path, cmd: Command) -> anyhow::Result<()> {
             }
             if let Some(m) = maglev_table_size {
                 service["maglev_table_size"] = m.into();
+            }
+            if !snat.is_empty() {
+                service["snat"] = serde_json::json!(snat);
+            }
+            if let Some(r) = snat_ports {
+                service["snat_ports"] = r.to_string().into();
             }
             Request::ServiceAdd { service }
         }

@@ -7,7 +7,7 @@ use foobar_lb_common::{ServiceKey, ADMIN_DRAINED, ADMIN_HEALTH_DOWN};
 
 use crate::{
     config::{BackendConfig, Config, ForwardingKind, ServiceConfig},
-    desired::{BackendSpec, Forwarding, Mac, ServiceSpec},
+    desired::{BackendSpec, Forwarding, Mac, ServiceSpec, Snat},
     pool::{self, Member},
 };
 
@@ -49,7 +49,16 @@ pub(super) fn service_specs(
                 key: service_key(s),
                 rate_limit: s.rate_limit(),
                 scheduler: s.scheduler(),
-                nat: s.forwarding == ForwardingKind::Nat,
+                nat: s.forwarding != ForwardingKind::Dsr,
+                snat: (s.forwarding == ForwardingKind::Fullnat).then(|| Snat {
+                    addrs: s
+                        .snat
+                        .iter()
+                        .filter(|a| a.is_ipv4() == s.vip.is_ipv4())
+                        .copied()
+                        .collect(),
+                    ports: (s.snat_ports().lo, s.snat_ports().hi),
+                }),
                 backends: s
                     .backends
                     .iter()
@@ -63,6 +72,9 @@ pub(super) fn service_specs(
                         forwarding: match s.forwarding {
                             ForwardingKind::Dsr => Forwarding::Dsr,
                             ForwardingKind::Nat => Forwarding::Nat {
+                                port: b.port.unwrap_or(s.port),
+                            },
+                            ForwardingKind::Fullnat => Forwarding::FullNat {
                                 port: b.port.unwrap_or(s.port),
                             },
                         },

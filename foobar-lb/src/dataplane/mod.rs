@@ -492,6 +492,11 @@ impl Dataplane {
                     service_id,
                     MAP_BACKEND_SETS,
                 )?,
+                MapOp::SetSnatPool { service_id, pool } => self
+                    .array::<foobar_lb_common::SnatPool>(foobar_lb_common::MAP_SNAT_POOLS)?
+                    .set(*service_id, pool.as_ref(), 0)
+                    .map_err(map_err(foobar_lb_common::MAP_SNAT_POOLS))?,
+                MapOp::SetSnatAddrs { addrs } => self.set_snat_addrs(addrs)?,
             }
         }
         Ok(())
@@ -629,6 +634,7 @@ impl Dataplane {
             backends,
             sets,
             admin,
+            snat_addrs: self.snat_addrs()?,
         })
     }
 

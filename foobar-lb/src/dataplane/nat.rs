@@ -18,9 +18,9 @@ use std::{
 use aya::maps::{Array, HashMap, MapData};
 use foobar_lb_common::{
     flow_age, nat_reply_key, vip_filter_bit, Addr, Backend, FlowKey, NatFwd, NatRev, VipFilter,
-    BACKEND_UNUSED, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FWD_NAT, FW_HAS_NAT, MAP_BACKENDS,
-    MAP_FLOW_CLOCK, MAP_NAT_FWD, MAP_NAT_REV, MAP_NAT_SRC_FILTER, NAT_REPLIED, NAT_TIME_MASK,
-    PROTO_UDP, VIP_FILTER_WORDS,
+    BACKEND_UNUSED, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FWD_FULLNAT, FWD_NAT, FW_HAS_NAT,
+    FW_HAS_SNAT, MAP_BACKENDS, MAP_FLOW_CLOCK, MAP_NAT_FWD, MAP_NAT_REV, MAP_NAT_SRC_FILTER,
+    MAP_SNAT_ADDRS, NAT_FULL, NAT_REPLIED, NAT_TIME_MASK, PROTO_UDP, VIP_FILTER_WORDS,
 };
 
 use super::{flow_now, map_err, Dataplane, DataplaneError};
@@ -114,6 +114,9 @@ pub struct NatConn {
     pub client: (IpAddr, u16),
     pub vip: (IpAddr, u16),
     pub backend: (IpAddr, u16),
+    /// Full NAT: the source address and port the backend sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<(IpAddr, u16)>,
     pub backend_id: u32,
     pub state: NatState,
     /// Seconds since the last packet either way (flow-clock resolution, ~1 s).
@@ -138,7 +141,11 @@ impl Dataplane {
         let adding: Vec<&Backend> = ops
             .iter()
             .filter_map(|op| match op {
-                MapOp::SetBackend { backend, .. } if backend.fwd_mode == FWD_NAT => Some(backend),
+                MapOp::SetBackend { backend, .. }
+                    if backend.fwd_mode == FWD_NAT || backend.fwd_mode == FWD_FULLNAT =>
+                {
+                    Some(backend)
+                }
                 _ => None,
             })
             .collect();
@@ -173,7 +180,7 @@ impl Dataplane {
         let mut filter: VipFilter = [0; VIP_FILTER_WORDS];
         let mut any = false;
         for b in backends.iter().filter_map(Result::ok) {
-            if b.fwd_mode == FWD_NAT && b.state != BACKEND_UNUSED {
+            if (b.fwd_mode == FWD_NAT || b.fwd_mode == FWD_FULLNAT) && b.state != BACKEND_UNUSED {
                 let bit = vip_filter_bit(&b.addr, b.family) as usize;
                 filter[bit >> 6] |= 1 << (bit & 63);
                 any = true;
@@ -185,6 +192,50 @@ impl Dataplane {
                 .map_err(map_err(MAP_NAT_SRC_FILTER))?;
         }
         self.set_fw_flag(FW_HAS_NAT, any)
+    }
+
+    /// Replaces the SNAT address set (the stray check's) with `addrs` (address, `snat_range`):
+    /// new ones first, then the ones gone; `FW_HAS_SNAT` on while there are any.
+    pub(super) fn set_snat_addrs(&mut self, addrs: &[(IpAddr, u32)]) -> Result<(), DataplaneError> {
+        let key = |a: &IpAddr| {
+            let (addr, family) = foobar_lb_common::encode_addr(*a);
+            foobar_lb_common::VipKey {
+                addr,
+                family,
+                _pad: [0; 3],
+            }
+        };
+        if !addrs.is_empty() {
+            self.set_fw_flag(FW_HAS_SNAT, true)?;
+        }
+        let mut map = self.hash::<foobar_lb_common::VipKey, u32>(MAP_SNAT_ADDRS)?;
+        let wanted: Vec<foobar_lb_common::VipKey> = addrs.iter().map(|(a, _)| key(a)).collect();
+        for ((_, range), k) in addrs.iter().zip(&wanted) {
+            map.insert(k, range, 0).map_err(map_err(MAP_SNAT_ADDRS))?;
+        }
+        let gone: Vec<foobar_lb_common::VipKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in gone {
+            let _ = map.remove(&k);
+        }
+        if addrs.is_empty() {
+            self.set_fw_flag(FW_HAS_SNAT, false)?;
+        }
+        Ok(())
+    }
+
+    /// The SNAT address set as the map holds it (address, `snat_range`).
+    pub(super) fn snat_addrs(&self) -> Result<Vec<(IpAddr, u32)>, DataplaneError> {
+        let map: HashMap<&MapData, foobar_lb_common::VipKey, u32> =
+            HashMap::try_from(self.map(MAP_SNAT_ADDRS)?).map_err(map_err(MAP_SNAT_ADDRS))?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, range)| (ip(&k.addr, k.family), range))
+            .collect())
     }
 
     /// Every tracked NAT connection (walks the table: for the CLI, not hot paths).
@@ -205,6 +256,8 @@ impl Dataplane {
                 client: (ip(&k.src, k.family), u16::from_be(k.sport)),
                 vip: (ip(&k.dst, k.family), u16::from_be(k.dport)),
                 backend: (ip(&f.backend_addr, k.family), u16::from_be(f.backend_port)),
+                snat: (f.flags & NAT_FULL != 0)
+                    .then(|| (ip(&f.snat_addr, k.family), u16::from_be(f.snat_port))),
                 backend_id: f.backend_id,
                 state: nat_state(k.proto, f.seen, r.seen),
                 idle_secs: (idle as u64 * (1 << 30)) / 1_000_000_000,
@@ -320,10 +373,11 @@ impl Tables {
         // a connection being opened (reverse entry first) is never taken for one.
         let orphans: Vec<(FlowKey, NatRev)> = self.rev.iter().filter_map(Result::ok).collect();
         for (rk, r) in orphans {
+            let full = r.flags & NAT_FULL != 0;
             let fk = FlowKey {
-                src: rk.dst,
+                src: if full { r.client } else { rk.dst },
                 dst: r.vip,
-                sport: rk.dport,
+                sport: if full { r.cport } else { rk.dport },
                 dport: r.vport,
                 proto: rk.proto,
                 family: rk.family,

@@ -45,12 +45,18 @@ fn text(cmd: &str, args: &[&str]) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::setup::install(PACKAGES)?;
-    // The end-to-end part starts the real controller binary.
+    // --micro-only runs no peer: it neither installs them nor stops a haproxy it did not
+    // start (on a shared machine that may be someone else's).
+    if !args.micro_only {
+        crate::setup::install(PACKAGES)?;
+    }
+    // The end-to-end part starts the real controller binary (the Maglev figures run it too).
     let bin = crate::build::release()?;
     std::env::set_var("FOOBAR_LB_BIN", &bin);
-    // haproxy's Debian package starts a service where it can; the bench runs its own.
-    let _ = Command::new("pkill").args(["-x", "haproxy"]).status();
+    if !args.micro_only {
+        // haproxy's Debian package starts a service where it can; the bench runs its own.
+        let _ = Command::new("pkill").args(["-x", "haproxy"]).status();
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("bench: load average before: {}", load.trim());
     if args.failover_only {
