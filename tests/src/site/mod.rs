@@ -237,8 +237,10 @@ impl Site {
             ..
         } = spec;
         let netns = Netns::attach(ns);
-        // The node's own source address for full NAT (the database VIPs).
+        // The node's own source address for full NAT (the database VIPs), and forwarding on:
+        // full NAT's next hop comes from the kernel's FIB, which answers only a router.
         netns.ip(&["addr", "add", &format!("{snat}/32"), "dev", "eth0", "nodad"])?;
+        netns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         let socket = self.topo.dir.join(format!("{name}.sock"));
         let config = self.topo.dir.join(format!("{name}.toml"));
         fs::write(
@@ -277,8 +279,8 @@ impl Site {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
-                    "node {name}'s foobar-lb exited ({status}): see {}",
-                    node.log.display()
+                    "node {name}'s foobar-lb exited ({status}):\n{}",
+                    fs::read_to_string(&node.log).unwrap_or_default()
                 );
             }
             if Instant::now() > deadline {
