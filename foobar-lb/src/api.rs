@@ -252,6 +252,10 @@ pub struct StatsSnapshot {
     pub map_writes: u64,
     #[serde(default)]
     pub nat: NatStats,
+    /// Service VIPs that are addresses of this host's XDP interfaces now: a pair's active node
+    /// holds them (keepalived adds them), its backup none.
+    #[serde(default)]
+    pub vips_held: Vec<String>,
     /// `[announce]`, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceStats>,

@@ -221,6 +221,12 @@ pub fn render(s: &StatsSnapshot) -> String {
         "NAT connections the tables can hold (nat_table_size)",
     );
     nat_size.get_or_create(&vec![]).set(s.nat.table_size as f64);
+    let held = gauge(
+        &mut reg,
+        "vips_held",
+        "Service VIPs that are addresses of this node's interfaces (a pair's active node holds them)",
+    );
+    held.get_or_create(&vec![]).set(s.vips_held.len() as f64);
     if let Some(a) = &s.announce {
         let announced = gauge(
             &mut reg,
@@ -594,6 +600,7 @@ mod tests {
                 table_size: 1024,
             },
             announce: None,
+            vips_held: vec![],
             netlink: crate::api::NetlinkStats {
                 neighbour_events: 3,
                 link_events: 4,

@@ -214,6 +214,11 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
         "the IPv6 VIP (virtual_ipaddress_excluded) moves with it"
     );
     eprintln!("first election: A holds the VIP after {elected:?}");
+    // `status` tells the roles apart: the active node holds the VIPs, the backup none.
+    let status = |d: &Daemon| String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    let (sa, sb) = (status(&da), status(&db));
+    assert!(sa.contains(&format!("node: holds {VIP4}")), "{sa}");
+    assert!(sb.contains("node: holds no VIP"), "{sb}");
 
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
     let load = Load::start(&p.topo.client, 4, true);

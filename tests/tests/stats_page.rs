@@ -90,6 +90,11 @@ fn the_stats_page_renders_live_values_in_chromium_and_changes_need_the_token() {
     };
     let first = dom(10);
     assert!(first.contains(&format!("data-backend=\"{}\"", web4(1))));
+    // The balancer holds the VIPs on its interface (as a pair's active node does).
+    assert!(
+        first.contains(&format!("node: holds {VIP4}")),
+        "the page does not show the VIPs held"
+    );
     for _ in 0..6 {
         try_get(&topo.client, &format!("http://{VIP4}/")).expect("a request");
     }

@@ -295,6 +295,11 @@ fn render_status(s: &StatsSnapshot) -> String {
             s.nat.connections, s.nat.table_size
         );
     }
+    out += &if s.vips_held.is_empty() {
+        "node: holds no VIP (a pair's backup, or the VIPs are routed to it)\n".to_owned()
+    } else {
+        format!("node: holds {}\n", s.vips_held.join(", "))
+    };
     if let Some(a) = &s.announce {
         out += &match (a.drained, a.announced.is_empty()) {
             (true, _) => format!("node: drained (no VIP announced on {})\n", a.interface),

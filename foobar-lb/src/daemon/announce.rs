@@ -95,37 +95,65 @@ fn ifindex(iface: &str) -> Result<u32> {
 /// The host addresses (/32, /128, global scope) on `iface`.
 fn host_addresses(iface: &str) -> Result<BTreeSet<IpAddr>> {
     let index = ifindex(iface)?;
-    let answer = request(
+    Ok(addresses()
+        .with_context(|| format!("reading the addresses of {iface}"))?
+        .into_iter()
+        .filter(|a| a.header.index == index)
+        .filter_map(|a| host_address(&a))
+        .collect())
+}
+
+/// Every address of the host (one RTM_GETADDR dump).
+fn addresses() -> std::io::Result<Vec<AddressMessage>> {
+    Ok(request(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         NLM_F_DUMP,
-    )
-    .with_context(|| format!("reading the addresses of {iface}"))?;
-    let mut set = BTreeSet::new();
-    for m in answer {
-        if let RouteNetlinkMessage::NewAddress(a) = m {
-            if a.header.index == index {
-                set.extend(host_address(&a));
-            }
-        }
-    }
-    Ok(set)
+    )?
+    .into_iter()
+    .filter_map(|m| match m {
+        RouteNetlinkMessage::NewAddress(a) => Some(a),
+        _ => None,
+    })
+    .collect())
+}
+
+/// Which of `vips` are addresses of the interfaces `ifaces` (what keepalived moves).
+pub(super) fn held(vips: &BTreeSet<IpAddr>, ifaces: &[String]) -> Vec<IpAddr> {
+    let indexes: Vec<u32> = ifaces.iter().filter_map(|i| ifindex(i).ok()).collect();
+    let Ok(all) = addresses() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = all
+        .iter()
+        .filter(|a| indexes.contains(&a.header.index))
+        .filter_map(address_of)
+        .filter(|ip| vips.contains(ip))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The address of `a` if it is a global host address (/32 or /128).
 fn host_address(a: &AddressMessage) -> Option<IpAddr> {
+    let ip = address_of(a)?;
+    let host = if ip.is_ipv4() { 32 } else { 128 };
+    (a.header.prefix_len == host && a.header.scope == AddressScope::Universe).then_some(ip)
+}
+
+/// The address an address message is about.
+fn address_of(a: &AddressMessage) -> Option<IpAddr> {
     let ip = a.attributes.iter().find_map(|x| match x {
         AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
     // IPv6 addresses carry only IFA_ADDRESS.
-    let ip = ip.or_else(|| {
+    ip.or_else(|| {
         a.attributes.iter().find_map(|x| match x {
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         })
-    })?;
-    let host = if ip.is_ipv4() { 32 } else { 128 };
-    (a.header.prefix_len == host && a.header.scope == AddressScope::Universe).then_some(ip)
+    })
 }
 
 /// Adds (`add`) or removes `vip` as a host address of `iface`.

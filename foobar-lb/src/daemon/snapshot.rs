@@ -109,6 +109,13 @@ impl Daemon {
             services,
             map_writes: self.dataplane.map_writes(),
             announce: self.announce_stats(),
+            vips_held: super::announce::held(
+                &self.config.services.iter().map(|s| s.vip).collect(),
+                &self.config.interfaces,
+            )
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
             nat: api::NatStats {
                 connections: self.nat_sweeper.as_ref().map_or(0, |s| s.tracked()),
                 table_size: self.config.nat_table_size,
