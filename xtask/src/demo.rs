@@ -30,6 +30,10 @@ pub struct Args {
     /// Only foobar-lb in front of two nginx pages (no pair, databases or TLS).
     #[arg(long, conflicts_with = "check")]
     basic: bool,
+    /// The basic demo's forwarding: dsr (the nginx hosts hold the VIP on lo), nat or fullnat
+    /// (unmodified nginx hosts; see README "Forwarding modes").
+    #[arg(long, default_value = "dsr", value_parser = ["dsr", "nat", "fullnat"], requires = "basic")]
+    forwarding: String,
     /// Bring the site up headless, walk a user's journey through it, print each step and
     /// exit: non-zero if any step fails.
     #[arg(long)]
@@ -64,7 +68,18 @@ pub fn run(args: Args) -> Result<()> {
     topo.start_web(2)?;
     let _pass = topo.attach_lb_peer_pass()?;
     let socket = topo.dir.join("control.sock");
-    let config = topo.write_config(&args.xdp_mode, &socket)?;
+    let config = match args.forwarding.as_str() {
+        "nat" => {
+            topo.nat_backends()?;
+            topo.write_nat_config(&args.xdp_mode, &socket, 80, "")?
+        }
+        "fullnat" => {
+            topo.fullnat_setup()?;
+            topo.write_fullnat_config(&args.xdp_mode, &socket, 80, "")?
+        }
+        _ => topo.write_config(&args.xdp_mode, &socket)?,
+    };
+    println!("demo: forwarding {}", args.forwarding);
     println!("demo: config {}", config.display());
     let mut daemon = topo
         .lb
