@@ -89,6 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         .stdin(Stdio::null())
         .spawn()
         .context("cannot start foobar-lb")?;
+    wait_backends_up(&bin, &socket, &mut daemon)?;
     let c = &topo.client.name;
     println!(
         "\ndemo: www.foobar.com is {VIP4} and [{VIP6}], port 80. Try, in another terminal:\n\
@@ -163,7 +164,7 @@ fn run_site(args: Args) -> Result<()> {
     let ops = &site.ops().name;
     let ca = site.pki.ca.display();
     let curl = format!(
-        "ip netns exec {c} curl --cacert {ca} --resolve {SITE_NAME}:443:{WEB_VIP} --resolve {SITE_NAME}:80:{WEB_VIP}"
+        "ip netns exec {c} curl -s --cacert {ca} --resolve {SITE_NAME}:443:{WEB_VIP} --resolve {SITE_NAME}:80:{WEB_VIP}"
     );
     let (a, b) = (&site.nodes[0], &site.nodes[1]);
     println!(
@@ -386,4 +387,47 @@ fn run_ecmp(args: Args) -> Result<()> {
     drop(g);
     println!("demo: stopped; namespaces removed");
     Ok(())
+}
+
+/// Waits (60 s at most) until the daemon at `socket` answers and sees every backend up, so
+/// what the demo then suggests works at once (full NAT also needs the neighbour entries the
+/// first checks create).
+fn wait_backends_up(
+    bin: &std::path::Path,
+    socket: &std::path::Path,
+    daemon: &mut std::process::Child,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = daemon.try_wait()? {
+            bail!("foobar-lb exited ({status})");
+        }
+        let out = Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .args(["stats", "--json"])
+            .output()?;
+        let up = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                let services = v["services"].as_array()?.clone();
+                Some(services.iter().all(|s| {
+                    s["backends"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().all(|b| b["health"] == "up"))
+                }))
+            })
+            .unwrap_or(false);
+        if up {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the backends are not all up after 60 s: see `{} status --socket {}`",
+                bin.display(),
+                socket.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
