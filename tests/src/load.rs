@@ -92,6 +92,24 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// The download, which must have run from before `from` to after `until` and delivered
+    /// exactly `file`.
+    pub fn intact_download_across(&self, from: Instant, until: Instant, file: &[u8]) -> &Download {
+        let d = self
+            .download
+            .as_ref()
+            .expect("no download was started")
+            .as_ref()
+            .expect("the download failed");
+        assert!(
+            d.started < from && d.ended > until,
+            "the download did not span the event"
+        );
+        assert_eq!(d.body.len(), file.len(), "the download's length");
+        assert!(d.body == file, "the download's bytes differ from the file");
+        d
+    }
+
     /// Nothing failed: every keep-alive connection answered throughout, always from the same
     /// backend, and every new connection was answered.
     pub fn assert_nothing_lost(&self) {

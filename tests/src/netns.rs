@@ -33,6 +33,22 @@ pub fn web6(i: usize) -> String {
     format!("fd00:f00b::{}", 10 + i)
 }
 
+/// Adds the IPv6 address `addr` (with its length) to `ns`'s eth0 deprecated (preferred_lft 0):
+/// Linux then never picks it as the source of the host's own connections.
+fn add_deprecated(ns: &Netns, addr: &str) -> Result<()> {
+    ns.ip(&[
+        "addr",
+        "add",
+        addr,
+        "dev",
+        "eth0",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ])?;
+    Ok(())
+}
+
 /// Runs a command, failing with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd
@@ -351,16 +367,7 @@ impl Topology {
         // Deprecated (preferred_lft 0), or Linux picks the /128 VIP as the source address of the
         // load balancer's own connections to backends (health checks), whose replies then stay
         // on the backend, which holds the VIP too.
-        self.lb.ip(&[
-            "addr",
-            "add",
-            &format!("{VIP6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-            "preferred_lft",
-            "0",
-        ])?;
+        add_deprecated(&self.lb, &format!("{VIP6}/128"))?;
         for (i, web) in self.webs.iter().enumerate() {
             addr(web, &format!("{}/24", web4(i + 1)), "eth0")?;
             addr(web, &format!("{}/64", web6(i + 1)), "eth0")?;
@@ -531,16 +538,7 @@ impl Topology {
         ] {
             lb.ip(&["addr", "add", &a, "dev", "eth0", "nodad"])?;
         }
-        lb.ip(&[
-            "addr",
-            "add",
-            &format!("{VIP6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-            "preferred_lft",
-            "0",
-        ])?;
+        add_deprecated(lb, &format!("{VIP6}/128"))?;
         // The VIP's MAC changed: neighbours learn it again at once instead of after a timeout.
         for ns in std::iter::once(&self.client).chain(&self.webs) {
             ns.ip(&["neigh", "flush", "dev", "eth0"])?;
@@ -718,16 +716,7 @@ impl Topology {
         self.lb
             .ip(&["addr", "add", &format!("{SNAT4}/32"), "dev", "eth0"])?;
         // Deprecated, so the balancer's own connections (health checks) never pick it.
-        self.lb.ip(&[
-            "addr",
-            "add",
-            &format!("{SNAT6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-            "preferred_lft",
-            "0",
-        ])?;
+        add_deprecated(&self.lb, &format!("{SNAT6}/128"))?;
         self.lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         self.lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         Ok(())

@@ -13,7 +13,6 @@ use foobar_lb_tests::{
     netns::{tcp_counter, VIP4},
     pair::{NODE_A, NODE_B},
     root_object_and_binary,
-    traffic::http::Download,
 };
 
 fn both() -> Vec<String> {
@@ -81,16 +80,9 @@ fn flows_spread_over_both_nodes_and_a_dead_or_returning_node_loses_nothing() {
     let resets = tcp_counter(&g.topo.client, "EstabResets").unwrap() - resets_before;
 
     result.assert_nothing_lost();
-    let Download {
-        body,
-        started,
-        ended,
-    } = result.download.unwrap().expect("the download failed");
-    assert!(
-        started < killed && ended > killed + moved,
-        "the download did not span the node's death"
-    );
-    assert!(body == long, "the download's bytes differ from the file");
+    let body = &result
+        .intact_download_across(killed, killed + moved, &long)
+        .body;
     assert_eq!(resets, 0, "the client saw {resets} connection resets");
     assert!(a_after > 0, "the returned node A forwarded nothing");
     eprintln!(

@@ -432,21 +432,28 @@ fn monitoring(site: &mut Site) -> Result<String> {
     ))
 }
 
+/// `foobar-lb backend VERB <web service> ADDR` for both web services on every node.
+fn on_web_services(site: &Site, verb: &str, addr: &str) -> Result<()> {
+    for node in &site.nodes {
+        for svc in ["www", "www-tls"] {
+            let out = node.cli(&site.bin, &["backend", verb, svc, addr]);
+            ensure!(
+                out.status.success(),
+                "node {}: backend {verb} {svc} {addr}: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn nginx_stop(site: &mut Site) -> Result<String> {
     let web1 = web4(1);
     let load = Load::start(site, "/api/whoami", Duration::from_millis(100));
     std::thread::sleep(Duration::from_secs(1));
     // Planned: drain on both nodes (runtime changes are per node), then stop.
-    for i in 0..site.nodes.len() {
-        for svc in ["www", "www-tls"] {
-            let out = site.nodes[i].cli(&site.bin, &["backend", "drain", svc, &web1]);
-            ensure!(
-                out.status.success(),
-                "drain: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    on_web_services(site, "drain", &web1)?;
     let drained = Instant::now();
     site.webs[0].stop_nginx()?;
     let down = wait(
@@ -475,16 +482,7 @@ fn nginx_stop(site: &mut Site) -> Result<String> {
     let after = seen.iter().filter(|(t, _)| *t > drained).count();
     // Back to both servers for the next steps.
     site.webs[0].start_nginx(&site.topo.webs[0], &site.pki)?;
-    for i in 0..site.nodes.len() {
-        for svc in ["www", "www-tls"] {
-            let out = site.nodes[i].cli(&site.bin, &["backend", "undrain", svc, &web1]);
-            ensure!(
-                out.status.success(),
-                "undrain: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    on_web_services(site, "undrain", &web1)?;
     site.wait_until_serving(Duration::from_secs(20))?;
     Ok(format!(
         "{} requests, 0 failed; {after} after the drain, all on web2; web1 marked down {:.1} s \
