@@ -21,6 +21,9 @@ pub const MAP_NAT_SRC_FILTER: &str = "NAT_SRC_FILTER";
 pub const MAP_NAT_SCRATCH: &str = "NAT_SCRATCH";
 pub const MAP_SNAT_POOLS: &str = "SNAT_POOLS";
 pub const MAP_SNAT_ADDRS: &str = "SNAT_ADDRS";
+/// Backend id -> refused SYNs (per CPU, `u64`): a NAT or full-NAT backend answered a new
+/// connection's SYN with a RST (`drop_syn_refused`). The controller's passive health reads it.
+pub const MAP_BACKEND_REFUSED: &str = "BACKEND_REFUSED";
 
 /// [`MAP_BACKEND_ADMIN`] bit: the operator drained this backend. Userspace state only (the
 /// program never reads it), pinned so a restarted daemon keeps the drain.

@@ -125,6 +125,7 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, u64>(MAP_VERDICT_STATS, PerCpuArray, verdict::COUNT, 0, true),
     spec::<u32, Counters>(MAP_SERVICE_STATS, PerCpuArray, MAX_SERVICES, 0, true),
     spec::<u32, Counters>(MAP_BACKEND_STATS, PerCpuArray, MAX_BACKENDS, 0, true),
+    spec::<u32, u64>(MAP_BACKEND_REFUSED, PerCpuArray, MAX_BACKENDS, 0, true),
     spec::<u32, FwWords>(MAP_FW_FLAGS, Array, 1, 0, true),
     spec::<u32, RuleSet>(MAP_FW_RULES, Hash, 1, F_NO_PREALLOC, true),
     spec::<u32, Counters>(MAP_RULE_STATS, PerCpuArray, MAX_RULES as u32, 0, true),

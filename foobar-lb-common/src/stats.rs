@@ -71,8 +71,14 @@ pub mod verdict {
     /// A full-NAT service's new flow with no route to its backend from the SNAT address, or
     /// forwarding disabled on the receiving interface (any other FIB lookup failure).
     pub const DROP_FIB_NO_ROUTE: u32 = 25;
+    /// A TCP RST from a NAT or full-NAT backend to a tracked connection that has had no reply
+    /// yet (the backend refused the client's SYN: nothing listens on its port). Not forwarded:
+    /// the connection is forgotten (both entries), so the client's SYN retransmission is
+    /// scheduled anew, and the refusal is counted per backend (`BACKEND_REFUSED`) for the
+    /// controller's passive health (`observe = "layer4"`).
+    pub const DROP_SYN_REFUSED: u32 = 26;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -102,6 +108,7 @@ pub mod verdict {
         "drop_snat_stray",
         "drop_fib_no_neigh",
         "drop_fib_no_route",
+        "drop_syn_refused",
     ];
 }
 

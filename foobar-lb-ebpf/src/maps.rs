@@ -117,6 +117,11 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Backend id -> SYNs it refused with a RST (NAT and full NAT, `nat::reply`): the controller's
+/// passive health (`observe = "layer4"`) reads it several times a second.
+#[map]
+pub static BACKEND_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
 // ---- Firewall -------------------------------------------------------------------------------
 
 /// `FW_IDX_*` words: which stages are on, which block-list buffer is live.

@@ -39,7 +39,8 @@ use foobar_lb_common::{
 use crate::{
     firewall,
     maps::{
-        BACKENDS, IFACES, NAT_FWD, NAT_REV, NAT_SCRATCH, NAT_SRC_FILTER, SNAT_ADDRS, SNAT_POOLS,
+        BACKENDS, BACKEND_REFUSED, IFACES, NAT_FWD, NAT_REV, NAT_SCRATCH, NAT_SRC_FILTER,
+        SNAT_ADDRS, SNAT_POOLS,
     },
     parse::Packet,
     rewrite::{self, Side},
@@ -47,6 +48,8 @@ use crate::{
 };
 
 const EEXIST: i32 = 17;
+/// The TCP header's RST flag (`Packet::tcp_flags`; 0 for other protocols).
+const TCP_RST: u8 = 0x04;
 
 /// The packet as read back from `NAT_SCRATCH`: equal to `pkt`, but unknown to the verifier,
 /// so every parse outcome reaching a NAT path is verified as one (see the map's doc).
@@ -163,6 +166,10 @@ pub fn reply(
     if backend {
         if let Some(rev) = NAT_REV.get_ptr_mut(pkt.key) {
             let iface = crate::prog::receiver(ctx, pkt.l3_off).ok()?;
+            // SAFETY: as in `reply_tx`.
+            if pkt.tcp_flags & TCP_RST != 0 && unsafe { (*rev).seen } & NAT_REPLIED == 0 {
+                return Some(Err(refused(&pkt, rev)));
+            }
             return Some(reply_tx(ctx, &pkt, iface, rev));
         }
     }
@@ -170,6 +177,48 @@ pub fn reply(
         return stray(&pkt.key).map(Err);
     }
     None
+}
+
+/// A RST answering a connection that has had no reply yet: the backend refused the client's
+/// SYN (nothing listens there). Passive health (README "Health checks", `observe`): the RST is
+/// not forwarded, the connection is forgotten (both entries) so the client's SYN
+/// retransmission is scheduled anew, and the refusal is counted for the backend
+/// (`BACKEND_REFUSED`, read by the controller). `DROP_SYN_REFUSED`.
+#[inline(always)]
+fn refused(pkt: &Packet, rev: *const NatRev) -> u32 {
+    let Some(s) = NAT_SCRATCH.get_ptr_mut(0) else {
+        return verdict::ABORTED;
+    };
+    // SAFETY: a live element of a preallocated hash map (see `reply_tx`), read before either
+    // entry is removed; the client's 5-tuple is built in this CPU's scratch (see
+    // `normalize`), not on the stack.
+    let fkey = unsafe {
+        let r = &*rev;
+        let fk = &mut (*s).rkey;
+        let k = &pkt.key;
+        if r.flags & NAT_FULL != 0 {
+            fk.src = r.client;
+            fk.sport = r.cport;
+        } else {
+            fk.src = k.dst;
+            fk.sport = k.dport;
+        }
+        fk.dst = r.vip;
+        fk.dport = r.vport;
+        fk.proto = k.proto;
+        fk.family = k.family;
+        fk._pad = [0; 2];
+        &*fk
+    };
+    if let Some(f) = unsafe { NAT_FWD.get(fkey) } {
+        if let Some(c) = BACKEND_REFUSED.get_ptr_mut(f.backend_id) {
+            // SAFETY: this CPU's counter.
+            unsafe { *c += 1 };
+        }
+    }
+    let _ = NAT_FWD.remove(fkey);
+    let _ = NAT_REV.remove(&pkt.key);
+    verdict::DROP_SYN_REFUSED
 }
 
 /// `DROP_SNAT_STRAY` for TCP or UDP to a SNAT address on a port of its range (no tracked

@@ -315,6 +315,49 @@ fn fullnat_tcp_v4_both_directions_round_robin() {
     });
 }
 
+/// A refused SYN under full NAT: the RST (to the SNAT address and port) is dropped
+/// (`drop_syn_refused`), both entries go, the backend's refusal counter moves, and the
+/// retransmitted SYN is scheduled anew (next backend).
+#[test]
+fn fullnat_a_refused_syn_is_dropped_forgotten_and_counted() {
+    with_harness("fr", |h| {
+        let id1 = h.backend_id("web", "10.0.0.11");
+        let syn = Pkt::tcp(CLIENT, 40200, VIP, 80, TCP_SYN);
+        let p1 = forward(&h, "SYN -> web1", &syn, SNAT, "10.0.0.11", 8080, B1, ALL);
+        let refusal = from_backend("10.0.0.11", 8080, SNAT, p1, B1, Some(0x14));
+        h.check(
+            "RST+ACK to the unanswered SYN: dropped",
+            &refusal.build(),
+            &Expect::Drop(verdict::DROP_SYN_REFUSED),
+        );
+        assert_eq!(h.dp.nat_table_fill().unwrap(), (0, 0), "both entries gone");
+        assert_eq!(h.dp.refused(id1).unwrap(), 1);
+        let p2 = forward(
+            &h,
+            "retransmitted SYN -> web2",
+            &syn,
+            SNAT,
+            "10.0.0.12",
+            8080,
+            B2,
+            ALL,
+        );
+        let synack = from_backend("10.0.0.12", 8080, SNAT, p2, B2, Some(TCP_SYN | TCP_ACK));
+        h.check(
+            "SYN-ACK",
+            &synack.build(),
+            &to_client(&synack, VIP, 80, CLIENT, 40200),
+        );
+        let rst = from_backend("10.0.0.12", 8080, SNAT, p2, B2, Some(0x14));
+        h.check(
+            "RST after the answer: forwarded",
+            &rst.build(),
+            &to_client(&rst, VIP, 80, CLIENT, 40200),
+        );
+        assert_eq!(h.dp.refused(h.backend_id("web", "10.0.0.12")).unwrap(), 0);
+    });
+}
+
 #[test]
 fn fullnat_tcp_v6_both_directions() {
     with_harness("fb", |h| {

@@ -419,6 +419,13 @@ fn closed_connections_reopen_and_the_sweeper_forgets_idle_ones() {
         &syn.build(),
         &Expect::Frame(to_backend(&syn, "10.0.0.11", 8080, B1).build()),
     );
+    // Answered first: a RST to an unanswered SYN is a refusal, not forwarded (see
+    // `a_refused_syn_is_dropped_forgotten_and_counted`).
+    let synack = from_backend(
+        Pkt::tcp("10.0.0.11", 8080, CLIENT, 40000, TCP_SYN | TCP_ACK),
+        B1,
+    );
+    h.check("SYN-ACK", &synack.build(), &reply_expect(&synack, VIP, 80));
     let rst = from_backend(Pkt::tcp("10.0.0.11", 8080, CLIENT, 40000, TCP_RST), B1);
     h.check("backend RST", &rst.build(), &reply_expect(&rst, VIP, 80));
     assert_eq!(
@@ -452,6 +459,80 @@ fn closed_connections_reopen_and_the_sweeper_forgets_idle_ones() {
     // Forgotten: a late reply passes untranslated.
     let late = from_backend(Pkt::tcp("10.0.0.12", 8080, CLIENT, 40000, TCP_ACK), B2);
     h.check("late reply", &late.build(), &Expect::Pass);
+}
+
+/// Passive health's data-plane half: a backend's RST to a SYN it never answered is dropped
+/// (`drop_syn_refused`), the connection forgotten so the retransmitted SYN is scheduled anew,
+/// and the refusal counted for that backend; a RST after an answer is forwarded as before.
+#[test]
+fn a_refused_syn_is_dropped_forgotten_and_counted() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let (id1, id2) = (
+        h.backend_id("web", "10.0.0.11"),
+        h.backend_id("web", "10.0.0.12"),
+    );
+    assert_eq!(
+        (h.dp.refused(id1).unwrap(), h.dp.refused(id2).unwrap()),
+        (0, 0)
+    );
+    let syn = Pkt::tcp(CLIENT, 40100, VIP, 80, TCP_SYN);
+    h.check(
+        "SYN -> first backend",
+        &syn.build(),
+        &Expect::Frame(to_backend(&syn, "10.0.0.11", 8080, B1).build()),
+    );
+    assert_eq!(h.dp.nat_table_fill().unwrap(), (1, 1));
+    let refusal = from_backend(
+        Pkt::tcp("10.0.0.11", 8080, CLIENT, 40100, TCP_RST | TCP_ACK),
+        B1,
+    );
+    h.check(
+        "RST+ACK to the unanswered SYN: dropped",
+        &refusal.build(),
+        &Expect::Drop(verdict::DROP_SYN_REFUSED),
+    );
+    assert_eq!(h.dp.nat_table_fill().unwrap(), (0, 0), "both entries gone");
+    assert_eq!(
+        (h.dp.refused(id1).unwrap(), h.dp.refused(id2).unwrap()),
+        (1, 0)
+    );
+    // The client's retransmission is a new connection: round robin's next backend.
+    h.check(
+        "retransmitted SYN: scheduled anew",
+        &syn.build(),
+        &Expect::Frame(to_backend(&syn, "10.0.0.12", 8080, B2).build()),
+    );
+    let synack = from_backend(
+        Pkt::tcp("10.0.0.12", 8080, CLIENT, 40100, TCP_SYN | TCP_ACK),
+        B2,
+    );
+    h.check("SYN-ACK", &synack.build(), &reply_expect(&synack, VIP, 80));
+    let rst = from_backend(
+        Pkt::tcp("10.0.0.12", 8080, CLIENT, 40100, TCP_RST | TCP_ACK),
+        B2,
+    );
+    h.check(
+        "RST after the answer: forwarded",
+        &rst.build(),
+        &reply_expect(&rst, VIP, 80),
+    );
+    assert_eq!(
+        (h.dp.refused(id1).unwrap(), h.dp.refused(id2).unwrap()),
+        (1, 0)
+    );
+    assert_eq!(
+        h.dp.nat_table_fill().unwrap(),
+        (1, 1),
+        "closed, left to the sweeper"
+    );
+    // UDP has no RST: an unanswered UDP connection's reply is translated as before.
+    let q = Pkt::udp(CLIENT, 33100, VIP, 53);
+    h.run(&q.build());
+    let a = from_backend(Pkt::udp("10.0.0.11", 5353, CLIENT, 33100), B1);
+    h.check("UDP reply", &a.build(), &reply_expect(&a, VIP, 53));
 }
 
 #[test]

@@ -572,6 +572,16 @@ impl Dataplane {
         self.counters(MAP_BACKEND_STATS, id)
     }
 
+    /// SYNs backend `id` refused with a RST (NAT and full NAT), summed over CPUs.
+    pub fn refused(&self, id: u32) -> Result<u64, DataplaneError> {
+        let name = foobar_lb_common::MAP_BACKEND_REFUSED;
+        let values = self
+            .percpu::<u64>(name)?
+            .get(&id, 0)
+            .map_err(map_err(name))?;
+        Ok(values.iter().sum())
+    }
+
     fn counters(&self, name: &'static str, id: u32) -> Result<Counters, DataplaneError> {
         let values = self
             .percpu::<Counters>(name)?
