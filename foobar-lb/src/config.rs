@@ -512,6 +512,12 @@ pub struct HealthConfig {
     pub fall: u32,
     /// What happens to a backend's established connections when checks mark it down.
     pub on_marked_down: OnMarkedDown,
+    /// HAProxy's `observe layer4` with `on-error mark-down`: passive health from live traffic.
+    /// With `"layer4"` (NAT and full-NAT services only: the balancer sees their replies), a
+    /// backend that refuses a new connection (answers its SYN with a RST) is marked down at
+    /// once, as by `fall` failed checks; the checks bring it back after `rise`. Default: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observe: Option<Observe>,
     /// Host header of `http`/`https` checks. Default: the backend's address (IPv6 in
     /// brackets), with the port when it is not the scheme's (80, 443).
     pub host: Option<String>,
@@ -531,6 +537,14 @@ pub struct HealthConfig {
     /// shell.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+}
+
+/// `health.observe`: what live traffic tells the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Observe {
+    /// A refused connection (RST to the SYN) marks the backend down.
+    #[serde(rename = "layer4")]
+    Layer4,
 }
 
 /// HAProxy's `on-marked-down`: by default a backend marked down keeps its established
@@ -558,6 +572,7 @@ impl Default for HealthConfig {
             rise: 2,
             fall: 3,
             on_marked_down: OnMarkedDown::Keep,
+            observe: None,
             host: None,
             sni: None,
             source: None,
@@ -614,6 +629,20 @@ impl HealthConfig {
     }
 
     fn validate(&self, what: &str, svc: &ServiceConfig) -> Result<(), ConfigError> {
+        if self.observe.is_some() {
+            if svc.forwarding == ForwardingKind::Dsr {
+                return Err(invalid(format!(
+                    "{what}: health observe = \"layer4\" needs forwarding = \"nat\" or \
+                     \"fullnat\" (under direct server return the balancer sees no replies)"
+                )));
+            }
+            if self.check == CheckKind::None {
+                return Err(invalid(format!(
+                    "{what}: health observe = \"layer4\" needs health checks (check = \"none\" \
+                     would never bring a backend it marked down back up)"
+                )));
+            }
+        }
         for (name, v) in [
             ("interval_ms", Some(self.interval_ms)),
             ("fastinter_ms", self.fastinter_ms),
@@ -1783,6 +1812,39 @@ protocol = "udp"
             "{e}"
         );
         assert_eq!(e.matches("unknown field").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn observe_layer4_is_off_by_default_nat_only_and_needs_checks() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.services[0].health.observe, None, "off by default");
+        assert!(!c.to_toml().unwrap().contains("observe"), "and not dumped");
+        let nat = GOOD.replacen(
+            "port = 80\n\n[[service.backend]]",
+            "port = 80\nforwarding = \"nat\"\n\n[service.health]\nobserve = \"layer4\"\n\n\
+             [[service.backend]]",
+            1,
+        );
+        let c = Config::parse(&nat).unwrap();
+        assert_eq!(c.services[0].health.observe, Some(Observe::Layer4));
+        let again = Config::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.services[0].health.observe, Some(Observe::Layer4));
+        let full = nat.replace(
+            "forwarding = \"nat\"",
+            "forwarding = \"fullnat\"\nsnat = [\"10.0.0.250\"]",
+        );
+        assert!(Config::parse(&full).is_ok(), "{}", err(&full));
+        // Under direct server return the balancer never sees the refusal.
+        let e = err(&nat.replace("forwarding = \"nat\"\n", ""));
+        assert!(e.contains("observe") && e.contains("nat"), "{e}");
+        // Without checks nothing would bring a marked-down backend back.
+        let e = err(&nat.replace(
+            "observe = \"layer4\"",
+            "observe = \"layer4\"\ncheck = \"none\"",
+        ));
+        assert!(e.contains("observe") && e.contains("check"), "{e}");
+        let e = err(&nat.replace("\"layer4\"", "\"layer7\""));
+        assert!(e.contains("layer7"), "{e}");
     }
 
     #[test]

@@ -52,6 +52,15 @@ impl HealthState {
         }
     }
 
+    /// HAProxy's `on-error mark-down`: live traffic saw the backend fail (`observe`), which
+    /// counts as `fall` failed checks at once. Returns whether that changed the state.
+    pub fn mark_down(&mut self) -> bool {
+        let changed = self.up != Some(false);
+        self.up = Some(false);
+        self.streak = 0;
+        changed
+    }
+
     /// A state taken over from elsewhere (a pinned data plane): `up` until `fall` failures say
     /// otherwise, exactly as if it had been observed.
     pub fn assumed(up: bool) -> HealthState {
@@ -918,6 +927,19 @@ mod tests {
                 (None, Some("www.example:8443".into()))
             ]
         );
+    }
+
+    #[test]
+    fn mark_down_takes_an_up_backend_down_at_once_and_rise_brings_it_back() {
+        let mut s = HealthState::default();
+        assert_eq!(s.observe(true, 2, 3), Some(true));
+        // One failed check of three needed is under way: the refusal still decides at once.
+        assert_eq!(s.observe(false, 2, 3), None);
+        assert!(s.mark_down(), "up -> down");
+        assert!(!s.is_up() && !s.in_transition());
+        assert!(!s.mark_down(), "already down: no change");
+        assert_eq!(s.observe(true, 2, 3), None, "1 of rise 2");
+        assert_eq!(s.observe(true, 2, 3), Some(true), "back after rise");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{BackendKey, Daemon};
 use crate::{
-    config::{CheckKind, ServiceConfig},
+    config::{CheckKind, ForwardingKind, Observe, ServiceConfig},
     health::{self, CheckError, HealthState, Probe, Schedule},
 };
 
@@ -103,6 +103,72 @@ impl Daemon {
             if self.started {
                 self.apply()?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Daemon {
+    /// Passive health (`observe = "layer4"`, called every [`super::OBSERVE_EVERY`]): a backend
+    /// whose refused-SYN counter (`BACKEND_REFUSED`, moved by the data plane when it answers
+    /// a new connection's SYN with a RST) grew since the last look is marked down at once
+    /// (HAProxy's `on-error mark-down`); its checks restart from the down state and bring it
+    /// back after `rise`. A counter seen for the first time only sets the baseline.
+    pub(super) fn observe_refusals(&mut self) -> Result<()> {
+        if !self.started {
+            return Ok(());
+        }
+        let mut watched = Vec::new();
+        for svc in &self.config.services {
+            if svc.health.observe != Some(Observe::Layer4) || svc.forwarding == ForwardingKind::Dsr
+            {
+                continue;
+            }
+            let Some(written) = self.reconciler.services().get(&svc.name) else {
+                continue;
+            };
+            for (addr, b) in &written.backends {
+                watched.push((svc.name.clone(), *addr, b.id));
+            }
+        }
+        let mut down = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        for (name, addr, id) in watched {
+            let now = self.dataplane.refused(id)?;
+            if let Some(&before) = self.refused.get(&id) {
+                if now > before {
+                    down.push(((name, addr), now - before));
+                }
+            }
+            seen.insert(id, now);
+        }
+        self.refused = seen;
+        let mut changed = false;
+        for (key, n) in down {
+            let Some(rt) = self.backends.get_mut(&key) else {
+                continue;
+            };
+            if !rt.health.mark_down() {
+                continue;
+            }
+            let (svc, addr) = &key;
+            let reason = format!("refused {n} connection(s) (observe layer4)");
+            log::warn!(
+                event = "health", service = svc.as_str(), backend:% = addr, state = "down",
+                reason:% = reason;
+                "{svc}/{addr} is DOWN ({reason})"
+            );
+            rt.last_error = Some(reason);
+            // The check loop keeps its own copy of the state: restart it from this one, so
+            // it checks at once and at `downinter`, and counts `rise` from here.
+            if let Some(c) = rt.checker.take() {
+                c.abort();
+            }
+            changed = true;
+        }
+        if changed {
+            self.start_all_checks();
+            self.apply()?;
         }
         Ok(())
     }

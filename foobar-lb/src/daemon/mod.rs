@@ -53,6 +53,10 @@ use health_events::HealthEvent;
 /// answers arrive as neighbour events), counter samples for rates.
 const TICK: Duration = Duration::from_secs(2);
 
+/// How often passive health (`observe = "layer4"`) reads the refused-SYN counters: well within
+/// a client's first SYN retransmission (1 s), so the retransmitted SYN meets the new schedule.
+const OBSERVE_EVERY: Duration = Duration::from_millis(200);
+
 /// The fallback for kernel events: the neighbour table and the interfaces are read in full this
 /// often (events drive the normal case; this covers what a lost event would leave wrong).
 const NETLINK_FALLBACK: Duration = Duration::from_secs(30);
@@ -118,6 +122,8 @@ struct Daemon {
     flow_counts: dataplane::FlowCounts,
     /// Forgets idle NAT connections on a thread of its own (stops when dropped).
     nat_sweeper: Option<dataplane::NatSweeper>,
+    /// Refused-SYN counts per backend id at the last look (passive health).
+    refused: HashMap<u32, u64>,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
 }
@@ -162,6 +168,8 @@ impl Daemon {
         let mut fallback = tokio::time::interval(NETLINK_FALLBACK);
         fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         fallback.tick().await;
+        let mut observe = tokio::time::interval(OBSERVE_EVERY);
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let netlink = self.netlink.changed();
             tokio::select! {
@@ -189,6 +197,11 @@ impl Daemon {
                     }
                 }
                 _ = netlink => self.on_netlink(),
+                _ = observe.tick() => {
+                    if let Err(e) = self.observe_refusals() {
+                        log::error!(event = "map_write_failed", reason:% = format!("{e:#}"); "passive health: {e:#}");
+                    }
+                }
                 _ = fallback.tick() => {
                     self.watch_interfaces();
                     if let Err(e) = self.refresh_neighbors() {

@@ -171,6 +171,7 @@ impl Daemon {
             started: false,
             retry: false,
             flow_counts,
+            refused: HashMap::new(),
             samples: HashMap::new(),
             config_path: Default::default(),
             xdp_mode: XdpMode::Auto,
