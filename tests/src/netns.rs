@@ -734,6 +734,19 @@ impl Topology {
         self.write_translating_config(xdp_mode, socket, port, "forwarding = \"nat\"\n", extra)
     }
 
+    /// As [`Topology::write_nat_config`] with `health` (lines of a `[service.health]` table)
+    /// in both services.
+    pub fn write_nat_config_with_health(
+        &self,
+        xdp_mode: &str,
+        socket: &Path,
+        port: u16,
+        health: &str,
+    ) -> Result<PathBuf> {
+        let fwd = format!("forwarding = \"nat\"\n\n[service.health]\n{health}\n");
+        self.write_translating_config(xdp_mode, socket, port, &fwd, "")
+    }
+
     /// As [`Topology::write_nat_config`] with `forwarding = "fullnat"` and the SNAT addresses.
     pub fn write_fullnat_config(
         &self,
