@@ -44,6 +44,10 @@ mod prog {
             Ok(v) => v,
             Err(reason) => (xdp_action::XDP_DROP, reason),
         };
+        // Here, once, rather than where `nat::reply` decided it (inlined twice).
+        if reason == verdict::DROP_SYN_REFUSED {
+            nat::forget_refused();
+        }
         let action = if reason == verdict::ABORTED {
             xdp_action::XDP_ABORTED
         } else {

@@ -166,9 +166,10 @@ pub fn reply(
     if backend {
         if let Some(rev) = NAT_REV.get_ptr_mut(pkt.key) {
             let iface = crate::prog::receiver(ctx, pkt.l3_off).ok()?;
+            // A refusal (see `forget_refused`, which the program's exit calls for this verdict).
             // SAFETY: as in `reply_tx`.
             if pkt.tcp_flags & TCP_RST != 0 && unsafe { (*rev).seen } & NAT_REPLIED == 0 {
-                return Some(Err(refused(&pkt, rev)));
+                return Some(Err(verdict::DROP_SYN_REFUSED));
             }
             return Some(reply_tx(ctx, &pkt, iface, rev));
         }
@@ -179,46 +180,45 @@ pub fn reply(
     None
 }
 
-/// A RST answering a connection that has had no reply yet: the backend refused the client's
-/// SYN (nothing listens there). Passive health (README "Health checks", `observe`): the RST is
-/// not forwarded, the connection is forgotten (both entries) so the client's SYN
-/// retransmission is scheduled anew, and the refusal is counted for the backend
-/// (`BACKEND_REFUSED`, read by the controller). `DROP_SYN_REFUSED`.
+/// After a `DROP_SYN_REFUSED` verdict of [`reply`] (a RST answering a connection that has had
+/// no reply yet: the backend refused the client's SYN, nothing listens there), called once at
+/// the program's exit rather than inside `reply`'s two inlined call sites (that doubled the
+/// verifier's work there, past its budget): the connection is forgotten (both entries) so the
+/// client's SYN retransmission is scheduled anew, and the refusal is counted for the backend
+/// (`BACKEND_REFUSED`, read by the controller's passive health). The reply's 5-tuple is still
+/// in the scratch (`normalize` wrote it; nothing since has). The client's 5-tuple is built in
+/// the scratch too, not on the stack.
 #[inline(always)]
-fn refused(pkt: &Packet, rev: *const NatRev) -> u32 {
+pub fn forget_refused() {
     let Some(s) = NAT_SCRATCH.get_ptr_mut(0) else {
-        return verdict::ABORTED;
+        return;
     };
-    // SAFETY: a live element of a preallocated hash map (see `reply_tx`), read before either
-    // entry is removed; the client's 5-tuple is built in this CPU's scratch (see
-    // `normalize`), not on the stack.
-    let fkey = unsafe {
-        let r = &*rev;
-        let fk = &mut (*s).rkey;
-        let k = &pkt.key;
-        if r.flags & NAT_FULL != 0 {
-            fk.src = r.client;
-            fk.sport = r.cport;
-        } else {
-            fk.src = k.dst;
-            fk.sport = k.dport;
-        }
-        fk.dst = r.vip;
-        fk.dport = r.vport;
-        fk.proto = k.proto;
-        fk.family = k.family;
-        fk._pad = [0; 2];
-        &*fk
+    // SAFETY: this CPU's scratch element (see `normalize`).
+    let (rkey, fk) = unsafe { (&(*s).key, &mut (*s).rkey) };
+    let Some(r) = (unsafe { NAT_REV.get(rkey) }) else {
+        return;
     };
-    if let Some(f) = unsafe { NAT_FWD.get(fkey) } {
+    // The client's 5-tuple: the reply's destination under NAT; kept in the entry under full NAT.
+    if r.flags & NAT_FULL != 0 {
+        fk.src = r.client;
+        fk.sport = r.cport;
+    } else {
+        fk.src = rkey.dst;
+        fk.sport = rkey.dport;
+    }
+    fk.dst = r.vip;
+    fk.dport = r.vport;
+    fk.proto = rkey.proto;
+    fk.family = rkey.family;
+    fk._pad = [0; 2];
+    if let Some(f) = unsafe { NAT_FWD.get(&*fk) } {
         if let Some(c) = BACKEND_REFUSED.get_ptr_mut(f.backend_id) {
             // SAFETY: this CPU's counter.
             unsafe { *c += 1 };
         }
     }
-    let _ = NAT_FWD.remove(fkey);
-    let _ = NAT_REV.remove(&pkt.key);
-    verdict::DROP_SYN_REFUSED
+    let _ = NAT_FWD.remove(&*fk);
+    let _ = NAT_REV.remove(rkey);
 }
 
 /// `DROP_SNAT_STRAY` for TCP or UDP to a SNAT address on a port of its range (no tracked
