@@ -188,6 +188,9 @@ pub fn reply(
 /// (`BACKEND_REFUSED`, read by the controller's passive health). The reply's 5-tuple is still
 /// in the scratch (`normalize` wrote it; nothing since has). The client's 5-tuple is built in
 /// the scratch too, not on the stack.
+// By reference into the scratch (`&*fk`), as in `open`: the by-value form clippy suggests
+// copies the key onto the stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn forget_refused() {
     let Some(s) = NAT_SCRATCH.get_ptr_mut(0) else {
