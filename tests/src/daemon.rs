@@ -25,6 +25,16 @@ pub fn cli(args: &[&str]) -> Output {
         .expect("run foobar-lb")
 }
 
+/// Runs `BIN --socket SOCKET ARGS` to completion (a daemon of the given binary and socket).
+pub fn cli_at(bin: &Path, socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run foobar-lb")
+}
+
 /// Runs `foobar-lb ARGS` to completion in directory `dir` (relative paths resolve there).
 pub fn cli_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())

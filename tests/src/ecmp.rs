@@ -95,12 +95,7 @@ impl Node {
 
     /// `foobar-lb --socket <node's> ARGS`.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run foobar-lb")
+        crate::daemon::cli_at(&bin(), &self.socket, args)
     }
 }
 

@@ -100,6 +100,16 @@ struct Pair {
     long: Vec<u8>,
 }
 
+impl Pair {
+    /// Both nodes' daemons, started and seeing every backend up.
+    fn start_both(&self) -> (Daemon, Daemon) {
+        let (da, db) = (self.a.start(), self.b.start());
+        wait_backends_up(&da);
+        wait_backends_up(&db);
+        (da, db)
+    }
+}
+
 fn pair(tag: &str, scheduler: &str) -> Pair {
     let mut topo = Topology::new(tag, 2).unwrap();
     let long = start_webs_with_long_file(&topo);
@@ -199,10 +209,7 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     }
     let p = pair("ha", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
-    let mut da = p.a.start();
-    let mut db = p.b.start();
-    wait_backends_up(&da);
-    wait_backends_up(&db);
+    let (mut da, mut db) = p.start_both();
     let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
     let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     // The higher priority (A) wins the first election; B stays backup.
@@ -323,10 +330,7 @@ fn split_brain_both_nodes_forward_each_connection_to_the_same_backend() {
     }
     let p = pair("hs", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
-    let da = p.a.start();
-    let db = p.b.start();
-    wait_backends_up(&da);
-    wait_backends_up(&db);
+    let (da, db) = p.start_both();
     // Both hold the VIP (VRRP lost between them), and the client's ARP entry for it flips
     // between the two nodes every 100 ms: each connection's packets alternate between them.
     for ns in [&a_ns, &b_ns] {
@@ -412,10 +416,7 @@ fn with_round_robin_a_takeover_resets_connections() {
     }
     let p = pair("hn", "roundrobin");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
-    let mut da = p.a.start();
-    let db = p.b.start();
-    wait_backends_up(&da);
-    wait_backends_up(&db);
+    let (mut da, _db) = p.start_both();
     let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
     let _kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
@@ -456,10 +457,7 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
     }
     let p = pair("hd", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
-    let mut da = p.a.start();
-    let db = p.b.start();
-    wait_backends_up(&da);
-    wait_backends_up(&db);
+    let (mut da, _db) = p.start_both();
     let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
     let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
@@ -514,10 +512,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
     }
     let p = pair("hb", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
-    let da = p.a.start();
-    let db = p.b.start();
-    wait_backends_up(&da);
-    wait_backends_up(&db);
+    let (_da, db) = p.start_both();
     let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
     let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));

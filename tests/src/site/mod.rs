@@ -66,16 +66,7 @@ pub struct Node {
 impl Node {
     /// `foobar-lb --socket <this node's> ARGS`.
     pub fn cli(&self, bin: &Path, args: &[&str]) -> std::process::Output {
-        Command::new(bin)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run foobar-lb")
-    }
-
-    pub fn daemon_pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(|c| c.id())
+        crate::daemon::cli_at(bin, &self.socket, args)
     }
 
     /// SIGKILL to the daemon (its pinned data plane stays attached, as after a crash).
