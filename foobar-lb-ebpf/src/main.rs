@@ -109,16 +109,15 @@ mod prog {
     #[inline(always)]
     fn judge(ctx: &XdpContext, len: u64) -> Result<(u32, u32), u32> {
         let pass = Ok((xdp_action::XDP_PASS, verdict::PASS));
-        let (pkt, balance) = match parse(ctx) {
+        let mut slot = core::mem::MaybeUninit::uninit();
+        let pkt = Packet::zeroed(&mut slot);
+        let balance = match parse(ctx, pkt) {
             Parsed::NotOurs => return pass,
             // Unusable for balancing: dropped if meant for one of our VIPs on this interface;
             // anything else goes to the kernel, which may reassemble or deliver it, so it meets
             // the firewall first (judged on what it shows: see `firewall::filter_suspect`).
-            Parsed::Suspect {
-                family,
-                l3_off,
-                reason,
-            } => {
+            Parsed::Suspect { reason } => {
+                let (family, l3_off) = (pkt.key.family, pkt.l3_off);
                 // The IP header is at 14, 18 or 22 (up to two VLAN tags).
                 let Some((key, whole)) = parse::suspect_view(ctx, family, l3_off as usize & 0x3f)
                 else {
@@ -135,8 +134,8 @@ mod prog {
                 };
                 return firewall_then_pass(firewall::state(), &key, whole, vip, pass_as);
             }
-            Parsed::Other(pkt) => (pkt, false),
-            Parsed::Flow(pkt) => (pkt, true),
+            Parsed::Other => false,
+            Parsed::Flow => true,
         };
         let key = &pkt.key;
         let fw = firewall::state();

@@ -16,26 +16,27 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-/// What the parser found.
+/// What the parser found; the packet's fields are in the [`Packet`] it filled.
 pub enum Parsed {
     /// Not TCP/UDP over IP: not ours to judge, the kernel stack gets it untouched.
     NotOurs,
     /// Unusable for balancing (malformed, truncated, fragmented, L4 header out of reach): drop
     /// with `reason` if addressed to a VIP on this interface; otherwise the firewall judges
-    /// what it shows ([`suspect_view`]). Only the IP header's place is carried: the fast path
-    /// does not pay for assembling what only this slow path needs.
-    Suspect {
-        family: u8,
-        l3_off: u16,
-        reason: u32,
-    },
+    /// what it shows ([`suspect_view`]). Only the family and the IP header's place are filled:
+    /// the fast path does not pay for assembling what only this slow path needs.
+    Suspect { reason: u32 },
     /// A complete 5-tuple.
-    Flow(Packet),
+    Flow,
     /// IP but neither TCP nor UDP (ICMP, ...): ports are zero. Firewall rules apply; never
     /// balanced.
-    Other(Packet),
+    Other,
 }
 
+/// Filled in place by [`parse`] (the caller's stack slot): returned inside an enum, the
+/// packet's fields were merged across the parser's exits by LLVM into dozens of stack stores
+/// per packet. 8-byte aligned for [`Packet::zeroed`]'s stores (the verifier wants aligned
+/// stack writes).
+#[repr(C, align(8))]
 pub struct Packet {
     /// Exactly the flow-table key; its (dst, dport, proto, family) prefix is the service key.
     pub key: FlowKey,
@@ -48,6 +49,20 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Zeroes `slot` as six 8-byte stores and returns it as a packet for [`parse`] to fill
+    /// (`Default` would be a call to memset, a BPF subprogram).
+    #[inline(always)]
+    pub fn zeroed(slot: &mut mem::MaybeUninit<Packet>) -> &mut Packet {
+        const WORDS: usize = mem::size_of::<Packet>() / 8;
+        const _: () = assert!(mem::size_of::<Packet>() % 8 == 0);
+        let w = slot.as_mut_ptr() as *mut u64;
+        for i in 0..WORDS {
+            // SAFETY: within the slot; u64 stores of zero make every field valid.
+            unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        }
+        unsafe { slot.assume_init_mut() }
+    }
+
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
     pub fn syn(&self) -> bool {
@@ -100,6 +115,12 @@ fn ipv6_ext(next: u8) -> bool {
     )
 }
 
+/// A pointer to a `T` at `offset` in the frame, if it ends within it.
+///
+/// Reading a word type (`u32`, `[u16; N]`, ...) through it is one load per word: LLVM reads
+/// byte arrays a byte at a time. Packet data is often only 2-byte aligned (the IP header at
+/// 14); the verifier allows unaligned packet loads where the CPU does them efficiently (x86,
+/// arm64: every architecture XDP offload aside runs on), and the JITs emit plain loads.
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
@@ -123,7 +144,7 @@ pub fn vlan_id(ctx: &XdpContext) -> Option<u16> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
+pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::NotOurs;
     };
@@ -144,136 +165,110 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             offset += mem::size_of::<VlanHdr>();
         }
     }
+    pkt.l3_off = offset as u16;
     if ether_type == EtherType::Ipv4 as u16 {
-        parse_v4(ctx, offset)
+        pkt.key.family = FAMILY_V4;
+        parse_v4(ctx, offset, pkt)
     } else if ether_type == EtherType::Ipv6 as u16 {
-        parse_v6(ctx, offset)
+        pkt.key.family = FAMILY_V6;
+        parse_v6(ctx, offset, pkt)
     } else {
         Parsed::NotOurs
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, offset: usize) -> Parsed {
+fn parse_v4(ctx: &XdpContext, offset: usize, pkt: &mut Packet) -> Parsed {
     // Too short to hold a destination address: cannot be judged as ours.
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
+    let Some(words) = ptr_at::<[u32; 5]>(ctx, offset) else {
         return Parsed::NotOurs;
     };
-    let ip = unsafe { &*ip };
-    let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    let suspect = |reason| Parsed::Suspect {
-        family: FAMILY_V4,
-        l3_off: offset as u16,
-        reason,
-    };
-    let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    // The fixed header as five 4-byte loads (see [`ptr_at`]): field by field, LLVM reads the
+    // byte arrays a byte at a time and reassembles each address with shifts.
+    let w = unsafe { *words };
+    let [vihl, _tos, len_hi, len_lo] = w[0].to_ne_bytes();
+    let [_, _, frag_hi, frag_lo] = w[1].to_ne_bytes();
+    let proto = w[2].to_ne_bytes()[1];
+    pkt.key.src[0] = w[3];
+    pkt.key.dst[0] = w[4];
+    let hdr_len = ((vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes([len_hi, len_lo]) as usize;
     let available = ctx.data_end() - ctx.data() - offset;
-    if ip.vihl >> 4 != 4 || hdr_len < Ipv4Hdr::LEN || tot_len < hdr_len || tot_len > available {
-        return suspect(verdict::DROP_MALFORMED);
+    if vihl >> 4 != 4 || hdr_len < Ipv4Hdr::LEN || tot_len < hdr_len || tot_len > available {
+        return Parsed::Suspect {
+            reason: verdict::DROP_MALFORMED,
+        };
     }
-    if u16::from_be_bytes(ip.frags) & IPV4_MF_OFFSET_MASK != 0 {
-        return suspect(verdict::DROP_FRAGMENT);
+    if u16::from_be_bytes([frag_hi, frag_lo]) & IPV4_MF_OFFSET_MASK != 0 {
+        return Parsed::Suspect {
+            reason: verdict::DROP_FRAGMENT,
+        };
     }
-    let proto = ip.proto;
-    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    pkt.key.proto = proto;
+    pkt.l4_off = (offset + hdr_len) as u16;
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Parsed::Other(Packet {
-            key: FlowKey {
-                src,
-                dst,
-                sport: 0,
-                dport: 0,
-                proto,
-                family: FAMILY_V4,
-                _pad: [0; 2],
-            },
-            tcp_flags: 0,
-            l3_off: offset as u16,
-            l4_off: (offset + hdr_len) as u16,
-        });
+        return Parsed::Other;
     }
-    match ports(ctx, offset + hdr_len, proto, tot_len - hdr_len) {
-        Some((sport, dport, flags)) => Parsed::Flow(Packet {
-            key: FlowKey {
-                src,
-                dst,
-                sport,
-                dport,
-                proto,
-                family: FAMILY_V4,
-                _pad: [0; 2],
-            },
-            tcp_flags: flags,
-            l3_off: offset as u16,
-            l4_off: (offset + hdr_len) as u16,
-        }),
-        None => suspect(verdict::DROP_MALFORMED),
-    }
+    l4(ctx, offset + hdr_len, proto, tot_len - hdr_len, pkt)
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, offset: usize) -> Parsed {
+fn parse_v6(ctx: &XdpContext, offset: usize, pkt: &mut Packet) -> Parsed {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
         return Parsed::NotOurs;
     };
     let ip = unsafe { &*ip };
-    let dst = addr6(&ip.dst_addr);
-    let suspect = |reason| Parsed::Suspect {
-        family: FAMILY_V6,
-        l3_off: offset as u16,
-        reason,
-    };
+    pkt.key.dst = addr6(&ip.dst_addr);
+    pkt.key.src = addr6(&ip.src_addr);
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     let available = ctx.data_end() - ctx.data() - offset - Ipv6Hdr::LEN;
+    let malformed = Parsed::Suspect {
+        reason: verdict::DROP_MALFORMED,
+    };
     if ip.vcf[0] >> 4 != 6 || payload_len > available {
-        return suspect(verdict::DROP_MALFORMED);
+        return malformed;
     }
-    let Some((next, l4, ext_len)) = walk_v6(ctx, ip.next_hdr, offset + Ipv6Hdr::LEN) else {
-        return suspect(verdict::DROP_MALFORMED);
+    let Some((next, l4_off, ext_len)) = walk_v6(ctx, ip.next_hdr, offset + Ipv6Hdr::LEN) else {
+        return malformed;
     };
     if next == IPPROTO_FRAGMENT {
-        return suspect(verdict::DROP_FRAGMENT);
+        return Parsed::Suspect {
+            reason: verdict::DROP_FRAGMENT,
+        };
     }
     if next != PROTO_TCP && next != PROTO_UDP {
         if ipv6_ext(next) {
             // More headers than walked: the L4 header is out of reach.
-            return suspect(verdict::DROP_EXT_HEADERS);
+            return Parsed::Suspect {
+                reason: verdict::DROP_EXT_HEADERS,
+            };
         }
-        return Parsed::Other(Packet {
-            key: FlowKey {
-                src: addr6(&ip.src_addr),
-                dst,
-                sport: 0,
-                dport: 0,
-                proto: next,
-                family: FAMILY_V6,
-                _pad: [0; 2],
-            },
-            tcp_flags: 0,
-            l3_off: offset as u16,
-            l4_off: l4 as u16,
-        });
+        pkt.key.proto = next;
+        pkt.l4_off = l4_off as u16;
+        return Parsed::Other;
     }
     if ext_len > payload_len {
-        return suspect(verdict::DROP_MALFORMED);
+        return malformed;
     }
-    match ports(ctx, l4, next, payload_len - ext_len) {
-        Some((sport, dport, flags)) => Parsed::Flow(Packet {
-            key: FlowKey {
-                src: addr6(&ip.src_addr),
-                dst,
-                sport,
-                dport,
-                proto: next,
-                family: FAMILY_V6,
-                _pad: [0; 2],
-            },
-            tcp_flags: flags,
-            l3_off: offset as u16,
-            l4_off: l4 as u16,
-        }),
-        None => suspect(verdict::DROP_MALFORMED),
+    pkt.key.proto = next;
+    pkt.l4_off = l4_off as u16;
+    l4(ctx, l4_off, next, payload_len - ext_len, pkt)
+}
+
+/// Fills the ports and TCP flags from the TCP or UDP header at `offset`: [`Parsed::Flow`], or
+/// a malformed [`Parsed::Suspect`] (see [`ports`]).
+#[inline(always)]
+fn l4(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize, pkt: &mut Packet) -> Parsed {
+    match ports(ctx, offset, proto, l4_len) {
+        Some((sport, dport, flags)) => {
+            pkt.key.sport = sport;
+            pkt.key.dport = dport;
+            pkt.tcp_flags = flags;
+            Parsed::Flow
+        }
+        None => Parsed::Suspect {
+            reason: verdict::DROP_MALFORMED,
+        },
     }
 }
 
@@ -417,30 +412,29 @@ fn first_fragment_ports(
 /// redundant from the earlier IP length checks and drops it, and the verifier rejects the read.
 #[inline(always)]
 fn ports(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<(u16, u16, u8)> {
+    // Halfword loads (see [`ptr_at`]): the ports, then (data offset, flags) or UDP's length.
     let (hdr, min, flags) = if proto == PROTO_TCP {
-        let tcp = unsafe { &*ptr_at::<[u8; 20]>(ctx, offset)? };
+        let tcp = ptr_at::<[u16; 10]>(ctx, offset)?;
+        let tcp = unsafe { *tcp };
+        let [off, flags] = tcp[6].to_ne_bytes();
         // Data offset below 5 words is not a TCP header.
-        let doff = tcp[12] >> 4;
+        let doff = off >> 4;
         if doff < 5 {
             return None;
         }
-        ([tcp[0], tcp[1], tcp[2], tcp[3]], doff as usize * 4, tcp[13])
+        ([tcp[0], tcp[1]], doff as usize * 4, flags)
     } else {
-        let udp = unsafe { &*ptr_at::<[u8; 8]>(ctx, offset)? };
-        let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        let udp = unsafe { *ptr_at::<[u16; 4]>(ctx, offset)? };
+        let ulen = u16::from_be(udp[2]) as usize;
         if ulen < 8 || ulen > l4_len {
             return None;
         }
-        ([udp[0], udp[1], udp[2], udp[3]], 8, 0)
+        ([udp[0], udp[1]], 8, 0)
     };
     if l4_len < min {
         return None;
     }
-    Some((
-        u16::from_ne_bytes([hdr[0], hdr[1]]),
-        u16::from_ne_bytes([hdr[2], hdr[3]]),
-        flags,
-    ))
+    Some((hdr[0], hdr[1], flags))
 }
 
 /// An ICMPv6 neighbour-discovery message (router/neighbour solicitation and advertisement,
@@ -610,10 +604,15 @@ pub fn martian(src: &Addr, family: u8) -> bool {
 
 #[inline(always)]
 fn addr6(a: &[u8; 16]) -> Addr {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+    // Four 4-byte loads (see [`ptr_at`]) instead of sixteen byte loads and their shifts;
+    // volatile so that LLVM does not turn the copy into a call to memcpy (a BPF subprogram).
+    let w = a.as_ptr() as *const u32;
+    unsafe {
+        [
+            core::ptr::read_volatile(w),
+            core::ptr::read_volatile(w.add(1)),
+            core::ptr::read_volatile(w.add(2)),
+            core::ptr::read_volatile(w.add(3)),
+        ]
+    }
 }
