@@ -313,8 +313,7 @@ mod prog {
     fn sanity(ctx: &XdpContext, pkt: &Packet) -> Result<(), u32> {
         let key = &pkt.key;
         if key.family == FAMILY_V4 {
-            // The IP header is at 14, 18 or 22 (VLAN tags); the mask tells the verifier so.
-            parse::ipv4_header_ok(ctx, pkt.l3_off as usize & 0x3f)?;
+            parse::ipv4_header_ok(ctx, pkt)?;
         }
         if key.proto == PROTO_TCP && !parse::tcp_flags_valid(pkt.tcp_flags) {
             return Err(verdict::DROP_BAD_TCP_FLAGS);

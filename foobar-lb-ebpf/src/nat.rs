@@ -68,6 +68,8 @@ fn normalize(pkt: &Packet) -> Option<Packet> {
             tcp_flags: core::ptr::read_volatile(&(*s).tcp_flags),
             l3_off: core::ptr::read_volatile(&(*s).l3_off),
             l4_off: core::ptr::read_volatile(&(*s).l4_off),
+            // The header was judged before any NAT path (`sanity`).
+            ip_sum: 0,
         })
     }
 }

@@ -46,6 +46,9 @@ pub struct Packet {
     /// IPv6 extension headers): what a rewrite that touches L3/L4 fields needs.
     pub l3_off: u16,
     pub l4_off: u16,
+    /// IPv4: the one's-complement sum of the fixed header's five words, taken while parsing had
+    /// them in registers, so that [`ipv4_header_ok`] need not read them again.
+    pub ip_sum: u64,
 }
 
 impl Packet {
@@ -191,6 +194,7 @@ fn parse_v4(ctx: &XdpContext, offset: usize, pkt: &mut Packet) -> Parsed {
     let proto = w[2].to_ne_bytes()[1];
     pkt.key.src[0] = w[3];
     pkt.key.dst[0] = w[4];
+    pkt.ip_sum = w[0] as u64 + w[1] as u64 + w[2] as u64 + w[3] as u64 + w[4] as u64;
     let hdr_len = ((vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes([len_hi, len_lo]) as usize;
     let available = ctx.data_end() - ctx.data() - offset;
@@ -531,11 +535,13 @@ pub fn tcp_flags_valid(flags: u8) -> bool {
 /// IPv4 header checks left out of parsing so that traffic not for a VIP does not pay for them:
 /// the header checksum, and source-route options (LSRR/SSRR), which a host must not honour.
 #[inline(always)]
-pub fn ipv4_header_ok(ctx: &XdpContext, l3_off: usize) -> Result<(), u32> {
-    let words = ptr_at::<[u32; 5]>(ctx, l3_off).ok_or(verdict::DROP_MALFORMED)?;
-    let w = unsafe { &*words };
-    let ihl = (w[0].to_ne_bytes()[0] & 0x0f) as usize;
-    let mut sum = w[0] as u64 + w[1] as u64 + w[2] as u64 + w[3] as u64 + w[4] as u64;
+pub fn ipv4_header_ok(ctx: &XdpContext, pkt: &Packet) -> Result<(), u32> {
+    let mut sum = pkt.ip_sum;
+    // The IP header is at 14, 18 or 22 (VLAN tags); the mask tells the verifier so.
+    let l3_off = pkt.l3_off as usize & 0x3f;
+    // (version/IHL, TOS) as one 2-byte load (see `source_route`).
+    let first = ptr_at::<[u8; 2]>(ctx, l3_off).ok_or(verdict::DROP_MALFORMED)?;
+    let ihl = (unsafe { (*first)[0] } & 0x0f) as usize;
     if ihl > 5 {
         // Options (rare): up to 10 more words; parse_v4 checked that the header fits.
         for i in 5..15 {
