@@ -539,9 +539,8 @@ pub fn ipv4_header_ok(ctx: &XdpContext, pkt: &Packet) -> Result<(), u32> {
     let mut sum = pkt.ip_sum;
     // The IP header is at 14, 18 or 22 (VLAN tags); the mask tells the verifier so.
     let l3_off = pkt.l3_off as usize & 0x3f;
-    // (version/IHL, TOS) as one 2-byte load (see `source_route`).
-    let first = ptr_at::<[u8; 2]>(ctx, l3_off).ok_or(verdict::DROP_MALFORMED)?;
-    let ihl = (unsafe { (*first)[0] } & 0x0f) as usize;
+    // The header's length in words, as parsing found it (no packet read).
+    let ihl = (pkt.l4_off.wrapping_sub(pkt.l3_off) as usize >> 2) & 0x0f;
     if ihl > 5 {
         // Options (rare): up to 10 more words; parse_v4 checked that the header fits.
         for i in 5..15 {
