@@ -145,7 +145,7 @@ mod prog {
             if fw.flags != 0 {
                 firewall::filter_rules(fw, key, len)?;
             }
-            if let Some(v) = nat::reply(ctx, &pkt, fw) {
+            if let Some(v) = nat::reply(ctx, pkt, fw) {
                 return v;
             }
             return pass;
@@ -170,7 +170,7 @@ mod prog {
                 return firewall_then_pass(fw, key, true, true, pass_as);
             }
         };
-        if let Err(reason) = sanity(ctx, &pkt) {
+        if let Err(reason) = sanity(ctx, pkt) {
             if in_vips(&key.dst, key.family) {
                 return Err(reason);
             }
@@ -193,15 +193,15 @@ mod prog {
                 IPPROTO_ICMPV6
             };
             if key.proto == icmp {
-                if let Some(flow) = parse::icmp_error_flow(ctx, &pkt) {
+                if let Some(flow) = parse::icmp_error_flow(ctx, pkt) {
                     if let Some((id, backend, _)) = select::established(&flow) {
                         return forward(
                             ctx,
-                            &pkt,
+                            pkt,
                             iface,
                             owner_service(backend.owner),
                             id,
-                            &backend,
+                            backend,
                             len,
                         );
                     }
@@ -209,7 +209,7 @@ mod prog {
             }
             // Neighbour discovery for a VIP is IPv6's ARP: the host must answer it whatever
             // the VIP policy, or neighbours lose the VIP.
-            if key.family == FAMILY_V6 && key.proto == IPPROTO_ICMPV6 && parse::is_nd(ctx, &pkt) {
+            if key.family == FAMILY_V6 && key.proto == IPPROTO_ICMPV6 && parse::is_nd(ctx, pkt) {
                 return pass;
             }
             return vip_policy(ctx, fw, key).and(pass);
@@ -239,14 +239,14 @@ mod prog {
                     unsafe { (*flow).seen = next };
                 }
                 let service_id = owner_service(backend.owner);
-                return forward(ctx, &pkt, iface, service_id, id, &backend, len);
+                return forward(ctx, pkt, iface, service_id, id, backend, len);
             }
         }
         // A tracked NAT connection (see nat.rs), looked up only after the DSR table missed.
         if fw.flags & FW_HAS_NAT != 0 {
-            if let Some((id, backend)) = nat::established(&pkt, fw, checked, len)? {
+            if let Some((id, backend)) = nat::established(pkt, fw, checked, len)? {
                 let service_id = owner_service(backend.owner);
-                return forward(ctx, &pkt, iface, service_id, id, &backend, len);
+                return forward(ctx, pkt, iface, service_id, id, &backend, len);
             }
         }
         if fw.flags != 0 && !checked {
@@ -255,7 +255,7 @@ mod prog {
         // A NAT backend's reply to a client whose address shares a VIP's prefilter bit comes
         // this way (the prefilter could not prove it no VIP); the exact VIP set can.
         if fw.flags & FW_HAS_NAT != 0 && !in_vips(&key.dst, key.family) {
-            if let Some(v) = nat::reply(ctx, &pkt, fw) {
+            if let Some(v) = nat::reply(ctx, pkt, fw) {
                 return v;
             }
         }
@@ -287,9 +287,9 @@ mod prog {
             }
         })?;
         if svc.flags & SVC_NAT != 0 {
-            nat::open(ctx, &pkt, svc.id, id, &backend, gen)?;
+            nat::open(ctx, pkt, svc.id, id, &backend, gen)?;
         }
-        forward(ctx, &pkt, iface, svc.id, id, &backend, len)
+        forward(ctx, pkt, iface, svc.id, id, &backend, len)
     }
 
     #[inline(always)]

@@ -57,7 +57,7 @@ impl Packet {
     #[inline(always)]
     pub fn zeroed(slot: &mut mem::MaybeUninit<Packet>) -> &mut Packet {
         const WORDS: usize = mem::size_of::<Packet>() / 8;
-        const _: () = assert!(mem::size_of::<Packet>() % 8 == 0);
+        const _: () = assert!(mem::size_of::<Packet>().is_multiple_of(8));
         let w = slot.as_mut_ptr() as *mut u64;
         for i in 0..WORDS {
             // SAFETY: within the slot; u64 stores of zero make every field valid.
