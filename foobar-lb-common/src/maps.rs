@@ -241,7 +241,11 @@ pub struct Backend {
     /// [`FWD_NAT`]: the port the destination port becomes, network byte order (0 in other
     /// modes).
     pub port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// [`FWD_NAT`]: the interface the backend is on, when it is not the one the client's
+    /// packet came in on (a two-arm balancer: the packet is redirected there). 0: the receiving
+    /// interface (what entries written before this field hold).
+    pub ifindex: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
