@@ -64,6 +64,12 @@ pub enum DataplaneError {
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
+    #[error("cannot read the kernel's accounting of map {map}")]
+    Fdinfo {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot load the XDP program into the kernel")]
     Program(#[source] ProgramError),
     #[error("cannot attach XDP to {iface} in {mode} mode")]
