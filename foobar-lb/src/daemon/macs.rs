@@ -89,10 +89,14 @@ impl Daemon {
                     mac,
                     ifindex: n.ifindex,
                 };
-                if self.macs.get(&n.addr) != Some(&at) {
-                    let m = neighbor::format_mac(&mac);
-                    log::info!(event = "neighbour", backend:% = n.addr, mac = m.as_str(); "backend {} is at {m} (neighbour event)", n.addr);
-                    self.macs.insert(n.addr, at);
+                let known = self.macs.insert(n.addr, at);
+                if known != Some(at) {
+                    // Only a new MAC is news to the operator (an interface first learned
+                    // after adoption, which knows none, is not).
+                    if known.map(|k| k.mac) != Some(mac) {
+                        let m = neighbor::format_mac(&mac);
+                        log::info!(event = "neighbour", backend:% = n.addr, mac = m.as_str(); "backend {} is at {m} (neighbour event)", n.addr);
+                    }
                     changed = true;
                 }
             } else if n.state == neighbor::Nud::Failed && self.neighbour_failed.insert(n.addr) {
@@ -132,7 +136,9 @@ impl Daemon {
         for addr in addrs {
             match table.get(&addr) {
                 Some(at) if self.macs.get(&addr) != Some(at) => {
-                    log::info!("backend {addr} is at {}", neighbor::format_mac(&at.mac));
+                    if self.macs.get(&addr).map(|k| k.mac) != Some(at.mac) {
+                        log::info!("backend {addr} is at {}", neighbor::format_mac(&at.mac));
+                    }
                     self.macs.insert(addr, *at);
                     changed = true;
                 }
