@@ -11,6 +11,12 @@ pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_IFACES: &str = "IFACES";
+/// The interfaces frames may be redirected to (a `DEVMAP_HASH`: ifindex -> itself): every
+/// interface of ours, written with [`MAP_IFACES`]. Through a devmap, redirected frames are
+/// queued and flushed in bulk, once per NAPI poll.
+pub const MAP_EGRESS: &str = "EGRESS";
+/// Interfaces [`MAP_EGRESS`] holds.
+pub const MAX_EGRESS: u32 = 64;
 pub const MAP_BACKEND_ADMIN: &str = "BACKEND_ADMIN";
 pub const MAP_FLOW_CLOCK: &str = "FLOW_CLOCK";
 pub const MAP_IFACE_VLANS: &str = "IFACE_VLANS";

@@ -34,14 +34,16 @@ pub fn forward(
 }
 
 /// The action that sends a rewritten frame out of `ifindex`: XDP_TX on the interface it came
-/// in on, else XDP_REDIRECT (the helper's answer: XDP_ABORTED if it refuses the index).
+/// in on, else XDP_REDIRECT through the devmap of our interfaces (`EGRESS`); XDP_ABORTED if
+/// `ifindex` is not one of them.
 #[inline(always)]
 pub fn out_by(ctx: &XdpContext, ifindex: u32) -> u32 {
     if ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
     } else {
-        // SAFETY: a helper call with scalar arguments.
-        unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+        crate::maps::EGRESS
+            .redirect(ifindex, xdp_action::XDP_ABORTED as u64)
+            .unwrap_or(xdp_action::XDP_ABORTED)
     }
 }
 
