@@ -11,6 +11,12 @@ pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_IFACES: &str = "IFACES";
+/// The interfaces frames may be redirected to (a `DEVMAP_HASH`: ifindex -> itself): every
+/// interface of ours, written with [`MAP_IFACES`]. Through a devmap, redirected frames are
+/// queued and flushed in bulk, once per NAPI poll.
+pub const MAP_EGRESS: &str = "EGRESS";
+/// Interfaces [`MAP_EGRESS`] holds.
+pub const MAX_EGRESS: u32 = 64;
 pub const MAP_BACKEND_ADMIN: &str = "BACKEND_ADMIN";
 pub const MAP_FLOW_CLOCK: &str = "FLOW_CLOCK";
 pub const MAP_IFACE_VLANS: &str = "IFACE_VLANS";
@@ -241,7 +247,11 @@ pub struct Backend {
     /// [`FWD_NAT`]: the port the destination port becomes, network byte order (0 in other
     /// modes).
     pub port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// [`FWD_NAT`]: the interface the backend is on, when it is not the one the client's
+    /// packet came in on (a two-arm balancer: the packet is redirected there). 0: the receiving
+    /// interface (what entries written before this field hold).
+    pub ifindex: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 

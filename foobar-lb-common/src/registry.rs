@@ -23,6 +23,7 @@ pub enum MapKind {
     Array = 2,
     PerCpuArray = 6,
     LruHash = 9,
+    DevMapHash = 25,
     RingBuf = 27,
 }
 
@@ -37,6 +38,7 @@ impl MapKind {
             MapKind::Array,
             MapKind::PerCpuArray,
             MapKind::LruHash,
+            MapKind::DevMapHash,
             MapKind::RingBuf,
         ]
         .into_iter()
@@ -109,6 +111,9 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, u64>(MAP_RR_CURSORS, Array, MAX_SERVICES, 0, true),
     spec::<u32, Iface>(MAP_IFACES, Array, MAX_IFINDEX, 0, true),
     spec::<VlanKey, u32>(MAP_IFACE_VLANS, Hash, MAX_IFACE_VLANS, 0, true),
+    // Redirect targets (`struct bpf_devmap_val`: ifindex, program): written with the
+    // interfaces at every start, so never pinned.
+    spec::<u32, [u32; 2]>(MAP_EGRESS, DevMapHash, MAX_EGRESS, 0, false),
     // Per-packet scratch: no state, so never pinned.
     spec::<u32, SuspectScratch>(MAP_SUSPECT_SCRATCH, PerCpuArray, 1, 0, false),
     spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, 0, true),

@@ -77,8 +77,12 @@ pub mod verdict {
     /// scheduled anew, and the refusal is counted per backend (`BACKEND_REFUSED`) for the
     /// controller's passive health (`observe = "layer4"`).
     pub const DROP_SYN_REFUSED: u32 = 26;
+    /// Forwarded to a backend, or a NAT reply sent to its client, out of another interface
+    /// than the one it came in on (XDP_REDIRECT: a two-arm balancer, or a full-NAT backend
+    /// the FIB reaches through another interface).
+    pub const TX_REDIRECT: u32 = 27;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Names in index order, for stats output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -109,6 +113,7 @@ pub mod verdict {
         "drop_fib_no_neigh",
         "drop_fib_no_route",
         "drop_syn_refused",
+        "tx_redirect",
     ];
 }
 

@@ -50,8 +50,22 @@ mod prog {
         }
         let action = if reason == verdict::ABORTED {
             xdp_action::XDP_ABORTED
+        } else if action & rewrite::EGRESS != 0 {
+            // A NAT backend on another interface (see `rewrite::EGRESS`).
+            rewrite::redirect(&ctx, action)
         } else {
             action
+        };
+        // Sent out of another interface (a two-arm balancer): counted apart. A redirect the
+        // helper refused (XDP_ABORTED) is counted as aborted, not as sent.
+        let reason = match action {
+            xdp_action::XDP_REDIRECT
+                if reason == verdict::TX || reason == verdict::TX_NAT_REPLY =>
+            {
+                verdict::TX_REDIRECT
+            }
+            xdp_action::XDP_ABORTED => verdict::ABORTED,
+            _ => reason,
         };
         stats::count_verdict(reason);
         action

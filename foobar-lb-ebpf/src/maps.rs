@@ -5,14 +5,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
     FlowValue, FwWords, Iface, NatFwd, NatRev, NatScratch, PrefixLens, RateKey, RuleSet,
     ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS,
-    MAX_BLOCKED, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES,
-    MAX_SERVICES, MAX_SNAT_ENTRIES, MAX_VIP_POLICY_IFACES,
+    MAX_BLOCKED, MAX_EGRESS, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES,
+    MAX_RULES, MAX_SERVICES, MAX_SNAT_ENTRIES, MAX_VIP_POLICY_IFACES,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller
@@ -56,6 +56,11 @@ pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 /// frames take it as their source MAC.
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
+
+/// Ifindex -> the same interface, for XDP_REDIRECT (`rewrite::out_by`): every interface of
+/// ours, so a redirect is queued and flushed in bulk.
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS, 0);
 
 /// (ifindex, VLAN id) of the VLANs whose tagged frames an interface balances; looked up only
 /// for tagged frames.

@@ -11,7 +11,7 @@ use network_types::eth::EthHdr;
 use crate::parse::Packet;
 
 /// Rewrites the frame for `backend`; returns the XDP action that sends it (XDP_TX, or
-/// XDP_REDIRECT for a full-NAT backend reached through another interface). A mode this
+/// XDP_REDIRECT for a NAT or full-NAT backend reached through another interface). A mode this
 /// program does not know is never guessed at: the packet is aborted (counted) rather than
 /// sent somewhere wrong.
 #[inline(always)]
@@ -25,7 +25,7 @@ pub fn forward(
         FWD_DSR => set_macs(ctx, &backend.mac, &iface.mac).map(|_| xdp_action::XDP_TX),
         // Destination NAT: the connection is tracked (`nat::open`) before its first packet
         // gets here.
-        FWD_NAT => crate::nat::forward(ctx, pkt, iface, backend).map(|_| xdp_action::XDP_TX),
+        FWD_NAT => crate::nat::forward(ctx, pkt, iface, backend),
         // Full NAT: the connection (`nat::open` or `nat::established`) left its addresses,
         // ports and next hop in the NAT scratch.
         FWD_FULLNAT => crate::nat::forward_full(ctx, pkt),
@@ -34,15 +34,51 @@ pub fn forward(
 }
 
 /// The action that sends a rewritten frame out of `ifindex`: XDP_TX on the interface it came
-/// in on, else XDP_REDIRECT (the helper's answer: XDP_ABORTED if it refuses the index).
+/// in on, else XDP_REDIRECT through the devmap of our interfaces (`EGRESS`); XDP_ABORTED if
+/// `ifindex` is not one of them.
 #[inline(always)]
 pub fn out_by(ctx: &XdpContext, ifindex: u32) -> u32 {
     if ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
     } else {
-        // SAFETY: a helper call with scalar arguments.
-        unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+        crate::maps::EGRESS
+            .redirect(ifindex, xdp_action::XDP_ABORTED as u64)
+            .unwrap_or(xdp_action::XDP_ABORTED)
     }
+}
+
+/// An action [`forward`] returns instead of XDP_TX for a NAT backend on another interface
+/// than the receiving one (a two-arm balancer): "send out of interface
+/// `action & EGRESS_IFINDEX`", done by [`redirect`] at the program's exit. Above every XDP
+/// action; the interfaces of ours are below `MAX_IFINDEX`.
+pub const EGRESS: u32 = 1 << 16;
+pub const EGRESS_IFINDEX: u32 = EGRESS - 1;
+const _: () = assert!(foobar_lb_common::MAX_IFINDEX == EGRESS);
+
+/// Sends a frame [`forward`] marked with [`EGRESS`] out of that interface, with the
+/// interface's MAC as its source (XDP_REDIRECT); XDP_TX if it is the receiving interface
+/// after all. An interface that is not ours aborts.
+#[inline(always)]
+pub fn redirect(ctx: &XdpContext, action: u32) -> u32 {
+    let ifindex = action & EGRESS_IFINDEX;
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        return xdp_action::XDP_TX;
+    }
+    let Some(iface) = crate::maps::IFACES.get(ifindex) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let start = ctx.data();
+    if iface.flags & foobar_lb_common::IFACE_ACTIVE == 0 || start + EthHdr::LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the Ethernet header is in bounds (checked above); see `set_macs`.
+    unsafe {
+        let p = start as *mut u8;
+        let own = iface.mac.as_ptr();
+        *(p.add(6) as *mut u32) = *(own as *const u32);
+        *(p.add(10) as *mut u16) = *(own.add(4) as *const u16);
+    }
+    out_by(ctx, ifindex)
 }
 
 /// Which end of the packet a NAT translation rewrites.

@@ -12,6 +12,20 @@ use crate::schedule::Scheduler;
 /// A MAC address on the load balancer's segment.
 pub type Mac = [u8; 6];
 
+/// A backend on one of the balancer's segments, as its neighbour entry says: its MAC and the
+/// interface the entry is on (a NAT backend's packets leave by that one: with clients on
+/// another interface, the balancer is two-armed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnLink {
+    pub mac: Mac,
+    pub ifindex: u32,
+}
+
+/// The `mac` of a backend whose next hop the data plane finds itself (full NAT: the kernel's
+/// FIB lookup at each new connection), so it needs no neighbour entry of its own: it may sit
+/// behind a router.
+pub const NEXT_HOP_BY_FIB: Mac = [0; 6];
+
 /// What the operator and the health checks want for one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +55,13 @@ pub enum Forwarding {
 }
 
 impl Forwarding {
+    /// Whether the data plane sends to the backend's own MAC (the backend is on the
+    /// balancer's L2 segment and the controller must resolve it). Full NAT does not: the
+    /// program asks the kernel's FIB for the next hop, so the backend may be anywhere routable.
+    pub fn needs_mac(self) -> bool {
+        !matches!(self, Forwarding::FullNat { .. })
+    }
+
     /// The `FWD_*` value the data plane reads from `Backend::fwd_mode`.
     pub fn wire(self) -> u8 {
         match self {
@@ -78,7 +99,11 @@ impl Forwarding {
 pub struct BackendSpec {
     pub addr: IpAddr,
     /// `None` while the MAC is unknown: such a backend cannot be sent anything.
+    /// [`NEXT_HOP_BY_FIB`] where the forwarding needs none ([`Forwarding::needs_mac`]).
     pub mac: Option<Mac>,
+    /// NAT: the interface the backend's neighbour entry is on (`Backend::ifindex`); 0 (the
+    /// interface the client's packet came in on) in other modes and where unknown.
+    pub ifindex: u32,
     pub state: BackendState,
     pub weight: u32,
     pub forwarding: Forwarding,

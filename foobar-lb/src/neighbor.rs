@@ -26,7 +26,10 @@ use netlink_packet_route::{
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, TokioSocket};
 
-use crate::{desired::Mac, netdev};
+use crate::{
+    desired::{Mac, OnLink},
+    netdev,
+};
 
 /// Neighbour-table failures. An underlying error is the `source`, printed once by the caller's
 /// `{:#}`.
@@ -221,17 +224,26 @@ fn dump_io() -> std::io::Result<Vec<Neighbour>> {
     }
 }
 
-/// The usable entries of `entries` on the interfaces numbered `ifindexes`.
-pub fn usable_on(entries: &[Neighbour], ifindexes: &HashSet<u32>) -> HashMap<IpAddr, Mac> {
+/// The usable entries of `entries` on the interfaces numbered `ifindexes`, with the interface
+/// each is on.
+pub fn usable_on(entries: &[Neighbour], ifindexes: &HashSet<u32>) -> HashMap<IpAddr, OnLink> {
     entries
         .iter()
         .filter(|n| ifindexes.contains(&n.ifindex))
-        .filter_map(|n| Some((n.addr, n.mac?)))
+        .filter_map(|n| {
+            Some((
+                n.addr,
+                OnLink {
+                    mac: n.mac?,
+                    ifindex: n.ifindex,
+                },
+            ))
+        })
         .collect()
 }
 
 /// Every usable entry of the neighbour table on `interfaces` (one dump).
-pub fn table(interfaces: &[String]) -> Result<HashMap<IpAddr, Mac>, NeighborError> {
+pub fn table(interfaces: &[String]) -> Result<HashMap<IpAddr, OnLink>, NeighborError> {
     let ifindexes: HashSet<u32> = interfaces
         .iter()
         .filter_map(|i| netdev::ifindex(i).ok())
@@ -245,7 +257,7 @@ pub fn resolve_all(
     addrs: &[IpAddr],
     interfaces: &[String],
     timeout: Duration,
-) -> Result<HashMap<IpAddr, Mac>, NeighborError> {
+) -> Result<HashMap<IpAddr, OnLink>, NeighborError> {
     let start = Instant::now();
     let mut found = HashMap::new();
     let mut poked = false;
@@ -303,7 +315,7 @@ pub fn poke_all(addrs: &[IpAddr]) {
 }
 
 /// The MAC of `addr` in the neighbour table, if a usable entry exists on one of `interfaces`.
-pub fn lookup(addr: IpAddr, interfaces: &[String]) -> Result<Option<Mac>, NeighborError> {
+pub fn lookup(addr: IpAddr, interfaces: &[String]) -> Result<Option<OnLink>, NeighborError> {
     Ok(table(interfaces)?.get(&addr).copied())
 }
 
@@ -758,6 +770,15 @@ mod tests {
             },
         ];
         let table = usable_on(&entries, &[3].into());
-        assert_eq!(table, HashMap::from([(A, MAC)]));
+        assert_eq!(
+            table,
+            HashMap::from([(
+                A,
+                OnLink {
+                    mac: MAC,
+                    ifindex: 3
+                }
+            )])
+        );
     }
 }

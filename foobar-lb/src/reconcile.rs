@@ -109,6 +109,8 @@ pub struct Written {
     /// The id's generation when it was given to this backend (see `foobar_lb_common::owner`).
     pub generation: u16,
     pub mac: Mac,
+    /// `Backend::ifindex`: the NAT backend's interface (0: the receiving one).
+    pub ifindex: u32,
     pub forwarding: Forwarding,
     /// `ADMIN_*` bits as written in `BACKEND_ADMIN`.
     pub admin: u32,
@@ -240,6 +242,7 @@ impl Reconciler {
                         id: *id,
                         generation: owner_generation(b.owner),
                         mac: b.mac,
+                        ifindex: b.ifindex,
                         forwarding,
                         admin: admin
                             .iter()
@@ -380,7 +383,11 @@ impl Reconciler {
                 let old = w.backends.get(&b.addr).cloned();
                 let (id, generation) = match &old {
                     // Forwarding fields of an id in use never change: packets may hold it.
-                    Some(o) if o.mac == mac && o.forwarding == b.forwarding => {
+                    Some(o)
+                        if o.mac == mac
+                            && o.ifindex == b.ifindex
+                            && o.forwarding == b.forwarding =>
+                    {
                         if o.admin != b.admin {
                             ops.push(MapOp::SetBackendAdmin {
                                 id: o.id,
@@ -392,7 +399,7 @@ impl Reconciler {
                                 id: o.id,
                                 backend: entry(
                                     b.addr,
-                                    mac,
+                                    (mac, b.ifindex),
                                     b.forwarding,
                                     owner(w.id, o.generation),
                                     b.state,
@@ -424,7 +431,7 @@ impl Reconciler {
                             id,
                             backend: entry(
                                 b.addr,
-                                mac,
+                                (mac, b.ifindex),
                                 b.forwarding,
                                 owner(w.id, generation),
                                 b.state,
@@ -444,6 +451,7 @@ impl Reconciler {
                         id,
                         generation,
                         mac,
+                        ifindex: b.ifindex,
                         forwarding: b.forwarding,
                         admin: b.admin,
                         state: b.state,
@@ -574,7 +582,7 @@ fn retire(
         id: b.id,
         backend: entry(
             addr,
-            b.mac,
+            (b.mac, b.ifindex),
             b.forwarding,
             owner(service_id, b.generation),
             BackendState::Down,
@@ -592,9 +600,10 @@ fn decode_addr(a: &foobar_lb_common::Addr, family: u8) -> IpAddr {
     }
 }
 
+/// A backend entry; `(mac, ifindex)`: its MAC and, for NAT, the interface it is on.
 fn entry(
     addr: IpAddr,
-    mac: Mac,
+    (mac, ifindex): (Mac, u32),
     forwarding: Forwarding,
     owner: u32,
     state: BackendState,
@@ -606,7 +615,8 @@ fn entry(
         family,
         fwd_mode: forwarding.wire(),
         port: forwarding.wire_port(),
-        _pad: [0; 6],
+        _pad: [0; 2],
+        ifindex,
         owner,
         state: match state {
             BackendState::Active => BACKEND_ACTIVE,
@@ -640,6 +650,7 @@ mod tests {
                 .map(|&(a, m, state)| BackendSpec {
                     addr: a.parse().unwrap(),
                     mac: (m != 0).then_some([2, 0, 0, 0, 0, m]),
+                    ifindex: 0,
                     state,
                     weight: 1,
                     forwarding: Forwarding::Dsr,

@@ -11,6 +11,7 @@ pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pair;
+pub mod routed;
 pub mod site;
 pub mod traffic;
 

@@ -186,3 +186,105 @@ fn a_fullnat_service_added_at_run_time_serves_and_is_dumped() {
     );
     assert_no_drops(&s.daemon);
 }
+
+/// Full NAT's backends may be anywhere routable: here each web server sits in a subnet of its
+/// own behind a router namespace, with a default route via the router and nothing else. The
+/// balancer has no neighbour entry for them (nor waits for one): its health checks reach them
+/// through the router, and its FIB lookup gives the router's MAC as each connection's next hop.
+#[test]
+fn fullnat_backends_behind_a_router_are_checked_and_served() {
+    use foobar_lb_tests::routed::{routed4, routed6, ROUTER4};
+    if !root_object_and_binary() {
+        return;
+    }
+    let mut topo = Topology::new("fr", 2).expect("topology");
+    topo.fullnat_setup().unwrap();
+    let _router = topo.backends_behind_router().unwrap();
+    topo.access_log = true;
+    for i in 1..=2 {
+        topo.start_nginx(topo.web(i), &format!("web{i}"), 8080)
+            .unwrap();
+        // Not on the balancer's link: reached through the router.
+        let route = topo.lb.ip(&["route", "get", &routed4(i)]).unwrap().stdout;
+        let route = String::from_utf8(route).unwrap();
+        assert!(route.contains(&format!("via {ROUTER4}")), "{route}");
+    }
+    let socket = topo.dir.join("control.sock");
+    let config = topo
+        .write_routed_fullnat_config("generic", &socket, 8080)
+        .unwrap();
+    let started = Instant::now();
+    let mut daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while foobar_lb_tests::traffic::try_get(&topo.client, &format!("http://{VIP4}/")).is_err() {
+        assert!(Instant::now() < deadline, "the VIP never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Start-up did not wait for ARP answers that never come (3 s per missing MAC).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("no ARP/NDP answer"), "{log}");
+    // Every backend, both families, checked up through the router.
+    foobar_lb_tests::load::wait_backends_up(&daemon);
+
+    let n = 20;
+    assert_even(&tally(&topo.client, &format!("http://{VIP4}/"), n), n);
+    assert_even(&tally(&topo.client, &format!("http://[{VIP6}]/"), 10), 10);
+    let want = topo.big_file("big16", 16).unwrap();
+    for url in [
+        format!("http://{VIP4}/big16"),
+        format!("http://[{VIP6}]/big16"),
+    ] {
+        let out = topo.dir.join("download");
+        assert_eq!(
+            download_sha256(&topo.client, &url, &out),
+            want,
+            "{url}: content differs"
+        );
+    }
+    // The backends saw the SNAT addresses, through the router.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 1..=2 {
+        let log = std::fs::read_to_string(topo.dir.join(format!("web{i}.access"))).unwrap();
+        assert!(log.lines().count() >= n / 2, "web{i}: {log}");
+        for line in log.lines() {
+            assert!(
+                line.starts_with(&format!("{SNAT4} ")) || line.starts_with(&format!("{SNAT6} ")),
+                "web{i} saw another source: {line}"
+            );
+        }
+    }
+    assert_no_drops(&daemon);
+
+    // Health-checked through the router: web2 stops listening, its checks fail, and new
+    // connections all go to web1; back when it listens again.
+    topo.stop_web(2).unwrap();
+    let web2_state = |d: &Daemon| {
+        d.stats()
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.address == routed4(2) || b.address == routed6(2))
+            .map(|b| b.state.clone())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while web2_state(&daemon).iter().any(|s| s == "active") {
+        assert!(Instant::now() < deadline, "{:?}", web2_state(&daemon));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = tally(&topo.client, &format!("http://{VIP4}/"), 6);
+    assert_eq!(seen.get("web1"), Some(&6), "{seen:?}");
+    topo.start_nginx(topo.web(2), "web2", 8080).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !web2_state(&daemon).iter().all(|s| s == "active") {
+        assert!(Instant::now() < deadline, "{:?}", web2_state(&daemon));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_even(&tally(&topo.client, &format!("http://{VIP4}/"), n), n);
+    assert!(daemon.stop());
+}

@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use foobar_lb_tests::netns::{Topology, VIP4, VIP6};
+use foobar_lb_tests::{
+    netns::{Topology, VIP4, VIP6},
+    routed::routed4,
+};
 
 use crate::{build, setup};
 
@@ -68,6 +71,9 @@ pub fn run(args: Args) -> Result<()> {
     topo.start_web(2)?;
     let _pass = topo.attach_lb_peer_pass()?;
     let socket = topo.dir.join("control.sock");
+    // Full NAT's backends need only a route: they sit behind a router namespace, each in a
+    // subnet of its own (kept alive until the demo ends).
+    let mut router = None;
     let config = match args.forwarding.as_str() {
         "nat" => {
             topo.nat_backends()?;
@@ -75,7 +81,13 @@ pub fn run(args: Args) -> Result<()> {
         }
         "fullnat" => {
             topo.fullnat_setup()?;
-            topo.write_fullnat_config(&args.xdp_mode, &socket, 80, "")?
+            router = Some(topo.backends_behind_router()?);
+            println!(
+                "demo: web1 and web2 moved behind a router namespace ({} and {})",
+                routed4(1),
+                routed4(2)
+            );
+            topo.write_routed_fullnat_config(&args.xdp_mode, &socket, 80)?
         }
         _ => topo.write_config(&args.xdp_mode, &socket)?,
     };
@@ -117,6 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         let _ = Command::new("kill").arg(daemon.id().to_string()).status();
         let _ = daemon.wait();
     }
+    drop(router);
     drop(topo);
     println!("demo: stopped; namespaces removed");
     if let Err(e) = result {

@@ -1,6 +1,8 @@
 //! Backend MAC addresses: resolved at start-up, then followed through the kernel's neighbour
 //! events (a MAC change or a FAILED entry is seen at once), with a full read of the table on
-//! the fallback timer; learned when a check passes. A backend without a MAC cannot be written.
+//! the fallback timer; learned when a check passes. A backend without a MAC cannot be written,
+//! but for full-NAT backends, which need none (the data plane's FIB lookup finds their next
+//! hop, see `desired::Forwarding::needs_mac`): they are not resolved at all.
 //! Link events about configured interfaces go to `interfaces::watch_interfaces`.
 
 use std::{
@@ -12,13 +14,17 @@ use std::{
 use anyhow::Result;
 
 use super::Daemon;
-use crate::{config::Config, desired::Mac, neighbor};
+use crate::{
+    config::{Config, ForwardingKind},
+    desired::OnLink,
+    neighbor,
+};
 
 /// How long start-up waits for backend MACs before going on without the missing ones.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Resolves every backend's MAC, waiting at most `RESOLVE_TIMEOUT`.
-pub(super) async fn resolve_all(config: &Config) -> Result<HashMap<IpAddr, Mac>> {
+pub(super) async fn resolve_all(config: &Config) -> Result<HashMap<IpAddr, OnLink>> {
     let addrs = backend_addrs(config);
     log::info!("resolving {} backend MAC address(es)", addrs.len());
     let ifaces = config.interfaces.clone();
@@ -79,10 +85,18 @@ impl Daemon {
             }
             if let Some(mac) = n.mac {
                 self.neighbour_failed.remove(&n.addr);
-                if self.macs.get(&n.addr) != Some(&mac) {
-                    let m = neighbor::format_mac(&mac);
-                    log::info!(event = "neighbour", backend:% = n.addr, mac = m.as_str(); "backend {} is at {m} (neighbour event)", n.addr);
-                    self.macs.insert(n.addr, mac);
+                let at = OnLink {
+                    mac,
+                    ifindex: n.ifindex,
+                };
+                let known = self.macs.insert(n.addr, at);
+                if known != Some(at) {
+                    // Only a new MAC is news to the operator (an interface first learned
+                    // after adoption, which knows none, is not).
+                    if known.map(|k| k.mac) != Some(mac) {
+                        let m = neighbor::format_mac(&mac);
+                        log::info!(event = "neighbour", backend:% = n.addr, mac = m.as_str(); "backend {} is at {m} (neighbour event)", n.addr);
+                    }
                     changed = true;
                 }
             } else if n.state == neighbor::Nud::Failed && self.neighbour_failed.insert(n.addr) {
@@ -121,9 +135,11 @@ impl Daemon {
         let mut changed = false;
         for addr in addrs {
             match table.get(&addr) {
-                Some(mac) if self.macs.get(&addr) != Some(mac) => {
-                    log::info!("backend {addr} is at {}", neighbor::format_mac(mac));
-                    self.macs.insert(addr, *mac);
+                Some(at) if self.macs.get(&addr) != Some(at) => {
+                    if self.macs.get(&addr).map(|k| k.mac) != Some(at.mac) {
+                        log::info!("backend {addr} is at {}", neighbor::format_mac(&at.mac));
+                    }
+                    self.macs.insert(addr, *at);
                     changed = true;
                 }
                 Some(_) => {}
@@ -142,16 +158,21 @@ impl Daemon {
             return;
         }
         // The check's own connection made the kernel resolve the MAC.
-        if let Ok(Some(mac)) = neighbor::lookup(addr, &self.config.interfaces) {
-            self.macs.insert(addr, mac);
+        if let Ok(Some(at)) = neighbor::lookup(addr, &self.config.interfaces) {
+            self.macs.insert(addr, at);
         }
     }
 }
 
+/// The backends whose MAC the data plane needs: not those of full-NAT services, whose next hop
+/// the program finds by the kernel's FIB (they may sit behind a router, where no ARP/NDP
+/// answer ever comes, and waiting for one would only delay start-up and fill the log). An
+/// address that also backs another service is still resolved for that one.
 fn backend_addrs(config: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = config
         .services
         .iter()
+        .filter(|s| s.forwarding != ForwardingKind::Fullnat)
         .flat_map(|s| s.backends.iter().map(|b| b.address))
         .collect();
     v.sort();

@@ -42,7 +42,7 @@ use crate::{
     api::{Request, Response},
     config::{Config, XdpMode},
     dataplane::{self, Dataplane},
-    desired::Mac,
+    desired::OnLink,
     health::HealthState,
     metrics, neighbor,
     reconcile::Reconciler,
@@ -94,7 +94,8 @@ struct Daemon {
     config: Config,
     dataplane: Dataplane,
     reconciler: Reconciler,
-    macs: HashMap<IpAddr, Mac>,
+    /// Backend MACs and the interfaces they are on, from the neighbour table.
+    macs: HashMap<IpAddr, OnLink>,
     /// Backends whose neighbour entry was last seen FAILED (logged once per failure).
     neighbour_failed: std::collections::HashSet<IpAddr>,
     /// The kernel's neighbour and link events, filtered to the configuration.

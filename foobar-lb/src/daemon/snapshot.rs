@@ -35,7 +35,10 @@ impl Daemon {
                     address: b.address.to_string(),
                     role: b.role,
                     weight: b.weight,
-                    mac: self.macs.get(&b.address).map(neighbor::format_mac),
+                    mac: self
+                        .macs
+                        .get(&b.address)
+                        .map(|l| neighbor::format_mac(&l.mac)),
                     health: match (svc.health.check, rt.and_then(|r| r.health.up)) {
                         (CheckKind::None, _) => "unchecked",
                         (_, Some(true)) => "up",

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     config::{CheckKind, Config, XdpMode},
     dataplane::{self, Dataplane, LoadOptions},
-    desired::Mac,
+    desired::{OnLink, NEXT_HOP_BY_FIB},
     health::HealthState,
     reconcile::Reconciler,
 };
@@ -152,7 +152,7 @@ impl Daemon {
         config: Config,
         dataplane: Dataplane,
         reconciler: Reconciler,
-        (macs, netlink): (HashMap<IpAddr, Mac>, crate::neighbor::Watcher),
+        (macs, netlink): (HashMap<IpAddr, OnLink>, crate::neighbor::Watcher),
         flow_counts: dataplane::FlowCounts,
     ) -> (Self, mpsc::Receiver<HealthEvent>) {
         let (events_tx, events) = mpsc::channel::<HealthEvent>(1024);
@@ -204,7 +204,12 @@ impl Daemon {
                     .entry((svc.name.clone(), b.address))
                     .or_default();
                 rt.health = HealthState::assumed(w.admin & ADMIN_HEALTH_DOWN == 0);
-                self.macs.entry(b.address).or_insert(w.mac);
+                if w.mac != NEXT_HOP_BY_FIB {
+                    self.macs.entry(b.address).or_insert(OnLink {
+                        mac: w.mac,
+                        ifindex: w.ifindex,
+                    });
+                }
                 taken += 1;
             }
         }

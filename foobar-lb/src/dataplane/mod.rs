@@ -35,7 +35,7 @@ use foobar_lb_common::{
     registry::{pinned_maps, Meta},
     verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, Iface, ServiceInfo, ServiceKey,
     VipKey, VlanKey, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, LAYOUT_VERSION,
-    MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_FLOWS,
+    MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_EGRESS, MAP_FLOWS,
     MAP_FLOW_CLOCK, MAP_IFACES, MAP_IFACE_VLANS, MAP_META, MAP_SERVICES, MAP_SERVICE_STATS,
     MAP_VERDICT_STATS, MAP_VIPS, MAX_BACKENDS, MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS,
     PROG_NAME,
@@ -64,6 +64,18 @@ pub enum DataplaneError {
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
+    #[error("cannot make interface {ifindex} a redirect target")]
+    Egress {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    #[error("cannot read the kernel's accounting of map {map}")]
+    Fdinfo {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot load the XDP program into the kernel")]
     Program(#[source] ProgramError),
     #[error("cannot attach XDP to {iface} in {mode} mode")]
@@ -512,6 +524,13 @@ impl Dataplane {
             mac,
             flags: IFACE_ACTIVE,
         };
+        // A redirect target before frames can arrive on it.
+        let mut egress: aya::maps::DevMapHash<&mut MapData> =
+            aya::maps::DevMapHash::try_from(self.map_mut(MAP_EGRESS)?)
+                .map_err(map_err(MAP_EGRESS))?;
+        egress
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| DataplaneError::Egress { ifindex, source })?;
         self.array::<Iface>(MAP_IFACES)?
             .set(ifindex, entry, 0)
             .map_err(map_err(MAP_IFACES))
@@ -525,7 +544,14 @@ impl Dataplane {
         }
         self.array::<Iface>(MAP_IFACES)?
             .set(ifindex, Iface::default(), 0)
-            .map_err(map_err(MAP_IFACES))
+            .map_err(map_err(MAP_IFACES))?;
+        if let Ok(mut egress) =
+            aya::maps::DevMapHash::<&mut MapData>::try_from(self.map_mut(MAP_EGRESS)?)
+        {
+            // Absent already (never written, or the device is gone): nothing to forget.
+            let _ = egress.remove(ifindex);
+        }
+        Ok(())
     }
 
     /// Sets the VLANs whose tagged frames interface `ifindex` balances (untagged frames always

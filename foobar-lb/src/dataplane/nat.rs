@@ -266,6 +266,33 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// The kernel's memory accounting of each NAT table (forward, reverse), in bytes: the
+    /// `memlock` line of the map's fdinfo. The tables are preallocated, so this is their whole
+    /// capacity's, whatever their fill.
+    pub fn nat_table_memlock(&self) -> Result<(u64, u64), DataplaneError> {
+        let memlock = |name: &'static str| -> Result<u64, DataplaneError> {
+            use std::os::fd::{AsFd, AsRawFd};
+            let aya::maps::Map::HashMap(data) = self.map(name)? else {
+                return Err(DataplaneError::Missing(name));
+            };
+            let fd = data.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(|e| {
+                DataplaneError::Fdinfo {
+                    map: name,
+                    source: e,
+                }
+            })?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(DataplaneError::Fdinfo {
+                    map: name,
+                    source: std::io::Error::other("no memlock line"),
+                })
+        };
+        Ok((memlock(MAP_NAT_FWD)?, memlock(MAP_NAT_REV)?))
+    }
+
     /// Entries in each NAT table (forward, reverse): walks the keys.
     pub fn nat_table_fill(&self) -> Result<(u64, u64), DataplaneError> {
         let fwd: HashMap<&MapData, FlowKey, NatFwd> =

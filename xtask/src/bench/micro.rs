@@ -4,11 +4,13 @@
 //! XDP_PASS floor measured the same way in the same run.
 
 use foobar_lb::dataplane::AuxProgram;
+use foobar_lb_common::{FlowKey, NatFwd, NatRev};
 use foobar_lb_tests::{
     harness::{big_blocklist, time_ns, Harness, XDP_DROP, XDP_PASS, XDP_TX},
     packet::{Pkt, LB_MAC, TCP_ACK, TCP_SYN},
 };
 use serde::Serialize;
+use std::mem::size_of;
 
 const SERVICES: usize = 16;
 const BACKENDS: usize = 64;
@@ -62,7 +64,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
+/// The per-packet rows, and the NAT tables' memory per tracked connection.
+pub fn run(quick: bool) -> anyhow::Result<(Vec<Row>, NatMemory)> {
     let (runs, repeat, flows, singles) = if quick {
         (3, 2_000, 5_000u32, 300)
     } else {
@@ -183,26 +186,51 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         method: single_method,
     });
     drop(h);
-    rows.extend(nat(quick, &floor)?);
+    let (nat_rows, memory) = nat(quick, &floor)?;
+    rows.extend(nat_rows);
     rows.extend(million_flows(quick, &floor)?);
-    Ok(rows)
+    Ok((rows, memory))
+}
+
+/// Memory of the NAT connection tables, per tracked connection (one entry in each table).
+#[derive(Debug, Clone, Serialize)]
+pub struct NatMemory {
+    /// Entries each table holds (preallocated: the memory is the capacity's).
+    pub capacity: u32,
+    /// Key and value bytes of one connection's two entries.
+    pub key_value_bytes: usize,
+    /// The kernel's `memlock` of both tables (fdinfo), in bytes.
+    pub memlock_bytes: u64,
+    /// `memlock_bytes / capacity`.
+    pub bytes_per_connection: f64,
 }
 
 /// NAT (`forwarding = "nat"`): an established connection each way and new connections, with
-/// `flows` connections tracked. BPF_PROG_TEST_RUN repeats feed the program its own output, so
-/// the backend is given the VIP's own address and port (and every MAC is the balancer's):
-/// the translation then rewrites every field to the value it had, and each repeat takes the
-/// same path, checksum updates included.
-fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<Vec<Row>> {
-    let (flows, runs, repeat, singles) = if quick {
-        (5_000u32, 3, 2_000, 300)
+/// `flows` connections tracked (1,000,000 in a full run). BPF_PROG_TEST_RUN repeats feed the
+/// program its own output, so the backend is given the VIP's own address and port (and every
+/// MAC is the balancer's): the translation then rewrites every field to the value it had, and
+/// each repeat takes the same path, checksum updates included.
+fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<(Vec<Row>, NatMemory)> {
+    let (flows, runs, repeat, singles, capacity) = if quick {
+        (5_000u32, 3, 2_000, 300, 1u32 << 14)
     } else {
-        (100_000u32, 9, 200_000, 5_000)
+        (1_000_000u32, 9, 200_000, 5_000, 1 << 20)
     };
     let cfg = "interfaces = [\"lo\"]\n\n[[service]]\nname = \"nat\"\nvip = \"10.210.0.1\"\n\
                port = 80\nforwarding = \"nat\"\n[[service.backend]]\naddress = \"10.210.0.1\"\n\
                port = 80\n";
-    let h = Harness::with_tables(cfg, &[("10.210.0.1", LB_MAC)], 65_536, 262_144);
+    let h = Harness::with_tables(cfg, &[("10.210.0.1", LB_MAC)], 65_536, capacity);
+    let (fwd_bytes, rev_bytes) = h.dp.nat_table_memlock()?;
+    let memory = NatMemory {
+        capacity,
+        key_value_bytes: 2 * size_of::<FlowKey>() + size_of::<NatFwd>() + size_of::<NatRev>(),
+        memlock_bytes: fwd_bytes + rev_bytes,
+        bytes_per_connection: (fwd_bytes + rev_bytes) as f64 / capacity as f64,
+    };
+    println!(
+        "bench micro: NAT tables of {capacity}: {} bytes (kernel memlock), {:.0} per connection",
+        memory.memlock_bytes, memory.bytes_per_connection
+    );
     println!("bench micro: tracking {flows} NAT connections...");
     let syn = |src: &str, port: u16| {
         let mut p = Pkt::tcp(src, port, "10.210.0.1", 80, TCP_SYN);
@@ -258,7 +286,7 @@ fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<Vec<Row>> {
     let method = format!("median of {runs} interleaved rounds x {repeat} repeats; ratio per round");
     let [est_ns, reply_ns] = ns;
     let [est_r, reply_r] = ratios;
-    Ok(vec![
+    let rows = vec![
         Row {
             case: format!("NAT established, client -> backend, IPv4, {flows} tracked"),
             ns_per_packet: median(est_ns),
@@ -282,7 +310,8 @@ fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<Vec<Row>> {
                 "median of {singles} single runs, each a distinct SYN, interleaved with the floor"
             ),
         },
-    ])
+    ];
+    Ok((rows, memory))
 }
 
 /// Established and new flows with 1,000,000 flows in a 1,048,576-flow table (a shared LRU: no

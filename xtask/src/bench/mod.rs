@@ -65,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("\n{}", report::markdown(&r));
         return Ok(());
     }
-    let micro = micro::run(args.quick)?;
+    let (micro, nat_memory) = micro::run(args.quick)?;
     for m in &micro {
         println!(
             "  {:<45} {:>8.1} ns  x{:.2}",
@@ -114,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
             .join(" "),
         quick: args.quick,
         micro,
+        nat_memory: Some(nat_memory),
         e2e: rows,
         attack,
         health,

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use foobar_lb::{config::XdpMode, dataplane::AuxProgram};
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{in_netns, run, web4, Netns, Topology, LB4, VIP4},
+    netns::{in_netns, run, web4, Netns, Topology, LB4, SNAT4, VIP4},
 };
 use serde::{Serialize, Serializer};
 
@@ -21,12 +21,17 @@ pub enum PeerKind {
     NftablesDnat,
     /// foobar-lb with `forwarding = "nat"` (port 80 to 80): the same work as nftables DNAT.
     FoobarLbNat(XdpMode),
+    /// nftables DNAT as above, and the source masqueraded to the balancer's address: what
+    /// full NAT does, in the kernel.
+    NftablesDnatSnat,
+    /// foobar-lb with `forwarding = "fullnat"`: the same work as nftables DNAT + masquerade.
+    FoobarLbFullNat(XdpMode),
     Haproxy,
 }
 
 impl PeerKind {
     /// In the order the bench runs them.
-    pub const ALL: [PeerKind; 8] = [
+    pub const ALL: [PeerKind; 10] = [
         PeerKind::NoLoadBalancer,
         PeerKind::MinimalXdp(XdpMode::Generic),
         PeerKind::FoobarLb(XdpMode::Generic),
@@ -34,6 +39,8 @@ impl PeerKind {
         PeerKind::FoobarLb(XdpMode::Native),
         PeerKind::NftablesDnat,
         PeerKind::FoobarLbNat(XdpMode::Generic),
+        PeerKind::NftablesDnatSnat,
+        PeerKind::FoobarLbFullNat(XdpMode::Generic),
         PeerKind::Haproxy,
     ];
 
@@ -44,6 +51,8 @@ impl PeerKind {
             PeerKind::FoobarLb(m) => format!("foobar-lb [{}]", mode_name(m)),
             PeerKind::NftablesDnat => "nftables DNAT (numgen inc mod 2)".into(),
             PeerKind::FoobarLbNat(m) => format!("foobar-lb NAT [{}]", mode_name(m)),
+            PeerKind::NftablesDnatSnat => "nftables DNAT + masquerade".into(),
+            PeerKind::FoobarLbFullNat(m) => format!("foobar-lb full NAT [{}]", mode_name(m)),
             PeerKind::Haproxy => "HAProxy (TCP, roundrobin)".into(),
         }
     }
@@ -75,20 +84,43 @@ impl PeerKind {
                 }
                 Peer::FoobarLb(Daemon::start(&topo.lb, &cfg, &socket)?)
             }
+            PeerKind::FoobarLbFullNat(mode) => {
+                // The SNAT address is the balancer's; the FIB lookup needs forwarding on. The
+                // backends answer it on their segment: no route through the balancer.
+                topo.lb
+                    .ip(&["addr", "add", &format!("{SNAT4}/32"), "dev", "eth0"])?;
+                topo.lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+                let socket = topo.dir.join("control.sock");
+                let cfg = topo.write_fullnat_config(mode_name(mode), &socket, 80, "")?;
+                Peer::FoobarLbFullNat(Daemon::start(&topo.lb, &cfg, &socket)?)
+            }
             PeerKind::Haproxy => start_haproxy(topo)?,
-            PeerKind::NftablesDnat => {
+            PeerKind::NftablesDnat | PeerKind::NftablesDnatSnat => {
                 topo.lb.sysctl("net.ipv4.ip_forward", "1")?;
+                // The source becomes the balancer's own address (masquerade), as full NAT's
+                // becomes a SNAT address.
+                let post = if self == PeerKind::NftablesDnatSnat {
+                    format!(
+                        "  chain post {{\n    type nat hook postrouting priority 100;\n    ip daddr {{ {}, {} }} tcp dport 80 masquerade\n  }}\n",
+                        web4(1),
+                        web4(2)
+                    )
+                } else {
+                    String::new()
+                };
                 let rules = format!(
-                    "table ip foobarbench {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n    ip daddr {VIP4} tcp dport 80 dnat to numgen inc mod 2 map {{ 0 : {}, 1 : {} }}\n  }}\n}}\n",
+                    "table ip foobarbench {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n    ip daddr {VIP4} tcp dport 80 dnat to numgen inc mod 2 map {{ 0 : {}, 1 : {} }}\n  }}\n{post}}}\n",
                     web4(1),
                     web4(2)
                 );
                 let file = topo.dir.join("dnat.nft");
                 std::fs::write(&file, rules)?;
                 run(topo.lb.cmd("nft").arg("-f").arg(&file))?;
-                // Client IP is preserved: backends answer it through the load balancer.
-                for w in &topo.webs {
-                    w.ip(&["route", "replace", &format!("{src}/32"), "via", LB4])?;
+                if self == PeerKind::NftablesDnat {
+                    // Client IP is preserved: backends answer it through the load balancer.
+                    for w in &topo.webs {
+                        w.ip(&["route", "replace", &format!("{src}/32"), "via", LB4])?;
+                    }
                 }
                 Peer::Nftables
             }
@@ -107,6 +139,8 @@ impl Serialize for PeerKind {
 pub enum Peer {
     None,
     FoobarLb(Daemon),
+    /// Also removes the SNAT address and turns forwarding off again.
+    FoobarLbFullNat(Daemon),
     XdpMin(AuxProgram),
     Haproxy(u32),
     Nftables,
@@ -135,6 +169,13 @@ impl Peer {
             }
             Peer::FoobarLb(mut d) => {
                 d.stop();
+            }
+            Peer::FoobarLbFullNat(mut d) => {
+                d.stop();
+                let _ = topo
+                    .lb
+                    .ip(&["addr", "del", &format!("{SNAT4}/32"), "dev", "eth0"]);
+                let _ = topo.lb.sysctl("net.ipv4.conf.all.forwarding", "0");
             }
             Peer::XdpMin(p) => drop(p),
             Peer::None => {}
@@ -204,6 +245,8 @@ mod tests {
                 "foobar-lb [native]",
                 "nftables DNAT (numgen inc mod 2)",
                 "foobar-lb NAT [generic]",
+                "nftables DNAT + masquerade",
+                "foobar-lb full NAT [generic]",
                 "HAProxy (TCP, roundrobin)",
             ]
         );

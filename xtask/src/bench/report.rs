@@ -15,6 +15,8 @@ pub struct Report {
     pub load_average_before: String,
     pub quick: bool,
     pub micro: Vec<micro::Row>,
+    /// The NAT tables' memory per tracked connection.
+    pub nat_memory: Option<micro::NatMemory>,
     pub e2e: Vec<e2e::Row>,
     pub attack: Vec<AttackRow>,
     pub health: Option<HealthCost>,
@@ -45,6 +47,7 @@ impl Report {
             load_average_before: String::new(),
             quick,
             micro: Vec::new(),
+            nat_memory: None,
             e2e: Vec::new(),
             attack: Vec::new(),
             health: None,
@@ -77,6 +80,14 @@ pub fn markdown(r: &Report) -> String {
             m.ratio_to_floor,
             m.target_ratio.map(|t| format!("≤ {t}")).unwrap_or_default(),
             m.method
+        );
+    }
+    if let Some(m) = &r.nat_memory {
+        s += &format!(
+            "\nNAT connection tables: {:.0} bytes per tracked connection (kernel memlock of both \
+             preallocated tables, {} bytes, over their capacity of {}; a connection's keys and \
+             values are {} bytes, the rest is the hash table's per-element overhead).\n",
+            m.bytes_per_connection, m.memlock_bytes, m.capacity, m.key_value_bytes
         );
     }
     if !r.failover.is_empty() {
@@ -243,6 +254,12 @@ mod tests {
             load_average_before: String::new(),
             quick: false,
             micro: Vec::new(),
+            nat_memory: Some(micro::NatMemory {
+                capacity: 4,
+                key_value_bytes: 208,
+                memlock_bytes: 1200,
+                bytes_per_connection: 300.0,
+            }),
             e2e: vec![e2e::Row {
                 peer: PeerKind::FoobarLb(XdpMode::Generic),
                 mode: ConnMode::NewConnectionPerRequest,
@@ -269,6 +286,7 @@ mod tests {
             "| foobar-lb [generic] | new connection per request | 1000 | 1.00 | 2.00 | 0 | 3 | 4 |\n"
         ));
         assert!(md.contains("| nftables ingress drop + DNAT | 10 | 20 | 5 |\n"));
+        assert!(md.contains("NAT connection tables: 300 bytes per tracked connection"));
         let json = serde_json::to_string(&r).unwrap();
         assert!(
             json.contains(r#""peer":"foobar-lb [generic]","mode":"new connection per request""#)

@@ -47,6 +47,44 @@ pub fn targets(micro: &[micro::Row], e2e: &[Row], attack: &[AttackRow]) -> Vec<T
             });
         }
     }
+    // Issue 11: NAT and full NAT against the kernel doing the same work.
+    let keepalive = |peer: PeerKind| {
+        e2e.iter()
+            .find(|r| r.peer == peer && r.mode == ConnMode::KeepAlive)
+            .map(|r| r.requests_per_sec)
+    };
+    for (ours, other, new_min, keepalive_min) in [
+        (
+            PeerKind::FoobarLbNat(XdpMode::Generic),
+            PeerKind::NftablesDnat,
+            1.3,
+            1.1,
+        ),
+        (
+            PeerKind::FoobarLbFullNat(XdpMode::Generic),
+            PeerKind::NftablesDnatSnat,
+            1.3,
+            1.1,
+        ),
+    ] {
+        for (mode, get, min) in [
+            (
+                "new-connection",
+                &rps as &dyn Fn(PeerKind) -> Option<f64>,
+                new_min,
+            ),
+            ("keep-alive", &keepalive, keepalive_min),
+        ] {
+            if let (Some(a), Some(b)) = (get(ours), get(other)) {
+                t.push(Target {
+                    what: format!("{mode} req/s, {} vs {}", ours.label(), other.label()),
+                    measured: a / b,
+                    target: format!("≥ {min}"),
+                    met: a / b >= min,
+                });
+            }
+        }
+    }
     if let (Some(native), Some(min)) = (
         rps(PeerKind::FoobarLb(XdpMode::Native)),
         rps(PeerKind::MinimalXdp(XdpMode::Native)),
