@@ -22,7 +22,7 @@
 //! covers the quote, and for ICMPv6 the outer addresses), the quoted IPv4 header's and the
 //! quoted TCP/UDP one when the quote holds it (a quote may stop after 8 bytes of L4 header).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext, EbpfContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use foobar_lb_common::{
     csum, owner_service, verdict, Addr, FlowKey, NatIcmp, NatScratch, VipKey, BACKEND_ACTIVE,
     BACKEND_DRAINING, FAMILY_V4, FW_HAS_SNAT, ICMP_QUOTE_DST, ICMP_QUOTE_SRC, ICMP_TO_BACKEND,
@@ -111,6 +111,9 @@ const SEND: u32 = u32::MAX - 1;
 /// Towards the backend: an error for a VIP quoting the reply of a client connection (see
 /// `parse::icmp_error_flow`) that a NAT connection whose backend still serves tracks: its
 /// translation is decided (and counted for its service and backend as forwarded).
+// The key is passed to the map helper by reference into the scratch (`&*key`): the by-value
+// form clippy suggests copies it onto the stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch, len: u64) -> u32 {
     let Some(flow) = parse::icmp_error_flow(ctx, pkt) else {
@@ -158,6 +161,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch, len: u64) -> u
 /// addressed to its sender: its translation is decided (`Ok`), or it is a refusal
 /// (`Err(DROP_SYN_REFUSED)`, see the module's doc). An error to a SNAT address quoting a port
 /// of its range that no connection uses is `Err(DROP_SNAT_STRAY)`. `None`: the host's.
+// The key is passed to the map helper by reference into the scratch (`&*key`): the by-value
+// form clippy suggests copies it onto the stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
     let v4 = pkt.key.family == FAMILY_V4;

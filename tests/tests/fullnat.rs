@@ -550,6 +550,16 @@ fn fullnat_hairpin_a_backend_reaches_its_own_service() {
 
 // ---- ICMP errors about full-NAT connections (nat_icmp.rs) -----------------------------------
 
+/// (name, from the client's side, sender, (type, code), the field after the checksum, cut).
+type Case = (
+    &'static str,
+    bool,
+    &'static str,
+    (u8, u8),
+    u32,
+    Option<usize>,
+);
+
 /// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `quoted`'s IP packet,
 /// cut to its first `cut` bytes if given; full checksums from the tests' own code.
 fn icmp_error(
@@ -594,7 +604,7 @@ fn fullnat_icmp_errors_are_translated_both_ways() {
             );
             ports.push(p);
         }
-        let cases: [(&str, bool, &str, (u8, u8), u32, Option<usize>); 8] = [
+        let cases: [Case; 8] = [
             (
                 "v4 backend's router: fragmentation needed",
                 false,

@@ -617,6 +617,17 @@ fn replies_reach_a_client_sharing_a_vips_prefilter_bit() {
 
 // ---- ICMP errors about NAT connections (nat_icmp.rs) ----------------------------------------
 
+/// (name, sender, "c" from the client's side or "", (type, code), the field after the
+/// checksum, cut).
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    (u8, u8),
+    u32,
+    Option<usize>,
+);
+
 /// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `quoted`'s IP packet,
 /// cut to its first `cut` bytes if given (an IP header and 8 bytes of L4 header is the least
 /// a router quotes). Built with full checksums by the tests' own code: the expected frames
@@ -685,7 +696,7 @@ fn icmp_errors_about_a_nat_connection_are_translated_both_ways() {
     open(&h, CLIENT, 40300, VIP, "10.0.0.11", 8080, B1);
     open(&h, CLIENT6, 40300, "fd00::100", "fd00::11", 8080, B1);
     let before = h.service_counters("web").packets;
-    let cases: [(&str, &str, &str, (u8, u8), u32, Option<usize>); 8] = [
+    let cases: [Case; 8] = [
         (
             "v4 router: fragmentation needed",
             ROUTER_B,
