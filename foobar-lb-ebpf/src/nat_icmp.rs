@@ -15,9 +15,10 @@
 //!   a TCP connection it has never answered, is a refusal (`DROP_SYN_REFUSED`) as a RST is.
 //!
 //! The program's main path only hands such packets over ([`defer`]: the packet and its
-//! direction in `NAT_SCRATCH`, verdict [`TRANSLATE`]); its exit runs [`run`] once, which looks
-//! the connection up and rewrites, so all of it is verified once, in one state, whatever way
-//! led there (as `nat::forget_refused`).
+//! direction in `NAT_SCRATCH`, verdict [`TRANSLATE`]); its exit runs [`run`], which looks
+//! the connection up and rewrites: one copy, reading its inputs back from the scratch (as
+//! `nat::forget_refused`), rather than one per way there (that cost ~200,000 verified
+//! instructions; this ~60,000: see DEVELOPING.md before making it larger).
 //! Checksums are updated incrementally (RFC 1624): the outer IPv4 header's, the ICMP one (which
 //! covers the quote, and for ICMPv6 the outer addresses), the quoted IPv4 header's and the
 //! quoted TCP/UDP one when the quote holds it (a quote may stop after 8 bytes of L4 header).
