@@ -45,6 +45,26 @@ pub fn replace_addr(check: u16, old: &[u32; 4], new: &[u32; 4], words: usize) ->
     c
 }
 
+/// The change of one 16-bit word from `old` to `new`, as a one's-complement addend
+/// (`~m + m'`): sums of such changes (a few dozen at most) are applied at once by [`apply`].
+#[inline(always)]
+pub fn delta16(old: u16, new: u16) -> u32 {
+    !old as u32 + new as u32
+}
+
+/// As [`delta16`] for a 32-bit field (two words).
+#[inline(always)]
+pub fn delta32(old: u32, new: u32) -> u32 {
+    !(old as u16) as u32 + !((old >> 16) as u16) as u32 + (new as u16) as u32 + (new >> 16)
+}
+
+/// The checksum after the changes summed in `delta` ([`delta16`], [`delta32`]): RFC 1624
+/// eqn. 3 for several words, `HC' = ~(~HC + sum(~m + m'))`.
+#[inline(always)]
+pub fn apply(check: u16, delta: u32) -> u16 {
+    !fold(!check as u32 + fold(delta) as u32)
+}
+
 /// One's-complement sum of `data` (an odd trailing byte padded with zero), not inverted.
 pub fn sum_bytes(data: &[u8], initial: u32) -> u32 {
     let mut sum = initial as u64;
@@ -178,5 +198,38 @@ mod tests {
     fn odd_length_sums_pad_with_zero() {
         assert_eq!(sum_bytes(&[0x12], 0), u16::from_ne_bytes([0x12, 0]) as u32);
         assert_eq!(checksum(&[0xff, 0xff]), 0);
+    }
+
+    #[test]
+    fn summed_deltas_match_full_recomputation() {
+        let mut rng = Lcg(7);
+        for _ in 0..20_000 {
+            let mut data = [0u8; 40];
+            for b in data.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            put_word(&mut data, 10, 0);
+            let c = checksum(&data);
+            put_word(&mut data, 10, c);
+            // Change two 32-bit words and one 16-bit word (never the checksum's).
+            let mut delta = 0;
+            for at in [12, 24] {
+                let old = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+                let new = rng.next();
+                data[at..at + 4].copy_from_slice(&new.to_ne_bytes());
+                delta += delta32(old, new);
+            }
+            let (old, new) = (word(&data, 30), rng.next() as u16);
+            put_word(&mut data, 30, new);
+            delta += delta16(old, new);
+            let updated = apply(word(&data, 10), delta);
+            put_word(&mut data, 10, 0);
+            // One's complement has two zeros: compare as sums (0 and 0xffff are equal).
+            let full = checksum(&data);
+            assert!(
+                updated == full || (updated ^ full == 0xffff && (full == 0 || full == 0xffff)),
+                "{updated:04x} vs {full:04x}"
+            );
+        }
     }
 }

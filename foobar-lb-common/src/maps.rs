@@ -318,8 +318,48 @@ pub struct NatScratch {
     pub rkey: FlowKey,
     /// A `struct bpf_fib_lookup` (64 bytes).
     pub fib: [u32; 16],
+    /// An ICMP error about a NAT connection, as decided for its translation (`nat_icmp`).
+    pub icmp: NatIcmp,
 }
-const _: () = assert!(core::mem::size_of::<NatScratch>() == 280);
+const _: () = assert!(core::mem::size_of::<NatScratch>() == 352);
+
+/// [`NatScratch::icmp`]: what the translation of an ICMP error about a NAT connection
+/// writes (decided by the lookup that found the connection, done once at the program's exit).
+/// Each change pairs an address of the quoted packet with the outer header's opposite one: the
+/// quoted source is the peer the error is addressed to (outer destination), the quoted
+/// destination the peer that reports (outer source, or a router on its path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatIcmp {
+    /// The quoted packet's 5-tuple as it must become (addresses and ports of the pairs that
+    /// change; the others are not read).
+    pub quote: FlowKey,
+    /// [`ICMP_QUOTE_SRC`] and/or [`ICMP_QUOTE_DST`]: the pairs that change.
+    pub changes: u32,
+    /// The interface the translated error leaves by.
+    pub ifindex: u32,
+    /// Its next hop's MAC and the egress interface's own.
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The verdict counted when it is sent.
+    pub verdict: u32,
+    /// Which way the error goes if it is about a NAT connection: [`ICMP_TO_BACKEND`] (it
+    /// came for a VIP) or 0 (to the client).
+    pub toward: u32,
+    /// The verdict if it is about none (a drop verdict drops it, `PASS` passes it).
+    pub fallback: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatIcmp>() == 72);
+
+/// [`NatIcmp::toward`]: an error for a VIP, about the reply side of a connection.
+pub const ICMP_TO_BACKEND: u32 = 1;
+
+/// [`NatIcmp::changes`] bit: the quoted source address and port, and the outer destination
+/// address, become `quote.src` / `quote.sport`.
+pub const ICMP_QUOTE_SRC: u32 = 1;
+/// [`NatIcmp::changes`] bit: the quoted destination address and port, and the outer source
+/// address, become `quote.dst` / `quote.dport`.
+pub const ICMP_QUOTE_DST: u32 = 2;
 
 /// (interface, VLAN) pairs [`MAP_IFACE_VLANS`] can hold.
 pub const MAX_IFACE_VLANS: u32 = 4096;

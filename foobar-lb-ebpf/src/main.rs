@@ -14,6 +14,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod nat_icmp;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod rewrite;
@@ -27,13 +29,13 @@ mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use foobar_lb_common::{
         owner_service, verdict, Iface, ServiceKey, VipKey, VlanKey, FAMILY_V4, FAMILY_V6, FLOW_FIN,
-        FLOW_RST, FLOW_TIME_MASK, FW_HAS_NAT, IFACE_ACTIVE, PROTO_TCP, SVC_NAT,
+        FLOW_RST, FLOW_TIME_MASK, FW_HAS_NAT, ICMP_TO_BACKEND, IFACE_ACTIVE, PROTO_TCP, SVC_NAT,
     };
 
     use crate::{
         firewall,
         maps::{IFACES, IFACE_VLANS, SERVICES, SUSPECT_SCRATCH, VIPS},
-        nat,
+        nat, nat_icmp,
         parse::{self, parse, Packet, Parsed},
         rewrite, select, stats,
     };
@@ -76,8 +78,13 @@ mod prog {
     fn try_lb(ctx: &XdpContext) -> Result<(u32, u32), u32> {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let judged = judge(ctx, len)?;
-        if judged.1 != FIREWALL_THEN_PASS {
+        // One compare for both markers (`nat_icmp::TRANSLATE` < `FIREWALL_THEN_PASS`).
+        if judged.1 < nat_icmp::TRANSLATE {
             return Ok(judged);
+        }
+        // An ICMP error about a NAT connection, rewritten here, once (see nat_icmp.rs).
+        if judged.1 == nat_icmp::TRANSLATE {
+            return nat_icmp::run(ctx, len);
         }
         // One firewall check for every packet the kernel gets after the firewall alone, on
         // what `firewall_then_pass` left in the scratch map: read back (volatile), the values
@@ -159,6 +166,19 @@ mod prog {
             if fw.flags != 0 {
                 firewall::filter_rules(fw, key, len)?;
             }
+            // ICMP and other protocols: an ICMP error about a NAT connection, from its backend
+            // or a router on the backend's path, goes back to the client translated.
+            if !balance {
+                let icmp = if key.family == FAMILY_V4 {
+                    IPPROTO_ICMP
+                } else {
+                    IPPROTO_ICMPV6
+                };
+                if fw.flags & FW_HAS_NAT != 0 && key.proto == icmp {
+                    return nat_icmp::defer(pkt, 0, verdict::PASS);
+                }
+                return pass;
+            }
             if let Some(v) = nat::reply(ctx, pkt, fw) {
                 return v;
             }
@@ -218,6 +238,15 @@ mod prog {
                             backend,
                             len,
                         );
+                    }
+                    // A NAT connection's: translated to what its backend sent, or (no NAT
+                    // connection) judged as below (nat_icmp.rs).
+                    if fw.flags & FW_HAS_NAT != 0 {
+                        let fallback = match vip_policy(ctx, fw, key) {
+                            Ok(()) => verdict::PASS,
+                            Err(reason) => reason,
+                        };
+                        return nat_icmp::defer(pkt, ICMP_TO_BACKEND, fallback);
                     }
                 }
             }
@@ -418,8 +447,7 @@ mod prog {
         Ok(())
     }
 
-    const IPPROTO_ICMP: u8 = 1;
-    const IPPROTO_ICMPV6: u8 = 58;
+    use nat_icmp::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 
     #[inline(always)]
     fn is_vip(addr: &foobar_lb_common::Addr, family: u8) -> bool {

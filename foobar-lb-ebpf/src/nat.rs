@@ -155,7 +155,7 @@ pub fn forward_full(ctx: &XdpContext, pkt: &Packet) -> Result<u32, u32> {
 
 /// Whether `src` may be a NAT backend's address: a clear filter bit proves it is not.
 #[inline(always)]
-fn maybe_backend(src: &Addr, family: u8) -> bool {
+pub fn maybe_backend(src: &Addr, family: u8) -> bool {
     let bit = vip_filter_bit(src, family) as usize;
     match NAT_SRC_FILTER.get(0) {
         Some(f) => f[(bit >> 6) & (VIP_FILTER_WORDS - 1)] & (1u64 << (bit & 63)) != 0,

@@ -461,6 +461,24 @@ pub fn is_nd(ctx: &XdpContext, pkt: &Packet) -> bool {
 /// of another address, protocol or family, or one cut short of its ports.
 #[inline(always)]
 pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
+    let (_, q) = icmp_error_quote(ctx, pkt)?;
+    Some(FlowKey {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        family: q.family,
+        _pad: [0; 2],
+    })
+}
+
+/// The ICMP errors [`icmp_error_flow`] names: (type, code) and the 5-tuple of the TCP or UDP
+/// packet it quotes, as that packet was sent, if the error is addressed to that packet's
+/// sender. `None` for other messages, a quote of another sender, protocol or family, or one
+/// cut short of its ports.
+#[inline(always)]
+pub fn icmp_error_quote(ctx: &XdpContext, pkt: &Packet) -> Option<([u8; 2], FlowKey)> {
     let key = &pkt.key;
     // Bounded for the verifier: IPv4 headers end by 22 + 60; IPv6 ones as in `is_nd`.
     let off = if key.family == FAMILY_V4 {
@@ -469,9 +487,9 @@ pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
         pkt.l4_off as usize & 0x1fff
     };
     // Type and code in one 2-byte load (see `source_route`).
-    let kind = unsafe { (*ptr_at::<[u8; 2]>(ctx, off)?)[0] };
+    let kind = unsafe { *ptr_at::<[u8; 2]>(ctx, off)? };
     let (src, dst, proto, ports_off) = if key.family == FAMILY_V4 {
-        if kind != 3 {
+        if kind[0] != 3 {
             return None;
         }
         let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, off + 8)? };
@@ -486,7 +504,7 @@ pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
             off + 8 + ihl,
         )
     } else {
-        if kind != 1 && kind != 2 {
+        if kind[0] != 1 && kind[0] != 2 {
             return None;
         }
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, off + 8)? };
@@ -501,15 +519,18 @@ pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
         return None;
     }
     let ports = unsafe { *ptr_at::<[u16; 2]>(ctx, ports_off)? };
-    Some(FlowKey {
-        src: dst,
-        dst: src,
-        sport: ports[1],
-        dport: ports[0],
-        proto,
-        family: key.family,
-        _pad: [0; 2],
-    })
+    Some((
+        kind,
+        FlowKey {
+            src,
+            dst,
+            sport: ports[0],
+            dport: ports[1],
+            proto,
+            family: key.family,
+            _pad: [0; 2],
+        },
+    ))
 }
 
 /// TCP flag combinations Linux conntrack accepts in some state (`tcp_valid_flags`), PSH, ECE

@@ -547,3 +547,220 @@ fn fullnat_hairpin_a_backend_reaches_its_own_service() {
         forward(&h, "hairpin SYN 2", &syn2, SNAT, "10.0.0.12", 8080, B2, ALL);
     });
 }
+
+// ---- ICMP errors about full-NAT connections (nat_icmp.rs) -----------------------------------
+
+/// (name, from the client's side, sender, (type, code), the field after the checksum, cut).
+type Case = (
+    &'static str,
+    bool,
+    &'static str,
+    (u8, u8),
+    u32,
+    Option<usize>,
+);
+
+/// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `quoted`'s IP packet,
+/// cut to its first `cut` bytes if given; full checksums from the tests' own code.
+fn icmp_error(
+    src: &str,
+    dst: &str,
+    kind: (u8, u8),
+    rest: u32,
+    quoted: &Pkt,
+    cut: Option<usize>,
+) -> Pkt {
+    let ip = quoted.build()[14..].to_vec();
+    let ip = &ip[..cut.unwrap_or(ip.len()).min(ip.len())];
+    Pkt::icmp_error(src, dst, kind.0, kind.1, rest, ip)
+}
+
+/// A large TCP data segment.
+fn data(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+    let mut p = Pkt::tcp(src, sport, dst, dport, TCP_ACK);
+    p.payload = vec![0x5a; 1400];
+    p
+}
+
+/// Errors from the backend's side (a router on its path, or the backend) to the SNAT address
+/// reach the client from the VIP, quoting what the client sent; errors from the client's side
+/// to the VIP reach the backend from the SNAT address, quoting what the backend sent. Whole
+/// and 8-byte quotes, IPv4 and IPv6; the refusal and strays as for TCP/UDP.
+#[test]
+fn fullnat_icmp_errors_are_translated_both_ways() {
+    with_harness("fi", |h| {
+        let mut ports = Vec::new();
+        for (client, vip, backend, snat) in [
+            (CLIENT, VIP, "10.0.0.11", SNAT),
+            (CLIENT6, VIP6, "fd00::11", SNAT6),
+        ] {
+            let syn = Pkt::tcp(client, 40300, vip, 80, TCP_SYN);
+            let p = forward(&h, "SYN", &syn, snat, backend, 8080, B1, ALL);
+            let synack = from_backend(backend, 8080, snat, p, B1, Some(TCP_SYN | TCP_ACK));
+            h.check(
+                "SYN-ACK",
+                &synack.build(),
+                &to_client(&synack, vip, 80, client, 40300),
+            );
+            ports.push(p);
+        }
+        let cases: [Case; 8] = [
+            (
+                "v4 backend's router: fragmentation needed",
+                false,
+                "10.0.0.254",
+                (3, 4),
+                1400,
+                None,
+            ),
+            (
+                "v4 backend's router: 8-byte quote",
+                false,
+                "10.0.0.254",
+                (3, 4),
+                1400,
+                Some(28),
+            ),
+            (
+                "v4 backend: port unreachable",
+                false,
+                "10.0.0.11",
+                (3, 3),
+                0,
+                Some(28),
+            ),
+            (
+                "v4 client's router: fragmentation needed",
+                true,
+                "203.0.113.1",
+                (3, 4),
+                1280,
+                None,
+            ),
+            (
+                "v4 client: port unreachable, 8-byte quote",
+                true,
+                CLIENT,
+                (3, 3),
+                0,
+                Some(28),
+            ),
+            (
+                "v6 backend's router: packet too big",
+                false,
+                "fd00::fe",
+                (2, 0),
+                1280,
+                None,
+            ),
+            (
+                "v6 backend's router: 8-byte quote",
+                false,
+                "fd00::fe",
+                (2, 0),
+                1280,
+                Some(48),
+            ),
+            (
+                "v6 client's router: packet too big",
+                true,
+                "2001:db8:ffff::1",
+                (2, 0),
+                1280,
+                None,
+            ),
+        ];
+        for (name, client_side, from, kind, rest, cut) in cases {
+            let v6 = from.contains(':');
+            let (client, vip, backend, snat, p) = if v6 {
+                (CLIENT6, VIP6, "fd00::11", SNAT6, ports[1])
+            } else {
+                (CLIENT, VIP, "10.0.0.11", SNAT, ports[0])
+            };
+            if client_side {
+                let err = icmp_error(from, vip, kind, rest, &data(vip, 80, client, 40300), cut);
+                let sent = data(backend, 8080, snat, p);
+                let mut want = icmp_error(snat, backend, kind, rest, &sent, cut);
+                want.eth_dst = B1;
+                want.eth_src = LB_MAC;
+                h.check(name, &err.build(), &Expect::Frame(want.build()));
+            } else {
+                let quoted = data(snat, p, backend, 8080);
+                let mut err = icmp_error(from, snat, kind, rest, &quoted, cut);
+                err.eth_src = B1;
+                let got = data(client, 40300, vip, 80);
+                let mut want = icmp_error(vip, client, kind, rest, &got, cut);
+                want.eth_dst = CLIENT_MAC;
+                want.eth_src = LB_MAC;
+                h.check(
+                    name,
+                    &err.build(),
+                    &Expect::FrameAs(want.build(), verdict::TX_NAT_REPLY),
+                );
+            }
+        }
+        // An error to the SNAT address about a port of its range that no connection uses is
+        // a stray; outside the range, and quoting nothing tracked elsewhere, the host's.
+        let quoted = data(SNAT, 40000, "10.0.0.11", 8080);
+        let stray = icmp_error("10.0.0.254", SNAT, (3, 4), 1400, &quoted, None);
+        h.check(
+            "ICMP about SNAT:40000, untracked",
+            &stray.build(),
+            &Expect::Drop(verdict::DROP_SNAT_STRAY),
+        );
+        let quoted6 = data(SNAT6, 40000, "fd00::11", 8080);
+        let stray6 = icmp_error("fd00::fe", SNAT6, (2, 0), 1280, &quoted6, Some(48));
+        h.check(
+            "ICMPv6 about SNAT6:40000, untracked",
+            &stray6.build(),
+            &Expect::Drop(verdict::DROP_SNAT_STRAY),
+        );
+        let ssh = data(SNAT, 22, "10.0.0.11", 22);
+        let host = icmp_error("10.0.0.254", SNAT, (3, 4), 1400, &ssh, None);
+        h.check(
+            "ICMP about SNAT:22 (the host's)",
+            &host.build(),
+            &Expect::Pass,
+        );
+        let other = icmp_error(
+            "203.0.113.1",
+            VIP,
+            (3, 4),
+            1280,
+            &data(VIP, 80, CLIENT, 40999),
+            None,
+        );
+        h.check("client side, no connection", &other.build(), &Expect::Pass);
+    });
+}
+
+/// A full-NAT backend's ICMP unreachable to a SYN it never answered (to the SNAT address) is a
+/// refusal: dropped, forgotten, counted; the retransmitted SYN goes to the next backend.
+#[test]
+fn fullnat_an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
+    with_harness("fj", |h| {
+        let id1 = h.backend_id("web", "10.0.0.11");
+        let syn = Pkt::tcp(CLIENT, 40400, VIP, 80, TCP_SYN);
+        let p1 = forward(&h, "SYN -> web1", &syn, SNAT, "10.0.0.11", 8080, B1, ALL);
+        let sent = to_backend(&syn, SNAT, p1, "10.0.0.11", 8080, B1);
+        let mut refusal = icmp_error("10.0.0.11", SNAT, (3, 3), 0, &sent, Some(28));
+        refusal.eth_src = B1;
+        h.check(
+            "port unreachable to the unanswered SYN: dropped",
+            &refusal.build(),
+            &Expect::Drop(verdict::DROP_SYN_REFUSED),
+        );
+        assert_eq!(h.dp.nat_table_fill().unwrap(), (0, 0), "both entries gone");
+        assert_eq!(h.dp.refused(id1).unwrap(), 1);
+        forward(
+            &h,
+            "retransmitted SYN -> web2",
+            &syn,
+            SNAT,
+            "10.0.0.12",
+            8080,
+            B2,
+            ALL,
+        );
+    });
+}

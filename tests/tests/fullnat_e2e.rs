@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{Topology, SNAT4, SNAT6, VIP4, VIP6},
+    netns::{run, Netns, Topology, SNAT4, SNAT6, VIP4, VIP6},
     root_object_and_binary,
     traffic::{assert_even, assert_no_drops, download_sha256, tally},
 };
@@ -287,4 +287,82 @@ fn fullnat_backends_behind_a_router_are_checked_and_served() {
     }
     assert_even(&tally(&topo.client, &format!("http://{VIP4}/"), n), n);
     assert!(daemon.stop());
+}
+
+/// Path-MTU discovery through a full-NAT service: as `nat_path_mtu_discovery_*` in
+/// nat_e2e.rs, a client behind a router whose link to it has an MTU of 1280. The router's
+/// errors go to the VIP; the balancer sends them to the backend from the SNAT address, quoting
+/// what the backend sent (to the SNAT address and port), so the backend learns the path MTU
+/// towards the SNAT address: without it the downloads stall.
+#[test]
+fn fullnat_path_mtu_discovery_through_a_router_with_a_small_mtu() {
+    let Some(s) = setup("fp") else {
+        return;
+    };
+    let topo = &s.topo;
+    let rt = Netns::new(&format!("{}rt", topo.prefix)).unwrap();
+    let fc = Netns::new(&format!("{}fc", topo.prefix)).unwrap();
+    let ok = |ns: &Netns, args: &[&str]| {
+        ns.ip(args)
+            .unwrap_or_else(|e| panic!("{}: ip {args:?}: {e}", ns.name));
+    };
+    ok(
+        &topo.bridge,
+        &[
+            "link", "add", "rt", "type", "veth", "peer", "name", "eth0", "netns", &rt.name,
+        ],
+    );
+    ok(&topo.bridge, &["link", "set", "rt", "master", "br0", "up"]);
+    ok(
+        &rt,
+        &[
+            "link", "add", "down0", "mtu", "1280", "type", "veth", "peer", "name", "eth0", "netns",
+            &fc.name,
+        ],
+    );
+    for (ns, addrs) in [
+        (&rt, &["10.111.0.9/24", "fd00:f00b::9/64"][..]),
+        (&fc, &["10.112.0.2/24", "fd00:f00c::2/64"][..]),
+    ] {
+        for a in addrs {
+            ok(ns, &["addr", "add", a, "dev", "eth0", "nodad"]);
+        }
+        ok(ns, &["link", "set", "eth0", "up"]);
+        // Frames the balancer rewrites must carry full checksums (TESTING-NETNS.md).
+        run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"])).unwrap();
+    }
+    for a in ["10.112.0.1/24", "fd00:f00c::1/64"] {
+        ok(&rt, &["addr", "add", a, "dev", "down0", "nodad"]);
+    }
+    ok(&rt, &["link", "set", "down0", "up"]);
+    rt.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+    rt.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    ok(&fc, &["route", "add", "default", "via", "10.112.0.1"]);
+    ok(
+        &fc,
+        &["-6", "route", "add", "default", "via", "fd00:f00c::1"],
+    );
+    let want = topo.big_file("big8", 8).unwrap();
+    for url in [
+        format!("http://{VIP4}/big8"),
+        format!("http://[{VIP6}]/big8"),
+    ] {
+        let out = topo.dir.join("download-far");
+        assert_eq!(
+            download_sha256(&fc, &url, &out),
+            want,
+            "{url}: content differs"
+        );
+    }
+    // Some backend learnt the router's MTU towards the SNAT address.
+    for dst in [SNAT4, SNAT6] {
+        let learnt = topo.webs.iter().any(|web| {
+            let out = web.ip(&["route", "get", dst]).unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("mtu 1280")
+        });
+        assert!(learnt, "no backend learnt the path MTU to {dst}");
+    }
+    assert_no_drops(&s.daemon);
+    drop(fc);
+    drop(rt);
 }

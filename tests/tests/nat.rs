@@ -614,3 +614,323 @@ fn replies_reach_a_client_sharing_a_vips_prefilter_bit() {
     );
     h.check("backend FIN", &fin.build(), &reply_expect(&fin, VIP, 80));
 }
+
+// ---- ICMP errors about NAT connections (nat_icmp.rs) ----------------------------------------
+
+/// (name, sender, "c" from the client's side or "", (type, code), the field after the
+/// checksum, cut).
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    (u8, u8),
+    u32,
+    Option<usize>,
+);
+
+/// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `quoted`'s IP packet,
+/// cut to its first `cut` bytes if given (an IP header and 8 bytes of L4 header is the least
+/// a router quotes). Built with full checksums by the tests' own code: the expected frames
+/// check the program's incremental updates of all four (outer IPv4, ICMP, quoted IPv4 header,
+/// quoted TCP/UDP).
+fn icmp_error(
+    src: &str,
+    dst: &str,
+    kind: (u8, u8),
+    rest: u32,
+    quoted: &Pkt,
+    cut: Option<usize>,
+) -> Pkt {
+    let ip = quoted.build()[14..].to_vec();
+    let ip = &ip[..cut.unwrap_or(ip.len()).min(ip.len())];
+    Pkt::icmp_error(src, dst, kind.0, kind.1, rest, ip)
+}
+
+/// A large data segment of connection client:cport <-> VIP:80 on backend 10.0.0.11:8080, as
+/// the backend sent it (`reply`) or as the balancer forwarded it.
+fn data(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+    let mut p = Pkt::tcp(src, sport, dst, dport, TCP_ACK);
+    p.payload = vec![0x5a; 1400];
+    p
+}
+
+const FRAG_NEEDED: (u8, u8) = (3, 4);
+const PORT_UNREACHABLE: (u8, u8) = (3, 3);
+const V6_TOO_BIG: (u8, u8) = (2, 0);
+const V6_PORT_UNREACHABLE: (u8, u8) = (1, 4);
+/// IPv4 header + 8 bytes of TCP: no TCP checksum in the quote.
+const CUT_V4: usize = 28;
+/// IPv6 header + 8 bytes.
+const CUT_V6: usize = 48;
+
+/// Opens client:cport -> vip:80 on its first backend and lets the backend answer.
+fn open(h: &Harness, client: &str, cport: u16, vip: &str, backend: &str, bport: u16, mac: [u8; 6]) {
+    let syn = Pkt::tcp(client, cport, vip, 80, TCP_SYN);
+    h.check(
+        "SYN",
+        &syn.build(),
+        &Expect::Frame(to_backend(&syn, backend, bport, mac).build()),
+    );
+    let synack = from_backend(
+        Pkt::tcp(backend, bport, client, cport, TCP_SYN | TCP_ACK),
+        mac,
+    );
+    h.check("SYN-ACK", &synack.build(), &reply_expect(&synack, vip, 80));
+}
+
+/// Errors from the backend's side (the backend itself, or a router between the balancer and
+/// it) about a forwarded packet reach the client from the VIP, quoting what the client sent;
+/// errors from the client's side (its router, or the client) about a reply reach the backend,
+/// quoting what the backend sent. Whole quotes and 8-byte ones, IPv4 and IPv6.
+#[test]
+fn icmp_errors_about_a_nat_connection_are_translated_both_ways() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    const ROUTER_B: &str = "10.0.0.254";
+    const ROUTER_C: &str = "203.0.113.1";
+    const ROUTER_B6: &str = "fd00::fe";
+    const ROUTER_C6: &str = "2001:db8:ffff::1";
+    const CLIENT6: &str = "2001:db8::7";
+    open(&h, CLIENT, 40300, VIP, "10.0.0.11", 8080, B1);
+    open(&h, CLIENT6, 40300, "fd00::100", "fd00::11", 8080, B1);
+    let before = h.service_counters("web").packets;
+    let cases: [Case; 8] = [
+        (
+            "v4 router: fragmentation needed",
+            ROUTER_B,
+            "",
+            FRAG_NEEDED,
+            1400,
+            None,
+        ),
+        (
+            "v4 router: fragmentation needed, 8-byte quote",
+            ROUTER_B,
+            "",
+            FRAG_NEEDED,
+            1400,
+            Some(CUT_V4),
+        ),
+        (
+            "v4 backend: port unreachable",
+            "10.0.0.11",
+            "",
+            PORT_UNREACHABLE,
+            0,
+            None,
+        ),
+        (
+            "v4 client's router: fragmentation needed",
+            ROUTER_C,
+            "c",
+            FRAG_NEEDED,
+            1280,
+            None,
+        ),
+        (
+            "v4 client: port unreachable, 8-byte quote",
+            CLIENT,
+            "c",
+            PORT_UNREACHABLE,
+            0,
+            Some(CUT_V4),
+        ),
+        (
+            "v6 router: packet too big",
+            ROUTER_B6,
+            "",
+            V6_TOO_BIG,
+            1280,
+            None,
+        ),
+        (
+            "v6 router: packet too big, 8-byte quote",
+            ROUTER_B6,
+            "",
+            V6_TOO_BIG,
+            1280,
+            Some(CUT_V6),
+        ),
+        (
+            "v6 client's router: packet too big",
+            ROUTER_C6,
+            "c",
+            V6_TOO_BIG,
+            1280,
+            Some(CUT_V6),
+        ),
+    ];
+    for (name, from, side, kind, rest, cut) in cases {
+        let v6 = from.contains(':');
+        let (client, vip, backend) = if v6 {
+            (CLIENT6, "fd00::100", "fd00::11")
+        } else {
+            (CLIENT, VIP, "10.0.0.11")
+        };
+        if side.is_empty() {
+            // The backend's side: the error quotes the forwarded packet, goes to the client.
+            let quoted = to_backend(&data(client, 40300, vip, 80), backend, 8080, B1);
+            let mut err = icmp_error(from, client, kind, rest, &quoted, cut);
+            err.eth_src = B1;
+            let mut want = icmp_error(vip, client, kind, rest, &data(client, 40300, vip, 80), cut);
+            want.eth_dst = CLIENT_MAC;
+            want.eth_src = LB_MAC;
+            h.check(
+                name,
+                &err.build(),
+                &Expect::FrameAs(want.build(), verdict::TX_NAT_REPLY),
+            );
+        } else {
+            // The client's side: the error quotes the reply the client got, goes to the
+            // backend quoting what it sent.
+            let err = icmp_error(from, vip, kind, rest, &data(vip, 80, client, 40300), cut);
+            let mut want = icmp_error(
+                from,
+                backend,
+                kind,
+                rest,
+                &data(backend, 8080, client, 40300),
+                cut,
+            );
+            want.eth_dst = B1;
+            want.eth_src = LB_MAC;
+            h.check(name, &err.build(), &Expect::Frame(want.build()));
+        }
+    }
+    // The errors towards the backend count as the service's packets, as forwarded ones do.
+    assert_eq!(h.service_counters("web").packets, before + 2);
+    // Untracked: the client's port is another (and the backend's error about it) -> host.
+    let other = icmp_error(
+        ROUTER_C,
+        VIP,
+        FRAG_NEEDED,
+        1280,
+        &data(VIP, 80, CLIENT, 40999),
+        None,
+    );
+    h.check("client side, no connection", &other.build(), &Expect::Pass);
+    let quoted = to_backend(&data(CLIENT, 40999, VIP, 80), "10.0.0.11", 8080, B1);
+    let other = icmp_error(ROUTER_B, CLIENT, FRAG_NEEDED, 1400, &quoted, None);
+    h.check("backend side, no connection", &other.build(), &Expect::Pass);
+}
+
+/// UDP quotes: the UDP checksum in the quote is updated, and a zero one (none computed) stays
+/// zero, as for forwarded datagrams.
+#[test]
+fn icmp_errors_quoting_udp_keep_a_zero_checksum_zero() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    for no_checksum in [false, true] {
+        let cport = 33200 + no_checksum as u16;
+        let mut q = Pkt::udp(CLIENT, cport, VIP, 53);
+        q.udp_no_checksum = no_checksum;
+        h.check(
+            "query",
+            &q.build(),
+            &Expect::Frame(to_backend(&q, "10.0.0.11", 5353, B1).build()),
+        );
+        let mut a = from_backend(Pkt::udp("10.0.0.11", 5353, CLIENT, cport), B1);
+        a.udp_no_checksum = no_checksum;
+        h.check("answer", &a.build(), &reply_expect(&a, VIP, 53));
+        // The client has closed its port: its port unreachable reaches the backend.
+        let mut reply = Pkt::udp(VIP, 53, CLIENT, cport);
+        reply.udp_no_checksum = no_checksum;
+        let err = icmp_error(CLIENT, VIP, PORT_UNREACHABLE, 0, &reply, None);
+        let mut sent = Pkt::udp("10.0.0.11", 5353, CLIENT, cport);
+        sent.udp_no_checksum = no_checksum;
+        let mut want = icmp_error(CLIENT, "10.0.0.11", PORT_UNREACHABLE, 0, &sent, None);
+        want.eth_dst = B1;
+        want.eth_src = LB_MAC;
+        h.check(
+            "port unreachable to the backend",
+            &err.build(),
+            &Expect::Frame(want.build()),
+        );
+    }
+}
+
+/// Passive health: a backend's ICMP destination unreachable to a SYN it never answered is a
+/// refusal, as its RST would be (dropped, connection forgotten, counted); "fragmentation
+/// needed" is none (translated), nor is an unreachable after the answer.
+#[test]
+fn an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let h = harness();
+    let (id1, id2) = (
+        h.backend_id("web", "10.0.0.11"),
+        h.backend_id("web", "10.0.0.12"),
+    );
+    let syn = Pkt::tcp(CLIENT, 40400, VIP, 80, TCP_SYN);
+    let sent = to_backend(&syn, "10.0.0.11", 8080, B1);
+    h.check(
+        "SYN -> first backend",
+        &syn.build(),
+        &Expect::Frame(sent.build()),
+    );
+    // A router's "fragmentation needed" is no refusal: translated to the client.
+    let mut frag = icmp_error("10.0.0.254", CLIENT, FRAG_NEEDED, 1400, &sent, Some(CUT_V4));
+    frag.eth_src = B1;
+    let mut want = icmp_error(VIP, CLIENT, FRAG_NEEDED, 1400, &syn, Some(CUT_V4));
+    want.eth_dst = CLIENT_MAC;
+    want.eth_src = LB_MAC;
+    h.check(
+        "fragmentation needed to the SYN: translated",
+        &frag.build(),
+        &Expect::FrameAs(want.build(), verdict::TX_NAT_REPLY),
+    );
+    let mut refusal = icmp_error(
+        "10.0.0.11",
+        CLIENT,
+        PORT_UNREACHABLE,
+        0,
+        &sent,
+        Some(CUT_V4),
+    );
+    refusal.eth_src = B1;
+    h.check(
+        "port unreachable to the unanswered SYN: dropped",
+        &refusal.build(),
+        &Expect::Drop(verdict::DROP_SYN_REFUSED),
+    );
+    assert_eq!(h.dp.nat_table_fill().unwrap(), (0, 0), "both entries gone");
+    assert_eq!(
+        (h.dp.refused(id1).unwrap(), h.dp.refused(id2).unwrap()),
+        (1, 0)
+    );
+    h.check(
+        "retransmitted SYN: scheduled anew",
+        &syn.build(),
+        &Expect::Frame(to_backend(&syn, "10.0.0.12", 8080, B2).build()),
+    );
+    // IPv6: destination unreachable (type 1) from the backend, likewise.
+    let syn6 = Pkt::tcp("2001:db8::7", 40400, "fd00::100", 80, TCP_SYN);
+    let sent6 = to_backend(&syn6, "fd00::11", 8080, B1);
+    h.check("SYN6", &syn6.build(), &Expect::Frame(sent6.build()));
+    let mut refusal6 = icmp_error(
+        "fd00::11",
+        "2001:db8::7",
+        V6_PORT_UNREACHABLE,
+        0,
+        &sent6,
+        None,
+    );
+    refusal6.eth_src = B1;
+    h.check(
+        "ICMPv6 unreachable to the unanswered SYN: dropped",
+        &refusal6.build(),
+        &Expect::Drop(verdict::DROP_SYN_REFUSED),
+    );
+    let id6 = h.backend_id("web6", "fd00::11");
+    assert_eq!(h.dp.refused(id6).unwrap(), 1);
+    assert_eq!(
+        h.dp.nat_table_fill().unwrap(),
+        (1, 1),
+        "only web2's connection"
+    );
+}
