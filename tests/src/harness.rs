@@ -81,6 +81,7 @@ impl Harness {
             flow_table_size: flows,
             nat_table_size: nat,
             pin_dir: None,
+            sync: false,
         })
         .expect("load the XDP program");
         let mut h = Harness {

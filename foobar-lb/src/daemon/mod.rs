@@ -126,6 +126,8 @@ struct Daemon {
     refused: HashMap<u32, u64>,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
+    /// Flow-state sync (`[sync]`): its tasks' counters and readiness gate.
+    sync: Option<std::sync::Arc<crate::sync::SyncStats>>,
 }
 
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
