@@ -7,7 +7,8 @@
 use core::mem::size_of;
 
 use crate::{
-    firewall::*, maps::*, stats::verdict, sync::*, Counters, MAX_BACKENDS, MAX_FLOWS, MAX_NAT, MAX_SERVICES,
+    firewall::*, maps::*, stats::verdict, sync::*, Counters, MAX_BACKENDS, MAX_FLOWS, MAX_NAT,
+    MAX_SERVICES,
 };
 
 /// Version of the pinned data plane's layout: bump it when a map's meaning changes without its

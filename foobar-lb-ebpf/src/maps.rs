@@ -10,9 +10,10 @@ use aya_ebpf::{
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
     FlowValue, FwWords, Iface, NatFwd, NatRev, NatScratch, PrefixLens, RateKey, RuleSet,
-    ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS,
-    MAX_BLOCKED, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES,
-    MAX_SERVICES, MAX_SNAT_ENTRIES, MAX_VIP_POLICY_IFACES, FLOW_EVENTS_BYTES, SYNC_STAT_COUNT,
+    ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey,
+    FLOW_EVENTS_BYTES, MAX_BACKENDS, MAX_BLOCKED, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT,
+    MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES, MAX_SNAT_ENTRIES, MAX_VIP_POLICY_IFACES,
+    SYNC_STAT_COUNT,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller

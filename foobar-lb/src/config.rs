@@ -177,7 +177,9 @@ fn default_bulk_timeout_ms() -> u64 {
 impl SyncConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.peers.is_empty() {
-            return Err(invalid("sync.peers is empty: name the other nodes' sync.listen"));
+            return Err(invalid(
+                "sync.peers is empty: name the other nodes' sync.listen",
+            ));
         }
         if self.peers.contains(&self.listen) {
             return Err(invalid(format!(
@@ -1792,7 +1794,11 @@ protocol = "udp"
         assert!(load().contains("cannot read it"), "{}", load());
         std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load().contains("readable by others (mode 644)"), "{}", load());
+        assert!(
+            load().contains("readable by others (mode 644)"),
+            "{}",
+            load()
+        );
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(sync.load_key().unwrap().len(), 32);
         std::fs::write(&key, "short\n").unwrap();

@@ -239,16 +239,36 @@ pub fn render(s: &StatsSnapshot) -> String {
     }
     if let Some(y) = &s.sync {
         for (name, help, value) in [
-            ("sync_ring_events", "New flows the program announced for sync", y.ring_events),
+            (
+                "sync_ring_events",
+                "New flows the program announced for sync",
+                y.ring_events,
+            ),
             (
                 "sync_ring_full",
                 "New-flow announcements lost to a full ring (the flows were forwarded)",
                 y.ring_full,
             ),
-            ("sync_sent", "Flow entries sent to sync peers (bulk and live)", y.sent),
-            ("sync_lagged", "Live flow entries a slow sync peer's queue lost", y.lagged),
-            ("sync_received", "Flow entries received from sync peers", y.received),
-            ("sync_applied", "Received flow entries written into the flow table", y.applied),
+            (
+                "sync_sent",
+                "Flow entries sent to sync peers (bulk and live)",
+                y.sent,
+            ),
+            (
+                "sync_lagged",
+                "Live flow entries a slow sync peer's queue lost",
+                y.lagged,
+            ),
+            (
+                "sync_received",
+                "Flow entries received from sync peers",
+                y.received,
+            ),
+            (
+                "sync_applied",
+                "Received flow entries written into the flow table",
+                y.applied,
+            ),
             (
                 "sync_unknown_backend",
                 "Flow entries skipped: their service or backend is unknown on the other side",
@@ -259,19 +279,41 @@ pub fn render(s: &StatsSnapshot) -> String {
                 "Sync connections refused: the other side did not prove the shared key",
                 y.auth_failures,
             ),
-            ("sync_bulk_syncs", "Bulk syncs received from peers", y.bulk_syncs),
+            (
+                "sync_bulk_syncs",
+                "Bulk syncs received from peers",
+                y.bulk_syncs,
+            ),
         ] {
             counter(&mut reg, name, help)
                 .get_or_create(&vec![])
                 .inc_by(value);
         }
         for (name, help, value) in [
-            ("sync_peers_connected", "Sync peers this node receives flows from", y.peers_connected as f64),
-            ("sync_synced", "1 once the starting node's bulk sync is done (or was given up)", f64::from(u8::from(y.synced))),
-            ("sync_lag_seconds", "From the newest applied flow's sending to its application", y.lag_ms as f64 / 1000.0),
-            ("sync_last_applied_age_seconds", "Since the newest flow from a peer was applied (-1: none yet)", y.last_applied_age_secs.unwrap_or(-1.0)),
+            (
+                "sync_peers_connected",
+                "Sync peers this node receives flows from",
+                y.peers_connected as f64,
+            ),
+            (
+                "sync_synced",
+                "1 once the starting node's bulk sync is done (or was given up)",
+                f64::from(u8::from(y.synced)),
+            ),
+            (
+                "sync_lag_seconds",
+                "From the newest applied flow's sending to its application",
+                y.lag_ms as f64 / 1000.0,
+            ),
+            (
+                "sync_last_applied_age_seconds",
+                "Since the newest flow from a peer was applied (-1: none yet)",
+                y.last_applied_age_secs.unwrap_or(-1.0),
+            ),
         ] {
-            gauge(&mut reg, name, help).get_or_create(&vec![]).set(value);
+            gauge(&mut reg, name, help)
+                .get_or_create(&vec![])
+                .set(value);
         }
     }
     let writes = counter(

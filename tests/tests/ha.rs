@@ -604,7 +604,11 @@ fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
     let (a_sync, b_sync) = (sync_of(&da), sync_of(&db));
     assert!(a_sync.ring_events >= 17, "A announced {a_sync:?}");
     assert!(b_sync.applied >= 17, "B applied {b_sync:?}");
-    assert_eq!(b_sync.unknown_backend + a_sync.ring_full, 0, "{a_sync:?} {b_sync:?}");
+    assert_eq!(
+        b_sync.unknown_backend + a_sync.ring_full,
+        0,
+        "{a_sync:?} {b_sync:?}"
+    );
 
     // 1. A crashes: B takes over with A's flows.
     let killed_a = Instant::now();
@@ -629,9 +633,14 @@ fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
         a_sync.gate.contains(&format!("bulk sync from {NODE_B}:")),
         "{a_sync:?}"
     );
-    assert!(a_sync.bulk_syncs >= 1 && a_sync.applied as usize >= b_flows, "{a_sync:?}, B had {b_flows} flows");
+    assert!(
+        a_sync.bulk_syncs >= 1 && a_sync.applied as usize >= b_flows,
+        "{a_sync:?}, B had {b_flows} flows"
+    );
     assert_eq!(p.a.ready().0, 0);
-    wait_for("restarted A enters BACKUP", 30, || ka.entered("BACKUP") >= 1);
+    wait_for("restarted A enters BACKUP", 30, || {
+        ka.entered("BACKUP") >= 1
+    });
     load.wait_progress("load running through B after A rejoined", 10);
 
     // 3. B crashes: A takes over again, with the flows B created meanwhile.
@@ -644,7 +653,8 @@ fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
     result.assert_nothing_lost();
-    let Download { body, .. } = result.intact_download_across(killed_a, killed_a + takeover, &p.long);
+    let Download { body, .. } =
+        result.intact_download_across(killed_a, killed_a + takeover, &p.long);
     assert_eq!(resets, 0, "the client saw {resets} connection resets");
     let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
     eprintln!(
@@ -668,11 +678,19 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
         return;
     }
     let p = pair("hw", "roundrobin");
-    with_sync(&p, SYNC_KEY, "another secret, also 32 bytes or more long\n", 3000);
+    with_sync(
+        &p,
+        SYNC_KEY,
+        "another secret, also 32 bytes or more long\n",
+        3000,
+    );
     let da = p.a.start();
     let (code, text) = p.a.ready();
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("not ready: syncing flows: waiting for a bulk sync"), "{text}");
+    assert!(
+        text.contains("not ready: syncing flows: waiting for a bulk sync"),
+        "{text}"
+    );
     let waited = wait_for("A ready without a peer", 10, || p.a.ready().0 == 0);
     let gate = sync_of(&da).gate;
     assert!(gate.contains("no peer answered within 3000 ms"), "{gate}");
@@ -691,7 +709,9 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
         foobar_lb_tests::traffic::get(&p.topo.client, &format!("http://{VIP4}/"));
     }
     // The counters are read from the program every 100 ms.
-    wait_for("B announces its 5 flows", 5, || sync_of(&db).ring_events >= 5);
+    wait_for("B announces its 5 flows", 5, || {
+        sync_of(&db).ring_events >= 5
+    });
     let b_sync = sync_of(&db);
     assert_eq!((b_sync.peers_connected, b_sync.sent), (0, 0), "{b_sync:?}");
     thread::sleep(Duration::from_secs(1));
@@ -701,7 +721,11 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
         (0, 0, 0),
         "{a_sync:?}"
     );
-    assert_eq!(da.stats().flow_table_entries, 0, "A's flow table got entries");
+    assert_eq!(
+        da.stats().flow_table_entries,
+        0,
+        "A's flow table got entries"
+    );
     assert!(
         da.log_text().contains("sync: refused"),
         "the refusal is logged: {}",

@@ -4,8 +4,8 @@
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use foobar_lb_common::{
-    Backend, FlowKey, FlowValue, ServiceInfo, ServiceKey, MAP_BACKENDS, MAP_FLOWS,
-    MAP_FLOW_EVENTS, MAP_SERVICES, MAP_SYNC_STATS, SYNC_STAT_RING_FULL, SYNC_STAT_SENT,
+    Backend, FlowKey, FlowValue, ServiceInfo, ServiceKey, MAP_BACKENDS, MAP_FLOWS, MAP_FLOW_EVENTS,
+    MAP_SERVICES, MAP_SYNC_STATS, SYNC_STAT_RING_FULL, SYNC_STAT_SENT,
 };
 
 use super::{map_err, Dataplane, DataplaneError};
@@ -45,8 +45,7 @@ impl Dataplane {
         let maps = SyncMaps {
             flows: HashMap::try_from(own(self, MAP_FLOWS)?).map_err(map_err(MAP_FLOWS))?,
             backends: Array::try_from(own(self, MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?,
-            services: HashMap::try_from(own(self, MAP_SERVICES)?)
-                .map_err(map_err(MAP_SERVICES))?,
+            services: HashMap::try_from(own(self, MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?,
             stats: PerCpuArray::try_from(own(self, MAP_SYNC_STATS)?)
                 .map_err(map_err(MAP_SYNC_STATS))?,
         };
@@ -76,9 +75,7 @@ impl SyncMaps {
 
     /// Writes one flow (one update: the data plane sees the old entry or the new one).
     pub fn write_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DataplaneError> {
-        self.flows
-            .insert(key, value, 0)
-            .map_err(map_err(MAP_FLOWS))
+        self.flows.insert(key, value, 0).map_err(map_err(MAP_FLOWS))
     }
 
     /// (events the program wrote to the ring, events lost to a full ring), over all CPUs.

@@ -368,11 +368,10 @@ async fn serve(
         .await
         .map_err(|_| wire::WireError::AuthFailed)??;
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let dump = tokio::task::spawn_blocking(move || {
-        core.lock().unwrap_or_else(|e| e.into_inner()).dump()
-    })
-    .await
-    .unwrap_or_default();
+    let dump =
+        tokio::task::spawn_blocking(move || core.lock().unwrap_or_else(|e| e.into_inner()).dump())
+            .await
+            .unwrap_or_default();
     let count = dump.len() as u64;
     let sent_ms = now_ms();
     for chunk in dump.chunks(MAX_BATCH) {

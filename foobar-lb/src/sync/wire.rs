@@ -141,7 +141,7 @@ impl Frame {
             KIND_FLOWS => {
                 let sent_ms = u64_at(p)?;
                 let rest = &p[8..];
-                if rest.len() % ENTRY != 0 || rest.len() / ENTRY > MAX_BATCH {
+                if !rest.len().is_multiple_of(ENTRY) || rest.len() / ENTRY > MAX_BATCH {
                     return Err(WireError::Malformed("flow batch of a bad length"));
                 }
                 let entries = rest.chunks_exact(ENTRY).map(Entry::decode).collect();
@@ -326,7 +326,10 @@ mod tests {
     /// A connected pair after the handshake: (listener's writer, dialer's reader).
     async fn pair(dial_key: &[u8]) -> Result<(FrameWriter, FrameReader), WireError> {
         let (mut a, mut b) = tokio::io::duplex(4096);
-        let (w, r) = tokio::join!(accept_handshake(&mut a, KEY), dial_handshake(&mut b, dial_key));
+        let (w, r) = tokio::join!(
+            accept_handshake(&mut a, KEY),
+            dial_handshake(&mut b, dial_key)
+        );
         Ok((w?, r?))
     }
 
@@ -356,9 +359,17 @@ mod tests {
             drop(b);
             r
         });
-        assert!(matches!(r, Err(WireError::AuthFailed)), "dialer: {:?}", r.err());
+        assert!(
+            matches!(r, Err(WireError::AuthFailed)),
+            "dialer: {:?}",
+            r.err()
+        );
         // The dialer hung up without proving anything: the listener refuses it too.
-        assert!(matches!(w, Err(WireError::AuthFailed)), "listener: {:?}", w.err());
+        assert!(
+            matches!(w, Err(WireError::AuthFailed)),
+            "listener: {:?}",
+            w.err()
+        );
     }
 
     #[tokio::test]
@@ -393,10 +404,7 @@ mod tests {
         let mut huge = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
         huge.extend_from_slice(&[0; 64]);
         let mut s = &huge[..];
-        assert!(matches!(
-            r.recv(&mut s).await,
-            Err(WireError::Malformed(_))
-        ));
+        assert!(matches!(r.recv(&mut s).await, Err(WireError::Malformed(_))));
         // A Flows payload cut mid-entry, correctly tagged: refused by the decoder.
         let (kind, mut payload) = Frame::Flows {
             sent_ms: 0,
