@@ -6,6 +6,9 @@ use foobar_lb_common::{FlowEvent, FlowKey, SYNC_STAT_RING_FULL, SYNC_STAT_SENT};
 
 use crate::maps::{FLOW_EVENTS, SYNC_STATS};
 
+/// `bpf_ringbuf_output` flag: do not wake the reader up.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// Set to 1 by the controller at load time when `[sync]` is configured. `.rodata`: the
 /// verifier knows its value, so with 0 it never even walks [`emit`]'s path.
 #[no_mangle]
@@ -24,7 +27,9 @@ pub fn flow_created(key: &FlowKey, id: u32, owner: u32) {
         backend_id: id,
         owner,
     };
-    let stat = match FLOW_EVENTS.output::<FlowEvent>(&event, 0) {
+    // No wakeup: notifying the reader costs ~5 us per event (measured: a new flow took 6 us
+    // instead of 0.6), so the controller polls the ring on a short timer instead.
+    let stat = match FLOW_EVENTS.output::<FlowEvent>(&event, BPF_RB_NO_WAKEUP) {
         Ok(()) => SYNC_STAT_SENT,
         Err(_) => SYNC_STAT_RING_FULL,
     };

@@ -726,6 +726,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sync_counters_are_exported_only_with_sync() {
+        assert!(!render(&snapshot("drop")).contains("foobar_lb_sync"));
+        let mut s = snapshot("drop");
+        s.sync = Some(crate::api::SyncSnapshot {
+            synced: true,
+            peers_connected: 1,
+            ring_full: 2,
+            applied: 40,
+            unknown_backend: 3,
+            auth_failures: 4,
+            lag_ms: 1500,
+            ..Default::default()
+        });
+        let text = render(&s);
+        for line in [
+            "foobar_lb_sync_ring_full_total{} 2",
+            "foobar_lb_sync_applied_total{} 40",
+            "foobar_lb_sync_unknown_backend_total{} 3",
+            "foobar_lb_sync_auth_failures_total{} 4",
+            "foobar_lb_sync_peers_connected{} 1",
+            "foobar_lb_sync_synced{} 1",
+            "foobar_lb_sync_lag_seconds{} 1.5",
+            "foobar_lb_sync_last_applied_age_seconds{} -1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
     /// A daemon stand-in answering `stats` requests; counts them.
     fn fake_daemon(delay: Duration) -> (DaemonSender, Arc<std::sync::atomic::AtomicUsize>) {
         let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);

@@ -67,7 +67,7 @@ pub(super) async fn start(
     let sync = match &config.sync {
         Some(s) => {
             let (ring, maps) = dataplane.sync_maps()?;
-            Some(crate::sync::start(s, s.load_key()?, ring, maps)?)
+            Some(crate::sync::start(s, s.load_key()?, ring, maps))
         }
         None => None,
     };

@@ -22,7 +22,6 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use foobar_lb_common::FlowEvent;
 use tokio::{
-    io::unix::AsyncFd,
     net::{TcpListener, TcpStream},
     sync::broadcast,
     time::timeout,
@@ -49,16 +48,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The id-to-address table is rebuilt from the maps at most this often (and on a miss).
 const TABLE_MAX_AGE: Duration = Duration::from_secs(1);
+/// How often the program's ring is read: it writes without waking the reader (a wakeup per
+/// event would cost each new flow ~5 us), so the lag this adds is at most this.
+const RING_POLL: Duration = Duration::from_millis(5);
 /// Live events queued per connected peer before the slowest loses some (counted).
 const QUEUE: usize = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("cannot poll the program's flow-event ring buffer")]
-    Ring(#[source] std::io::Error),
-    #[error(transparent)]
-    Dataplane(#[from] crate::dataplane::DataplaneError),
-}
 
 /// Counters and state that `status`, `stats` and the metrics show, and readiness reads.
 #[derive(Default)]
@@ -227,7 +221,7 @@ pub fn start(
     key: Vec<u8>,
     ring: RingBuf<MapData>,
     maps: SyncMaps,
-) -> Result<Arc<SyncStats>, SyncError> {
+) -> Arc<SyncStats> {
     let stats = Arc::new(SyncStats::default());
     let key: Arc<[u8]> = key.into();
     let core = Arc::new(Mutex::new(Core {
@@ -236,10 +230,6 @@ pub fn start(
         built: Instant::now() - 2 * TABLE_MAX_AGE,
     }));
     let (live, _) = broadcast::channel::<Arc<Vec<Entry>>>(QUEUE);
-    // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, so the fd stays open
-    // and the same for the AsyncFd's whole life.
-    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| SyncError::Ring(e.into()))?;
     stats.set_gate(
         format!(
             "syncing flows: waiting for a bulk sync from {} (at most {} ms while none answers)",
@@ -269,7 +259,7 @@ pub fn start(
         config.listen,
         list(&config.peers)
     );
-    Ok(stats)
+    stats
 }
 
 fn list(peers: &[SocketAddr]) -> String {
@@ -282,18 +272,17 @@ fn list(peers: &[SocketAddr]) -> String {
 
 /// Reads the program's new flows and hands them, translated, to every connected peer.
 async fn read_ring(
-    mut ring: AsyncFd<RingBuf<MapData>>,
+    mut ring: RingBuf<MapData>,
     core: Arc<Mutex<Core>>,
     live: broadcast::Sender<Arc<Vec<Entry>>>,
     stats: Arc<SyncStats>,
 ) {
+    let mut tick = tokio::time::interval(RING_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Ok(mut guard) = ring.readable_mut().await else {
-            log::error!("sync: the flow-event ring cannot be polled; no new flow is synced");
-            return;
-        };
+        tick.tick().await;
         let mut events = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
+        while let Some(item) = ring.next() {
             if item.len() >= std::mem::size_of::<FlowEvent>() {
                 // SAFETY: the program writes whole `FlowEvent`s (checked length; any bit
                 // pattern is valid for it); read unaligned from the ring's memory.
@@ -303,7 +292,6 @@ async fn read_ring(
                 break;
             }
         }
-        guard.clear_ready();
         if events.is_empty() {
             continue;
         }
