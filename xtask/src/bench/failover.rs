@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use foobar_lb_tests::{
-    daemon::{bin, Daemon},
+    daemon::{bin, cli_at, Daemon},
     load::{start_webs_with_long_file, wait_for, Load, LoadResult},
     netns::{tcp_counter, web4, Netns, Topology, VIP4},
     pair::{
@@ -121,6 +121,7 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
     ];
     let mut running = Vec::new();
     let mut keepalived = Vec::new();
+    let mut confs = Vec::new();
     for (name, ns, pin_dir, peer, prio) in &nodes {
         let netns = Netns::attach(ns);
         let (node, socket, script_bin) = match b {
@@ -156,7 +157,21 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
         );
         fs::write(&conf, text)?;
         running.push(node);
-        keepalived.push(Keepalived::start(&netns, &conf)?);
+        confs.push((netns, conf, socket));
+    }
+    // With sync, a node is ready once it has synced from the other (or waited for it): both
+    // are, before keepalived runs, so A (the higher priority) wins the first election.
+    for (_, _, socket) in &confs {
+        if matches!(b, Balancer::FoobarRoundRobinSync | Balancer::FoobarMaglevSync) {
+            wait_for("the node synced and ready", 15, || {
+                cli_at(&bin(), socket, &["ready", "--timeout", "1"])
+                    .status
+                    .success()
+            });
+        }
+    }
+    for (netns, conf, _) in &confs {
+        keepalived.push(Keepalived::start(netns, conf)?);
     }
     let a_ns = Netns::attach(&nodes[0].1);
     let b_ns = Netns::attach(&nodes[1].1);
