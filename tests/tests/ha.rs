@@ -731,4 +731,10 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
         "the refusal is logged: {}",
         da.log_text()
     );
+    let status = String::from_utf8_lossy(&da.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("sync: no bulk sync: no peer answered within 3000 ms")
+            && status.contains("0 peer(s) connected"),
+        "{status}"
+    );
 }

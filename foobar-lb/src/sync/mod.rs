@@ -51,6 +51,9 @@ const TABLE_MAX_AGE: Duration = Duration::from_secs(1);
 /// How often the program's ring is read: it writes without waking the reader (a wakeup per
 /// event would cost each new flow ~5 us), so the lag this adds is at most this.
 const RING_POLL: Duration = Duration::from_millis(5);
+/// Connections the listener serves at once (handshakes included): a stranger opening many
+/// cannot make it spawn without bound.
+const MAX_CONNECTIONS: usize = 16;
 /// Live events queued per connected peer before the slowest loses some (counted).
 const QUEUE: usize = 1024;
 
@@ -323,16 +326,20 @@ async fn listen(
             }
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((sock, from)) = listener.accept().await else {
             tokio::time::sleep(BACKOFF_MIN).await;
             continue;
         };
-        let (key, core, stats) = (key.clone(), core.clone(), stats.clone());
-        // Subscribed before the dump is taken: no flow falls between the two.
-        let rx = live.subscribe();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::warn!("sync: {from} refused: already serving {MAX_CONNECTIONS} connections");
+            continue;
+        };
+        let (key, core, stats, live) = (key.clone(), core.clone(), stats.clone(), live.clone());
         tokio::spawn(async move {
-            match serve(sock, &key, core, rx, &stats).await {
+            let _slot = slot;
+            match serve(sock, &key, core, &live, &stats).await {
                 Ok(()) => {}
                 Err(e) if e.is_auth() => {
                     stats.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -348,13 +355,15 @@ async fn serve(
     mut sock: TcpStream,
     key: &[u8],
     core: Arc<Mutex<Core>>,
-    mut rx: broadcast::Receiver<Arc<Vec<Entry>>>,
+    live: &broadcast::Sender<Arc<Vec<Entry>>>,
     stats: &SyncStats,
 ) -> Result<(), wire::WireError> {
     let _ = sock.set_nodelay(true);
     let mut w = timeout(HANDSHAKE_TIMEOUT, wire::accept_handshake(&mut sock, key))
         .await
         .map_err(|_| wire::WireError::AuthFailed)??;
+    // Subscribed before the dump is taken: no flow falls between the two.
+    let mut rx = live.subscribe();
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let dump =
         tokio::task::spawn_blocking(move || core.lock().unwrap_or_else(|e| e.into_inner()).dump())

@@ -162,7 +162,10 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
     // With sync, a node is ready once it has synced from the other (or waited for it): both
     // are, before keepalived runs, so A (the higher priority) wins the first election.
     for (_, _, socket) in &confs {
-        if matches!(b, Balancer::FoobarRoundRobinSync | Balancer::FoobarMaglevSync) {
+        if matches!(
+            b,
+            Balancer::FoobarRoundRobinSync | Balancer::FoobarMaglevSync
+        ) {
             wait_for("the node synced and ready", 15, || {
                 cli_at(&bin(), socket, &["ready", "--timeout", "1"])
                     .status
