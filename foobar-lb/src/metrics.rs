@@ -385,7 +385,10 @@ fn classic_text(openmetrics: &str) -> String {
 
 /// What `/ready` answers; the daemon sets it as it starts and stops.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicU8>);
+pub struct Readiness(
+    Arc<AtomicU8>,
+    Arc<std::sync::OnceLock<Arc<crate::sync::SyncStats>>>,
+);
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
@@ -400,6 +403,20 @@ impl Readiness {
     /// The daemon is leaving its main loop.
     pub fn set_stopping(&self) {
         self.0.store(STOPPING, Ordering::Release);
+    }
+
+    /// With `[sync]`: `/ready` also waits for the start-up bulk sync, as `foobar-lb ready` does.
+    pub fn set_sync(&self, sync: Arc<crate::sync::SyncStats>) {
+        let _ = self.1.set(sync);
+    }
+
+    /// What `/ready` answers: [`Readiness::check`], and the sync gate if there is one.
+    fn check_ready(&self) -> Result<(), String> {
+        self.check().map_err(str::to_owned)?;
+        match self.1.get() {
+            Some(sync) => sync.ready(),
+            None => Ok(()),
+        }
     }
 
     /// `Err(reason)` unless ready.
@@ -544,7 +561,7 @@ async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> Reply {
                 Err(why) => unavailable(why),
             }
         }
-        "/ready" => match shared.readiness.check() {
+        "/ready" => match shared.readiness.check_ready() {
             Ok(()) => reply(StatusCode::OK, TEXT, "ready\n".into()),
             Err(why) => unavailable(why),
         },
@@ -815,6 +832,16 @@ mod tests {
             "nobody asks a daemon still starting"
         );
         readiness.set_ready();
+        // With [sync], /ready waits for the bulk sync too; /live does not.
+        let sync = Arc::new(crate::sync::SyncStats::default());
+        sync.set_gate("syncing flows: waiting".into(), false);
+        readiness.set_sync(sync.clone());
+        assert_eq!(
+            get(addr, "/ready").await,
+            (503, "syncing flows: waiting\n".into())
+        );
+        assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
+        sync.set_gate("flows synced".into(), true);
         assert_eq!(get(addr, "/ready").await, (200, "ready\n".into()));
         assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
         // Prometheus asks for OpenMetrics; others get the classic text format.

@@ -139,6 +139,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let (mut d, mut events, _lock) =
         startup::start(config_path, &opts, (api_tx, readiness.clone())).await?;
     let socket = d.config.control_socket.clone();
+    if let Some(sync) = &d.sync {
+        readiness.set_sync(sync.clone());
+    }
     let signals = [
         tokio::signal::unix::signal(SignalKind::interrupt())?,
         tokio::signal::unix::signal(SignalKind::terminate())?,

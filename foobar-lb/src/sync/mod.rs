@@ -106,7 +106,7 @@ impl SyncStats {
         self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set_gate(&self, text: String, ready: bool) {
+    pub(crate) fn set_gate(&self, text: String, ready: bool) {
         *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = text;
         if ready {
             self.ready.store(true, Ordering::Release);
