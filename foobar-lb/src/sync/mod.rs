@@ -38,8 +38,11 @@ use wire::{Entry, Frame, MAX_BATCH};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The listener pings this often when it has nothing to send...
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// ...and the dialer gives a connection up after this long without a frame.
+/// ...and the dialer gives a connection up after this long without a frame...
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...but waits this long for the first, while the listener walks a large table for the
+/// bulk sync (about a second per million flows).
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write to a peer taking longer than this drops the connection (the peer reconnects and
 /// gets a bulk sync), rather than letting events pile up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -488,10 +491,12 @@ async fn receive_frames(
     stats: &Arc<SyncStats>,
 ) -> Result<(), ReceiveError> {
     let mut bulk = 0u64;
+    let mut limit = FIRST_FRAME_TIMEOUT;
     loop {
-        let frame = timeout(SILENCE_TIMEOUT, r.recv(sock))
+        let frame = timeout(limit, r.recv(sock))
             .await
             .map_err(|_| ReceiveError::Timeout)??;
+        limit = SILENCE_TIMEOUT;
         match frame {
             Frame::Flows { sent_ms, entries } => {
                 stats
