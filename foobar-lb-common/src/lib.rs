@@ -10,8 +10,10 @@ pub mod firewall;
 pub mod maps;
 pub mod registry;
 pub mod stats;
+pub mod sync;
 
 pub use firewall::*;
 pub use maps::*;
 pub use registry::{LAYOUT_VERSION, MAP_META};
 pub use stats::*;
+pub use sync::*;

@@ -7,7 +7,8 @@
 use core::mem::size_of;
 
 use crate::{
-    firewall::*, maps::*, stats::verdict, Counters, MAX_BACKENDS, MAX_FLOWS, MAX_NAT, MAX_SERVICES,
+    firewall::*, maps::*, stats::verdict, sync::*, Counters, MAX_BACKENDS, MAX_FLOWS, MAX_NAT,
+    MAX_SERVICES,
 };
 
 /// Version of the pinned data plane's layout: bump it when a map's meaning changes without its
@@ -140,6 +141,18 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, VipFilter>(MAP_VIP_FILTER, Array, 1, 0, true),
     spec::<u32, u32>(MAP_VIP_POLICY, Hash, MAX_VIP_POLICY_IFACES, 0, true),
     spec::<RateKey, Bucket>(MAP_RATE_BUCKETS, LruHash, MAX_RATE_SOURCES, 0, true),
+    // Flow-state sync: new flows for the controller to stream to its peers, and the counts
+    // of those written and lost. Per process: a restarted daemon reads its own program's.
+    MapSpec {
+        name: MAP_FLOW_EVENTS,
+        kind: RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: FLOW_EVENTS_BYTES,
+        flags: 0,
+        pinned: false,
+    },
+    spec::<u32, u64>(MAP_SYNC_STATS, PerCpuArray, SYNC_STAT_COUNT, 0, false),
     // aya-log's ring buffer: no key or value, 128 KiB of records.
     MapSpec {
         name: MAP_AYA_LOGS,

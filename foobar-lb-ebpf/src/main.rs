@@ -23,6 +23,8 @@ mod rewrite;
 mod select;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod sync;
 
 #[cfg(target_arch = "bpf")]
 mod prog {

@@ -5,14 +5,15 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
     FlowValue, FwWords, Iface, NatFwd, NatRev, NatScratch, PrefixLens, RateKey, RuleSet,
-    ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey, MAX_BACKENDS,
-    MAX_BLOCKED, MAX_EGRESS, MAX_FLOWS, MAX_IFACE_VLANS, MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES,
-    MAX_RULES, MAX_SERVICES, MAX_SNAT_ENTRIES, MAX_VIP_POLICY_IFACES,
+    ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey,
+    FLOW_EVENTS_BYTES, MAX_BACKENDS, MAX_BLOCKED, MAX_EGRESS, MAX_FLOWS, MAX_IFACE_VLANS,
+    MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES, MAX_SNAT_ENTRIES,
+    MAX_VIP_POLICY_IFACES, SYNC_STAT_COUNT,
 };
 
 /// Index 0: facts about the pinned data plane (its layout version), written by the controller
@@ -126,6 +127,14 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 /// passive health (`observe = "layer4"`) reads it several times a second.
 #[map]
 pub static BACKEND_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// New flows for the controller's flow-state sync (`FlowEvent` records; see sync.rs).
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+
+/// `SYNC_STAT_*` counters of the sync events (written, lost to a full ring).
+#[map]
+pub static SYNC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SYNC_STAT_COUNT, 0);
 
 // ---- Firewall -------------------------------------------------------------------------------
 

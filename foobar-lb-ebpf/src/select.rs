@@ -10,7 +10,7 @@ use foobar_lb_common::{
 
 use crate::{
     maps::{BACKENDS, BACKEND_SETS, FLOWS, FLOW_CLOCK, RATE_BUCKETS, RR_CURSORS},
-    stats,
+    stats, sync,
 };
 
 /// The flow's backend, if the flow is in the table and its backend still serves (active or
@@ -128,6 +128,7 @@ fn schedule(svc: &ServiceInfo, key: &FlowKey, gen: u32) -> Result<(u32, Backend)
             },
             0,
         );
+        sync::flow_created(key, id, backend.owner);
     }
     stats::count_new_flow(service_id, id);
     Ok((id, backend))

@@ -261,6 +261,39 @@ pub struct StatsSnapshot {
     pub announce: Option<AnnounceStats>,
     #[serde(default)]
     pub netlink: NetlinkStats,
+    /// `[sync]`, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncSnapshot>,
+}
+
+/// Flow-state sync (`[sync]`), for `status`, `stats --json` and the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SyncSnapshot {
+    /// The bulk sync completed, or the wait for one ended: the node may be ready.
+    pub synced: bool,
+    /// Why it is ready, or what it waits for.
+    pub gate: String,
+    pub peers_connected: u64,
+    pub bulk_syncs: u64,
+    /// New flows the program announced on its ring.
+    pub ring_events: u64,
+    /// Announcements lost to a full ring (the flows were forwarded all the same).
+    pub ring_full: u64,
+    /// Flow entries sent to peers (bulk and live).
+    pub sent: u64,
+    /// Live flows a slow peer's queue lost.
+    pub lagged: u64,
+    pub received: u64,
+    pub applied: u64,
+    /// Entries naming a service or backend this node lacks (skipped).
+    pub unknown_backend: u64,
+    /// Connections refused for a key not proven.
+    pub auth_failures: u64,
+    /// Milliseconds from the newest applied entry's sending to its application.
+    pub lag_ms: u64,
+    /// Seconds since the newest entry was applied (none yet: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_age_secs: Option<f64>,
 }
 
 /// Kernel events the daemon read (neighbour and link changes), for the metrics.

@@ -129,6 +129,9 @@ pub struct Config {
     /// `[announce]`: routes to this node's VIPs for a BGP daemon to announce (active-active).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceConfig>,
+    /// `[sync]`: flow-state sync with the other balancer nodes (README "Redundancy").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncConfig>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -144,6 +147,84 @@ pub struct AnnounceConfig {
     /// Withdrawn by the operator (`foobar-lb node drain` sets it; config-dump keeps it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+}
+
+/// `[sync]`: this node streams the flows its data plane creates to every peer, and writes
+/// theirs into its own flow table; a (re)starting node is not ready before a bulk sync.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Where peers connect (`address:port`, an address of this node).
+    pub listen: std::net::SocketAddr,
+    /// The other nodes' `listen` addresses.
+    pub peers: Vec<std::net::SocketAddr>,
+    /// File holding the shared secret (at least [`SYNC_KEY_MIN`] bytes, the same on every
+    /// node), readable by its owner only.
+    pub key_file: PathBuf,
+    /// How long a starting node waits for a bulk sync while no peer answers, before it
+    /// declares itself ready anyway (the first node of a cluster has nobody to sync from).
+    #[serde(default = "default_bulk_timeout_ms")]
+    pub bulk_timeout_ms: u64,
+}
+
+/// Shortest shared secret `[sync]` accepts, in bytes (as HMAC-SHA256's output).
+pub const SYNC_KEY_MIN: usize = 32;
+
+fn default_bulk_timeout_ms() -> u64 {
+    5000
+}
+
+impl SyncConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.peers.is_empty() {
+            return Err(invalid(
+                "sync.peers is empty: name the other nodes' sync.listen",
+            ));
+        }
+        if self.peers.contains(&self.listen) {
+            return Err(invalid(format!(
+                "sync.peers lists this node's own sync.listen {}",
+                self.listen
+            )));
+        }
+        if self.listen.port() == 0 {
+            return Err(invalid("sync.listen needs a port"));
+        }
+        if !(100..=600_000).contains(&self.bulk_timeout_ms) {
+            return Err(invalid(format!(
+                "sync.bulk_timeout_ms {} is out of range 100..=600000",
+                self.bulk_timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shared secret: the key file's bytes, surrounding whitespace trimmed. Refused when
+    /// missing, too short, or readable by anyone but its owner.
+    pub fn load_key(&self) -> Result<Vec<u8>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = &self.key_file;
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| invalid(format!("sync.key_file {shown}: cannot read it: {e}")))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(invalid(format!(
+                "sync.key_file {shown} is readable by others (mode {mode:o}): `chmod 600` it"
+            )));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| invalid(format!("sync.key_file {shown}: cannot read it: {e}")))?;
+        let key = bytes.trim_ascii().to_vec();
+        if key.len() < SYNC_KEY_MIN {
+            return Err(invalid(format!(
+                "sync.key_file {shown} holds {} bytes; at least {SYNC_KEY_MIN} are needed \
+                 (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
+                key.len()
+            )));
+        }
+        Ok(key)
+    }
 }
 
 pub fn default_pin_dir() -> PathBuf {
@@ -964,6 +1045,9 @@ impl Config {
             }
             pairs += ids.len();
         }
+        if let Some(sync) = &self.sync {
+            sync.validate()?;
+        }
         if let Some(a) = &self.announce {
             let name = &a.interface;
             let valid = (1..16).contains(&name.len())
@@ -1224,6 +1308,9 @@ impl Config {
             svc.health.check_host(&format!("service {:?}", svc.name))?;
         }
         self.blocklist()?;
+        if let Some(sync) = &self.sync {
+            sync.load_key()?;
+        }
         Ok(())
     }
 
@@ -1686,6 +1773,40 @@ protocol = "udp"
         assert!(err(&text.replace("eth0 = [", "eth1 = [")).contains("\"eth1\", which is not in"));
         assert!(err(&text.replace("20]", "4095]")).contains("VLAN id 4095 is out of range"));
         assert!(err(&text.replace("20]", "10]")).contains("VLAN 10 is listed twice"));
+    }
+
+    #[test]
+    fn sync_needs_peers_and_a_private_key_file_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("foobar-lb-sync-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        let text = format!(
+            "{GOOD}\n[sync]\nlisten = \"10.0.0.2:7946\"\npeers = [\"10.0.0.3:7946\"]\n\
+             key_file = \"{}\"\n",
+            key.display()
+        );
+        let c = Config::parse(&text).unwrap();
+        let sync = c.sync.as_ref().unwrap();
+        assert_eq!(sync.bulk_timeout_ms, 5000);
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap().sync, c.sync);
+        let load = || shown(sync.load_key().unwrap_err());
+        assert!(load().contains("cannot read it"), "{}", load());
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            load().contains("readable by others (mode 644)"),
+            "{}",
+            load()
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(sync.load_key().unwrap().len(), 32);
+        std::fs::write(&key, "short\n").unwrap();
+        assert!(load().contains("holds 5 bytes; at least 32"), "{}", load());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err(&text.replace("\"10.0.0.3:7946\"", "")).contains("sync.peers is empty"));
+        assert!(err(&text.replace("10.0.0.3:7946", "10.0.0.2:7946")).contains("own sync.listen"));
+        assert!(err(&format!("{text}bulk_timeout_ms = 1\n")).contains("out of range"));
     }
 
     #[test]

@@ -19,3 +19,4 @@ pub mod pool;
 pub mod reconcile;
 pub mod schedule;
 pub mod stats_page;
+pub mod sync;

@@ -237,6 +237,85 @@ pub fn render(s: &StatsSnapshot) -> String {
             .get_or_create(&vec![])
             .set(a.announced.len() as f64);
     }
+    if let Some(y) = &s.sync {
+        for (name, help, value) in [
+            (
+                "sync_ring_events",
+                "New flows the program announced for sync",
+                y.ring_events,
+            ),
+            (
+                "sync_ring_full",
+                "New-flow announcements lost to a full ring (the flows were forwarded)",
+                y.ring_full,
+            ),
+            (
+                "sync_sent",
+                "Flow entries sent to sync peers (bulk and live)",
+                y.sent,
+            ),
+            (
+                "sync_lagged",
+                "Live flow entries a slow sync peer's queue lost",
+                y.lagged,
+            ),
+            (
+                "sync_received",
+                "Flow entries received from sync peers",
+                y.received,
+            ),
+            (
+                "sync_applied",
+                "Received flow entries written into the flow table",
+                y.applied,
+            ),
+            (
+                "sync_unknown_backend",
+                "Flow entries skipped: their service or backend is unknown on the other side",
+                y.unknown_backend,
+            ),
+            (
+                "sync_auth_failures",
+                "Sync connections refused: the other side did not prove the shared key",
+                y.auth_failures,
+            ),
+            (
+                "sync_bulk_syncs",
+                "Bulk syncs received from peers",
+                y.bulk_syncs,
+            ),
+        ] {
+            counter(&mut reg, name, help)
+                .get_or_create(&vec![])
+                .inc_by(value);
+        }
+        for (name, help, value) in [
+            (
+                "sync_peers_connected",
+                "Sync peers this node receives flows from",
+                y.peers_connected as f64,
+            ),
+            (
+                "sync_synced",
+                "1 once the starting node's bulk sync is done (or was given up)",
+                f64::from(u8::from(y.synced)),
+            ),
+            (
+                "sync_lag_seconds",
+                "From the newest applied flow's sending to its application",
+                y.lag_ms as f64 / 1000.0,
+            ),
+            (
+                "sync_last_applied_age_seconds",
+                "Since the newest flow from a peer was applied (-1: none yet)",
+                y.last_applied_age_secs.unwrap_or(-1.0),
+            ),
+        ] {
+            gauge(&mut reg, name, help)
+                .get_or_create(&vec![])
+                .set(value);
+        }
+    }
     let writes = counter(
         &mut reg,
         "map_writes",
@@ -306,7 +385,10 @@ fn classic_text(openmetrics: &str) -> String {
 
 /// What `/ready` answers; the daemon sets it as it starts and stops.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicU8>);
+pub struct Readiness(
+    Arc<AtomicU8>,
+    Arc<std::sync::OnceLock<Arc<crate::sync::SyncStats>>>,
+);
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
@@ -321,6 +403,20 @@ impl Readiness {
     /// The daemon is leaving its main loop.
     pub fn set_stopping(&self) {
         self.0.store(STOPPING, Ordering::Release);
+    }
+
+    /// With `[sync]`: `/ready` also waits for the start-up bulk sync, as `foobar-lb ready` does.
+    pub fn set_sync(&self, sync: Arc<crate::sync::SyncStats>) {
+        let _ = self.1.set(sync);
+    }
+
+    /// What `/ready` answers: [`Readiness::check`], and the sync gate if there is one.
+    fn check_ready(&self) -> Result<(), String> {
+        self.check().map_err(str::to_owned)?;
+        match self.1.get() {
+            Some(sync) => sync.ready(),
+            None => Ok(()),
+        }
     }
 
     /// `Err(reason)` unless ready.
@@ -465,7 +561,7 @@ async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> Reply {
                 Err(why) => unavailable(why),
             }
         }
-        "/ready" => match shared.readiness.check() {
+        "/ready" => match shared.readiness.check_ready() {
             Ok(()) => reply(StatusCode::OK, TEXT, "ready\n".into()),
             Err(why) => unavailable(why),
         },
@@ -607,6 +703,7 @@ mod tests {
                 ignored_events: 5,
                 resyncs: 6,
             },
+            sync: None,
         }
     }
 
@@ -641,6 +738,35 @@ mod tests {
             "foobar_lb_link_events_total{} 4",
             "foobar_lb_netlink_ignored_events_total{} 5",
             "foobar_lb_netlink_resyncs_total{} 6",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn sync_counters_are_exported_only_with_sync() {
+        assert!(!render(&snapshot("drop")).contains("foobar_lb_sync"));
+        let mut s = snapshot("drop");
+        s.sync = Some(crate::api::SyncSnapshot {
+            synced: true,
+            peers_connected: 1,
+            ring_full: 2,
+            applied: 40,
+            unknown_backend: 3,
+            auth_failures: 4,
+            lag_ms: 1500,
+            ..Default::default()
+        });
+        let text = render(&s);
+        for line in [
+            "foobar_lb_sync_ring_full_total{} 2",
+            "foobar_lb_sync_applied_total{} 40",
+            "foobar_lb_sync_unknown_backend_total{} 3",
+            "foobar_lb_sync_auth_failures_total{} 4",
+            "foobar_lb_sync_peers_connected{} 1",
+            "foobar_lb_sync_synced{} 1",
+            "foobar_lb_sync_lag_seconds{} 1.5",
+            "foobar_lb_sync_last_applied_age_seconds{} -1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
@@ -706,6 +832,16 @@ mod tests {
             "nobody asks a daemon still starting"
         );
         readiness.set_ready();
+        // With [sync], /ready waits for the bulk sync too; /live does not.
+        let sync = Arc::new(crate::sync::SyncStats::default());
+        sync.set_gate("syncing flows: waiting".into(), false);
+        readiness.set_sync(sync.clone());
+        assert_eq!(
+            get(addr, "/ready").await,
+            (503, "syncing flows: waiting\n".into())
+        );
+        assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
+        sync.set_gate("flows synced".into(), true);
         assert_eq!(get(addr, "/ready").await, (200, "ready\n".into()));
         assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
         // Prometheus asks for OpenMetrics; others get the classic text format.

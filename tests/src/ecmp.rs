@@ -111,6 +111,17 @@ pub struct Group {
 
 impl Group {
     pub fn new(tag: &str, xdp_mode: &str, lb_bin: &Path) -> Result<Group> {
+        Group::with(tag, xdp_mode, lb_bin, "maglev", false)
+    }
+
+    /// With `scheduler` in every service, and with `sync` flow sync between the nodes.
+    pub fn with(
+        tag: &str,
+        xdp_mode: &str,
+        lb_bin: &Path,
+        scheduler: &str,
+        sync: bool,
+    ) -> Result<Group> {
         let mut topo = Topology::new(tag, 2)?;
         topo.release_lb_vips()?;
         let b = topo.add_lb(NODE_B_HOST)?;
@@ -131,16 +142,26 @@ impl Group {
         let router_bird = Bird::start(router, &router_conf)?;
         let a = node(
             &topo,
-            "a",
-            &topo.lb.name,
-            NODE_A,
+            ("a", &topo.lb.name, NODE_A),
             &topo.pin_dir(),
-            xdp_mode,
+            (xdp_mode, scheduler),
             lb_bin,
         )?;
         let b_pin = topo.lbs[b].pin_dir.clone();
         let b_ns = topo.lbs[b].ns.name.clone();
-        let b = node(&topo, "b", &b_ns, NODE_B, &b_pin, xdp_mode, lb_bin)?;
+        let b = node(
+            &topo,
+            ("b", &b_ns, NODE_B),
+            &b_pin,
+            (xdp_mode, scheduler),
+            lb_bin,
+        )?;
+        if sync {
+            let key = topo.dir.join("sync.key");
+            crate::pair::write_sync_key(&key, "the ECMP group's shared sync secret, 32+ bytes")?;
+            crate::pair::add_sync(&a.config, NODE_A, NODE_B, &key, 3000)?;
+            crate::pair::add_sync(&b.config, NODE_B, NODE_A, &key, 3000)?;
+        }
         Ok(Group {
             router_bird,
             a,
@@ -181,11 +202,9 @@ impl Group {
 /// `[announce]`) and its BIRD config from `foobar-lb bird-config`.
 fn node(
     topo: &Topology,
-    name: &'static str,
-    ns: &str,
-    addr: &'static str,
+    (name, ns, addr): (&'static str, &str, &'static str),
     pin_dir: &Path,
-    xdp_mode: &str,
+    (xdp_mode, scheduler): (&str, &str),
     lb_bin: &Path,
 ) -> Result<Node> {
     let netns = Netns::attach(ns);
@@ -204,7 +223,7 @@ fn node(
     }
     // The VIPs become local addresses of the node: it must not answer ARP for them on eth0.
     netns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
-    let (config, socket) = write_node_config(topo, name, pin_dir, "maglev", xdp_mode)?;
+    let (config, socket) = write_node_config(topo, name, pin_dir, scheduler, xdp_mode)?;
     let mut text = fs::read_to_string(&config)?;
     text += &format!("\n[announce]\ninterface = \"{ANNOUNCE_IF}\"\n");
     fs::write(&config, text)?;

@@ -72,6 +72,15 @@ impl Harness {
 
     /// With a flow table of `flows` and NAT tables of `nat` entries each.
     pub fn with_tables(config_toml: &str, macs: &[(&str, Mac)], flows: u32, nat: u32) -> Harness {
+        Harness::load(config_toml, macs, flows, nat, false)
+    }
+
+    /// With the program's flow-sync announcements on, as `[sync]` loads it.
+    pub fn with_sync(config_toml: &str, macs: &[(&str, Mac)]) -> Harness {
+        Harness::load(config_toml, macs, 65536, 65536, true)
+    }
+
+    fn load(config_toml: &str, macs: &[(&str, Mac)], flows: u32, nat: u32, sync: bool) -> Harness {
         assert!(
             crate::root_and_object(),
             "call `if !foobar_lb_tests::root_and_object() {{ return; }}` first in this test"
@@ -81,6 +90,7 @@ impl Harness {
             flow_table_size: flows,
             nat_table_size: nat,
             pin_dir: None,
+            sync,
         })
         .expect("load the XDP program");
         let mut h = Harness {

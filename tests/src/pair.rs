@@ -231,3 +231,34 @@ impl Drop for Keepalived {
         self.kill();
     }
 }
+
+/// Port of the pair's `[sync]` listeners.
+pub const SYNC_PORT: u16 = 7700;
+
+/// Writes `key` to `path`, readable by its owner only (as `[sync]` requires).
+pub fn write_sync_key(path: &Path, key: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, key)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Appends a `[sync]` section to a node's config: listening on `node`, the peer `peer`,
+/// the key in `key_file`, waiting at most `bulk_timeout_ms` for a peer at start.
+pub fn add_sync(
+    config: &Path,
+    node: &str,
+    peer: &str,
+    key_file: &Path,
+    bulk_timeout_ms: u64,
+) -> Result<()> {
+    let mut c = fs::read_to_string(config)?;
+    c += &format!(
+        "\n[sync]\nlisten = \"{node}:{SYNC_PORT}\"\npeers = [\"{peer}:{SYNC_PORT}\"]\n\
+         key_file = \"{}\"\nbulk_timeout_ms = {bulk_timeout_ms}\n",
+        key_file.display()
+    );
+    // A table header starts a top-level table wherever it stands.
+    fs::write(config, c)?;
+    Ok(())
+}

@@ -100,6 +100,74 @@ fn flows_spread_over_both_nodes_and_a_dead_or_returning_node_loses_nothing() {
     );
 }
 
+/// Round robin picks differently on each node, so without state only the node that opened a
+/// connection knows its backend; with flow sync each node has the other's flows, and a node
+/// that dies or returns (announced only once its bulk sync is done) moves no connection.
+#[test]
+fn with_round_robin_and_sync_a_dead_or_returning_node_loses_nothing() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let g = Group::with("es", "generic", &bin(), "roundrobin", true).unwrap();
+    let long = start_webs_with_long_file(&g.topo);
+    let (mut da, db) = (g.a.start().unwrap(), g.b.start().unwrap());
+    wait_backends_up(&da);
+    wait_backends_up(&db);
+    let synced = |d: &foobar_lb_tests::daemon::Daemon| d.stats().sync.expect("[sync]");
+    wait_for("each node receives the other's flows", 15, || {
+        synced(&da).peers_connected == 1 && synced(&db).peers_connected == 1
+    });
+    let mut bird_a = g.a.start_bird().unwrap();
+    let _bird_b = g.b.start_bird().unwrap();
+    wait_for("the router has both nodes as next hops", 30, || {
+        g.next_hops() == both()
+    });
+    let resets_before = tcp_counter(&g.topo.client, "EstabResets").unwrap();
+    let load = Load::start_on(&g.topo.client, ipv4_vip(), 16, true);
+    load.wait_progress("load running through both nodes", 10);
+    wait_for("the download under way", 30, || {
+        load.download_bytes.load(Ordering::Relaxed) >= 256 << 10
+    });
+    let (sa, sb) = (synced(&da), synced(&db));
+    assert!(
+        sa.ring_events > 0 && sb.ring_events > 0 && sa.applied > 0 && sb.applied > 0,
+        "both nodes opened flows and applied the other's: A {sa:?}, B {sb:?}"
+    );
+
+    let killed = Instant::now();
+    g.a.ns().ip(&["link", "set", "eth0", "down"]).unwrap();
+    da.kill();
+    bird_a.kill();
+    let moved = wait_for("the router drops node A", 10, || {
+        g.next_hops() == [NODE_B.to_owned()]
+    });
+    load.wait_progress("load running through B alone", 20);
+
+    g.a.ns().ip(&["link", "set", "eth0", "up"]).unwrap();
+    let da = g.a.start().unwrap();
+    let _bird_a = g.a.start_bird().unwrap();
+    wait_for("the router has node A again", 30, || {
+        g.next_hops() == both()
+    });
+    let sa = synced(&da);
+    assert!(
+        sa.gate.contains("bulk sync from") && sa.applied > 0,
+        "A was announced before its bulk sync: {sa:?}"
+    );
+    load.wait_progress("load running through both nodes again", 20);
+    let result = load.finish();
+    let resets = tcp_counter(&g.topo.client, "EstabResets").unwrap() - resets_before;
+    result.assert_nothing_lost();
+    result.intact_download_across(killed, killed + moved, &long);
+    assert_eq!(resets, 0, "the client saw {resets} connection resets");
+    eprintln!(
+        "figures: ECMP, round robin + sync: {} new connections, {} keep-alive connections, 0 \
+         failed, 0 resets, download intact; returned A: {sa:?}",
+        result.new_conns.len(),
+        result.keepalive.len()
+    );
+}
+
 #[test]
 fn draining_a_node_withdraws_its_route_and_moves_no_connection() {
     if !root_object_and_binary() {

@@ -2,11 +2,12 @@
 //! keepalived (VRRP, configured by `foobar-lb keepalived-config`, tracking `foobar-lb ready`)
 //! moving the VIP between them.
 //!
-//! There is no flow sync: the node that takes over has no flow entries for the connections
-//! the other node carried, and schedules their next packet anew (README "Packet handling").
-//! With `scheduler = "maglev"` and the same backends, that pick is the backend the other node
-//! used, so established connections survive; with round robin they do not (the last test
-//! shows it, which is why the pair is documented and tested with Maglev).
+//! Without flow sync, the node that takes over has no flow entries for the connections the
+//! other node carried, and schedules their next packet anew (README "Packet handling"). With
+//! `scheduler = "maglev"` and the same backends, that pick is the backend the other node used,
+//! so established connections survive; with round robin they do not
+//! (`with_round_robin_a_takeover_resets_connections`). With `[sync]`, each node writes the
+//! other's flows into its own table, so round robin loses nothing either (the `sync_` tests).
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +21,8 @@ use foobar_lb_tests::{
     load::{start_webs_with_long_file, wait_backends_up, wait_for, Load},
     netns::{tcp_counter, Netns, Topology, LB6, VIP4, VIP6},
     pair::{
-        holds, write_keepalived_config, write_node_config, Keepalived, NODE_A, NODE_B, NODE_B_HOST,
+        add_sync, holds, write_keepalived_config, write_node_config, write_sync_key, Keepalived,
+        NODE_A, NODE_B, NODE_B_HOST,
     },
     root_object_and_binary,
     traffic::http::Download,
@@ -137,6 +139,23 @@ fn pair(tag: &str, scheduler: &str) -> Pair {
         socket: b_socket,
     };
     Pair { topo, a, b, long }
+}
+
+/// Turns `[sync]` on in both nodes' configs (each listening on its address, the other its
+/// peer), A with key `key_a`, B with `key_b`; a starting node waits `bulk_timeout_ms` at most.
+fn with_sync(p: &Pair, key_a: &str, key_b: &str, bulk_timeout_ms: u64) {
+    for (node, addr, peer, key) in [(&p.a, NODE_A, NODE_B, key_a), (&p.b, NODE_B, NODE_A, key_b)] {
+        let key_file = node.config.with_extension("key");
+        write_sync_key(&key_file, key).unwrap();
+        add_sync(&node.config, addr, peer, &key_file, bulk_timeout_ms).unwrap();
+    }
+}
+
+const SYNC_KEY: &str = "a shared secret of at least 32 bytes for the pair\n";
+
+/// A node's sync counters (`stats --json`).
+fn sync_of(d: &Daemon) -> foobar_lb::api::SyncSnapshot {
+    d.stats().sync.expect("[sync] is configured")
 }
 
 /// Counters of a node's data plane worth reporting (drops, and what each verdict counted).
@@ -550,5 +569,172 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
         String::from_utf8_lossy(&neigh.stdout).trim(),
         result.new_conns.len(),
         verdicts(&db)
+    );
+}
+
+/// Flow sync makes a round-robin pair lose nothing: A's flows are in B's table before A dies,
+/// so B sends every established connection to the backend A chose (without sync, the test
+/// above shows connections broken). A restarted node is not ready before its bulk sync from
+/// the survivor, after which it holds the survivor's flows and takes over again losslessly.
+#[test]
+fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let p = pair("hy", "roundrobin");
+    with_sync(&p, SYNC_KEY, SYNC_KEY, 3000);
+    let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
+    let (mut da, mut db) = p.start_both();
+    wait_for("both nodes receive each other's flows", 15, || {
+        sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
+    });
+    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
+    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
+    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+
+    let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
+    let load = Load::start(&p.topo.client, 16, true);
+    load.wait_progress("load running through A", 10);
+    wait_for("the download under way", 30, || {
+        load.download_bytes.load(Ordering::Relaxed) >= 256 << 10
+    });
+    // Every keep-alive connection and the download are flows of A's, applied on B.
+    wait_for("B applied A's flows", 10, || sync_of(&db).applied >= 17);
+    let (a_sync, b_sync) = (sync_of(&da), sync_of(&db));
+    assert!(a_sync.ring_events >= 17, "A announced {a_sync:?}");
+    assert!(b_sync.applied >= 17, "B applied {b_sync:?}");
+    assert_eq!(
+        b_sync.unknown_backend + a_sync.ring_full,
+        0,
+        "{a_sync:?} {b_sync:?}"
+    );
+
+    // 1. A crashes: B takes over with A's flows.
+    let killed_a = Instant::now();
+    p.a.crash(&mut da, &mut ka);
+    let takeover = wait_for("B takes the VIP", 15, || holds(&b_ns, VIP4));
+    load.wait_progress("load running through B", 20);
+    thread::sleep(Duration::from_secs(1));
+
+    // 2. A restarts: not ready until its bulk sync from B is done, then it holds B's flows
+    // (those of the connections opened through B since A died among them).
+    let b_flows = db.stats().flows;
+    let (da, ka) = p.a.restart();
+    let a_sync = sync_of(&da);
+    if !a_sync.synced {
+        let (code, text) = p.a.ready();
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("waiting for a bulk sync"), "{text}");
+    }
+    wait_for("restarted A synced", 10, || sync_of(&da).synced);
+    let a_sync = sync_of(&da);
+    assert!(
+        a_sync.gate.contains(&format!("bulk sync from {NODE_B}:")),
+        "{a_sync:?}"
+    );
+    assert!(
+        a_sync.bulk_syncs >= 1 && a_sync.applied as usize >= b_flows,
+        "{a_sync:?}, B had {b_flows} flows"
+    );
+    assert_eq!(p.a.ready().0, 0);
+    wait_for("restarted A enters BACKUP", 30, || {
+        ka.entered("BACKUP") >= 1
+    });
+    load.wait_progress("load running through B after A rejoined", 10);
+
+    // 3. B crashes: A takes over again, with the flows B created meanwhile.
+    let killed_b = Instant::now();
+    p.b.crash(&mut db, &mut kb);
+    let takeback = wait_for("A takes the VIP back", 15, || holds(&a_ns, VIP4));
+    load.wait_progress("load running through A again", 20);
+    thread::sleep(Duration::from_secs(1));
+
+    let result = load.finish();
+    let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
+    result.assert_nothing_lost();
+    let Download { body, .. } =
+        result.intact_download_across(killed_a, killed_a + takeover, &p.long);
+    assert_eq!(resets, 0, "the client saw {resets} connection resets");
+    let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
+    eprintln!(
+        "figures: round robin + sync: takeover A->B {takeover:?}, B->A {takeback:?}; \
+         {keepalive_total} keep-alive requests on {} connections, {} new connections, 0 failed, \
+         0 resets; download of {} bytes intact; since B was killed {:?}; restarted A: {a_sync:?}",
+        result.keepalive.len(),
+        result.new_conns.len(),
+        body.len(),
+        killed_b.elapsed(),
+    );
+    drop(ka);
+    drop(kb);
+}
+
+/// A starting node with no reachable peer is not ready until `bulk_timeout_ms` passed; a peer
+/// with another key is refused both ways, and none of its flows is written.
+#[test]
+fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let p = pair("hw", "roundrobin");
+    with_sync(
+        &p,
+        SYNC_KEY,
+        "another secret, also 32 bytes or more long\n",
+        3000,
+    );
+    let da = p.a.start();
+    let (code, text) = p.a.ready();
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("not ready: syncing flows: waiting for a bulk sync"),
+        "{text}"
+    );
+    let waited = wait_for("A ready without a peer", 10, || p.a.ready().0 == 0);
+    let gate = sync_of(&da).gate;
+    assert!(gate.contains("no peer answered within 3000 ms"), "{gate}");
+    eprintln!("A became ready {waited:?} after its start with no peer: {gate}");
+
+    // B, with the wrong key, holds the VIP and forwards a few connections.
+    let db = p.b.start();
+    wait_backends_up(&db);
+    wait_for("the handshakes refused both ways", 15, || {
+        sync_of(&da).auth_failures >= 2 && sync_of(&db).auth_failures >= 2
+    });
+    let b_ns = p.b.ns();
+    b_ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "eth0"])
+        .unwrap();
+    for _ in 0..5 {
+        foobar_lb_tests::traffic::get(&p.topo.client, &format!("http://{VIP4}/"));
+    }
+    // The counters are read from the program every 100 ms.
+    wait_for("B announces its 5 flows", 5, || {
+        sync_of(&db).ring_events >= 5
+    });
+    let b_sync = sync_of(&db);
+    assert_eq!((b_sync.peers_connected, b_sync.sent), (0, 0), "{b_sync:?}");
+    thread::sleep(Duration::from_secs(1));
+    let a_sync = sync_of(&da);
+    assert_eq!(
+        (a_sync.peers_connected, a_sync.received, a_sync.applied),
+        (0, 0, 0),
+        "{a_sync:?}"
+    );
+    assert_eq!(
+        da.stats().flow_table_entries,
+        0,
+        "A's flow table got entries"
+    );
+    assert!(
+        da.log_text().contains("sync: refused"),
+        "the refusal is logged: {}",
+        da.log_text()
+    );
+    let status = String::from_utf8_lossy(&da.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("sync: no bulk sync: no peer answered within 3000 ms")
+            && status.contains("0 peer(s) connected"),
+        "{status}"
     );
 }

@@ -728,6 +728,7 @@ fn teardown_removes_only_what_foobar_lb_pinned_and_refuses_other_directories() {
         flow_table_size: 4096,
         nat_table_size: 4096,
         pin_dir: Some(ours.0.clone()),
+        sync: false,
     })
     .expect("load the data plane");
     drop(dp);

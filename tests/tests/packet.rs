@@ -3,7 +3,7 @@
 //! verdict, expected output frame, expected counters.
 
 use foobar_lb::desired::BackendState;
-use foobar_lb_common::verdict;
+use foobar_lb_common::{verdict, FlowEvent, FlowKey};
 use foobar_lb_tests::{
     harness::{backend_mac_of, Expect, Harness},
     packet::{Pkt, L4, LB_MAC, TCP_ACK, TCP_SYN},
@@ -56,16 +56,15 @@ port = 80
 const B1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const B2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 
+const MACS: &[(&str, [u8; 6])] = &[
+    ("10.0.0.11", B1),
+    ("10.0.0.12", B2),
+    ("fd00::11", B1),
+    ("fd00::12", B2),
+];
+
 fn harness() -> Harness {
-    Harness::new(
-        CONFIG,
-        &[
-            ("10.0.0.11", B1),
-            ("10.0.0.12", B2),
-            ("fd00::11", B1),
-            ("fd00::12", B2),
-        ],
-    )
+    Harness::new(CONFIG, MACS)
 }
 
 const CLIENT: &str = "10.0.0.1";
@@ -1163,16 +1162,115 @@ fn the_program_stays_well_inside_the_verifiers_budget() {
     if !foobar_lb_tests::root_and_object() {
         return;
     }
-    let h = harness();
-    let info = h.dp.program().info().unwrap();
-    let Some(verified) = info.verified_instruction_count() else {
-        eprintln!("skipped: the kernel does not report verified instructions");
+    // Without and with flow sync's announcements (pruned by the verifier when off).
+    for (what, h) in [
+        ("", harness()),
+        (" with sync", Harness::with_sync(CONFIG, MACS)),
+    ] {
+        let info = h.dp.program().info().unwrap();
+        let Some(verified) = info.verified_instruction_count() else {
+            eprintln!("skipped: the kernel does not report verified instructions");
+            return;
+        };
+        println!("verified instructions{what}: {verified}");
+        assert!(
+            verified < 500_000,
+            "the verifier processed {verified} instructions{what}, over half its 1M budget: \
+             see DEVELOPING.md on keeping paths to the firewall few"
+        );
+    }
+}
+
+/// A new DSR flow's key, backend id and owner word as the ring's `FlowEvent`s carry them.
+fn flow_event(h: &Harness, sport: u16, backend: &str) -> FlowEvent {
+    FlowEvent {
+        key: FlowKey {
+            src: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
+            dst: [u32::from_ne_bytes([10, 0, 0, 100]), 0, 0, 0],
+            sport: sport.to_be(),
+            dport: 80u16.to_be(),
+            proto: foobar_lb_common::PROTO_TCP,
+            family: foobar_lb_common::FAMILY_V4,
+            _pad: [0; 2],
+        },
+        backend_id: h.backend_id("www", backend),
+        owner: h.backend_owner("www", backend),
+    }
+}
+
+/// Everything on the program's flow-event ring now.
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<FlowEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<FlowEvent>());
+        // SAFETY: a whole FlowEvent (length checked), any bit pattern valid.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+    }
+    out
+}
+
+#[test]
+fn with_sync_each_new_flow_is_announced_once_and_without_it_none() {
+    if !foobar_lb_tests::root_and_object() {
         return;
-    };
-    println!("verified instructions: {verified}");
-    assert!(
-        verified < 500_000,
-        "the verifier processed {verified} instructions, over half its 1M budget: see \
-         DEVELOPING.md on keeping paths to the firewall few"
+    }
+    let mut h = Harness::with_sync(CONFIG, MACS);
+    let (mut ring, maps) = h.dp.sync_maps().unwrap();
+    h.check(
+        "SYN -> B1",
+        &Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
     );
+    for _ in 0..3 {
+        let ack = Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).build();
+        h.check("established: no announcement", &ack, &Expect::Tx(B1));
+    }
+    h.check(
+        "SYN -> B2",
+        &Pkt::tcp(CLIENT, 40001, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B2),
+    );
+    assert_eq!(
+        drain(&mut ring),
+        [
+            flow_event(&h, 40000, "10.0.0.11"),
+            flow_event(&h, 40001, "10.0.0.12")
+        ]
+    );
+    assert_eq!(maps.ring_counts(), (2, 0));
+
+    let mut h = harness();
+    let (mut ring, maps) = h.dp.sync_maps().unwrap();
+    h.check(
+        "SYN -> B1",
+        &Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).build(),
+        &Expect::Tx(B1),
+    );
+    assert_eq!(drain(&mut ring), []);
+    assert_eq!(maps.ring_counts(), (0, 0));
+}
+
+/// Nobody reads the ring: once full, announcements are lost and counted, and every packet is
+/// forwarded all the same.
+#[test]
+fn a_full_sync_ring_loses_announcements_never_packets() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = Harness::with_sync(CONFIG, MACS);
+    let (_ring, maps) = h.dp.sync_maps().unwrap();
+    let n = 20_000u16;
+    for i in 0..n {
+        let syn = Pkt::tcp(CLIENT, 10_000 + i, VIP, 80, TCP_SYN).build();
+        assert_eq!(
+            h.run(&syn).action,
+            foobar_lb_tests::harness::XDP_TX,
+            "SYN {i}"
+        );
+    }
+    let (sent, full) = maps.ring_counts();
+    eprintln!("{sent} announcements fit the ring, {full} lost");
+    assert_eq!(sent + full, u64::from(n));
+    assert!(full > 0 && sent > 10_000, "sent {sent}, lost {full}");
+    assert_eq!(h.service_counters("www").new_flows, u64::from(n));
 }

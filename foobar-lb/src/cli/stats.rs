@@ -300,6 +300,22 @@ fn render_status(s: &StatsSnapshot) -> String {
     } else {
         format!("node: holds {}\n", s.vips_held.join(", "))
     };
+    if let Some(y) = &s.sync {
+        out += &format!(
+            "sync: {}; {} peer(s) connected; flows sent {}, received {}, applied {}, \
+             unknown backend {}, ring full {}, lagged {}, auth failures {}; lag {} ms\n",
+            y.gate,
+            y.peers_connected,
+            y.sent,
+            y.received,
+            y.applied,
+            y.unknown_backend,
+            y.ring_full,
+            y.lagged,
+            y.auth_failures,
+            y.lag_ms
+        );
+    }
     if let Some(a) = &s.announce {
         out += &match (a.drained, a.announced.is_empty()) {
             (true, _) => format!("node: drained (no VIP announced on {})\n", a.interface),

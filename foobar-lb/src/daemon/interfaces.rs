@@ -58,6 +58,10 @@ impl Daemon {
                 detached.join(", ")
             ));
         }
+        // keepalived must not give the VIP to a node that lacks its peers' flows.
+        if let Some(sync) = &self.sync {
+            sync.ready().map_err(|why| format!("not ready: {why}"))?;
+        }
         Ok(format!(
             "ready: XDP attached to {}; {} service(s)",
             self.config.interfaces.join(", "),

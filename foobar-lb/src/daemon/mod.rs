@@ -127,6 +127,8 @@ struct Daemon {
     refused: HashMap<u32, u64>,
     /// The last two counter samples per backend id, for packet/byte rates in `status`.
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
+    /// Flow-state sync (`[sync]`): its tasks' counters and readiness gate.
+    sync: Option<std::sync::Arc<crate::sync::SyncStats>>,
 }
 
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
@@ -138,6 +140,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let (mut d, mut events, _lock) =
         startup::start(config_path, &opts, (api_tx, readiness.clone())).await?;
     let socket = d.config.control_socket.clone();
+    if let Some(sync) = &d.sync {
+        readiness.set_sync(sync.clone());
+    }
     let signals = [
         tokio::signal::unix::signal(SignalKind::interrupt())?,
         tokio::signal::unix::signal(SignalKind::terminate())?,

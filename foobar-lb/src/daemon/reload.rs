@@ -117,6 +117,10 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     if old.announce.as_ref().map(|a| &a.interface) != new.announce.as_ref().map(|a| &a.interface) {
         return Some("announce.interface");
     }
+    // The sync listener, its peers and key are set up once, at start.
+    if old.sync != new.sync {
+        return Some("sync");
+    }
     None
 }
 

@@ -134,6 +134,7 @@ impl Daemon {
                     resyncs: n(&c.resyncs),
                 }
             },
+            sync: self.sync.as_deref().map(sync_snapshot),
         })
     }
 
@@ -177,5 +178,26 @@ impl Daemon {
             }
             _ => (0.0, 0.0),
         }
+    }
+}
+
+/// The sync task's counters as `status`, `stats` and the metrics show them.
+fn sync_snapshot(s: &crate::sync::SyncStats) -> api::SyncSnapshot {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    api::SyncSnapshot {
+        synced: s.is_ready(),
+        gate: s.gate_text(),
+        peers_connected: n(&s.peers_connected),
+        bulk_syncs: n(&s.bulk_syncs),
+        ring_events: n(&s.ring_events),
+        ring_full: n(&s.ring_full),
+        sent: n(&s.sent),
+        lagged: n(&s.lagged),
+        received: n(&s.received),
+        applied: n(&s.applied),
+        unknown_backend: n(&s.unknown_backend),
+        auth_failures: n(&s.auth_failures),
+        lag_ms: s.lag_ms(),
+        last_applied_age_secs: s.last_applied_age_secs(),
     }
 }

@@ -61,11 +61,20 @@ pub(super) async fn start(
     // Subscribed before the first dump, so no change falls between the two.
     let netlink = crate::neighbor::Watcher::spawn(macs::netlink_filter(&config))?;
     let macs = macs::resolve_all(&config).await?;
-    let (dataplane, reconciler) = load_dataplane(&config)?;
+    let (mut dataplane, reconciler) = load_dataplane(&config)?;
     let flow_counts = dataplane.spawn_flow_counter(FLOW_COUNT_EVERY)?;
+    // Before the first write: a starting node's bulk sync runs while its checks do.
+    let sync = match &config.sync {
+        Some(s) => {
+            let (ring, maps) = dataplane.sync_maps()?;
+            Some(crate::sync::start(s, s.load_key()?, ring, maps))
+        }
+        None => None,
+    };
     let (mut d, mut events) =
         Daemon::new(config, dataplane, reconciler, (macs, netlink), flow_counts);
     d.config_path = config_path.to_owned();
+    d.sync = sync;
     d.xdp_mode = mode;
     if d.dataplane.adopted() {
         d.take_over_pinned_state();
@@ -101,6 +110,7 @@ fn load_dataplane(config: &Config) -> Result<(Dataplane, Reconciler)> {
         flow_table_size: config.flow_table_size,
         nat_table_size: config.nat_table_size,
         pin_dir: Some(config.pin_dir.clone()),
+        sync: config.sync.is_some(),
     })?;
     let reconciler = if dataplane.adopted() {
         let pinned = dataplane.read_state()?;
@@ -178,6 +188,7 @@ impl Daemon {
             attached: Default::default(),
             blocklist: Vec::new(),
             nat_sweeper: None,
+            sync: None,
         };
         (d, events)
     }

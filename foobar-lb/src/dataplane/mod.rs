@@ -6,11 +6,13 @@ mod aux;
 mod firewall;
 mod nat;
 mod pins;
+mod sync;
 
 pub use aux::{object, object_status, AuxProgram};
 pub use nat::{nat_expired, nat_idle, nat_state, NatConn, NatState, NatSweeper};
 use pins::{check_layout_version, check_pinned_layouts, ensure_bpffs};
 pub use pins::{teardown, Teardown};
+pub use sync::SyncMaps;
 
 use std::{
     path::PathBuf,
@@ -216,6 +218,8 @@ pub struct LoadOptions {
     /// Pin maps and links here (a bpffs directory) so they outlive the process, and reuse what
     /// is already pinned there. `None`: everything goes when the `Dataplane` drops.
     pub pin_dir: Option<PathBuf>,
+    /// Whether the program announces new flows for `[sync]` (on its ring buffer).
+    pub sync: bool,
 }
 
 pub struct Dataplane {
@@ -239,6 +243,8 @@ impl Dataplane {
         loader.map_max_entries(MAP_FLOWS, flow_entries);
         loader.map_max_entries(foobar_lb_common::MAP_NAT_FWD, opts.nat_table_size);
         loader.map_max_entries(foobar_lb_common::MAP_NAT_REV, opts.nat_table_size);
+        let sync_enabled = u32::from(opts.sync);
+        loader.override_global(foobar_lb_common::SYNC_ENABLED_GLOBAL, &sync_enabled, true);
         let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;

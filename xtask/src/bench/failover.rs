@@ -1,5 +1,6 @@
 //! The failover table: the same active-passive pair (keepalived, VRRPv3 200 ms adverts) and the
-//! same load, with foobar-lb (round robin, Maglev) or HAProxy on the nodes; the active node
+//! same load, with foobar-lb (round robin, Maglev, each with and without flow sync) or HAProxy
+//! on the nodes; the active node
 //! crashes mid-load (interface down, balancer and keepalived SIGKILLed). Counted: new
 //! connections that failed, keep-alive connections broken or moved to another backend, resets
 //! the client saw, whether a paced download survived, and the takeover time.
@@ -14,10 +15,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use foobar_lb_tests::{
-    daemon::{bin, Daemon},
+    daemon::{bin, cli_at, Daemon},
     load::{start_webs_with_long_file, wait_for, Load, LoadResult},
     netns::{tcp_counter, web4, Netns, Topology, VIP4},
-    pair::{holds, keepalived_config, write_node_config, Keepalived, NODE_A, NODE_B, NODE_B_HOST},
+    pair::{
+        add_sync, holds, keepalived_config, write_node_config, write_sync_key, Keepalived, NODE_A,
+        NODE_B, NODE_B_HOST,
+    },
 };
 use serde::Serialize;
 
@@ -25,13 +29,17 @@ use serde::Serialize;
 pub enum Balancer {
     FoobarRoundRobin,
     FoobarMaglev,
+    FoobarRoundRobinSync,
+    FoobarMaglevSync,
     Haproxy,
 }
 
 impl Balancer {
-    pub const ALL: [Balancer; 3] = [
+    pub const ALL: [Balancer; 5] = [
         Balancer::FoobarRoundRobin,
         Balancer::FoobarMaglev,
+        Balancer::FoobarRoundRobinSync,
+        Balancer::FoobarMaglevSync,
         Balancer::Haproxy,
     ];
 
@@ -39,6 +47,8 @@ impl Balancer {
         match self {
             Balancer::FoobarRoundRobin => "foobar-lb pair, round robin (no flow sync)",
             Balancer::FoobarMaglev => "foobar-lb pair, Maglev (no flow sync)",
+            Balancer::FoobarRoundRobinSync => "foobar-lb pair, round robin + flow sync",
+            Balancer::FoobarMaglevSync => "foobar-lb pair, Maglev + flow sync",
             Balancer::Haproxy => "HAProxy pair (TCP mode, round robin)",
         }
     }
@@ -111,6 +121,7 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
     ];
     let mut running = Vec::new();
     let mut keepalived = Vec::new();
+    let mut confs = Vec::new();
     for (name, ns, pin_dir, peer, prio) in &nodes {
         let netns = Netns::attach(ns);
         let (node, socket, script_bin) = match b {
@@ -119,12 +130,18 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
                 (Node::Haproxy(child), topo.dir.join("unused.sock"), check)
             }
             _ => {
-                let sched = if b == Balancer::FoobarMaglev {
-                    "maglev"
-                } else {
-                    "roundrobin"
-                };
+                let maglev = matches!(b, Balancer::FoobarMaglev | Balancer::FoobarMaglevSync);
+                let sched = if maglev { "maglev" } else { "roundrobin" };
                 let (config, socket) = write_node_config(&topo, name, pin_dir, sched, "generic")?;
+                if matches!(
+                    b,
+                    Balancer::FoobarRoundRobinSync | Balancer::FoobarMaglevSync
+                ) {
+                    let key = topo.dir.join("sync.key");
+                    write_sync_key(&key, "the failover bench's shared secret, 32+ bytes")?;
+                    let own = if *name == "a" { NODE_A } else { NODE_B };
+                    add_sync(&config, own, peer, &key, 3000)?;
+                }
                 let d = Daemon::start_with(&netns, &config, &socket, &[])?;
                 (Node::Foobar(d), socket, bin())
             }
@@ -140,7 +157,24 @@ fn one(b: Balancer, quick: bool) -> Result<Row> {
         );
         fs::write(&conf, text)?;
         running.push(node);
-        keepalived.push(Keepalived::start(&netns, &conf)?);
+        confs.push((netns, conf, socket));
+    }
+    // With sync, a node is ready once it has synced from the other (or waited for it): both
+    // are, before keepalived runs, so A (the higher priority) wins the first election.
+    for (_, _, socket) in &confs {
+        if matches!(
+            b,
+            Balancer::FoobarRoundRobinSync | Balancer::FoobarMaglevSync
+        ) {
+            wait_for("the node synced and ready", 15, || {
+                cli_at(&bin(), socket, &["ready", "--timeout", "1"])
+                    .status
+                    .success()
+            });
+        }
+    }
+    for (netns, conf, _) in &confs {
+        keepalived.push(Keepalived::start(netns, conf)?);
     }
     let a_ns = Netns::attach(&nodes[0].1);
     let b_ns = Netns::attach(&nodes[1].1);

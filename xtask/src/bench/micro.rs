@@ -186,6 +186,7 @@ pub fn run(quick: bool) -> anyhow::Result<(Vec<Row>, NatMemory)> {
         method: single_method,
     });
     drop(h);
+    rows.extend(sync_new_flows(&cfg, &macs, singles, &floor)?);
     let (nat_rows, memory) = nat(quick, &floor)?;
     rows.extend(nat_rows);
     rows.extend(million_flows(quick, &floor)?);
@@ -203,6 +204,60 @@ pub struct NatMemory {
     pub memlock_bytes: u64,
     /// `memlock_bytes / capacity`.
     pub bytes_per_connection: f64,
+}
+
+/// The new-flow cost with flow sync's announcement on (`[sync]`) against the same program
+/// loaded without it, both on the same provisioning (no block list, an empty flow table),
+/// interleaved. The ring is drained as the controller would, so it never fills.
+fn sync_new_flows(
+    cfg: &str,
+    macs: &[(&str, [u8; 6])],
+    singles: u32,
+    floor: &AuxProgram,
+) -> anyhow::Result<Vec<Row>> {
+    println!("bench micro: timing {singles} new flows with and without flow sync...");
+    let off = Harness::with_flow_table(cfg, macs, 65536);
+    let mut on = Harness::with_sync(cfg, macs);
+    let (mut ring, _maps) = on.dp.sync_maps()?;
+    let probe = Pkt::tcp("172.19.255.255", 5000, "10.200.0.2", 80, TCP_SYN).build();
+    anyhow::ensure!(
+        on.run(&probe).action == XDP_TX && ring.next().is_some(),
+        "the sync harness announced no new flow"
+    );
+    let est4 = Pkt::tcp("172.16.0.7", 1024, "10.200.0.1", 80, TCP_ACK).build();
+    let (mut floors, mut without, mut with) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..singles {
+        floors.push(time_ns(floor.program(), &est4, 1));
+        let src = format!("172.19.{}.{}", (i >> 8) & 255, i & 255);
+        let syn = Pkt::tcp(&src, 5000, "10.200.0.2", 80, TCP_SYN).build();
+        without.push(time_ns(off.dp.program(), &syn, 1));
+        with.push(time_ns(on.dp.program(), &syn, 1));
+        while ring.next().is_some() {}
+    }
+    let single_floor = median(floors);
+    let method = format!(
+        "median of {singles} single runs, each a distinct SYN, the two programs and the floor \
+         interleaved; no block list, empty flow table"
+    );
+    Ok([
+        (
+            "new flow, flow sync off (same provisioning as the next)",
+            median(without),
+        ),
+        (
+            "new flow, flow sync on (announced on the ring)",
+            median(with),
+        ),
+    ]
+    .into_iter()
+    .map(|(case, ns)| Row {
+        case: case.into(),
+        ns_per_packet: ns,
+        ratio_to_floor: ns / single_floor,
+        target_ratio: None,
+        method: method.clone(),
+    })
+    .collect())
 }
 
 /// NAT (`forwarding = "nat"`): an established connection each way and new connections, with

@@ -1,0 +1,567 @@
+//! Flow-state sync between balancer nodes (README "Redundancy"): the flows this node's data
+//! plane creates (its ring buffer) go to every peer that connects, translated to backend
+//! addresses; the flows of every peer this node dials are written into its own flow table
+//! with its own backend ids. On connect, the listener first sends its whole table (bulk sync);
+//! a starting node is not ready before one bulk sync completed (or no peer answered in time).
+//!
+//! Everything runs on tasks of its own, on map descriptors of its own: a dead peer, a slow
+//! link or a failed write here never touches forwarding or the daemon's main loop.
+
+mod table;
+pub mod wire;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use foobar_lb_common::FlowEvent;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::broadcast,
+    time::timeout,
+};
+
+use crate::{
+    config::SyncConfig,
+    dataplane::{flow_is_open, flow_now, SyncMaps},
+};
+use table::Table;
+use wire::{Entry, Frame, MAX_BATCH};
+
+/// A connection's handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The listener pings this often when it has nothing to send...
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// ...and the dialer gives a connection up after this long without a frame...
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...but waits this long for the first, while the listener walks a large table for the
+/// bulk sync (about a second per million flows).
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write to a peer taking longer than this drops the connection (the peer reconnects and
+/// gets a bulk sync), rather than letting events pile up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnect backoff: from the first to the last, doubling.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The id-to-address table is rebuilt from the maps at most this often (and on a miss).
+const TABLE_MAX_AGE: Duration = Duration::from_secs(1);
+/// How often the program's ring is read: it writes without waking the reader (a wakeup per
+/// event would cost each new flow ~5 us), so the lag this adds is at most this.
+const RING_POLL: Duration = Duration::from_millis(5);
+/// Connections the listener serves at once (handshakes included): a stranger opening many
+/// cannot make it spawn without bound.
+const MAX_CONNECTIONS: usize = 16;
+/// Live events queued per connected peer before the slowest loses some (counted).
+const QUEUE: usize = 1024;
+
+/// Counters and state that `status`, `stats` and the metrics show, and readiness reads.
+#[derive(Default)]
+pub struct SyncStats {
+    /// Flow entries sent to peers (live and bulk).
+    pub sent: AtomicU64,
+    /// Flow entries received from peers.
+    pub received: AtomicU64,
+    /// Received entries written into the flow table.
+    pub applied: AtomicU64,
+    /// Received entries naming a service or backend this node does not have (skipped).
+    pub unknown_backend: AtomicU64,
+    /// Events the program lost to a full ring (read from its counter).
+    pub ring_full: AtomicU64,
+    /// Events the program wrote to the ring.
+    pub ring_events: AtomicU64,
+    /// Live events a slow peer's connection lost (it was behind by more than its queue).
+    pub lagged: AtomicU64,
+    /// Connections refused because the other side did not prove the key (or we could not
+    /// verify it).
+    pub auth_failures: AtomicU64,
+    /// Peers this node receives from now.
+    pub peers_connected: AtomicU64,
+    /// Bulk syncs completed from a peer since start.
+    pub bulk_syncs: AtomicU64,
+    /// Wall clock (ms) of the newest entry applied, as the sender stamped it, and when it was
+    /// applied: their difference is the lag.
+    pub last_sent_ms: AtomicU64,
+    pub last_applied_ms: AtomicU64,
+    /// Set once: a bulk sync completed, or the wait for one ended.
+    ready: AtomicBool,
+    /// Why the node became ready, or what it waits for.
+    gate: Mutex<String>,
+}
+
+impl SyncStats {
+    /// `Err(why)` while a starting node waits for its bulk sync.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(self.gate_text())
+        }
+    }
+
+    /// The readiness gate in words, for `status` and `ready`.
+    pub fn gate_text(&self) -> String {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_gate(&self, text: String, ready: bool) {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        if ready {
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
+    /// Milliseconds between the newest applied entry's sending and its application.
+    pub fn lag_ms(&self) -> u64 {
+        self.last_applied_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.last_sent_ms.load(Ordering::Relaxed))
+    }
+
+    /// Seconds since the newest entry was applied (`None`: none yet).
+    pub fn last_applied_age_secs(&self) -> Option<f64> {
+        let at = self.last_applied_ms.load(Ordering::Relaxed);
+        (at != 0).then(|| now_ms().saturating_sub(at) as f64 / 1000.0)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The maps and the translation table, shared by the tasks (each use is short).
+struct Core {
+    maps: SyncMaps,
+    table: Table,
+    built: Instant,
+}
+
+impl Core {
+    fn rebuild(&mut self) {
+        self.table = Table::new(&self.maps.services(), &self.maps.backends());
+        self.built = Instant::now();
+    }
+
+    fn fresh(&mut self) {
+        if self.built.elapsed() > TABLE_MAX_AGE {
+            self.rebuild();
+        }
+    }
+
+    /// The node-independent form of the program's events; a miss rebuilds the table once.
+    fn export(&mut self, events: &[FlowEvent], stats: &SyncStats) -> Vec<Entry> {
+        self.fresh();
+        let mut rebuilt = false;
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let mut e = self.table.export(&ev.key, ev.backend_id, ev.owner, 0);
+            if e.is_none() && !rebuilt {
+                self.rebuild();
+                rebuilt = true;
+                e = self.table.export(&ev.key, ev.backend_id, ev.owner, 0);
+            }
+            match e {
+                Some(e) => out.push(e),
+                None => {
+                    stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes a peer's entries into the flow table; returns how many were written.
+    fn import(&mut self, entries: &[Entry], stats: &SyncStats) -> u64 {
+        self.fresh();
+        let now = flow_now();
+        let mut rebuilt = false;
+        let mut applied = 0;
+        for e in entries {
+            let mut local = self.table.import(e, now);
+            if local.is_none() && !rebuilt {
+                self.rebuild();
+                rebuilt = true;
+                local = self.table.import(e, now);
+            }
+            let Some((key, value)) = local else {
+                stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            match self.maps.write_flow(&key, &value) {
+                Ok(()) => applied += 1,
+                Err(e) => log::warn!("sync: cannot write a peer's flow: {e:#}"),
+            }
+        }
+        applied
+    }
+
+    /// Every open flow of this node's table, node-independent (the bulk sync).
+    fn dump(&mut self) -> Vec<Entry> {
+        self.rebuild();
+        let now = flow_now();
+        self.maps
+            .flows()
+            .into_iter()
+            .filter(|(k, v)| flow_is_open(k, v, now))
+            .filter_map(|(k, v)| self.table.export(&k, v.backend_id, v.owner, v.seen))
+            .collect()
+    }
+}
+
+/// Starts the sync tasks for `config` on the daemon's runtime; the returned stats live as long
+/// as the daemon.
+pub fn start(
+    config: &SyncConfig,
+    key: Vec<u8>,
+    ring: RingBuf<MapData>,
+    maps: SyncMaps,
+) -> Arc<SyncStats> {
+    let stats = Arc::new(SyncStats::default());
+    let key: Arc<[u8]> = key.into();
+    let core = Arc::new(Mutex::new(Core {
+        table: Table::default(),
+        maps,
+        built: Instant::now() - 2 * TABLE_MAX_AGE,
+    }));
+    let (live, _) = broadcast::channel::<Arc<Vec<Entry>>>(QUEUE);
+    stats.set_gate(
+        format!(
+            "syncing flows: waiting for a bulk sync from {} (at most {} ms while none answers)",
+            list(&config.peers),
+            config.bulk_timeout_ms
+        ),
+        false,
+    );
+    tokio::spawn(read_ring(ring, core.clone(), live.clone(), stats.clone()));
+    tokio::spawn(listen(
+        config.listen,
+        key.clone(),
+        core.clone(),
+        live,
+        stats.clone(),
+    ));
+    for &peer in &config.peers {
+        tokio::spawn(dial(peer, key.clone(), core.clone(), stats.clone()));
+    }
+    tokio::spawn(watch(
+        Duration::from_millis(config.bulk_timeout_ms),
+        core,
+        stats.clone(),
+    ));
+    log::info!(
+        "sync: listening on {}, peers {}",
+        config.listen,
+        list(&config.peers)
+    );
+    stats
+}
+
+fn list(peers: &[SocketAddr]) -> String {
+    peers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the program's new flows and hands them, translated, to every connected peer.
+async fn read_ring(
+    mut ring: RingBuf<MapData>,
+    core: Arc<Mutex<Core>>,
+    live: broadcast::Sender<Arc<Vec<Entry>>>,
+    stats: Arc<SyncStats>,
+) {
+    let mut tick = tokio::time::interval(RING_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<FlowEvent>() {
+                // SAFETY: the program writes whole `FlowEvent`s (checked length; any bit
+                // pattern is valid for it); read unaligned from the ring's memory.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+            }
+            if events.len() == MAX_BATCH {
+                break;
+            }
+        }
+        if events.is_empty() {
+            continue;
+        }
+        let entries = core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .export(&events, &stats);
+        if !entries.is_empty() && live.receiver_count() > 0 {
+            let _ = live.send(Arc::new(entries));
+        }
+    }
+}
+
+/// Accepts peers: each that proves the key gets the bulk dump, then the live flows.
+async fn listen(
+    addr: SocketAddr,
+    key: Arc<[u8]>,
+    core: Arc<Mutex<Core>>,
+    live: broadcast::Sender<Arc<Vec<Entry>>>,
+    stats: Arc<SyncStats>,
+) {
+    // The address may appear after the daemon starts: retry rather than give up on sync.
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                log::warn!("sync: cannot listen on {addr} ({e}); retrying");
+                tokio::time::sleep(BACKOFF_MAX).await;
+            }
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((sock, from)) = listener.accept().await else {
+            tokio::time::sleep(BACKOFF_MIN).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::warn!("sync: {from} refused: already serving {MAX_CONNECTIONS} connections");
+            continue;
+        };
+        let (key, core, stats, live) = (key.clone(), core.clone(), stats.clone(), live.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match serve(sock, &key, core, &live, &stats).await {
+                Ok(()) => {}
+                Err(e) if e.is_auth() => {
+                    stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(event = "sync_auth_failed", peer:% = from; "sync: refused {from}: {e}");
+                }
+                Err(e) => log::info!("sync: stream to {from} ended: {e}"),
+            }
+        });
+    }
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    key: &[u8],
+    core: Arc<Mutex<Core>>,
+    live: &broadcast::Sender<Arc<Vec<Entry>>>,
+    stats: &SyncStats,
+) -> Result<(), wire::WireError> {
+    let _ = sock.set_nodelay(true);
+    let mut w = timeout(HANDSHAKE_TIMEOUT, wire::accept_handshake(&mut sock, key))
+        .await
+        .map_err(|_| wire::WireError::AuthFailed)??;
+    // Subscribed before the dump is taken: no flow falls between the two.
+    let mut rx = live.subscribe();
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let dump =
+        tokio::task::spawn_blocking(move || core.lock().unwrap_or_else(|e| e.into_inner()).dump())
+            .await
+            .unwrap_or_default();
+    let count = dump.len() as u64;
+    let sent_ms = now_ms();
+    for chunk in dump.chunks(MAX_BATCH) {
+        let f = Frame::Flows {
+            sent_ms,
+            entries: chunk.to_vec(),
+        };
+        send(&mut w, &mut sock, &f).await?;
+        stats.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    send(&mut w, &mut sock, &Frame::BulkDone { count }).await?;
+    log::info!(event = "sync_bulk_sent", peer = peer.as_str(), flows = count; "sync: sent {count} flow(s) to {peer} (bulk)");
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            got = rx.recv() => {
+                let entries = match got {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        stats.lagged.fetch_add(n, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                let f = Frame::Flows { sent_ms: now_ms(), entries: entries.to_vec() };
+                send(&mut w, &mut sock, &f).await?;
+                stats.sent.fetch_add(entries.len() as u64, Ordering::Relaxed);
+            }
+            _ = ping.tick() => send(&mut w, &mut sock, &Frame::Ping).await?,
+        }
+    }
+}
+
+async fn send(
+    w: &mut wire::FrameWriter,
+    sock: &mut TcpStream,
+    f: &Frame,
+) -> Result<(), wire::WireError> {
+    timeout(WRITE_TIMEOUT, w.send(sock, f))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Receives one peer's flows, reconnecting with backoff for as long as the daemon runs.
+async fn dial(peer: SocketAddr, key: Arc<[u8]>, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u64;
+    loop {
+        let started = Instant::now();
+        match receive(peer, &key, &core, &stats).await {
+            Err(e) if e.is_auth() => {
+                stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                log::warn!(event = "sync_auth_failed", peer:% = peer; "sync: refused {peer}: {e}");
+            }
+            Err(e) => {
+                // The first failure in a row is worth a line; a peer that stays down is not
+                // worth one per attempt.
+                if failures == 0 {
+                    log::info!("sync: no stream from {peer}: {e}; retrying");
+                }
+            }
+            Ok(()) => {}
+        }
+        failures += 1;
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+            failures = 0;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReceiveError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connection timed out")]
+    Timeout,
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+}
+
+impl ReceiveError {
+    fn is_auth(&self) -> bool {
+        matches!(self, ReceiveError::Wire(w) if w.is_auth())
+    }
+}
+
+async fn receive(
+    peer: SocketAddr,
+    key: &[u8],
+    core: &Arc<Mutex<Core>>,
+    stats: &Arc<SyncStats>,
+) -> Result<(), ReceiveError> {
+    let mut sock = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| ReceiveError::Timeout)?
+        .map_err(ReceiveError::Connect)?;
+    let _ = sock.set_nodelay(true);
+    let mut r = timeout(HANDSHAKE_TIMEOUT, wire::dial_handshake(&mut sock, key))
+        .await
+        .map_err(|_| ReceiveError::Timeout)??;
+    log::info!(event = "sync_connected", peer:% = peer; "sync: receiving flows from {peer}");
+    stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+    let result = receive_frames(peer, &mut sock, &mut r, core, stats).await;
+    stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
+    log::info!(event = "sync_disconnected", peer:% = peer; "sync: stream from {peer} lost");
+    result
+}
+
+async fn receive_frames(
+    peer: SocketAddr,
+    sock: &mut TcpStream,
+    r: &mut wire::FrameReader,
+    core: &Arc<Mutex<Core>>,
+    stats: &Arc<SyncStats>,
+) -> Result<(), ReceiveError> {
+    let mut bulk = 0u64;
+    let mut limit = FIRST_FRAME_TIMEOUT;
+    loop {
+        let frame = timeout(limit, r.recv(sock))
+            .await
+            .map_err(|_| ReceiveError::Timeout)??;
+        limit = SILENCE_TIMEOUT;
+        match frame {
+            Frame::Flows { sent_ms, entries } => {
+                stats
+                    .received
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                let applied = core
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .import(&entries, stats);
+                bulk += applied;
+                if applied > 0 {
+                    stats.applied.fetch_add(applied, Ordering::Relaxed);
+                    stats.last_sent_ms.store(sent_ms, Ordering::Relaxed);
+                    stats.last_applied_ms.store(now_ms(), Ordering::Relaxed);
+                }
+            }
+            Frame::BulkDone { count } => {
+                stats.bulk_syncs.fetch_add(1, Ordering::Relaxed);
+                log::info!(event = "sync_bulk_done", peer:% = peer, flows = count; "sync: bulk sync from {peer} done: {count} flow(s) sent, {bulk} written");
+                if !stats.is_ready() {
+                    stats.set_gate(
+                        format!("flows synced: bulk sync from {peer} done ({bulk} flow(s))"),
+                        true,
+                    );
+                }
+            }
+            Frame::Ping => {}
+        }
+    }
+}
+
+/// Ends the wait for a bulk sync when no peer answers within `wait` (the first node of a
+/// cluster has nobody to sync from), or at three times that whatever happens; and reads the
+/// program's ring counters.
+async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let (events, full) = core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .maps
+            .ring_counts();
+        stats.ring_events.store(events, Ordering::Relaxed);
+        stats.ring_full.store(full, Ordering::Relaxed);
+        if stats.is_ready() {
+            continue;
+        }
+        let waited = start.elapsed();
+        let connected = stats.peers_connected.load(Ordering::Relaxed);
+        let why = if waited >= wait && connected == 0 {
+            format!(
+                "no bulk sync: no peer answered within {} ms (ready without one)",
+                wait.as_millis()
+            )
+        } else if waited >= 3 * wait {
+            format!(
+                "no bulk sync: the peer did not finish within {} ms (ready without one)",
+                (3 * wait).as_millis()
+            )
+        } else {
+            continue;
+        };
+        log::warn!(event = "sync_ready_without_bulk"; "sync: {why}");
+        stats.set_gate(why, true);
+    }
+}

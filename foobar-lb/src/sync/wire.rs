@@ -1,0 +1,421 @@
+//! The sync protocol on the wire: a mutual challenge-response over fresh nonces with the shared
+//! key, then frames each authenticated by HMAC-SHA256 under a per-direction session key and a
+//! sequence number (a frame cannot be forged, altered, replayed or reordered).
+//!
+//! Handshake (fixed sizes): the dialer sends `MAGIC, nonce_c`; the listener answers
+//! `MAGIC, nonce_s, HMAC(key, "server" | nonce_c | nonce_s)`; the dialer checks it and answers
+//! `HMAC(key, "client" | nonce_c | nonce_s)`. Neither side sends a flow before the other has
+//! proven the key. Frames: `len: u32 BE | kind: u8 | payload | tag: 32 bytes`, `len` counting
+//! everything after itself, `tag = HMAC(session, seq: u64 BE | kind | payload)`.
+//! The stream is authenticated, not encrypted: the link between nodes should be a private one.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const MAGIC: &[u8; 8] = b"FLBSYNC1";
+const NONCE: usize = 32;
+const TAG: usize = 32;
+/// Largest frame accepted (a batch of entries is at most [`MAX_BATCH`] of them).
+const MAX_FRAME: usize = 1 << 20;
+/// Entries per `Flows` frame.
+pub const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("sync connection I/O")]
+    Io(#[from] std::io::Error),
+    #[error("the peer does not speak the foobar-lb sync protocol")]
+    BadMagic,
+    #[error("authentication failed: the peer does not hold the same sync key")]
+    AuthFailed,
+    #[error("a frame failed authentication (tampered or out of sequence)")]
+    BadTag,
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("cannot draw a nonce")]
+    Random(#[source] getrandom::Error),
+}
+
+impl WireError {
+    /// Whether this is the peer failing to prove the key (counted as an auth failure).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            WireError::AuthFailed | WireError::BadTag | WireError::BadMagic
+        )
+    }
+}
+
+/// A flow in node-independent form: its 5-tuple (which names the service: VIP, port,
+/// protocol) and the backend by address and port, never by a node's local id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Entry {
+    pub family: u8,
+    pub proto: u8,
+    /// `FLOW_FIN` / `FLOW_RST` as the sender's table has them, shifted down to bits 0 and 1.
+    pub closing: u8,
+    /// Addresses as the data plane stores them: bytes in packet order.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Ports as the packet carries them (network order bytes).
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub backend: [u8; 16],
+    pub backend_port: [u8; 2],
+}
+
+const ENTRY: usize = 3 + 16 * 3 + 2 * 3;
+
+impl Entry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[self.family, self.proto, self.closing]);
+        out.extend_from_slice(&self.src);
+        out.extend_from_slice(&self.dst);
+        out.extend_from_slice(&self.sport);
+        out.extend_from_slice(&self.dport);
+        out.extend_from_slice(&self.backend);
+        out.extend_from_slice(&self.backend_port);
+    }
+
+    fn decode(b: &[u8]) -> Entry {
+        let a16 = |o: usize| <[u8; 16]>::try_from(&b[o..o + 16]).expect("16 bytes");
+        let a2 = |o: usize| <[u8; 2]>::try_from(&b[o..o + 2]).expect("2 bytes");
+        Entry {
+            family: b[0],
+            proto: b[1],
+            closing: b[2],
+            src: a16(3),
+            dst: a16(19),
+            sport: a2(35),
+            dport: a2(37),
+            backend: a16(39),
+            backend_port: a2(55),
+        }
+    }
+}
+
+/// What flows over a sync connection, listener to dialer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// New flows (live) or part of the table (bulk); `sent_ms`: the sender's wall clock (ms
+    /// since the epoch) when it read them, for the lag metric.
+    Flows { sent_ms: u64, entries: Vec<Entry> },
+    /// The bulk dump is complete: `count` entries were sent.
+    BulkDone { count: u64 },
+    /// Nothing new: the connection is alive.
+    Ping,
+}
+
+const KIND_FLOWS: u8 = 1;
+const KIND_BULK_DONE: u8 = 2;
+const KIND_PING: u8 = 3;
+
+impl Frame {
+    fn encode(&self) -> (u8, Vec<u8>) {
+        match self {
+            Frame::Flows { sent_ms, entries } => {
+                let mut p = Vec::with_capacity(8 + entries.len() * ENTRY);
+                p.extend_from_slice(&sent_ms.to_be_bytes());
+                for e in entries {
+                    e.encode(&mut p);
+                }
+                (KIND_FLOWS, p)
+            }
+            Frame::BulkDone { count } => (KIND_BULK_DONE, count.to_be_bytes().to_vec()),
+            Frame::Ping => (KIND_PING, Vec::new()),
+        }
+    }
+
+    fn decode(kind: u8, p: &[u8]) -> Result<Frame, WireError> {
+        let u64_at = |p: &[u8]| -> Result<u64, WireError> {
+            let b: [u8; 8] = p
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(WireError::Malformed("short payload"))?;
+            Ok(u64::from_be_bytes(b))
+        };
+        match kind {
+            KIND_FLOWS => {
+                let sent_ms = u64_at(p)?;
+                let rest = &p[8..];
+                if !rest.len().is_multiple_of(ENTRY) || rest.len() / ENTRY > MAX_BATCH {
+                    return Err(WireError::Malformed("flow batch of a bad length"));
+                }
+                let entries = rest.chunks_exact(ENTRY).map(Entry::decode).collect();
+                Ok(Frame::Flows { sent_ms, entries })
+            }
+            KIND_BULK_DONE if p.len() == 8 => Ok(Frame::BulkDone { count: u64_at(p)? }),
+            KIND_PING if p.is_empty() => Ok(Frame::Ping),
+            _ => Err(WireError::Malformed("unknown frame kind or length")),
+        }
+    }
+}
+
+fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for p in parts {
+        m.update(p);
+    }
+    m
+}
+
+fn tag(key: &[u8], parts: &[&[u8]]) -> [u8; TAG] {
+    mac(key, parts).finalize().into_bytes().into()
+}
+
+/// Constant-time check of `got` against the tag of `parts`.
+fn verify(key: &[u8], parts: &[&[u8]], got: &[u8]) -> bool {
+    mac(key, parts).verify_slice(got).is_ok()
+}
+
+fn nonce() -> Result<[u8; NONCE], WireError> {
+    let mut n = [0u8; NONCE];
+    getrandom::getrandom(&mut n).map_err(WireError::Random)?;
+    Ok(n)
+}
+
+/// The session key of one direction, from the shared key and both nonces.
+fn session(key: &[u8], dir: &[u8], nc: &[u8], ns: &[u8]) -> [u8; TAG] {
+    tag(key, &[b"session ", dir, nc, ns])
+}
+
+/// The dialer's side of the handshake: returns the reader of the listener's frames.
+pub async fn dial_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    key: &[u8],
+) -> Result<FrameReader, WireError> {
+    let nc = nonce()?;
+    let mut hello = MAGIC.to_vec();
+    hello.extend_from_slice(&nc);
+    s.write_all(&hello).await?;
+    let mut answer = [0u8; 8 + NONCE + TAG];
+    s.read_exact(&mut answer).await?;
+    if &answer[..8] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let ns = &answer[8..8 + NONCE];
+    if !verify(key, &[b"server", &nc, ns], &answer[8 + NONCE..]) {
+        return Err(WireError::AuthFailed);
+    }
+    s.write_all(&tag(key, &[b"client", &nc, ns])).await?;
+    Ok(FrameReader {
+        key: session(key, b"to-dialer", &nc, ns),
+        seq: 0,
+    })
+}
+
+/// The listener's side of the handshake: returns the writer of its frames. Nothing but the
+/// challenge leaves before the dialer proved the key.
+pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    key: &[u8],
+) -> Result<FrameWriter, WireError> {
+    let mut hello = [0u8; 8 + NONCE];
+    s.read_exact(&mut hello).await?;
+    if &hello[..8] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let nc = &hello[8..];
+    let ns = nonce()?;
+    let mut answer = MAGIC.to_vec();
+    answer.extend_from_slice(&ns);
+    answer.extend_from_slice(&tag(key, &[b"server", nc, &ns]));
+    s.write_all(&answer).await?;
+    let mut proof = [0u8; TAG];
+    // A dialer that found our answer wrong (another key) hangs up here.
+    s.read_exact(&mut proof).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => WireError::AuthFailed,
+        _ => WireError::Io(e),
+    })?;
+    if !verify(key, &[b"client", nc, &ns], &proof) {
+        return Err(WireError::AuthFailed);
+    }
+    Ok(FrameWriter {
+        key: session(key, b"to-dialer", nc, &ns),
+        seq: 0,
+    })
+}
+
+/// Writes authenticated frames (the listener's side).
+pub struct FrameWriter {
+    key: [u8; TAG],
+    seq: u64,
+}
+
+impl FrameWriter {
+    /// The frame's bytes, tag included (advances the sequence).
+    pub fn seal(&mut self, frame: &Frame) -> Vec<u8> {
+        let (kind, payload) = frame.encode();
+        let t = tag(&self.key, &[&self.seq.to_be_bytes(), &[kind], &payload]);
+        self.seq += 1;
+        let len = (1 + payload.len() + TAG) as u32;
+        let mut out = Vec::with_capacity(4 + len as usize);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.push(kind);
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&t);
+        out
+    }
+
+    pub async fn send<S: AsyncWrite + Unpin>(
+        &mut self,
+        s: &mut S,
+        frame: &Frame,
+    ) -> Result<(), WireError> {
+        let bytes = self.seal(frame);
+        s.write_all(&bytes).await?;
+        Ok(())
+    }
+}
+
+/// Reads and checks authenticated frames (the dialer's side).
+pub struct FrameReader {
+    key: [u8; TAG],
+    seq: u64,
+}
+
+impl FrameReader {
+    /// The next frame; any frame whose tag does not verify ends the connection.
+    pub async fn recv<S: AsyncRead + Unpin>(&mut self, s: &mut S) -> Result<Frame, WireError> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if !(1 + TAG..=MAX_FRAME).contains(&len) {
+            return Err(WireError::Malformed("frame length out of range"));
+        }
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await?;
+        self.open(&buf)
+    }
+
+    /// Checks and decodes one frame's bytes after its length.
+    pub fn open(&mut self, buf: &[u8]) -> Result<Frame, WireError> {
+        let (body, t) = buf.split_at(buf.len() - TAG);
+        let (kind, payload) = (body[0], &body[1..]);
+        if !verify(&self.key, &[&self.seq.to_be_bytes(), &[kind], payload], t) {
+            return Err(WireError::BadTag);
+        }
+        self.seq += 1;
+        Frame::decode(kind, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            family: 4,
+            proto: 6,
+            closing: 0,
+            src: [n; 16],
+            dst: [2; 16],
+            sport: [0x30, n],
+            dport: [0, 80],
+            backend: [3; 16],
+            backend_port: [0, 0],
+        }
+    }
+
+    /// A connected pair after the handshake: (listener's writer, dialer's reader).
+    async fn pair(dial_key: &[u8]) -> Result<(FrameWriter, FrameReader), WireError> {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let (w, r) = tokio::join!(
+            accept_handshake(&mut a, KEY),
+            dial_handshake(&mut b, dial_key)
+        );
+        Ok((w?, r?))
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_after_the_handshake() {
+        let (mut w, mut r) = pair(KEY).await.unwrap();
+        let frames = [
+            Frame::Flows {
+                sent_ms: 1234,
+                entries: vec![entry(1), entry(2)],
+            },
+            Frame::BulkDone { count: 2 },
+            Frame::Ping,
+        ];
+        for f in &frames {
+            let bytes = w.seal(f);
+            assert_eq!(&r.open(&bytes[4..]).unwrap(), f);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_fails_both_sides_of_the_handshake() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let wrong = b"another key of thirty-two bytes!";
+        let (w, r) = tokio::join!(accept_handshake(&mut a, KEY), async {
+            let r = dial_handshake(&mut b, wrong).await;
+            drop(b);
+            r
+        });
+        assert!(
+            matches!(r, Err(WireError::AuthFailed)),
+            "dialer: {:?}",
+            r.err()
+        );
+        // The dialer hung up without proving anything: the listener refuses it too.
+        assert!(
+            matches!(w, Err(WireError::AuthFailed)),
+            "listener: {:?}",
+            w.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tampered_replayed_or_forged_frame_is_rejected() {
+        let (mut w, mut r) = pair(KEY).await.unwrap();
+        let f = Frame::Flows {
+            sent_ms: 1,
+            entries: vec![entry(7)],
+        };
+        let good = w.seal(&f);
+        // One bit of the backend address flipped.
+        let mut bad = good.clone();
+        bad[4 + 1 + 8 + 40] ^= 1;
+        assert!(matches!(r.open(&bad[4..]), Err(WireError::BadTag)));
+        assert_eq!(r.open(&good[4..]).unwrap(), f);
+        // The same frame again (a replay) is out of sequence.
+        assert!(matches!(r.open(&good[4..]), Err(WireError::BadTag)));
+        // A frame tagged with the shared key itself (not the session's) is refused.
+        let mut forger = FrameWriter {
+            key: KEY[..32].try_into().unwrap(),
+            seq: 1,
+        };
+        assert!(matches!(
+            r.open(&forger.seal(&f)[4..]),
+            Err(WireError::BadTag)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_reader_refuses_oversized_and_malformed_frames() {
+        let (w, mut r) = pair(KEY).await.unwrap();
+        let mut huge = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0; 64]);
+        let mut s = &huge[..];
+        assert!(matches!(r.recv(&mut s).await, Err(WireError::Malformed(_))));
+        // A Flows payload cut mid-entry, correctly tagged: refused by the decoder.
+        let (kind, mut payload) = Frame::Flows {
+            sent_ms: 0,
+            entries: vec![entry(1)],
+        }
+        .encode();
+        payload.pop();
+        let t = tag(&w.key, &[&w.seq.to_be_bytes(), &[kind], &payload]);
+        let mut buf = vec![kind];
+        buf.extend_from_slice(&payload);
+        buf.extend_from_slice(&t);
+        assert!(matches!(r.open(&buf), Err(WireError::Malformed(_))));
+    }
+}
