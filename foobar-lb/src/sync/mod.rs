@@ -54,9 +54,13 @@ const TABLE_MAX_AGE: Duration = Duration::from_secs(1);
 /// How often the program's ring is read: it writes without waking the reader (a wakeup per
 /// event would cost each new flow ~5 us), so the lag this adds is at most this.
 const RING_POLL: Duration = Duration::from_millis(5);
-/// Connections the listener serves at once (handshakes included): a stranger opening many
-/// cannot make it spawn without bound.
+/// Connections the listener serves at once from the configured peers' addresses (handshakes
+/// included): nothing opening many can make it spawn without bound.
 const MAX_CONNECTIONS: usize = 16;
+/// Connections at once from any other address (a peer dialing from an unlisted address, or a
+/// stranger): their own pool, so strangers holding silent handshakes open cannot take the
+/// slots the configured peers need.
+const MAX_STRANGERS: usize = 4;
 /// Live events queued per connected peer before the slowest loses some (counted).
 const QUEUE: usize = 1024;
 
@@ -247,6 +251,7 @@ pub fn start(
     tokio::spawn(read_ring(ring, core.clone(), live.clone(), stats.clone()));
     tokio::spawn(listen(
         config.listen,
+        config.peers.iter().map(|p| p.ip()).collect(),
         key.clone(),
         core.clone(),
         live,
@@ -314,6 +319,7 @@ async fn read_ring(
 /// Accepts peers: each that proves the key gets the bulk dump, then the live flows.
 async fn listen(
     addr: SocketAddr,
+    peer_ips: Vec<std::net::IpAddr>,
     key: Arc<[u8]>,
     core: Arc<Mutex<Core>>,
     live: broadcast::Sender<Arc<Vec<Entry>>>,
@@ -329,14 +335,22 @@ async fn listen(
             }
         }
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let strangers = Arc::new(tokio::sync::Semaphore::new(MAX_STRANGERS));
     loop {
         let Ok((sock, from)) = listener.accept().await else {
             tokio::time::sleep(BACKOFF_MIN).await;
             continue;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            log::warn!("sync: {from} refused: already serving {MAX_CONNECTIONS} connections");
+        let (pool, max) = if peer_ips.contains(&from.ip().to_canonical()) {
+            (&peers, MAX_CONNECTIONS)
+        } else {
+            (&strangers, MAX_STRANGERS)
+        };
+        let Ok(slot) = pool.clone().try_acquire_owned() else {
+            log::warn!(
+                "sync: {from} refused: already serving {max} connections from such addresses"
+            );
             continue;
         };
         let (key, core, stats, live) = (key.clone(), core.clone(), stats.clone(), live.clone());
@@ -362,9 +376,12 @@ async fn serve(
     stats: &SyncStats,
 ) -> Result<(), wire::WireError> {
     let _ = sock.set_nodelay(true);
-    let mut w = timeout(HANDSHAKE_TIMEOUT, wire::accept_handshake(&mut sock, key))
-        .await
-        .map_err(|_| wire::WireError::AuthFailed)??;
+    let mut w = timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::accept_handshake(&mut sock, key, wire::instance_id()),
+    )
+    .await
+    .map_err(|_| wire::WireError::AuthFailed)??;
     // Subscribed before the dump is taken: no flow falls between the two.
     let mut rx = live.subscribe();
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -472,9 +489,12 @@ async fn receive(
         .map_err(|_| ReceiveError::Timeout)?
         .map_err(ReceiveError::Connect)?;
     let _ = sock.set_nodelay(true);
-    let mut r = timeout(HANDSHAKE_TIMEOUT, wire::dial_handshake(&mut sock, key))
-        .await
-        .map_err(|_| ReceiveError::Timeout)??;
+    let mut r = timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::dial_handshake(&mut sock, key, wire::instance_id()),
+    )
+    .await
+    .map_err(|_| ReceiveError::Timeout)??;
     log::info!(event = "sync_connected", peer:% = peer; "sync: receiving flows from {peer}");
     stats.peers_connected.fetch_add(1, Ordering::Relaxed);
     let result = receive_frames(peer, &mut sock, &mut r, core, stats).await;

@@ -18,6 +18,8 @@ type HmacSha256 = Hmac<Sha256>;
 const MAGIC: &[u8; 8] = b"FLBSYNC1";
 const NONCE: usize = 32;
 const TAG: usize = 32;
+/// Bytes of a process's [`instance_id`].
+pub const ID: usize = 16;
 /// Largest frame accepted (a batch of entries is at most [`MAX_BATCH`] of them).
 const MAX_FRAME: usize = 1 << 20;
 /// Entries per `Flows` frame.
@@ -37,6 +39,10 @@ pub enum WireError {
     Malformed(&'static str),
     #[error("cannot draw a nonce")]
     Random(#[source] getrandom::Error),
+    #[error(
+        "the connection reached this node itself (a peer address that is its own, or a relay)"
+    )]
+    SelfPeer,
 }
 
 impl WireError {
@@ -177,6 +183,20 @@ fn nonce() -> Result<[u8; NONCE], WireError> {
     Ok(n)
 }
 
+/// This process's random id, sent (authenticated) in both directions of every handshake: a
+/// node that meets its own id, because a peer address is one of its own or someone relayed its
+/// hello back to its own listener, refuses to sync with itself (its start-up gate would open
+/// on its own dump).
+pub fn instance_id() -> &'static [u8; ID] {
+    static ID_CELL: std::sync::OnceLock<[u8; ID]> = std::sync::OnceLock::new();
+    ID_CELL.get_or_init(|| {
+        let mut id = [0u8; ID];
+        // Without randomness every nonce fails too, and no handshake completes.
+        let _ = getrandom::getrandom(&mut id);
+        id
+    })
+}
+
 /// The session key of one direction, from the shared key and both nonces.
 fn session(key: &[u8], dir: &[u8], nc: &[u8], ns: &[u8]) -> [u8; TAG] {
     tag(key, &[b"session ", dir, nc, ns])
@@ -186,21 +206,32 @@ fn session(key: &[u8], dir: &[u8], nc: &[u8], ns: &[u8]) -> [u8; TAG] {
 pub async fn dial_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &[u8],
+    me: &[u8; ID],
 ) -> Result<FrameReader, WireError> {
     let nc = nonce()?;
     let mut hello = MAGIC.to_vec();
     hello.extend_from_slice(&nc);
+    hello.extend_from_slice(me);
     s.write_all(&hello).await?;
-    let mut answer = [0u8; 8 + NONCE + TAG];
+    let mut answer = [0u8; 8 + NONCE + ID + TAG];
     s.read_exact(&mut answer).await?;
     if &answer[..8] != MAGIC {
         return Err(WireError::BadMagic);
     }
     let ns = &answer[8..8 + NONCE];
-    if !verify(key, &[b"server", &nc, ns], &answer[8 + NONCE..]) {
+    let them = &answer[8 + NONCE..8 + NONCE + ID];
+    if !verify(
+        key,
+        &[b"server", &nc, ns, me, them],
+        &answer[8 + NONCE + ID..],
+    ) {
         return Err(WireError::AuthFailed);
     }
-    s.write_all(&tag(key, &[b"client", &nc, ns])).await?;
+    if them == me {
+        return Err(WireError::SelfPeer);
+    }
+    s.write_all(&tag(key, &[b"client", &nc, ns, me, them]))
+        .await?;
     Ok(FrameReader {
         key: session(key, b"to-dialer", &nc, ns),
         seq: 0,
@@ -212,17 +243,23 @@ pub async fn dial_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &[u8],
+    me: &[u8; ID],
 ) -> Result<FrameWriter, WireError> {
-    let mut hello = [0u8; 8 + NONCE];
+    let mut hello = [0u8; 8 + NONCE + ID];
     s.read_exact(&mut hello).await?;
     if &hello[..8] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    let nc = &hello[8..];
+    let nc = &hello[8..8 + NONCE];
+    let them = &hello[8 + NONCE..];
+    if them == me {
+        return Err(WireError::SelfPeer);
+    }
     let ns = nonce()?;
     let mut answer = MAGIC.to_vec();
     answer.extend_from_slice(&ns);
-    answer.extend_from_slice(&tag(key, &[b"server", nc, &ns]));
+    answer.extend_from_slice(me);
+    answer.extend_from_slice(&tag(key, &[b"server", nc, &ns, them, me]));
     s.write_all(&answer).await?;
     let mut proof = [0u8; TAG];
     // A dialer that found our answer wrong (another key) hangs up here.
@@ -230,7 +267,7 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         std::io::ErrorKind::UnexpectedEof => WireError::AuthFailed,
         _ => WireError::Io(e),
     })?;
-    if !verify(key, &[b"client", nc, &ns], &proof) {
+    if !verify(key, &[b"client", nc, &ns, them, me], &proof) {
         return Err(WireError::AuthFailed);
     }
     Ok(FrameWriter {
@@ -308,6 +345,8 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const LISTENER: [u8; ID] = [1; ID];
+    const DIALER: [u8; ID] = [2; ID];
 
     fn entry(n: u8) -> Entry {
         Entry {
@@ -327,8 +366,8 @@ mod tests {
     async fn pair(dial_key: &[u8]) -> Result<(FrameWriter, FrameReader), WireError> {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let (w, r) = tokio::join!(
-            accept_handshake(&mut a, KEY),
-            dial_handshake(&mut b, dial_key)
+            accept_handshake(&mut a, KEY, &LISTENER),
+            dial_handshake(&mut b, dial_key, &DIALER)
         );
         Ok((w?, r?))
     }
@@ -354,8 +393,8 @@ mod tests {
     async fn a_wrong_key_fails_both_sides_of_the_handshake() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let wrong = b"another key of thirty-two bytes!";
-        let (w, r) = tokio::join!(accept_handshake(&mut a, KEY), async {
-            let r = dial_handshake(&mut b, wrong).await;
+        let (w, r) = tokio::join!(accept_handshake(&mut a, KEY, &LISTENER), async {
+            let r = dial_handshake(&mut b, wrong, &DIALER).await;
             drop(b);
             r
         });
@@ -370,6 +409,32 @@ mod tests {
             "listener: {:?}",
             w.err()
         );
+    }
+
+    /// A node's hello reaching its own listener (a peer address of its own, or a relay of its
+    /// hello back to it): refused, so its start-up gate cannot open on its own dump.
+    #[tokio::test]
+    async fn a_node_never_completes_a_handshake_with_itself() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let listener = async {
+            let w = accept_handshake(&mut a, KEY, &DIALER).await;
+            // Hang up, as the daemon does on an error, so the dialer's read ends.
+            drop(a);
+            w
+        };
+        let (w, r) = tokio::join!(listener, async {
+            let r = dial_handshake(&mut b, KEY, &DIALER).await;
+            drop(b);
+            r
+        });
+        assert!(
+            matches!(w, Err(WireError::SelfPeer)),
+            "listener: {:?}",
+            w.err()
+        );
+        assert!(r.is_err(), "the dialer completed a handshake with itself");
+        // Two processes have two ids.
+        assert_ne!(instance_id(), &[0; ID]);
     }
 
     #[tokio::test]
