@@ -52,7 +52,7 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// Zeroes `slot` as six 8-byte stores and returns it as a packet for [`parse`] to fill
+    /// Zeroes `slot` as 8-byte stores and returns it as a packet for [`parse`] to fill
     /// (`Default` would be a call to memset, a BPF subprogram).
     #[inline(always)]
     pub fn zeroed(slot: &mut mem::MaybeUninit<Packet>) -> &mut Packet {
