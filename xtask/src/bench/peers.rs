@@ -46,11 +46,15 @@ impl PeerKind {
         PeerKind::Haproxy,
     ];
 
-    /// The NAT comparison (`bench --nat-only`): the kernel's NAT and foobar-lb's, both kinds.
+    /// The NAT comparison (`bench --nat-only`): the kernel's NAT and foobar-lb's, both kinds,
+    /// and the ceilings beside them: no balancer at all, and the minimal XDP program (which
+    /// touches only the client's packets, where a NAT touches both directions).
     pub fn is_nat(self) -> bool {
         matches!(
             self,
-            PeerKind::NftablesDnat
+            PeerKind::NoLoadBalancer
+                | PeerKind::MinimalXdp(_)
+                | PeerKind::NftablesDnat
                 | PeerKind::FoobarLbNat(_)
                 | PeerKind::NftablesDnatSnat
                 | PeerKind::FoobarLbFullNat(_)
