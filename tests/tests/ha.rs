@@ -158,17 +158,6 @@ fn sync_of(d: &Daemon) -> foobar_lb::api::SyncSnapshot {
     d.stats().sync.expect("[sync] is configured")
 }
 
-/// Counters of a node's data plane worth reporting (drops, and what each verdict counted).
-fn verdicts(d: &Daemon) -> String {
-    d.stats()
-        .verdicts
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(name, n)| format!("{name}={n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[test]
 fn ready_answers_for_keepalived_and_keepalived_config_refuses_bad_pairs() {
     if !root_object_and_binary() {
@@ -294,12 +283,12 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     load.wait_progress("load running through B after A rejoined", 10);
 
     // 3. B crashes: the rejoined A takes over again, carrying connections it never saw open.
-    let b_verdicts = verdicts(&db);
+    let b_verdicts = db.verdicts_text();
     let killed_b = Instant::now();
     p.b.crash(&mut db, &mut kb);
     let takeback = wait_for("A takes the VIP back", 15, || holds(&a_ns, VIP4));
     load.wait_progress("load running through A again", 20);
-    let a_verdicts = verdicts(&da);
+    let a_verdicts = da.verdicts_text();
 
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
@@ -515,7 +504,7 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
          fall 2); daemon restarted -> A BACKUP after {rejoined:?}; {} new connections, 0 failed, \
          0 resets; A verdicts {}",
         result.new_conns.len(),
-        verdicts(&da)
+        da.verdicts_text()
     );
 }
 
@@ -568,7 +557,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
          {} new connections, 0 failed, 0 resets; B verdicts {}",
         String::from_utf8_lossy(&neigh.stdout).trim(),
         result.new_conns.len(),
-        verdicts(&db)
+        db.verdicts_text()
     );
 }
 

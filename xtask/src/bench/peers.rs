@@ -183,16 +183,10 @@ impl Peer {
     /// foobar-lb's verdict counters that are not zero, for the log: a peer that drops what
     /// it should forward is measured waiting for retransmissions, not forwarding.
     pub fn verdicts(&self) -> String {
-        let (Peer::FoobarLb(d) | Peer::FoobarLbFullNat(d, _)) = self else {
-            return String::new();
-        };
-        d.stats()
-            .verdicts
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(name, n)| format!("{name}={n}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        match self {
+            Peer::FoobarLb(d) | Peer::FoobarLbFullNat(d, _) => d.verdicts_text(),
+            _ => String::new(),
+        }
     }
 
     pub fn stop(self, topo: &Topology) {
