@@ -336,9 +336,11 @@ pub struct NatIcmp {
     pub quote: FlowKey,
     /// [`ICMP_QUOTE_SRC`] and/or [`ICMP_QUOTE_DST`]: the pairs that change.
     pub changes: u32,
-    /// The interface the translated error leaves by.
+    /// The interface the translated error leaves by, as the connection's own packets do
+    /// (0: the receiving one).
     pub ifindex: u32,
-    /// Its next hop's MAC and the egress interface's own.
+    /// Its next hop's MAC and the source MAC for the receiving interface (another egress
+    /// interface's own is set by the program's exit when it redirects there).
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// The verdict counted when it is sent.

@@ -25,7 +25,7 @@
 //! by the client's interface to the MAC the client's first frame came from, as for NAT.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_NOEXIST},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_NOEXIST},
     programs::XdpContext,
     EbpfContext,
 };
@@ -99,11 +99,7 @@ pub fn forward(
         backend.port,
     )?;
     rewrite::set_macs(ctx, &backend.mac, &iface.mac)?;
-    Ok(if backend.ifindex == 0 {
-        xdp_action::XDP_TX
-    } else {
-        rewrite::EGRESS | (backend.ifindex & rewrite::EGRESS_IFINDEX)
-    })
+    Ok(rewrite::egress(backend.ifindex))
 }
 
 /// The source MAC of a frame sent out of `ifindex`: the receiving interface's (`iface`), or

@@ -146,10 +146,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch, len: u64) -> u
         i.dst_mac = f.next_mac;
         i.src_mac = f.src_mac;
     } else {
-        let ingress = ctx.ingress_ifindex() as u32;
-        i.ifindex = ingress;
+        // Out of the backend's interface, as `nat::forward` sends its packets (two-arm: not
+        // the one the error came in on); the exit's redirect then sets that one's MAC.
+        i.ifindex = b.ifindex;
         i.dst_mac = b.mac;
-        let Some(own) = IFACES.get(ingress) else {
+        let Some(own) = IFACES.get(ctx.ingress_ifindex() as u32) else {
             return verdict::ABORTED;
         };
         i.src_mac = own.mac;
@@ -205,7 +206,6 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
                 unsafe { (*s).key = *rkey };
                 return verdict::DROP_SYN_REFUSED;
             }
-            let ingress = ctx.ingress_ifindex() as u32;
             let i = unsafe { &mut (*s).icmp };
             i.quote.dst = r.vip;
             i.quote.dport = r.vport;
@@ -215,19 +215,11 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
                 i.quote.src = r.client;
                 i.quote.sport = r.cport;
                 i.changes |= ICMP_QUOTE_SRC;
-                i.ifindex = r.ifindex;
-                i.src_mac = if r.ifindex == ingress {
-                    iface.mac
-                } else {
-                    match IFACES.get(r.ifindex) {
-                        Some(own) => own.mac,
-                        None => return verdict::ABORTED,
-                    }
-                };
-            } else {
-                i.ifindex = ingress;
-                i.src_mac = iface.mac;
             }
+            // Out of the client's interface, as `nat::reply` sends the replies (two-arm: not
+            // the one the error came in on); the exit's redirect then sets that one's MAC.
+            i.ifindex = r.ifindex;
+            i.src_mac = iface.mac;
             i.verdict = verdict::TX_NAT_REPLY;
             return SEND;
         }
@@ -276,7 +268,9 @@ fn translate(ctx: &XdpContext) -> Result<(u32, u32), u32> {
         rewrite_error::<false>(ctx, l3_off, l4_off, i)?;
     }
     rewrite::set_macs(ctx, &i.dst_mac, &i.src_mac)?;
-    Ok((rewrite::out_by(ctx, i.ifindex), i.verdict))
+    // The way out as for the connection's own packets (`rewrite::egress`): another interface
+    // is redirected to, with its MAC as the source, by the program's exit.
+    Ok((rewrite::egress(i.ifindex), i.verdict))
 }
 
 /// [`translate`]'s rewrite of the IP header at `l3_off` and the ICMP message at `l4_off`.

@@ -55,6 +55,19 @@ pub const EGRESS: u32 = 1 << 16;
 pub const EGRESS_IFINDEX: u32 = EGRESS - 1;
 const _: () = assert!(foobar_lb_common::MAX_IFINDEX == EGRESS);
 
+/// The action that sends a rewritten frame out of interface `ifindex` (0: the receiving one,
+/// XDP_TX; another: marked with [`EGRESS`] for [`redirect`] at the program's exit). The one
+/// choice of the way out for NAT forwarding (`Backend::ifindex`), replies (`NatRev::ifindex`)
+/// and the ICMP errors about their connections.
+#[inline(always)]
+pub fn egress(ifindex: u32) -> u32 {
+    if ifindex == 0 {
+        xdp_action::XDP_TX
+    } else {
+        EGRESS | (ifindex & EGRESS_IFINDEX)
+    }
+}
+
 /// Sends a frame [`forward`] marked with [`EGRESS`] out of that interface, with the
 /// interface's MAC as its source (XDP_REDIRECT); XDP_TX if it is the receiving interface
 /// after all. An interface that is not ours aborts.

@@ -53,6 +53,9 @@ pub enum Expect {
     Drop(u32),
     /// XDP_TX of exactly this frame, counted under this verdict index (a NAT reply).
     FrameAs(Vec<u8>, u32),
+    /// XDP_REDIRECT of exactly this frame (out of another interface of the balancer: a
+    /// two-arm NAT), counted as `tx_redirect`.
+    Redirect(Vec<u8>),
 }
 
 pub struct Outcome {
@@ -260,6 +263,7 @@ impl Harness {
             Expect::Tx(_) | Expect::Frame(_) => (XDP_TX, verdict::TX),
             Expect::Drop(reason) => (XDP_DROP, *reason),
             Expect::FrameAs(_, reason) => (XDP_TX, *reason),
+            Expect::Redirect(_) => (XDP_REDIRECT, verdict::TX_REDIRECT),
         };
         self.judge(name, frame, &o, &before, &after, want_action, want_counter);
         let input = crate::packet::decode(frame);
@@ -280,7 +284,9 @@ impl Harness {
                 want[6..12].copy_from_slice(&crate::packet::LB_MAC);
                 assert_frame(&o.out, &want, &ctx());
             }
-            Expect::Frame(want) | Expect::FrameAs(want, _) => assert_frame(&o.out, want, &ctx()),
+            Expect::Frame(want) | Expect::FrameAs(want, _) | Expect::Redirect(want) => {
+                assert_frame(&o.out, want, &ctx())
+            }
         }
         o
     }
