@@ -33,6 +33,17 @@ address = "10.0.1.11"
 port = 8080
 
 [[service]]
+name = "dns"
+vip = "10.0.0.100"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+
+[[service.backend]]
+address = "10.0.1.11"
+port = 5353
+
+[[service]]
 name = "web6"
 vip = "fd00::100"
 port = 80
@@ -327,5 +338,89 @@ fn icmp_errors_about_two_arm_connections_leave_by_the_other_arm() {
             &err.build(),
             &Expect::Redirect(want.build()),
         );
+    });
+}
+
+/// NAT, two-arm: the client's packets leave by the backends' arm (the backend's MAC, that
+/// arm's own), the replies by the client's arm (the client's MAC, that arm's own), new and
+/// established connections, TCP and UDP, both families; all counted `tx_redirect`, and the
+/// client's side in the service's counters as for one arm.
+#[test]
+fn nat_both_directions_leave_by_the_other_arm() {
+    with_arms("tn", |mut a| {
+        open_nat(&mut a, CLIENT, 40000, VIP, "10.0.1.11");
+        open_nat(&mut a, CLIENT6, 40000, VIP6, "fd00:1::11");
+        for (client, vip, backend) in [(CLIENT, VIP, "10.0.1.11"), (CLIENT6, VIP6, "fd00:1::11")] {
+            for i in 0..2 {
+                let mut ack = Pkt::tcp(client, 40000, vip, 80, TCP_ACK);
+                ack.payload = format!("request {i}").into_bytes();
+                let want = moved(&ack, (client, 40000), (backend, 8080), B1_OUT);
+                a.at_client_arm().check(
+                    "established: client -> backend",
+                    &ack.build(),
+                    &Expect::Redirect(want.build()),
+                );
+                let mut data = Pkt::tcp(backend, 8080, client, 40000, TCP_ACK);
+                (data.eth_dst, data.eth_src) = B1_IN;
+                data.payload = vec![i as u8; 1000 + i];
+                let want = moved(&data, (vip, 80), (client, 40000), CLIENT_OUT);
+                a.at_backend_arm().check(
+                    "established: backend -> client",
+                    &data.build(),
+                    &Expect::Redirect(want.build()),
+                );
+            }
+        }
+        // UDP: a query and its answer, with and without an IPv4 UDP checksum.
+        for no_checksum in [false, true] {
+            let cport = 33000 + no_checksum as u16;
+            let mut q = Pkt::udp(CLIENT, cport, VIP, 53);
+            q.udp_no_checksum = no_checksum;
+            let want = moved(&q, (CLIENT, cport), ("10.0.1.11", 5353), B1_OUT);
+            a.at_client_arm()
+                .check("UDP query", &q.build(), &Expect::Redirect(want.build()));
+            let mut r = Pkt::udp("10.0.1.11", 5353, CLIENT, cport);
+            r.udp_no_checksum = no_checksum;
+            (r.eth_dst, r.eth_src) = B1_IN;
+            let want = moved(&r, (VIP, 53), (CLIENT, cport), CLIENT_OUT);
+            a.at_backend_arm()
+                .check("UDP answer", &r.build(), &Expect::Redirect(want.build()));
+        }
+        // SYN, two ACKs per family; the replies are not the service's.
+        assert_eq!(a.h.service_counters("web").packets, 3);
+        assert_eq!(a.h.service_counters("web6").packets, 3);
+        assert_eq!(a.h.service_counters("dns").packets, 2);
+        assert_eq!(a.h.dp.nat_table_fill().unwrap(), (4, 4));
+    });
+}
+
+/// Full NAT whose FIB lookup finds the backend on the other arm: the client's packets leave
+/// by it (the next hop's MAC and that arm's own, from the FIB), the replies by the client's
+/// arm, new and established; counted `tx_redirect`.
+#[test]
+fn fullnat_by_the_fib_leaves_by_the_other_arm() {
+    with_arms("tf", |mut a| {
+        let p = open_full(&mut a, 40000);
+        for i in 0..2 {
+            let mut ack = Pkt::tcp(CLIENT, 40000, FULL_VIP, 80, TCP_ACK);
+            ack.payload = format!("request {i}").into_bytes();
+            let want = moved(&ack, (SNAT, p), ("10.0.1.12", 8080), B2_OUT);
+            a.at_client_arm().check(
+                "established: client -> backend, the same SNAT port",
+                &ack.build(),
+                &Expect::Redirect(want.build()),
+            );
+            let mut data = Pkt::tcp("10.0.1.12", 8080, SNAT, p, TCP_ACK);
+            (data.eth_dst, data.eth_src) = (ARM_MAC, B2);
+            data.payload = vec![i as u8; 1000 + i];
+            let want = moved(&data, (FULL_VIP, 80), (CLIENT, 40000), CLIENT_OUT);
+            a.at_backend_arm().check(
+                "established: backend -> client",
+                &data.build(),
+                &Expect::Redirect(want.build()),
+            );
+        }
+        let svc = a.h.service_counters("full");
+        assert_eq!((svc.packets, svc.new_flows), (3, 1));
     });
 }
