@@ -68,7 +68,9 @@ fn normalize(pkt: &Packet) -> Option<Packet> {
             tcp_flags: core::ptr::read_volatile(&(*s).tcp_flags),
             l3_off: core::ptr::read_volatile(&(*s).l3_off),
             l4_off: core::ptr::read_volatile(&(*s).l4_off),
-            // The header was judged before any NAT path (`sanity`).
+            // Only `parse::ipv4_header_ok` (a VIP packet's sanity check) reads it, and no NAT
+            // path calls that on this copy: the client's packets were checked before, the
+            // backends' replies are not for a VIP and are not checked.
             ip_sum: 0,
         })
     }
@@ -222,17 +224,10 @@ pub fn forget_refused() {
     };
     // The client's 5-tuple: the reply's destination under NAT; kept in the entry under full NAT.
     if r.flags & NAT_FULL != 0 {
-        fk.src = r.client;
-        fk.sport = r.cport;
+        fk.set(&r.client, r.cport, &r.vip, r.vport, rkey);
     } else {
-        fk.src = rkey.dst;
-        fk.sport = rkey.dport;
+        fk.set(&rkey.dst, rkey.dport, &r.vip, r.vport, rkey);
     }
-    fk.dst = r.vip;
-    fk.dport = r.vport;
-    fk.proto = rkey.proto;
-    fk.family = rkey.family;
-    fk._pad = [0; 2];
     if let Some(f) = unsafe { NAT_FWD.get(&*fk) } {
         if let Some(c) = BACKEND_REFUSED.get_ptr_mut(f.backend_id) {
             // SAFETY: this CPU's counter.

@@ -79,7 +79,9 @@ pub fn run(ctx: &XdpContext, len: u64) -> Result<(u32, u32), u32> {
                 tcp_flags: 0,
                 l3_off: core::ptr::read_volatile(&(*s).l3_off),
                 l4_off: core::ptr::read_volatile(&(*s).l4_off),
-                // The header was judged before (`sanity`).
+                // Only `parse::ipv4_header_ok` (a VIP packet's sanity check) reads it, never
+                // on this copy: an error for a VIP was checked before, one towards a client
+                // is not for a VIP and is not checked.
                 ip_sum: 0,
             },
             core::ptr::read_volatile(&(*s).icmp.toward),
@@ -119,12 +121,13 @@ const SEND: u32 = u32::MAX - 1;
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch, len: u64) -> u32 {
-    let Some(flow) = parse::icmp_error_flow(ctx, pkt) else {
+    // The client's 5-tuple: the quoted reply's reverse (see `parse::icmp_error_flow`).
+    let Some((_, q)) = parse::icmp_error_quote(ctx, pkt) else {
         return NO_CONN;
     };
     // SAFETY: this CPU's scratch element (see `defer`); the key is looked up from there.
     let key = unsafe { &mut (*s).rkey };
-    *key = flow;
+    key.set_reverse_of(&q);
     let Some(f) = (unsafe { NAT_FWD.get(&*key) }) else {
         return NO_CONN;
     };
@@ -180,13 +183,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
         // scratch and looked up from there (no copy on the stack).
         // SAFETY: this CPU's scratch element (see `defer`).
         let rkey = unsafe { &mut (*s).rkey };
-        rkey.src = q.dst;
-        rkey.dst = q.src;
-        rkey.sport = q.dport;
-        rkey.dport = q.sport;
-        rkey.proto = q.proto;
-        rkey.family = q.family;
-        rkey._pad = [0; 2];
+        rkey.set_reverse_of(&q);
         if let Some(r) = unsafe { NAT_REV.get(&*rkey) } {
             let Ok(iface) = crate::prog::receiver(ctx, pkt.l3_off) else {
                 return NO_CONN;
