@@ -128,24 +128,13 @@ pub fn forward_full(ctx: &XdpContext, pkt: &Packet) -> Result<u32, u32> {
     if c.flags & NAT_FULL == 0 {
         return Err(verdict::ABORTED);
     }
-    let k = &pkt.key;
-    rewrite::translate(
+    rewrite::translate_both(
         ctx,
         &pkt,
-        Side::Dst,
-        &k.dst,
-        &c.backend_addr,
-        k.dport,
-        c.backend_port,
-    )?;
-    rewrite::translate(
-        ctx,
-        &pkt,
-        Side::Src,
-        &k.src,
         &c.snat_addr,
-        k.sport,
         c.snat_port,
+        &c.backend_addr,
+        c.backend_port,
     )?;
     rewrite::set_macs(ctx, &c.next_mac, &c.src_mac)?;
     Ok(rewrite::out_by(ctx, c.ifindex))
@@ -276,6 +265,8 @@ fn reply_tx(
         unsafe { (*rev).seen = next };
     }
     let k = &pkt.key;
+    // Not `translate_both` for full NAT, as `forward_full` does: the two copies here (one per
+    // mode) cost ~8,000 verified instructions for ~6 ns per full-NAT reply (README).
     rewrite::translate(ctx, pkt, Side::Src, &k.src, &r.vip, k.sport, r.vport)?;
     if full {
         // Full NAT: the destination (SNAT address and port) becomes the client again.
