@@ -648,6 +648,16 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Re
     })
 }
 
+/// The index of interface `name` in the calling thread's network namespace (0: none). By
+/// name from the kernel: /sys shows the namespace that mounted it, not the thread's.
+pub fn ifindex(name: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: a valid C string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
 /// Spawns `f` on a thread that has entered network namespace `name` (for load that runs while
 /// the test does other things); the thread panics if it cannot enter it.
 pub fn spawn_in_netns<T: Send + 'static>(

@@ -15,8 +15,8 @@
 use foobar_lb::desired::Forwarding;
 use foobar_lb_tests::{
     harness::{Expect, Harness, XDP_REDIRECT},
-    netns::{in_netns, unique_prefix, Netns},
-    packet::{Pkt, CLIENT_MAC, LB_MAC, TCP_ACK, TCP_SYN},
+    netns::{self, in_netns, unique_prefix, Netns},
+    packet::{mac_str, Pkt, CLIENT_MAC, LB_MAC, TCP_ACK, TCP_SYN},
 };
 
 const CONFIG: &str = r#"
@@ -105,12 +105,7 @@ fn with_arms(tag: &str, f: impl FnOnce(Arms) + Send) {
         return;
     }
     let ns = Netns::new(&format!("{}ns", unique_prefix(tag))).expect("namespace");
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
+    let mac = |m: [u8; 6]| mac_str(&m);
     let ip = |args: &[&str]| ns.ip(args).expect("ip");
     ip(&[
         "link",
@@ -148,13 +143,7 @@ fn with_arms(tag: &str, f: impl FnOnce(Arms) + Send) {
     ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
     ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     in_netns(&ns.name, || {
-        // /sys shows the namespace that mounted it: ask the kernel by name.
-        let index = |name: &str| {
-            let name = std::ffi::CString::new(name).unwrap();
-            // SAFETY: a valid C string; the call only reads it.
-            unsafe { libc::if_nametoindex(name.as_ptr()) }
-        };
-        let (client_arm, backend_arm) = (index("arm0"), index("arm1"));
+        let (client_arm, backend_arm) = (netns::ifindex("arm0"), netns::ifindex("arm1"));
         assert!(client_arm > 1 && backend_arm > 1, "the arms' indexes");
         let mut h = Harness::new(CONFIG, MACS);
         h.set_ingress(client_arm);

@@ -7,7 +7,7 @@ use foobar_lb::dataplane::AuxProgram;
 use foobar_lb_common::{FlowKey, NatFwd, NatRev};
 use foobar_lb_tests::{
     harness::{big_blocklist, time_ns, time_ns_at, Harness, XDP_DROP, XDP_PASS, XDP_TX},
-    netns::{in_netns, unique_prefix, Netns},
+    netns::{self, in_netns, unique_prefix, Netns},
     packet::{mac_str, Pkt, LB_MAC, TCP_ACK, TCP_SYN},
 };
 use serde::Serialize;
@@ -430,9 +430,7 @@ fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
         cfg += &format!("[[service.backend]]\naddress = \"10.211.0.{i}\"\nport = 80\n");
     }
     in_netns(&ns.name, || {
-        let name = std::ffi::CString::new("lb0")?;
-        // SAFETY: a valid C string; the call only reads it.
-        let lb0 = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let lb0 = netns::ifindex("lb0");
         anyhow::ensure!(lb0 > 1, "lb0 has no index");
         let mut h = Harness::with_tables(&cfg, &[], 65_536, capacity);
         h.set_ingress(lb0);
