@@ -504,6 +504,15 @@ impl Topology {
         Ok(())
     }
 
+    /// Starts nginx on `port` in every web server (`/` answers `web<i>`): unmodified NAT and
+    /// full-NAT backends.
+    pub fn start_webs_nginx(&self, port: u16) -> Result<()> {
+        for (i, web) in self.webs.iter().enumerate() {
+            self.start_nginx(web, &format!("web{}", i + 1), port)?;
+        }
+        Ok(())
+    }
+
     /// Stops nginx in web server `i` (for failover tests).
     pub fn stop_web(&self, i: usize) -> Result<()> {
         let pid = fs::read_to_string(self.dir.join(format!("web{i}.pid")))?;
