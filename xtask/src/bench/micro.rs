@@ -378,8 +378,8 @@ fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<(Vec<Row>, NatMemory)>
 /// For repeats to take one path, the timed connection's backend is its VIP's own address and
 /// port (its neighbour entry the balancer's MAC) and its SNAT address and only port are the
 /// client's own: the translation rewrites every field to the value it had. The `flows`
-/// tracked connections are another service's (8 backends behind a router, 8 SNAT addresses:
-/// about a quarter of their ports in use), which the new connections open too.
+/// tracked connections are another service's (32 backends behind a router, 8 SNAT
+/// addresses: about 6% of their ports in use), which the new connections open too.
 fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
     let (flows, runs, repeat, singles, capacity) = if quick {
         (5_000u32, 3, 2_000, 300, 1u32 << 14)
@@ -426,7 +426,7 @@ fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
         .collect::<Vec<_>>()
         .join(", ");
     cfg += "]\n";
-    for i in 1..=8 {
+    for i in 1..=32 {
         cfg += &format!("[[service.backend]]\naddress = \"10.211.0.{i}\"\nport = 80\n");
     }
     in_netns(&ns.name, || {
@@ -448,11 +448,14 @@ fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
+        // A new connection whose candidate ports are all taken is dropped (a few in 100,000
+        // at this fill): the rows say how many are tracked.
         anyhow::ensure!(
-            fwd == flows as u64 && rev == flows as u64,
+            fwd == rev && fwd * 100 >= flows as u64 * 99,
             "{fwd}/{rev} of {flows} full-NAT connections tracked; verdict counters (index, \
              count) {counted:?}"
         );
+        let flows = fwd;
         let frame = |src: &str, sport: u16, dst: &str, dport: u16, flags: u8| {
             let mut p = Pkt::tcp(src, sport, dst, dport, flags);
             p.eth_src = LB_MAC;
