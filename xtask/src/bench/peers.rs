@@ -31,7 +31,7 @@ pub enum PeerKind {
 
 impl PeerKind {
     /// In the order the bench runs them.
-    pub const ALL: [PeerKind; 10] = [
+    pub const ALL: [PeerKind; 12] = [
         PeerKind::NoLoadBalancer,
         PeerKind::MinimalXdp(XdpMode::Generic),
         PeerKind::FoobarLb(XdpMode::Generic),
@@ -39,10 +39,23 @@ impl PeerKind {
         PeerKind::FoobarLb(XdpMode::Native),
         PeerKind::NftablesDnat,
         PeerKind::FoobarLbNat(XdpMode::Generic),
+        PeerKind::FoobarLbNat(XdpMode::Native),
         PeerKind::NftablesDnatSnat,
         PeerKind::FoobarLbFullNat(XdpMode::Generic),
+        PeerKind::FoobarLbFullNat(XdpMode::Native),
         PeerKind::Haproxy,
     ];
+
+    /// The NAT comparison (`bench --nat-only`): the kernel's NAT and foobar-lb's, both kinds.
+    pub fn is_nat(self) -> bool {
+        matches!(
+            self,
+            PeerKind::NftablesDnat
+                | PeerKind::FoobarLbNat(_)
+                | PeerKind::NftablesDnatSnat
+                | PeerKind::FoobarLbFullNat(_)
+        )
+    }
 
     pub fn label(self) -> String {
         match self {
@@ -154,6 +167,21 @@ impl Peer {
         }
     }
 
+    /// foobar-lb's verdict counters that are not zero, for the log: a peer that drops what
+    /// it should forward is measured waiting for retransmissions, not forwarding.
+    pub fn verdicts(&self) -> String {
+        let (Peer::FoobarLb(d) | Peer::FoobarLbFullNat(d)) = self else {
+            return String::new();
+        };
+        d.stats()
+            .verdicts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn stop(self, topo: &Topology) {
         match self {
             Peer::Haproxy(pid) => {
@@ -245,8 +273,10 @@ mod tests {
                 "foobar-lb [native]",
                 "nftables DNAT (numgen inc mod 2)",
                 "foobar-lb NAT [generic]",
+                "foobar-lb NAT [native]",
                 "nftables DNAT + masquerade",
                 "foobar-lb full NAT [generic]",
+                "foobar-lb full NAT [native]",
                 "HAProxy (TCP, roundrobin)",
             ]
         );
