@@ -482,9 +482,17 @@ fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
                 ratios[i].push(t / f);
             }
         }
+        // Each from a port of its own, as real clients' are: the client's port is the first
+        // candidate, free at this fill but for a repeated one.
         let new = |i: u32| {
             let src = format!("172.24.{}.{}", (i >> 8) & 255, i & 255);
-            frame(&src, 5000, "10.210.0.2", 80, TCP_SYN)
+            frame(
+                &src,
+                20_000 + (i % 40_000) as u16,
+                "10.210.0.2",
+                80,
+                TCP_SYN,
+            )
         };
         let o = h.run(&new(u32::MAX));
         anyhow::ensure!(
