@@ -336,9 +336,11 @@ pub struct NatIcmp {
     pub quote: FlowKey,
     /// [`ICMP_QUOTE_SRC`] and/or [`ICMP_QUOTE_DST`]: the pairs that change.
     pub changes: u32,
-    /// The interface the translated error leaves by.
+    /// The interface the translated error leaves by, as the connection's own packets do
+    /// (0: the receiving one).
     pub ifindex: u32,
-    /// Its next hop's MAC and the egress interface's own.
+    /// Its next hop's MAC and the source MAC for the receiving interface (another egress
+    /// interface's own is set by the program's exit when it redirects there).
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// The verdict counted when it is sent.
@@ -378,6 +380,28 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// Makes this key `src:sport -> dst:dport` of `like`'s protocol and family, in place: the
+    /// program builds lookup keys in its per-CPU scratch map this way (a `FlowKey` value
+    /// would be built on the stack, then copied).
+    #[inline(always)]
+    pub fn set(&mut self, src: &Addr, sport: u16, dst: &Addr, dport: u16, like: &FlowKey) {
+        self.src = *src;
+        self.dst = *dst;
+        self.sport = sport;
+        self.dport = dport;
+        self.proto = like.proto;
+        self.family = like.family;
+        self._pad = [0; 2];
+    }
+
+    /// Makes this key the reverse of `k` (the other direction of its connection), in place.
+    #[inline(always)]
+    pub fn set_reverse_of(&mut self, k: &FlowKey) {
+        self.set(&k.dst, k.dport, &k.src, k.sport, k);
+    }
+}
 
 /// Value of [`MAP_FLOWS`].
 #[repr(C)]
@@ -606,6 +630,37 @@ impl ServiceKey {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reversed_key_swaps_the_ends_and_keeps_the_rest() {
+        let k = super::FlowKey {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            sport: 10,
+            dport: 20,
+            proto: super::PROTO_UDP,
+            family: super::FAMILY_V6,
+            _pad: [0; 2],
+        };
+        let mut r = super::FlowKey {
+            _pad: [9; 2],
+            ..Default::default()
+        };
+        r.set_reverse_of(&k);
+        assert_eq!(
+            r,
+            super::FlowKey {
+                src: [5, 6, 7, 8],
+                dst: [1, 2, 3, 4],
+                sport: 20,
+                dport: 10,
+                ..k
+            }
+        );
+        let mut back = r;
+        back.set_reverse_of(&r);
+        assert_eq!(back, k);
+    }
+
     use super::*;
 
     #[test]

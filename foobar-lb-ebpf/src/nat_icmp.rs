@@ -79,7 +79,9 @@ pub fn run(ctx: &XdpContext, len: u64) -> Result<(u32, u32), u32> {
                 tcp_flags: 0,
                 l3_off: core::ptr::read_volatile(&(*s).l3_off),
                 l4_off: core::ptr::read_volatile(&(*s).l4_off),
-                // The header was judged before (`sanity`).
+                // Only `parse::ipv4_header_ok` (a VIP packet's sanity check) reads it, never
+                // on this copy: an error for a VIP was checked before, one towards a client
+                // is not for a VIP and is not checked.
                 ip_sum: 0,
             },
             core::ptr::read_volatile(&(*s).icmp.toward),
@@ -119,12 +121,13 @@ const SEND: u32 = u32::MAX - 1;
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch, len: u64) -> u32 {
-    let Some(flow) = parse::icmp_error_flow(ctx, pkt) else {
+    // The client's 5-tuple: the quoted reply's reverse (see `parse::icmp_error_flow`).
+    let Some((_, q)) = parse::icmp_error_quote(ctx, pkt) else {
         return NO_CONN;
     };
     // SAFETY: this CPU's scratch element (see `defer`); the key is looked up from there.
     let key = unsafe { &mut (*s).rkey };
-    *key = flow;
+    key.set_reverse_of(&q);
     let Some(f) = (unsafe { NAT_FWD.get(&*key) }) else {
         return NO_CONN;
     };
@@ -146,10 +149,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch, len: u64) -> u
         i.dst_mac = f.next_mac;
         i.src_mac = f.src_mac;
     } else {
-        let ingress = ctx.ingress_ifindex() as u32;
-        i.ifindex = ingress;
+        // Out of the backend's interface, as `nat::forward` sends its packets (two-arm: not
+        // the one the error came in on); the exit's redirect then sets that one's MAC.
+        i.ifindex = b.ifindex;
         i.dst_mac = b.mac;
-        let Some(own) = IFACES.get(ingress) else {
+        let Some(own) = IFACES.get(ctx.ingress_ifindex() as u32) else {
             return verdict::ABORTED;
         };
         i.src_mac = own.mac;
@@ -179,13 +183,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
         // scratch and looked up from there (no copy on the stack).
         // SAFETY: this CPU's scratch element (see `defer`).
         let rkey = unsafe { &mut (*s).rkey };
-        rkey.src = q.dst;
-        rkey.dst = q.src;
-        rkey.sport = q.dport;
-        rkey.dport = q.sport;
-        rkey.proto = q.proto;
-        rkey.family = q.family;
-        rkey._pad = [0; 2];
+        rkey.set_reverse_of(&q);
         if let Some(r) = unsafe { NAT_REV.get(&*rkey) } {
             let Ok(iface) = crate::prog::receiver(ctx, pkt.l3_off) else {
                 return NO_CONN;
@@ -205,7 +203,6 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
                 unsafe { (*s).key = *rkey };
                 return verdict::DROP_SYN_REFUSED;
             }
-            let ingress = ctx.ingress_ifindex() as u32;
             let i = unsafe { &mut (*s).icmp };
             i.quote.dst = r.vip;
             i.quote.dport = r.vport;
@@ -215,19 +212,11 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, s: *mut NatScratch) -> u32 {
                 i.quote.src = r.client;
                 i.quote.sport = r.cport;
                 i.changes |= ICMP_QUOTE_SRC;
-                i.ifindex = r.ifindex;
-                i.src_mac = if r.ifindex == ingress {
-                    iface.mac
-                } else {
-                    match IFACES.get(r.ifindex) {
-                        Some(own) => own.mac,
-                        None => return verdict::ABORTED,
-                    }
-                };
-            } else {
-                i.ifindex = ingress;
-                i.src_mac = iface.mac;
             }
+            // Out of the client's interface, as `nat::reply` sends the replies (two-arm: not
+            // the one the error came in on); the exit's redirect then sets that one's MAC.
+            i.ifindex = r.ifindex;
+            i.src_mac = iface.mac;
             i.verdict = verdict::TX_NAT_REPLY;
             return SEND;
         }
@@ -276,7 +265,9 @@ fn translate(ctx: &XdpContext) -> Result<(u32, u32), u32> {
         rewrite_error::<false>(ctx, l3_off, l4_off, i)?;
     }
     rewrite::set_macs(ctx, &i.dst_mac, &i.src_mac)?;
-    Ok((rewrite::out_by(ctx, i.ifindex), i.verdict))
+    // The way out as for the connection's own packets (`rewrite::egress`): another interface
+    // is redirected to, with its MAC as the source, by the program's exit.
+    Ok((rewrite::egress(i.ifindex), i.verdict))
 }
 
 /// [`translate`]'s rewrite of the IP header at `l3_off` and the ICMP message at `l4_off`.

@@ -55,6 +55,19 @@ pub const EGRESS: u32 = 1 << 16;
 pub const EGRESS_IFINDEX: u32 = EGRESS - 1;
 const _: () = assert!(foobar_lb_common::MAX_IFINDEX == EGRESS);
 
+/// The action that sends a rewritten frame out of interface `ifindex` (0: the receiving one,
+/// XDP_TX; another: marked with [`EGRESS`] for [`redirect`] at the program's exit). The one
+/// choice of the way out for NAT forwarding (`Backend::ifindex`), replies (`NatRev::ifindex`)
+/// and the ICMP errors about their connections.
+#[inline(always)]
+pub fn egress(ifindex: u32) -> u32 {
+    if ifindex == 0 {
+        xdp_action::XDP_TX
+    } else {
+        EGRESS | (ifindex & EGRESS_IFINDEX)
+    }
+}
+
 /// Sends a frame [`forward`] marked with [`EGRESS`] out of that interface, with the
 /// interface's MAC as its source (XDP_REDIRECT); XDP_TX if it is the receiving interface
 /// after all. An interface that is not ours aborts.
@@ -153,6 +166,81 @@ pub fn translate(
             let words = if v4 { 1 } else { 4 };
             let mut c = csum::replace_addr(c, old, new, words);
             c = csum::replace16(c, old_port, new_port);
+            if udp && c == 0 {
+                c = 0xffff;
+            }
+            *check = c;
+        }
+    }
+    Ok(())
+}
+
+/// Full NAT's [`translate`] of both ends at once: the source becomes `src`:`sport` and the
+/// destination `dst`:`dport` (network order; the old values are `pkt.key`'s). The changes
+/// are summed (`csum::delta32`/`delta16`) and each checksum is read and written once, where
+/// two [`translate`] calls read, update and write both twice (and check the bounds twice).
+/// Zero IPv4 UDP checksums as in [`translate`].
+#[inline(always)]
+pub fn translate_both(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &Addr,
+    sport: u16,
+    dst: &Addr,
+    dport: u16,
+) -> Result<(), u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // Bounded for the verifier as in `translate`.
+    let l3 = start + (pkt.l3_off as usize & 0x3f);
+    let l4 = start + (pkt.l4_off as usize & 0x1fff);
+    let k = &pkt.key;
+    let v4 = k.family == FAMILY_V4;
+    let udp = k.proto == PROTO_UDP;
+    if l4 + 8 > end {
+        return Err(verdict::ABORTED);
+    }
+    let check_at = if udp {
+        l4 + 6
+    } else {
+        if l4 + 20 > end {
+            return Err(verdict::ABORTED);
+        }
+        l4 + 16
+    };
+    // SAFETY: every access below is within [start, end) (checked here and above), as in
+    // `translate`.
+    unsafe {
+        // The addresses' change (the IPv4 header's and the pseudo-header's).
+        let mut d = 0u32;
+        if v4 {
+            if l3 + 20 > end {
+                return Err(verdict::ABORTED);
+            }
+            d = csum::delta32(k.src[0], src[0]) + csum::delta32(k.dst[0], dst[0]);
+            let ip_check = (l3 + 10) as *mut u16;
+            *ip_check = csum::apply(*ip_check, d);
+            *((l3 + 12) as *mut u32) = src[0];
+            *((l3 + 16) as *mut u32) = dst[0];
+        } else {
+            if l3 + 40 > end {
+                return Err(verdict::ABORTED);
+            }
+            let (s, t) = ((l3 + 8) as *mut u32, (l3 + 24) as *mut u32);
+            for i in 0..4 {
+                d += csum::delta32(k.src[i], src[i]) + csum::delta32(k.dst[i], dst[i]);
+                *s.add(i) = src[i];
+                *t.add(i) = dst[i];
+            }
+        }
+        *(l4 as *mut u16) = sport;
+        *((l4 + 2) as *mut u16) = dport;
+        let check = check_at as *mut u16;
+        let c = *check;
+        // An IPv4 UDP checksum of 0 means none was computed: it stays so.
+        if !(udp && v4 && c == 0) {
+            let d = d + csum::delta16(k.sport, sport) + csum::delta16(k.dport, dport);
+            let mut c = csum::apply(c, d);
             if udp && c == 0 {
                 c = 0xffff;
             }

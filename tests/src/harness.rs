@@ -53,6 +53,9 @@ pub enum Expect {
     Drop(u32),
     /// XDP_TX of exactly this frame, counted under this verdict index (a NAT reply).
     FrameAs(Vec<u8>, u32),
+    /// XDP_REDIRECT of exactly this frame (out of another interface of the balancer: a
+    /// two-arm NAT), counted as `tx_redirect`.
+    Redirect(Vec<u8>),
 }
 
 pub struct Outcome {
@@ -178,12 +181,7 @@ impl Harness {
 
     pub fn run(&self, frame: &[u8]) -> Outcome {
         let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let md: Vec<u8> = [0, frame.len() as u32, 0, self.ingress, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
+        let md = xdp_md(frame, self.ingress);
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -260,6 +258,7 @@ impl Harness {
             Expect::Tx(_) | Expect::Frame(_) => (XDP_TX, verdict::TX),
             Expect::Drop(reason) => (XDP_DROP, *reason),
             Expect::FrameAs(_, reason) => (XDP_TX, *reason),
+            Expect::Redirect(_) => (XDP_REDIRECT, verdict::TX_REDIRECT),
         };
         self.judge(name, frame, &o, &before, &after, want_action, want_counter);
         let input = crate::packet::decode(frame);
@@ -280,7 +279,9 @@ impl Harness {
                 want[6..12].copy_from_slice(&crate::packet::LB_MAC);
                 assert_frame(&o.out, &want, &ctx());
             }
-            Expect::Frame(want) | Expect::FrameAs(want, _) => assert_frame(&o.out, want, &ctx()),
+            Expect::Frame(want) | Expect::FrameAs(want, _) | Expect::Redirect(want) => {
+                assert_frame(&o.out, want, &ctx())
+            }
         }
         o
     }
@@ -344,14 +345,31 @@ fn assert_frame(got: &[u8], want: &[u8], ctx: &str) {
     );
 }
 
+/// The test run's context: struct xdp_md (data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex) for `frame` received on `ingress`.
+fn xdp_md(frame: &[u8], ingress: u32) -> Vec<u8> {
+    [0, frame.len() as u32, 0, ingress, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
+}
+
 /// Mean ns per run the kernel reports for `repeat` runs of `prog` on `frame`.
 ///
 /// BPF_PROG_TEST_RUN reuses one buffer: from the second run on, the program sees its own output.
 pub fn time_ns(prog: &aya::programs::Xdp, frame: &[u8], repeat: u32) -> f64 {
+    time_ns_at(prog, frame, repeat, 1)
+}
+
+/// [`time_ns`] with interface `ingress` (of the calling thread's network namespace; 1:
+/// loopback, the kernel's default) reported as the receiving one, as [`Harness::run`] does.
+pub fn time_ns_at(prog: &aya::programs::Xdp, frame: &[u8], repeat: u32, ingress: u32) -> f64 {
     let mut out = vec![0u8; frame.len() + 256];
+    let md = xdp_md(frame, ingress);
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        ctx_in: (ingress != 1).then_some(&md[..]),
         repeat,
         ..TestRunOptions::default()
     };

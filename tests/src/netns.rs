@@ -504,6 +504,15 @@ impl Topology {
         Ok(())
     }
 
+    /// Starts nginx on `port` in every web server (`/` answers `web<i>`): unmodified NAT and
+    /// full-NAT backends.
+    pub fn start_webs_nginx(&self, port: u16) -> Result<()> {
+        for (i, web) in self.webs.iter().enumerate() {
+            self.start_nginx(web, &format!("web{}", i + 1), port)?;
+        }
+        Ok(())
+    }
+
     /// Stops nginx in web server `i` (for failover tests).
     pub fn stop_web(&self, i: usize) -> Result<()> {
         let pid = fs::read_to_string(self.dir.join(format!("web{i}.pid")))?;
@@ -646,6 +655,16 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Re
         .join()
         .expect("netns thread panicked")
     })
+}
+
+/// The index of interface `name` in the calling thread's network namespace (0: none). By
+/// name from the kernel: /sys shows the namespace that mounted it, not the thread's.
+pub fn ifindex(name: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: a valid C string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 /// Spawns `f` on a thread that has entered network namespace `name` (for load that runs while

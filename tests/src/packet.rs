@@ -144,6 +144,31 @@ impl Pkt {
         p
     }
 
+    /// An ICMP error (ICMPv6 for IPv6 addresses) of `kind` (type, code) from `src` to `dst`
+    /// quoting `quoted`'s IP packet (untagged), cut to its first `cut` bytes if given (an IP
+    /// header and 8 bytes of L4 header is the least a router quotes). Built with full
+    /// checksums by the tests' own code, so an expected frame checks the program's incremental
+    /// updates of all four (outer IPv4, ICMP, quoted IPv4 header, quoted TCP/UDP).
+    pub fn icmp_error_quoting(
+        src: &str,
+        dst: &str,
+        kind: (u8, u8),
+        rest: u32,
+        quoted: &Pkt,
+        cut: Option<usize>,
+    ) -> Pkt {
+        let ip = quoted.build()[14..].to_vec();
+        let ip = &ip[..cut.unwrap_or(ip.len()).min(ip.len())];
+        Pkt::icmp_error(src, dst, kind.0, kind.1, rest, ip)
+    }
+
+    /// A large TCP data segment (1400 bytes, ACK): what a path-MTU error quotes.
+    pub fn tcp_data(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+        let mut p = Pkt::tcp(src, sport, dst, dport, TCP_ACK);
+        p.payload = vec![0x5a; 1400];
+        p
+    }
+
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
         let mut b = Vec::new();
         let proto = match self.l4 {
@@ -228,6 +253,17 @@ impl Pkt {
         f.extend(l4);
         f
     }
+}
+
+/// The TCP or UDP source port of an untagged IPv4 (no options) or IPv6 frame: what a full-NAT
+/// fixture reads back of the port the program allocated.
+pub fn sport_of(frame: &[u8]) -> u16 {
+    let l4 = if u16::from_be_bytes([frame[12], frame[13]]) == 0x0800 {
+        14 + 20
+    } else {
+        14 + 40
+    };
+    u16::from_be_bytes([frame[l4], frame[l4 + 1]])
 }
 
 /// Internet checksum of `data`, starting from a partial sum.

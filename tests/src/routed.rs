@@ -36,12 +36,60 @@ pub const ARM_CLIENT6: &str = "fd00:f00d::1";
 pub const ARM_LB4: &str = "10.114.0.2";
 pub const ARM_LB6: &str = "fd00:f00d::2";
 
+/// The client of [`Topology::client_behind_small_mtu_router`].
+pub const FAR_CLIENT4: &str = "10.112.0.2";
+pub const FAR_CLIENT6: &str = "fd00:f00c::2";
+
+/// A client behind a router ([`Topology::client_behind_small_mtu_router`]). Field order is
+/// drop order: the client's namespace, then the router's.
+pub struct FarClient {
+    pub client: Netns,
+    pub router: Netns,
+}
+
 impl Topology {
-    /// Moves every web server off the bridge into a subnet of its own behind a new router
-    /// namespace ([`routed4`], [`routed6`]; default routes via the router), which sits on the
-    /// bridge at [`ROUTER4`]/[`ROUTER6`]. The balancer routes the backends' subnets via the
-    /// router; nothing else changes. Returns the router (keep it: it is removed on drop).
-    pub fn backends_behind_router(&self) -> Result<Netns> {
+    /// Path-MTU discovery's topology: a router on the bridge (10.111.0.9, fd00:f00b::9) and a
+    /// client behind it ([`FAR_CLIENT4`], [`FAR_CLIENT6`], default routes via the router) on a
+    /// link whose MTU is 1280 on the router's side (the client's own interface says 1500, so
+    /// its MSS does not help). The backends' full-size segments to the client then meet the
+    /// router's "fragmentation needed" / "packet too big". How the backends' answers reach the
+    /// client's subnet is the caller's (NAT: a route via the balancer).
+    pub fn client_behind_small_mtu_router(&self) -> Result<FarClient> {
+        let router = self.router_on_bridge("10.111.0.9/24", "fd00:f00b::9/64")?;
+        let client = Netns::new(&format!("{}fc", self.prefix))?;
+        router.ip(&[
+            "link",
+            "add",
+            "down0",
+            "mtu",
+            "1280",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.name,
+        ])?;
+        for a in [format!("{FAR_CLIENT4}/24"), format!("{FAR_CLIENT6}/64")] {
+            client.ip(&["addr", "add", &a, "dev", "eth0", "nodad"])?;
+        }
+        client.ip(&["link", "set", "eth0", "up"])?;
+        // Frames the balancer rewrites must carry full checksums (TESTING-NETNS.md).
+        run(client.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+        for a in ["10.112.0.1/24", "fd00:f00c::1/64"] {
+            router.ip(&["addr", "add", a, "dev", "down0", "nodad"])?;
+        }
+        router.ip(&["link", "set", "down0", "up"])?;
+        client.ip(&["route", "add", "default", "via", "10.112.0.1"])?;
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:f00c::1"])?;
+        Ok(FarClient { client, router })
+    }
+
+    /// A new router namespace (`<prefix>rt`) on the bridge: its `eth0` at `v4` and `v6`
+    /// (with prefix lengths), forwarding on, no reverse-path filter, no DAD, `tx` checksum
+    /// offload off (it forwards frames the balancer rewrites: TESTING-NETNS.md).
+    fn router_on_bridge(&self, v4: &str, v6: &str) -> Result<Netns> {
         let router = Netns::new(&format!("{}rt", self.prefix))?;
         self.bridge.ip(&[
             "link",
@@ -58,8 +106,8 @@ impl Topology {
         self.bridge
             .ip(&["link", "set", "rt", "master", "br0", "up"])?;
         router.ip(&["link", "set", "eth0", "up"])?;
-        for a in [format!("{ROUTER4}/24"), format!("{ROUTER6}/64")] {
-            router.ip(&["addr", "add", &a, "dev", "eth0", "nodad"])?;
+        for a in [v4, v6] {
+            router.ip(&["addr", "add", a, "dev", "eth0", "nodad"])?;
         }
         for key in ["all", "default", "eth0"] {
             router.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
@@ -68,6 +116,43 @@ impl Topology {
         router.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         router.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        run(router.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+        Ok(router)
+    }
+
+    /// Path-MTU discovery through the balancer, seen from `far`'s client: an 8 MiB download
+    /// per VIP family arrives intact (SHA-256; it stalls unless the backends lower their path
+    /// MTU), and some web server's route towards each of `towards` (the client's addresses
+    /// under NAT, the SNAT addresses under full NAT) holds the router's 1280, learnt from the
+    /// ICMP errors the balancer translated.
+    pub fn assert_path_mtu_learnt(&self, far: &FarClient, towards: [&str; 2]) {
+        let want = self.big_file("big8", 8).unwrap();
+        for url in [
+            format!("http://{}/big8", crate::netns::VIP4),
+            format!("http://[{}]/big8", crate::netns::VIP6),
+        ] {
+            let out = self.dir.join("download-far");
+            assert_eq!(
+                crate::traffic::download_sha256(&far.client, &url, &out),
+                want,
+                "{url}: content differs"
+            );
+        }
+        for dst in towards {
+            let learnt = self.webs.iter().any(|web| {
+                let out = web.ip(&["route", "get", dst]).unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("mtu 1280")
+            });
+            assert!(learnt, "no backend learnt the path MTU to {dst}");
+        }
+    }
+
+    /// Moves every web server off the bridge into a subnet of its own behind a new router
+    /// namespace ([`routed4`], [`routed6`]; default routes via the router), which sits on the
+    /// bridge at [`ROUTER4`]/[`ROUTER6`]. The balancer routes the backends' subnets via the
+    /// router; nothing else changes. Returns the router (keep it: it is removed on drop).
+    pub fn backends_behind_router(&self) -> Result<Netns> {
+        let router = self.router_on_bridge(&format!("{ROUTER4}/24"), &format!("{ROUTER6}/64"))?;
         for (i, web) in self.webs.iter().enumerate() {
             let i = i + 1;
             let port = format!("w{i}");
@@ -100,7 +185,6 @@ impl Topology {
             run(web.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
             run(router.cmd("ethtool").args(["-K", &port, "tx", "off"]))?;
         }
-        run(router.cmd("ethtool").args(["-K", "eth0", "tx", "off"]))?;
         self.lb
             .ip(&["route", "add", "10.112.0.0/16", "via", ROUTER4])?;
         self.lb

@@ -283,6 +283,37 @@ pub fn assert_even(seen: &std::collections::HashMap<String, usize>, n: usize) {
     assert_eq!(seen.values().sum::<usize>(), n, "{seen:?}");
 }
 
+/// Waits until `url` answers `client` (a daemon just started: its first health checks
+/// passed); panics after `secs` seconds.
+pub fn wait_answers(client: &Netns, url: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while try_get(client, url).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{url} never answered");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Through both VIPs, from `client`: `n` IPv4 requests and 10 IPv6 ones (each on a new
+/// connection) spread evenly over web1 and web2, and a 16 MiB download per family intact
+/// (SHA-256).
+pub fn assert_balanced_and_intact(topo: &crate::netns::Topology, client: &Netns, n: usize) {
+    use crate::netns::VIP6;
+    assert_even(&tally(client, &format!("http://{VIP4}/"), n), n);
+    assert_even(&tally(client, &format!("http://[{VIP6}]/"), 10), 10);
+    let want = topo.big_file("big16", 16).unwrap();
+    for url in [
+        format!("http://{VIP4}/big16"),
+        format!("http://[{VIP6}]/big16"),
+    ] {
+        let out = topo.dir.join("download");
+        assert_eq!(
+            download_sha256(client, &url, &out),
+            want,
+            "{url}: content differs"
+        );
+    }
+}
+
 /// No packet was dropped or aborted for a reason the program counts.
 pub fn assert_no_drops(d: &crate::daemon::Daemon) {
     let st = d.stats();

@@ -11,8 +11,8 @@
 use foobar_lb_common::verdict;
 use foobar_lb_tests::{
     harness::{Expect, Harness, XDP_TX},
-    netns::{in_netns, unique_prefix, Netns},
-    packet::{Pkt, CLIENT_MAC, L4, LB_MAC, TCP_ACK, TCP_SYN},
+    netns::{self, in_netns, unique_prefix, Netns},
+    packet::{mac_str, Pkt, CLIENT_MAC, L4, LB_MAC, TCP_ACK, TCP_SYN},
 };
 
 const CONFIG: &str = r#"
@@ -127,11 +127,7 @@ fn with_harness(tag: &str, f: impl FnOnce(Harness) + Send) {
         return;
     }
     let ns = Netns::new(&format!("{}ns", unique_prefix(tag))).expect("namespace");
-    let lb_mac = LB_MAC
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let lb_mac = mac_str(&LB_MAC);
     let ip = |args: &[&str]| ns.ip(args).expect("ip");
     ip(&[
         "link", "add", "lb0", "address", &lb_mac, "type", "veth", "peer", "name", "lb0p",
@@ -160,15 +156,7 @@ fn with_harness(tag: &str, f: impl FnOnce(Harness) + Send) {
     ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
     ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     in_netns(&ns.name, || {
-        let ifindex: u32 = std::fs::read_to_string("/sys/class/net/lb0/ifindex")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| {
-                // /sys shows the namespace that mounted it: ask the kernel by name instead.
-                let name = std::ffi::CString::new("lb0").unwrap();
-                // SAFETY: a valid C string; the call only reads it.
-                unsafe { libc::if_nametoindex(name.as_ptr()) }
-            });
+        let ifindex = netns::ifindex("lb0");
         assert!(ifindex > 1, "lb0's ifindex");
         let mut h = Harness::new(CONFIG, MACS);
         h.set_ingress(ifindex);
@@ -186,16 +174,6 @@ fn set_ports(p: &mut Pkt, s: u16, d: u16) {
         }
         _ => unreachable!(),
     }
-}
-
-/// The source port of an output frame (untagged IPv4 or IPv6, no options).
-fn out_sport(out: &[u8]) -> u16 {
-    let l4 = if u16::from_be_bytes([out[12], out[13]]) == 0x0800 {
-        14 + 20
-    } else {
-        14 + 40
-    };
-    u16::from_be_bytes([out[l4], out[l4 + 1]])
 }
 
 /// What the balancer sends the backend for client packet `p`: source -> SNAT address and
@@ -225,7 +203,7 @@ fn forward(
 ) -> u16 {
     let mut sport = 0;
     h.check_by(name, &p.build(), XDP_TX, verdict::TX, |out| {
-        sport = out_sport(out);
+        sport = foobar_lb_tests::packet::sport_of(out);
         assert!(
             (ports.0..=ports.1).contains(&sport),
             "{name}: source port {sport} outside {ports:?}"
@@ -591,28 +569,6 @@ type Case = (
     Option<usize>,
 );
 
-/// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `quoted`'s IP packet,
-/// cut to its first `cut` bytes if given; full checksums from the tests' own code.
-fn icmp_error(
-    src: &str,
-    dst: &str,
-    kind: (u8, u8),
-    rest: u32,
-    quoted: &Pkt,
-    cut: Option<usize>,
-) -> Pkt {
-    let ip = quoted.build()[14..].to_vec();
-    let ip = &ip[..cut.unwrap_or(ip.len()).min(ip.len())];
-    Pkt::icmp_error(src, dst, kind.0, kind.1, rest, ip)
-}
-
-/// A large TCP data segment.
-fn data(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
-    let mut p = Pkt::tcp(src, sport, dst, dport, TCP_ACK);
-    p.payload = vec![0x5a; 1400];
-    p
-}
-
 /// Errors from the backend's side (a router on its path, or the backend) to the SNAT address
 /// reach the client from the VIP, quoting what the client sent; errors from the client's side
 /// to the VIP reach the backend from the SNAT address, quoting what the backend sent. Whole
@@ -709,18 +665,25 @@ fn fullnat_icmp_errors_are_translated_both_ways() {
                 (CLIENT, VIP, "10.0.0.11", SNAT, ports[0])
             };
             if client_side {
-                let err = icmp_error(from, vip, kind, rest, &data(vip, 80, client, 40300), cut);
-                let sent = data(backend, 8080, snat, p);
-                let mut want = icmp_error(snat, backend, kind, rest, &sent, cut);
+                let err = Pkt::icmp_error_quoting(
+                    from,
+                    vip,
+                    kind,
+                    rest,
+                    &Pkt::tcp_data(vip, 80, client, 40300),
+                    cut,
+                );
+                let sent = Pkt::tcp_data(backend, 8080, snat, p);
+                let mut want = Pkt::icmp_error_quoting(snat, backend, kind, rest, &sent, cut);
                 want.eth_dst = B1;
                 want.eth_src = LB_MAC;
                 h.check(name, &err.build(), &Expect::Frame(want.build()));
             } else {
-                let quoted = data(snat, p, backend, 8080);
-                let mut err = icmp_error(from, snat, kind, rest, &quoted, cut);
+                let quoted = Pkt::tcp_data(snat, p, backend, 8080);
+                let mut err = Pkt::icmp_error_quoting(from, snat, kind, rest, &quoted, cut);
                 err.eth_src = B1;
-                let got = data(client, 40300, vip, 80);
-                let mut want = icmp_error(vip, client, kind, rest, &got, cut);
+                let got = Pkt::tcp_data(client, 40300, vip, 80);
+                let mut want = Pkt::icmp_error_quoting(vip, client, kind, rest, &got, cut);
                 want.eth_dst = CLIENT_MAC;
                 want.eth_src = LB_MAC;
                 h.check(
@@ -732,33 +695,33 @@ fn fullnat_icmp_errors_are_translated_both_ways() {
         }
         // An error to the SNAT address about a port of its range that no connection uses is
         // a stray; outside the range, and quoting nothing tracked elsewhere, the host's.
-        let quoted = data(SNAT, 40000, "10.0.0.11", 8080);
-        let stray = icmp_error("10.0.0.254", SNAT, (3, 4), 1400, &quoted, None);
+        let quoted = Pkt::tcp_data(SNAT, 40000, "10.0.0.11", 8080);
+        let stray = Pkt::icmp_error_quoting("10.0.0.254", SNAT, (3, 4), 1400, &quoted, None);
         h.check(
             "ICMP about SNAT:40000, untracked",
             &stray.build(),
             &Expect::Drop(verdict::DROP_SNAT_STRAY),
         );
-        let quoted6 = data(SNAT6, 40000, "fd00::11", 8080);
-        let stray6 = icmp_error("fd00::fe", SNAT6, (2, 0), 1280, &quoted6, Some(48));
+        let quoted6 = Pkt::tcp_data(SNAT6, 40000, "fd00::11", 8080);
+        let stray6 = Pkt::icmp_error_quoting("fd00::fe", SNAT6, (2, 0), 1280, &quoted6, Some(48));
         h.check(
             "ICMPv6 about SNAT6:40000, untracked",
             &stray6.build(),
             &Expect::Drop(verdict::DROP_SNAT_STRAY),
         );
-        let ssh = data(SNAT, 22, "10.0.0.11", 22);
-        let host = icmp_error("10.0.0.254", SNAT, (3, 4), 1400, &ssh, None);
+        let ssh = Pkt::tcp_data(SNAT, 22, "10.0.0.11", 22);
+        let host = Pkt::icmp_error_quoting("10.0.0.254", SNAT, (3, 4), 1400, &ssh, None);
         h.check(
             "ICMP about SNAT:22 (the host's)",
             &host.build(),
             &Expect::Pass,
         );
-        let other = icmp_error(
+        let other = Pkt::icmp_error_quoting(
             "203.0.113.1",
             VIP,
             (3, 4),
             1280,
-            &data(VIP, 80, CLIENT, 40999),
+            &Pkt::tcp_data(VIP, 80, CLIENT, 40999),
             None,
         );
         h.check("client side, no connection", &other.build(), &Expect::Pass);
@@ -774,7 +737,7 @@ fn fullnat_an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
         let syn = Pkt::tcp(CLIENT, 40400, VIP, 80, TCP_SYN);
         let p1 = forward(&h, "SYN -> web1", &syn, SNAT, "10.0.0.11", 8080, B1, ALL);
         let sent = to_backend(&syn, SNAT, p1, "10.0.0.11", 8080, B1);
-        let mut refusal = icmp_error("10.0.0.11", SNAT, (3, 3), 0, &sent, Some(28));
+        let mut refusal = Pkt::icmp_error_quoting("10.0.0.11", SNAT, (3, 3), 0, &sent, Some(28));
         refusal.eth_src = B1;
         h.check(
             "port unreachable to the unanswered SYN: dropped",

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{run, Netns, Topology, SNAT4, SNAT6, VIP4, VIP6},
+    netns::{Topology, SNAT4, SNAT6, VIP4, VIP6},
     root_object_and_binary,
-    traffic::{assert_even, assert_no_drops, download_sha256, tally},
+    traffic::{
+        assert_balanced_and_intact, assert_even, assert_no_drops, download_sha256, tally,
+        wait_answers,
+    },
 };
 
 struct Setup {
@@ -26,9 +29,8 @@ fn setup(tag: &str) -> Option<Setup> {
     let mut topo = Topology::new(tag, 2).expect("topology");
     topo.fullnat_setup().unwrap();
     topo.access_log = true;
+    topo.start_webs_nginx(8080).unwrap();
     for i in 1..=2 {
-        topo.start_nginx(topo.web(i), &format!("web{i}"), 8080)
-            .unwrap();
         // No route beyond the subnet: the client (10.111.0.1) is on it, the SNAT address too.
         let routes = String::from_utf8(topo.web(i).ip(&["route", "show"]).unwrap().stdout).unwrap();
         assert!(
@@ -43,11 +45,7 @@ fn setup(tag: &str) -> Option<Setup> {
     let daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
     // Served once the first health checks (TCP to 8080) passed: they also give the balancer
     // the neighbour entries its FIB lookups need.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while foobar_lb_tests::traffic::try_get(&topo.client, &format!("http://{VIP4}/")).is_err() {
-        assert!(Instant::now() < deadline, "the VIP never answered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_answers(&topo.client, &format!("http://{VIP4}/"), 10);
     Some(Setup { daemon, topo })
 }
 
@@ -201,9 +199,8 @@ fn fullnat_backends_behind_a_router_are_checked_and_served() {
     topo.fullnat_setup().unwrap();
     let _router = topo.backends_behind_router().unwrap();
     topo.access_log = true;
+    topo.start_webs_nginx(8080).unwrap();
     for i in 1..=2 {
-        topo.start_nginx(topo.web(i), &format!("web{i}"), 8080)
-            .unwrap();
         // Not on the balancer's link: reached through the router.
         let route = topo.lb.ip(&["route", "get", &routed4(i)]).unwrap().stdout;
         let route = String::from_utf8(route).unwrap();
@@ -215,11 +212,7 @@ fn fullnat_backends_behind_a_router_are_checked_and_served() {
         .unwrap();
     let started = Instant::now();
     let mut daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while foobar_lb_tests::traffic::try_get(&topo.client, &format!("http://{VIP4}/")).is_err() {
-        assert!(Instant::now() < deadline, "the VIP never answered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_answers(&topo.client, &format!("http://{VIP4}/"), 10);
     // Start-up did not wait for ARP answers that never come (3 s per missing MAC).
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -232,20 +225,7 @@ fn fullnat_backends_behind_a_router_are_checked_and_served() {
     foobar_lb_tests::load::wait_backends_up(&daemon);
 
     let n = 20;
-    assert_even(&tally(&topo.client, &format!("http://{VIP4}/"), n), n);
-    assert_even(&tally(&topo.client, &format!("http://[{VIP6}]/"), 10), 10);
-    let want = topo.big_file("big16", 16).unwrap();
-    for url in [
-        format!("http://{VIP4}/big16"),
-        format!("http://[{VIP6}]/big16"),
-    ] {
-        let out = topo.dir.join("download");
-        assert_eq!(
-            download_sha256(&topo.client, &url, &out),
-            want,
-            "{url}: content differs"
-        );
-    }
+    assert_balanced_and_intact(&topo, &topo.client, n);
     // The backends saw the SNAT addresses, through the router.
     std::thread::sleep(Duration::from_millis(1500));
     for i in 1..=2 {
@@ -300,69 +280,9 @@ fn fullnat_path_mtu_discovery_through_a_router_with_a_small_mtu() {
         return;
     };
     let topo = &s.topo;
-    let rt = Netns::new(&format!("{}rt", topo.prefix)).unwrap();
-    let fc = Netns::new(&format!("{}fc", topo.prefix)).unwrap();
-    let ok = |ns: &Netns, args: &[&str]| {
-        ns.ip(args)
-            .unwrap_or_else(|e| panic!("{}: ip {args:?}: {e}", ns.name));
-    };
-    ok(
-        &topo.bridge,
-        &[
-            "link", "add", "rt", "type", "veth", "peer", "name", "eth0", "netns", &rt.name,
-        ],
-    );
-    ok(&topo.bridge, &["link", "set", "rt", "master", "br0", "up"]);
-    ok(
-        &rt,
-        &[
-            "link", "add", "down0", "mtu", "1280", "type", "veth", "peer", "name", "eth0", "netns",
-            &fc.name,
-        ],
-    );
-    for (ns, addrs) in [
-        (&rt, &["10.111.0.9/24", "fd00:f00b::9/64"][..]),
-        (&fc, &["10.112.0.2/24", "fd00:f00c::2/64"][..]),
-    ] {
-        for a in addrs {
-            ok(ns, &["addr", "add", a, "dev", "eth0", "nodad"]);
-        }
-        ok(ns, &["link", "set", "eth0", "up"]);
-        // Frames the balancer rewrites must carry full checksums (TESTING-NETNS.md).
-        run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"])).unwrap();
-    }
-    for a in ["10.112.0.1/24", "fd00:f00c::1/64"] {
-        ok(&rt, &["addr", "add", a, "dev", "down0", "nodad"]);
-    }
-    ok(&rt, &["link", "set", "down0", "up"]);
-    rt.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
-    rt.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    ok(&fc, &["route", "add", "default", "via", "10.112.0.1"]);
-    ok(
-        &fc,
-        &["-6", "route", "add", "default", "via", "fd00:f00c::1"],
-    );
-    let want = topo.big_file("big8", 8).unwrap();
-    for url in [
-        format!("http://{VIP4}/big8"),
-        format!("http://[{VIP6}]/big8"),
-    ] {
-        let out = topo.dir.join("download-far");
-        assert_eq!(
-            download_sha256(&fc, &url, &out),
-            want,
-            "{url}: content differs"
-        );
-    }
-    // Some backend learnt the router's MTU towards the SNAT address.
-    for dst in [SNAT4, SNAT6] {
-        let learnt = topo.webs.iter().any(|web| {
-            let out = web.ip(&["route", "get", dst]).unwrap();
-            String::from_utf8_lossy(&out.stdout).contains("mtu 1280")
-        });
-        assert!(learnt, "no backend learnt the path MTU to {dst}");
-    }
+    let far = topo.client_behind_small_mtu_router().unwrap();
+    // Some backend learns the router's MTU towards the SNAT address.
+    topo.assert_path_mtu_learnt(&far, [SNAT4, SNAT6]);
     assert_no_drops(&s.daemon);
-    drop(fc);
-    drop(rt);
+    drop(far);
 }

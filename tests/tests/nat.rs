@@ -628,32 +628,6 @@ type Case = (
     Option<usize>,
 );
 
-/// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `quoted`'s IP packet,
-/// cut to its first `cut` bytes if given (an IP header and 8 bytes of L4 header is the least
-/// a router quotes). Built with full checksums by the tests' own code: the expected frames
-/// check the program's incremental updates of all four (outer IPv4, ICMP, quoted IPv4 header,
-/// quoted TCP/UDP).
-fn icmp_error(
-    src: &str,
-    dst: &str,
-    kind: (u8, u8),
-    rest: u32,
-    quoted: &Pkt,
-    cut: Option<usize>,
-) -> Pkt {
-    let ip = quoted.build()[14..].to_vec();
-    let ip = &ip[..cut.unwrap_or(ip.len()).min(ip.len())];
-    Pkt::icmp_error(src, dst, kind.0, kind.1, rest, ip)
-}
-
-/// A large data segment of connection client:cport <-> VIP:80 on backend 10.0.0.11:8080, as
-/// the backend sent it (`reply`) or as the balancer forwarded it.
-fn data(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
-    let mut p = Pkt::tcp(src, sport, dst, dport, TCP_ACK);
-    p.payload = vec![0x5a; 1400];
-    p
-}
-
 const FRAG_NEEDED: (u8, u8) = (3, 4);
 const PORT_UNREACHABLE: (u8, u8) = (3, 3);
 const V6_TOO_BIG: (u8, u8) = (2, 0);
@@ -771,10 +745,17 @@ fn icmp_errors_about_a_nat_connection_are_translated_both_ways() {
         };
         if side.is_empty() {
             // The backend's side: the error quotes the forwarded packet, goes to the client.
-            let quoted = to_backend(&data(client, 40300, vip, 80), backend, 8080, B1);
-            let mut err = icmp_error(from, client, kind, rest, &quoted, cut);
+            let quoted = to_backend(&Pkt::tcp_data(client, 40300, vip, 80), backend, 8080, B1);
+            let mut err = Pkt::icmp_error_quoting(from, client, kind, rest, &quoted, cut);
             err.eth_src = B1;
-            let mut want = icmp_error(vip, client, kind, rest, &data(client, 40300, vip, 80), cut);
+            let mut want = Pkt::icmp_error_quoting(
+                vip,
+                client,
+                kind,
+                rest,
+                &Pkt::tcp_data(client, 40300, vip, 80),
+                cut,
+            );
             want.eth_dst = CLIENT_MAC;
             want.eth_src = LB_MAC;
             h.check(
@@ -785,13 +766,20 @@ fn icmp_errors_about_a_nat_connection_are_translated_both_ways() {
         } else {
             // The client's side: the error quotes the reply the client got, goes to the
             // backend quoting what it sent.
-            let err = icmp_error(from, vip, kind, rest, &data(vip, 80, client, 40300), cut);
-            let mut want = icmp_error(
+            let err = Pkt::icmp_error_quoting(
+                from,
+                vip,
+                kind,
+                rest,
+                &Pkt::tcp_data(vip, 80, client, 40300),
+                cut,
+            );
+            let mut want = Pkt::icmp_error_quoting(
                 from,
                 backend,
                 kind,
                 rest,
-                &data(backend, 8080, client, 40300),
+                &Pkt::tcp_data(backend, 8080, client, 40300),
                 cut,
             );
             want.eth_dst = B1;
@@ -802,17 +790,22 @@ fn icmp_errors_about_a_nat_connection_are_translated_both_ways() {
     // The errors towards the backend count as the service's packets, as forwarded ones do.
     assert_eq!(h.service_counters("web").packets, before + 2);
     // Untracked: the client's port is another (and the backend's error about it) -> host.
-    let other = icmp_error(
+    let other = Pkt::icmp_error_quoting(
         ROUTER_C,
         VIP,
         FRAG_NEEDED,
         1280,
-        &data(VIP, 80, CLIENT, 40999),
+        &Pkt::tcp_data(VIP, 80, CLIENT, 40999),
         None,
     );
     h.check("client side, no connection", &other.build(), &Expect::Pass);
-    let quoted = to_backend(&data(CLIENT, 40999, VIP, 80), "10.0.0.11", 8080, B1);
-    let other = icmp_error(ROUTER_B, CLIENT, FRAG_NEEDED, 1400, &quoted, None);
+    let quoted = to_backend(
+        &Pkt::tcp_data(CLIENT, 40999, VIP, 80),
+        "10.0.0.11",
+        8080,
+        B1,
+    );
+    let other = Pkt::icmp_error_quoting(ROUTER_B, CLIENT, FRAG_NEEDED, 1400, &quoted, None);
     h.check("backend side, no connection", &other.build(), &Expect::Pass);
 }
 
@@ -839,10 +832,11 @@ fn icmp_errors_quoting_udp_keep_a_zero_checksum_zero() {
         // The client has closed its port: its port unreachable reaches the backend.
         let mut reply = Pkt::udp(VIP, 53, CLIENT, cport);
         reply.udp_no_checksum = no_checksum;
-        let err = icmp_error(CLIENT, VIP, PORT_UNREACHABLE, 0, &reply, None);
+        let err = Pkt::icmp_error_quoting(CLIENT, VIP, PORT_UNREACHABLE, 0, &reply, None);
         let mut sent = Pkt::udp("10.0.0.11", 5353, CLIENT, cport);
         sent.udp_no_checksum = no_checksum;
-        let mut want = icmp_error(CLIENT, "10.0.0.11", PORT_UNREACHABLE, 0, &sent, None);
+        let mut want =
+            Pkt::icmp_error_quoting(CLIENT, "10.0.0.11", PORT_UNREACHABLE, 0, &sent, None);
         want.eth_dst = B1;
         want.eth_src = LB_MAC;
         h.check(
@@ -874,9 +868,10 @@ fn an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
         &Expect::Frame(sent.build()),
     );
     // A router's "fragmentation needed" is no refusal: translated to the client.
-    let mut frag = icmp_error("10.0.0.254", CLIENT, FRAG_NEEDED, 1400, &sent, Some(CUT_V4));
+    let mut frag =
+        Pkt::icmp_error_quoting("10.0.0.254", CLIENT, FRAG_NEEDED, 1400, &sent, Some(CUT_V4));
     frag.eth_src = B1;
-    let mut want = icmp_error(VIP, CLIENT, FRAG_NEEDED, 1400, &syn, Some(CUT_V4));
+    let mut want = Pkt::icmp_error_quoting(VIP, CLIENT, FRAG_NEEDED, 1400, &syn, Some(CUT_V4));
     want.eth_dst = CLIENT_MAC;
     want.eth_src = LB_MAC;
     h.check(
@@ -884,7 +879,7 @@ fn an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
         &frag.build(),
         &Expect::FrameAs(want.build(), verdict::TX_NAT_REPLY),
     );
-    let mut refusal = icmp_error(
+    let mut refusal = Pkt::icmp_error_quoting(
         "10.0.0.11",
         CLIENT,
         PORT_UNREACHABLE,
@@ -912,7 +907,7 @@ fn an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
     let syn6 = Pkt::tcp("2001:db8::7", 40400, "fd00::100", 80, TCP_SYN);
     let sent6 = to_backend(&syn6, "fd00::11", 8080, B1);
     h.check("SYN6", &syn6.build(), &Expect::Frame(sent6.build()));
-    let mut refusal6 = icmp_error(
+    let mut refusal6 = Pkt::icmp_error_quoting(
         "fd00::11",
         "2001:db8::7",
         V6_PORT_UNREACHABLE,

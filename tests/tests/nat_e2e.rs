@@ -11,8 +11,9 @@ use std::{
 
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{run, sha256, spawn_in_netns, Netns, Topology, LB4, LB6, VIP4, VIP6},
+    netns::{sha256, spawn_in_netns, Topology, LB4, LB6, VIP4, VIP6},
     root_object_and_binary,
+    routed::{FAR_CLIENT4, FAR_CLIENT6},
     traffic::{
         assert_even, assert_no_drops, download_sha256, keepalive_client, keepalive_result, tally,
     },
@@ -457,76 +458,16 @@ fn nat_path_mtu_discovery_through_a_router_with_a_small_mtu() {
         return;
     };
     let topo = &s.topo;
-    // The router: on the segment (10.111.0.9) and on the client's link (10.112.0.1, MTU 1280
-    // on its side).
-    let rt = Netns::new(&format!("{}rt", topo.prefix)).unwrap();
-    let fc = Netns::new(&format!("{}fc", topo.prefix)).unwrap();
-    let ok = |ns: &Netns, args: &[&str]| {
-        ns.ip(args)
-            .unwrap_or_else(|e| panic!("{}: ip {args:?}: {e}", ns.name));
-    };
-    ok(
-        &topo.bridge,
-        &[
-            "link", "add", "rt", "type", "veth", "peer", "name", "eth0", "netns", &rt.name,
-        ],
-    );
-    ok(&topo.bridge, &["link", "set", "rt", "master", "br0", "up"]);
-    ok(
-        &rt,
-        &[
-            "link", "add", "down0", "mtu", "1280", "type", "veth", "peer", "name", "eth0", "netns",
-            &fc.name,
-        ],
-    );
-    for (ns, addrs) in [
-        (&rt, &["10.111.0.9/24", "fd00:f00b::9/64"][..]),
-        (&fc, &["10.112.0.2/24", "fd00:f00c::2/64"][..]),
-    ] {
-        for a in addrs {
-            ok(ns, &["addr", "add", a, "dev", "eth0", "nodad"]);
-        }
-        ok(ns, &["link", "set", "eth0", "up"]);
-        // Frames the balancer rewrites must carry full checksums (TESTING-NETNS.md).
-        run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"])).unwrap();
-    }
-    for a in ["10.112.0.1/24", "fd00:f00c::1/64"] {
-        ok(&rt, &["addr", "add", a, "dev", "down0", "nodad"]);
-    }
-    ok(&rt, &["link", "set", "down0", "up"]);
-    rt.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
-    rt.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    ok(&fc, &["route", "add", "default", "via", "10.112.0.1"]);
-    ok(
-        &fc,
-        &["-6", "route", "add", "default", "via", "fd00:f00c::1"],
-    );
+    let far = topo.client_behind_small_mtu_router().unwrap();
     // The backends answer the far client through the balancer, as NAT backends do.
     for web in &topo.webs {
-        ok(web, &["route", "add", "10.112.0.0/24", "via", LB4]);
-        ok(web, &["-6", "route", "add", "fd00:f00c::/64", "via", LB6]);
+        web.ip(&["route", "add", "10.112.0.0/24", "via", LB4])
+            .unwrap();
+        web.ip(&["-6", "route", "add", "fd00:f00c::/64", "via", LB6])
+            .unwrap();
     }
-    let want = topo.big_file("big8", 8).unwrap();
-    for url in [
-        format!("http://{VIP4}/big8"),
-        format!("http://[{VIP6}]/big8"),
-    ] {
-        let out = topo.dir.join("download-far");
-        assert_eq!(
-            download_sha256(&fc, &url, &out),
-            want,
-            "{url}: content differs"
-        );
-    }
-    // Some backend learnt the router's MTU for the client from the translated errors.
-    for dst in ["10.112.0.2", "fd00:f00c::2"] {
-        let learnt = topo.webs.iter().any(|web| {
-            let out = web.ip(&["route", "get", dst]).unwrap();
-            String::from_utf8_lossy(&out.stdout).contains("mtu 1280")
-        });
-        assert!(learnt, "no backend learnt the path MTU to {dst}");
-    }
+    // Some backend learns the router's MTU for the client from the translated errors.
+    topo.assert_path_mtu_learnt(&far, [FAR_CLIENT4, FAR_CLIENT6]);
     assert_no_drops(&s.daemon);
-    drop(fc);
-    drop(rt);
+    drop(far);
 }

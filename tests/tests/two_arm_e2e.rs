@@ -6,14 +6,14 @@
 //! peer: TESTING-NETNS.md); generic mode is the one the demo uses on veth. Every loop is
 //! bounded; every namespace is removed by its guard on every exit path.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use foobar_lb_tests::{
     daemon::Daemon,
-    netns::{Topology, SNAT4, SNAT6, VIP4, VIP6},
+    netns::{Topology, SNAT4, SNAT6, VIP4},
     root_object_and_binary,
     routed::{ARM_CLIENT4, ARM_CLIENT6},
-    traffic::{assert_even, assert_no_drops, download_sha256, tally},
+    traffic::{assert_balanced_and_intact, assert_no_drops, wait_answers},
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -35,10 +35,7 @@ fn two_arm(tag: &str, mode: Mode, xdp_mode: &str) {
     }
     topo.two_arm().unwrap();
     topo.access_log = true;
-    for i in 1..=2 {
-        topo.start_nginx(topo.web(i), &format!("web{i}"), 8080)
-            .unwrap();
-    }
+    topo.start_webs_nginx(8080).unwrap();
     let _pass = (xdp_mode == "native").then(|| topo.attach_two_arm_peer_pass().unwrap());
     let socket = topo.dir.join("control.sock");
     let config = match mode {
@@ -48,28 +45,11 @@ fn two_arm(tag: &str, mode: Mode, xdp_mode: &str) {
     .and_then(|c| topo.two_arm_config(c))
     .unwrap();
     let mut daemon = Daemon::start(&topo.lb, &config, &socket).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while foobar_lb_tests::traffic::try_get(&topo.client, &format!("http://{VIP4}/")).is_err() {
-        assert!(Instant::now() < deadline, "the VIP never answered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_answers(&topo.client, &format!("http://{VIP4}/"), 10);
     foobar_lb_tests::load::wait_backends_up(&daemon);
 
     let n = 20;
-    assert_even(&tally(&topo.client, &format!("http://{VIP4}/"), n), n);
-    assert_even(&tally(&topo.client, &format!("http://[{VIP6}]/"), 10), 10);
-    let want = topo.big_file("big16", 16).unwrap();
-    for url in [
-        format!("http://{VIP4}/big16"),
-        format!("http://[{VIP6}]/big16"),
-    ] {
-        let out = topo.dir.join("download");
-        assert_eq!(
-            download_sha256(&topo.client, &url, &out),
-            want,
-            "{url}: content differs"
-        );
-    }
+    assert_balanced_and_intact(&topo, &topo.client, n);
     let st = daemon.stats();
     // 16 MiB twice is > 20,000 frames of replies alone.
     assert!(
