@@ -438,6 +438,11 @@ fn open_full(
     rev.flags = NAT_FULL;
     let span = hi - lo + 1;
     let seed = h.rotate_left(16);
+    // Double hashing: each connection steps through the range by a stride of its own, so
+    // connections whose first candidates are taken do not all try the same next ones (one
+    // stride for all made taken ports cluster: in the bench, 0.23% of new connections found
+    // all 8 taken with a quarter of the range in use).
+    let stride = 1 + h.rotate_left(8) % span.saturating_sub(1).max(1);
     // The client's own port first, as Linux's masquerade does: a backend then sees each
     // client connection's 4-tuple keep its port, so a port reused by the client is reused
     // towards the backend with the same client behind it. Another client behind the same port
@@ -451,11 +456,10 @@ fn open_full(
         if i == SNAT_PORT_TRIES {
             return Err(verdict::DROP_SNAT_EXHAUSTED);
         }
-        // An odd step: with a span of 2 or more, consecutive candidates differ.
         let port = if i == 0 && own {
             cport
         } else {
-            lo + seed.wrapping_add(i.wrapping_mul(7919)) % span
+            lo + seed.wrapping_add(i.wrapping_mul(stride)) % span
         };
         fwd.snat_port = (port as u16).to_be();
         *rkey = nat_reply_key(key, fwd);
