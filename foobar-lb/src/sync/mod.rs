@@ -1,12 +1,13 @@
 //! Flow-state sync between balancer nodes (README "Redundancy"): the flows this node's data
-//! plane creates (its ring buffer) go to every peer that connects, translated to backend
-//! addresses; the flows of every peer this node dials are written into its own flow table
-//! with its own backend ids. On connect, the listener first sends its whole table (bulk sync);
+//! plane creates (its ring buffer), and its NAT connections, go to every peer that connects,
+//! translated to backend addresses; the flows and NAT connections of every peer this node
+//! dials are written into its own tables with its own backend ids, interfaces and next hops. On connect, the listener first sends its whole table (bulk sync);
 //! a starting node is not ready before one bulk sync completed (or no peer answered in time).
 //!
 //! Everything runs on tasks of its own, on map descriptors of its own: a dead peer, a slow
 //! link or a failed write here never touches forwarding or the daemon's main loop.
 
+mod local;
 mod table;
 pub mod wire;
 
@@ -29,10 +30,11 @@ use tokio::{
 
 use crate::{
     config::SyncConfig,
-    dataplane::{flow_is_open, flow_now, SyncMaps},
+    dataplane::{flow_is_open, flow_now, NatWrite, SyncMaps, SyncWalk},
 };
-use table::Table;
-use wire::{Entry, Frame, MAX_BATCH};
+use local::{ip, Local};
+use table::{NatImport, Table};
+use wire::{Entry, Frame, NatEntry, MAX_BATCH};
 
 /// A connection's handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +77,13 @@ pub struct SyncStats {
     pub applied: AtomicU64,
     /// Received entries naming a service or backend this node does not have (skipped).
     pub unknown_backend: AtomicU64,
+    /// NAT connections sent to peers (live and bulk); also counted in `sent`.
+    pub nat_sent: AtomicU64,
+    /// Peers' NAT connections written into the NAT tables; also counted in `applied`.
+    pub nat_applied: AtomicU64,
+    /// Peers' NAT connections not written: their reply 5-tuple is another connection's here
+    /// (a collision), or this node has no route or next hop for them.
+    pub nat_skipped: AtomicU64,
     /// Events the program lost to a full ring (read from its counter).
     pub ring_full: AtomicU64,
     /// Events the program wrote to the ring.
@@ -145,17 +154,37 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// New entries of this node, translated, for its peers.
+#[derive(Debug, Default)]
+struct Batch {
+    flows: Vec<Entry>,
+    nat: Vec<NatEntry>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.flows.len() + self.nat.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The maps and the translation table, shared by the tasks (each use is short).
 struct Core {
     maps: SyncMaps,
     table: Table,
     built: Instant,
+    /// This node's routes and neighbours, for peers' NAT connections (cleared with the table).
+    local: Local,
 }
 
 impl Core {
     fn rebuild(&mut self) {
         self.table = Table::new(&self.maps.services(), &self.maps.backends());
         self.built = Instant::now();
+        self.local.clear();
     }
 
     fn fresh(&mut self) {
@@ -165,25 +194,105 @@ impl Core {
     }
 
     /// The node-independent form of the program's events; a miss rebuilds the table once.
-    fn export(&mut self, events: &[FlowEvent], stats: &SyncStats) -> Vec<Entry> {
+    /// A NAT service's event names a connection the program tracks: its two entries are read
+    /// (the SNAT port and state are there), so what is sent is what the program wrote.
+    fn export(&mut self, events: &[FlowEvent], stats: &SyncStats) -> Batch {
         self.fresh();
         let mut rebuilt = false;
-        let mut out = Vec::with_capacity(events.len());
+        let mut out = Batch::default();
         for ev in events {
-            let mut e = self.table.export(&ev.key, ev.backend_id, ev.owner, 0);
-            if e.is_none() && !rebuilt {
+            let mut done = self.export_one(ev, &mut out);
+            if !done && !rebuilt {
                 self.rebuild();
                 rebuilt = true;
-                e = self.table.export(&ev.key, ev.backend_id, ev.owner, 0);
+                done = self.export_one(ev, &mut out);
             }
-            match e {
-                Some(e) => out.push(e),
-                None => {
-                    stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
-                }
+            if !done {
+                stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
             }
         }
         out
+    }
+
+    fn export_one(&self, ev: &FlowEvent, out: &mut Batch) -> bool {
+        if self.table.is_nat(&ev.key) {
+            // Gone already (closed, or the sweeper's): nothing to announce.
+            let Some((fwd, rev)) = self.maps.nat_conn(&ev.key) else {
+                return true;
+            };
+            match self.table.export_nat(&ev.key, &fwd, &rev) {
+                Some(e) => out.nat.push(e),
+                None => return false,
+            }
+        } else {
+            match self.table.export(&ev.key, ev.backend_id, ev.owner, 0) {
+                Some(e) => out.flows.push(e),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Fills in this node's own view of a peer's NAT connection: the interface the replies
+    /// leave by (the route to the client; one the program runs on) and, for full NAT, the
+    /// backend's next hop from the SNAT address. `false`: this node cannot forward it.
+    fn localize(&mut self, c: &mut NatImport) -> bool {
+        let family = c.key.family;
+        let Some(to_client) = self.local.route(ip(&c.key.src, family), None) else {
+            return false;
+        };
+        if self.maps.iface_mac(to_client.ifindex).is_none() {
+            return false;
+        }
+        c.rev.ifindex = to_client.ifindex;
+        if c.full() {
+            let (backend, snat) = (ip(&c.fwd.backend_addr, family), ip(&c.fwd.snat_addr, family));
+            let Some(hop) = self.local.route(backend, Some(snat)) else {
+                return false;
+            };
+            let (Some(src_mac), Some(next_mac)) =
+                (self.maps.iface_mac(hop.ifindex), self.local.mac(hop))
+            else {
+                return false;
+            };
+            c.fwd.ifindex = hop.ifindex;
+            c.fwd.next_mac = next_mac;
+            c.fwd.src_mac = src_mac;
+        }
+        true
+    }
+
+    /// Writes a peer's NAT connections into the NAT tables; returns how many were written.
+    fn import_nat(&mut self, entries: &[NatEntry], stats: &SyncStats) -> u64 {
+        self.fresh();
+        let now = flow_now();
+        let mut rebuilt = false;
+        let mut applied = 0;
+        for e in entries {
+            let mut local = self.table.import_nat(e, now);
+            if local.is_none() && !rebuilt {
+                self.rebuild();
+                rebuilt = true;
+                local = self.table.import_nat(e, now);
+            }
+            let Some(mut c) = local else {
+                stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if !self.localize(&mut c) {
+                stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match self.maps.write_nat(&c.key, &c.fwd, &c.rkey, &c.rev) {
+                Ok(NatWrite::Written) => applied += 1,
+                Ok(NatWrite::Collision) => {
+                    stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => log::warn!("sync: cannot write a peer's NAT connection: {e:#}"),
+            }
+        }
+        stats.nat_applied.fetch_add(applied, Ordering::Relaxed);
+        applied
     }
 
     /// Writes a peer's entries into the flow table; returns how many were written.
@@ -211,17 +320,31 @@ impl Core {
         applied
     }
 
-    /// Every open flow of this node's table, node-independent (the bulk sync).
-    fn dump(&mut self) -> Vec<Entry> {
+    /// A fresh copy of the translation table, for a walk outside the lock.
+    fn snapshot(&mut self) -> Table {
         self.rebuild();
-        let now = flow_now();
-        self.maps
-            .flows()
-            .into_iter()
-            .filter(|(k, v)| flow_is_open(k, v, now))
-            .filter_map(|(k, v)| self.table.export(&k, v.backend_id, v.owner, v.seen))
-            .collect()
+        self.table.clone()
     }
+}
+
+/// Every open flow and tracked NAT connection of this node, node-independent (the bulk
+/// sync). Walks its own descriptors with a copy of the table: the tasks sharing the core are
+/// not held up for the walk's length.
+fn dump(walk: &SyncWalk, table: &Table) -> Batch {
+    let now = flow_now();
+    let flows = walk
+        .flows()
+        .into_iter()
+        .filter(|(k, v)| flow_is_open(k, v, now))
+        .filter_map(|(k, v)| table.export(&k, v.backend_id, v.owner, v.seen))
+        .collect();
+    // The sweeper deletes expired connections: every tracked one is sent.
+    let nat = walk
+        .nat_conns()
+        .into_iter()
+        .filter_map(|(k, f, r)| table.export_nat(&k, &f, &r))
+        .collect();
+    Batch { flows, nat }
 }
 
 /// Starts the sync tasks for `config` on the daemon's runtime; the returned stats live as long
@@ -231,6 +354,7 @@ pub fn start(
     key: Vec<u8>,
     ring: RingBuf<MapData>,
     maps: SyncMaps,
+    walk: SyncWalk,
 ) -> Arc<SyncStats> {
     let stats = Arc::new(SyncStats::default());
     let key: Arc<[u8]> = key.into();
@@ -238,8 +362,10 @@ pub fn start(
         table: Table::default(),
         maps,
         built: Instant::now() - 2 * TABLE_MAX_AGE,
+        local: Local::default(),
     }));
-    let (live, _) = broadcast::channel::<Arc<Vec<Entry>>>(QUEUE);
+    let walk = Arc::new(walk);
+    let (live, _) = broadcast::channel::<Arc<Batch>>(QUEUE);
     stats.set_gate(
         format!(
             "syncing flows: waiting for a bulk sync from {} (at most {} ms while none answers)",
@@ -254,6 +380,7 @@ pub fn start(
         config.peers.iter().map(|p| p.ip()).collect(),
         key.clone(),
         core.clone(),
+        walk,
         live,
         stats.clone(),
     ));
@@ -285,7 +412,7 @@ fn list(peers: &[SocketAddr]) -> String {
 async fn read_ring(
     mut ring: RingBuf<MapData>,
     core: Arc<Mutex<Core>>,
-    live: broadcast::Sender<Arc<Vec<Entry>>>,
+    live: broadcast::Sender<Arc<Batch>>,
     stats: Arc<SyncStats>,
 ) {
     let mut tick = tokio::time::interval(RING_POLL);
@@ -322,7 +449,8 @@ async fn listen(
     peer_ips: Vec<std::net::IpAddr>,
     key: Arc<[u8]>,
     core: Arc<Mutex<Core>>,
-    live: broadcast::Sender<Arc<Vec<Entry>>>,
+    walk: Arc<SyncWalk>,
+    live: broadcast::Sender<Arc<Batch>>,
     stats: Arc<SyncStats>,
 ) {
     // The address may appear after the daemon starts: retry rather than give up on sync.
@@ -354,9 +482,10 @@ async fn listen(
             continue;
         };
         let (key, core, stats, live) = (key.clone(), core.clone(), stats.clone(), live.clone());
+        let walk = walk.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match serve(sock, &key, core, &live, &stats).await {
+            match serve(sock, &key, core, walk, &live, &stats).await {
                 Ok(()) => {}
                 Err(e) if e.is_auth() => {
                     stats.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -372,7 +501,8 @@ async fn serve(
     mut sock: TcpStream,
     key: &[u8],
     core: Arc<Mutex<Core>>,
-    live: &broadcast::Sender<Arc<Vec<Entry>>>,
+    walk: Arc<SyncWalk>,
+    live: &broadcast::Sender<Arc<Batch>>,
     stats: &SyncStats,
 ) -> Result<(), wire::WireError> {
     let _ = sock.set_nodelay(true);
@@ -385,13 +515,16 @@ async fn serve(
     // Subscribed before the dump is taken: no flow falls between the two.
     let mut rx = live.subscribe();
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let dump =
-        tokio::task::spawn_blocking(move || core.lock().unwrap_or_else(|e| e.into_inner()).dump())
-            .await
-            .unwrap_or_default();
+    let dump = tokio::task::spawn_blocking(move || {
+        // Only the table's rebuild holds the lock; the walk does not.
+        let table = core.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+        dump(&walk, &table)
+    })
+    .await
+    .unwrap_or_default();
     let count = dump.len() as u64;
     let sent_ms = now_ms();
-    for chunk in dump.chunks(MAX_BATCH) {
+    for chunk in dump.flows.chunks(MAX_BATCH) {
         let f = Frame::Flows {
             sent_ms,
             entries: chunk.to_vec(),
@@ -399,8 +532,18 @@ async fn serve(
         send(&mut w, &mut sock, &f).await?;
         stats.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
+    for chunk in dump.nat.chunks(MAX_BATCH) {
+        let f = Frame::Nat {
+            sent_ms,
+            entries: chunk.to_vec(),
+        };
+        send(&mut w, &mut sock, &f).await?;
+        stats.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        stats.nat_sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
     send(&mut w, &mut sock, &Frame::BulkDone { count }).await?;
-    log::info!(event = "sync_bulk_sent", peer = peer.as_str(), flows = count; "sync: sent {count} flow(s) to {peer} (bulk)");
+    let nat = dump.nat.len();
+    log::info!(event = "sync_bulk_sent", peer = peer.as_str(), flows = count, nat = nat; "sync: sent {count} flow(s) to {peer} (bulk), {nat} of them NAT connections");
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
@@ -413,8 +556,16 @@ async fn serve(
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
-                let f = Frame::Flows { sent_ms: now_ms(), entries: entries.to_vec() };
-                send(&mut w, &mut sock, &f).await?;
+                let sent_ms = now_ms();
+                if !entries.flows.is_empty() {
+                    let f = Frame::Flows { sent_ms, entries: entries.flows.clone() };
+                    send(&mut w, &mut sock, &f).await?;
+                }
+                if !entries.nat.is_empty() {
+                    let f = Frame::Nat { sent_ms, entries: entries.nat.clone() };
+                    send(&mut w, &mut sock, &f).await?;
+                    stats.nat_sent.fetch_add(entries.nat.len() as u64, Ordering::Relaxed);
+                }
                 stats.sent.fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
             _ = ping.tick() => send(&mut w, &mut sock, &Frame::Ping).await?,
@@ -526,6 +677,21 @@ async fn receive_frames(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .import(&entries, stats);
+                bulk += applied;
+                if applied > 0 {
+                    stats.applied.fetch_add(applied, Ordering::Relaxed);
+                    stats.last_sent_ms.store(sent_ms, Ordering::Relaxed);
+                    stats.last_applied_ms.store(now_ms(), Ordering::Relaxed);
+                }
+            }
+            Frame::Nat { sent_ms, entries } => {
+                stats
+                    .received
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                let applied = core
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .import_nat(&entries, stats);
                 bulk += applied;
                 if applied > 0 {
                     stats.applied.fetch_add(applied, Ordering::Relaxed);
