@@ -19,10 +19,10 @@ use std::{
 use foobar_lb_tests::{
     daemon::{bin, cli, Daemon},
     load::{start_webs_with_long_file, wait_backends_up, wait_for, Load},
-    netns::{tcp_counter, Netns, Topology, LB6, VIP4, VIP6},
+    netns::{tcp_counter, Netns, Topology, LB6, SNAT4, SNAT6, VIP4, VIP6},
     pair::{
-        add_sync, holds, write_keepalived_config, write_node_config, write_sync_key, Keepalived,
-        NODE_A, NODE_B, NODE_B_HOST,
+        add_sync, holds, nat_backends_via_gateway, write_keepalived_config_with,
+        write_node_config_with, write_sync_key, Keepalived, GW4, GW6, NODE_A, NODE_B, NODE_B_HOST,
     },
     root_object_and_binary,
     traffic::http::Download,
@@ -113,16 +113,59 @@ impl Pair {
 }
 
 fn pair(tag: &str, scheduler: &str) -> Pair {
+    pair_with(tag, scheduler, Forwarding::Dsr)
+}
+
+/// How the pair's services forward, and what the topology and keepalived need for it.
+#[derive(Clone, Copy, PartialEq)]
+enum Forwarding {
+    Dsr,
+    /// Backends route the clients through the pair's moving gateway address.
+    Nat,
+    /// The pair's SNAT addresses move with the VIPs; both nodes forward (FIB lookups).
+    FullNat,
+}
+
+fn pair_with(tag: &str, scheduler: &str, fwd: Forwarding) -> Pair {
     let mut topo = Topology::new(tag, 2).unwrap();
     let long = start_webs_with_long_file(&topo);
     topo.release_lb_vips().unwrap();
     let b_index = topo.add_lb(NODE_B_HOST).unwrap();
-    let (a_config, a_socket) =
-        write_node_config(&topo, "a", &topo.pin_dir(), scheduler, "generic").unwrap();
+    let (service_lines, moved) = match fwd {
+        Forwarding::Dsr => (String::new(), vec![]),
+        Forwarding::Nat => {
+            nat_backends_via_gateway(&topo).unwrap();
+            (
+                "forwarding = \"nat\"\n".to_owned(),
+                vec!["--gateway", GW4, "--gateway", GW6],
+            )
+        }
+        Forwarding::FullNat => {
+            topo.plain_backends().unwrap();
+            for ns in [&topo.lb, &topo.lbs[b_index].ns] {
+                ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+                ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+            }
+            (
+                format!("forwarding = \"fullnat\"\nsnat = [\"{SNAT4}\", \"{SNAT6}\"]\n"),
+                vec!["--snat", SNAT4, "--snat", SNAT6],
+            )
+        }
+    };
+    let (a_config, a_socket) = write_node_config_with(
+        &topo,
+        "a",
+        &topo.pin_dir(),
+        scheduler,
+        "generic",
+        &service_lines,
+    )
+    .unwrap();
     let b_pin = topo.lbs[b_index].pin_dir.clone();
-    let (b_config, b_socket) = write_node_config(&topo, "b", &b_pin, scheduler, "generic").unwrap();
+    let (b_config, b_socket) =
+        write_node_config_with(&topo, "b", &b_pin, scheduler, "generic", &service_lines).unwrap();
     let keepalived_conf = |name: &str, socket: &Path, peer: &str, prio: &str| {
-        write_keepalived_config(&topo, &bin(), name, socket, peer, prio).unwrap()
+        write_keepalived_config_with(&topo, &bin(), name, socket, peer, prio, &moved).unwrap()
     };
     let a = Node {
         addr6: format!("{LB6}/64"),
@@ -737,4 +780,94 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
             && status.contains("0 peer(s) connected"),
         "{status}"
     );
+}
+
+/// Flow sync of NAT connections: a keepalived pair whose services translate (`nat`: the
+/// backends route the clients through the gateway address keepalived moves with the VIPs;
+/// `fullnat`: the SNAT addresses move instead) loses nothing when the active node crashes.
+/// Each connection's pair of entries (and full NAT's SNAT port) is in the backup's NAT tables
+/// before the crash, written with the backup's own ids, interface and next hop, so the
+/// backup forwards the clients' packets to the same backends and translates the backends'
+/// replies, which now reach it through the moved address.
+fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
+    if !root_object_and_binary() {
+        return;
+    }
+    let p = pair_with(tag, "roundrobin", fwd);
+    with_sync(&p, SYNC_KEY, SYNC_KEY, 3000);
+    let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
+    let (mut da, db) = p.start_both();
+    wait_for("both nodes receive each other's connections", 15, || {
+        sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
+    });
+    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
+    let moved = if fwd == Forwarding::Nat {
+        [GW4, GW6]
+    } else {
+        [SNAT4, SNAT6]
+    };
+    wait_for("A holds the VIPs and the NAT addresses", 30, || {
+        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&a_ns, a))
+    });
+    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    assert!(!moved.iter().any(|a| holds(&b_ns, a)), "B holds a NAT address");
+
+    let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
+    let load = Load::start(&p.topo.client, 16, true);
+    load.wait_progress("load running through A", 10);
+    wait_for("the download under way", 30, || {
+        load.download_bytes.load(Ordering::Relaxed) >= 256 << 10
+    });
+    // Every keep-alive connection and the download are A's NAT connections, written on B.
+    wait_for("B wrote A's NAT connections", 10, || {
+        sync_of(&db).nat_applied >= 17
+    });
+    let (a_sync, b_sync) = (sync_of(&da), sync_of(&db));
+    assert!(a_sync.nat_sent >= 17, "A sent {a_sync:?}");
+    assert_eq!(
+        b_sync.unknown_backend + b_sync.nat_skipped + a_sync.ring_full,
+        0,
+        "{a_sync:?} {b_sync:?}"
+    );
+    // The sweeper counts the tables every 2 s.
+    wait_for("B's NAT tables hold them", 5, || {
+        db.stats().nat.connections >= 17
+    });
+
+    let killed_a = Instant::now();
+    p.a.crash(&mut da, &mut ka);
+    let takeover = wait_for("B takes the VIPs and the NAT addresses", 15, || {
+        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&b_ns, a))
+    });
+    load.wait_progress("load running through B", 20);
+    thread::sleep(Duration::from_secs(1));
+
+    let result = load.finish();
+    let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
+    result.assert_nothing_lost();
+    let Download { body, .. } =
+        result.intact_download_across(killed_a, killed_a + takeover, &p.long);
+    assert_eq!(resets, 0, "the client saw {resets} connection resets");
+    let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
+    let b_sync = sync_of(&db);
+    eprintln!(
+        "figures: {tag} round robin + sync: takeover A->B {takeover:?}; {keepalive_total} \
+         keep-alive requests on {} connections, {} new connections, 0 failed, 0 resets; \
+         download of {} bytes intact; B: {b_sync:?}; B verdicts {}",
+        result.keepalive.len(),
+        result.new_conns.len(),
+        body.len(),
+        verdicts(&db)
+    );
+}
+
+#[test]
+fn sync_nat_takeover_loses_nothing() {
+    sync_translating_takeover_loses_nothing("hn", Forwarding::Nat);
+}
+
+#[test]
+fn sync_fullnat_takeover_loses_nothing() {
+    sync_translating_takeover_loses_nothing("hf", Forwarding::FullNat);
 }

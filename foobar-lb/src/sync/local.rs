@@ -127,10 +127,14 @@ impl Local {
         *self = Local::default();
     }
 
-    /// The route to `dst` from `src`, cached (failures too, until the next `clear`).
+    /// The route to `dst` from `src`, cached (failures too, until the next `clear`). The
+    /// kernel refuses an IPv4 lookup from an address that is not local (a SNAT address the
+    /// other node holds until the takeover): then the route to `dst` from any address, which
+    /// differs only under source-based policy routing.
     pub fn route(&mut self, dst: IpAddr, src: Option<IpAddr>) -> Option<Hop> {
         *self.routes.entry((dst, src)).or_insert_with(|| {
             route(dst, src)
+                .or_else(|e| if src.is_some() { route(dst, None) } else { Err(e) })
                 .inspect_err(|e| log::debug!("sync: no route to {dst}: {e}"))
                 .ok()
         })
