@@ -290,6 +290,9 @@ pub struct SyncSnapshot {
     /// NAT connections among `sent` and `applied`.
     #[serde(default)]
     pub nat_sent: u64,
+    /// Re-announcements of live NAT connections, among `nat_sent`.
+    #[serde(default)]
+    pub nat_refreshed: u64,
     #[serde(default)]
     pub nat_applied: u64,
     /// Peers' NAT connections not written: a reply 5-tuple taken here, or no route or next

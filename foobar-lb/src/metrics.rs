@@ -280,6 +280,11 @@ pub fn render(s: &StatsSnapshot) -> String {
                 y.nat_sent,
             ),
             (
+                "sync_nat_refreshed",
+                "Re-announcements of live NAT connections to sync peers (also in sync_nat_sent)",
+                y.nat_refreshed,
+            ),
+            (
                 "sync_nat_applied",
                 "Peers' NAT connections written into the NAT tables (also in sync_applied)",
                 y.nat_applied,

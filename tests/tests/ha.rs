@@ -795,6 +795,14 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     }
     let p = pair_with(tag, "roundrobin", fwd);
     with_sync(&p, SYNC_KEY, SYNC_KEY, 3000);
+    // Short idle timeouts: a connection B imported on its SYN would be swept as unanswered
+    // after 3 s, an established one after 6 s without a packet B never sees; A re-announces
+    // its live connections every second (a third of the shortest).
+    for node in [&p.a, &p.b] {
+        let mut c = std::fs::read_to_string(&node.config).unwrap();
+        c += "\n[nat.timeouts]\ntcp_syn = 3\ntcp_established = 6\n";
+        std::fs::write(&node.config, c).unwrap();
+    }
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
     let (mut da, db) = p.start_both();
     wait_for("both nodes receive each other's connections", 15, || {
@@ -834,6 +842,13 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     wait_for("B's NAT tables hold them", 5, || {
         db.stats().nat.connections >= 17
     });
+    // Longer than both timeouts, with the sweepers running: B keeps its copies of A's live
+    // connections only through A's re-announcements.
+    thread::sleep(Duration::from_secs(9));
+    load.wait_progress("load running through A", 5);
+    let (a_sync, b_conns) = (sync_of(&da), db.stats().nat.connections);
+    assert!(a_sync.nat_refreshed >= 17 * 5, "A re-announced {a_sync:?}");
+    assert!(b_conns >= 17, "B's sweeper left {b_conns} connections");
 
     let killed_a = Instant::now();
     p.a.crash(&mut da, &mut ka);
@@ -849,6 +864,9 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     let Download { body, .. } =
         result.intact_download_across(killed_a, killed_a + takeover, &p.long);
     assert_eq!(resets, 0, "the client saw {resets} connection resets");
+    // A connection B did not know would have been scheduled anew, and its RST from a backend
+    // that never saw it dropped as a refusal (so the client retries rather than resets).
+    assert_eq!(db.stats().verdict("drop_syn_refused"), 0, "{}", verdicts(&db));
     let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
     let b_sync = sync_of(&db);
     eprintln!(

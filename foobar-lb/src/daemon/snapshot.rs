@@ -197,6 +197,7 @@ fn sync_snapshot(s: &crate::sync::SyncStats) -> api::SyncSnapshot {
         applied: n(&s.applied),
         unknown_backend: n(&s.unknown_backend),
         nat_sent: n(&s.nat_sent),
+        nat_refreshed: n(&s.nat_refreshed),
         nat_applied: n(&s.nat_applied),
         nat_skipped: n(&s.nat_skipped),
         auth_failures: n(&s.auth_failures),

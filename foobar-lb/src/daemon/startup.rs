@@ -67,7 +67,9 @@ pub(super) async fn start(
     let sync = match &config.sync {
         Some(s) => {
             let (ring, maps, walk) = dataplane.sync_maps()?;
-            Some(crate::sync::start(s, s.load_key()?, ring, maps, walk))
+            let key = s.load_key()?;
+            let nat = &config.nat.timeouts;
+            Some(crate::sync::start(s, key, ring, maps, walk, nat))
         }
         None => None,
     };

@@ -4,6 +4,12 @@
 //! dials are written into its own tables with its own backend ids, interfaces and next hops. On connect, the listener first sends its whole table (bulk sync);
 //! a starting node is not ready before one bulk sync completed (or no peer answered in time).
 //!
+//! A peer's NAT connections are swept by the receiver's own sweeper (`[nat.timeouts]`), and it
+//! sees none of their packets while the sender is active: so the sender re-announces every
+//! connection that had a packet since the last round, every third of the shortest timeout
+//! (IPVS's sync refresh does the same), each with its idle time, and the receiver's copies
+//! live as long as the sender's connections do.
+//!
 //! Everything runs on tasks of its own, on map descriptors of its own: a dead peer, a slow
 //! link or a failed write here never touches forwarding or the daemon's main loop.
 
@@ -21,7 +27,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use foobar_lb_common::FlowEvent;
+use foobar_lb_common::{nat_reply_key, FlowEvent};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::broadcast,
@@ -29,7 +35,7 @@ use tokio::{
 };
 
 use crate::{
-    config::SyncConfig,
+    config::{NatTimeouts, SyncConfig},
     dataplane::{flow_is_open, flow_now, NatWrite, SyncMaps, SyncWalk},
 };
 use local::{ip, Local};
@@ -65,6 +71,20 @@ const MAX_CONNECTIONS: usize = 16;
 const MAX_STRANGERS: usize = 4;
 /// Live events queued per connected peer before the slowest loses some (counted).
 const QUEUE: usize = 1024;
+/// Bounds of the NAT re-announcement period (see [`refresh_every`]).
+const REFRESH_MIN: Duration = Duration::from_secs(1);
+const REFRESH_MAX: Duration = Duration::from_secs(60);
+
+/// How often live NAT connections are re-announced: a third of the shortest idle timeout a
+/// live connection can have, so a receiver's copy is refreshed at least twice before it could
+/// expire (tcp_closed is left out: a closed connection is not worth keeping).
+pub fn refresh_every(t: &NatTimeouts) -> Duration {
+    let shortest = [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+    (Duration::from_secs(shortest.into()) / 3).clamp(REFRESH_MIN, REFRESH_MAX)
+}
 
 /// Counters and state that `status`, `stats` and the metrics show, and readiness reads.
 #[derive(Default)]
@@ -77,8 +97,10 @@ pub struct SyncStats {
     pub applied: AtomicU64,
     /// Received entries naming a service or backend this node does not have (skipped).
     pub unknown_backend: AtomicU64,
-    /// NAT connections sent to peers (live and bulk); also counted in `sent`.
+    /// NAT connections sent to peers (live, bulk and re-announced); also counted in `sent`.
     pub nat_sent: AtomicU64,
+    /// Re-announcements of live NAT connections (among `nat_sent`), per peer.
+    pub nat_refreshed: AtomicU64,
     /// Peers' NAT connections written into the NAT tables; also counted in `applied`.
     pub nat_applied: AtomicU64,
     /// Peers' NAT connections not written: their reply 5-tuple is another connection's here
@@ -159,6 +181,8 @@ fn now_ms() -> u64 {
 struct Batch {
     flows: Vec<Entry>,
     nat: Vec<NatEntry>,
+    /// A re-announcement of live NAT connections (counted apart).
+    refresh: bool,
 }
 
 impl Batch {
@@ -220,7 +244,7 @@ impl Core {
             let Some((fwd, rev)) = self.maps.nat_conn(&ev.key) else {
                 return true;
             };
-            match self.table.export_nat(&ev.key, &fwd, &rev) {
+            match self.table.export_nat(&ev.key, &fwd, &rev, flow_now()) {
                 Some(e) => out.nat.push(e),
                 None => return false,
             }
@@ -283,6 +307,12 @@ impl Core {
                 stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            // Already here (a re-announcement, or a repeated bulk sync): keep what is newer.
+            if let Some((f, r)) = self.maps.nat_conn(&c.key) {
+                if nat_reply_key(&c.key, &f) == c.rkey {
+                    c.merge(&f, &r, now);
+                }
+            }
             match self.maps.write_nat(&c.key, &c.fwd, &c.rkey, &c.rev) {
                 Ok(NatWrite::Written) => applied += 1,
                 Ok(NatWrite::Collision) => {
@@ -342,9 +372,13 @@ fn dump(walk: &SyncWalk, table: &Table) -> Batch {
     let nat = walk
         .nat_conns()
         .into_iter()
-        .filter_map(|(k, f, r)| table.export_nat(&k, &f, &r))
+        .filter_map(|(k, f, r)| table.export_nat(&k, &f, &r, now))
         .collect();
-    Batch { flows, nat }
+    Batch {
+        flows,
+        nat,
+        refresh: false,
+    }
 }
 
 /// Starts the sync tasks for `config` on the daemon's runtime; the returned stats live as long
@@ -355,6 +389,7 @@ pub fn start(
     ring: RingBuf<MapData>,
     maps: SyncMaps,
     walk: SyncWalk,
+    nat_timeouts: &NatTimeouts,
 ) -> Arc<SyncStats> {
     let stats = Arc::new(SyncStats::default());
     let key: Arc<[u8]> = key.into();
@@ -380,9 +415,15 @@ pub fn start(
         config.peers.iter().map(|p| p.ip()).collect(),
         key.clone(),
         core.clone(),
+        walk.clone(),
+        live.clone(),
+        stats.clone(),
+    ));
+    tokio::spawn(refresh(
+        refresh_every(nat_timeouts),
+        core.clone(),
         walk,
         live,
-        stats.clone(),
     ));
     for &peer in &config.peers {
         tokio::spawn(dial(peer, key.clone(), core.clone(), stats.clone()));
@@ -439,6 +480,42 @@ async fn read_ring(
             .export(&events, &stats);
         if !entries.is_empty() && live.receiver_count() > 0 {
             let _ = live.send(Arc::new(entries));
+        }
+    }
+}
+
+/// Re-announces, every `every`, the NAT connections that had a packet since the last round
+/// (a walk of the NAT table on the sync's own descriptors, outside the core's lock).
+async fn refresh(
+    every: Duration,
+    core: Arc<Mutex<Core>>,
+    walk: Arc<SyncWalk>,
+    live: broadcast::Sender<Arc<Batch>>,
+) {
+    // Packets since the previous round, and a margin for the flow clock's ~1 s resolution.
+    let within = (every.as_nanos() >> 30) as u32 + 2;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if live.receiver_count() == 0 {
+            continue;
+        }
+        let (core, walk) = (core.clone(), walk.clone());
+        let active = tokio::task::spawn_blocking(move || {
+            let table = core.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+            table.export_active(&walk.nat_conns(), flow_now(), within)
+        })
+        .await
+        .unwrap_or_default();
+        for chunk in active.chunks(MAX_BATCH) {
+            let batch = Batch {
+                flows: Vec::new(),
+                nat: chunk.to_vec(),
+                refresh: true,
+            };
+            let _ = live.send(Arc::new(batch));
         }
     }
 }
@@ -565,6 +642,9 @@ async fn serve(
                     let f = Frame::Nat { sent_ms, entries: entries.nat.clone() };
                     send(&mut w, &mut sock, &f).await?;
                     stats.nat_sent.fetch_add(entries.nat.len() as u64, Ordering::Relaxed);
+                    if entries.refresh {
+                        stats.nat_refreshed.fetch_add(entries.nat.len() as u64, Ordering::Relaxed);
+                    }
                 }
                 stats.sent.fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
@@ -749,5 +829,37 @@ async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
         };
         log::warn!(event = "sync_ready_without_bulk"; "sync: {why}");
         stats.set_gate(why, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_nat_connections_are_re_announced_within_a_third_of_the_shortest_timeout() {
+        let t = NatTimeouts::default();
+        // udp = 30 s is the shortest live state's timeout by default.
+        assert_eq!(refresh_every(&t), Duration::from_secs(10));
+        let short = NatTimeouts {
+            tcp_syn: 3,
+            tcp_established: 6,
+            ..t
+        };
+        assert_eq!(refresh_every(&short), Duration::from_secs(1));
+        // tcp_closed does not count; the period stays within its bounds.
+        let closed = NatTimeouts { tcp_closed: 1, ..t };
+        assert_eq!(refresh_every(&closed), Duration::from_secs(10));
+        let long = NatTimeouts {
+            tcp_syn: 3600,
+            tcp_established: 3600,
+            tcp_closing: 3600,
+            udp: 3600,
+            udp_stream: 3600,
+            ..t
+        };
+        assert_eq!(refresh_every(&long), REFRESH_MAX);
+        let tiny = NatTimeouts { udp: 1, ..t };
+        assert_eq!(refresh_every(&tiny), REFRESH_MIN);
     }
 }

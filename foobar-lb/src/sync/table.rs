@@ -10,6 +10,8 @@ use foobar_lb_common::{
     FWD_NAT, NAT_FULL, NAT_REPLIED, NAT_TIME_MASK, SVC_NAT,
 };
 
+use crate::dataplane::nat_idle;
+
 use super::wire::{
     Entry, NatEntry, NAT_ENTRY_BACKEND_FIN, NAT_ENTRY_BACKEND_RST, NAT_ENTRY_CLIENT_FIN,
     NAT_ENTRY_CLIENT_RST, NAT_ENTRY_FULL, NAT_ENTRY_REPLIED,
@@ -56,6 +58,26 @@ pub struct NatImport {
 impl NatImport {
     pub fn full(&self) -> bool {
         self.fwd.flags & NAT_FULL != 0
+    }
+
+    /// Merges this node's entries of the same connection (`old`, written by its program or
+    /// an earlier sync) into a peer's copy at flow time `now`: per direction, the newer last
+    /// packet and every state bit either side has seen, and this node's firewall generation.
+    /// So a re-announcement never makes a connection this node forwards look older or
+    /// reopened (two nodes each re-announce what the other sent them, too).
+    pub fn merge(&mut self, old_fwd: &NatFwd, old_rev: &NatRev, now: u32) {
+        let newer = |a: u32, b: u32, mask: u32| {
+            if (now.wrapping_sub(a) & mask) <= (now.wrapping_sub(b) & mask) {
+                a & mask
+            } else {
+                b & mask
+            }
+        };
+        self.fwd.seen = newer(self.fwd.seen, old_fwd.seen, FLOW_TIME_MASK)
+            | ((self.fwd.seen | old_fwd.seen) & !FLOW_TIME_MASK);
+        self.rev.seen = newer(self.rev.seen, old_rev.seen, NAT_TIME_MASK)
+            | ((self.rev.seen | old_rev.seen) & !NAT_TIME_MASK);
+        self.fwd.fw_gen = old_fwd.fw_gen;
     }
 }
 
@@ -180,8 +202,15 @@ impl Table {
     }
 
     /// The node-independent form of a local NAT connection (`key` -> `fwd`, its reply entry
-    /// `rev`); `None` if its backend id no longer carries the connection's owner word.
-    pub fn export_nat(&self, key: &FlowKey, fwd: &NatFwd, rev: &NatRev) -> Option<NatEntry> {
+    /// `rev`) at flow time `now`; `None` if its backend id no longer carries the connection's
+    /// owner word.
+    pub fn export_nat(
+        &self,
+        key: &FlowKey,
+        fwd: &NatFwd,
+        rev: &NatRev,
+        now: u32,
+    ) -> Option<NatEntry> {
         let b = self.by_id.get(&fwd.backend_id)?;
         if b.owner != fwd.owner {
             return None;
@@ -210,12 +239,29 @@ impl Table {
             snat: if full { addr_bytes(&fwd.snat_addr) } else { [0; 16] },
             snat_port: if full { fwd.snat_port.to_ne_bytes() } else { [0; 2] },
             client_mac: rev.client_mac,
+            idle: nat_idle(now, fwd.seen, rev.seen),
         })
+    }
+
+    /// The connections among `conns` with a packet in the last `within` flow-time units, for
+    /// the periodic re-announcement that keeps the peers' copies alive (see `mod.rs`).
+    pub fn export_active(
+        &self,
+        conns: &[(FlowKey, NatFwd, NatRev)],
+        now: u32,
+        within: u32,
+    ) -> Vec<NatEntry> {
+        conns
+            .iter()
+            .filter(|(_, f, r)| nat_idle(now, f.seen, r.seen) < within)
+            .filter_map(|(k, f, r)| self.export_nat(k, f, r, now))
+            .collect()
     }
 
     /// The pair of entries this node writes for a peer's NAT connection, with this node's id
     /// of the backend (`now`: the flow clock, both directions' last packet); `None` if this
-    /// node has no such NAT service, or no such backend in it forwarding the same way.
+    /// node has no such NAT service, or no such backend in it forwarding the same way. The
+    /// entries' last packet is set `e.idle` before `now`, as the sender had it.
     pub fn import_nat(&self, e: &NatEntry, now: u32) -> Option<NatImport> {
         let key = FlowKey {
             src: bytes_addr(&e.src),
@@ -243,6 +289,7 @@ impl Table {
             return None;
         }
         let flag = |bit: u8, word: u32| if e.flags & bit != 0 { word } else { 0 };
+        let last = now.wrapping_sub(e.idle);
         let fwd = NatFwd {
             backend_addr: bytes_addr(&e.backend),
             backend_id,
@@ -250,7 +297,7 @@ impl Table {
             // Generation 0: the firewall checks the connection on its first packet here if
             // rules have changed since this node started (as for imported flows).
             fw_gen: 0,
-            seen: (now & FLOW_TIME_MASK)
+            seen: (last & FLOW_TIME_MASK)
                 | flag(NAT_ENTRY_CLIENT_FIN, FLOW_FIN)
                 | flag(NAT_ENTRY_CLIENT_RST, FLOW_RST),
             backend_port: u16::from_ne_bytes(e.backend_port),
@@ -264,7 +311,7 @@ impl Table {
             client_mac: e.client_mac,
             vport: key.dport,
             ifindex: 0,
-            seen: (now & NAT_TIME_MASK)
+            seen: (last & NAT_TIME_MASK)
                 | flag(NAT_ENTRY_REPLIED, NAT_REPLIED)
                 | flag(NAT_ENTRY_BACKEND_FIN, FLOW_FIN)
                 | flag(NAT_ENTRY_BACKEND_RST, FLOW_RST),
@@ -441,8 +488,11 @@ mod tests {
             );
             assert!(a.is_nat(&flow()) && b.is_nat(&flow()));
             let (fwd, rev) = a_conn(full);
-            let e = a.export_nat(&flow(), &fwd, &rev).unwrap();
-            let got = b.import_nat(&e, 77).unwrap();
+            // A's clock at 1005: the client's last packet 5 units ago, the backend's 15.
+            let e = a.export_nat(&flow(), &fwd, &rev, 1005).unwrap();
+            assert_eq!(e.idle, 5);
+            // B's clock is another: its entries age from 5 units before its now.
+            let got = b.import_nat(&e, 82).unwrap();
             assert_eq!(got.full(), full);
             assert_eq!(got.key, flow());
             // B's id and owner of .12, the same translation, A's state bits, B's clock; the
@@ -484,7 +534,7 @@ mod tests {
                 owner: owner(1, 2),
                 ..fwd
             };
-            assert!(a.export_nat(&flow(), &stale, &rev).is_none());
+            assert!(a.export_nat(&flow(), &stale, &rev, 1005).is_none());
         }
     }
 
@@ -492,7 +542,7 @@ mod tests {
     fn a_nat_connection_is_not_imported_into_another_kind_of_service_or_backend() {
         let a = Table::new(&[nat_svc(1)], &[(4, nat_backend(1, 1, 12, FWD_FULLNAT))]);
         let (fwd, rev) = a_conn(true);
-        let e = a.export_nat(&flow(), &fwd, &rev).unwrap();
+        let e = a.export_nat(&flow(), &fwd, &rev, 1000).unwrap();
         // B serves the VIP by DSR: no NAT entry to write.
         let b = Table::new(&[svc(1)], &[(4, nat_backend(1, 1, 12, FWD_FULLNAT))]);
         assert!(!b.is_nat(&flow()));
@@ -505,5 +555,75 @@ mod tests {
         other.port = 9090u16.to_be();
         let b = Table::new(&[nat_svc(1)], &[(4, other)]);
         assert!(b.import_nat(&e, 0).is_none());
+    }
+
+    #[test]
+    fn only_connections_with_recent_packets_are_re_announced() {
+        let a = Table::new(&[nat_svc(1)], &[(4, nat_backend(1, 1, 12, FWD_NAT))]);
+        let (fwd, rev) = a_conn(false);
+        let mut quiet = flow();
+        quiet.sport = 40001u16.to_be();
+        let mut answered = flow();
+        answered.sport = 40002u16.to_be();
+        let conns = [
+            // The client's last packet 3 units before 1003, the backend's 13.
+            (flow(), fwd, rev),
+            // Nothing either way for 30 units.
+            (
+                quiet,
+                NatFwd { seen: 973, ..fwd },
+                NatRev {
+                    seen: 973 | NAT_REPLIED,
+                    ..rev
+                },
+            ),
+            // The client quiet, the backend sent 1 unit ago (a download).
+            (
+                answered,
+                NatFwd { seen: 973, ..fwd },
+                NatRev {
+                    seen: 1002 | NAT_REPLIED,
+                    ..rev
+                },
+            ),
+        ];
+        let sent = a.export_active(&conns, 1003, 10);
+        let ports: Vec<_> = sent.iter().map(|e| e.sport).collect();
+        assert_eq!(ports, [flow().sport.to_ne_bytes(), answered.sport.to_ne_bytes()]);
+        assert_eq!(sent[1].idle, 1);
+        assert_eq!(a.export_active(&conns, 1003, 40).len(), 3);
+    }
+
+    #[test]
+    fn a_re_announcement_never_ages_or_reopens_the_local_copy() {
+        let a = Table::new(&[nat_svc(1)], &[(4, nat_backend(1, 1, 12, FWD_NAT))]);
+        let (fwd, rev) = a_conn(false);
+        // The peer's copy: last packet 20 units before 1020, no FIN seen.
+        let peer = NatFwd {
+            seen: 1000,
+            ..fwd
+        };
+        let e = a.export_nat(&flow(), &peer, &NatRev { seen: 1000, ..rev }, 1020).unwrap();
+        let mut got = a.import_nat(&e, 1020).unwrap();
+        // Here: the client's last packet at 1015 with a FIN, the backend's at 990 but replied;
+        // this node's firewall generation 9.
+        let local_fwd = NatFwd {
+            seen: 1015 | FLOW_FIN,
+            fw_gen: 9,
+            ..fwd
+        };
+        let local_rev = NatRev {
+            seen: 990 | NAT_REPLIED,
+            ..rev
+        };
+        got.merge(&local_fwd, &local_rev, 1020);
+        assert_eq!(got.fwd.seen, 1015 | FLOW_FIN, "the newer client side, its FIN kept");
+        assert_eq!(got.rev.seen, 1000 | NAT_REPLIED, "the peer's newer backend side");
+        assert_eq!(got.fwd.fw_gen, 9);
+        // Across the clock's wrap: 5 units before 2 is newer than 10 before.
+        let mut w = a.import_nat(&e, 2).unwrap();
+        w.fwd.seen = FLOW_TIME_MASK - 2;
+        w.merge(&NatFwd { seen: FLOW_TIME_MASK - 7, ..fwd }, &rev, 2);
+        assert_eq!(w.fwd.seen, FLOW_TIME_MASK - 2);
     }
 }

@@ -136,6 +136,10 @@ pub struct NatEntry {
     /// next hop. Both nodes of a pair share the clients' segment (the VIP moves on it), so
     /// it is the same from either.
     pub client_mac: [u8; 6],
+    /// Flow-time units (2^30 ns) since the connection's last packet either way, as the
+    /// sender saw it: the receiver's entries age from there, so its sweeper expires them
+    /// when the sender's does, not earlier (they are re-sent while the connection is alive).
+    pub idle: u32,
 }
 
 /// [`NatEntry::flags`]: a full-NAT connection.
@@ -149,7 +153,7 @@ pub const NAT_ENTRY_CLIENT_RST: u8 = 1 << 3;
 pub const NAT_ENTRY_BACKEND_FIN: u8 = 1 << 4;
 pub const NAT_ENTRY_BACKEND_RST: u8 = 1 << 5;
 
-const NAT_ENTRY: usize = 3 + 16 * 4 + 2 * 4 + 6;
+const NAT_ENTRY: usize = 3 + 16 * 4 + 2 * 4 + 6 + 4;
 
 impl NatEntry {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -163,6 +167,7 @@ impl NatEntry {
         out.extend_from_slice(&self.snat);
         out.extend_from_slice(&self.snat_port);
         out.extend_from_slice(&self.client_mac);
+        out.extend_from_slice(&self.idle.to_be_bytes());
     }
 
     fn decode(b: &[u8]) -> NatEntry {
@@ -181,6 +186,7 @@ impl NatEntry {
             snat: a16(57),
             snat_port: a2(73),
             client_mac: <[u8; 6]>::try_from(&b[75..81]).expect("6 bytes"),
+            idle: u32::from_be_bytes(b[81..85].try_into().expect("4 bytes")),
         }
     }
 }
@@ -492,6 +498,7 @@ mod tests {
             snat: [4; 16],
             snat_port: [0xc3, n],
             client_mac: [0x02, 0, 0, 0, 5, n],
+            idle: 0x0102_0300 | n as u32,
         }
     }
 
@@ -533,9 +540,10 @@ mod tests {
         e.encode(&mut b);
         assert_eq!(b.len(), NAT_ENTRY);
         assert_eq!(NatEntry::decode(&b), e);
-        // The MAC is last, the SNAT port before it.
-        assert_eq!(&b[NAT_ENTRY - 6..], &[0x02, 0, 0, 0, 5, 9]);
-        assert_eq!(&b[NAT_ENTRY - 8..NAT_ENTRY - 6], &[0xc3, 9]);
+        // The idle time last (big-endian), the MAC before it, the SNAT port before that.
+        assert_eq!(&b[NAT_ENTRY - 4..], &[1, 2, 3, 9]);
+        assert_eq!(&b[NAT_ENTRY - 10..NAT_ENTRY - 4], &[0x02, 0, 0, 0, 5, 9]);
+        assert_eq!(&b[NAT_ENTRY - 12..NAT_ENTRY - 10], &[0xc3, 9]);
     }
 
     /// A node of the previous version (DSR flows only) meets this one: both sides say it is a
