@@ -782,6 +782,20 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
     );
 }
 
+/// The clients (address, port) of a node's tracked NAT connections, only the established
+/// ones if `established` (`foobar-lb flows --json`).
+fn nat_clients(d: &Daemon, established: bool) -> std::collections::HashSet<(std::net::IpAddr, u16)> {
+    let out = d.cli(&["flows", "--json", "--limit", "100000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flows: foobar_lb::api::FlowsAnswer = serde_json::from_slice(&out.stdout).unwrap();
+    flows
+        .rows
+        .iter()
+        .filter(|r| !established || r.conn.state == foobar_lb::dataplane::NatState::Established)
+        .map(|r| r.conn.client)
+        .collect()
+}
+
 /// Flow sync of NAT connections: a keepalived pair whose services translate (`nat`: the
 /// backends route the clients through the gateway address keepalived moves with the VIPs;
 /// `fullnat`: the SNAT addresses move instead) loses nothing when the active node crashes.
@@ -842,13 +856,23 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     wait_for("B's NAT tables hold them", 5, || {
         db.stats().nat.connections >= 17
     });
+    let a_before = nat_clients(&da, true);
     // Longer than both timeouts, with the sweepers running: B keeps its copies of A's live
     // connections only through A's re-announcements.
     thread::sleep(Duration::from_secs(9));
     load.wait_progress("load running through A", 5);
-    let (a_sync, b_conns) = (sync_of(&da), db.stats().nat.connections);
+    let a_sync = sync_of(&da);
     assert!(a_sync.nat_refreshed >= 17 * 5, "A re-announced {a_sync:?}");
-    assert!(b_conns >= 17, "B's sweeper left {b_conns} connections");
+    // The long-lived connections (established on A then and now: the keep-alive ones and
+    // the download; new connections last milliseconds) are all in B's tables still.
+    let long_lived: Vec<_> = nat_clients(&da, true)
+        .intersection(&a_before)
+        .copied()
+        .collect();
+    let on_b = nat_clients(&db, false);
+    assert!(long_lived.len() >= 17, "A's long-lived connections: {long_lived:?}");
+    let missing: Vec<_> = long_lived.iter().filter(|c| !on_b.contains(c)).collect();
+    assert!(missing.is_empty(), "B's sweeper forgot {missing:?}");
 
     let killed_a = Instant::now();
     p.a.crash(&mut da, &mut ka);
