@@ -79,7 +79,13 @@ impl Node {
     /// then keepalived.
     fn restart(&self) -> (Daemon, Keepalived) {
         let ns = self.ns();
-        for a in [format!("{VIP4}/32"), format!("{VIP6}/128")] {
+        // The NAT pairs' gateway and SNAT addresses too (absent elsewhere: errors ignored).
+        for a in [
+            format!("{VIP4}/32"),
+            format!("{VIP6}/128"),
+            format!("{GW4}/32"),
+            format!("{SNAT4}/32"),
+        ] {
             let _ = ns.ip(&["addr", "del", &a, "dev", "eth0"]);
         }
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
@@ -818,12 +824,12 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
         std::fs::write(&node.config, c).unwrap();
     }
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
-    let (mut da, db) = p.start_both();
+    let (mut da, mut db) = p.start_both();
     wait_for("both nodes receive each other's connections", 15, || {
         sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
     });
     let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
-    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
+    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
     let moved = if fwd == Forwarding::Nat {
         [GW4, GW6]
     } else {
@@ -881,6 +887,32 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     });
     load.wait_progress("load running through B", 20);
     thread::sleep(Duration::from_secs(1));
+    // A connection B did not know would have been scheduled anew, and its RST from a backend
+    // that never saw it dropped as a refusal (so the client retries rather than resets).
+    assert_eq!(db.stats().verdict("drop_syn_refused"), 0, "{}", verdicts(&db));
+    let (b_sync, b_verdicts) = (sync_of(&db), verdicts(&db));
+
+    // 2. A restarts: its bulk sync from B brings B's NAT connections (A's former ones, and
+    // those opened through B since), with B's idle times; then B crashes and A carries on.
+    let (da, ka) = p.a.restart();
+    wait_for("restarted A synced", 15, || sync_of(&da).synced);
+    let a_sync = sync_of(&da);
+    assert!(
+        a_sync.gate.contains(&format!("bulk sync from {NODE_B}:")) && a_sync.nat_applied >= 17,
+        "{a_sync:?}"
+    );
+    wait_for("restarted A enters BACKUP", 30, || {
+        ka.entered("BACKUP") >= 1
+    });
+    load.wait_progress("load running through B after A rejoined", 10);
+    let killed_b = Instant::now();
+    p.b.crash(&mut db, &mut kb);
+    let takeback = wait_for("A takes the VIPs and the NAT addresses back", 15, || {
+        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&a_ns, a))
+    });
+    load.wait_progress("load running through A again", 20);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(da.stats().verdict("drop_syn_refused"), 0, "{}", verdicts(&da));
 
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
@@ -888,20 +920,18 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     let Download { body, .. } =
         result.intact_download_across(killed_a, killed_a + takeover, &p.long);
     assert_eq!(resets, 0, "the client saw {resets} connection resets");
-    // A connection B did not know would have been scheduled anew, and its RST from a backend
-    // that never saw it dropped as a refusal (so the client retries rather than resets).
-    assert_eq!(db.stats().verdict("drop_syn_refused"), 0, "{}", verdicts(&db));
     let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
-    let b_sync = sync_of(&db);
     eprintln!(
-        "figures: {tag} round robin + sync: takeover A->B {takeover:?}; {keepalive_total} \
-         keep-alive requests on {} connections, {} new connections, 0 failed, 0 resets; \
-         download of {} bytes intact; B: {b_sync:?}; B verdicts {}",
+        "figures: {tag} round robin + sync: takeover A->B {takeover:?}, B->A {takeback:?}; \
+         {keepalive_total} keep-alive requests on {} connections, {} new connections, 0 failed, \
+         0 resets; download of {} bytes intact; since B was killed {:?}; B before its crash: \
+         {b_sync:?}, verdicts {b_verdicts}; restarted A: {a_sync:?}",
         result.keepalive.len(),
         result.new_conns.len(),
         body.len(),
-        verdicts(&db)
+        killed_b.elapsed(),
     );
+    drop(ka);
 }
 
 #[test]
