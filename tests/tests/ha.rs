@@ -790,9 +790,16 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
 
 /// The clients (address, port) of a node's tracked NAT connections, only the established
 /// ones if `established` (`foobar-lb flows --json`).
-fn nat_clients(d: &Daemon, established: bool) -> std::collections::HashSet<(std::net::IpAddr, u16)> {
+fn nat_clients(
+    d: &Daemon,
+    established: bool,
+) -> std::collections::HashSet<(std::net::IpAddr, u16)> {
     let out = d.cli(&["flows", "--json", "--limit", "100000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let flows: foobar_lb::api::FlowsAnswer = serde_json::from_slice(&out.stdout).unwrap();
     flows
         .rows
@@ -839,7 +846,10 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
         [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&a_ns, a))
     });
     wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
-    assert!(!moved.iter().any(|a| holds(&b_ns, a)), "B holds a NAT address");
+    assert!(
+        !moved.iter().any(|a| holds(&b_ns, a)),
+        "B holds a NAT address"
+    );
 
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
     let load = Load::start(&p.topo.client, 16, true);
@@ -876,7 +886,10 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
         .copied()
         .collect();
     let on_b = nat_clients(&db, false);
-    assert!(long_lived.len() >= 17, "A's long-lived connections: {long_lived:?}");
+    assert!(
+        long_lived.len() >= 17,
+        "A's long-lived connections: {long_lived:?}"
+    );
     let missing: Vec<_> = long_lived.iter().filter(|c| !on_b.contains(c)).collect();
     assert!(missing.is_empty(), "B's sweeper forgot {missing:?}");
 
@@ -889,7 +902,12 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     thread::sleep(Duration::from_secs(1));
     // A connection B did not know would have been scheduled anew, and its RST from a backend
     // that never saw it dropped as a refusal (so the client retries rather than resets).
-    assert_eq!(db.stats().verdict("drop_syn_refused"), 0, "{}", verdicts(&db));
+    assert_eq!(
+        db.stats().verdict("drop_syn_refused"),
+        0,
+        "{}",
+        verdicts(&db)
+    );
     let (b_sync, b_verdicts) = (sync_of(&db), verdicts(&db));
 
     // 2. A restarts: its bulk sync from B brings B's NAT connections (A's former ones, and
@@ -912,7 +930,12 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     });
     load.wait_progress("load running through A again", 20);
     thread::sleep(Duration::from_secs(1));
-    assert_eq!(da.stats().verdict("drop_syn_refused"), 0, "{}", verdicts(&da));
+    assert_eq!(
+        da.stats().verdict("drop_syn_refused"),
+        0,
+        "{}",
+        verdicts(&da)
+    );
 
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;

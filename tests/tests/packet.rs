@@ -1344,7 +1344,9 @@ fn with_sync_a_nat_connection_is_announced_and_a_written_one_is_forwarded_both_w
         }],
         "one announcement, on the SYN"
     );
-    let (fwd, rev) = a_maps.nat_conn(&key).expect("the announced connection is tracked");
+    let (fwd, rev) = a_maps
+        .nat_conn(&key)
+        .expect("the announced connection is tracked");
     assert_eq!(fwd.backend_port, 8080u16.to_be());
     assert_eq!(rev.vip, key.dst);
     assert_eq!(a_walk.nat_conns(), [(key, fwd, rev)]);
@@ -1368,7 +1370,11 @@ fn with_sync_a_nat_connection_is_announced_and_a_written_one_is_forwarded_both_w
         b_maps.write_nat(&key, &b_fwd, &rkey, &rev).unwrap(),
         foobar_lb::dataplane::NatWrite::Written
     );
-    b.check("B: the client's packet -> .11", &ack.build(), &nat_to_b1(&ack));
+    b.check(
+        "B: the client's packet -> .11",
+        &ack.build(),
+        &nat_to_b1(&ack),
+    );
     let mut reply = Pkt::tcp("10.0.0.11", 8080, "10.0.0.1", 40000, TCP_ACK);
     reply.eth_src = B1;
     reply.eth_dst = LB_MAC;
@@ -1399,10 +1405,15 @@ fn with_sync_a_nat_connection_is_announced_and_a_written_one_is_forwarded_both_w
         ..fwd
     };
     assert_eq!(
-        b_maps.write_nat(&other, &other_fwd, &rkey, &other_rev).unwrap(),
+        b_maps
+            .write_nat(&other, &other_fwd, &rkey, &other_rev)
+            .unwrap(),
         foobar_lb::dataplane::NatWrite::Collision
     );
-    assert!(b_maps.nat_conn(&other).is_none(), "no forward entry written");
+    assert!(
+        b_maps.nat_conn(&other).is_none(),
+        "no forward entry written"
+    );
     b.check(
         "B: still the first connection's reply",
         &reply.build(),

@@ -107,9 +107,13 @@ pub fn route(dst: IpAddr, src: Option<IpAddr>) -> io::Result<Hop> {
 pub fn ip(a: &foobar_lb_common::Addr, family: u8) -> IpAddr {
     let b: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
     if family == foobar_lb_common::FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&b[..4]).expect("4 bytes")))
+        IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&b[..4]).expect("4 bytes"),
+        ))
     } else {
-        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[..]).expect("16 bytes")))
+        IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&b[..]).expect("16 bytes"),
+        ))
     }
 }
 
@@ -134,7 +138,13 @@ impl Local {
     pub fn route(&mut self, dst: IpAddr, src: Option<IpAddr>) -> Option<Hop> {
         *self.routes.entry((dst, src)).or_insert_with(|| {
             route(dst, src)
-                .or_else(|e| if src.is_some() { route(dst, None) } else { Err(e) })
+                .or_else(|e| {
+                    if src.is_some() {
+                        route(dst, None)
+                    } else {
+                        Err(e)
+                    }
+                })
                 .inspect_err(|e| log::debug!("sync: no route to {dst}: {e}"))
                 .ok()
         })

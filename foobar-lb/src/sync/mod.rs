@@ -79,10 +79,16 @@ const REFRESH_MAX: Duration = Duration::from_secs(60);
 /// live connection can have, so a receiver's copy is refreshed at least twice before it could
 /// expire (tcp_closed is left out: a closed connection is not worth keeping).
 pub fn refresh_every(t: &NatTimeouts) -> Duration {
-    let shortest = [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream]
-        .into_iter()
-        .min()
-        .unwrap_or(0);
+    let shortest = [
+        t.tcp_syn,
+        t.tcp_established,
+        t.tcp_closing,
+        t.udp,
+        t.udp_stream,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0);
     (Duration::from_secs(shortest.into()) / 3).clamp(REFRESH_MIN, REFRESH_MAX)
 }
 
@@ -270,7 +276,10 @@ impl Core {
         }
         c.rev.ifindex = to_client.ifindex;
         if c.full() {
-            let (backend, snat) = (ip(&c.fwd.backend_addr, family), ip(&c.fwd.snat_addr, family));
+            let (backend, snat) = (
+                ip(&c.fwd.backend_addr, family),
+                ip(&c.fwd.snat_addr, family),
+            );
             let Some(hop) = self.local.route(backend, Some(snat)) else {
                 return false;
             };
@@ -616,7 +625,9 @@ async fn serve(
         };
         send(&mut w, &mut sock, &f).await?;
         stats.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        stats.nat_sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        stats
+            .nat_sent
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     send(&mut w, &mut sock, &Frame::BulkDone { count }).await?;
     let nat = dump.nat.len();

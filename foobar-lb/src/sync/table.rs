@@ -94,7 +94,10 @@ pub struct Table {
 impl Table {
     pub fn new(services: &[(ServiceKey, ServiceInfo)], backends: &[(u32, Backend)]) -> Table {
         let mut t = Table {
-            services: services.iter().map(|(k, i)| (*k, (i.id, i.flags))).collect(),
+            services: services
+                .iter()
+                .map(|(k, i)| (*k, (i.id, i.flags)))
+                .collect(),
             ..Default::default()
         };
         for &(id, b) in backends {
@@ -236,8 +239,16 @@ impl Table {
             // backend entry's unless that id was reused, which the owner check excludes).
             backend: addr_bytes(&fwd.backend_addr),
             backend_port: fwd.backend_port.to_ne_bytes(),
-            snat: if full { addr_bytes(&fwd.snat_addr) } else { [0; 16] },
-            snat_port: if full { fwd.snat_port.to_ne_bytes() } else { [0; 2] },
+            snat: if full {
+                addr_bytes(&fwd.snat_addr)
+            } else {
+                [0; 16]
+            },
+            snat_port: if full {
+                fwd.snat_port.to_ne_bytes()
+            } else {
+                [0; 2]
+            },
             client_mac: rev.client_mac,
             idle: nat_idle(now, fwd.seen, rev.seen),
         })
@@ -301,7 +312,11 @@ impl Table {
                 | flag(NAT_ENTRY_CLIENT_FIN, FLOW_FIN)
                 | flag(NAT_ENTRY_CLIENT_RST, FLOW_RST),
             backend_port: u16::from_ne_bytes(e.backend_port),
-            snat_port: if full { u16::from_ne_bytes(e.snat_port) } else { 0 },
+            snat_port: if full {
+                u16::from_ne_bytes(e.snat_port)
+            } else {
+                0
+            },
             snat_addr: if full { bytes_addr(&e.snat) } else { [0; 4] },
             flags: if full { NAT_FULL } else { 0 },
             ..Default::default()
@@ -589,7 +604,10 @@ mod tests {
         ];
         let sent = a.export_active(&conns, 1003, 10);
         let ports: Vec<_> = sent.iter().map(|e| e.sport).collect();
-        assert_eq!(ports, [flow().sport.to_ne_bytes(), answered.sport.to_ne_bytes()]);
+        assert_eq!(
+            ports,
+            [flow().sport.to_ne_bytes(), answered.sport.to_ne_bytes()]
+        );
         assert_eq!(sent[1].idle, 1);
         assert_eq!(a.export_active(&conns, 1003, 40).len(), 3);
     }
@@ -599,11 +617,10 @@ mod tests {
         let a = Table::new(&[nat_svc(1)], &[(4, nat_backend(1, 1, 12, FWD_NAT))]);
         let (fwd, rev) = a_conn(false);
         // The peer's copy: last packet 20 units before 1020, no FIN seen.
-        let peer = NatFwd {
-            seen: 1000,
-            ..fwd
-        };
-        let e = a.export_nat(&flow(), &peer, &NatRev { seen: 1000, ..rev }, 1020).unwrap();
+        let peer = NatFwd { seen: 1000, ..fwd };
+        let e = a
+            .export_nat(&flow(), &peer, &NatRev { seen: 1000, ..rev }, 1020)
+            .unwrap();
         let mut got = a.import_nat(&e, 1020).unwrap();
         // Here: the client's last packet at 1015 with a FIN, the backend's at 990 but replied;
         // this node's firewall generation 9.
@@ -617,13 +634,28 @@ mod tests {
             ..rev
         };
         got.merge(&local_fwd, &local_rev, 1020);
-        assert_eq!(got.fwd.seen, 1015 | FLOW_FIN, "the newer client side, its FIN kept");
-        assert_eq!(got.rev.seen, 1000 | NAT_REPLIED, "the peer's newer backend side");
+        assert_eq!(
+            got.fwd.seen,
+            1015 | FLOW_FIN,
+            "the newer client side, its FIN kept"
+        );
+        assert_eq!(
+            got.rev.seen,
+            1000 | NAT_REPLIED,
+            "the peer's newer backend side"
+        );
         assert_eq!(got.fwd.fw_gen, 9);
         // Across the clock's wrap: 5 units before 2 is newer than 10 before.
         let mut w = a.import_nat(&e, 2).unwrap();
         w.fwd.seen = FLOW_TIME_MASK - 2;
-        w.merge(&NatFwd { seen: FLOW_TIME_MASK - 7, ..fwd }, &rev, 2);
+        w.merge(
+            &NatFwd {
+                seen: FLOW_TIME_MASK - 7,
+                ..fwd
+            },
+            &rev,
+            2,
+        );
         assert_eq!(w.fwd.seen, FLOW_TIME_MASK - 2);
     }
 }

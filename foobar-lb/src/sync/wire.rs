@@ -559,7 +559,12 @@ mod tests {
         };
         let (w, ()) = tokio::join!(accept_handshake(&mut a, KEY, &LISTENER), old);
         match w {
-            Err(e @ WireError::Version { ours: '2', theirs: '1' }) => assert!(!e.is_auth()),
+            Err(
+                e @ WireError::Version {
+                    ours: '2',
+                    theirs: '1',
+                },
+            ) => assert!(!e.is_auth()),
             other => panic!("listener: {:?}", other.err()),
         }
         assert!(matches!(check_magic(b"NOTSYNC2"), Err(WireError::BadMagic)));
