@@ -815,7 +815,10 @@ fn nat_clients(
 /// Each connection's pair of entries (and full NAT's SNAT port) is in the backup's NAT tables
 /// before the crash, written with the backup's own ids, interface and next hop, so the
 /// backup forwards the clients' packets to the same backends and translates the backends'
-/// replies, which now reach it through the moved address.
+/// replies, which now reach it through the moved address. Short NAT timeouts show the backup
+/// keeps long-lived connections only through the active node's re-announcements. Then the
+/// crashed node restarts, gets the survivor's connections by bulk sync, and takes over again
+/// when the survivor crashes, losing nothing either.
 fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     if !root_object_and_binary() {
         return;

@@ -577,6 +577,9 @@ async fn listen(
                     stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                     log::warn!(event = "sync_auth_failed", peer:% = from; "sync: refused {from}: {e}");
                 }
+                Err(e @ wire::WireError::Version { .. }) => {
+                    log::warn!("sync: refused {from}: {e}");
+                }
                 Err(e) => log::info!("sync: stream to {from} ended: {e}"),
             }
         });
