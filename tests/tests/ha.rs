@@ -855,6 +855,7 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     );
 
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
+    let load_started = Instant::now();
     let load = Load::start(&p.topo.client, 16, true);
     load.wait_progress("load running through A", 10);
     wait_for("the download under way", 30, || {
@@ -942,6 +943,20 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
 
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
+    // When a new connection fails: when it started (the requests run one after another, 20 ms
+    // apart), next to the crashes.
+    let mut at = Duration::ZERO;
+    for (took, r) in &result.new_conns {
+        if let Err(e) = r {
+            eprintln!(
+                "new connection failed: started {at:?} after the load, A crashed at {:?}, B \
+                 at {:?}: {e}",
+                killed_a - load_started,
+                killed_b - load_started
+            );
+        }
+        at += *took + Duration::from_millis(20);
+    }
     result.assert_nothing_lost();
     let Download { body, .. } =
         result.intact_download_across(killed_a, killed_a + takeover, &p.long);

@@ -316,10 +316,15 @@ impl Core {
                 stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            // Already here (a re-announcement, or a repeated bulk sync): keep what is newer.
+            // Already here (a re-announcement, or a repeated bulk sync): keep what is newer,
+            // and write nothing if that is all this node's (the node carrying a connection
+            // gets its own copy echoed back: a rewrite would race its program's updates).
             if let Some((f, r)) = self.maps.nat_conn(&c.key) {
                 if nat_reply_key(&c.key, &f) == c.rkey {
                     c.merge(&f, &r, now);
+                    if (c.fwd.seen, c.rev.seen) == (f.seen, r.seen) {
+                        continue;
+                    }
                 }
             }
             match self.maps.write_nat(&c.key, &c.fwd, &c.rkey, &c.rev) {
