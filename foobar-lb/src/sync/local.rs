@@ -123,7 +123,13 @@ pub struct Local {
     routes: HashMap<(IpAddr, Option<IpAddr>), Option<Hop>>,
     /// (address, ifindex) -> MAC, from one dump; `None`: not dumped yet.
     neighbours: Option<HashMap<(IpAddr, u32), Mac>>,
+    /// When a lookup last missed: the table is dumped again after [`REDUMP_AFTER`] (the miss
+    /// started a resolution), not only with the next `clear`.
+    missed: Option<std::time::Instant>,
 }
+
+/// See [`Local::missed`].
+const REDUMP_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Local {
     /// Forgets every answer (the routes or neighbours may have changed).
@@ -153,6 +159,10 @@ impl Local {
     /// The MAC of `hop` in this node's neighbour table. A miss starts resolution (the next
     /// table's lookup may find it) and is `None` now.
     pub fn mac(&mut self, hop: Hop) -> Option<Mac> {
+        if self.missed.is_some_and(|t| t.elapsed() >= REDUMP_AFTER) {
+            self.neighbours = None;
+            self.missed = None;
+        }
         let table = self.neighbours.get_or_insert_with(|| {
             neighbor::dump()
                 .unwrap_or_default()
@@ -161,8 +171,9 @@ impl Local {
                 .collect()
         });
         let mac = table.get(&(hop.via, hop.ifindex)).copied();
-        if mac.is_none() {
+        if mac.is_none() && self.missed.is_none() {
             neighbor::poke_all(&[hop.via]);
+            self.missed = Some(std::time::Instant::now());
         }
         mac
     }

@@ -71,6 +71,12 @@ const MAX_CONNECTIONS: usize = 16;
 const MAX_STRANGERS: usize = 4;
 /// Live events queued per connected peer before the slowest loses some (counted).
 const QUEUE: usize = 1024;
+/// A peer's NAT connection this node cannot localize yet (no neighbour entry for its next
+/// hop: a node that just started, whose link came up with an empty neighbour table) is
+/// retried this long, while the resolution its first try started completes.
+const PENDING_FOR: Duration = Duration::from_secs(5);
+/// At most this many such connections wait (a bulk sync's worth); more are skipped.
+const PENDING_MAX: usize = 1 << 18;
 /// Bounds of the NAT re-announcement period (see [`refresh_every`]).
 const REFRESH_MIN: Duration = Duration::from_secs(1);
 const REFRESH_MAX: Duration = Duration::from_secs(60);
@@ -208,6 +214,8 @@ struct Core {
     built: Instant,
     /// This node's routes and neighbours, for peers' NAT connections (cleared with the table).
     local: Local,
+    /// Peers' NAT connections waiting for this node's next hop, since when.
+    pending: Vec<(Instant, NatEntry)>,
 }
 
 impl Core {
@@ -296,12 +304,38 @@ impl Core {
     }
 
     /// Writes a peer's NAT connections into the NAT tables; returns how many were written.
+    /// One this node cannot localize yet waits in `pending` (see [`PENDING_FOR`]).
     fn import_nat(&mut self, entries: &[NatEntry], stats: &SyncStats) -> u64 {
+        let received = Instant::now();
+        let entries: Vec<(Instant, NatEntry)> = entries.iter().map(|e| (received, *e)).collect();
+        self.import_nat_since(&entries, stats)
+    }
+
+    /// Retries the connections waiting for a next hop (the watch task, every 100 ms).
+    fn retry_pending(&mut self, stats: &SyncStats) -> u64 {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let (waiting, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(since, _)| since.elapsed() < PENDING_FOR);
+        stats
+            .nat_skipped
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        self.import_nat_since(&waiting, stats)
+    }
+
+    fn import_nat_since(&mut self, entries: &[(Instant, NatEntry)], stats: &SyncStats) -> u64 {
         self.fresh();
         let now = flow_now();
         let mut rebuilt = false;
         let mut applied = 0;
-        for e in entries {
+        for &(since, mut e) in entries {
+            // Aged by the wait, so its copy still expires with the sender's.
+            e.idle = e
+                .idle
+                .saturating_add((since.elapsed().as_nanos() >> 30) as u32);
+            let e = &e;
             let mut local = self.table.import_nat(e, now);
             if local.is_none() && !rebuilt {
                 self.rebuild();
@@ -313,7 +347,11 @@ impl Core {
                 continue;
             };
             if !self.localize(&mut c) {
-                stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
+                if self.pending.len() < PENDING_MAX {
+                    self.pending.push((since, *e));
+                } else {
+                    stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             // Already here (a re-announcement, or a repeated bulk sync): keep what is newer,
@@ -412,6 +450,7 @@ pub fn start(
         maps,
         built: Instant::now() - 2 * TABLE_MAX_AGE,
         local: Local::default(),
+        pending: Vec::new(),
     }));
     let walk = Arc::new(walk);
     let (live, _) = broadcast::channel::<Arc<Batch>>(QUEUE);
@@ -799,6 +838,20 @@ async fn receive_frames(
                 }
             }
             Frame::BulkDone { count } => {
+                // A starting node is ready once the bulk's NAT connections waiting for a next
+                // hop are written too (or given up): the watch task retries them.
+                if !stats.is_ready() {
+                    let start = Instant::now();
+                    while start.elapsed() < PENDING_FOR
+                        && !core
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pending
+                            .is_empty()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 stats.bulk_syncs.fetch_add(1, Ordering::Relaxed);
                 log::info!(event = "sync_bulk_done", peer:% = peer, flows = count; "sync: bulk sync from {peer} done: {count} flow(s) sent, {bulk} written");
                 if !stats.is_ready() {
@@ -821,11 +874,14 @@ async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let (events, full) = core
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .maps
-            .ring_counts();
+        let (events, full) = {
+            let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+            let applied = core.retry_pending(&stats);
+            if applied > 0 {
+                stats.applied.fetch_add(applied, Ordering::Relaxed);
+            }
+            core.maps.ring_counts()
+        };
         stats.ring_events.store(events, Ordering::Relaxed);
         stats.ring_full.store(full, Ordering::Relaxed);
         if stats.is_ready() {
