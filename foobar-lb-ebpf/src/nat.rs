@@ -456,13 +456,25 @@ fn open_full(
     rev.flags = NAT_FULL;
     let span = hi - lo + 1;
     let seed = h.rotate_left(16);
+    // The client's own port first, as Linux's masquerade does: a backend then sees each
+    // client connection's 4-tuple keep its port, so a port reused by the client is reused
+    // towards the backend with the same client behind it. Another client behind the same port
+    // number would carry TCP timestamps from another clock (Linux offsets them per
+    // connection), and a backend still holding that 4-tuple in TIME_WAIT refuses its SYN
+    // (PAWS): the client then waits a second to retry.
+    let cport = u16::from_be(key.sport) as u32;
+    let own = cport >= lo && cport <= hi;
     let mut i = 0;
     loop {
         if i == SNAT_PORT_TRIES {
             return Err(verdict::DROP_SNAT_EXHAUSTED);
         }
         // An odd step: with a span of 2 or more, consecutive candidates differ.
-        let port = lo + seed.wrapping_add(i.wrapping_mul(7919)) % span;
+        let port = if i == 0 && own {
+            cport
+        } else {
+            lo + seed.wrapping_add(i.wrapping_mul(7919)) % span
+        };
         fwd.snat_port = (port as u16).to_be();
         *rkey = nat_reply_key(key, fwd);
         match NAT_REV.insert(&*rkey, &*rev, BPF_NOEXIST as u64) {

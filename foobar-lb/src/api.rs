@@ -107,9 +107,10 @@ pub enum Request {
     /// Read the config file again and apply the difference (as SIGHUP does); the answer lists
     /// what changed.
     Reload,
-    /// Withdraw this node's VIPs from `[announce]` (routers stop sending it new flows).
+    /// Make this node not ready (keepalived gives its VIPs to the other node) and withdraw its
+    /// `[announce]` VIPs (routers stop sending it new flows).
     NodeDrain,
-    /// Announce them again.
+    /// Ready (and announcing) again.
     NodeUndrain,
     /// Tracked NAT connections, optionally of one service and/or backend address, at most
     /// `limit` of them (default 100; `total` says how many matched).
@@ -256,6 +257,9 @@ pub struct StatsSnapshot {
     /// holds them (keepalived adds them), its backup none.
     #[serde(default)]
     pub vips_held: Vec<String>,
+    /// Drained by the operator (`node drain`): not ready, takes no VIPs.
+    #[serde(default)]
+    pub drained: bool,
     /// `[announce]`, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceStats>,

@@ -126,6 +126,11 @@ pub struct Config {
     pub vlans: BTreeMap<String, Vec<u16>>,
     #[serde(default)]
     pub firewall: FirewallConfig,
+    /// Drained by the operator (`foobar-lb node drain` sets it; config-dump keeps it): the node
+    /// says it is not ready, so keepalived's `track_script` moves the VIPs to the other node,
+    /// and `[announce]` withdraws them; whatever still arrives is forwarded.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drained: bool,
     /// `[announce]`: routes to this node's VIPs for a BGP daemon to announce (active-active).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceConfig>,
@@ -144,9 +149,6 @@ pub struct Config {
 pub struct AnnounceConfig {
     /// A dummy interface of the host's (`ip link add lbvips type dummy`), not one XDP runs on.
     pub interface: String,
-    /// Withdrawn by the operator (`foobar-lb node drain` sets it; config-dump keeps it).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub drained: bool,
 }
 
 /// `[sync]`: this node streams the flows its data plane creates to every peer, and writes
@@ -1813,12 +1815,16 @@ protocol = "udp"
     fn announce_names_an_interface_of_its_own_and_keeps_a_drain() {
         let text = format!("{GOOD}\n[announce]\ninterface = \"lbvips\"\n");
         let c = Config::parse(&text).unwrap();
-        let a = c.announce.as_ref().unwrap();
-        assert_eq!((a.interface.as_str(), a.drained), ("lbvips", false));
-        assert!(!c.to_toml().unwrap().contains("drained"));
-        let drained = format!("{text}drained = true\n");
-        let dumped = Config::parse(&drained).unwrap().to_toml().unwrap();
-        assert!(Config::parse(&dumped).unwrap().announce.unwrap().drained);
+        assert_eq!(c.announce.as_ref().unwrap().interface, "lbvips");
+        assert!(!c.drained && !c.to_toml().unwrap().contains("drained"));
+        // A drained node stays drained through config-dump, with or without [announce].
+        for base in [GOOD.to_string(), text.clone()] {
+            let drained = format!("drained = true\n{base}");
+            let dumped = Config::parse(&drained).unwrap().to_toml().unwrap();
+            assert!(Config::parse(&dumped).unwrap().drained, "{dumped}");
+        }
+        // Where it used to be: refused with the field named, not silently ignored.
+        assert!(err(&format!("{text}drained = true\n")).contains("drained"));
         assert!(err(&text.replace("lbvips", "eth0")).contains("also in `interfaces`"));
         assert!(err(&text.replace("lbvips", "a/b")).contains("is not an interface name"));
         assert!(

@@ -408,7 +408,13 @@ fn classic_text(openmetrics: &str) -> String {
 pub struct Readiness(
     Arc<AtomicU8>,
     Arc<std::sync::OnceLock<Arc<crate::sync::SyncStats>>>,
+    /// Drained by the operator (`node drain`).
+    Arc<std::sync::atomic::AtomicBool>,
 );
+
+/// Why a drained node is not ready (`foobar-lb ready` and `/ready` say the same).
+pub const DRAINED: &str =
+    "drained by the operator (`foobar-lb node drain`); `foobar-lb node undrain` takes traffic again";
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
@@ -425,6 +431,12 @@ impl Readiness {
         self.0.store(STOPPING, Ordering::Release);
     }
 
+    /// `node drain` / `undrain`: a drained node answers 503, so whatever tracks it (keepalived,
+    /// a cloud load balancer's probe) sends its traffic elsewhere.
+    pub fn set_drained(&self, drained: bool) {
+        self.2.store(drained, Ordering::Release);
+    }
+
     /// With `[sync]`: `/ready` also waits for the start-up bulk sync, as `foobar-lb ready` does.
     pub fn set_sync(&self, sync: Arc<crate::sync::SyncStats>) {
         let _ = self.1.set(sync);
@@ -433,6 +445,9 @@ impl Readiness {
     /// What `/ready` answers: [`Readiness::check`], and the sync gate if there is one.
     fn check_ready(&self) -> Result<(), String> {
         self.check().map_err(str::to_owned)?;
+        if self.2.load(Ordering::Acquire) {
+            return Err(DRAINED.to_owned());
+        }
         match self.1.get() {
             Some(sync) => sync.ready(),
             None => Ok(()),
@@ -717,6 +732,7 @@ mod tests {
             },
             announce: None,
             vips_held: vec![],
+            drained: false,
             netlink: crate::api::NetlinkStats {
                 neighbour_events: 3,
                 link_events: 4,
@@ -868,6 +884,12 @@ mod tests {
         sync.set_gate("flows synced".into(), true);
         assert_eq!(get(addr, "/ready").await, (200, "ready\n".into()));
         assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
+        // A drained node is alive but not ready, until undrained.
+        readiness.set_drained(true);
+        assert_eq!(get(addr, "/ready").await, (503, format!("{DRAINED}\n")));
+        assert_eq!(get(addr, "/live").await, (200, "live\n".into()));
+        readiness.set_drained(false);
+        assert_eq!(get(addr, "/ready").await, (200, "ready\n".into()));
         // Prometheus asks for OpenMetrics; others get the classic text format.
         let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n";
         let (code, head, body) = get_with(addr, "/metrics", accept).await;

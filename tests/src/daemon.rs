@@ -100,6 +100,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The data plane's verdict counters that are not zero, as `name=count ...` (drops, and
+    /// what each verdict counted): for messages and logs.
+    pub fn verdicts_text(&self) -> String {
+        self.stats()
+            .verdicts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// `foobar-lb stats --json` of this daemon.
     pub fn stats(&self) -> foobar_lb::api::StatsSnapshot {
         let out = cli(&["stats", "--json", "--socket", self.socket.to_str().unwrap()]);

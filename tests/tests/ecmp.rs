@@ -232,12 +232,13 @@ fn draining_a_node_withdraws_its_route_and_moves_no_connection() {
 }
 
 #[test]
-fn announce_needs_its_interface_and_node_drain_needs_announce() {
+fn announce_needs_its_interface_and_a_node_without_it_drains_by_readiness() {
     if !root_object_and_binary() {
         return;
     }
     let g = Group::new("ea", "generic", &bin()).unwrap();
-    // A node without [announce]: `node drain` says what it is for.
+    // A node without [announce] (a keepalived pair's): `node drain` makes `ready` fail, which
+    // is what keepalived's track script acts on; undrain makes it ready again.
     let plain = g.topo.dir.join("plain.toml");
     let text = std::fs::read_to_string(&g.b.config).unwrap();
     std::fs::write(&plain, text.split("\n[announce]").next().unwrap()).unwrap();
@@ -247,13 +248,25 @@ fn announce_needs_its_interface_and_node_drain_needs_announce() {
         .replace(g.b.socket.to_str().unwrap(), sock.to_str().unwrap());
     std::fs::write(&plain, plain_text).unwrap();
     let d = foobar_lb_tests::daemon::Daemon::start_with(&g.b.ns(), &plain, &sock, &[]).unwrap();
+    let ready = || d.cli(&["ready", "--timeout", "2"]);
+    assert!(ready().status.success());
     let out = d.cli(&["node", "drain"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("keepalived gives the VIPs"),
+        "{text}"
+    );
+    let out = ready();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("announces nothing"),
+        String::from_utf8_lossy(&out.stderr).contains("drained by the operator"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let dump = String::from_utf8_lossy(&d.cli(&["config-dump"]).stdout).into_owned();
+    assert!(dump.contains("drained = true"), "{dump}");
+    assert!(d.cli(&["node", "undrain"]).status.success());
+    assert!(ready().status.success());
     drop(d);
     // [announce] naming a missing interface: refused before anything is attached.
     g.a.ns().ip(&["link", "del", ANNOUNCE_IF]).unwrap();

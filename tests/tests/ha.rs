@@ -207,17 +207,6 @@ fn sync_of(d: &Daemon) -> foobar_lb::api::SyncSnapshot {
     d.stats().sync.expect("[sync] is configured")
 }
 
-/// Counters of a node's data plane worth reporting (drops, and what each verdict counted).
-fn verdicts(d: &Daemon) -> String {
-    d.stats()
-        .verdicts
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(name, n)| format!("{name}={n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[test]
 fn ready_answers_for_keepalived_and_keepalived_config_refuses_bad_pairs() {
     if !root_object_and_binary() {
@@ -343,12 +332,12 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     load.wait_progress("load running through B after A rejoined", 10);
 
     // 3. B crashes: the rejoined A takes over again, carrying connections it never saw open.
-    let b_verdicts = verdicts(&db);
+    let b_verdicts = db.verdicts_text();
     let killed_b = Instant::now();
     p.b.crash(&mut db, &mut kb);
     let takeback = wait_for("A takes the VIP back", 15, || holds(&a_ns, VIP4));
     load.wait_progress("load running through A again", 20);
-    let a_verdicts = verdicts(&da);
+    let a_verdicts = da.verdicts_text();
 
     let result = load.finish();
     let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
@@ -564,7 +553,7 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
          fall 2); daemon restarted -> A BACKUP after {rejoined:?}; {} new connections, 0 failed, \
          0 resets; A verdicts {}",
         result.new_conns.len(),
-        verdicts(&da)
+        da.verdicts_text()
     );
 }
 
@@ -617,7 +606,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
          {} new connections, 0 failed, 0 resets; B verdicts {}",
         String::from_utf8_lossy(&neigh.stdout).trim(),
         result.new_conns.len(),
-        verdicts(&db)
+        db.verdicts_text()
     );
 }
 
@@ -788,6 +777,92 @@ fn sync_waits_for_a_peer_at_start_and_refuses_a_wrong_key() {
     );
 }
 
+/// `foobar-lb node drain` on the active node of a synced pair: its `ready` fails, so its
+/// keepalived gives the VIP to the other node, which carries every connection on (it has their
+/// flows); undrained, the node is ready again and takes the VIP back when the other is drained
+/// in turn. Under keep-alive, new-connection and download load: nothing lost, no reset.
+#[test]
+fn sync_node_drain_hands_the_vip_over_and_back_losing_nothing() {
+    if !root_object_and_binary() {
+        return;
+    }
+    let p = pair("hd", "roundrobin");
+    with_sync(&p, SYNC_KEY, SYNC_KEY, 3000);
+    let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
+    let (da, db) = p.start_both();
+    wait_for("both nodes connected to each other", 15, || {
+        sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
+    });
+    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
+    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
+    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+
+    let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
+    let load = Load::start(&p.topo.client, 16, true);
+    load.wait_progress("load running through A", 10);
+    wait_for("the download under way", 30, || {
+        load.download_bytes.load(Ordering::Relaxed) >= 256 << 10
+    });
+    wait_for("B applied A's flows", 10, || sync_of(&db).applied >= 17);
+
+    // 1. A drained: not ready, so keepalived moves the VIP to B.
+    let drained_a = Instant::now();
+    let out = da.cli(&["node", "drain"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("drained"), "{text}");
+    let (code, why) = p.a.ready();
+    assert_eq!(code, 1, "{why}");
+    assert!(why.contains("drained by the operator"), "{why}");
+    let takeover = wait_for("B takes the VIP from drained A", 15, || {
+        holds(&b_ns, VIP4) && !holds(&a_ns, VIP4)
+    });
+    let b_before = forwarded(&db);
+    load.wait_progress("load running through B", 20);
+    assert!(forwarded(&db) > b_before, "B forwards nothing");
+    let status = String::from_utf8_lossy(&da.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("node: drained"), "{status}");
+    // keepalived re-runs its check every second: A stays out while drained.
+    thread::sleep(Duration::from_secs(2));
+    assert!(!holds(&a_ns, VIP4), "drained A took the VIP back");
+
+    // 2. A undrained: ready again; B keeps the VIP (nopreempt) until B is drained in turn.
+    let out = da.cli(&["node", "undrain"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("A ready again", 10, || p.a.ready().0 == 0);
+    wait_for("A's keepalived sees it ready (BACKUP)", 15, || {
+        ka.entered("BACKUP") >= 2
+    });
+    assert!(
+        holds(&b_ns, VIP4),
+        "B lost the VIP to an undrained A (nopreempt)"
+    );
+    let drained_b = Instant::now();
+    assert!(db.cli(&["node", "drain"]).status.success());
+    let takeback = wait_for("A takes the VIP back from drained B", 15, || {
+        holds(&a_ns, VIP4) && !holds(&b_ns, VIP4)
+    });
+    load.wait_progress("load running through A again", 20);
+    thread::sleep(Duration::from_secs(1));
+
+    let result = load.finish();
+    let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
+    result.assert_nothing_lost();
+    let Download { body, .. } =
+        result.intact_download_across(drained_a, drained_a + takeover, &p.long);
+    assert_eq!(resets, 0, "the client saw {resets} connection resets");
+    let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
+    eprintln!(
+        "figures: node drain A->B {takeover:?}, B->A {takeback:?}; {keepalive_total} keep-alive \
+         requests on {} connections, {} new connections, 0 failed, 0 resets; download of {} \
+         bytes intact; B drained {:?} ago",
+        result.keepalive.len(),
+        result.new_conns.len(),
+        body.len(),
+        drained_b.elapsed(),
+    );
+}
+
 /// The clients (address, port) of a node's tracked NAT connections, only the established
 /// ones if `established` (`foobar-lb flows --json`).
 fn nat_clients(
@@ -910,9 +985,9 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
         db.stats().verdict("drop_syn_refused"),
         0,
         "{}",
-        verdicts(&db)
+        db.verdicts_text()
     );
-    let (b_sync, b_verdicts) = (sync_of(&db), verdicts(&db));
+    let (b_sync, b_verdicts) = (sync_of(&db), db.verdicts_text());
 
     // 2. A restarts: its bulk sync from B brings B's NAT connections (A's former ones, and
     // those opened through B since), with B's idle times; then B crashes and A carries on.
@@ -942,7 +1017,7 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
         da.stats().verdict("drop_syn_refused"),
         0,
         "{}",
-        verdicts(&da)
+        da.verdicts_text()
     );
 
     let result = load.finish();

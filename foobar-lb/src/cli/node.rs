@@ -1,4 +1,6 @@
-//! `foobar-lb node drain|undrain`: withdraw or announce this node's VIPs (`[announce]`).
+//! `foobar-lb node drain|undrain`: take this node out of service or back: a drained node is
+//! not ready (keepalived's track script gives its VIPs to the other node) and withdraws its
+//! `[announce]` VIPs (BGP routers send its flows to the other nodes).
 
 use std::path::Path;
 
@@ -7,10 +9,12 @@ use foobar_lb::api::Request;
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Withdraw this node's VIPs: the routers send its flows to the other nodes (with Maglev
-    /// they keep their backends); it goes on forwarding whatever still arrives.
+    /// Take this node out of service: `foobar-lb ready` fails (a keepalived pair moves the VIPs
+    /// to the other node) and the `[announce]` VIPs are withdrawn (routers send the flows to the
+    /// other nodes); with flow sync or Maglev they keep their backends. It goes on forwarding
+    /// whatever still arrives.
     Drain,
-    /// Announce the VIPs again.
+    /// Back in service: ready, and announcing the VIPs again.
     Undrain,
 }
 

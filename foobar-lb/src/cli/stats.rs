@@ -295,6 +295,9 @@ fn render_status(s: &StatsSnapshot) -> String {
             s.nat.connections, s.nat.table_size
         );
     }
+    if s.drained {
+        out += "node: drained (`foobar-lb ready` fails; `foobar-lb node undrain` ends it)\n";
+    }
     out += &if s.vips_held.is_empty() {
         "node: holds no VIP (a pair's backup, or the VIPs are routed to it)\n".to_owned()
     } else {
@@ -322,7 +325,7 @@ fn render_status(s: &StatsSnapshot) -> String {
     }
     if let Some(a) = &s.announce {
         out += &match (a.drained, a.announced.is_empty()) {
-            (true, _) => format!("node: drained (no VIP announced on {})\n", a.interface),
+            (true, _) => format!("node: no VIP announced on {} (drained)\n", a.interface),
             (false, true) => format!(
                 "node: announcing nothing on {} (not ready: see `foobar-lb ready`)\n",
                 a.interface

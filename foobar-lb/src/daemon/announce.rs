@@ -192,11 +192,11 @@ fn change_address(add: bool, vip: IpAddr, iface: &str) -> Result<()> {
 }
 
 impl Daemon {
-    /// The VIPs this node should announce now: every service's, while it is ready and not
-    /// drained; none otherwise.
+    /// The VIPs this node should announce now: every service's, while it is ready (a drained
+    /// node is not); none otherwise.
     fn wanted_announcements(&self) -> BTreeSet<IpAddr> {
         match &self.config.announce {
-            Some(a) if !a.drained && self.readiness().is_ok() => {
+            Some(_) if self.readiness().is_ok() => {
                 self.config.services.iter().map(|s| s.vip).collect()
             }
             _ => BTreeSet::new(),
@@ -229,22 +229,34 @@ impl Daemon {
         had
     }
 
-    /// `node drain` / `node undrain`: the answer says what changed.
+    /// `node drain` / `node undrain`: the node says it is not ready (keepalived's track script
+    /// gives the VIPs to the other node) and withdraws its `[announce]` routes; the answer says
+    /// what changed.
     pub(super) fn node_drain(&mut self, drained: bool) -> Result<String> {
-        let Some(a) = self.config.announce.as_mut() else {
-            bail!(
-                "this node announces nothing: `node drain` withdraws the VIPs named in \
-                 [announce] (active-active over BGP); see README \"Active-active\""
-            );
-        };
-        a.drained = drained;
-        let iface = a.interface.clone();
+        self.config.drained = drained;
+        self.readiness_gate.set_drained(drained);
         self.sync_announcements();
-        let now = host_addresses(&iface)?;
-        let msg = if drained {
-            format!("drained: VIPs withdrawn from {iface}; established flows keep forwarding here until the routers move them")
-        } else {
-            format!("announcing {} VIP(s) on {iface}", now.len())
+        let msg = match (&self.config.announce, drained) {
+            (Some(a), true) => format!(
+                "drained: not ready, VIPs withdrawn from {}; established flows keep forwarding \
+                 here until the routers move them",
+                a.interface
+            ),
+            (Some(a), false) => match self.readiness() {
+                Ok(_) => format!(
+                    "undrained: announcing {} VIP(s) on {}",
+                    host_addresses(&a.interface)?.len(),
+                    a.interface
+                ),
+                Err(why) => format!("undrained, but announcing nothing: {why}"),
+            },
+            (None, true) => "drained: `foobar-lb ready` fails, so keepalived gives the VIPs to \
+                             the other node; whatever still arrives here is forwarded"
+                .to_string(),
+            (None, false) => match self.readiness() {
+                Ok(_) => "undrained: ready again (keepalived may give this node the VIPs)".into(),
+                Err(why) => format!("undrained, but still {why}"),
+            },
         };
         log::info!(event = "node_drain", drained = drained; "{msg}");
         Ok(msg)
@@ -255,7 +267,7 @@ impl Daemon {
         let a = self.config.announce.as_ref()?;
         Some(crate::api::AnnounceStats {
             interface: a.interface.clone(),
-            drained: a.drained,
+            drained: self.config.drained,
             announced: host_addresses(&a.interface)
                 .map(|s| s.iter().map(IpAddr::to_string).collect())
                 .unwrap_or_default(),

@@ -214,6 +214,7 @@ impl Daemon {
             let _ = self.apply_firewall();
             return Err(e.context("the data plane refused the change; nothing changed"));
         }
+        self.readiness_gate.set_drained(self.config.drained);
         if rules_changed {
             log::info!(
                 event = "firewall", rules = self.config.firewall.rules.len() as u64;

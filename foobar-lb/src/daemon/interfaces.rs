@@ -58,6 +58,9 @@ impl Daemon {
                 detached.join(", ")
             ));
         }
+        if self.config.drained {
+            return Err(format!("not ready: {}", crate::metrics::DRAINED));
+        }
         // keepalived must not give the VIP to a node that lacks its peers' flows.
         if let Some(sync) = &self.sync {
             sync.ready().map_err(|why| format!("not ready: {why}"))?;

@@ -129,6 +129,8 @@ struct Daemon {
     samples: HashMap<u32, [(Instant, foobar_lb_common::Counters); 2]>,
     /// Flow-state sync (`[sync]`): its tasks' counters and readiness gate.
     sync: Option<std::sync::Arc<crate::sync::SyncStats>>,
+    /// What `/ready` answers; the daemon tells it about drains.
+    readiness_gate: metrics::Readiness,
 }
 
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {

@@ -14,7 +14,7 @@ impl Daemon {
     /// Reads the config file again and applies what differs; the answer lists the changes.
     pub(super) fn reload(&mut self) -> Result<String> {
         let path = self.config_path.clone();
-        let next = Config::load(&path)
+        let mut next = Config::load(&path)
             .and_then(|c| c.check_host().map(|()| c))
             .with_context(|| format!("reload of {} refused, nothing changed", path.display()))?;
         if let Some(field) = restart_only_change(&self.config, &next) {
@@ -25,6 +25,9 @@ impl Daemon {
             );
         }
         let blocklist = next.blocklist()?;
+        // As for backends: the file can drain the node, not undo a drain made at run time
+        // (`node undrain` does).
+        next.drained |= self.config.drained;
         let mut changes = describe_changes(&self.config, &next);
         if blocklist != self.blocklist {
             changes.push(format!(
@@ -128,6 +131,9 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
 /// `reload` answer). The block list's content is compared by the caller.
 fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if new.drained && !old.drained {
+        out.push("node drained".to_string());
+    }
     let (oi, ni): (BTreeSet<_>, BTreeSet<_>) = (
         old.interfaces.iter().collect(),
         new.interfaces.iter().collect(),

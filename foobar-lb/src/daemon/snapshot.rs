@@ -112,6 +112,7 @@ impl Daemon {
             services,
             map_writes: self.dataplane.map_writes(),
             announce: self.announce_stats(),
+            drained: self.config.drained,
             vips_held: super::announce::held(
                 &self.config.services.iter().map(|s| s.vip).collect(),
                 &self.config.interfaces,

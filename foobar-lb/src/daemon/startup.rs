@@ -56,7 +56,7 @@ pub(super) async fn start(
     socket::refuse_second_daemon(&config.control_socket).await?;
     // Both listeners before the kernel is touched: a socket that cannot be bound stops the
     // start with nothing attached or pinned.
-    socket::serve_metrics(&config, metrics.0.clone(), metrics.1).await?;
+    socket::serve_metrics(&config, metrics.0.clone(), metrics.1.clone()).await?;
     socket::serve(&config, metrics.0).await?;
     // Subscribed before the first dump, so no change falls between the two.
     let netlink = crate::neighbor::Watcher::spawn(macs::netlink_filter(&config))?;
@@ -77,6 +77,8 @@ pub(super) async fn start(
         Daemon::new(config, dataplane, reconciler, (macs, netlink), flow_counts);
     d.config_path = config_path.to_owned();
     d.sync = sync;
+    d.readiness_gate = metrics.1.clone();
+    d.readiness_gate.set_drained(d.config.drained);
     d.xdp_mode = mode;
     if d.dataplane.adopted() {
         d.take_over_pinned_state();
@@ -191,6 +193,7 @@ impl Daemon {
             blocklist: Vec::new(),
             nat_sweeper: None,
             sync: None,
+            readiness_gate: Default::default(),
         };
         (d, events)
     }

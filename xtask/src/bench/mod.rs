@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context, Result};
 
 use crate::build::workspace_root;
+use peers::PeerKind;
 
 mod attack;
 mod e2e;
@@ -29,6 +30,10 @@ pub struct Args {
     /// Only the failover table (a keepalived pair's active node crashes under load).
     #[arg(long, conflicts_with = "micro_only")]
     failover_only: bool,
+    /// Only the NAT comparison: foobar-lb NAT and full NAT (generic and native) side by side
+    /// with nftables DNAT (and masquerade), new connections and keep-alive (about 2 minutes).
+    #[arg(long, conflicts_with_all = ["micro_only", "failover_only"])]
+    nat_only: bool,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 8)]
     seconds: u32,
@@ -61,7 +66,23 @@ pub fn run(args: Args) -> Result<()> {
     println!("bench: load average before: {}", load.trim());
     if args.failover_only {
         let rows = failover::run(args.quick)?;
-        let r = report::Report::failover_only(rows, args.quick);
+        let mut r = report::Report::empty(args.quick);
+        r.failover = rows;
+        println!("\n{}", report::markdown(&r));
+        return Ok(());
+    }
+    if args.nat_only {
+        let topo = topology::topology()?;
+        let rows = e2e::run_peers(&topo, &wrk_settings(&args), PeerKind::is_nat)?;
+        drop(topo);
+        let mut r = report::Report::empty(args.quick);
+        r.load_average_before = load
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        r.targets = targets::targets(&[], &rows, &[]);
+        r.e2e = rows;
         println!("\n{}", report::markdown(&r));
         return Ok(());
     }
@@ -75,12 +96,9 @@ pub fn run(args: Args) -> Result<()> {
     let (mut rows, mut attack, mut health) = (Vec::new(), Vec::new(), None);
     let mut failover = Vec::new();
     if !args.micro_only {
-        let settings = wrk::Settings {
-            seconds: if args.quick { 1 } else { args.seconds },
-            connections: 32,
-        };
+        let settings = wrk_settings(&args);
         let topo = topology::topology()?;
-        rows = e2e::run_peers(&topo, &settings)?;
+        rows = e2e::run_peers(&topo, &settings, |_| true)?;
         attack = attack::run_attack(&topo, &settings)?;
         let (n, secs) = if args.quick { (40, 2) } else { (300, 10) };
         health = Some(health_cost::run_health_cost(&topo, n, secs)?);
@@ -143,6 +161,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("bench: results in {}/{stem}.{{md,json,svg}}", dir.display());
     Ok(())
+}
+
+fn wrk_settings(args: &Args) -> wrk::Settings {
+    wrk::Settings {
+        seconds: if args.quick { 1 } else { args.seconds },
+        connections: 32,
+    }
 }
 
 /// Maglev table figures from the release binary (`foobar-lb maglev-stats`).

@@ -31,7 +31,7 @@ pub enum PeerKind {
 
 impl PeerKind {
     /// In the order the bench runs them.
-    pub const ALL: [PeerKind; 10] = [
+    pub const ALL: [PeerKind; 12] = [
         PeerKind::NoLoadBalancer,
         PeerKind::MinimalXdp(XdpMode::Generic),
         PeerKind::FoobarLb(XdpMode::Generic),
@@ -39,10 +39,27 @@ impl PeerKind {
         PeerKind::FoobarLb(XdpMode::Native),
         PeerKind::NftablesDnat,
         PeerKind::FoobarLbNat(XdpMode::Generic),
+        PeerKind::FoobarLbNat(XdpMode::Native),
         PeerKind::NftablesDnatSnat,
         PeerKind::FoobarLbFullNat(XdpMode::Generic),
+        PeerKind::FoobarLbFullNat(XdpMode::Native),
         PeerKind::Haproxy,
     ];
+
+    /// The NAT comparison (`bench --nat-only`): the kernel's NAT and foobar-lb's, both kinds,
+    /// and the ceilings beside them: no balancer at all, and the minimal XDP program (which
+    /// touches only the client's packets, where a NAT touches both directions).
+    pub fn is_nat(self) -> bool {
+        matches!(
+            self,
+            PeerKind::NoLoadBalancer
+                | PeerKind::MinimalXdp(_)
+                | PeerKind::NftablesDnat
+                | PeerKind::FoobarLbNat(_)
+                | PeerKind::NftablesDnatSnat
+                | PeerKind::FoobarLbFullNat(_)
+        )
+    }
 
     pub fn label(self) -> String {
         match self {
@@ -86,13 +103,22 @@ impl PeerKind {
             }
             PeerKind::FoobarLbFullNat(mode) => {
                 // The SNAT address is the balancer's; the FIB lookup needs forwarding on. The
-                // backends answer it on their segment: no route through the balancer.
+                // backends answer it on their segment: no route through the balancer. Each
+                // full-NAT peer has its own SNAT address, as each peer has its own client
+                // address: the backends hold the last run's 4-tuples in TIME_WAIT for a
+                // minute, and the next daemon starts with no memory of their ports.
+                let snat = match mode {
+                    XdpMode::Native => SNAT4_NATIVE,
+                    _ => SNAT4,
+                };
                 topo.lb
-                    .ip(&["addr", "add", &format!("{SNAT4}/32"), "dev", "eth0"])?;
+                    .ip(&["addr", "add", &format!("{snat}/32"), "dev", "eth0"])?;
                 topo.lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
                 let socket = topo.dir.join("control.sock");
                 let cfg = topo.write_fullnat_config(mode_name(mode), &socket, 80, "")?;
-                Peer::FoobarLbFullNat(Daemon::start(&topo.lb, &cfg, &socket)?)
+                let text = std::fs::read_to_string(&cfg)?.replace(SNAT4, snat);
+                std::fs::write(&cfg, text)?;
+                Peer::FoobarLbFullNat(Daemon::start(&topo.lb, &cfg, &socket)?, snat)
             }
             PeerKind::Haproxy => start_haproxy(topo)?,
             PeerKind::NftablesDnat | PeerKind::NftablesDnatSnat => {
@@ -139,8 +165,8 @@ impl Serialize for PeerKind {
 pub enum Peer {
     None,
     FoobarLb(Daemon),
-    /// Also removes the SNAT address and turns forwarding off again.
-    FoobarLbFullNat(Daemon),
+    /// Also removes its SNAT address and turns forwarding off again.
+    FoobarLbFullNat(Daemon, &'static str),
     XdpMin(AuxProgram),
     Haproxy(u32),
     Nftables,
@@ -151,6 +177,15 @@ impl Peer {
         match self {
             Peer::None => format!("http://{}/", web4(1)),
             _ => format!("http://{VIP4}/"),
+        }
+    }
+
+    /// foobar-lb's verdict counters that are not zero, for the log: a peer that drops what
+    /// it should forward is measured waiting for retransmissions, not forwarding.
+    pub fn verdicts(&self) -> String {
+        match self {
+            Peer::FoobarLb(d) | Peer::FoobarLbFullNat(d, _) => d.verdicts_text(),
+            _ => String::new(),
         }
     }
 
@@ -170,11 +205,11 @@ impl Peer {
             Peer::FoobarLb(mut d) => {
                 d.stop();
             }
-            Peer::FoobarLbFullNat(mut d) => {
+            Peer::FoobarLbFullNat(mut d, snat) => {
                 d.stop();
                 let _ = topo
                     .lb
-                    .ip(&["addr", "del", &format!("{SNAT4}/32"), "dev", "eth0"]);
+                    .ip(&["addr", "del", &format!("{snat}/32"), "dev", "eth0"]);
                 let _ = topo.lb.sysctl("net.ipv4.conf.all.forwarding", "0");
             }
             Peer::XdpMin(p) => drop(p),
@@ -182,6 +217,9 @@ impl Peer {
         }
     }
 }
+
+/// The native full-NAT peer's SNAT address (the generic one has [`SNAT4`]).
+const SNAT4_NATIVE: &str = "10.111.0.249";
 
 fn start_haproxy(topo: &Topology) -> Result<Peer> {
     let cfg = topo.dir.join("haproxy.cfg");
@@ -245,8 +283,10 @@ mod tests {
                 "foobar-lb [native]",
                 "nftables DNAT (numgen inc mod 2)",
                 "foobar-lb NAT [generic]",
+                "foobar-lb NAT [native]",
                 "nftables DNAT + masquerade",
                 "foobar-lb full NAT [generic]",
+                "foobar-lb full NAT [native]",
                 "HAProxy (TCP, roundrobin)",
             ]
         );

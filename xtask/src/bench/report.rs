@@ -37,8 +37,8 @@ pub struct Target {
 }
 
 impl Report {
-    /// A report with only the failover table (`bench --failover-only`).
-    pub fn failover_only(failover: Vec<super::failover::Row>, quick: bool) -> Report {
+    /// A report with no part yet, for the runs of one part (`--failover-only`, `--nat-only`).
+    pub fn empty(quick: bool) -> Report {
         Report {
             date: super::text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             machine: super::text("hostname", &[]),
@@ -51,7 +51,7 @@ impl Report {
             e2e: Vec::new(),
             attack: Vec::new(),
             health: None,
-            failover,
+            failover: Vec::new(),
             maglev: None,
             targets: Vec::new(),
         }

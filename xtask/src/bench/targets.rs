@@ -61,7 +61,19 @@ pub fn targets(micro: &[micro::Row], e2e: &[Row], attack: &[AttackRow]) -> Vec<T
             1.1,
         ),
         (
+            PeerKind::FoobarLbNat(XdpMode::Native),
+            PeerKind::NftablesDnat,
+            1.3,
+            1.1,
+        ),
+        (
             PeerKind::FoobarLbFullNat(XdpMode::Generic),
+            PeerKind::NftablesDnatSnat,
+            1.3,
+            1.1,
+        ),
+        (
+            PeerKind::FoobarLbFullNat(XdpMode::Native),
             PeerKind::NftablesDnatSnat,
             1.3,
             1.1,
