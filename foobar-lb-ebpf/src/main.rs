@@ -333,6 +333,9 @@ mod prog {
         })?;
         if svc.flags & SVC_NAT != 0 {
             nat::open(ctx, pkt, svc.id, id, &backend, gen)?;
+            // Announced as a DSR flow is (`select.rs`): the controller tells the two apart by
+            // the service and reads the pair of entries `open` wrote (SNAT port, state).
+            crate::sync::flow_created(key, id, backend.owner);
         }
         forward(ctx, pkt, iface, svc.id, id, &backend, len)
     }

@@ -291,6 +291,18 @@ pub struct SyncSnapshot {
     pub applied: u64,
     /// Entries naming a service or backend this node lacks (skipped).
     pub unknown_backend: u64,
+    /// NAT connections among `sent` and `applied`.
+    #[serde(default)]
+    pub nat_sent: u64,
+    /// Re-announcements of live NAT connections, among `nat_sent`.
+    #[serde(default)]
+    pub nat_refreshed: u64,
+    #[serde(default)]
+    pub nat_applied: u64,
+    /// Peers' NAT connections not written: a reply 5-tuple taken here, or no route or next
+    /// hop here.
+    #[serde(default)]
+    pub nat_skipped: u64,
     /// Connections refused for a key not proven.
     pub auth_failures: u64,
     /// Milliseconds from the newest applied entry's sending to its application.

@@ -7,6 +7,11 @@
 //! with `nopreempt`: the higher priority wins the first election, and a node that comes back
 //! after a failure stays backup instead of taking the VIPs back (no needless second move).
 //!
+//! NAT services need more than the VIPs to move: with `forwarding = "nat"` the backends route
+//! their replies through the balancer, so the address they route through (`gateways`) must be
+//! the active node's; with `"fullnat"` the backends answer the SNAT addresses (`snat`), which
+//! must be too. Both move with the VIPs in the same instance.
+//!
 //! Sub-second advertisement intervals need VRRPv3 (VRRPv2 counts whole seconds), which has no
 //! authentication: `auth_pass` is only accepted with whole-second intervals (VRRPv2, IPv4).
 
@@ -18,6 +23,11 @@ pub struct PairNode {
     /// The interface that carries the VIPs (the one XDP runs on).
     pub interface: String,
     pub vips: Vec<IpAddr>,
+    /// Full-NAT services' SNAT addresses (`snat`): the backends answer them.
+    pub snat: Vec<IpAddr>,
+    /// NAT services' gateway addresses with their prefix length: what the backends route
+    /// clients through (their default gateway).
+    pub gateways: Vec<(IpAddr, u8)>,
     /// The other node's address(es) on `interface`: adverts go there by unicast.
     pub peers: Vec<IpAddr>,
     /// This node's own address for the adverts (default: the interface's primary address).
@@ -42,15 +52,20 @@ pub enum Error {
     Interface(String),
     #[error("at least one --vip is needed")]
     NoVip,
-    #[error("VIP {0} is given twice")]
+    #[error("{0} is given twice (as a VIP, SNAT or gateway address)")]
     DuplicateVip(IpAddr),
-    #[error("VIP {0} cannot be a virtual address (unspecified, loopback or multicast)")]
+    #[error("{0} cannot be a virtual address (unspecified, loopback or multicast)")]
     BadVip(IpAddr),
+    #[error("gateway {0}/{1}: the prefix length is at most 32 for IPv4, 128 for IPv6")]
+    GatewayPrefix(IpAddr, u8),
     #[error("at least one --peer (the other node's address) is needed")]
     NoPeer,
     #[error("peers and --source must be of one address family (VRRP runs over one): {0} and {1}")]
     MixedFamilies(IpAddr, IpAddr),
-    #[error("{0} is both a peer and a VIP: the peer is the other node's own address")]
+    #[error(
+        "{0} is both a peer and an address that moves (VIP, SNAT or gateway): the peer is the \
+         other node's own address"
+    )]
     PeerIsVip(IpAddr),
     #[error(
         "priority {0} is out of range: 1..=254 (255 cannot be lowered by the readiness check)"
@@ -88,7 +103,12 @@ impl PairNode {
             return Err(Error::NoVip);
         }
         let mut seen = HashSet::new();
-        for v in &self.vips {
+        for &(g, len) in &self.gateways {
+            if len > if g.is_ipv4() { 32 } else { 128 } {
+                return Err(Error::GatewayPrefix(g, len));
+            }
+        }
+        for v in self.moved() {
             if !seen.insert(v) {
                 return Err(Error::DuplicateVip(*v));
             }
@@ -102,7 +122,7 @@ impl PairNode {
                 return Err(Error::MixedFamilies(first, *a));
             }
         }
-        if let Some(p) = self.peers.iter().find(|p| self.vips.contains(p)) {
+        if let Some(p) = self.peers.iter().find(|p| self.moved().any(|m| m == *p)) {
             return Err(Error::PeerIsVip(*p));
         }
         if self.priority == 0 || self.priority == 255 {
@@ -142,27 +162,41 @@ impl PairNode {
         Ok(())
     }
 
+    /// Every address keepalived moves: VIPs, SNAT addresses, gateways.
+    fn moved(&self) -> impl Iterator<Item = &IpAddr> {
+        self.vips
+            .iter()
+            .chain(&self.snat)
+            .chain(self.gateways.iter().map(|(g, _)| g))
+    }
+
     /// The keepalived.conf text, or why these settings cannot make one.
     pub fn render(&self) -> Result<String, Error> {
         self.check()?;
         let v4 = self.peers[0].is_ipv4();
         let iface = &self.interface;
-        let vip = |a: &IpAddr| {
-            let len = if a.is_ipv4() { 32 } else { 128 };
-            // IPv6 /128s are added deprecated (keepalived's default for /128), so the node's
-            // own connections (health checks) never take the VIP as their source.
-            format!("        {a}/{len} dev {iface}\n")
-        };
-        let (same, other): (Vec<&IpAddr>, Vec<&IpAddr>) =
-            self.vips.iter().partition(|a| a.is_ipv4() == v4);
+        // IPv6 /128s are added deprecated (keepalived's default for /128), so the node's own
+        // connections (health checks) never take a VIP or SNAT address as their source.
+        let host = |a: &IpAddr| (*a, if a.is_ipv4() { 32 } else { 128 });
+        let moved: Vec<(IpAddr, u8)> = self
+            .vips
+            .iter()
+            .chain(&self.snat)
+            .map(host)
+            .chain(self.gateways.iter().copied())
+            .collect();
+        let line = |(a, len): &(IpAddr, u8)| format!("        {a}/{len} dev {iface}\n");
+        let (same, other): (Vec<_>, Vec<_>) = moved.iter().partition(|(a, _)| a.is_ipv4() == v4);
         let mut c = String::new();
         let _ = write!(
             c,
             "# keepalived.conf for one node of a foobar-lb active-passive pair (printed by\n\
              # `foobar-lb keepalived-config`). The other node gets the same command with its own\n\
              # --peer (this node's address) and --priority. Both nodes run `foobar-lb run` with the\n\
-             # same services and `scheduler = \"maglev\"`: whichever holds the VIPs sends every\n\
-             # connection to the backend the other one would pick, so a takeover resets nothing.\n\
+             # same services and `[sync]` (each node writes the other's flows and NAT connections\n\
+             # into its tables) or, for DSR services, `scheduler = \"maglev\"` (whichever holds the\n\
+             # VIPs sends every connection to the backend the other one would pick), so a takeover\n\
+             # resets nothing.\n\
              \n\
              global_defs {{\n\
              \x20   # `foobar-lb ready` runs as root; keepalived refuses it if any part of its path\n\
@@ -231,12 +265,16 @@ impl PairNode {
         c += "    }\n";
         // keepalived takes one family in virtual_ipaddress (the adverts'); the other family
         // moves with it from virtual_ipaddress_excluded.
+        if !self.snat.is_empty() || !self.gateways.is_empty() {
+            c += "    # with the VIPs: the SNAT addresses full-NAT backends answer and the gateway\n";
+            c += "    # NAT backends route clients through, so replies reach the active node\n";
+        }
         c += "    virtual_ipaddress {\n";
-        same.iter().for_each(|a| c += &vip(a));
+        same.iter().for_each(|a| c += &line(a));
         c += "    }\n";
         if !other.is_empty() {
             c += "    virtual_ipaddress_excluded {\n";
-            other.iter().for_each(|a| c += &vip(a));
+            other.iter().for_each(|a| c += &line(a));
             c += "    }\n";
         }
         c += "    track_script {\n        foobar_lb_ready\n    }\n}\n";
@@ -258,6 +296,8 @@ mod tests {
         PairNode {
             interface: "eth0".into(),
             vips: vec!["10.0.0.100".parse().unwrap(), "fd00::100".parse().unwrap()],
+            snat: vec![],
+            gateways: vec![],
             peers: vec!["10.0.0.3".parse().unwrap()],
             source: None,
             priority: 150,
@@ -421,6 +461,79 @@ mod tests {
         assert!(matches!(
             bad(&|n| n.socket = "/run/\"x".into()),
             Error::Path { .. }
+        ));
+    }
+
+    #[test]
+    fn snat_and_gateway_addresses_move_with_the_vips() {
+        let mut n = node();
+        n.snat = vec!["10.0.0.250".parse().unwrap(), "fd00::250".parse().unwrap()];
+        n.gateways = vec![
+            ("10.0.1.1".parse().unwrap(), 24),
+            ("fd00:1::1".parse().unwrap(), 64),
+        ];
+        let text = n.render().unwrap();
+        let l = lines(&text);
+        let block = |name: &str| -> Vec<String> {
+            let start = l.iter().position(|x| x == name).expect(name) + 1;
+            let len = l[start..].iter().position(|x| x == "}").unwrap();
+            l[start..start + len].to_vec()
+        };
+        assert_eq!(
+            block("virtual_ipaddress {"),
+            [
+                "10.0.0.100/32 dev eth0",
+                "10.0.0.250/32 dev eth0",
+                "10.0.1.1/24 dev eth0"
+            ]
+        );
+        assert_eq!(
+            block("virtual_ipaddress_excluded {"),
+            [
+                "fd00::100/128 dev eth0",
+                "fd00::250/128 dev eth0",
+                "fd00:1::1/64 dev eth0"
+            ]
+        );
+        assert!(text.contains("gateway"), "the config says why: {text}");
+        // Without them, no such comment.
+        assert!(!node().render().unwrap().contains("SNAT"));
+    }
+
+    #[test]
+    fn snat_and_gateway_addresses_are_checked_as_vips_are() {
+        let bad = |f: &dyn Fn(&mut PairNode)| {
+            let mut n = node();
+            f(&mut n);
+            n.render().unwrap_err()
+        };
+        assert!(matches!(
+            bad(&|n| n.snat.push("10.0.0.100".parse().unwrap())),
+            Error::DuplicateVip(_)
+        ));
+        assert!(matches!(
+            bad(&|n| n.gateways.push(("10.0.0.100".parse().unwrap(), 24))),
+            Error::DuplicateVip(_)
+        ));
+        assert!(matches!(
+            bad(&|n| n.snat.push("0.0.0.0".parse().unwrap())),
+            Error::BadVip(_)
+        ));
+        assert!(matches!(
+            bad(&|n| n.gateways.push(("10.0.1.1".parse().unwrap(), 33))),
+            Error::GatewayPrefix(_, 33)
+        ));
+        assert!(matches!(
+            bad(&|n| n.gateways.push(("fd00:1::1".parse().unwrap(), 129))),
+            Error::GatewayPrefix(_, 129)
+        ));
+        assert!(matches!(
+            bad(&|n| n.snat.push("10.0.0.3".parse().unwrap())),
+            Error::PeerIsVip(_)
+        ));
+        assert!(matches!(
+            bad(&|n| n.gateways.push(("10.0.0.3".parse().unwrap(), 24))),
+            Error::PeerIsVip(_)
         ));
     }
 

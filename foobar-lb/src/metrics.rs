@@ -275,6 +275,26 @@ pub fn render(s: &StatsSnapshot) -> String {
                 y.unknown_backend,
             ),
             (
+                "sync_nat_sent",
+                "NAT connections sent to sync peers (also in sync_sent)",
+                y.nat_sent,
+            ),
+            (
+                "sync_nat_refreshed",
+                "Re-announcements of live NAT connections to sync peers (also in sync_nat_sent)",
+                y.nat_refreshed,
+            ),
+            (
+                "sync_nat_applied",
+                "Peers' NAT connections written into the NAT tables (also in sync_applied)",
+                y.nat_applied,
+            ),
+            (
+                "sync_nat_skipped",
+                "Peers' NAT connections not written: reply 5-tuple taken here, or no route or next hop",
+                y.nat_skipped,
+            ),
+            (
                 "sync_auth_failures",
                 "Sync connections refused: the other side did not prove the shared key",
                 y.auth_failures,
@@ -769,6 +789,8 @@ mod tests {
             ring_full: 2,
             applied: 40,
             unknown_backend: 3,
+            nat_applied: 5,
+            nat_skipped: 6,
             auth_failures: 4,
             lag_ms: 1500,
             ..Default::default()
@@ -779,6 +801,8 @@ mod tests {
             "foobar_lb_sync_applied_total{} 40",
             "foobar_lb_sync_unknown_backend_total{} 3",
             "foobar_lb_sync_auth_failures_total{} 4",
+            "foobar_lb_sync_nat_applied_total{} 5",
+            "foobar_lb_sync_nat_skipped_total{} 6",
             "foobar_lb_sync_peers_connected{} 1",
             "foobar_lb_sync_synced{} 1",
             "foobar_lb_sync_lag_seconds{} 1.5",

@@ -12,13 +12,31 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{web4, web6, Netns, Topology, VIP4, VIP6};
+use crate::netns::{web4, web6, Netns, Topology, CLIENT4, VIP4, VIP6};
 
 pub const NODE_A: &str = "10.111.0.2";
 pub const NODE_B: &str = "10.111.0.3";
 /// Host part of node B's address, for [`Topology::add_lb`].
 pub const NODE_B_HOST: u8 = 3;
 pub const ROUTER_ID: &str = "51";
+/// The gateway address NAT backends route the clients through, moved with the VIPs
+/// (`keepalived-config --gateway`): whichever node is active gets their replies.
+pub const GW4: &str = "10.111.0.254";
+pub const GW6: &str = "fd00:f00b::254";
+/// The client's IPv6 address on the segment.
+const CLIENT6: &str = "fd00:f00b::1";
+
+/// Makes the web servers NAT backends of the pair: plain hosts (no VIP on `lo`) whose route
+/// to the client goes through [`GW4`] / [`GW6`], the pair's moving gateway (a host route
+/// stands in for a real backend's default route, the client sharing their segment here).
+pub fn nat_backends_via_gateway(topo: &Topology) -> Result<()> {
+    topo.plain_backends()?;
+    for web in &topo.webs {
+        web.ip(&["route", "add", &format!("{CLIENT4}/32"), "via", GW4])?;
+        web.ip(&["-6", "route", "add", &format!("{CLIENT6}/128"), "via", GW6])?;
+    }
+    Ok(())
+}
 
 /// Whether `ns` holds `addr` on eth0.
 pub fn holds(ns: &Netns, addr: &str) -> bool {
@@ -40,6 +58,18 @@ pub fn write_node_config(
     scheduler: &str,
     xdp_mode: &str,
 ) -> Result<(PathBuf, PathBuf)> {
+    write_node_config_with(topo, name, pin_dir, scheduler, xdp_mode, "")
+}
+
+/// As [`write_node_config`] with `service_lines` in each service (e.g. `forwarding = "nat"`).
+pub fn write_node_config_with(
+    topo: &Topology,
+    name: &str,
+    pin_dir: &Path,
+    scheduler: &str,
+    xdp_mode: &str,
+    service_lines: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let socket = topo.dir.join(format!("{name}.sock"));
     let mut c = format!(
         "interfaces = [\"eth0\"]\nxdp_mode = \"{xdp_mode}\"\ncontrol_socket = \"{}\"\n\
@@ -53,7 +83,7 @@ pub fn write_node_config(
     ] {
         c += &format!(
             "\n[[service]]\nname = \"{service}\"\nvip = \"{vip}\"\nport = 80\n\
-             scheduler = \"{scheduler}\"\n[service.health]\ninterval_ms = 1000\n"
+             scheduler = \"{scheduler}\"\n{service_lines}[service.health]\ninterval_ms = 1000\n"
         );
         for i in 1..=topo.webs.len() {
             c += &format!("\n[[service.backend]]\naddress = \"{}\"\n", web(i));
@@ -74,15 +104,38 @@ pub fn write_keepalived_config(
     peer: &str,
     priority: &str,
 ) -> Result<PathBuf> {
-    let conf = keepalived_config(
-        bin,
-        socket,
-        "eth0",
-        &[VIP4, VIP6],
-        peer,
-        priority,
-        ROUTER_ID,
-    )?;
+    write_keepalived_config_with(topo, bin, name, socket, peer, priority, &[])
+}
+
+/// As [`write_keepalived_config`] with more arguments (`--gateway`, `--snat`).
+pub fn write_keepalived_config_with(
+    topo: &Topology,
+    bin: &Path,
+    name: &str,
+    socket: &Path,
+    peer: &str,
+    priority: &str,
+    more: &[&str],
+) -> Result<PathBuf> {
+    let mut args: Vec<String> = ["--interface", "eth0", "--vip", VIP4, "--vip", VIP6]
+        .iter()
+        .chain(more)
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(
+        [
+            "--peer",
+            peer,
+            "--priority",
+            priority,
+            "--router-id",
+            ROUTER_ID,
+            "--advert-ms",
+            "200",
+        ]
+        .map(str::to_owned),
+    );
+    let conf = keepalived_config_args(bin, socket, &args)?;
     let path = topo.dir.join(format!("{name}.keepalived.conf"));
     fs::write(&path, conf)?;
     Ok(path)
@@ -99,15 +152,12 @@ pub fn keepalived_config(
     priority: &str,
     router_id: &str,
 ) -> Result<String> {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(["keepalived-config", "--interface", interface]);
+    let mut args: Vec<String> = vec!["--interface".into(), interface.into()];
     for vip in vips {
-        cmd.args(["--vip", vip]);
+        args.extend(["--vip".into(), vip.to_string()]);
     }
-    let out = cmd
-        .args([
+    args.extend(
+        [
             "--peer",
             peer,
             "--priority",
@@ -116,7 +166,19 @@ pub fn keepalived_config(
             router_id,
             "--advert-ms",
             "200",
-        ])
+        ]
+        .map(str::to_owned),
+    );
+    keepalived_config_args(bin, socket, &args)
+}
+
+/// What `BIN --socket SOCKET keepalived-config ARGS...` prints.
+pub fn keepalived_config_args(bin: &Path, socket: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(socket)
+        .arg("keepalived-config")
+        .args(args)
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if !out.status.success() {

@@ -19,10 +19,10 @@ use std::{
 use foobar_lb_tests::{
     daemon::{bin, cli, Daemon},
     load::{start_webs_with_long_file, wait_backends_up, wait_for, Load},
-    netns::{tcp_counter, Netns, Topology, LB6, VIP4, VIP6},
+    netns::{tcp_counter, Netns, Topology, LB6, SNAT4, SNAT6, VIP4, VIP6},
     pair::{
-        add_sync, holds, write_keepalived_config, write_node_config, write_sync_key, Keepalived,
-        NODE_A, NODE_B, NODE_B_HOST,
+        add_sync, holds, nat_backends_via_gateway, write_keepalived_config_with,
+        write_node_config_with, write_sync_key, Keepalived, GW4, GW6, NODE_A, NODE_B, NODE_B_HOST,
     },
     root_object_and_binary,
     traffic::http::Download,
@@ -79,7 +79,13 @@ impl Node {
     /// then keepalived.
     fn restart(&self) -> (Daemon, Keepalived) {
         let ns = self.ns();
-        for a in [format!("{VIP4}/32"), format!("{VIP6}/128")] {
+        // The NAT pairs' gateway and SNAT addresses too (absent elsewhere: errors ignored).
+        for a in [
+            format!("{VIP4}/32"),
+            format!("{VIP6}/128"),
+            format!("{GW4}/32"),
+            format!("{SNAT4}/32"),
+        ] {
             let _ = ns.ip(&["addr", "del", &a, "dev", "eth0"]);
         }
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
@@ -113,16 +119,59 @@ impl Pair {
 }
 
 fn pair(tag: &str, scheduler: &str) -> Pair {
+    pair_with(tag, scheduler, Forwarding::Dsr)
+}
+
+/// How the pair's services forward, and what the topology and keepalived need for it.
+#[derive(Clone, Copy, PartialEq)]
+enum Forwarding {
+    Dsr,
+    /// Backends route the clients through the pair's moving gateway address.
+    Nat,
+    /// The pair's SNAT addresses move with the VIPs; both nodes forward (FIB lookups).
+    FullNat,
+}
+
+fn pair_with(tag: &str, scheduler: &str, fwd: Forwarding) -> Pair {
     let mut topo = Topology::new(tag, 2).unwrap();
     let long = start_webs_with_long_file(&topo);
     topo.release_lb_vips().unwrap();
     let b_index = topo.add_lb(NODE_B_HOST).unwrap();
-    let (a_config, a_socket) =
-        write_node_config(&topo, "a", &topo.pin_dir(), scheduler, "generic").unwrap();
+    let (service_lines, moved) = match fwd {
+        Forwarding::Dsr => (String::new(), vec![]),
+        Forwarding::Nat => {
+            nat_backends_via_gateway(&topo).unwrap();
+            (
+                "forwarding = \"nat\"\n".to_owned(),
+                vec!["--gateway", GW4, "--gateway", GW6],
+            )
+        }
+        Forwarding::FullNat => {
+            topo.plain_backends().unwrap();
+            for ns in [&topo.lb, &topo.lbs[b_index].ns] {
+                ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+                ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+            }
+            (
+                format!("forwarding = \"fullnat\"\nsnat = [\"{SNAT4}\", \"{SNAT6}\"]\n"),
+                vec!["--snat", SNAT4, "--snat", SNAT6],
+            )
+        }
+    };
+    let (a_config, a_socket) = write_node_config_with(
+        &topo,
+        "a",
+        &topo.pin_dir(),
+        scheduler,
+        "generic",
+        &service_lines,
+    )
+    .unwrap();
     let b_pin = topo.lbs[b_index].pin_dir.clone();
-    let (b_config, b_socket) = write_node_config(&topo, "b", &b_pin, scheduler, "generic").unwrap();
+    let (b_config, b_socket) =
+        write_node_config_with(&topo, "b", &b_pin, scheduler, "generic", &service_lines).unwrap();
     let keepalived_conf = |name: &str, socket: &Path, peer: &str, prio: &str| {
-        write_keepalived_config(&topo, &bin(), name, socket, peer, prio).unwrap()
+        write_keepalived_config_with(&topo, &bin(), name, socket, peer, prio, &moved).unwrap()
     };
     let a = Node {
         addr6: format!("{LB6}/64"),
@@ -812,4 +861,205 @@ fn sync_node_drain_hands_the_vip_over_and_back_losing_nothing() {
         body.len(),
         drained_b.elapsed(),
     );
+}
+
+/// The clients (address, port) of a node's tracked NAT connections, only the established
+/// ones if `established` (`foobar-lb flows --json`).
+fn nat_clients(
+    d: &Daemon,
+    established: bool,
+) -> std::collections::HashSet<(std::net::IpAddr, u16)> {
+    let out = d.cli(&["flows", "--json", "--limit", "100000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: foobar_lb::api::FlowsAnswer = serde_json::from_slice(&out.stdout).unwrap();
+    flows
+        .rows
+        .iter()
+        .filter(|r| !established || r.conn.state == foobar_lb::dataplane::NatState::Established)
+        .map(|r| r.conn.client)
+        .collect()
+}
+
+/// Flow sync of NAT connections: a keepalived pair whose services translate (`nat`: the
+/// backends route the clients through the gateway address keepalived moves with the VIPs;
+/// `fullnat`: the SNAT addresses move instead) loses nothing when the active node crashes.
+/// Each connection's pair of entries (and full NAT's SNAT port) is in the backup's NAT tables
+/// before the crash, written with the backup's own ids, interface and next hop, so the
+/// backup forwards the clients' packets to the same backends and translates the backends'
+/// replies, which now reach it through the moved address. Short NAT timeouts show the backup
+/// keeps long-lived connections only through the active node's re-announcements. Then the
+/// crashed node restarts, gets the survivor's connections by bulk sync, and takes over again
+/// when the survivor crashes, losing nothing either.
+fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
+    if !root_object_and_binary() {
+        return;
+    }
+    let p = pair_with(tag, "roundrobin", fwd);
+    with_sync(&p, SYNC_KEY, SYNC_KEY, 3000);
+    // Short idle timeouts: a connection B imported on its SYN would be swept as unanswered
+    // after 3 s, an established one after 6 s without a packet B never sees; A re-announces
+    // its live connections every second (a third of the shortest).
+    for node in [&p.a, &p.b] {
+        let mut c = std::fs::read_to_string(&node.config).unwrap();
+        c += "\n[nat.timeouts]\ntcp_syn = 3\ntcp_established = 6\n";
+        std::fs::write(&node.config, c).unwrap();
+    }
+    let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
+    let (mut da, mut db) = p.start_both();
+    wait_for("both nodes receive each other's connections", 15, || {
+        sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
+    });
+    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
+    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
+    let moved = if fwd == Forwarding::Nat {
+        [GW4, GW6]
+    } else {
+        [SNAT4, SNAT6]
+    };
+    wait_for("A holds the VIPs and the NAT addresses", 30, || {
+        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&a_ns, a))
+    });
+    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    assert!(
+        !moved.iter().any(|a| holds(&b_ns, a)),
+        "B holds a NAT address"
+    );
+
+    let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
+    let load_started = Instant::now();
+    let load = Load::start(&p.topo.client, 16, true);
+    load.wait_progress("load running through A", 10);
+    wait_for("the download under way", 30, || {
+        load.download_bytes.load(Ordering::Relaxed) >= 256 << 10
+    });
+    // Every keep-alive connection and the download are A's NAT connections, written on B.
+    wait_for("B wrote A's NAT connections", 10, || {
+        sync_of(&db).nat_applied >= 17
+    });
+    let (a_sync, b_sync) = (sync_of(&da), sync_of(&db));
+    assert!(a_sync.nat_sent >= 17, "A sent {a_sync:?}");
+    assert_eq!(
+        b_sync.unknown_backend + b_sync.nat_skipped + a_sync.ring_full,
+        0,
+        "{a_sync:?} {b_sync:?}"
+    );
+    // The sweeper counts the tables every 2 s.
+    wait_for("B's NAT tables hold them", 5, || {
+        db.stats().nat.connections >= 17
+    });
+    let a_before = nat_clients(&da, true);
+    // Longer than both timeouts, with the sweepers running: B keeps its copies of A's live
+    // connections only through A's re-announcements.
+    thread::sleep(Duration::from_secs(9));
+    load.wait_progress("load running through A", 5);
+    let a_sync = sync_of(&da);
+    assert!(a_sync.nat_refreshed >= 17 * 5, "A re-announced {a_sync:?}");
+    // The long-lived connections (established on A then and now: the keep-alive ones and
+    // the download; new connections last milliseconds) are all in B's tables still.
+    let long_lived: Vec<_> = nat_clients(&da, true)
+        .intersection(&a_before)
+        .copied()
+        .collect();
+    let on_b = nat_clients(&db, false);
+    assert!(
+        long_lived.len() >= 17,
+        "A's long-lived connections: {long_lived:?}"
+    );
+    let missing: Vec<_> = long_lived.iter().filter(|c| !on_b.contains(c)).collect();
+    assert!(missing.is_empty(), "B's sweeper forgot {missing:?}");
+
+    let killed_a = Instant::now();
+    p.a.crash(&mut da, &mut ka);
+    let takeover = wait_for("B takes the VIPs and the NAT addresses", 15, || {
+        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&b_ns, a))
+    });
+    load.wait_progress("load running through B", 20);
+    thread::sleep(Duration::from_secs(1));
+    // A connection B did not know would have been scheduled anew, and its RST from a backend
+    // that never saw it dropped as a refusal (so the client retries rather than resets).
+    assert_eq!(
+        db.stats().verdict("drop_syn_refused"),
+        0,
+        "{}",
+        db.verdicts_text()
+    );
+    let (b_sync, b_verdicts) = (sync_of(&db), db.verdicts_text());
+
+    // 2. A restarts: its bulk sync from B brings B's NAT connections (A's former ones, and
+    // those opened through B since), with B's idle times; then B crashes and A carries on.
+    let (da, ka) = p.a.restart();
+    wait_for("restarted A synced", 15, || sync_of(&da).synced);
+    let a_sync = sync_of(&da);
+    // Ready only once the bulk's connections are written (full NAT: a restarted node's
+    // neighbour table is empty, and a connection waits for its next hop's resolution).
+    assert!(
+        a_sync.gate.contains(&format!("bulk sync from {NODE_B}:"))
+            && a_sync.nat_applied >= 17
+            && a_sync.nat_skipped == 0,
+        "{a_sync:?}"
+    );
+    wait_for("restarted A enters BACKUP", 30, || {
+        ka.entered("BACKUP") >= 1
+    });
+    load.wait_progress("load running through B after A rejoined", 10);
+    let killed_b = Instant::now();
+    p.b.crash(&mut db, &mut kb);
+    let takeback = wait_for("A takes the VIPs and the NAT addresses back", 15, || {
+        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&a_ns, a))
+    });
+    load.wait_progress("load running through A again", 20);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        da.stats().verdict("drop_syn_refused"),
+        0,
+        "{}",
+        da.verdicts_text()
+    );
+
+    let result = load.finish();
+    let resets = tcp_counter(&p.topo.client, "EstabResets").unwrap() - resets_before;
+    // When a new connection fails: when it started (the requests run one after another, 20 ms
+    // apart), next to the crashes.
+    let mut at = Duration::ZERO;
+    for (took, r) in &result.new_conns {
+        if let Err(e) = r {
+            eprintln!(
+                "new connection failed: started {at:?} after the load, A crashed at {:?}, B \
+                 at {:?}: {e}",
+                killed_a - load_started,
+                killed_b - load_started
+            );
+        }
+        at += *took + Duration::from_millis(20);
+    }
+    result.assert_nothing_lost();
+    let Download { body, .. } =
+        result.intact_download_across(killed_a, killed_a + takeover, &p.long);
+    assert_eq!(resets, 0, "the client saw {resets} connection resets");
+    let keepalive_total: usize = result.keepalive.iter().map(|k| k.answers.len()).sum();
+    eprintln!(
+        "figures: {tag} round robin + sync: takeover A->B {takeover:?}, B->A {takeback:?}; \
+         {keepalive_total} keep-alive requests on {} connections, {} new connections, 0 failed, \
+         0 resets; download of {} bytes intact; since B was killed {:?}; B before its crash: \
+         {b_sync:?}, verdicts {b_verdicts}; restarted A: {a_sync:?}",
+        result.keepalive.len(),
+        result.new_conns.len(),
+        body.len(),
+        killed_b.elapsed(),
+    );
+    drop(ka);
+}
+
+#[test]
+fn sync_nat_takeover_loses_nothing() {
+    sync_translating_takeover_loses_nothing("hn", Forwarding::Nat);
+}
+
+#[test]
+fn sync_fullnat_takeover_loses_nothing() {
+    sync_translating_takeover_loses_nothing("hf", Forwarding::FullNat);
 }

@@ -1155,7 +1155,7 @@ fn maglev_picks_the_slot_of_the_flows_hash_the_same_on_every_balancer() {
 
 /// The kernel verifies at most 1,000,000 instructions per program; every path that reaches a
 /// firewall loop costs tens of thousands. Keep well inside the budget, so that the next stage
-/// does not find the program unloadable (at the time of writing: about 377,100,
+/// does not find the program unloadable (at the time of writing: about 378,400,
 /// of which NAT forwarding takes 100,000 and NAT's ICMP errors 60,000).
 #[test]
 fn the_program_stays_well_inside_the_verifiers_budget() {
@@ -1181,18 +1181,23 @@ fn the_program_stays_well_inside_the_verifiers_budget() {
     }
 }
 
+/// The key of a TCP flow from 10.0.0.1:`sport` to the VIP's port 80.
+fn flow_key(sport: u16) -> FlowKey {
+    FlowKey {
+        src: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
+        dst: [u32::from_ne_bytes([10, 0, 0, 100]), 0, 0, 0],
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: foobar_lb_common::PROTO_TCP,
+        family: foobar_lb_common::FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
 /// A new DSR flow's key, backend id and owner word as the ring's `FlowEvent`s carry them.
 fn flow_event(h: &Harness, sport: u16, backend: &str) -> FlowEvent {
     FlowEvent {
-        key: FlowKey {
-            src: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
-            dst: [u32::from_ne_bytes([10, 0, 0, 100]), 0, 0, 0],
-            sport: sport.to_be(),
-            dport: 80u16.to_be(),
-            proto: foobar_lb_common::PROTO_TCP,
-            family: foobar_lb_common::FAMILY_V4,
-            _pad: [0; 2],
-        },
+        key: flow_key(sport),
         backend_id: h.backend_id("www", backend),
         owner: h.backend_owner("www", backend),
     }
@@ -1215,7 +1220,7 @@ fn with_sync_each_new_flow_is_announced_once_and_without_it_none() {
         return;
     }
     let mut h = Harness::with_sync(CONFIG, MACS);
-    let (mut ring, maps) = h.dp.sync_maps().unwrap();
+    let (mut ring, maps, _walk) = h.dp.sync_maps().unwrap();
     h.check(
         "SYN -> B1",
         &Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).build(),
@@ -1240,7 +1245,7 @@ fn with_sync_each_new_flow_is_announced_once_and_without_it_none() {
     assert_eq!(maps.ring_counts(), (2, 0));
 
     let mut h = harness();
-    let (mut ring, maps) = h.dp.sync_maps().unwrap();
+    let (mut ring, maps, _walk) = h.dp.sync_maps().unwrap();
     h.check(
         "SYN -> B1",
         &Pkt::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).build(),
@@ -1258,7 +1263,7 @@ fn a_full_sync_ring_loses_announcements_never_packets() {
         return;
     }
     let mut h = Harness::with_sync(CONFIG, MACS);
-    let (_ring, maps) = h.dp.sync_maps().unwrap();
+    let (_ring, maps, _walk) = h.dp.sync_maps().unwrap();
     let n = 20_000u16;
     for i in 0..n {
         let syn = Pkt::tcp(CLIENT, 10_000 + i, VIP, 80, TCP_SYN).build();
@@ -1273,4 +1278,145 @@ fn a_full_sync_ring_loses_announcements_never_packets() {
     assert_eq!(sent + full, u64::from(n));
     assert!(full > 0 && sent > 10_000, "sent {sent}, lost {full}");
     assert_eq!(h.service_counters("www").new_flows, u64::from(n));
+}
+
+const NAT_CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.100"
+port = 80
+forwarding = "nat"
+
+[[service.backend]]
+address = "10.0.0.11"
+port = 8080
+
+[[service]]
+name = "alt"
+vip = "10.0.0.101"
+port = 80
+forwarding = "nat"
+
+[[service.backend]]
+address = "10.0.0.11"
+port = 8080
+"#;
+
+/// `p` as the balancer sends it to backend .11 (NAT: destination 10.0.0.11:8080).
+fn nat_to_b1(p: &Pkt) -> Expect {
+    let mut o = p.clone();
+    o.dst = "10.0.0.11".parse().unwrap();
+    if let L4::Tcp { dport, .. } = &mut o.l4 {
+        *dport = 8080;
+    }
+    o.eth_dst = B1;
+    o.eth_src = LB_MAC;
+    Expect::Frame(o.build())
+}
+
+/// Flow sync of NAT connections, the program's half and the maps' half: a new NAT connection
+/// is announced once (on its SYN, after both entries are written, so the controller reads
+/// them), and a peer's connection written with `SyncMaps::write_nat` is forwarded and its
+/// replies translated by a program that never saw its SYN. A peer's connection whose reply
+/// 5-tuple is another connection's here is refused, the local one kept.
+#[test]
+fn with_sync_a_nat_connection_is_announced_and_a_written_one_is_forwarded_both_ways() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let macs: &[(&str, [u8; 6])] = &[("10.0.0.11", B1)];
+    let mut a = Harness::with_sync(NAT_CONFIG, macs);
+    let (mut ring, a_maps, a_walk) = a.dp.sync_maps().unwrap();
+    let syn = Pkt::tcp("10.0.0.1", 40000, VIP, 80, TCP_SYN);
+    a.check("A: SYN -> .11:8080", &syn.build(), &nat_to_b1(&syn));
+    let ack = Pkt::tcp("10.0.0.1", 40000, VIP, 80, TCP_ACK);
+    a.check("A: established", &ack.build(), &nat_to_b1(&ack));
+    let events = drain(&mut ring);
+    let key = flow_key(40000);
+    assert_eq!(
+        events,
+        [FlowEvent {
+            key,
+            backend_id: a.backend_id("web", "10.0.0.11"),
+            owner: a.backend_owner("web", "10.0.0.11"),
+        }],
+        "one announcement, on the SYN"
+    );
+    let (fwd, rev) = a_maps
+        .nat_conn(&key)
+        .expect("the announced connection is tracked");
+    assert_eq!(fwd.backend_port, 8080u16.to_be());
+    assert_eq!(rev.vip, key.dst);
+    assert_eq!(a_walk.nat_conns(), [(key, fwd, rev)]);
+
+    // B never saw the SYN: the connection written as a peer's, it forwards the client's
+    // packets to .11 and translates .11's replies back from the VIP.
+    let mut b = Harness::with_sync(NAT_CONFIG, macs);
+    let (_b_ring, mut b_maps, _b_walk) = b.dp.sync_maps().unwrap();
+    let rkey = foobar_lb_common::nat_reply_key(&key, &fwd);
+    let b_fwd = foobar_lb_common::NatFwd {
+        backend_id: b.backend_id("web", "10.0.0.11"),
+        owner: b.backend_owner("web", "10.0.0.11"),
+        ..fwd
+    };
+    assert_eq!(
+        b_maps.write_nat(&key, &b_fwd, &rkey, &rev).unwrap(),
+        foobar_lb::dataplane::NatWrite::Written
+    );
+    // Written again (a second bulk sync): the same connection, accepted.
+    assert_eq!(
+        b_maps.write_nat(&key, &b_fwd, &rkey, &rev).unwrap(),
+        foobar_lb::dataplane::NatWrite::Written
+    );
+    b.check(
+        "B: the client's packet -> .11",
+        &ack.build(),
+        &nat_to_b1(&ack),
+    );
+    let mut reply = Pkt::tcp("10.0.0.11", 8080, "10.0.0.1", 40000, TCP_ACK);
+    reply.eth_src = B1;
+    reply.eth_dst = LB_MAC;
+    reply.payload = b"HTTP/1.1 200 OK\r\n".to_vec();
+    let mut back = reply.clone();
+    back.src = VIP.parse().unwrap();
+    if let L4::Tcp { sport, .. } = &mut back.l4 {
+        *sport = 80;
+    }
+    back.eth_dst = foobar_lb_tests::packet::CLIENT_MAC;
+    back.eth_src = LB_MAC;
+    b.check(
+        "B: .11's reply -> the client, from the VIP",
+        &reply.build(),
+        &Expect::FrameAs(back.build(), verdict::TX_NAT_REPLY),
+    );
+    // The same client port to another VIP on the same backend has the same reply 5-tuple:
+    // refused, and the first connection's replies still go back from its VIP.
+    let mut other = key;
+    other.dst = [u32::from_ne_bytes([10, 0, 0, 101]), 0, 0, 0];
+    let other_rev = foobar_lb_common::NatRev {
+        vip: other.dst,
+        ..rev
+    };
+    let other_fwd = foobar_lb_common::NatFwd {
+        backend_id: b.backend_id("alt", "10.0.0.11"),
+        owner: b.backend_owner("alt", "10.0.0.11"),
+        ..fwd
+    };
+    assert_eq!(
+        b_maps
+            .write_nat(&other, &other_fwd, &rkey, &other_rev)
+            .unwrap(),
+        foobar_lb::dataplane::NatWrite::Collision
+    );
+    assert!(
+        b_maps.nat_conn(&other).is_none(),
+        "no forward entry written"
+    );
+    b.check(
+        "B: still the first connection's reply",
+        &reply.build(),
+        &Expect::FrameAs(back.build(), verdict::TX_NAT_REPLY),
+    );
 }

@@ -14,6 +14,14 @@ pub struct Args {
     /// A virtual address the pair serves (repeat for several; both families may be mixed).
     #[arg(long = "vip", required = true)]
     vips: Vec<IpAddr>,
+    /// A full-NAT service's SNAT address (its `snat`), moved with the VIPs: the backends
+    /// answer it (repeat for several).
+    #[arg(long = "snat")]
+    snat: Vec<IpAddr>,
+    /// ADDRESS[/PREFIX]: an address NAT backends route clients through (their default
+    /// gateway), moved with the VIPs (repeat for several; default prefix /32 or /128).
+    #[arg(long = "gateway", value_parser = parse_gateway)]
+    gateways: Vec<(IpAddr, u8)>,
     /// The other node's address on the interface (repeat for more nodes).
     #[arg(long = "peer", required = true)]
     peers: Vec<IpAddr>,
@@ -37,6 +45,25 @@ pub struct Args {
     binary: Option<String>,
 }
 
+/// `ADDRESS[/PREFIX]`.
+fn parse_gateway(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let len = match len {
+        Some(l) => l
+            .parse()
+            .map_err(|_| format!("{l:?} is not a prefix length"))?,
+        None if addr.is_ipv4() => 32,
+        None => 128,
+    };
+    Ok((addr, len))
+}
+
 /// `socket` is the global `--socket`: the readiness check asks the daemon there.
 pub fn run(socket: &Path, args: Args) -> anyhow::Result<()> {
     let binary = match args.binary {
@@ -50,6 +77,8 @@ pub fn run(socket: &Path, args: Args) -> anyhow::Result<()> {
     let node = PairNode {
         interface: args.interface,
         vips: args.vips,
+        snat: args.snat,
+        gateways: args.gateways,
         peers: args.peers,
         source: args.source,
         priority: args.priority,

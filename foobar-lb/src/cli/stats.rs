@@ -306,13 +306,17 @@ fn render_status(s: &StatsSnapshot) -> String {
     if let Some(y) = &s.sync {
         out += &format!(
             "sync: {}; {} peer(s) connected; flows sent {}, received {}, applied {}, \
-             unknown backend {}, ring full {}, lagged {}, auth failures {}; lag {} ms\n",
+             unknown backend {}, NAT sent {} applied {} skipped {}, ring full {}, lagged {}, \
+             auth failures {}; lag {} ms\n",
             y.gate,
             y.peers_connected,
             y.sent,
             y.received,
             y.applied,
             y.unknown_backend,
+            y.nat_sent,
+            y.nat_applied,
+            y.nat_skipped,
             y.ring_full,
             y.lagged,
             y.auth_failures,

@@ -66,8 +66,10 @@ pub(super) async fn start(
     // Before the first write: a starting node's bulk sync runs while its checks do.
     let sync = match &config.sync {
         Some(s) => {
-            let (ring, maps) = dataplane.sync_maps()?;
-            Some(crate::sync::start(s, s.load_key()?, ring, maps))
+            let (ring, maps, walk) = dataplane.sync_maps()?;
+            let key = s.load_key()?;
+            let nat = &config.nat.timeouts;
+            Some(crate::sync::start(s, key, ring, maps, walk, nat))
         }
         None => None,
     };

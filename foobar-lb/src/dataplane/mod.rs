@@ -12,7 +12,7 @@ pub use aux::{object, object_status, AuxProgram};
 pub use nat::{nat_expired, nat_idle, nat_state, NatConn, NatState, NatSweeper};
 use pins::{check_layout_version, check_pinned_layouts, ensure_bpffs};
 pub use pins::{teardown, Teardown};
-pub use sync::SyncMaps;
+pub use sync::{NatWrite, SyncMaps, SyncWalk};
 
 use std::{
     path::PathBuf,

@@ -1,12 +1,19 @@
 //! Flow-state sync between balancer nodes (README "Redundancy"): the flows this node's data
-//! plane creates (its ring buffer) go to every peer that connects, translated to backend
-//! addresses; the flows of every peer this node dials are written into its own flow table
-//! with its own backend ids. On connect, the listener first sends its whole table (bulk sync);
+//! plane creates (its ring buffer), and its NAT connections, go to every peer that connects,
+//! translated to backend addresses; the flows and NAT connections of every peer this node
+//! dials are written into its own tables with its own backend ids, interfaces and next hops. On connect, the listener first sends its whole table (bulk sync);
 //! a starting node is not ready before one bulk sync completed (or no peer answered in time).
+//!
+//! A peer's NAT connections are swept by the receiver's own sweeper (`[nat.timeouts]`), and it
+//! sees none of their packets while the sender is active: so the sender re-announces every
+//! connection that had a packet since the last round, every third of the shortest timeout
+//! (IPVS's sync refresh does the same), each with its idle time, and the receiver's copies
+//! live as long as the sender's connections do.
 //!
 //! Everything runs on tasks of its own, on map descriptors of its own: a dead peer, a slow
 //! link or a failed write here never touches forwarding or the daemon's main loop.
 
+mod local;
 mod table;
 pub mod wire;
 
@@ -20,7 +27,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use foobar_lb_common::FlowEvent;
+use foobar_lb_common::{nat_reply_key, FlowEvent};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::broadcast,
@@ -28,11 +35,12 @@ use tokio::{
 };
 
 use crate::{
-    config::SyncConfig,
-    dataplane::{flow_is_open, flow_now, SyncMaps},
+    config::{NatTimeouts, SyncConfig},
+    dataplane::{flow_is_open, flow_now, NatWrite, SyncMaps, SyncWalk},
 };
-use table::Table;
-use wire::{Entry, Frame, MAX_BATCH};
+use local::{ip, Local};
+use table::{NatImport, Table};
+use wire::{Entry, Frame, NatEntry, MAX_BATCH};
 
 /// A connection's handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +71,32 @@ const MAX_CONNECTIONS: usize = 16;
 const MAX_STRANGERS: usize = 4;
 /// Live events queued per connected peer before the slowest loses some (counted).
 const QUEUE: usize = 1024;
+/// A peer's NAT connection this node cannot localize yet (no neighbour entry for its next
+/// hop: a node that just started, whose link came up with an empty neighbour table) is
+/// retried this long, while the resolution its first try started completes.
+const PENDING_FOR: Duration = Duration::from_secs(5);
+/// At most this many such connections wait (a bulk sync's worth); more are skipped.
+const PENDING_MAX: usize = 1 << 18;
+/// Bounds of the NAT re-announcement period (see [`refresh_every`]).
+const REFRESH_MIN: Duration = Duration::from_secs(1);
+const REFRESH_MAX: Duration = Duration::from_secs(60);
+
+/// How often live NAT connections are re-announced: a third of the shortest idle timeout a
+/// live connection can have, so a receiver's copy is refreshed at least twice before it could
+/// expire (tcp_closed is left out: a closed connection is not worth keeping).
+pub fn refresh_every(t: &NatTimeouts) -> Duration {
+    let shortest = [
+        t.tcp_syn,
+        t.tcp_established,
+        t.tcp_closing,
+        t.udp,
+        t.udp_stream,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0);
+    (Duration::from_secs(shortest.into()) / 3).clamp(REFRESH_MIN, REFRESH_MAX)
+}
 
 /// Counters and state that `status`, `stats` and the metrics show, and readiness reads.
 #[derive(Default)]
@@ -75,6 +109,15 @@ pub struct SyncStats {
     pub applied: AtomicU64,
     /// Received entries naming a service or backend this node does not have (skipped).
     pub unknown_backend: AtomicU64,
+    /// NAT connections sent to peers (live, bulk and re-announced); also counted in `sent`.
+    pub nat_sent: AtomicU64,
+    /// Re-announcements of live NAT connections (among `nat_sent`), per peer.
+    pub nat_refreshed: AtomicU64,
+    /// Peers' NAT connections written into the NAT tables; also counted in `applied`.
+    pub nat_applied: AtomicU64,
+    /// Peers' NAT connections not written: their reply 5-tuple is another connection's here
+    /// (a collision), or this node has no route or next hop for them.
+    pub nat_skipped: AtomicU64,
     /// Events the program lost to a full ring (read from its counter).
     pub ring_full: AtomicU64,
     /// Events the program wrote to the ring.
@@ -145,17 +188,41 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// New entries of this node, translated, for its peers.
+#[derive(Debug, Default)]
+struct Batch {
+    flows: Vec<Entry>,
+    nat: Vec<NatEntry>,
+    /// A re-announcement of live NAT connections (counted apart).
+    refresh: bool,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.flows.len() + self.nat.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The maps and the translation table, shared by the tasks (each use is short).
 struct Core {
     maps: SyncMaps,
     table: Table,
     built: Instant,
+    /// This node's routes and neighbours, for peers' NAT connections (cleared with the table).
+    local: Local,
+    /// Peers' NAT connections waiting for this node's next hop, since when.
+    pending: Vec<(Instant, NatEntry)>,
 }
 
 impl Core {
     fn rebuild(&mut self) {
         self.table = Table::new(&self.maps.services(), &self.maps.backends());
         self.built = Instant::now();
+        self.local.clear();
     }
 
     fn fresh(&mut self) {
@@ -165,25 +232,149 @@ impl Core {
     }
 
     /// The node-independent form of the program's events; a miss rebuilds the table once.
-    fn export(&mut self, events: &[FlowEvent], stats: &SyncStats) -> Vec<Entry> {
+    /// A NAT service's event names a connection the program tracks: its two entries are read
+    /// (the SNAT port and state are there), so what is sent is what the program wrote.
+    fn export(&mut self, events: &[FlowEvent], stats: &SyncStats) -> Batch {
         self.fresh();
         let mut rebuilt = false;
-        let mut out = Vec::with_capacity(events.len());
+        let mut out = Batch::default();
         for ev in events {
-            let mut e = self.table.export(&ev.key, ev.backend_id, ev.owner, 0);
-            if e.is_none() && !rebuilt {
+            let mut done = self.export_one(ev, &mut out);
+            if !done && !rebuilt {
                 self.rebuild();
                 rebuilt = true;
-                e = self.table.export(&ev.key, ev.backend_id, ev.owner, 0);
+                done = self.export_one(ev, &mut out);
             }
-            match e {
-                Some(e) => out.push(e),
-                None => {
-                    stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
-                }
+            if !done {
+                stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
             }
         }
         out
+    }
+
+    fn export_one(&self, ev: &FlowEvent, out: &mut Batch) -> bool {
+        if self.table.is_nat(&ev.key) {
+            // Gone already (closed, or the sweeper's): nothing to announce.
+            let Some((fwd, rev)) = self.maps.nat_conn(&ev.key) else {
+                return true;
+            };
+            match self.table.export_nat(&ev.key, &fwd, &rev, flow_now()) {
+                Some(e) => out.nat.push(e),
+                None => return false,
+            }
+        } else {
+            match self.table.export(&ev.key, ev.backend_id, ev.owner, 0) {
+                Some(e) => out.flows.push(e),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Fills in this node's own view of a peer's NAT connection: the interface the replies
+    /// leave by (the route to the client; one the program runs on) and, for full NAT, the
+    /// backend's next hop from the SNAT address. `false`: this node cannot forward it.
+    fn localize(&mut self, c: &mut NatImport) -> bool {
+        let family = c.key.family;
+        let Some(to_client) = self.local.route(ip(&c.key.src, family), None) else {
+            return false;
+        };
+        if self.maps.iface_mac(to_client.ifindex).is_none() {
+            return false;
+        }
+        c.rev.ifindex = to_client.ifindex;
+        if c.full() {
+            let (backend, snat) = (
+                ip(&c.fwd.backend_addr, family),
+                ip(&c.fwd.snat_addr, family),
+            );
+            let Some(hop) = self.local.route(backend, Some(snat)) else {
+                return false;
+            };
+            let (Some(src_mac), Some(next_mac)) =
+                (self.maps.iface_mac(hop.ifindex), self.local.mac(hop))
+            else {
+                return false;
+            };
+            c.fwd.ifindex = hop.ifindex;
+            c.fwd.next_mac = next_mac;
+            c.fwd.src_mac = src_mac;
+        }
+        true
+    }
+
+    /// Writes a peer's NAT connections into the NAT tables; returns how many were written.
+    /// One this node cannot localize yet waits in `pending` (see [`PENDING_FOR`]).
+    fn import_nat(&mut self, entries: &[NatEntry], stats: &SyncStats) -> u64 {
+        let received = Instant::now();
+        let entries: Vec<(Instant, NatEntry)> = entries.iter().map(|e| (received, *e)).collect();
+        self.import_nat_since(&entries, stats)
+    }
+
+    /// Retries the connections waiting for a next hop (the watch task, every 100 ms).
+    fn retry_pending(&mut self, stats: &SyncStats) -> u64 {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let (waiting, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(since, _)| since.elapsed() < PENDING_FOR);
+        stats
+            .nat_skipped
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        self.import_nat_since(&waiting, stats)
+    }
+
+    fn import_nat_since(&mut self, entries: &[(Instant, NatEntry)], stats: &SyncStats) -> u64 {
+        self.fresh();
+        let now = flow_now();
+        let mut rebuilt = false;
+        let mut applied = 0;
+        for &(since, mut e) in entries {
+            // Aged by the wait, so its copy still expires with the sender's.
+            e.idle = e
+                .idle
+                .saturating_add((since.elapsed().as_nanos() >> 30) as u32);
+            let e = &e;
+            let mut local = self.table.import_nat(e, now);
+            if local.is_none() && !rebuilt {
+                self.rebuild();
+                rebuilt = true;
+                local = self.table.import_nat(e, now);
+            }
+            let Some(mut c) = local else {
+                stats.unknown_backend.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if !self.localize(&mut c) {
+                if self.pending.len() < PENDING_MAX {
+                    self.pending.push((since, *e));
+                } else {
+                    stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            // Already here (a re-announcement, or a repeated bulk sync): keep what is newer,
+            // and write nothing if that is all this node's (the node carrying a connection
+            // gets its own copy echoed back: a rewrite would race its program's updates).
+            if let Some((f, r)) = self.maps.nat_conn(&c.key) {
+                if nat_reply_key(&c.key, &f) == c.rkey {
+                    c.merge(&f, &r, now);
+                    if (c.fwd.seen, c.rev.seen) == (f.seen, r.seen) {
+                        continue;
+                    }
+                }
+            }
+            match self.maps.write_nat(&c.key, &c.fwd, &c.rkey, &c.rev) {
+                Ok(NatWrite::Written) => applied += 1,
+                Ok(NatWrite::Collision) => {
+                    stats.nat_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => log::warn!("sync: cannot write a peer's NAT connection: {e:#}"),
+            }
+        }
+        stats.nat_applied.fetch_add(applied, Ordering::Relaxed);
+        applied
     }
 
     /// Writes a peer's entries into the flow table; returns how many were written.
@@ -211,16 +402,34 @@ impl Core {
         applied
     }
 
-    /// Every open flow of this node's table, node-independent (the bulk sync).
-    fn dump(&mut self) -> Vec<Entry> {
+    /// A fresh copy of the translation table, for a walk outside the lock.
+    fn snapshot(&mut self) -> Table {
         self.rebuild();
-        let now = flow_now();
-        self.maps
-            .flows()
-            .into_iter()
-            .filter(|(k, v)| flow_is_open(k, v, now))
-            .filter_map(|(k, v)| self.table.export(&k, v.backend_id, v.owner, v.seen))
-            .collect()
+        self.table.clone()
+    }
+}
+
+/// Every open flow and tracked NAT connection of this node, node-independent (the bulk
+/// sync). Walks its own descriptors with a copy of the table: the tasks sharing the core are
+/// not held up for the walk's length.
+fn dump(walk: &SyncWalk, table: &Table) -> Batch {
+    let now = flow_now();
+    let flows = walk
+        .flows()
+        .into_iter()
+        .filter(|(k, v)| flow_is_open(k, v, now))
+        .filter_map(|(k, v)| table.export(&k, v.backend_id, v.owner, v.seen))
+        .collect();
+    // The sweeper deletes expired connections: every tracked one is sent.
+    let nat = walk
+        .nat_conns()
+        .into_iter()
+        .filter_map(|(k, f, r)| table.export_nat(&k, &f, &r, now))
+        .collect();
+    Batch {
+        flows,
+        nat,
+        refresh: false,
     }
 }
 
@@ -231,6 +440,8 @@ pub fn start(
     key: Vec<u8>,
     ring: RingBuf<MapData>,
     maps: SyncMaps,
+    walk: SyncWalk,
+    nat_timeouts: &NatTimeouts,
 ) -> Arc<SyncStats> {
     let stats = Arc::new(SyncStats::default());
     let key: Arc<[u8]> = key.into();
@@ -238,8 +449,11 @@ pub fn start(
         table: Table::default(),
         maps,
         built: Instant::now() - 2 * TABLE_MAX_AGE,
+        local: Local::default(),
+        pending: Vec::new(),
     }));
-    let (live, _) = broadcast::channel::<Arc<Vec<Entry>>>(QUEUE);
+    let walk = Arc::new(walk);
+    let (live, _) = broadcast::channel::<Arc<Batch>>(QUEUE);
     stats.set_gate(
         format!(
             "syncing flows: waiting for a bulk sync from {} (at most {} ms while none answers)",
@@ -254,8 +468,15 @@ pub fn start(
         config.peers.iter().map(|p| p.ip()).collect(),
         key.clone(),
         core.clone(),
-        live,
+        walk.clone(),
+        live.clone(),
         stats.clone(),
+    ));
+    tokio::spawn(refresh(
+        refresh_every(nat_timeouts),
+        core.clone(),
+        walk,
+        live,
     ));
     for &peer in &config.peers {
         tokio::spawn(dial(peer, key.clone(), core.clone(), stats.clone()));
@@ -285,7 +506,7 @@ fn list(peers: &[SocketAddr]) -> String {
 async fn read_ring(
     mut ring: RingBuf<MapData>,
     core: Arc<Mutex<Core>>,
-    live: broadcast::Sender<Arc<Vec<Entry>>>,
+    live: broadcast::Sender<Arc<Batch>>,
     stats: Arc<SyncStats>,
 ) {
     let mut tick = tokio::time::interval(RING_POLL);
@@ -316,13 +537,50 @@ async fn read_ring(
     }
 }
 
+/// Re-announces, every `every`, the NAT connections that had a packet since the last round
+/// (a walk of the NAT table on the sync's own descriptors, outside the core's lock).
+async fn refresh(
+    every: Duration,
+    core: Arc<Mutex<Core>>,
+    walk: Arc<SyncWalk>,
+    live: broadcast::Sender<Arc<Batch>>,
+) {
+    // Packets since the previous round, and a margin for the flow clock's ~1 s resolution.
+    let within = (every.as_nanos() >> 30) as u32 + 2;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if live.receiver_count() == 0 {
+            continue;
+        }
+        let (core, walk) = (core.clone(), walk.clone());
+        let active = tokio::task::spawn_blocking(move || {
+            let table = core.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+            table.export_active(&walk.nat_conns(), flow_now(), within)
+        })
+        .await
+        .unwrap_or_default();
+        for chunk in active.chunks(MAX_BATCH) {
+            let batch = Batch {
+                flows: Vec::new(),
+                nat: chunk.to_vec(),
+                refresh: true,
+            };
+            let _ = live.send(Arc::new(batch));
+        }
+    }
+}
+
 /// Accepts peers: each that proves the key gets the bulk dump, then the live flows.
 async fn listen(
     addr: SocketAddr,
     peer_ips: Vec<std::net::IpAddr>,
     key: Arc<[u8]>,
     core: Arc<Mutex<Core>>,
-    live: broadcast::Sender<Arc<Vec<Entry>>>,
+    walk: Arc<SyncWalk>,
+    live: broadcast::Sender<Arc<Batch>>,
     stats: Arc<SyncStats>,
 ) {
     // The address may appear after the daemon starts: retry rather than give up on sync.
@@ -354,13 +612,17 @@ async fn listen(
             continue;
         };
         let (key, core, stats, live) = (key.clone(), core.clone(), stats.clone(), live.clone());
+        let walk = walk.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match serve(sock, &key, core, &live, &stats).await {
+            match serve(sock, &key, core, walk, &live, &stats).await {
                 Ok(()) => {}
                 Err(e) if e.is_auth() => {
                     stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                     log::warn!(event = "sync_auth_failed", peer:% = from; "sync: refused {from}: {e}");
+                }
+                Err(e @ wire::WireError::Version { .. }) => {
+                    log::warn!("sync: refused {from}: {e}");
                 }
                 Err(e) => log::info!("sync: stream to {from} ended: {e}"),
             }
@@ -372,7 +634,8 @@ async fn serve(
     mut sock: TcpStream,
     key: &[u8],
     core: Arc<Mutex<Core>>,
-    live: &broadcast::Sender<Arc<Vec<Entry>>>,
+    walk: Arc<SyncWalk>,
+    live: &broadcast::Sender<Arc<Batch>>,
     stats: &SyncStats,
 ) -> Result<(), wire::WireError> {
     let _ = sock.set_nodelay(true);
@@ -385,13 +648,16 @@ async fn serve(
     // Subscribed before the dump is taken: no flow falls between the two.
     let mut rx = live.subscribe();
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let dump =
-        tokio::task::spawn_blocking(move || core.lock().unwrap_or_else(|e| e.into_inner()).dump())
-            .await
-            .unwrap_or_default();
+    let dump = tokio::task::spawn_blocking(move || {
+        // Only the table's rebuild holds the lock; the walk does not.
+        let table = core.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+        dump(&walk, &table)
+    })
+    .await
+    .unwrap_or_default();
     let count = dump.len() as u64;
     let sent_ms = now_ms();
-    for chunk in dump.chunks(MAX_BATCH) {
+    for chunk in dump.flows.chunks(MAX_BATCH) {
         let f = Frame::Flows {
             sent_ms,
             entries: chunk.to_vec(),
@@ -399,8 +665,20 @@ async fn serve(
         send(&mut w, &mut sock, &f).await?;
         stats.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
+    for chunk in dump.nat.chunks(MAX_BATCH) {
+        let f = Frame::Nat {
+            sent_ms,
+            entries: chunk.to_vec(),
+        };
+        send(&mut w, &mut sock, &f).await?;
+        stats.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        stats
+            .nat_sent
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
     send(&mut w, &mut sock, &Frame::BulkDone { count }).await?;
-    log::info!(event = "sync_bulk_sent", peer = peer.as_str(), flows = count; "sync: sent {count} flow(s) to {peer} (bulk)");
+    let nat = dump.nat.len();
+    log::info!(event = "sync_bulk_sent", peer = peer.as_str(), flows = count, nat = nat; "sync: sent {count} flow(s) to {peer} (bulk), {nat} of them NAT connections");
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
@@ -413,8 +691,19 @@ async fn serve(
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
-                let f = Frame::Flows { sent_ms: now_ms(), entries: entries.to_vec() };
-                send(&mut w, &mut sock, &f).await?;
+                let sent_ms = now_ms();
+                if !entries.flows.is_empty() {
+                    let f = Frame::Flows { sent_ms, entries: entries.flows.clone() };
+                    send(&mut w, &mut sock, &f).await?;
+                }
+                if !entries.nat.is_empty() {
+                    let f = Frame::Nat { sent_ms, entries: entries.nat.clone() };
+                    send(&mut w, &mut sock, &f).await?;
+                    stats.nat_sent.fetch_add(entries.nat.len() as u64, Ordering::Relaxed);
+                    if entries.refresh {
+                        stats.nat_refreshed.fetch_add(entries.nat.len() as u64, Ordering::Relaxed);
+                    }
+                }
                 stats.sent.fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
             _ = ping.tick() => send(&mut w, &mut sock, &Frame::Ping).await?,
@@ -533,7 +822,36 @@ async fn receive_frames(
                     stats.last_applied_ms.store(now_ms(), Ordering::Relaxed);
                 }
             }
+            Frame::Nat { sent_ms, entries } => {
+                stats
+                    .received
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                let applied = core
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .import_nat(&entries, stats);
+                bulk += applied;
+                if applied > 0 {
+                    stats.applied.fetch_add(applied, Ordering::Relaxed);
+                    stats.last_sent_ms.store(sent_ms, Ordering::Relaxed);
+                    stats.last_applied_ms.store(now_ms(), Ordering::Relaxed);
+                }
+            }
             Frame::BulkDone { count } => {
+                // A starting node is ready once the bulk's NAT connections waiting for a next
+                // hop are written too (or given up): the watch task retries them.
+                if !stats.is_ready() {
+                    let start = Instant::now();
+                    while start.elapsed() < PENDING_FOR
+                        && !core
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pending
+                            .is_empty()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 stats.bulk_syncs.fetch_add(1, Ordering::Relaxed);
                 log::info!(event = "sync_bulk_done", peer:% = peer, flows = count; "sync: bulk sync from {peer} done: {count} flow(s) sent, {bulk} written");
                 if !stats.is_ready() {
@@ -556,11 +874,14 @@ async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let (events, full) = core
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .maps
-            .ring_counts();
+        let (events, full) = {
+            let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+            let applied = core.retry_pending(&stats);
+            if applied > 0 {
+                stats.applied.fetch_add(applied, Ordering::Relaxed);
+            }
+            core.maps.ring_counts()
+        };
         stats.ring_events.store(events, Ordering::Relaxed);
         stats.ring_full.store(full, Ordering::Relaxed);
         if stats.is_ready() {
@@ -583,5 +904,37 @@ async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
         };
         log::warn!(event = "sync_ready_without_bulk"; "sync: {why}");
         stats.set_gate(why, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_nat_connections_are_re_announced_within_a_third_of_the_shortest_timeout() {
+        let t = NatTimeouts::default();
+        // udp = 30 s is the shortest live state's timeout by default.
+        assert_eq!(refresh_every(&t), Duration::from_secs(10));
+        let short = NatTimeouts {
+            tcp_syn: 3,
+            tcp_established: 6,
+            ..t
+        };
+        assert_eq!(refresh_every(&short), Duration::from_secs(1));
+        // tcp_closed does not count; the period stays within its bounds.
+        let closed = NatTimeouts { tcp_closed: 1, ..t };
+        assert_eq!(refresh_every(&closed), Duration::from_secs(10));
+        let long = NatTimeouts {
+            tcp_syn: 3600,
+            tcp_established: 3600,
+            tcp_closing: 3600,
+            udp: 3600,
+            udp_stream: 3600,
+            ..t
+        };
+        assert_eq!(refresh_every(&long), REFRESH_MAX);
+        let tiny = NatTimeouts { udp: 1, ..t };
+        assert_eq!(refresh_every(&tiny), REFRESH_MIN);
     }
 }

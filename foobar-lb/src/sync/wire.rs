@@ -15,7 +15,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const MAGIC: &[u8; 8] = b"FLBSYNC1";
+/// The protocol's version is its last byte: version 2 added the NAT entries ([`Frame::Nat`]).
+/// A peer of another version is refused at the handshake with [`WireError::Version`] (both
+/// nodes of a pair must run one version; an upgrade restarts them in turn).
+const MAGIC: &[u8; 8] = b"FLBSYNC2";
+/// The part of [`MAGIC`] every version shares.
+const MAGIC_FAMILY: &[u8; 7] = b"FLBSYNC";
 const NONCE: usize = 32;
 const TAG: usize = 32;
 /// Bytes of a process's [`instance_id`].
@@ -31,6 +36,11 @@ pub enum WireError {
     Io(#[from] std::io::Error),
     #[error("the peer does not speak the foobar-lb sync protocol")]
     BadMagic,
+    #[error(
+        "the peer speaks version {theirs} of the sync protocol, this node version {ours}: \
+         run one foobar-lb version on both nodes"
+    )]
+    Version { ours: char, theirs: char },
     #[error("authentication failed: the peer does not hold the same sync key")]
     AuthFailed,
     #[error("a frame failed authentication (tampered or out of sequence)")]
@@ -103,13 +113,96 @@ impl Entry {
     }
 }
 
+/// A NAT or full-NAT connection in node-independent form: the client's 5-tuple (which names
+/// the service), the backend by address and port, the SNAT address and port (full NAT), the
+/// client's next-hop MAC and both directions' state. What is a node's own view (backend ids,
+/// interfaces, the backend's next hop) is not sent: the receiver finds its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NatEntry {
+    pub family: u8,
+    pub proto: u8,
+    /// `NAT_ENTRY_*` bits.
+    pub flags: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub backend: [u8; 16],
+    pub backend_port: [u8; 2],
+    /// Full NAT: the source address and port the backend sees; zero for NAT.
+    pub snat: [u8; 16],
+    pub snat_port: [u8; 2],
+    /// The source MAC of the client's first frame (the client or its router): the replies'
+    /// next hop. Both nodes of a pair share the clients' segment (the VIP moves on it), so
+    /// it is the same from either.
+    pub client_mac: [u8; 6],
+    /// Flow-time units (2^30 ns) since the connection's last packet either way, as the
+    /// sender saw it: the receiver's entries age from there, so its sweeper expires them
+    /// when the sender's does, not earlier (they are re-sent while the connection is alive).
+    pub idle: u32,
+}
+
+/// [`NatEntry::flags`]: a full-NAT connection.
+pub const NAT_ENTRY_FULL: u8 = 1;
+/// [`NatEntry::flags`]: the backend has answered.
+pub const NAT_ENTRY_REPLIED: u8 = 1 << 1;
+/// [`NatEntry::flags`]: FIN / RST seen from the client...
+pub const NAT_ENTRY_CLIENT_FIN: u8 = 1 << 2;
+pub const NAT_ENTRY_CLIENT_RST: u8 = 1 << 3;
+/// ...and from the backend.
+pub const NAT_ENTRY_BACKEND_FIN: u8 = 1 << 4;
+pub const NAT_ENTRY_BACKEND_RST: u8 = 1 << 5;
+
+const NAT_ENTRY: usize = 3 + 16 * 4 + 2 * 4 + 6 + 4;
+
+impl NatEntry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[self.family, self.proto, self.flags]);
+        out.extend_from_slice(&self.src);
+        out.extend_from_slice(&self.dst);
+        out.extend_from_slice(&self.sport);
+        out.extend_from_slice(&self.dport);
+        out.extend_from_slice(&self.backend);
+        out.extend_from_slice(&self.backend_port);
+        out.extend_from_slice(&self.snat);
+        out.extend_from_slice(&self.snat_port);
+        out.extend_from_slice(&self.client_mac);
+        out.extend_from_slice(&self.idle.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> NatEntry {
+        let a16 = |o: usize| <[u8; 16]>::try_from(&b[o..o + 16]).expect("16 bytes");
+        let a2 = |o: usize| <[u8; 2]>::try_from(&b[o..o + 2]).expect("2 bytes");
+        NatEntry {
+            family: b[0],
+            proto: b[1],
+            flags: b[2],
+            src: a16(3),
+            dst: a16(19),
+            sport: a2(35),
+            dport: a2(37),
+            backend: a16(39),
+            backend_port: a2(55),
+            snat: a16(57),
+            snat_port: a2(73),
+            client_mac: <[u8; 6]>::try_from(&b[75..81]).expect("6 bytes"),
+            idle: u32::from_be_bytes(b[81..85].try_into().expect("4 bytes")),
+        }
+    }
+}
+
 /// What flows over a sync connection, listener to dialer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// New flows (live) or part of the table (bulk); `sent_ms`: the sender's wall clock (ms
     /// since the epoch) when it read them, for the lag metric.
     Flows { sent_ms: u64, entries: Vec<Entry> },
-    /// The bulk dump is complete: `count` entries were sent.
+    /// New NAT connections (live) or part of the NAT table (bulk), as `Flows`.
+    Nat {
+        sent_ms: u64,
+        entries: Vec<NatEntry>,
+    },
+    /// The bulk dump is complete: `count` entries (flows and NAT connections) were sent.
     BulkDone { count: u64 },
     /// Nothing new: the connection is alive.
     Ping,
@@ -118,6 +211,7 @@ pub enum Frame {
 const KIND_FLOWS: u8 = 1;
 const KIND_BULK_DONE: u8 = 2;
 const KIND_PING: u8 = 3;
+const KIND_NAT: u8 = 4;
 
 impl Frame {
     fn encode(&self) -> (u8, Vec<u8>) {
@@ -129,6 +223,14 @@ impl Frame {
                     e.encode(&mut p);
                 }
                 (KIND_FLOWS, p)
+            }
+            Frame::Nat { sent_ms, entries } => {
+                let mut p = Vec::with_capacity(8 + entries.len() * NAT_ENTRY);
+                p.extend_from_slice(&sent_ms.to_be_bytes());
+                for e in entries {
+                    e.encode(&mut p);
+                }
+                (KIND_NAT, p)
             }
             Frame::BulkDone { count } => (KIND_BULK_DONE, count.to_be_bytes().to_vec()),
             Frame::Ping => (KIND_PING, Vec::new()),
@@ -153,10 +255,33 @@ impl Frame {
                 let entries = rest.chunks_exact(ENTRY).map(Entry::decode).collect();
                 Ok(Frame::Flows { sent_ms, entries })
             }
+            KIND_NAT => {
+                let sent_ms = u64_at(p)?;
+                let rest = &p[8..];
+                if !rest.len().is_multiple_of(NAT_ENTRY) || rest.len() / NAT_ENTRY > MAX_BATCH {
+                    return Err(WireError::Malformed("NAT batch of a bad length"));
+                }
+                let entries = rest.chunks_exact(NAT_ENTRY).map(NatEntry::decode).collect();
+                Ok(Frame::Nat { sent_ms, entries })
+            }
             KIND_BULK_DONE if p.len() == 8 => Ok(Frame::BulkDone { count: u64_at(p)? }),
             KIND_PING if p.is_empty() => Ok(Frame::Ping),
             _ => Err(WireError::Malformed("unknown frame kind or length")),
         }
+    }
+}
+
+/// [`MAGIC`], or which error its absence is: another version of this protocol, or another one.
+fn check_magic(got: &[u8]) -> Result<(), WireError> {
+    if got == MAGIC {
+        Ok(())
+    } else if got[..7] == MAGIC_FAMILY[..] {
+        Err(WireError::Version {
+            ours: MAGIC[7] as char,
+            theirs: got[7] as char,
+        })
+    } else {
+        Err(WireError::BadMagic)
     }
 }
 
@@ -215,9 +340,7 @@ pub async fn dial_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(&hello).await?;
     let mut answer = [0u8; 8 + NONCE + ID + TAG];
     s.read_exact(&mut answer).await?;
-    if &answer[..8] != MAGIC {
-        return Err(WireError::BadMagic);
-    }
+    check_magic(&answer[..8])?;
     let ns = &answer[8..8 + NONCE];
     let them = &answer[8 + NONCE..8 + NONCE + ID];
     if !verify(
@@ -247,9 +370,7 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<FrameWriter, WireError> {
     let mut hello = [0u8; 8 + NONCE + ID];
     s.read_exact(&mut hello).await?;
-    if &hello[..8] != MAGIC {
-        return Err(WireError::BadMagic);
-    }
+    check_magic(&hello[..8])?;
     let nc = &hello[8..8 + NONCE];
     let them = &hello[8 + NONCE..];
     if them == me {
@@ -362,6 +483,25 @@ mod tests {
         }
     }
 
+    /// A full-NAT entry with every field distinct, so a field decoded from the wrong offset shows.
+    fn nat_entry(n: u8) -> NatEntry {
+        NatEntry {
+            family: 4,
+            proto: 6,
+            flags: NAT_ENTRY_FULL | NAT_ENTRY_REPLIED | NAT_ENTRY_BACKEND_FIN,
+            src: [n; 16],
+            dst: [2; 16],
+            sport: [0x30, n],
+            dport: [0, 80],
+            backend: [3; 16],
+            backend_port: [0x1f, 0x90],
+            snat: [4; 16],
+            snat_port: [0xc3, n],
+            client_mac: [0x02, 0, 0, 0, 5, n],
+            idle: 0x0102_0300 | n as u32,
+        }
+    }
+
     /// A connected pair after the handshake: (listener's writer, dialer's reader).
     async fn pair(dial_key: &[u8]) -> Result<(FrameWriter, FrameReader), WireError> {
         let (mut a, mut b) = tokio::io::duplex(4096);
@@ -380,13 +520,55 @@ mod tests {
                 sent_ms: 1234,
                 entries: vec![entry(1), entry(2)],
             },
-            Frame::BulkDone { count: 2 },
+            Frame::Nat {
+                sent_ms: 1235,
+                entries: vec![nat_entry(1), nat_entry(2)],
+            },
+            Frame::BulkDone { count: 4 },
             Frame::Ping,
         ];
         for f in &frames {
             let bytes = w.seal(f);
             assert_eq!(&r.open(&bytes[4..]).unwrap(), f);
         }
+    }
+
+    #[test]
+    fn a_nat_entry_keeps_every_field_at_its_offset() {
+        let e = nat_entry(9);
+        let mut b = Vec::new();
+        e.encode(&mut b);
+        assert_eq!(b.len(), NAT_ENTRY);
+        assert_eq!(NatEntry::decode(&b), e);
+        // The idle time last (big-endian), the MAC before it, the SNAT port before that.
+        assert_eq!(&b[NAT_ENTRY - 4..], &[1, 2, 3, 9]);
+        assert_eq!(&b[NAT_ENTRY - 10..NAT_ENTRY - 4], &[0x02, 0, 0, 0, 5, 9]);
+        assert_eq!(&b[NAT_ENTRY - 12..NAT_ENTRY - 10], &[0xc3, 9]);
+    }
+
+    /// A node of the previous version (DSR flows only) meets this one: both sides say it is a
+    /// version mismatch, neither takes it for a wrong key.
+    #[tokio::test]
+    async fn a_peer_of_another_protocol_version_is_refused_as_such() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let old = async {
+            let mut hello = b"FLBSYNC1".to_vec();
+            hello.extend_from_slice(&[0; NONCE + ID]);
+            b.write_all(&hello).await.unwrap();
+            drop(b);
+        };
+        let (w, ()) = tokio::join!(accept_handshake(&mut a, KEY, &LISTENER), old);
+        match w {
+            Err(
+                e @ WireError::Version {
+                    ours: '2',
+                    theirs: '1',
+                },
+            ) => assert!(!e.is_auth()),
+            other => panic!("listener: {:?}", other.err()),
+        }
+        assert!(matches!(check_magic(b"NOTSYNC2"), Err(WireError::BadMagic)));
+        assert!(check_magic(MAGIC).is_ok());
     }
 
     #[tokio::test]
@@ -482,5 +664,16 @@ mod tests {
         buf.extend_from_slice(&payload);
         buf.extend_from_slice(&t);
         assert!(matches!(r.open(&buf), Err(WireError::Malformed(_))));
+        // The same for a NAT batch cut mid-entry.
+        let (kind, mut payload) = Frame::Nat {
+            sent_ms: 0,
+            entries: vec![nat_entry(1)],
+        }
+        .encode();
+        payload.pop();
+        assert!(matches!(
+            Frame::decode(kind, &payload),
+            Err(WireError::Malformed(_))
+        ));
     }
 }

@@ -220,7 +220,7 @@ fn sync_new_flows(
     println!("bench micro: timing {singles} new flows with and without flow sync...");
     let off = Harness::with_flow_table(cfg, macs, 65536);
     let mut on = Harness::with_sync(cfg, macs);
-    let (mut ring, _maps) = on.dp.sync_maps()?;
+    let (mut ring, _maps, _walk) = on.dp.sync_maps()?;
     let probe = Pkt::tcp("172.19.255.255", 5000, "10.200.0.2", 80, TCP_SYN).build();
     anyhow::ensure!(
         on.run(&probe).action == XDP_TX && ring.next().is_some(),
