@@ -74,6 +74,22 @@ impl Node {
         keepalived.kill();
     }
 
+    /// Crashes this node (see [`Node::crash`]) and waits until `survivor` holds every one of
+    /// `addrs` (keepalived's takeover): (when it crashed, how long the takeover took).
+    fn crash_over_to(
+        &self,
+        (daemon, keepalived): (&mut Daemon, &mut Keepalived),
+        survivor: &Node,
+        addrs: &[&str],
+    ) -> (Instant, Duration) {
+        let crashed = Instant::now();
+        self.crash(daemon, keepalived);
+        let ns = survivor.ns();
+        let what = format!("{} takes {addrs:?} from {}", survivor.ns, self.ns);
+        let took = wait_for(&what, 15, || addrs.iter().all(|a| holds(&ns, a)));
+        (crashed, took)
+    }
+
     /// Brings the node back as a reboot would: interface up without the VIPs (a rebooted
     /// host has no keepalived addresses), then the daemon (adopting its pinned data plane),
     /// then keepalived.
@@ -292,9 +308,7 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     });
 
     // 1. A crashes: B takes over.
-    let killed_a = Instant::now();
-    p.a.crash(&mut da, &mut ka);
-    let takeover = wait_for("B takes the VIP", 15, || holds(&b_ns, VIP4));
+    let (killed_a, takeover) = p.a.crash_over_to((&mut da, &mut ka), &p.b, &[VIP4]);
     let at_takeover = load.download_bytes.load(Ordering::Relaxed);
     load.wait_progress("load running through B", 20);
     let b_stats = db.stats();
@@ -333,9 +347,7 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
 
     // 3. B crashes: the rejoined A takes over again, carrying connections it never saw open.
     let b_verdicts = db.verdicts_text();
-    let killed_b = Instant::now();
-    p.b.crash(&mut db, &mut kb);
-    let takeback = wait_for("A takes the VIP back", 15, || holds(&a_ns, VIP4));
+    let (killed_b, takeback) = p.b.crash_over_to((&mut db, &mut kb), &p.a, &[VIP4]);
     load.wait_progress("load running through A again", 20);
     let a_verdicts = da.verdicts_text();
 
@@ -649,9 +661,7 @@ fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
     );
 
     // 1. A crashes: B takes over with A's flows.
-    let killed_a = Instant::now();
-    p.a.crash(&mut da, &mut ka);
-    let takeover = wait_for("B takes the VIP", 15, || holds(&b_ns, VIP4));
+    let (killed_a, takeover) = p.a.crash_over_to((&mut da, &mut ka), &p.b, &[VIP4]);
     load.wait_progress("load running through B", 20);
     thread::sleep(Duration::from_secs(1));
 
@@ -682,9 +692,7 @@ fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
     load.wait_progress("load running through B after A rejoined", 10);
 
     // 3. B crashes: A takes over again, with the flows B created meanwhile.
-    let killed_b = Instant::now();
-    p.b.crash(&mut db, &mut kb);
-    let takeback = wait_for("A takes the VIP back", 15, || holds(&a_ns, VIP4));
+    let (killed_b, takeback) = p.b.crash_over_to((&mut db, &mut kb), &p.a, &[VIP4]);
     load.wait_progress("load running through A again", 20);
     thread::sleep(Duration::from_secs(1));
 
@@ -972,11 +980,9 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
     let missing: Vec<_> = long_lived.iter().filter(|c| !on_b.contains(c)).collect();
     assert!(missing.is_empty(), "B's sweeper forgot {missing:?}");
 
-    let killed_a = Instant::now();
-    p.a.crash(&mut da, &mut ka);
-    let takeover = wait_for("B takes the VIPs and the NAT addresses", 15, || {
-        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&b_ns, a))
-    });
+    // The VIPs and the NAT addresses (the backends' gateway or the SNAT addresses) move.
+    let addrs = [VIP4, VIP6, moved[0], moved[1]];
+    let (killed_a, takeover) = p.a.crash_over_to((&mut da, &mut ka), &p.b, &addrs);
     load.wait_progress("load running through B", 20);
     thread::sleep(Duration::from_secs(1));
     // A connection B did not know would have been scheduled anew, and its RST from a backend
@@ -1006,11 +1012,7 @@ fn sync_translating_takeover_loses_nothing(tag: &str, fwd: Forwarding) {
         ka.entered("BACKUP") >= 1
     });
     load.wait_progress("load running through B after A rejoined", 10);
-    let killed_b = Instant::now();
-    p.b.crash(&mut db, &mut kb);
-    let takeback = wait_for("A takes the VIPs and the NAT addresses back", 15, || {
-        [VIP4, VIP6].iter().chain(&moved).all(|a| holds(&a_ns, a))
-    });
+    let (killed_b, takeback) = p.b.crash_over_to((&mut db, &mut kb), &p.a, &addrs);
     load.wait_progress("load running through A again", 20);
     thread::sleep(Duration::from_secs(1));
     assert_eq!(
