@@ -574,6 +574,37 @@ async fn refresh(
 }
 
 /// Accepts peers: each that proves the key gets the bulk dump, then the live flows.
+/// The listener's two pools of connection slots: the configured peers' addresses, and any
+/// other address (a peer dialing from an unlisted address, or a stranger). A connection holds
+/// its slot until it ends, handshake included.
+struct Admission {
+    peer_ips: Vec<std::net::IpAddr>,
+    peers: Arc<tokio::sync::Semaphore>,
+    strangers: Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    fn new(peer_ips: Vec<std::net::IpAddr>) -> Admission {
+        Admission {
+            peer_ips,
+            peers: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            strangers: Arc::new(tokio::sync::Semaphore::new(MAX_STRANGERS)),
+        }
+    }
+
+    /// A slot for a connection from `ip`, or why there is none.
+    fn admit(&self, ip: std::net::IpAddr) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        let (pool, max) = if self.peer_ips.contains(&ip.to_canonical()) {
+            (&self.peers, MAX_CONNECTIONS)
+        } else {
+            (&self.strangers, MAX_STRANGERS)
+        };
+        pool.clone()
+            .try_acquire_owned()
+            .map_err(|_| format!("already serving {max} connections from such addresses"))
+    }
+}
+
 async fn listen(
     addr: SocketAddr,
     peer_ips: Vec<std::net::IpAddr>,
@@ -593,23 +624,18 @@ async fn listen(
             }
         }
     };
-    let peers = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let strangers = Arc::new(tokio::sync::Semaphore::new(MAX_STRANGERS));
+    let admission = Admission::new(peer_ips);
     loop {
         let Ok((sock, from)) = listener.accept().await else {
             tokio::time::sleep(BACKOFF_MIN).await;
             continue;
         };
-        let (pool, max) = if peer_ips.contains(&from.ip().to_canonical()) {
-            (&peers, MAX_CONNECTIONS)
-        } else {
-            (&strangers, MAX_STRANGERS)
-        };
-        let Ok(slot) = pool.clone().try_acquire_owned() else {
-            log::warn!(
-                "sync: {from} refused: already serving {max} connections from such addresses"
-            );
-            continue;
+        let slot = match admission.admit(from.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                log::warn!("sync: {from} refused: {why}");
+                continue;
+            }
         };
         let (key, core, stats, live) = (key.clone(), core.clone(), stats.clone(), live.clone());
         let walk = walk.clone();
@@ -910,6 +936,35 @@ async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Strangers holding silent connections open fill their own pool only: a configured
+    /// peer still gets in, and a freed stranger slot is taken again.
+    #[test]
+    fn strangers_cannot_take_the_peers_slots() {
+        let peer: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let a = Admission::new(vec![peer]);
+        let stranger = |i: u8| std::net::IpAddr::from([192, 0, 2, i]);
+        let held: Vec<_> = (0..MAX_STRANGERS as u8)
+            .map(|i| a.admit(stranger(i)).expect("a stranger's slot"))
+            .collect();
+        let refused = a.admit(stranger(99)).unwrap_err();
+        assert!(refused.contains("already serving 4"), "{refused}");
+        // The peer, also as an IPv4-mapped IPv6 address (a dual-stack listener's view).
+        let peers: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|i| {
+                let ip = if i % 2 == 0 {
+                    peer
+                } else {
+                    "::ffff:10.0.0.2".parse().unwrap()
+                };
+                a.admit(ip).expect("a peer's slot")
+            })
+            .collect();
+        assert!(a.admit(peer).is_err(), "the peers' pool has a bound too");
+        drop(held);
+        assert!(a.admit(stranger(99)).is_ok(), "a freed slot is taken again");
+        drop(peers);
+    }
 
     #[test]
     fn live_nat_connections_are_re_announced_within_a_third_of_the_shortest_timeout() {
