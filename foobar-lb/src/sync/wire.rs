@@ -85,6 +85,18 @@ pub struct Entry {
 
 const ENTRY: usize = 3 + 16 * 3 + 2 * 3;
 
+/// Reads an entry's fixed-size fields in order, so no decoder spells out offsets. The frame
+/// decoder checked the length before: a short slice is a bug here, not bad input.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().expect("the frame's length was checked")
+    }
+}
+
 impl Entry {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&[self.family, self.proto, self.closing]);
@@ -97,18 +109,18 @@ impl Entry {
     }
 
     fn decode(b: &[u8]) -> Entry {
-        let a16 = |o: usize| <[u8; 16]>::try_from(&b[o..o + 16]).expect("16 bytes");
-        let a2 = |o: usize| <[u8; 2]>::try_from(&b[o..o + 2]).expect("2 bytes");
+        let mut f = Fields(b);
+        let [family, proto, closing] = f.take();
         Entry {
-            family: b[0],
-            proto: b[1],
-            closing: b[2],
-            src: a16(3),
-            dst: a16(19),
-            sport: a2(35),
-            dport: a2(37),
-            backend: a16(39),
-            backend_port: a2(55),
+            family,
+            proto,
+            closing,
+            src: f.take(),
+            dst: f.take(),
+            sport: f.take(),
+            dport: f.take(),
+            backend: f.take(),
+            backend_port: f.take(),
         }
     }
 }
@@ -171,22 +183,22 @@ impl NatEntry {
     }
 
     fn decode(b: &[u8]) -> NatEntry {
-        let a16 = |o: usize| <[u8; 16]>::try_from(&b[o..o + 16]).expect("16 bytes");
-        let a2 = |o: usize| <[u8; 2]>::try_from(&b[o..o + 2]).expect("2 bytes");
+        let mut f = Fields(b);
+        let [family, proto, flags] = f.take();
         NatEntry {
-            family: b[0],
-            proto: b[1],
-            flags: b[2],
-            src: a16(3),
-            dst: a16(19),
-            sport: a2(35),
-            dport: a2(37),
-            backend: a16(39),
-            backend_port: a2(55),
-            snat: a16(57),
-            snat_port: a2(73),
-            client_mac: <[u8; 6]>::try_from(&b[75..81]).expect("6 bytes"),
-            idle: u32::from_be_bytes(b[81..85].try_into().expect("4 bytes")),
+            family,
+            proto,
+            flags,
+            src: f.take(),
+            dst: f.take(),
+            sport: f.take(),
+            dport: f.take(),
+            backend: f.take(),
+            backend_port: f.take(),
+            snat: f.take(),
+            snat_port: f.take(),
+            client_mac: f.take(),
+            idle: u32::from_be_bytes(f.take()),
         }
     }
 }
