@@ -462,15 +462,9 @@ pub fn is_nd(ctx: &XdpContext, pkt: &Packet) -> bool {
 #[inline(always)]
 pub fn icmp_error_flow(ctx: &XdpContext, pkt: &Packet) -> Option<FlowKey> {
     let (_, q) = icmp_error_quote(ctx, pkt)?;
-    Some(FlowKey {
-        src: q.dst,
-        dst: q.src,
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        family: q.family,
-        _pad: [0; 2],
-    })
+    let mut flow = q;
+    flow.set_reverse_of(&q);
+    Some(flow)
 }
 
 /// The ICMP errors [`icmp_error_flow`] names: (type, code) and the 5-tuple of the TCP or UDP
