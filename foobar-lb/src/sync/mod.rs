@@ -141,7 +141,25 @@ pub struct SyncStats {
     gate: Mutex<String>,
 }
 
+/// The mutex's value; a panic elsewhere while holding it leaves the value usable (each
+/// change to it is made whole or not at all).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl SyncStats {
+    /// Counts a received batch of `received` entries of which `applied` were written, sent
+    /// at `sent_ms` (the lag metric); returns `applied`.
+    fn received_batch(&self, received: usize, applied: u64, sent_ms: u64) -> u64 {
+        self.received.fetch_add(received as u64, Ordering::Relaxed);
+        if applied > 0 {
+            self.applied.fetch_add(applied, Ordering::Relaxed);
+            self.last_sent_ms.store(sent_ms, Ordering::Relaxed);
+            self.last_applied_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        applied
+    }
+
     /// `Err(why)` while a starting node waits for its bulk sync.
     pub fn ready(&self) -> Result<(), String> {
         if self.ready.load(Ordering::Acquire) {
@@ -153,11 +171,11 @@ impl SyncStats {
 
     /// The readiness gate in words, for `status` and `ready`.
     pub fn gate_text(&self) -> String {
-        self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.gate).clone()
     }
 
     pub(crate) fn set_gate(&self, text: String, ready: bool) {
-        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        *lock(&self.gate) = text;
         if ready {
             self.ready.store(true, Ordering::Release);
         }
@@ -527,10 +545,7 @@ async fn read_ring(
         if events.is_empty() {
             continue;
         }
-        let entries = core
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .export(&events, &stats);
+        let entries = lock(&core).export(&events, &stats);
         if !entries.is_empty() && live.receiver_count() > 0 {
             let _ = live.send(Arc::new(entries));
         }
@@ -557,7 +572,7 @@ async fn refresh(
         }
         let (core, walk) = (core.clone(), walk.clone());
         let active = tokio::task::spawn_blocking(move || {
-            let table = core.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+            let table = lock(&core).snapshot();
             table.export_active(&walk.nat_conns(), flow_now(), within)
         })
         .await
@@ -676,7 +691,7 @@ async fn serve(
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let dump = tokio::task::spawn_blocking(move || {
         // Only the table's rebuild holds the lock; the walk does not.
-        let table = core.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+        let table = lock(&core).snapshot();
         dump(&walk, &table)
     })
     .await
@@ -834,47 +849,19 @@ async fn receive_frames(
         limit = SILENCE_TIMEOUT;
         match frame {
             Frame::Flows { sent_ms, entries } => {
-                stats
-                    .received
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                let applied = core
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .import(&entries, stats);
-                bulk += applied;
-                if applied > 0 {
-                    stats.applied.fetch_add(applied, Ordering::Relaxed);
-                    stats.last_sent_ms.store(sent_ms, Ordering::Relaxed);
-                    stats.last_applied_ms.store(now_ms(), Ordering::Relaxed);
-                }
+                let applied = lock(core).import(&entries, stats);
+                bulk += stats.received_batch(entries.len(), applied, sent_ms);
             }
             Frame::Nat { sent_ms, entries } => {
-                stats
-                    .received
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                let applied = core
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .import_nat(&entries, stats);
-                bulk += applied;
-                if applied > 0 {
-                    stats.applied.fetch_add(applied, Ordering::Relaxed);
-                    stats.last_sent_ms.store(sent_ms, Ordering::Relaxed);
-                    stats.last_applied_ms.store(now_ms(), Ordering::Relaxed);
-                }
+                let applied = lock(core).import_nat(&entries, stats);
+                bulk += stats.received_batch(entries.len(), applied, sent_ms);
             }
             Frame::BulkDone { count } => {
                 // A starting node is ready once the bulk's NAT connections waiting for a next
                 // hop are written too (or given up): the watch task retries them.
                 if !stats.is_ready() {
                     let start = Instant::now();
-                    while start.elapsed() < PENDING_FOR
-                        && !core
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .pending
-                            .is_empty()
-                    {
+                    while start.elapsed() < PENDING_FOR && !lock(core).pending.is_empty() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -901,7 +888,7 @@ async fn watch(wait: Duration, core: Arc<Mutex<Core>>, stats: Arc<SyncStats>) {
     loop {
         tick.tick().await;
         let (events, full) = {
-            let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+            let mut core = lock(&core);
             let applied = core.retry_pending(&stats);
             if applied > 0 {
                 stats.applied.fetch_add(applied, Ordering::Relaxed);
