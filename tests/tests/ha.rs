@@ -125,6 +125,17 @@ struct Pair {
 }
 
 impl Pair {
+    /// Both nodes' keepalived, started: the higher priority (A) wins the first election and
+    /// B stays backup. Returns them and how long A took to hold the VIP.
+    fn elect(&self) -> (Keepalived, Keepalived, Duration) {
+        let (a_ns, b_ns) = (self.a.ns(), self.b.ns());
+        let ka = Keepalived::start(&a_ns, &self.a.keepalived_conf).unwrap();
+        let kb = Keepalived::start(&b_ns, &self.b.keepalived_conf).unwrap();
+        let elected = wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
+        wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+        (ka, kb, elected)
+    }
+
     /// Both nodes' daemons, started and seeing every backend up.
     fn start_both(&self) -> (Daemon, Daemon) {
         let (da, db) = (self.a.start(), self.b.start());
@@ -283,11 +294,7 @@ fn takeover_loses_nothing_and_a_restarted_node_rejoins_as_backup() {
     let p = pair("ha", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
     let (mut da, mut db) = p.start_both();
-    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
-    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
-    // The higher priority (A) wins the first election; B stays backup.
-    let elected = wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
-    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    let (mut ka, mut kb, elected) = p.elect();
     assert!(!holds(&b_ns, VIP4), "B holds the VIP too");
     assert!(
         holds(&a_ns, VIP6),
@@ -527,10 +534,7 @@ fn a_node_whose_daemon_dies_hands_the_vip_over() {
     let p = pair("hd", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
     let (mut da, _db) = p.start_both();
-    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
-    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
-    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
-    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    let (ka, _kb, _) = p.elect();
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
     let load = Load::start(&p.topo.client, 4, false);
     load.wait_progress("load running through A", 5);
@@ -582,10 +586,7 @@ fn split_brain_from_a_frozen_master_misroutes_nothing() {
     let p = pair("hb", "maglev");
     let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
     let (_da, db) = p.start_both();
-    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
-    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
-    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
-    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    let (ka, _kb, _) = p.elect();
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
     let load = Load::start(&p.topo.client, 8, false);
     load.wait_progress("load running through A", 5);
@@ -633,15 +634,11 @@ fn sync_round_robin_takeover_loses_nothing_and_a_restarted_node_syncs_first() {
     }
     let p = pair("hy", "roundrobin");
     with_sync(&p, SYNC_KEY, SYNC_KEY, 3000);
-    let (a_ns, b_ns) = (p.a.ns(), p.b.ns());
     let (mut da, mut db) = p.start_both();
     wait_for("both nodes receive each other's flows", 15, || {
         sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
     });
-    let mut ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
-    let mut kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
-    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
-    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    let (mut ka, mut kb, _) = p.elect();
 
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
     let load = Load::start(&p.topo.client, 16, true);
@@ -801,10 +798,7 @@ fn sync_node_drain_hands_the_vip_over_and_back_losing_nothing() {
     wait_for("both nodes connected to each other", 15, || {
         sync_of(&da).peers_connected == 1 && sync_of(&db).peers_connected == 1
     });
-    let ka = Keepalived::start(&a_ns, &p.a.keepalived_conf).unwrap();
-    let kb = Keepalived::start(&b_ns, &p.b.keepalived_conf).unwrap();
-    wait_for("A holds the VIP", 30, || holds(&a_ns, VIP4));
-    wait_for("B enters BACKUP", 10, || kb.entered("BACKUP") >= 1);
+    let (ka, _kb, _) = p.elect();
 
     let resets_before = tcp_counter(&p.topo.client, "EstabResets").unwrap();
     let load = Load::start(&p.topo.client, 16, true);
