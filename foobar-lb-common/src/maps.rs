@@ -607,6 +607,20 @@ pub fn encode_addr(ip: core::net::IpAddr) -> (Addr, u8) {
     }
 }
 
+/// The address [`encode_addr`] stored as `a` (family `family`).
+pub fn decode_addr(a: &Addr, family: u8) -> core::net::IpAddr {
+    let b = |w: u32| w.to_ne_bytes();
+    if family == FAMILY_V4 {
+        core::net::IpAddr::from(b(a[0]))
+    } else {
+        let mut o = [0u8; 16];
+        for (chunk, w) in o.chunks_exact_mut(4).zip(a) {
+            chunk.copy_from_slice(&b(*w));
+        }
+        core::net::IpAddr::from(o)
+    }
+}
+
 impl ServiceKey {
     pub fn new(vip: core::net::IpAddr, port: u16, proto: u8) -> ServiceKey {
         let (vip, family) = encode_addr(vip);
@@ -630,6 +644,15 @@ impl ServiceKey {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decode_addr_undoes_encode_addr() {
+        for ip in ["10.0.0.11", "fd00::11", "::ffff:10.0.0.1"] {
+            let ip: core::net::IpAddr = ip.parse().unwrap();
+            let (a, family) = super::encode_addr(ip);
+            assert_eq!(super::decode_addr(&a, family), ip);
+        }
+    }
+
     #[test]
     fn a_reversed_key_swaps_the_ends_and_keeps_the_rest() {
         let k = super::FlowKey {

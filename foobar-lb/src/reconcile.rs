@@ -11,9 +11,9 @@ use std::{
 };
 
 use foobar_lb_common::{
-    encode_addr, owner, owner_generation, owner_service, snat_range, Backend, BackendSet,
-    ServiceInfo, ServiceKey, SnatPool, VipKey, ADMIN_RETIRED_SHIFT, BACKEND_ACTIVE, BACKEND_DOWN,
-    BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SNAT_ADDRS,
+    decode_addr, encode_addr, owner, owner_generation, owner_service, snat_range, Backend,
+    BackendSet, ServiceInfo, ServiceKey, SnatPool, VipKey, ADMIN_RETIRED_SHIFT, BACKEND_ACTIVE,
+    BACKEND_DOWN, BACKEND_DRAINING, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, MAX_SNAT_ADDRS,
 };
 
 use crate::{
@@ -589,15 +589,6 @@ fn retire(
         ),
     });
     retired.push(b.id);
-}
-
-fn decode_addr(a: &foobar_lb_common::Addr, family: u8) -> IpAddr {
-    let bytes: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    if family == foobar_lb_common::FAMILY_V4 {
-        IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).expect("4 bytes"))
-    } else {
-        IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).expect("16 bytes"))
-    }
 }
 
 /// A backend entry; `(mac, ifindex)`: its MAC and, for NAT, the interface it is on.

@@ -17,10 +17,11 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use foobar_lb_common::{
-    flow_age, nat_reply_key, vip_filter_bit, Addr, Backend, FlowKey, NatFwd, NatRev, VipFilter,
-    BACKEND_UNUSED, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FWD_FULLNAT, FWD_NAT, FW_HAS_NAT,
-    FW_HAS_SNAT, MAP_BACKENDS, MAP_FLOW_CLOCK, MAP_NAT_FWD, MAP_NAT_REV, MAP_NAT_SRC_FILTER,
-    MAP_SNAT_ADDRS, NAT_FULL, NAT_REPLIED, NAT_TIME_MASK, PROTO_UDP, VIP_FILTER_WORDS,
+    decode_addr, flow_age, nat_reply_key, vip_filter_bit, Backend, FlowKey, NatFwd, NatRev,
+    VipFilter, BACKEND_UNUSED, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, FWD_FULLNAT, FWD_NAT,
+    FW_HAS_NAT, FW_HAS_SNAT, MAP_BACKENDS, MAP_FLOW_CLOCK, MAP_NAT_FWD, MAP_NAT_REV,
+    MAP_NAT_SRC_FILTER, MAP_SNAT_ADDRS, NAT_FULL, NAT_REPLIED, NAT_TIME_MASK, PROTO_UDP,
+    VIP_FILTER_WORDS,
 };
 
 use super::{flow_now, map_err, Dataplane, DataplaneError};
@@ -121,15 +122,6 @@ pub struct NatConn {
     pub state: NatState,
     /// Seconds since the last packet either way (flow-clock resolution, ~1 s).
     pub idle_secs: u64,
-}
-
-fn ip(a: &Addr, family: u8) -> IpAddr {
-    let b: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    if family == foobar_lb_common::FAMILY_V4 {
-        IpAddr::from(<[u8; 4]>::try_from(&b[..4]).expect("4 bytes"))
-    } else {
-        IpAddr::from(<[u8; 16]>::try_from(&b[..]).expect("16 bytes"))
-    }
 }
 
 impl Dataplane {
@@ -234,7 +226,7 @@ impl Dataplane {
         Ok(map
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, range)| (ip(&k.addr, k.family), range))
+            .map(|(k, range)| (decode_addr(&k.addr, k.family), range))
             .collect())
     }
 
@@ -253,11 +245,18 @@ impl Dataplane {
             let idle = nat_idle(now, f.seen, r.seen);
             out.push(NatConn {
                 proto: k.proto,
-                client: (ip(&k.src, k.family), u16::from_be(k.sport)),
-                vip: (ip(&k.dst, k.family), u16::from_be(k.dport)),
-                backend: (ip(&f.backend_addr, k.family), u16::from_be(f.backend_port)),
-                snat: (f.flags & NAT_FULL != 0)
-                    .then(|| (ip(&f.snat_addr, k.family), u16::from_be(f.snat_port))),
+                client: (decode_addr(&k.src, k.family), u16::from_be(k.sport)),
+                vip: (decode_addr(&k.dst, k.family), u16::from_be(k.dport)),
+                backend: (
+                    decode_addr(&f.backend_addr, k.family),
+                    u16::from_be(f.backend_port),
+                ),
+                snat: (f.flags & NAT_FULL != 0).then(|| {
+                    (
+                        decode_addr(&f.snat_addr, k.family),
+                        u16::from_be(f.snat_port),
+                    )
+                }),
                 backend_id: f.backend_id,
                 state: nat_state(k.proto, f.seen, r.seen),
                 idle_secs: (idle as u64 * (1 << 30)) / 1_000_000_000,

@@ -5,11 +5,7 @@
 //! chose) and are never sent. Answers are cached for the life of the translation table
 //! (`TABLE_MAX_AGE`), so a bulk sync costs one lookup per client and per backend.
 
-use std::{
-    collections::HashMap,
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::HashMap, io, net::IpAddr};
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::{
@@ -101,20 +97,6 @@ pub fn route(dst: IpAddr, src: Option<IpAddr>) -> io::Result<Hop> {
         io::ErrorKind::NotFound,
         format!("no route to {dst}"),
     ))
-}
-
-/// The address of a wire-order [`foobar_lb_common::Addr`] of `family`.
-pub fn ip(a: &foobar_lb_common::Addr, family: u8) -> IpAddr {
-    let b: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    if family == foobar_lb_common::FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(&b[..4]).expect("4 bytes"),
-        ))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(&b[..]).expect("16 bytes"),
-        ))
-    }
 }
 
 /// Cached routes and neighbour entries of this node (see the module's doc).

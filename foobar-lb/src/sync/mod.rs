@@ -27,7 +27,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use foobar_lb_common::{nat_reply_key, FlowEvent};
+use foobar_lb_common::{decode_addr, nat_reply_key, FlowEvent};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::broadcast,
@@ -38,7 +38,7 @@ use crate::{
     config::{NatTimeouts, SyncConfig},
     dataplane::{flow_is_open, flow_now, NatWrite, SyncMaps, SyncWalk},
 };
-use local::{ip, Local};
+use local::Local;
 use table::{NatImport, Table};
 use wire::{Entry, Frame, NatEntry, MAX_BATCH};
 
@@ -294,7 +294,7 @@ impl Core {
     /// backend's next hop from the SNAT address. `false`: this node cannot forward it.
     fn localize(&mut self, c: &mut NatImport) -> bool {
         let family = c.key.family;
-        let Some(to_client) = self.local.route(ip(&c.key.src, family), None) else {
+        let Some(to_client) = self.local.route(decode_addr(&c.key.src, family), None) else {
             return false;
         };
         if self.maps.iface_mac(to_client.ifindex).is_none() {
@@ -303,8 +303,8 @@ impl Core {
         c.rev.ifindex = to_client.ifindex;
         if c.full() {
             let (backend, snat) = (
-                ip(&c.fwd.backend_addr, family),
-                ip(&c.fwd.snat_addr, family),
+                decode_addr(&c.fwd.backend_addr, family),
+                decode_addr(&c.fwd.snat_addr, family),
             );
             let Some(hop) = self.local.route(backend, Some(snat)) else {
                 return false;
