@@ -65,6 +65,58 @@ pub fn apply(check: u16, delta: u32) -> u16 {
     !fold(!check as u32 + fold(delta) as u32)
 }
 
+/// The pseudo-header's sum (RFC 9293 3.1, RFC 768, RFC 8200 8.1) of a TCP or UDP segment of
+/// `len` bytes from `src` to `dst` (`words`: 1 for IPv4, 4 for IPv6), neither folded nor
+/// inverted. Folded, it is what a sender with checksum offload leaves in the checksum field
+/// (the kernel's `CHECKSUM_PARTIAL`: `~csum_tcpudp_magic(.., 0)`) for the last transmitter to
+/// add the segment to.
+#[inline(always)]
+pub fn pseudo(src: &[u32; 4], dst: &[u32; 4], words: usize, proto: u8, len: u32) -> u32 {
+    let mut sum = (proto as u16).to_be() as u32
+        + (len as u16).to_be() as u32
+        + ((len >> 16) as u16).to_be() as u32;
+    let mut i = 0;
+    while i < words && i < 4 {
+        sum += (src[i] as u16) as u32 + (src[i] >> 16) + (dst[i] as u16) as u32 + (dst[i] >> 16);
+        i += 1;
+    }
+    sum
+}
+
+/// What the checksum field of a forwarded TCP/UDP segment must become when it arrived holding
+/// exactly its pseudo-header's sum, i.e. looked partial. `pseudo` is the sent segment's
+/// [`pseudo`] sum, `field` what the field holds now, `sum` the sent segment's bytes (field
+/// included) summed, or `None` where they were not (too long to sum in the data plane).
+///
+/// - The segment sums to a valid full checksum: it was one (a full checksum equals the
+///   pseudo-header's sum once in 65,536, and the rewrite updated it correctly): `None`,
+///   leave it.
+/// - Otherwise it was partial. `keep_partial` (the frame stays the kernel's skb, generic XDP:
+///   its `CHECKSUM_PARTIAL` state travels on and whoever transmits it last completes it):
+///   the sent pseudo-header's sum, folded, as the sender would have left it. Else (native
+///   XDP: the frame reaches its receiver with no checksum state and is verified there): the
+///   full checksum, computed from the sum (a UDP checksum of 0 sent as 0xffff).
+pub fn complete(
+    pseudo: u32,
+    field: u16,
+    sum: Option<u32>,
+    keep_partial: bool,
+    udp: bool,
+) -> Option<u16> {
+    if let Some(sum) = sum {
+        if fold(pseudo + fold(sum) as u32) == 0xffff {
+            return None;
+        }
+    }
+    if keep_partial {
+        return Some(fold(pseudo));
+    }
+    let sum = sum?;
+    // The segment's sum without the field (adding its complement subtracts it).
+    let full = !fold(pseudo + fold(sum) as u32 + !field as u32);
+    Some(if udp && full == 0 { 0xffff } else { full })
+}
+
 /// One's-complement sum of `data` (an odd trailing byte padded with zero), not inverted.
 pub fn sum_bytes(data: &[u8], initial: u32) -> u32 {
     let mut sum = initial as u64;
@@ -191,6 +243,82 @@ mod tests {
                 data[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
             }
             assert_eq!(replace_addr(before, &old, &new, 4), checksum(&data));
+        }
+    }
+
+    /// An IPv4 or IPv6 TCP/UDP segment with a random payload: (pseudo-header bytes, segment
+    /// bytes with a zero checksum field, offset of the field, src, dst, words).
+    fn segment(
+        rng: &mut Lcg,
+        v6: bool,
+        udp: bool,
+    ) -> (Vec<u8>, Vec<u8>, usize, [u32; 4], [u32; 4], usize) {
+        let words = if v6 { 4 } else { 1 };
+        let mut src = [0u32; 4];
+        let mut dst = [0u32; 4];
+        for i in 0..words {
+            src[i] = rng.next();
+            dst[i] = rng.next();
+        }
+        let len = (if udp { 8 } else { 20 }) + rng.next() as usize % 1500;
+        let mut seg: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let at = if udp { 6 } else { 16 };
+        put_word(&mut seg, at, 0);
+        let proto = if udp { 17u8 } else { 6 };
+        let mut ph = Vec::new();
+        for w in src.iter().take(words) {
+            ph.extend_from_slice(&w.to_ne_bytes());
+        }
+        for w in dst.iter().take(words) {
+            ph.extend_from_slice(&w.to_ne_bytes());
+        }
+        if v6 {
+            ph.extend_from_slice(&(len as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, proto]);
+        } else {
+            ph.extend_from_slice(&[0, proto]);
+            ph.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        (ph, seg, at, src, dst, words)
+    }
+
+    #[test]
+    fn pseudo_header_sums_match_the_rfcs_byte_layouts() {
+        let mut rng = Lcg(11);
+        for i in 0..2_000 {
+            let (v6, udp) = (i % 2 == 0, i % 3 == 0);
+            let (ph, seg, _, src, dst, words) = segment(&mut rng, v6, udp);
+            let proto = if udp { 17 } else { 6 };
+            assert_eq!(
+                fold(pseudo(&src, &dst, words, proto, seg.len() as u32)),
+                fold(sum_bytes(&ph, 0)),
+                "v6 {v6} udp {udp}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed_or_kept_partial_and_a_full_one_left_alone() {
+        let mut rng = Lcg(12);
+        for i in 0..4_000 {
+            let (v6, udp) = (i % 2 == 0, i % 3 == 0);
+            let (ph, mut seg, at, src, dst, words) = segment(&mut rng, v6, udp);
+            let proto = if udp { 17 } else { 6 };
+            let p = pseudo(&src, &dst, words, proto, seg.len() as u32);
+            let full = !fold(sum_bytes(&seg, sum_bytes(&ph, 0)));
+            // Partial, as the sender left it: completed in native mode, kept in generic mode.
+            put_word(&mut seg, at, fold(p));
+            let s = sum_bytes(&seg, 0);
+            let want = if udp && full == 0 { 0xffff } else { full };
+            assert_eq!(complete(p, fold(p), Some(s), false, udp), Some(want));
+            assert_eq!(complete(p, fold(p), Some(s), true, udp), Some(fold(p)));
+            assert_eq!(complete(p, fold(p), None, true, udp), Some(fold(p)));
+            assert_eq!(complete(p, fold(p), None, false, udp), None);
+            // A full checksum (whatever its value) stays as it is in either mode.
+            put_word(&mut seg, at, full);
+            let s = sum_bytes(&seg, 0);
+            assert_eq!(complete(p, full, Some(s), false, udp), None);
+            assert_eq!(complete(p, full, Some(s), true, udp), None);
         }
     }
 

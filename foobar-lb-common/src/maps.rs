@@ -25,6 +25,7 @@ pub const MAP_NAT_FWD: &str = "NAT_FWD";
 pub const MAP_NAT_REV: &str = "NAT_REV";
 pub const MAP_NAT_SRC_FILTER: &str = "NAT_SRC_FILTER";
 pub const MAP_NAT_SCRATCH: &str = "NAT_SCRATCH";
+pub const MAP_SUM_SCRATCH: &str = "SUM_SCRATCH";
 pub const MAP_SNAT_POOLS: &str = "SNAT_POOLS";
 pub const MAP_SNAT_ADDRS: &str = "SNAT_ADDRS";
 /// Backend id -> refused SYNs (per CPU, `u64`): a NAT or full-NAT backend answered a new
@@ -266,13 +267,18 @@ pub struct Iface {
     /// The interface's own MAC: only frames addressed to it are balanced, and forwarded frames
     /// leave with it as their source.
     pub mac: [u8; 6],
-    /// [`IFACE_ACTIVE`] once the controller has written the entry; 0: not one of ours.
+    /// [`IFACE_ACTIVE`] once the controller has written the entry (0: not one of ours), and
+    /// [`IFACE_GENERIC`].
     pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<Iface>() == 8);
 
 /// [`Iface::flags`]: the entry is set.
 pub const IFACE_ACTIVE: u16 = 1;
+/// [`Iface::flags`]: the program runs on this interface in generic (skb) mode, where a frame
+/// stays the kernel's skb through the program and keeps its checksum state (see
+/// `complete_partial` in the XDP program).
+pub const IFACE_GENERIC: u16 = 2;
 
 /// Key of [`MAP_IFACE_VLANS`]: a VLAN whose tagged frames an interface balances (the value is
 /// unused). Frames with another tag, or two tags, are not balanced.
@@ -299,6 +305,18 @@ pub struct SuspectScratch {
 }
 const _: () = assert!(core::mem::size_of::<SuspectScratch>() == 48);
 
+/// Value of [`MAP_SUM_SCRATCH`] (one per CPU, never read by userspace): where the program sums
+/// a TCP/UDP segment whose checksum arrived partial, [`SUM_CHUNK`] bytes at a time, with one
+/// word to spare for zero padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SumScratch {
+    pub buf: [u32; SUM_CHUNK / 4 + 1],
+}
+/// What one `bpf_csum_diff` call sums at most (the kernel's limit).
+pub const SUM_CHUNK: usize = 512;
+const _: () = assert!(core::mem::size_of::<SumScratch>() == SUM_CHUNK + 4);
+
 /// Value of [`MAP_NAT_SCRATCH`] (one per CPU, never read by userspace): the parsed packet as
 /// the NAT paths read it back (see the map's doc in the program).
 #[repr(C)]
@@ -308,7 +326,9 @@ pub struct NatScratch {
     pub l3_off: u16,
     pub l4_off: u16,
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// 1 if the packet's TCP/UDP checksum looked partial on arrival (`partial::note`).
+    pub partial: u8,
+    pub _pad: [u8; 2],
     /// The full-NAT connection this packet belongs to, for its rewrite (`nat::forward_full`):
     /// written by the lookup or the open that found or made it. Also where a new connection's
     /// entries and FIB lookup are built (`nat::open`): the program's 512-byte stack cannot
@@ -580,6 +600,7 @@ mod pod {
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::VlanKey {}
     unsafe impl aya::Pod for super::SuspectScratch {}
+    unsafe impl aya::Pod for super::SumScratch {}
     unsafe impl aya::Pod for super::NatFwd {}
     unsafe impl aya::Pod for super::NatRev {}
     unsafe impl aya::Pod for super::NatScratch {}

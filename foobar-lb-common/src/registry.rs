@@ -117,6 +117,7 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, [u32; 2]>(MAP_EGRESS, DevMapHash, MAX_EGRESS, 0, false),
     // Per-packet scratch: no state, so never pinned.
     spec::<u32, SuspectScratch>(MAP_SUSPECT_SCRATCH, PerCpuArray, 1, 0, false),
+    spec::<u32, SumScratch>(MAP_SUM_SCRATCH, PerCpuArray, 1, 0, false),
     spec::<FlowKey, FlowValue>(MAP_FLOWS, LruHash, MAX_FLOWS, 0, true),
     // NAT connection tracking: plain hash maps (a tracked connection is never evicted),
     // resized at load time (`nat_table_size`).

@@ -18,6 +18,8 @@ mod nat_icmp;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod partial;
+#[cfg(target_arch = "bpf")]
 mod rewrite;
 #[cfg(target_arch = "bpf")]
 mod select;
@@ -39,7 +41,7 @@ mod prog {
         maps::{IFACES, IFACE_VLANS, SERVICES, SUSPECT_SCRATCH, VIPS},
         nat, nat_icmp,
         parse::{self, parse, Packet, Parsed},
-        rewrite, select, stats,
+        partial, rewrite, select, stats,
     };
 
     #[xdp]
@@ -52,6 +54,8 @@ mod prog {
         if reason == verdict::DROP_SYN_REFUSED {
             nat::forget_refused();
         }
+        let partial = action & partial::PARTIAL != 0;
+        let action = action & !partial::PARTIAL;
         let action = if reason == verdict::ABORTED {
             xdp_action::XDP_ABORTED
         } else if action & rewrite::EGRESS != 0 {
@@ -60,6 +64,10 @@ mod prog {
         } else {
             action
         };
+        // A NAT rewrite of a frame whose checksum looked partial (see `partial`): once, here.
+        if partial && (action == xdp_action::XDP_TX || action == xdp_action::XDP_REDIRECT) {
+            partial::complete(&ctx);
+        }
         // Sent out of another interface (a two-arm balancer): counted apart. A redirect the
         // helper refused (XDP_ABORTED) is counted as aborted, not as sent.
         let reason = match action {

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use foobar_lb_common::{
     registry::Meta, verdict, Backend, BackendSet, BlockKey4, BlockKey6, Bucket, Counters, FlowKey,
     FlowValue, FwWords, Iface, NatFwd, NatRev, NatScratch, PrefixLens, RateKey, RuleSet,
-    ServiceInfo, ServiceKey, SnatPool, SuspectScratch, VipFilter, VipKey, VlanKey,
+    ServiceInfo, ServiceKey, SnatPool, SumScratch, SuspectScratch, VipFilter, VipKey, VlanKey,
     FLOW_EVENTS_BYTES, MAX_BACKENDS, MAX_BLOCKED, MAX_EGRESS, MAX_FLOWS, MAX_IFACE_VLANS,
     MAX_IFINDEX, MAX_NAT, MAX_RATE_SOURCES, MAX_RULES, MAX_SERVICES, MAX_SNAT_ENTRIES,
     MAX_VIP_POLICY_IFACES, SYNC_STAT_COUNT,
@@ -77,6 +77,11 @@ pub static IFACE_VLANS: HashMap<VlanKey, u32> = HashMap::with_max_entries(MAX_IF
 /// near the kernel's 1M limit).
 #[map]
 pub static SUSPECT_SCRATCH: PerCpuArray<SuspectScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where `partial::complete` sums a segment whose checksum arrived partial (too large for the
+/// stack).
+#[map]
+pub static SUM_SCRATCH: PerCpuArray<SumScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// 5-tuple -> backend id: keeps every packet of a connection on one backend. One LRU shared by
 /// all CPUs: per-CPU lists (BPF_F_NO_COMMON_LRU) would give each CPU 1/ncpus of the capacity

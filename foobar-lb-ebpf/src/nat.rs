@@ -43,6 +43,7 @@ use crate::{
         SNAT_ADDRS, SNAT_POOLS,
     },
     parse::Packet,
+    partial,
     rewrite::{self, Side},
     select::flow_now,
 };
@@ -90,6 +91,7 @@ pub fn forward(
     backend: &Backend,
 ) -> Result<u32, u32> {
     let pkt = normalize(pkt).ok_or(verdict::ABORTED)?;
+    let partial = partial::note(ctx, &pkt);
     let k = &pkt.key;
     rewrite::translate(
         ctx,
@@ -101,7 +103,7 @@ pub fn forward(
         backend.port,
     )?;
     rewrite::set_macs(ctx, &backend.mac, &iface.mac)?;
-    Ok(rewrite::egress(backend.ifindex))
+    Ok(rewrite::egress(backend.ifindex) | partial)
 }
 
 /// The source MAC of a frame sent out of `ifindex`: the receiving interface's (`iface`), or
@@ -128,6 +130,7 @@ pub fn forward_full(ctx: &XdpContext, pkt: &Packet) -> Result<u32, u32> {
     if c.flags & NAT_FULL == 0 {
         return Err(verdict::ABORTED);
     }
+    let partial = partial::note(ctx, &pkt);
     rewrite::translate_both(
         ctx,
         &pkt,
@@ -137,7 +140,7 @@ pub fn forward_full(ctx: &XdpContext, pkt: &Packet) -> Result<u32, u32> {
         c.backend_port,
     )?;
     rewrite::set_macs(ctx, &c.next_mac, &c.src_mac)?;
-    Ok(rewrite::out_by(ctx, c.ifindex))
+    Ok(rewrite::out_by(ctx, c.ifindex) | partial)
 }
 
 /// Whether `src` may be a NAT backend's address: a clear filter bit proves it is not.
@@ -265,6 +268,7 @@ fn reply_tx(
         unsafe { (*rev).seen = next };
     }
     let k = &pkt.key;
+    let partial = partial::note(ctx, pkt);
     // Not `translate_both` for full NAT, as `forward_full` does: the two copies here (one per
     // mode) cost ~8,000 verified instructions for ~6 ns per full-NAT reply (README).
     rewrite::translate(ctx, pkt, Side::Src, &k.src, &r.vip, k.sport, r.vport)?;
@@ -274,7 +278,10 @@ fn reply_tx(
     }
     // Out of the client's interface (two-arm: not the one the reply came in on).
     rewrite::set_macs(ctx, &r.client_mac, own_mac(ctx, iface, ifindex)?)?;
-    Ok((rewrite::out_by(ctx, ifindex), verdict::TX_NAT_REPLY))
+    Ok((
+        rewrite::out_by(ctx, ifindex) | partial,
+        verdict::TX_NAT_REPLY,
+    ))
 }
 
 /// The backend of a tracked NAT connection, if this client packet belongs to one whose

@@ -48,6 +48,9 @@ pub struct Pkt {
     pub payload: Vec<u8>,
     /// UDP over IPv4 sent without a checksum (the field zero, as RFC 768 allows).
     pub udp_no_checksum: bool,
+    /// The TCP/UDP checksum field holds only the pseudo-header's sum, as a sender with
+    /// checksum offload hands the frame on (the kernel's CHECKSUM_PARTIAL).
+    pub partial_checksum: bool,
 }
 
 impl Pkt {
@@ -81,7 +84,14 @@ impl Pkt {
             l4,
             payload: b"hello foobar".to_vec(),
             udp_no_checksum: false,
+            partial_checksum: false,
         }
+    }
+
+    /// With a partial checksum (see [`Pkt::partial_checksum`]).
+    pub fn partial(mut self) -> Pkt {
+        self.partial_checksum = true;
+        self
     }
 
     pub fn vlan(mut self, id: u16) -> Pkt {
@@ -198,7 +208,12 @@ impl Pkt {
         };
         b.extend(&self.payload);
         if proto == 6 || (proto == 17 && !self.udp_no_checksum) {
-            let sum = l4_checksum(self.src, self.dst, proto, &b);
+            let sum = if self.partial_checksum {
+                // The pseudo-header's sum, folded and not inverted.
+                !checksum(&[], pseudo_sum(self.src, self.dst, proto, b.len()))
+            } else {
+                l4_checksum(self.src, self.dst, proto, &b)
+            };
             let at = if proto == 6 { 16 } else { 6 };
             b[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         }
@@ -328,6 +343,9 @@ pub struct Decoded {
     pub payload: Vec<u8>,
     /// IPv4 header checksum and TCP/UDP checksum both verify.
     pub checksums_ok: bool,
+    /// The TCP/UDP checksum field holds the pseudo-header's sum (folded, not inverted): a
+    /// partial checksum (see [`Pkt::partial_checksum`]).
+    pub partial_checksum: bool,
     pub len: usize,
 }
 
@@ -355,6 +373,7 @@ impl Decoded {
             tcp_flags,
             payload,
             checksums_ok,
+            partial_checksum,
             len
         );
         if out.is_empty() {
@@ -389,6 +408,7 @@ pub fn decode(f: &[u8]) -> Decoded {
         tcp_flags: None,
         payload: Vec::new(),
         checksums_ok: false,
+        partial_checksum: false,
         len: f.len(),
     };
     // Truncated frames decode as far as they go.
@@ -465,7 +485,11 @@ pub fn decode(f: &[u8]) -> Decoded {
         ));
         // IPv4 UDP without a checksum (zero) is valid; IPv6 UDP must carry one.
         let none = proto == 17 && src.is_ipv4() && l4[6] == 0 && l4[7] == 0;
-        d.checksums_ok &= none || checksum(l4, pseudo_sum(src, dst, proto, l4.len())) == 0;
+        let pseudo = pseudo_sum(src, dst, proto, l4.len());
+        let at = if proto == 6 { 16 } else { 6 };
+        d.partial_checksum = l4.len() >= at + 2
+            && u16::from_be_bytes([l4[at], l4[at + 1]]) == !checksum(&[], pseudo);
+        d.checksums_ok &= none || checksum(l4, pseudo) == 0;
     }
     d
 }

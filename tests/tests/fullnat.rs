@@ -758,3 +758,72 @@ fn fullnat_an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
         );
     });
 }
+
+/// Full NAT's half of `nat.rs`'s `partial_checksums_leave_as_their_receivers_need_them`:
+/// frames whose TCP/UDP checksum arrived partial (a sender with checksum offload on) leave
+/// with the full checksum in native mode and with the new pseudo-header's sum in generic
+/// mode; both addresses and ports change here. TCP and UDP, IPv4 and IPv6, both directions,
+/// replies of one and several summed chunks and of odd length.
+#[test]
+fn fullnat_partial_checksums_leave_as_their_receivers_need_them() {
+    with_harness("fp", |mut h| {
+        let ifindex = h.ingress;
+        for (m, generic) in [(0u16, false), (1, true)] {
+            h.dp.set_attach_mode(ifindex, generic).unwrap();
+            let mode = if generic { "generic" } else { "native" };
+            let sent = |p: Pkt| if generic { p.partial() } else { p };
+            let cases = [
+                (
+                    CLIENT,
+                    "10.0.0.101",
+                    "10.0.0.251",
+                    "10.0.0.11",
+                    80,
+                    8080,
+                    true,
+                ),
+                (CLIENT6, VIP6, SNAT6, "fd00::11", 80, 8080, true),
+                (CLIENT, VIP, SNAT, "10.0.0.11", 53, 5353, false),
+                (CLIENT6, VIP6, SNAT6, "fd00::11", 53, 5353, false),
+            ];
+            for (i, (client, vip, snat, backend, vport, bport, tcp)) in
+                cases.into_iter().enumerate()
+            {
+                let cport = 45000 + m * 100 + i as u16;
+                let mut p = if tcp {
+                    Pkt::tcp(client, cport, vip, vport, TCP_SYN)
+                } else {
+                    Pkt::udp(client, cport, vip, vport)
+                };
+                p.payload = vec![0x3c; if tcp { 0 } else { 61 }];
+                let mut sport = 0;
+                h.check_by(
+                    &format!("{mode}: {client} -> {vip}:{vport}, partial"),
+                    &p.clone().partial().build(),
+                    XDP_TX,
+                    verdict::TX,
+                    |out| {
+                        sport = foobar_lb_tests::packet::sport_of(out);
+                        sent(to_backend(&p, snat, sport, backend, bport, B1)).build()
+                    },
+                );
+                for len in [1usize, 1400, 1401] {
+                    let mut r =
+                        from_backend(backend, bport, snat, sport, B1, tcp.then_some(TCP_ACK));
+                    r.payload = vec![0xe7; len];
+                    let mut o = r.clone();
+                    o.src = vip.parse().unwrap();
+                    o.dst = client.parse().unwrap();
+                    set_ports(&mut o, vport, cport);
+                    o.eth_dst = CLIENT_MAC;
+                    o.eth_src = LB_MAC;
+                    h.check(
+                        &format!("{mode}: {len}-byte reply from {backend}, partial"),
+                        &r.partial().build(),
+                        &Expect::FrameAs(sent(o).build(), verdict::TX_NAT_REPLY),
+                    );
+                }
+            }
+        }
+    });
+}

@@ -929,3 +929,108 @@ fn an_icmp_unreachable_to_an_unanswered_syn_is_a_refusal() {
         "only web2's connection"
     );
 }
+
+/// `p` with its last two payload bytes chosen so that its full TCP/UDP checksum equals the
+/// pseudo-header's sum: a full checksum that looks partial (once in 65,536 by chance).
+fn full_checksum_looking_partial(mut p: Pkt) -> Pkt {
+    assert!(p.payload.len() >= 2 && p.payload.len().is_multiple_of(2));
+    let n = p.payload.len();
+    for w in 0..=u16::MAX {
+        p.payload[n - 2..].copy_from_slice(&w.to_be_bytes());
+        if p.build() == p.clone().partial().build() {
+            return p;
+        }
+    }
+    unreachable!("some word makes the checksum equal the pseudo-header's sum");
+}
+
+/// A sender with checksum offload on (veth, tap: the default) hands on frames whose TCP/UDP
+/// checksum field holds only the pseudo-header's sum (CHECKSUM_PARTIAL; README "Checksum
+/// offload"). In native mode the frame reaches its receiver with no checksum state and is
+/// verified there: the balancer sends it with the full checksum. In generic mode its partial
+/// state travels on with it: the balancer sends the new pseudo-header's sum, for whoever
+/// transmits it last to finish. Both directions, TCP and UDP, IPv4 and IPv6, payloads of one
+/// and several summed chunks, odd lengths. A full checksum equal to the pseudo-header's sum
+/// stays a correct full checksum in both modes.
+#[test]
+fn partial_checksums_leave_as_their_receivers_need_them() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let mut h = harness();
+    for (m, generic) in [(0u16, false), (1, true)] {
+        h.dp.set_attach_mode(1, generic).unwrap();
+        let mode = if generic { "generic" } else { "native" };
+        // What the receiver gets: partial stays partial in generic mode only.
+        let sent = |p: Pkt| if generic { p.partial() } else { p };
+        for (i, len) in [0usize, 1, 1400, 1401].into_iter().enumerate() {
+            let cport = 42000 + m * 100 + i as u16;
+            let syn = Pkt::tcp(CLIENT, cport, "10.0.0.101", 80, TCP_SYN);
+            h.check(
+                &format!("{mode}: SYN, partial"),
+                &syn.clone().partial().build(),
+                &Expect::Frame(sent(to_backend(&syn, "10.0.0.11", 8080, B1)).build()),
+            );
+            let mut data = from_backend(Pkt::tcp("10.0.0.11", 8080, CLIENT, cport, TCP_ACK), B1);
+            data.payload = vec![0x5a; len];
+            h.check(
+                &format!("{mode}: {len}-byte reply, partial"),
+                &data.clone().partial().build(),
+                &Expect::FrameAs(
+                    sent(to_client(&data, "10.0.0.101", 80)).build(),
+                    verdict::TX_NAT_REPLY,
+                ),
+            );
+            let mut req = Pkt::tcp(CLIENT, cport, "10.0.0.101", 80, TCP_ACK);
+            req.payload = vec![0xc3; len];
+            h.check(
+                &format!("{mode}: {len}-byte request, partial"),
+                &req.clone().partial().build(),
+                &Expect::Frame(sent(to_backend(&req, "10.0.0.11", 8080, B1)).build()),
+            );
+        }
+        for (client, vip, backend) in [
+            (CLIENT, VIP, "10.0.0.11"),
+            ("2001:db8::7", "fd00::100", "fd00::11"),
+        ] {
+            let cport = 43000 + m;
+            let q = Pkt::udp(client, cport, vip, 53);
+            h.check(
+                &format!("{mode}: UDP query to {vip}, partial"),
+                &q.clone().partial().build(),
+                &Expect::Frame(sent(to_backend(&q, backend, 5353, B1)).build()),
+            );
+            let mut a = from_backend(Pkt::udp(backend, 5353, client, cport), B1);
+            a.payload = vec![0x77; 777];
+            h.check(
+                &format!("{mode}: UDP answer from {backend}, partial"),
+                &a.clone().partial().build(),
+                &Expect::FrameAs(sent(to_client(&a, vip, 53)).build(), verdict::TX_NAT_REPLY),
+            );
+        }
+        // A full checksum that looks partial is a full one, and stays correct.
+        let cport = 44000 + m;
+        let syn = Pkt::tcp(CLIENT, cport, "10.0.0.101", 80, TCP_SYN);
+        h.check(
+            "SYN",
+            &syn.build(),
+            &Expect::Frame(to_backend(&syn, "10.0.0.11", 8080, B1).build()),
+        );
+        let mut req = Pkt::tcp(CLIENT, cport, "10.0.0.101", 80, TCP_ACK);
+        req.payload = vec![0x11; 100];
+        let req = full_checksum_looking_partial(req);
+        h.check(
+            &format!("{mode}: a full checksum equal to the pseudo-header's sum"),
+            &req.build(),
+            &Expect::Frame(to_backend(&req, "10.0.0.11", 8080, B1).build()),
+        );
+        let mut data = from_backend(Pkt::tcp("10.0.0.11", 8080, CLIENT, cport, TCP_ACK), B1);
+        data.payload = vec![0x22; 600];
+        let data = full_checksum_looking_partial(data);
+        h.check(
+            &format!("{mode}: a reply's full checksum equal to the pseudo-header's sum"),
+            &data.build(),
+            &reply_expect(&data, "10.0.0.101", 80),
+        );
+    }
+}

@@ -6,7 +6,7 @@
 use anyhow::Result;
 
 use super::Daemon;
-use crate::netdev;
+use crate::{dataplane::Attached, netdev};
 
 impl Daemon {
     /// Writes the interface's MAC (the program balances only frames addressed to it), then
@@ -18,6 +18,12 @@ impl Daemon {
         let vlans = self.vlans_of(iface).to_vec();
         self.dataplane.set_vlans(index, &vlans)?;
         let attached = self.dataplane.attach(iface, self.xdp_mode)?;
+        match attached {
+            Attached::Native => self.dataplane.set_attach_mode(index, false)?,
+            Attached::Generic => self.dataplane.set_attach_mode(index, true)?,
+            // The pinned entry still says how the adopted attachment was made.
+            Attached::Adopted => {}
+        }
         println!("foobar-lb: XDP attached to {iface} in {attached} mode");
         self.attached.insert(iface.to_owned(), Some((index, mac)));
         Ok(())

@@ -36,11 +36,11 @@ use foobar_lb_common::{
     flow_age, flow_time,
     registry::{pinned_maps, Meta},
     verdict, Backend, BackendSet, Counters, FlowKey, FlowValue, Iface, ServiceInfo, ServiceKey,
-    VipKey, VlanKey, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, LAYOUT_VERSION,
-    MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS, MAP_EGRESS, MAP_FLOWS,
-    MAP_FLOW_CLOCK, MAP_IFACES, MAP_IFACE_VLANS, MAP_META, MAP_SERVICES, MAP_SERVICE_STATS,
-    MAP_VERDICT_STATS, MAP_VIPS, MAX_BACKENDS, MAX_BLOCKED, MAX_IFINDEX, MAX_PREFIX_LENS,
-    PROG_NAME,
+    VipKey, VlanKey, FLOW_FIN, FLOW_RST, FLOW_TIME_MASK, IFACE_ACTIVE, IFACE_GENERIC,
+    LAYOUT_VERSION, MAP_BACKENDS, MAP_BACKEND_ADMIN, MAP_BACKEND_SETS, MAP_BACKEND_STATS,
+    MAP_EGRESS, MAP_FLOWS, MAP_FLOW_CLOCK, MAP_IFACES, MAP_IFACE_VLANS, MAP_META, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_VERDICT_STATS, MAP_VIPS, MAX_BACKENDS, MAX_BLOCKED, MAX_IFINDEX,
+    MAX_PREFIX_LENS, PROG_NAME,
 };
 
 use crate::{
@@ -526,9 +526,15 @@ impl Dataplane {
         if ifindex >= MAX_IFINDEX {
             return Err(DataplaneError::IfindexTooLarge { ifindex });
         }
+        // The attach mode (`set_attach_mode`) outlives a MAC change and a restart that adopts
+        // the pinned attachment.
+        let mode = self
+            .array::<Iface>(MAP_IFACES)?
+            .get(&ifindex, 0)
+            .map_or(0, |i| i.flags & IFACE_GENERIC);
         let entry = Iface {
             mac,
-            flags: IFACE_ACTIVE,
+            flags: IFACE_ACTIVE | mode,
         };
         // A redirect target before frames can arrive on it.
         let mut egress: aya::maps::DevMapHash<&mut MapData> =
@@ -540,6 +546,17 @@ impl Dataplane {
         self.array::<Iface>(MAP_IFACES)?
             .set(ifindex, entry, 0)
             .map_err(map_err(MAP_IFACES))
+    }
+
+    /// Records how the program is attached to an interface it balances on (after
+    /// [`Self::set_interface`]): in generic mode a frame keeps its checksum state through
+    /// the program, and a partial checksum the program meets must stay partial
+    /// (`IFACE_GENERIC`; the program's `partial` module).
+    pub fn set_attach_mode(&mut self, ifindex: u32, generic: bool) -> Result<(), DataplaneError> {
+        let mut ifaces = self.array::<Iface>(MAP_IFACES)?;
+        let mut entry = ifaces.get(&ifindex, 0).map_err(map_err(MAP_IFACES))?;
+        entry.flags = (entry.flags & !IFACE_GENERIC) | if generic { IFACE_GENERIC } else { 0 };
+        ifaces.set(ifindex, entry, 0).map_err(map_err(MAP_IFACES))
     }
 
     /// Forgets an interface index (the device is gone or no longer configured): frames on it
