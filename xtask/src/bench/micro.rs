@@ -316,23 +316,14 @@ fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<(Vec<Row>, NatMemory)>
     let mut reply = Pkt::tcp("10.210.0.1", 80, "172.20.0.7", 1024, TCP_ACK);
     reply.eth_src = LB_MAC;
     let reply = reply.build();
-    for (case, frame) in [("established", &est), ("reply", &reply)] {
-        let o = h.run(frame);
-        anyhow::ensure!(
-            o.action == XDP_TX && o.out == *frame,
-            "NAT bench case {case} takes another path (action {})",
-            o.action
-        );
-    }
-    let (mut ns, mut ratios) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-    for _ in 0..runs {
-        let f = time_ns(floor.program(), &est, repeat);
-        for (i, frame) in [&est, &reply].into_iter().enumerate() {
-            let t = time_ns(lb, frame, repeat);
-            ns[i].push(t);
-            ratios[i].push(t / f);
-        }
-    }
+    let [est_t, reply_t] = side_by_side(
+        &h,
+        floor,
+        "NAT",
+        [("established", &est), ("reply", &reply)],
+        runs,
+        repeat,
+    )?;
     let (mut floors, mut syns) = (Vec::new(), Vec::new());
     for i in 0..singles {
         floors.push(time_ns(floor.program(), &est, 1));
@@ -341,21 +332,19 @@ fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<(Vec<Row>, NatMemory)>
     }
     let (single_floor, new_flow) = (median(floors), median(syns));
     let method = format!("median of {runs} interleaved rounds x {repeat} repeats; ratio per round");
-    let [est_ns, reply_ns] = ns;
-    let [est_r, reply_r] = ratios;
     let partial = partial_checksums(&mut h, floor, runs, repeat)?;
     let mut rows = vec![
         Row {
             case: format!("NAT established, client -> backend, IPv4, {flows} tracked"),
-            ns_per_packet: median(est_ns),
-            ratio_to_floor: median(est_r),
+            ns_per_packet: est_t.0,
+            ratio_to_floor: est_t.1,
             target_ratio: None,
             method: method.clone(),
         },
         Row {
             case: format!("NAT reply, backend -> client, IPv4, {flows} tracked"),
-            ns_per_packet: median(reply_ns),
-            ratio_to_floor: median(reply_r),
+            ns_per_packet: reply_t.0,
+            ratio_to_floor: reply_t.1,
             target_ratio: None,
             method,
         },
@@ -373,6 +362,46 @@ fn nat(quick: bool, floor: &AuxProgram) -> anyhow::Result<(Vec<Row>, NatMemory)>
     Ok((rows, memory))
 }
 
+/// Times `cases` (name, frame) through `h`'s program against the floor (the first frame
+/// through `floor`), in `runs` interleaved rounds of `repeat` runs each at `h`'s ingress:
+/// per case the median ns and the median of the per-round ratios. Each frame must come back
+/// unchanged (XDP_TX), or a repeat (fed its own output) would take another path.
+fn side_by_side<const N: usize>(
+    h: &Harness,
+    floor: &AuxProgram,
+    what: &str,
+    cases: [(&str, &Vec<u8>); N],
+    runs: usize,
+    repeat: u32,
+) -> anyhow::Result<[(f64, f64); N]> {
+    for (case, frame) in cases {
+        let o = h.run(frame);
+        anyhow::ensure!(
+            o.action == XDP_TX && o.out == *frame,
+            "{what} bench case {case} takes another path (action {})",
+            o.action
+        );
+    }
+    let mut ns = [(); N].map(|_| Vec::new());
+    let mut ratios = [(); N].map(|_| Vec::new());
+    for _ in 0..runs {
+        let f = time_ns_at(floor.program(), cases[0].1, repeat, h.ingress);
+        for (i, (_, frame)) in cases.iter().enumerate() {
+            let t = time_ns_at(h.dp.program(), frame, repeat, h.ingress);
+            ns[i].push(t);
+            ratios[i].push(t / f);
+        }
+    }
+    let mut out = [(0.0, 0.0); N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (
+            median(std::mem::take(&mut ns[i])),
+            median(std::mem::take(&mut ratios[i])),
+        );
+    }
+    Ok(out)
+}
+
 /// What a partial checksum (a sender with `tx` offload on) costs a NAT packet: a 1400-byte
 /// segment with a full checksum and the same with a partial one, side by side. In generic
 /// mode, where the timed frame (translated to itself) leaves unchanged: the partial one is
@@ -387,40 +416,23 @@ fn partial_checksums(
     let mut full = Pkt::tcp("172.20.0.7", 1024, "10.210.0.1", 80, TCP_ACK);
     full.eth_src = LB_MAC;
     full.payload = vec![0x5a; 1400];
-    let frames = [full.build(), full.partial().build()];
-    for frame in &frames {
-        let o = h.run(frame);
-        anyhow::ensure!(
-            o.action == XDP_TX && o.out == *frame,
-            "NAT bench case with a 1400-byte segment takes another path (action {})",
-            o.action
-        );
-    }
-    let (mut ns, mut ratios) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-    for _ in 0..runs {
-        let f = time_ns(floor.program(), &frames[0], repeat);
-        for (i, frame) in frames.iter().enumerate() {
-            let t = time_ns(h.dp.program(), frame, repeat);
-            ns[i].push(t);
-            ratios[i].push(t / f);
-        }
-    }
+    let (full, partial) = (full.build(), full.partial().build());
+    let cases = [("full checksum", &full), ("partial checksum", &partial)];
+    let [full_t, partial_t] = side_by_side(h, floor, "NAT 1400-byte", cases, runs, repeat)?;
     h.dp.set_attach_mode(1, false)?;
     let method = format!("median of {runs} interleaved rounds x {repeat} repeats; ratio per round");
-    let [full_ns, partial_ns] = ns;
-    let [full_r, partial_r] = ratios;
     Ok(vec![
         Row {
             case: "NAT established, 1400-byte segment, full checksum".into(),
-            ns_per_packet: median(full_ns),
-            ratio_to_floor: median(full_r),
+            ns_per_packet: full_t.0,
+            ratio_to_floor: full_t.1,
             target_ratio: None,
             method: method.clone(),
         },
         Row {
             case: "NAT established, 1400-byte segment, partial checksum (summed at exit)".into(),
-            ns_per_packet: median(partial_ns),
-            ratio_to_floor: median(partial_r),
+            ns_per_packet: partial_t.0,
+            ratio_to_floor: partial_t.1,
             target_ratio: None,
             method,
         },
@@ -520,24 +532,15 @@ fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
         let syn = frame("172.22.0.7", 1024, "10.210.0.1", 80, TCP_SYN);
         let est = frame("172.22.0.7", 1024, "10.210.0.1", 80, TCP_ACK);
         let reply = frame("10.210.0.1", 80, "172.22.0.7", 1024, TCP_ACK);
-        for (case, frame) in [("open", &syn), ("established", &est), ("reply", &reply)] {
-            let o = h.run(frame);
-            anyhow::ensure!(
-                o.action == XDP_TX && o.out == *frame,
-                "full-NAT bench case {case} takes another path (action {})",
-                o.action
-            );
-        }
+        let o = h.run(&syn);
+        anyhow::ensure!(
+            o.action == XDP_TX && o.out == syn,
+            "full-NAT bench case open takes another path (action {})",
+            o.action
+        );
+        let cases = [("established", &est), ("reply", &reply)];
+        let [est_t, reply_t] = side_by_side(&h, &floor, "full-NAT", cases, runs, repeat)?;
         let lb = h.dp.program();
-        let (mut ns, mut ratios) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-        for _ in 0..runs {
-            let f = time_ns_at(floor.program(), &est, repeat, lb0);
-            for (i, frame) in [&est, &reply].into_iter().enumerate() {
-                let t = time_ns_at(lb, frame, repeat, lb0);
-                ns[i].push(t);
-                ratios[i].push(t / f);
-            }
-        }
         // Each from a port of its own, as real clients' are: the client's port is the first
         // candidate, free at this fill but for a repeated one.
         let new = |i: u32| {
@@ -564,23 +567,21 @@ fn fullnat(quick: bool) -> anyhow::Result<Vec<Row>> {
         let (single_floor, new_conn) = (median(floors), median(syns));
         let method =
             format!("median of {runs} interleaved rounds x {repeat} repeats; ratio per round");
-        let [est_ns, reply_ns] = ns;
-        let [est_r, reply_r] = ratios;
         Ok(vec![
             Row {
                 case: format!(
                     "full NAT established, client -> backend (source and destination), IPv4, \
                      {flows} tracked"
                 ),
-                ns_per_packet: median(est_ns),
-                ratio_to_floor: median(est_r),
+                ns_per_packet: est_t.0,
+                ratio_to_floor: est_t.1,
                 target_ratio: None,
                 method: method.clone(),
             },
             Row {
                 case: format!("full NAT reply, backend -> client, IPv4, {flows} tracked"),
-                ns_per_packet: median(reply_ns),
-                ratio_to_floor: median(reply_r),
+                ns_per_packet: reply_t.0,
+                ratio_to_floor: reply_t.1,
                 target_ratio: None,
                 method,
             },
