@@ -234,13 +234,21 @@ fn from_backend(
 /// What the client gets for reply `p`: from the VIP and port, to the client and its port,
 /// to the MAC its first frame came from.
 fn to_client(p: &Pkt, vip: &str, vport: u16, client: &str, cport: u16) -> Expect {
+    Expect::FrameAs(
+        client_bound(p, vip, vport, client, cport).build(),
+        verdict::TX_NAT_REPLY,
+    )
+}
+
+/// [`to_client`]'s frame.
+fn client_bound(p: &Pkt, vip: &str, vport: u16, client: &str, cport: u16) -> Pkt {
     let mut o = p.clone();
     o.src = vip.parse().unwrap();
     o.dst = client.parse().unwrap();
     set_ports(&mut o, vport, cport);
     o.eth_dst = CLIENT_MAC;
     o.eth_src = LB_MAC;
-    Expect::FrameAs(o.build(), verdict::TX_NAT_REPLY)
+    o
 }
 
 const ALL: (u16, u16) = (1024, 65535);
@@ -811,12 +819,7 @@ fn fullnat_partial_checksums_leave_as_their_receivers_need_them() {
                     let mut r =
                         from_backend(backend, bport, snat, sport, B1, tcp.then_some(TCP_ACK));
                     r.payload = vec![0xe7; len];
-                    let mut o = r.clone();
-                    o.src = vip.parse().unwrap();
-                    o.dst = client.parse().unwrap();
-                    set_ports(&mut o, vport, cport);
-                    o.eth_dst = CLIENT_MAC;
-                    o.eth_src = LB_MAC;
+                    let o = client_bound(&r, vip, vport, client, cport);
                     h.check(
                         &format!("{mode}: {len}-byte reply from {backend}, partial"),
                         &r.partial().build(),
