@@ -277,7 +277,7 @@ const _: () = assert!(core::mem::size_of::<Iface>() == 8);
 pub const IFACE_ACTIVE: u16 = 1;
 /// [`Iface::flags`]: the program runs on this interface in generic (skb) mode, where a frame
 /// stays the kernel's skb through the program and keeps its checksum state (see
-/// `complete_partial` in the XDP program).
+/// `partial::finish` in the XDP program).
 pub const IFACE_GENERIC: u16 = 2;
 
 /// Key of [`MAP_IFACE_VLANS`]: a VLAN whose tagged frames an interface balances (the value is
@@ -306,16 +306,16 @@ pub struct SuspectScratch {
 const _: () = assert!(core::mem::size_of::<SuspectScratch>() == 48);
 
 /// Value of [`MAP_SUM_SCRATCH`] (one per CPU, never read by userspace): where the program sums
-/// a TCP/UDP segment whose checksum arrived partial, [`SUM_CHUNK`] bytes at a time, with one
-/// word to spare for zero padding.
+/// a TCP/UDP segment whose checksum arrived partial, [`SUM_CHUNK`] bytes at a time (the last
+/// chunk zero-padded to whole words within them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SumScratch {
-    pub buf: [u32; SUM_CHUNK / 4 + 1],
+    pub buf: [u32; SUM_CHUNK / 4],
 }
 /// What one `bpf_csum_diff` call sums at most (the kernel's limit).
 pub const SUM_CHUNK: usize = 512;
-const _: () = assert!(core::mem::size_of::<SumScratch>() == SUM_CHUNK + 4);
+const _: () = assert!(core::mem::size_of::<SumScratch>() == SUM_CHUNK);
 
 /// Value of [`MAP_NAT_SCRATCH`] (one per CPU, never read by userspace): the parsed packet as
 /// the NAT paths read it back (see the map's doc in the program).

@@ -66,7 +66,7 @@ mod prog {
         };
         // A NAT rewrite of a frame whose checksum looked partial (see `partial`): once, here.
         if partial && (action == xdp_action::XDP_TX || action == xdp_action::XDP_REDIRECT) {
-            partial::complete(&ctx);
+            partial::finish(&ctx);
         }
         // Sent out of another interface (a two-arm balancer): counted apart. A redirect the
         // helper refused (XDP_ABORTED) is counted as aborted, not as sent.

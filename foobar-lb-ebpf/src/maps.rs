@@ -78,7 +78,7 @@ pub static IFACE_VLANS: HashMap<VlanKey, u32> = HashMap::with_max_entries(MAX_IF
 #[map]
 pub static SUSPECT_SCRATCH: PerCpuArray<SuspectScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where `partial::complete` sums a segment whose checksum arrived partial (too large for the
+/// Where `partial::finish` sums a segment whose checksum arrived partial (too large for the
 /// stack).
 #[map]
 pub static SUM_SCRATCH: PerCpuArray<SumScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -4,7 +4,7 @@
 //! the bytes, never that state, and NAT's incremental update (RFC 1624) is only right for a
 //! full checksum. So each NAT rewrite notes whether the field held exactly the arriving
 //! pseudo-header's sum ([`note`], a few instructions), and the program's exit, once, for a
-//! frame it sends ([`complete`]): sums the sent segment; if that is a valid full checksum the
+//! frame it sends ([`finish`]): sums the sent segment; if that is a valid full checksum the
 //! frame had one (it equals the pseudo-header's sum once in 65,536) and the update was right;
 //! otherwise it was partial, and the field becomes what its receiver needs:
 //! - generic mode (`IFACE_GENERIC` on the receiving interface): the frame stays the skb, its
@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// An action bit beside `rewrite::EGRESS`: the frame's checksum looked partial on arrival
-/// ([`note`]); the program's exit finishes it ([`complete`]).
+/// ([`note`]); the program's exit finishes it ([`finish`]).
 pub const PARTIAL: u32 = 1 << 17;
 
 /// Segments of this length or longer are not summed (the verifier walks every chunk): in
@@ -88,7 +88,7 @@ pub fn note(ctx: &XdpContext, pkt: &Packet) -> u32 {
 /// module's doc). The frame's offsets and protocol are in the NAT scratch, where every NAT
 /// path's `nat::normalize` wrote them for this packet.
 #[inline(always)]
-pub fn complete(ctx: &XdpContext) {
+pub fn finish(ctx: &XdpContext) {
     let Some(s) = NAT_SCRATCH.get_ptr(0) else {
         return;
     };

@@ -144,7 +144,7 @@ fn link(msg: &LinkMessage, removed: bool) -> Option<Link> {
 
 /// The netlink messages of one datagram (a datagram may hold several; undecodable ones are
 /// skipped).
-fn messages(mut buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
+pub(crate) fn messages(mut buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
     let mut out = Vec::new();
     while buf.len() >= 16 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;

@@ -1012,7 +1012,7 @@ fn partial_checksums_leave_as_their_receivers_need_them() {
         let cport = 44000 + m;
         let syn = Pkt::tcp(CLIENT, cport, "10.0.0.101", 80, TCP_SYN);
         h.check(
-            "SYN",
+            &format!("{mode}: SYN"),
             &syn.build(),
             &Expect::Frame(to_backend(&syn, "10.0.0.11", 8080, B1).build()),
         );

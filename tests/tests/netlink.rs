@@ -242,3 +242,33 @@ fn a_flood_of_foreign_neighbour_events_leaves_the_api_and_checks_alone() {
     assert_eq!(written_mac(&daemon, "www", &web4(1)), Some(mac));
     assert!(try_get(&topo.client, &format!("http://{VIP4}/")).is_ok_and(|b| b == "web1"));
 }
+
+/// The attach mode a restarted daemon reads back for an attachment it adopts (an earlier
+/// daemon, maybe one that did not record it, chose it; the data plane needs it for partial
+/// checksums): as the kernel reports it, for generic, native and no program.
+#[test]
+fn the_xdp_attach_mode_is_read_back_from_the_kernel() {
+    if !foobar_lb_tests::root_and_object() {
+        return;
+    }
+    let ns = Netns::new(&format!("{}m", foobar_lb_tests::netns::unique_prefix("xm"))).unwrap();
+    for (a, b) in [("g0", "g1"), ("n0", "n1"), ("x0", "x1")] {
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+        ns.ip(&["link", "set", a, "up"]).unwrap();
+        ns.ip(&["link", "set", b, "up"]).unwrap();
+    }
+    foobar_lb_tests::netns::in_netns(&ns.name, || {
+        use foobar_lb::{config::XdpMode, dataplane::AuxProgram, netdev};
+        let mut generic = AuxProgram::pass()?;
+        generic.attach("g0", XdpMode::Generic)?;
+        let mut native = AuxProgram::pass()?;
+        native.attach("n0", XdpMode::Native)?;
+        let mode = |dev: &str| netdev::xdp_generic(netdev::ifindex(dev).unwrap()).unwrap();
+        assert_eq!(mode("g0"), Some(true), "generic");
+        assert_eq!(mode("n0"), Some(false), "native");
+        assert_eq!(mode("x0"), None, "no program");
+        Ok(())
+    })
+    .unwrap();
+}

@@ -18,11 +18,17 @@ impl Daemon {
         let vlans = self.vlans_of(iface).to_vec();
         self.dataplane.set_vlans(index, &vlans)?;
         let attached = self.dataplane.attach(iface, self.xdp_mode)?;
-        match attached {
-            Attached::Native => self.dataplane.set_attach_mode(index, false)?,
-            Attached::Generic => self.dataplane.set_attach_mode(index, true)?,
-            // The pinned entry still says how the adopted attachment was made.
-            Attached::Adopted => {}
+        let generic = match attached {
+            Attached::Native => Some(false),
+            Attached::Generic => Some(true),
+            // Made by an earlier daemon, maybe of a version that did not record its mode.
+            Attached::Adopted => netdev::xdp_generic(index).unwrap_or_else(|e| {
+                log::warn!("cannot read {iface}'s XDP attach mode ({e}); keeping the recorded one");
+                None
+            }),
+        };
+        if let Some(generic) = generic {
+            self.dataplane.set_attach_mode(index, generic)?;
         }
         println!("foobar-lb: XDP attached to {iface} in {attached} mode");
         self.attached.insert(iface.to_owned(), Some((index, mac)));
