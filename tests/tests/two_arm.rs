@@ -413,3 +413,42 @@ fn fullnat_by_the_fib_leaves_by_the_other_arm() {
         assert_eq!((svc.packets, svc.new_flows), (3, 1));
     });
 }
+
+/// Frames whose checksum arrived partial (a sender with `tx` offload on) and leave by the
+/// other arm (XDP_REDIRECT) are finished as on one arm (`nat.rs`'s
+/// `partial_checksums_leave_as_their_receivers_need_them`): the full checksum in native
+/// mode, the new pseudo-header's sum in generic mode, by the receiving arm's mode. NAT, both
+/// directions, both families.
+#[test]
+fn partial_checksums_leaving_by_the_other_arm_are_finished() {
+    with_arms("tp", |mut a| {
+        for (m, generic) in [(0u16, false), (1, true)] {
+            a.h.dp.set_attach_mode(a.client_arm, generic).unwrap();
+            a.h.dp.set_attach_mode(a.backend_arm, generic).unwrap();
+            let sent = |p: Pkt| if generic { p.partial() } else { p };
+            for (client, vip, backend) in
+                [(CLIENT, VIP, "10.0.1.11"), (CLIENT6, VIP6, "fd00:1::11")]
+            {
+                let cport = 41000 + m;
+                open_nat(&mut a, client, cport, vip, backend);
+                let mut req = Pkt::tcp(client, cport, vip, 80, TCP_ACK);
+                req.payload = vec![0x3d; 1401];
+                let want = moved(&req, (client, cport), (backend, 8080), B1_OUT);
+                a.at_client_arm().check(
+                    &format!("generic {generic}: partial request to {backend}"),
+                    &req.clone().partial().build(),
+                    &Expect::Redirect(sent(want).build()),
+                );
+                let mut data = Pkt::tcp(backend, 8080, client, cport, TCP_ACK);
+                (data.eth_dst, data.eth_src) = B1_IN;
+                data.payload = vec![0xd3; 1400];
+                let want = moved(&data, (vip, 80), (client, cport), CLIENT_OUT);
+                a.at_backend_arm().check(
+                    &format!("generic {generic}: partial reply from {backend}"),
+                    &data.clone().partial().build(),
+                    &Expect::Redirect(sent(want).build()),
+                );
+            }
+        }
+    });
+}
