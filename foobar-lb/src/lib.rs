@@ -17,6 +17,7 @@ pub mod neighbor;
 pub mod netdev;
 pub mod pool;
 pub mod reconcile;
+pub mod rtnetlink;
 pub mod schedule;
 pub mod stats_page;
 pub mod sync;

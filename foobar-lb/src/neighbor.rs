@@ -16,9 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
@@ -188,40 +186,16 @@ pub fn dump() -> Result<Vec<Neighbour>, NeighborError> {
 }
 
 fn dump_io() -> std::io::Result<Vec<Neighbour>> {
-    let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
     let mut req = NeighbourMessage::default();
     req.header.family = AddressFamily::Unspec;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetNeighbour(req)),
-    );
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    sock.send(&buf, 0)?;
-    let mut out = Vec::new();
-    loop {
-        let (data, _) = sock.recv_from_full()?;
-        for m in messages(&data) {
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(std::io::Error::from_raw_os_error(-code.get()));
-                    }
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
-                    out.extend(neighbour(&n, false));
-                }
-                _ => {}
-            }
-        }
-    }
+    let answers = crate::rtnetlink::request(RouteNetlinkMessage::GetNeighbour(req), true)?;
+    Ok(answers
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => neighbour(n, false),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The usable entries of `entries` on the interfaces numbered `ifindexes`, with the interface
@@ -575,7 +549,7 @@ mod tests {
         let mut out = Vec::new();
         for inner in msgs {
             let mut m = NetlinkMessage::new(
-                NetlinkHeader::default(),
+                netlink_packet_core::NetlinkHeader::default(),
                 NetlinkPayload::InnerMessage(inner),
             );
             m.finalize();

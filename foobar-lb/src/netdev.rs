@@ -65,50 +65,26 @@ pub fn mac(name: &str) -> Result<[u8; 6], NetdevError> {
 /// `None` neither or several. For an attachment a restarted daemon adopted, whose mode an
 /// earlier daemon (maybe of an older version) chose.
 pub fn xdp_generic(ifindex: u32) -> std::io::Result<Option<bool>> {
-    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
     use netlink_packet_route::{
         link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
         RouteNetlinkMessage,
     };
-    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    header.sequence_number = 1;
     let mut req = LinkMessage::default();
     req.header.index = ifindex;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(req)),
-    );
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    sock.send(&buf, 0)?;
-    let (data, _) = sock.recv_from_full()?;
-    for m in crate::neighbor::messages(&data) {
-        match m.payload {
-            NetlinkPayload::Error(e) => {
-                if let Some(code) = e.code {
-                    return Err(std::io::Error::from_raw_os_error(-code.get()));
+    for m in crate::rtnetlink::request(RouteNetlinkMessage::GetLink(req), false)? {
+        let RouteNetlinkMessage::NewLink(l) = m else {
+            continue;
+        };
+        for a in &l.attributes {
+            let LinkAttribute::Xdp(xdp) = a else { continue };
+            for x in xdp {
+                match x {
+                    LinkXdp::Attached(XdpAttached::SocketBuffer) => return Ok(Some(true)),
+                    LinkXdp::Attached(XdpAttached::Driver) => return Ok(Some(false)),
+                    _ => {}
                 }
             }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                for a in &l.attributes {
-                    let LinkAttribute::Xdp(xdp) = a else { continue };
-                    for x in xdp {
-                        match x {
-                            LinkXdp::Attached(XdpAttached::SocketBuffer) => return Ok(Some(true)),
-                            LinkXdp::Attached(XdpAttached::Driver) => return Ok(Some(false)),
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            _ => {}
         }
     }
     Ok(None)

@@ -7,12 +7,10 @@
 
 use std::{collections::HashMap, io, net::IpAddr};
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
     AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::{desired::Mac, neighbor};
 
@@ -27,9 +25,6 @@ pub struct Hop {
 /// The kernel's route to `dst` (from `src`, as the translated packets will be sent), asked
 /// with RTM_GETROUTE as `ip route get` does.
 pub fn route(dst: IpAddr, src: Option<IpAddr>) -> io::Result<Hop> {
-    let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     let mut req = RouteMessage::default();
     let bits = |a: IpAddr| if a.is_ipv4() { 32 } else { 128 };
     req.header.address_family = if dst.is_ipv4() {
@@ -45,52 +40,24 @@ pub fn route(dst: IpAddr, src: Option<IpAddr>) -> io::Result<Hop> {
         req.attributes
             .push(RouteAttribute::Source(RouteAddress::from(src)));
     }
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRoute(req)),
-    );
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    sock.send(&buf, 0)?;
-    let (data, _) = sock.recv_from_full()?;
-    let mut rest = &data[..];
-    while rest.len() >= 4 {
-        let len = u32::from_ne_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if len < 16 || len > rest.len() {
-            break;
+    for m in crate::rtnetlink::request(RouteNetlinkMessage::GetRoute(req), false)? {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        let mut hop = Hop {
+            ifindex: 0,
+            via: dst,
+        };
+        for a in r.attributes {
+            match a {
+                RouteAttribute::Oif(i) => hop.ifindex = i,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop.via = g.into(),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => hop.via = g.into(),
+                _ => {}
+            }
         }
-        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-        match m.payload {
-            NetlinkPayload::Error(e) => {
-                if let Some(code) = e.code {
-                    return Err(io::Error::from_raw_os_error(-code.get()));
-                }
-            }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-                let mut hop = Hop {
-                    ifindex: 0,
-                    via: dst,
-                };
-                for a in r.attributes {
-                    match a {
-                        RouteAttribute::Oif(i) => hop.ifindex = i,
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop.via = g.into(),
-                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => hop.via = g.into(),
-                        _ => {}
-                    }
-                }
-                if hop.ifindex == 0 {
-                    break;
-                }
-                return Ok(hop);
-            }
-            _ => {}
+        if hop.ifindex != 0 {
+            return Ok(hop);
         }
     }
     Err(io::Error::new(
