@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
@@ -142,7 +142,7 @@ fn link(msg: &LinkMessage, removed: bool) -> Option<Link> {
 
 /// The netlink messages of one datagram (a datagram may hold several; undecodable ones are
 /// skipped).
-pub(crate) fn messages(mut buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
+fn messages(mut buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
     let mut out = Vec::new();
     while buf.len() >= 16 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -188,7 +188,7 @@ pub fn dump() -> Result<Vec<Neighbour>, NeighborError> {
 fn dump_io() -> std::io::Result<Vec<Neighbour>> {
     let mut req = NeighbourMessage::default();
     req.header.family = AddressFamily::Unspec;
-    let answers = crate::rtnetlink::request(RouteNetlinkMessage::GetNeighbour(req), true)?;
+    let answers = crate::rtnetlink::request(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
     Ok(answers
         .iter()
         .filter_map(|m| match m {

@@ -65,6 +65,7 @@ pub fn mac(name: &str) -> Result<[u8; 6], NetdevError> {
 /// `None` neither or several. For an attachment a restarted daemon adopted, whose mode an
 /// earlier daemon (maybe of an older version) chose.
 pub fn xdp_generic(ifindex: u32) -> std::io::Result<Option<bool>> {
+    use netlink_packet_core::NLM_F_ACK;
     use netlink_packet_route::{
         link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
         RouteNetlinkMessage,
@@ -72,7 +73,7 @@ pub fn xdp_generic(ifindex: u32) -> std::io::Result<Option<bool>> {
 
     let mut req = LinkMessage::default();
     req.header.index = ifindex;
-    for m in crate::rtnetlink::request(RouteNetlinkMessage::GetLink(req), false)? {
+    for m in crate::rtnetlink::request(RouteNetlinkMessage::GetLink(req), NLM_F_ACK)? {
         let RouteNetlinkMessage::NewLink(l) = m else {
             continue;
         };

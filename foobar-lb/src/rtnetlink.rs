@@ -1,47 +1,54 @@
-//! One rtnetlink request and its answers, for the few facts the daemon asks the kernel for
+//! One rtnetlink request and its answers, for what the daemon asks or tells the kernel
 //! outside its event stream: a link's XDP mode (`netdev`), a route (`sync::local`), the
-//! neighbour table (`neighbor`).
+//! neighbour table (`neighbor`), the announced addresses (`daemon::announce`).
 
-use std::io;
-
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
-/// Sends `req` and returns the kernel's answers: for a dump (`dump`), every message up to
-/// its end; otherwise those of the one reply datagram. An error the kernel answers with is
-/// the `Err`; undecodable messages are skipped (`neighbor::messages`).
-pub fn request(req: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
+/// One rtnetlink request (`flags` besides REQUEST): the messages answered, until the dump's
+/// end or the acknowledgement; a kernel error is returned as the OS error it carries.
+pub fn request(
+    payload: RouteNetlinkMessage,
+    flags: u16,
+) -> std::io::Result<Vec<RouteNetlinkMessage>> {
+    let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(req));
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
     msg.serialize(&mut buf);
     sock.send(&buf, 0)?;
     let mut out = Vec::new();
-    loop {
+    // Bounded: a dump of one interface's addresses ends in a few datagrams.
+    for _ in 0..1024 {
         let (data, _) = sock.recv_from_full()?;
-        for m in crate::neighbor::messages(&data) {
+        let mut rest = &data[..];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len < 16 || len > rest.len() {
+                break;
+            }
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             match m.payload {
                 NetlinkPayload::Done(_) => return Ok(out),
+                // An ACK is an error message with no code.
                 NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(io::Error::from_raw_os_error(-code.get()));
+                    return match e.code {
+                        Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+                        None => Ok(out),
                     }
                 }
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 _ => {}
             }
-        }
-        if !dump {
-            return Ok(out);
+            rest = &rest[((len + 3) & !3).min(rest.len())..];
         }
     }
+    Err(std::io::Error::other("rtnetlink answer did not end"))
 }

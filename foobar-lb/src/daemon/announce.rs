@@ -11,15 +11,11 @@
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
     AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::Daemon;
 
@@ -37,50 +33,6 @@ pub(super) fn check_interface(name: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One rtnetlink request (`flags` besides REQUEST): the messages answered, until the dump's
-/// end or the acknowledgement; a kernel error is returned as the OS error it carries.
-fn request(payload: RouteNetlinkMessage, flags: u16) -> std::io::Result<Vec<RouteNetlinkMessage>> {
-    let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    sock.send(&buf, 0)?;
-    let mut out = Vec::new();
-    // Bounded: a dump of one interface's addresses ends in a few datagrams.
-    for _ in 0..1024 {
-        let (data, _) = sock.recv_from_full()?;
-        let mut rest = &data[..];
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len < 16 || len > rest.len() {
-                break;
-            }
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                // An ACK is an error message with no code.
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
-                        None => Ok(out),
-                    }
-                }
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                _ => {}
-            }
-            rest = &rest[((len + 3) & !3).min(rest.len())..];
-        }
-    }
-    Err(std::io::Error::other("rtnetlink answer did not end"))
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
@@ -105,7 +57,7 @@ fn host_addresses(iface: &str) -> Result<BTreeSet<IpAddr>> {
 
 /// Every address of the host (one RTM_GETADDR dump).
 fn addresses() -> std::io::Result<Vec<AddressMessage>> {
-    Ok(request(
+    Ok(crate::rtnetlink::request(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         NLM_F_DUMP,
     )?
@@ -181,7 +133,7 @@ fn change_address(add: bool, vip: IpAddr, iface: &str) -> Result<()> {
     } else {
         (RouteNetlinkMessage::DelAddress(m), NLM_F_ACK)
     };
-    request(payload, flags).with_context(|| {
+    crate::rtnetlink::request(payload, flags).with_context(|| {
         format!(
             "{} {vip} {} {iface}",
             if add { "adding" } else { "removing" },

@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, io, net::IpAddr};
 
+use netlink_packet_core::NLM_F_ACK;
 use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
     AddressFamily, RouteNetlinkMessage,
@@ -40,7 +41,7 @@ pub fn route(dst: IpAddr, src: Option<IpAddr>) -> io::Result<Hop> {
         req.attributes
             .push(RouteAttribute::Source(RouteAddress::from(src)));
     }
-    for m in crate::rtnetlink::request(RouteNetlinkMessage::GetRoute(req), false)? {
+    for m in crate::rtnetlink::request(RouteNetlinkMessage::GetRoute(req), NLM_F_ACK)? {
         let RouteNetlinkMessage::NewRoute(r) = m else {
             continue;
         };
